@@ -1,0 +1,3 @@
+module github.com/iotfabric/iotfabric
+
+go 1.26
