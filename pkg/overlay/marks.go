@@ -1,0 +1,30 @@
+package overlay
+
+// Marks on everything iotfabric creates in the kernel. They let the agent adopt
+// its own objects after a restart, tell them from the operator's, remove orphans,
+// and clean up with `vrouter-agent --cleanup`.
+const (
+	// RouteProtocol is the rtm_protocol of every route and rule iotfabric adds
+	// (shown by `ip route` as "proto 165").
+	RouteProtocol = 165
+	// TableFirst and TableLast bound the routing tables of virtual networks.
+	TableFirst = 7000
+	TableLast  = 7999
+	// probeTable is used only to probe for MPLS encapsulation support.
+	probeTable = TableLast
+	// RulePriority is the priority of the per-endpoint `ip rule iif X lookup T`;
+	// priorities RulePriority..RulePriorityLast belong to iotfabric.
+	RulePriority     = 7000
+	RulePriorityLast = 7099
+	// IfPrefix starts the name of every interface iotfabric creates:
+	// "iofu" + hex(remote) for MPLSoUDP, "iofg" + hex(remote) for MPLSoGRE,
+	// "iofv" + table for VRF devices, "iofp" for short-lived feature probes.
+	IfPrefix = "iof"
+	// MPLSoUDPPort is the UDP destination port of MPLSoUDP (RFC 7510).
+	MPLSoUDPPort = 6635
+	// ipprotoMPLS is the IP protocol number of MPLS-in-IP (RFC 4023).
+	ipprotoMPLS = 137
+	// DefaultPlatformLabels is the value written to net.mpls.platform_labels when
+	// the kernel's is lower than the highest label in use.
+	DefaultPlatformLabels = 100000
+)

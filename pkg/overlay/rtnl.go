@@ -1,0 +1,262 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"syscall"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// inNamespace runs fn on a throwaway OS thread that has joined ns. The thread is
+// never handed back to the Go scheduler (it exits with the goroutine), so no
+// other goroutine ever runs in the wrong namespace. A closed (-1) ns runs fn in
+// the current thread's namespace.
+func inNamespace(ns netns.NsHandle, fn func() error) error {
+	if !ns.IsOpen() {
+		return fn()
+	}
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread ends with this goroutine.
+		if err := netns.Set(ns); err != nil {
+			done <- fmt.Errorf("enter network namespace: %w", err)
+			return
+		}
+		done <- fn()
+	}()
+	return <-done
+}
+
+// rtnl is a raw NETLINK_ROUTE socket bound in one namespace, used for the bulk
+// route work (batched writes, filtered dumps) that the generic library does one
+// round trip at a time.
+type rtnl struct {
+	fd   int
+	seq  uint32
+	rbuf []byte
+}
+
+const (
+	batchBytes = 32 << 10 // bytes of requests per sendmsg
+	rcvBuf     = 8 << 20
+)
+
+func openRtnl(ns netns.NsHandle) (*rtnl, error) {
+	var fd int
+	err := inNamespace(ns, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netlink route socket: %w", err)
+	}
+	s := &rtnl{fd: fd, rbuf: make([]byte, 1<<16)}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("bind netlink socket: %w", err)
+	}
+	// Room for the acknowledgements of a whole batch; FORCE needs CAP_NET_ADMIN.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
+	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_EXT_ACK, 1)
+	if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("netlink strict checking: %w", err)
+	}
+	tv := unix.Timeval{Sec: 30}
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	return s, nil
+}
+
+func (s *rtnl) Close() {
+	if s.fd >= 0 {
+		unix.Close(s.fd)
+		s.fd = -1
+	}
+}
+
+func (s *rtnl) send(b []byte) error {
+	for {
+		err := unix.Sendto(s.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err
+	}
+}
+
+func (s *rtnl) recv() ([]nlmsg, error) {
+	for {
+		n, _, err := unix.Recvfrom(s.fd, s.rbuf, unix.MSG_TRUNC)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n > len(s.rbuf) {
+			// Message larger than the buffer: grow and let the caller retry on
+			// the next message (this one is lost, which only happens to dumps,
+			// and dumps are restarted).
+			s.rbuf = make([]byte, n*2)
+			return nil, fmt.Errorf("netlink message of %d bytes truncated", n)
+		}
+		return splitMessages(s.rbuf[:n])
+	}
+}
+
+// routeOp is one route to add (replace) or delete.
+type routeOp struct {
+	Del   bool
+	Route kroute
+}
+
+// apply writes ops in batches: many requests per sendmsg, each acknowledged.
+// errs[i] is the kernel's answer to ops[i].
+func (s *rtnl) apply(ops []routeOp) []error {
+	errs := make([]error, len(ops))
+	buf := make([]byte, 0, batchBytes+512)
+	for i := 0; i < len(ops); {
+		buf = buf[:0]
+		first := s.seq + 1
+		idx := map[uint32]int{}
+		for i < len(ops) && len(buf) < batchBytes {
+			op := ops[i]
+			s.seq++
+			var err error
+			if op.Del {
+				buf, err = appendRouteMsg(buf, rtmDelRoute, nlmFRequest|nlmFAck, s.seq, op.Route)
+			} else {
+				buf, err = appendRouteMsg(buf, rtmNewRoute, nlmFRequest|nlmFAck|nlmFCreate|nlmFReplace, s.seq, op.Route)
+			}
+			if err != nil {
+				errs[i] = err
+			} else {
+				idx[s.seq] = i
+			}
+			i++
+		}
+		if len(idx) == 0 {
+			continue
+		}
+		if err := s.send(buf); err != nil {
+			for _, j := range idx {
+				errs[j] = fmt.Errorf("netlink send: %w", err)
+			}
+			continue
+		}
+		pending := len(idx)
+		for pending > 0 {
+			msgs, err := s.recv()
+			if err != nil {
+				for _, j := range idx {
+					if errs[j] == nil {
+						errs[j] = fmt.Errorf("netlink acknowledgement: %w", err)
+					}
+				}
+				// The acks still in flight belong to this batch; drain so the
+				// next batch starts clean.
+				s.drain()
+				break
+			}
+			for _, m := range msgs {
+				if m.Type != nlmsgError || m.Seq < first || m.Seq > s.seq {
+					continue
+				}
+				j, ok := idx[m.Seq]
+				if !ok {
+					continue
+				}
+				delete(idx, m.Seq)
+				pending--
+				code, err := errnoOf(m.Data)
+				if err != nil {
+					errs[j] = err
+				} else if code != 0 {
+					errs[j] = fmt.Errorf("%s %v: %w", opName(ops[j]), ops[j].Route, syscall.Errno(-code))
+				}
+			}
+		}
+	}
+	return errs
+}
+
+func opName(op routeOp) string {
+	if op.Del {
+		return "delete route"
+	}
+	return "add route"
+}
+
+func (s *rtnl) drain() {
+	for {
+		_, _, err := unix.Recvfrom(s.fd, s.rbuf, unix.MSG_DONTWAIT)
+		if err != nil {
+			return
+		}
+	}
+}
+
+// dump lists the routes of one family that carry the given protocol, across all
+// tables, with the kernel doing the filtering (strict checking).
+func (s *rtnl) dump(family, protocol uint8) ([]kroute, error) {
+	for attempt := 0; attempt < 5; attempt++ {
+		routes, interrupted, err := s.dumpOnce(family, protocol)
+		if err != nil || !interrupted {
+			return routes, err
+		}
+	}
+	return nil, errors.New("route dump interrupted by concurrent changes 5 times")
+}
+
+func (s *rtnl) dumpOnce(family, protocol uint8) ([]kroute, bool, error) {
+	s.seq++
+	seq := s.seq
+	if err := s.send(appendDumpRequest(nil, seq, family, protocol)); err != nil {
+		return nil, false, fmt.Errorf("route dump request: %w", err)
+	}
+	var out []kroute
+	interrupted := false
+	for {
+		msgs, err := s.recv()
+		if err != nil {
+			s.drain()
+			return nil, false, fmt.Errorf("route dump: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Seq != seq {
+				continue
+			}
+			if m.Flags&nlmFDumpInt != 0 {
+				interrupted = true
+			}
+			switch m.Type {
+			case nlmsgDone:
+				return out, interrupted, nil
+			case nlmsgError:
+				code, err := errnoOf(m.Data)
+				if err != nil {
+					return nil, false, err
+				}
+				if code != 0 {
+					return nil, false, fmt.Errorf("route dump: %w", syscall.Errno(-code))
+				}
+			case rtmNewRoute:
+				r, err := decodeRoute(m.Data)
+				if err != nil {
+					return nil, false, fmt.Errorf("route dump: %w", err)
+				}
+				if r.Protocol == protocol && (r.Family != afInet && r.Family != afInet6 || r.Table != 0) {
+					out = append(out, r)
+				}
+			}
+		}
+	}
+}
