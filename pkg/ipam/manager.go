@@ -1,0 +1,333 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/iotfabric/iotfabric/pkg/store"
+)
+
+// Store keys of a network's IPAM state:
+//
+//	ipam/<network>/blocks/<prefix>  -> gateway name
+//	ipam/<network>/addrs/<address>  -> owner (endpoint id)
+func netPrefix(network string) string { return "ipam/" + network + "/" }
+func blockKey(network string, p netip.Prefix) string {
+	return netPrefix(network) + "blocks/" + p.String()
+}
+func addrKey(network string, a netip.Addr) string { return netPrefix(network) + "addrs/" + a.String() }
+
+// ErrBusy means another request for the same owner is being persisted; retry.
+var ErrBusy = errors.New("an allocation for this owner is in progress")
+
+// Manager keeps one Pool per network, loaded from and persisted to a store.
+// Reservations are made under a short lock; the store write happens outside it,
+// so concurrent allocations share the store's group commits.
+type Manager struct {
+	st store.Store
+
+	mu    sync.Mutex // guards pools and every Pool in it
+	pools map[string]*poolEntry
+}
+
+type poolEntry struct {
+	cfg   Config
+	pool  *Pool // nil until loaded
+	stale bool  // reload from the store on next use
+}
+
+// NewManager returns a Manager over st.
+func NewManager(st store.Store) *Manager {
+	return &Manager{st: st, pools: map[string]*poolEntry{}}
+}
+
+// Configure declares (or re-declares) a network's address space. State is
+// loaded from the store on first use.
+func (m *Manager) Configure(network string, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pools[network] = &poolEntry{cfg: cfg}
+	return nil
+}
+
+// Forget drops a network's in-memory state (after the network was deleted).
+func (m *Manager) Forget(network string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.pools, network)
+}
+
+// DeleteOps returns the ops that remove every IPAM key of a network.
+func (m *Manager) DeleteOps(ctx context.Context, network string) ([]store.Op, error) {
+	kvs, _, err := m.st.List(ctx, netPrefix(network))
+	if err != nil {
+		return nil, err
+	}
+	ops := make([]store.Op, 0, len(kvs))
+	for _, kv := range kvs {
+		ops = append(ops, store.Delete(kv.Key))
+	}
+	return ops, nil
+}
+
+// Invalidate makes the next use reload the network's state from the store
+// (after a conflict: another controller wrote it).
+func (m *Manager) Invalidate(network string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.pools[network]; ok {
+		e.stale = true
+	}
+}
+
+// withPool runs fn on the loaded pool under the lock. Loading also happens under
+// the lock, so a Commit can never fall between a reload's read of the store
+// and its installation (reloads are rare: first use, and after a conflict).
+func (m *Manager) withPool(ctx context.Context, network string, fn func(*Pool) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.pools[network]
+	if !ok {
+		return fmt.Errorf("network %q has no address space configured", network)
+	}
+	if e.pool == nil || e.stale {
+		p, err := m.load(ctx, network, e.cfg)
+		if err != nil {
+			return err
+		}
+		if e.pool != nil {
+			for _, l := range e.pool.Pending() {
+				p.Readopt(l)
+			}
+		}
+		e.pool, e.stale = p, false
+	}
+	return fn(e.pool)
+}
+
+func (m *Manager) load(ctx context.Context, network string, cfg Config) (*Pool, error) {
+	p, err := NewPool(cfg)
+	if err != nil {
+		return nil, err
+	}
+	kvs, _, err := m.st.List(ctx, netPrefix(network))
+	if err != nil {
+		return nil, fmt.Errorf("load IPAM state of %s: %w", network, err)
+	}
+	var addrs []store.KV
+	for _, kv := range kvs {
+		rest := strings.TrimPrefix(kv.Key, netPrefix(network))
+		switch {
+		case strings.HasPrefix(rest, "blocks/"):
+			pfx, err := netip.ParsePrefix(strings.TrimPrefix(rest, "blocks/"))
+			if err != nil {
+				return nil, fmt.Errorf("corrupt key %s: %w", kv.Key, err)
+			}
+			if err := p.LoadBlock(pfx, string(kv.Value)); err != nil {
+				return nil, fmt.Errorf("network %s: %w", network, err)
+			}
+		case strings.HasPrefix(rest, "addrs/"):
+			addrs = append(addrs, kv)
+		}
+	}
+	for _, kv := range addrs {
+		a, err := netip.ParseAddr(strings.TrimPrefix(kv.Key, netPrefix(network)+"addrs/"))
+		if err != nil {
+			return nil, fmt.Errorf("corrupt key %s: %w", kv.Key, err)
+		}
+		if err := p.LoadAddr(a, string(kv.Value)); err != nil {
+			return nil, fmt.Errorf("network %s: %w", network, err)
+		}
+	}
+	return p, nil
+}
+
+// Reservation is a set of reserved addresses with the store conditions and
+// writes that persist them; include them in a transaction, then Commit or Abort.
+type Reservation struct {
+	Network string
+	Leases  []Lease
+	Conds   []store.Cond
+	Ops     []store.Op
+}
+
+// Addrs returns the reserved addresses.
+func (r *Reservation) Addrs() []netip.Addr {
+	out := make([]netip.Addr, 0, len(r.Leases))
+	for _, l := range r.Leases {
+		out = append(out, l.Addr)
+	}
+	return out
+}
+
+// Reserve reserves addresses for owner on gateway: the requested ones, or else
+// one of every family the network has.
+func (m *Manager) Reserve(ctx context.Context, network, owner, gateway string, requested []netip.Addr) (*Reservation, error) {
+	r := &Reservation{Network: network}
+	err := m.withPool(ctx, network, func(p *Pool) error {
+		var err error
+		if len(requested) > 0 {
+			for _, a := range requested {
+				var l Lease
+				if l, err = p.ReserveAddr(owner, gateway, a); err != nil {
+					break
+				}
+				r.Leases = append(r.Leases, l)
+			}
+		} else {
+			for _, f := range p.Families() {
+				var l Lease
+				if l, err = p.Reserve(owner, gateway, f); err != nil {
+					break
+				}
+				r.Leases = append(r.Leases, l)
+			}
+		}
+		for _, l := range r.Leases {
+			if _, pending := p.pending[l.Addr]; l.Existing && pending {
+				err = ErrBusy
+			}
+		}
+		if err != nil {
+			for _, l := range r.Leases {
+				p.Abort(l)
+			}
+			r.Leases = nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range r.Leases {
+		if l.Existing {
+			continue
+		}
+		k := addrKey(network, l.Addr)
+		r.Conds = append(r.Conds, store.Absent(k))
+		r.Ops = append(r.Ops, store.Put(k, []byte(owner)))
+		if l.NewBlock.IsValid() {
+			bk := blockKey(network, l.NewBlock)
+			r.Conds = append(r.Conds, store.Absent(bk))
+			r.Ops = append(r.Ops, store.Put(bk, []byte(gateway)))
+		}
+	}
+	return r, nil
+}
+
+// Commit records that the reservation's writes were persisted.
+func (m *Manager) Commit(r *Reservation) {
+	m.apply(r.Network, func(p *Pool) {
+		for _, l := range r.Leases {
+			p.Commit(l)
+		}
+	})
+}
+
+// Abort undoes a reservation whose writes were not persisted.
+func (m *Manager) Abort(r *Reservation) {
+	m.apply(r.Network, func(p *Pool) {
+		for _, l := range r.Leases {
+			p.Abort(l)
+		}
+	})
+}
+
+func (m *Manager) apply(network string, fn func(*Pool)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.pools[network]; ok && e.pool != nil {
+		fn(e.pool)
+	}
+}
+
+// ReleaseOps returns the writes that free addrs.
+func ReleaseOps(network string, addrs []netip.Addr) []store.Op {
+	ops := make([]store.Op, 0, len(addrs))
+	for _, a := range addrs {
+		ops = append(ops, store.Delete(addrKey(network, a)))
+	}
+	return ops
+}
+
+// Released records that addrs were freed in the store.
+func (m *Manager) Released(network string, addrs []netip.Addr) {
+	m.apply(network, func(p *Pool) {
+		for _, a := range addrs {
+			p.Release(a)
+		}
+	})
+}
+
+// Allocate reserves and persists addresses for owner on its own (idempotent:
+// an owner that already holds addresses gets them back).
+func (m *Manager) Allocate(ctx context.Context, network, owner, gateway string) ([]netip.Addr, error) {
+	for attempt := 0; ; attempt++ {
+		r, err := m.Reserve(ctx, network, owner, gateway, nil)
+		if errors.Is(err, ErrBusy) && attempt < 100 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(r.Ops) == 0 {
+			return r.Addrs(), nil
+		}
+		_, err = m.st.Txn(ctx, r.Conds, r.Ops)
+		if err == nil {
+			m.Commit(r)
+			return r.Addrs(), nil
+		}
+		m.Abort(r)
+		if !errors.Is(err, store.ErrConflict) || attempt >= 20 {
+			return nil, fmt.Errorf("allocate for %s: %w", owner, err)
+		}
+		m.Invalidate(network) // another writer changed the state: reload it
+	}
+}
+
+// ReleaseOwner frees every address owner holds in network.
+func (m *Manager) ReleaseOwner(ctx context.Context, network, owner string) ([]netip.Addr, error) {
+	var addrs []netip.Addr
+	if err := m.withPool(ctx, network, func(p *Pool) error { addrs = p.Addrs(owner); return nil }); err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, nil
+	}
+	if _, err := m.st.Txn(ctx, nil, ReleaseOps(network, addrs)); err != nil {
+		return nil, fmt.Errorf("release %s: %w", owner, err)
+	}
+	m.Released(network, addrs)
+	return addrs, nil
+}
+
+// Release frees one address.
+func (m *Manager) Release(ctx context.Context, network string, a netip.Addr) error {
+	if _, err := m.st.Txn(ctx, nil, ReleaseOps(network, []netip.Addr{a})); err != nil {
+		return fmt.Errorf("release %s: %w", a, err)
+	}
+	m.Released(network, []netip.Addr{a})
+	return nil
+}
+
+// Status summarises a network's committed allocation state.
+func (m *Manager) Status(ctx context.Context, network string) ([]SubnetInfo, error) {
+	var out []SubnetInfo
+	err := m.withPool(ctx, network, func(p *Pool) error { out = p.Status(); return nil })
+	return out, err
+}
+
+// Addrs returns the addresses owner holds.
+func (m *Manager) Addrs(ctx context.Context, network, owner string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	err := m.withPool(ctx, network, func(p *Pool) error { out = p.Addrs(owner); return nil })
+	return out, err
+}
