@@ -142,7 +142,7 @@ type Pool struct {
 	cfg     Config
 	subnets []*subnet
 	owners  map[netip.Addr]string // committed and pending
-	pending map[netip.Addr]Lease // reserved, not yet committed
+	pending map[netip.Addr]Lease  // reserved, not yet committed
 	byOwner map[string][]netip.Addr
 	gwBlks  map[string][]*block // per gateway, in lease order
 	gwHint  map[string]int      // no free address in gwBlks[gw][:gwHint[gw]]

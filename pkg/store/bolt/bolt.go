@@ -72,7 +72,11 @@ type txnReq struct {
 
 // Open opens (or creates) the bbolt file at path.
 func Open(path string, opts Options) (*Store, error) {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: 2 * time.Second, NoSync: opts.NoSync, NoFreelistSync: true})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+		Timeout: 2 * time.Second, NoSync: opts.NoSync, NoFreelistSync: true,
+		FreelistType:    bbolt.FreelistMapType,
+		InitialMmapSize: 1 << 30, // address space only: avoids remapping (which stalls every reader and writer) as the file grows
+	})
 	if err != nil {
 		if errors.Is(err, bbolt.ErrTimeout) {
 			return nil, fmt.Errorf("open %s: the file is locked by another process (is another controller running on this data directory?)", path)
