@@ -1,0 +1,152 @@
+package gobgp_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
+)
+
+// childEnv carries a childSpec to the test binary started as a separate
+// speaker process (for tests that SIGKILL the speaker, and the benchmark).
+const childEnv = "IOTFABRIC_BGP_SPEAKER_CHILD"
+
+type childSpec struct {
+	Config bgp.Config
+	Routes []bgp.Route
+	// Generate adds n generated /32 routes after start (benchmark).
+	Generate int
+}
+
+// speakerChild runs a speaker until stdin closes or it is killed. It
+// writes "ready" when started, and for Generate "announced <ns>" when the
+// generated routes are handed over, then "rss <before> <after>" bytes.
+func speakerChild() int {
+	var spec childSpec
+	if err := json.Unmarshal([]byte(os.Getenv(childEnv)), &spec); err != nil {
+		fmt.Fprintln(os.Stderr, "child spec:", err)
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	s, err := gobgp.New(spec.Config, logger)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx := context.Background()
+	if err := s.Start(ctx, spec.Routes); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	fmt.Println("ready")
+	if spec.Generate > 0 {
+		rssBefore := rss()
+		routes := generateRoutes(spec.Generate)
+		start := time.Now()
+		if err := s.Announce(ctx, routes); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		fmt.Printf("announced %d\n", time.Since(start).Nanoseconds())
+		routes = nil
+		fmt.Printf("rss %d %d\n", rssBefore, rss())
+	}
+	io.Copy(io.Discard, os.Stdin)
+	s.Stop(ctx)
+	return 0
+}
+
+// rss is the process's resident set size in bytes (VmRSS).
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(l, "VmRSS:")), "%d", &kb)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// child is a speaker process started by a test.
+type child struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string
+	done  chan struct{}
+}
+
+func startChild(t *testing.T, spec childSpec) *child {
+	t.Helper()
+	b, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(b))
+	cmd.Stderr = testWriter{t}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, stdin: stdin, lines: make(chan string, 16), done: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+		cmd.Wait()
+		close(c.done)
+	}()
+	t.Cleanup(c.kill)
+	return c
+}
+
+// line waits for the next line the child prints.
+func (c *child) line(t *testing.T, timeout time.Duration) string {
+	t.Helper()
+	select {
+	case l, ok := <-c.lines:
+		if !ok {
+			t.Fatal("speaker process exited")
+		}
+		return l
+	case <-time.After(timeout):
+		t.Fatalf("speaker process said nothing in %s", timeout)
+	}
+	return ""
+}
+
+// kill ends the child with SIGKILL: no NOTIFICATION, no TCP close by the speaker.
+func (c *child) kill() {
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.done
+}

@@ -1,0 +1,588 @@
+// Package gobgp implements bgp.Speaker with an embedded GoBGP
+// (github.com/osrg/gobgp/v3). It is the only place in iotfabric that knows
+// GoBGP's API: protobuf messages, anypb attributes, its gRPC stream.
+//
+// Routes are fed to GoBGP in batches through its AddPathStream call (wire
+// encoded NLRI and attributes, one management operation per batch), over a
+// private unix socket. Received routes and session changes come from one
+// WatchEvent subscription whose callback only queues and signals; a
+// dispatcher goroutine decodes them and keeps the table of received routes
+// that subscriptions are served from. ListPath is never used, and ListPeer
+// only by ListPeers (an operator's call, not the update path).
+package gobgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/iotfabric/iotfabric/pkg/bgp"
+)
+
+// batchSize is the number of paths per AddPathStream message: one GoBGP
+// management operation, and UPDATEs packed from it.
+const batchSize = 2000
+
+// Speaker is a bgp.Speaker backed by an embedded GoBGP server.
+type Speaker struct {
+	cfg bgp.Config
+	log *slog.Logger
+
+	// mu guards the lifecycle fields.
+	mu       sync.Mutex
+	srv      *server.BgpServer
+	conn     *grpc.ClientConn
+	client   api.GobgpApiClient
+	sockDir  string
+	cancel   context.CancelFunc
+	running  bool
+	stopped  bool
+	peerAddr map[netip.Addr]bgp.PeerConfig
+
+	wg sync.WaitGroup
+
+	// rxMu guards the queue filled by the watch callback and the state
+	// the dispatcher derives from it.
+	rxMu     sync.Mutex
+	rxQueue  [][]*api.Path
+	rxSignal chan struct{}
+	received map[bgp.RouteKey]receivedRoute
+	subs     map[*subscriber]struct{}
+}
+
+type receivedRoute struct {
+	peer  netip.Addr
+	route bgp.Route
+}
+
+var _ bgp.Speaker = (*Speaker)(nil)
+
+// New returns a speaker for cfg (defaults filled in, then validated). A nil
+// logger discards everything.
+func New(cfg bgp.Config, logger *slog.Logger) (*Speaker, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Speaker{
+		cfg:      cfg,
+		log:      logger,
+		peerAddr: map[netip.Addr]bgp.PeerConfig{},
+		rxSignal: make(chan struct{}, 1),
+		received: map[bgp.RouteKey]receivedRoute{},
+		subs:     map[*subscriber]struct{}{},
+	}, nil
+}
+
+// Start implements bgp.Speaker.
+func (s *Speaker) Start(ctx context.Context, initial []bgp.Route) (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running || s.stopped {
+		return bgp.ErrAlreadyRunning
+	}
+	dir, err := os.MkdirTemp("", "iotfabric-bgp-")
+	if err != nil {
+		return fmt.Errorf("bgp: socket directory: %w", err)
+	}
+	sock := filepath.Join(dir, "gobgp.sock")
+	srv := server.NewBgpServer(server.GrpcListenAddress("unix://"+sock), server.LoggerOption(newLogger(s.log)))
+	go srv.Serve()
+	defer func() {
+		if err != nil {
+			srv.Stop()
+			os.RemoveAll(dir)
+		}
+	}()
+
+	g := &api.Global{
+		Asn:        s.cfg.ASN,
+		RouterId:   s.cfg.RouterID.String(),
+		ListenPort: int32(s.cfg.ListenPort),
+	}
+	for _, a := range s.cfg.ListenAddress {
+		g.ListenAddresses = append(g.ListenAddresses, a.String())
+	}
+	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
+		return fmt.Errorf("bgp: start: %w", err)
+	}
+
+	wctx, cancel := context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			cancel()
+		}
+	}()
+	watch := &api.WatchEventRequest{
+		Peer: &api.WatchEventRequest_Peer{},
+		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
+			{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true},
+		}},
+	}
+	if err := srv.WatchEvent(wctx, watch, s.onEvent); err != nil {
+		return fmt.Errorf("bgp: watch: %w", err)
+	}
+
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("bgp: api client: %w", err)
+	}
+	s.srv, s.conn, s.client, s.sockDir, s.cancel = srv, conn, api.NewGobgpApiClient(conn), dir, cancel
+	s.running = true
+	s.wg.Add(1)
+	go s.dispatch(wctx)
+
+	if len(initial) > 0 {
+		if err := s.addPathsLocked(ctx, initial, nil); err != nil {
+			s.stopLocked()
+			return fmt.Errorf("bgp: initial routes: %w", err)
+		}
+	}
+	for _, p := range s.cfg.Peers {
+		if err := s.addPeerLocked(ctx, p, !s.cfg.GracefulRestart.Disabled); err != nil {
+			s.stopLocked()
+			return err
+		}
+	}
+	s.log.Info("bgp speaker started", "asn", s.cfg.ASN, "router_id", s.cfg.RouterID, "listen_port", s.cfg.ListenPort, "peers", len(s.cfg.Peers), "routes", len(initial))
+	return nil
+}
+
+// Stop implements bgp.Speaker. Sessions are closed with a Cease NOTIFICATION.
+func (s *Speaker) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.running {
+		return nil
+	}
+	done := make(chan struct{})
+	go func() {
+		s.stopLocked()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("bgp: stop: %w", ctx.Err())
+	}
+}
+
+func (s *Speaker) stopLocked() {
+	s.running = false
+	s.stopped = true
+	s.srv.Stop()
+	s.cancel()
+	s.conn.Close()
+	os.RemoveAll(s.sockDir)
+	s.wg.Wait()
+	s.rxMu.Lock()
+	for sub := range s.subs {
+		sub.close()
+	}
+	s.subs = map[*subscriber]struct{}{}
+	s.rxMu.Unlock()
+	s.log.Info("bgp speaker stopped")
+}
+
+func (s *Speaker) runningLocked() error {
+	if !s.running {
+		return bgp.ErrNotRunning
+	}
+	return nil
+}
+
+// AddPeer implements bgp.Speaker.
+func (s *Speaker) AddPeer(ctx context.Context, p bgp.PeerConfig) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.runningLocked(); err != nil {
+		return err
+	}
+	return s.addPeerLocked(ctx, p, false)
+}
+
+func (s *Speaker) addPeerLocked(ctx context.Context, p bgp.PeerConfig, restarting bool) error {
+	if _, ok := s.peerAddr[p.Address]; ok {
+		return fmt.Errorf("bgp: peer %s: %w", p.Address, bgp.ErrPeerExists)
+	}
+	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p, restarting)}); err != nil {
+		return fmt.Errorf("bgp: add peer %s: %w", p.Address, err)
+	}
+	s.peerAddr[p.Address] = p
+	s.log.Info("bgp peer added", "peer", p.Address, "asn", p.ASN, "md5", p.Password != "")
+	return nil
+}
+
+func (s *Speaker) apiPeer(p bgp.PeerConfig, restarting bool) *api.Peer {
+	port := uint32(p.Port)
+	if port == 0 {
+		port = bgp.DefaultPort
+	}
+	hold := uint64(s.cfg.HoldTime / time.Second)
+	peer := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			PeerAsn:         p.ASN,
+			AuthPassword:    p.Password,
+			Description:     p.Description,
+		},
+		Transport: &api.Transport{RemotePort: port},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			ConnectRetry:      uint64(s.cfg.ConnectRetry / time.Second),
+			HoldTime:          hold,
+			KeepaliveInterval: max(hold/3, 1),
+		}},
+	}
+	gr := !s.cfg.GracefulRestart.Disabled
+	for _, f := range []*api.Family{familyVPNv4, familyVPNv6} {
+		af := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}}
+		if gr {
+			af.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+		}
+		peer.AfiSafis = append(peer.AfiSafis, af)
+	}
+	if gr {
+		peer.GracefulRestart = &api.GracefulRestart{
+			Enabled:         true,
+			RestartTime:     uint32(s.cfg.GracefulRestart.RestartTime / time.Second),
+			DeferralTime:    uint32(s.cfg.GracefulRestart.DeferralTime / time.Second),
+			LocalRestarting: restarting,
+		}
+	}
+	if s.cfg.RouteReflector && p.ASN == s.cfg.ASN {
+		peer.RouteReflector = &api.RouteReflector{
+			RouteReflectorClient:    true,
+			RouteReflectorClusterId: s.cfg.ClusterID.String(),
+		}
+	}
+	return peer
+}
+
+// DeletePeer implements bgp.Speaker. The session is closed with a Cease
+// NOTIFICATION and the peer's routes are withdrawn.
+func (s *Speaker) DeletePeer(ctx context.Context, addr netip.Addr) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.runningLocked(); err != nil {
+		return err
+	}
+	if _, ok := s.peerAddr[addr]; !ok {
+		return fmt.Errorf("bgp: peer %s: %w", addr, bgp.ErrPeerNotFound)
+	}
+	if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		return fmt.Errorf("bgp: delete peer %s: %w", addr, err)
+	}
+	delete(s.peerAddr, addr)
+	s.log.Info("bgp peer deleted", "peer", addr)
+	return nil
+}
+
+// ListPeers implements bgp.Speaker. It asks GoBGP for its counters (a
+// server-wide operation): meant for operators, not for a hot path.
+func (s *Speaker) ListPeers(ctx context.Context) ([]bgp.PeerStatus, error) {
+	s.mu.Lock()
+	if err := s.runningLocked(); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	srv := s.srv
+	cfgs := make(map[netip.Addr]bgp.PeerConfig, len(s.peerAddr))
+	for a, p := range s.peerAddr {
+		cfgs[a] = p
+	}
+	s.mu.Unlock()
+
+	var out []bgp.PeerStatus
+	err := srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
+		addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+		if err != nil {
+			return
+		}
+		st := bgp.PeerStatus{PeerConfig: cfgs[addr], State: sessionState(p.GetState().GetSessionState())}
+		st.Address = addr
+		if st.State == bgp.PeerEstablished {
+			if up := p.GetTimers().GetState().GetUptime(); up != nil {
+				st.Uptime = time.Since(up.AsTime()).Truncate(time.Second)
+			}
+		}
+		for _, af := range p.GetAfiSafis() {
+			st.PrefixesSent += af.GetState().GetAdvertised()
+			st.PrefixesReceived += af.GetState().GetReceived()
+		}
+		out = append(out, st)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bgp: list peers: %w", err)
+	}
+	return out, nil
+}
+
+func sessionState(st api.PeerState_SessionState) bgp.PeerState {
+	switch st {
+	case api.PeerState_CONNECT:
+		return bgp.PeerConnect
+	case api.PeerState_ACTIVE:
+		return bgp.PeerActive
+	case api.PeerState_OPENSENT:
+		return bgp.PeerOpenSent
+	case api.PeerState_OPENCONFIRM:
+		return bgp.PeerOpenConfirm
+	case api.PeerState_ESTABLISHED:
+		return bgp.PeerEstablished
+	}
+	return bgp.PeerIdle
+}
+
+// Announce implements bgp.Speaker. All routes are validated before any is
+// sent; they reach GoBGP in batches over one AddPathStream.
+func (s *Speaker) Announce(ctx context.Context, routes []bgp.Route) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.runningLocked(); err != nil {
+		return err
+	}
+	return s.addPathsLocked(ctx, routes, nil)
+}
+
+// Withdraw implements bgp.Speaker.
+func (s *Speaker) Withdraw(ctx context.Context, keys []bgp.RouteKey) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.runningLocked(); err != nil {
+		return err
+	}
+	return s.addPathsLocked(ctx, nil, keys)
+}
+
+func (s *Speaker) addPathsLocked(ctx context.Context, routes []bgp.Route, withdraw []bgp.RouteKey) error {
+	paths := make([]*api.Path, 0, len(routes)+len(withdraw))
+	cache := attrCache{}
+	for _, r := range routes {
+		p, err := cache.apiPath(r)
+		if err != nil {
+			return fmt.Errorf("bgp: announce: %w", err)
+		}
+		paths = append(paths, p)
+	}
+	for _, k := range withdraw {
+		p, err := apiWithdrawal(k)
+		if err != nil {
+			return fmt.Errorf("bgp: withdraw: %w", err)
+		}
+		paths = append(paths, p)
+	}
+	if len(paths) == 0 {
+		return nil
+	}
+	stream, err := s.client.AddPathStream(ctx, grpc.WaitForReady(true))
+	if err != nil {
+		return fmt.Errorf("bgp: add path stream: %w", err)
+	}
+	for len(paths) > 0 {
+		n := min(batchSize, len(paths))
+		if err := stream.Send(&api.AddPathStreamRequest{TableType: api.TableType_GLOBAL, Paths: paths[:n]}); err != nil {
+			if errors.Is(err, io.EOF) {
+				_, err = stream.CloseAndRecv()
+			}
+			return fmt.Errorf("bgp: add path stream: %w", err)
+		}
+		paths = paths[n:]
+	}
+	if _, err := stream.CloseAndRecv(); err != nil {
+		return fmt.Errorf("bgp: add path stream: %w", err)
+	}
+	return nil
+}
+
+// onEvent is GoBGP's watch callback: it only queues and signals.
+func (s *Speaker) onEvent(ev *api.WatchEventResponse) {
+	switch e := ev.GetEvent().(type) {
+	case *api.WatchEventResponse_Table:
+		if len(e.Table.GetPaths()) == 0 {
+			return
+		}
+		s.rxMu.Lock()
+		s.rxQueue = append(s.rxQueue, e.Table.GetPaths())
+		s.rxMu.Unlock()
+		select {
+		case s.rxSignal <- struct{}{}:
+		default:
+		}
+	case *api.WatchEventResponse_Peer:
+		p := e.Peer.GetPeer()
+		if e.Peer.GetType() == api.WatchEventResponse_PeerEvent_STATE {
+			s.log.Info("bgp peer state", "peer", p.GetState().GetNeighborAddress(), "state", sessionState(p.GetState().GetSessionState()))
+		}
+	}
+}
+
+// dispatch turns queued best-path changes into received-route events.
+func (s *Speaker) dispatch(ctx context.Context) {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.rxSignal:
+		}
+		s.rxMu.Lock()
+		q := s.rxQueue
+		s.rxQueue = nil
+		var evs []bgp.RouteEvent
+		for _, batch := range q {
+			for _, p := range batch {
+				evs = s.applyLocked(p, evs)
+			}
+		}
+		if len(evs) > 0 {
+			for sub := range s.subs {
+				sub.push(evs)
+			}
+		}
+		s.rxMu.Unlock()
+	}
+}
+
+// applyLocked applies one best-path change to the received table.
+func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent) []bgp.RouteEvent {
+	if p.GetFamily() == nil || (p.Family.Safi != api.Family_SAFI_MPLS_VPN) {
+		return evs
+	}
+	peer, _ := netip.ParseAddr(p.GetNeighborIp())
+	local := !peer.IsValid() || peer.IsUnspecified()
+	if local && !p.GetIsWithdraw() && len(s.received) == 0 {
+		return evs // fast path: our own announcements
+	}
+	r, err := routeFromAPI(p)
+	if err != nil {
+		s.log.Warn("bgp: ignoring received path", "peer", p.GetNeighborIp(), "err", err)
+		return evs
+	}
+	k := r.Key()
+	old, had := s.received[k]
+	if p.GetIsWithdraw() || local {
+		if had {
+			delete(s.received, k)
+			evs = append(evs, bgp.RouteEvent{Peer: old.peer, Withdraw: true, Route: old.route})
+		}
+		return evs
+	}
+	s.received[k] = receivedRoute{peer: peer, route: r}
+	if had && old.peer != peer {
+		evs = append(evs, bgp.RouteEvent{Peer: old.peer, Withdraw: true, Route: old.route})
+	}
+	return append(evs, bgp.RouteEvent{Peer: peer, Route: r})
+}
+
+// Subscribe implements bgp.Speaker.
+func (s *Speaker) Subscribe(ctx context.Context) (<-chan []bgp.RouteEvent, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.runningLocked(); err != nil {
+		return nil, err
+	}
+	sub := &subscriber{signal: make(chan struct{}, 1), out: make(chan []bgp.RouteEvent), done: make(chan struct{})}
+	s.rxMu.Lock()
+	snap := make([]bgp.RouteEvent, 0, len(s.received))
+	for _, rr := range s.received {
+		snap = append(snap, bgp.RouteEvent{Peer: rr.peer, Route: rr.route})
+	}
+	sub.queue = [][]bgp.RouteEvent{snap}
+	s.subs[sub] = struct{}{}
+	s.rxMu.Unlock()
+	go func() {
+		sub.run(ctx)
+		s.rxMu.Lock()
+		delete(s.subs, sub)
+		s.rxMu.Unlock()
+	}()
+	return sub.out, nil
+}
+
+// subscriber is one Subscribe call: an unbounded queue drained by its own
+// goroutine into the channel the caller reads.
+type subscriber struct {
+	mu     sync.Mutex
+	queue  [][]bgp.RouteEvent
+	closed bool
+	signal chan struct{}
+	out    chan []bgp.RouteEvent
+	done   chan struct{}
+	once   sync.Once
+}
+
+func (u *subscriber) push(evs []bgp.RouteEvent) {
+	u.mu.Lock()
+	u.queue = append(u.queue, evs)
+	u.mu.Unlock()
+	select {
+	case u.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (u *subscriber) close() { u.once.Do(func() { close(u.done) }) }
+
+func (u *subscriber) run(ctx context.Context) {
+	defer close(u.out)
+	for {
+		u.mu.Lock()
+		var next []bgp.RouteEvent
+		has := len(u.queue) > 0
+		if has {
+			next = u.queue[0]
+			u.queue = u.queue[1:]
+		}
+		u.mu.Unlock()
+		if has {
+			select {
+			case u.out <- next:
+				continue
+			case <-ctx.Done():
+				return
+			case <-u.done:
+				return
+			}
+		}
+		select {
+		case <-u.signal:
+		case <-ctx.Done():
+			return
+		case <-u.done:
+			return
+		}
+	}
+}
+
+// Announced is a helper for logs and tests: the number of RD:prefix keys
+// in a route list.
+func keysOf(routes []bgp.Route) []bgp.RouteKey {
+	ks := make([]bgp.RouteKey, len(routes))
+	for i, r := range routes {
+		ks[i] = r.Key()
+	}
+	return ks
+}
+
+var _ = keysOf
+var _ = strconv.Itoa

@@ -1,0 +1,257 @@
+package gobgp
+
+// Conversions between iotfabric's VPN routes and GoBGP's native BGP types
+// and API paths. Every GoBGP protobuf/anypb detail of the project stays in
+// this package.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/apiutil"
+	gbgp "github.com/osrg/gobgp/v3/pkg/packet/bgp"
+
+	"github.com/iotfabric/iotfabric/pkg/bgp"
+)
+
+var (
+	familyVPNv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_MPLS_VPN}
+	familyVPNv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_MPLS_VPN}
+)
+
+// errNotVPN marks a path of a family other than VPNv4/VPNv6.
+var errNotVPN = errors.New("not a VPNv4/VPNv6 path")
+
+func nativeRD(rd bgp.RD) gbgp.RouteDistinguisherInterface {
+	return gbgp.NewRouteDistinguisherIPAddressAS(rd.Addr.String(), rd.Index)
+}
+
+// nativeNLRI builds the labeled VPN NLRI of a route (label ignored for withdrawals).
+func nativeNLRI(k bgp.RouteKey, label uint32) (gbgp.AddrPrefixInterface, error) {
+	if !k.RD.IsValid() || !k.Prefix.IsValid() {
+		return nil, fmt.Errorf("%w: %s", bgp.ErrInvalidRoute, k)
+	}
+	stack := *gbgp.NewMPLSLabelStack(label)
+	bits := uint8(k.Prefix.Bits())
+	addr := k.Prefix.Addr().String()
+	if k.Prefix.Addr().Is4() {
+		return gbgp.NewLabeledVPNIPAddrPrefix(bits, addr, stack, nativeRD(k.RD)), nil
+	}
+	return gbgp.NewLabeledVPNIPv6AddrPrefix(bits, addr, stack, nativeRD(k.RD)), nil
+}
+
+// wireNextHop is the next hop as carried in MP_REACH_NLRI: an IPv4 next hop
+// of a VPNv6 route is sent IPv4-mapped (RFC 4659 3.2.1.2).
+func wireNextHop(r bgp.Route) string {
+	if r.IsIPv6() && r.NextHop.Is4() {
+		return netip.AddrFrom16(r.NextHop.As16()).String()
+	}
+	return r.NextHop.String()
+}
+
+// extCommunities builds the route targets and tunnel-encapsulation communities.
+func extCommunities(r bgp.Route) []gbgp.ExtendedCommunityInterface {
+	ecs := make([]gbgp.ExtendedCommunityInterface, 0, len(r.RouteTargets)+len(r.Encaps))
+	for _, t := range r.RouteTargets {
+		if t.ASN <= 0xffff {
+			ecs = append(ecs, gbgp.NewTwoOctetAsSpecificExtended(gbgp.EC_SUBTYPE_ROUTE_TARGET, uint16(t.ASN), t.Value, true))
+		} else {
+			ecs = append(ecs, gbgp.NewFourOctetAsSpecificExtended(gbgp.EC_SUBTYPE_ROUTE_TARGET, t.ASN, uint16(t.Value), true))
+		}
+	}
+	for _, e := range r.Encaps {
+		ecs = append(ecs, gbgp.NewEncapExtended(gbgp.TunnelType(e.TunnelType())))
+	}
+	return ecs
+}
+
+// attrCache serializes the path attributes other than MP_REACH_NLRI once
+// per distinct set of route targets and encapsulations.
+type attrCache map[string][][]byte
+
+func (c attrCache) common(r bgp.Route) ([][]byte, error) {
+	var kb strings.Builder
+	for _, t := range r.RouteTargets {
+		kb.WriteString(t.String())
+		kb.WriteByte(' ')
+	}
+	for _, e := range r.Encaps {
+		kb.WriteString(e.String())
+		kb.WriteByte(' ')
+	}
+	key := kb.String()
+	if b, ok := c[key]; ok {
+		return b, nil
+	}
+	attrs := []gbgp.PathAttributeInterface{
+		gbgp.NewPathAttributeOrigin(gbgp.BGP_ORIGIN_ATTR_TYPE_IGP),
+		gbgp.NewPathAttributeLocalPref(100),
+	}
+	if ecs := extCommunities(r); len(ecs) > 0 {
+		attrs = append(attrs, gbgp.NewPathAttributeExtendedCommunities(ecs))
+	}
+	out := make([][]byte, 0, len(attrs))
+	for _, a := range attrs {
+		b, err := a.Serialize()
+		if err != nil {
+			return nil, fmt.Errorf("serialize %s: %w", a.GetType(), err)
+		}
+		out = append(out, b)
+	}
+	c[key] = out
+	return out, nil
+}
+
+// apiPath converts a route into a GoBGP API path in the binary encoding
+// (wire-format NLRI and attributes, no anypb), ready for AddPathStream.
+func (c attrCache) apiPath(r bgp.Route) (*api.Path, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	nlri, err := nativeNLRI(r.Key(), r.Label)
+	if err != nil {
+		return nil, err
+	}
+	nb, err := nlri.Serialize()
+	if err != nil {
+		return nil, fmt.Errorf("serialize NLRI %s: %w", r.Key(), err)
+	}
+	common, err := c.common(r)
+	if err != nil {
+		return nil, err
+	}
+	mp, err := gbgp.NewPathAttributeMpReachNLRI(wireNextHop(r), []gbgp.AddrPrefixInterface{nlri}).Serialize()
+	if err != nil {
+		return nil, fmt.Errorf("serialize MP_REACH_NLRI %s: %w", r.Key(), err)
+	}
+	attrs := make([][]byte, 0, len(common)+1)
+	attrs = append(attrs, mp)
+	attrs = append(attrs, common...)
+	fam := familyVPNv4
+	if r.IsIPv6() {
+		fam = familyVPNv6
+	}
+	return &api.Path{Family: fam, NlriBinary: nb, PattrsBinary: attrs}, nil
+}
+
+// apiWithdrawal converts a route key into a GoBGP API withdrawal.
+func apiWithdrawal(k bgp.RouteKey) (*api.Path, error) {
+	nlri, err := nativeNLRI(k, 0)
+	if err != nil {
+		return nil, err
+	}
+	nb, err := nlri.Serialize()
+	if err != nil {
+		return nil, fmt.Errorf("serialize NLRI %s: %w", k, err)
+	}
+	fam := familyVPNv4
+	if k.Prefix.Addr().Is6() {
+		fam = familyVPNv6
+	}
+	return &api.Path{Family: fam, NlriBinary: nb, IsWithdraw: true}, nil
+}
+
+// routeFromNative converts a received VPN NLRI and its attributes into a route.
+func routeFromNative(nlri gbgp.AddrPrefixInterface, attrs []gbgp.PathAttributeInterface) (bgp.Route, error) {
+	var (
+		r      bgp.Route
+		rd     gbgp.RouteDistinguisherInterface
+		labels []uint32
+		prefix string
+	)
+	switch n := nlri.(type) {
+	case *gbgp.LabeledVPNIPAddrPrefix:
+		rd, labels, prefix = n.RD, n.Labels.Labels, n.IPPrefix()
+	case *gbgp.LabeledVPNIPv6AddrPrefix:
+		rd, labels, prefix = n.RD, n.Labels.Labels, n.IPPrefix()
+	default:
+		return r, fmt.Errorf("%w: %T", errNotVPN, nlri)
+	}
+	p, err := netip.ParsePrefix(prefix)
+	if err != nil {
+		return r, fmt.Errorf("%w: prefix %q: %w", bgp.ErrInvalidRoute, prefix, err)
+	}
+	r.Prefix = p.Masked()
+	rdv, ok := rd.(*gbgp.RouteDistinguisherIPAddressAS)
+	if !ok || rdv == nil {
+		return r, fmt.Errorf("%w: %s: RD %v is not type 1", bgp.ErrInvalidRD, prefix, rd)
+	}
+	a, ok := netip.AddrFromSlice(rdv.Admin.To4())
+	if !ok {
+		return r, fmt.Errorf("%w: %s: RD administrator %v", bgp.ErrInvalidRD, prefix, rdv.Admin)
+	}
+	r.RD = bgp.RD{Addr: a, Index: rdv.Assigned}
+	if len(labels) > 0 {
+		r.Label = labels[0]
+	}
+	for _, attr := range attrs {
+		switch v := attr.(type) {
+		case *gbgp.PathAttributeMpReachNLRI:
+			r.NextHop = addrFromIP(v.Nexthop)
+		case *gbgp.PathAttributeNextHop:
+			if !r.NextHop.IsValid() {
+				r.NextHop = addrFromIP(v.Value)
+			}
+		case *gbgp.PathAttributeExtendedCommunities:
+			for _, ec := range v.Value {
+				switch c := ec.(type) {
+				case *gbgp.TwoOctetAsSpecificExtended:
+					if c.SubType == gbgp.EC_SUBTYPE_ROUTE_TARGET {
+						r.RouteTargets = append(r.RouteTargets, bgp.RouteTarget{ASN: uint32(c.AS), Value: c.LocalAdmin})
+					}
+				case *gbgp.FourOctetAsSpecificExtended:
+					if c.SubType == gbgp.EC_SUBTYPE_ROUTE_TARGET {
+						r.RouteTargets = append(r.RouteTargets, bgp.RouteTarget{ASN: c.AS, Value: uint32(c.LocalAdmin)})
+					}
+				case *gbgp.EncapExtended:
+					if e, ok := bgp.EncapFromTunnelType(uint16(c.TunnelType)); ok && !containsEncap(r.Encaps, e) {
+						r.Encaps = append(r.Encaps, e)
+					}
+				}
+			}
+		}
+	}
+	return r, nil
+}
+
+func containsEncap(l []bgp.Encap, e bgp.Encap) bool {
+	for _, x := range l {
+		if x == e {
+			return true
+		}
+	}
+	return false
+}
+
+// addrFromIP converts a next hop, unmapping IPv4-mapped IPv6 addresses.
+func addrFromIP(ip net.IP) netip.Addr {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+// routeFromAPI converts a path reported by GoBGP's watch into a route.
+func routeFromAPI(p *api.Path) (bgp.Route, error) {
+	if p.GetFamily() == nil {
+		return bgp.Route{}, fmt.Errorf("%w: no family", errNotVPN)
+	}
+	rf := apiutil.ToRouteFamily(p.Family)
+	if rf != gbgp.RF_IPv4_VPN && rf != gbgp.RF_IPv6_VPN {
+		return bgp.Route{}, fmt.Errorf("%w: %s", errNotVPN, rf)
+	}
+	nlri, err := apiutil.GetNativeNlri(p)
+	if err != nil {
+		return bgp.Route{}, fmt.Errorf("decode NLRI: %w", err)
+	}
+	attrs, err := apiutil.GetNativePathAttributes(p)
+	if err != nil {
+		return bgp.Route{}, fmt.Errorf("decode path attributes: %w", err)
+	}
+	return routeFromNative(nlri, attrs)
+}
