@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 
@@ -16,7 +17,9 @@ import (
 //	ipam/<network>/blocks/<prefix>  -> gateway name
 //	ipam/<network>/addrs/<address>  -> owner (endpoint id)
 func netPrefix(network string) string { return "ipam/" + network + "/" }
-func blockKey(network string, p netip.Prefix) string {
+
+// BlockKey is the store key of a block lease.
+func BlockKey(network string, p netip.Prefix) string {
 	return netPrefix(network) + "blocks/" + p.String()
 }
 func addrKey(network string, a netip.Addr) string { return netPrefix(network) + "addrs/" + a.String() }
@@ -54,6 +57,26 @@ func (m *Manager) Configure(network string, cfg Config) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.pools[network] = &poolEntry{cfg: cfg}
+	return nil
+}
+
+// Ensure declares a network's address space unless it is already declared
+// with the same configuration; a changed configuration is reloaded from the
+// store on next use, keeping reservations in flight.
+func (m *Manager) Ensure(network string, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.pools[network]
+	if !ok {
+		m.pools[network] = &poolEntry{cfg: cfg}
+		return nil
+	}
+	if !slices.Equal(e.cfg.Subnets, cfg.Subnets) || e.cfg.blockLen(IPv4) != cfg.blockLen(IPv4) || e.cfg.blockLen(IPv6) != cfg.blockLen(IPv6) {
+		e.cfg, e.stale = cfg, true
+	}
 	return nil
 }
 
@@ -214,7 +237,7 @@ func (m *Manager) Reserve(ctx context.Context, network, owner, gateway string, r
 		r.Conds = append(r.Conds, store.Absent(k))
 		r.Ops = append(r.Ops, store.Put(k, []byte(owner)))
 		if l.NewBlock.IsValid() {
-			bk := blockKey(network, l.NewBlock)
+			bk := BlockKey(network, l.NewBlock)
 			r.Conds = append(r.Conds, store.Absent(bk))
 			r.Ops = append(r.Ops, store.Put(bk, []byte(gateway)))
 		}

@@ -1,0 +1,430 @@
+// Package controller is iotfabric's resource manager: virtual networks,
+// gateways and endpoints with their IPAM state, kept in a store.Store with
+// transactional writes and optimistic concurrency (so several controllers can
+// share an etcd store), and served over gRPC (server.go).
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/iotfabric/iotfabric/pkg/ipam"
+	"github.com/iotfabric/iotfabric/pkg/model"
+	"github.com/iotfabric/iotfabric/pkg/store"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// Store key layout.
+const (
+	pfxNetwork  = "networks/"
+	pfxNetID    = "netids/"
+	pfxGateway  = "gateways/"
+	pfxEndpoint = "endpoints/"
+	pfxLabel    = "labels/"   // labels/<gateway>/<label> -> endpoint id
+	pfxRefNet   = "refs/net/" // bumped by every endpoint write in the network
+	pfxRefGw    = "refs/gw/"  // bumped by every endpoint write on the gateway
+)
+
+// maxRetries bounds optimistic-concurrency retries of one request.
+const maxRetries = 50
+
+// MaxNetworkID is the largest network id (RD and route-target number space).
+const MaxNetworkID = 65535
+
+// Config configures a Controller.
+type Config struct {
+	ASN    uint32 // for automatic route targets
+	Logger *slog.Logger
+}
+
+// Controller implements the resource operations on a store.
+type Controller struct {
+	st   store.Store
+	ipam *ipam.Manager
+	asn  uint32
+	log  *slog.Logger
+}
+
+// New returns a Controller over st.
+func New(st store.Store, cfg Config) *Controller {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ASN == 0 {
+		cfg.ASN = 64512
+	}
+	return &Controller{st: st, ipam: ipam.NewManager(st), asn: cfg.ASN, log: cfg.Logger}
+}
+
+// Store returns the controller's store.
+func (c *Controller) Store() store.Store { return c.st }
+
+// errf builds a gRPC status error.
+func errf(code codes.Code, format string, args ...any) error {
+	return status.Errorf(code, format, args...)
+}
+
+func storeErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, store.ErrClosed):
+		return status.Error(codes.Unavailable, "the controller is shutting down")
+	}
+	return status.Errorf(codes.Unavailable, "store: %v", err)
+}
+
+func decode[T proto.Message](kv store.KV, msg T) (T, error) {
+	if err := proto.Unmarshal(kv.Value, msg); err != nil {
+		return msg, fmt.Errorf("corrupt record %s: %w", kv.Key, err)
+	}
+	return msg, nil
+}
+
+func encode(m proto.Message) []byte {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		panic(err) // only for messages we built ourselves
+	}
+	return b
+}
+
+// retry runs fn until it does not return store.ErrConflict.
+func retry(ctx context.Context, fn func() error) error {
+	for i := 0; ; i++ {
+		err := fn()
+		if !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+		if i >= maxRetries {
+			return errf(codes.Aborted, "too much concurrent change; try again")
+		}
+		if ctx.Err() != nil {
+			return storeErr(ctx.Err())
+		}
+	}
+}
+
+// ---- networks ----
+
+func (c *Controller) ipamConfig(n *v1.VirtualNetwork) (ipam.Config, error) {
+	cfg := ipam.Config{BlockV4: int(n.Ipv4BlockSize), BlockV6: int(n.Ipv6BlockSize)}
+	for _, s := range n.Subnets {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return cfg, fmt.Errorf("subnet %q is not a CIDR prefix such as 10.1.0.0/24 or fd00:1::/64", s)
+		}
+		cfg.Subnets = append(cfg.Subnets, p)
+	}
+	return cfg, cfg.Validate()
+}
+
+// normaliseNetwork validates a network from a request and fills defaults.
+func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
+	if n == nil {
+		return errf(codes.InvalidArgument, "network is missing from the request")
+	}
+	if err := model.ValidateName("network", n.Name); err != nil {
+		return errf(codes.InvalidArgument, "%v", err)
+	}
+	if n.Ipv4BlockSize == 0 {
+		n.Ipv4BlockSize = ipam.DefaultBlockV4
+	}
+	if n.Ipv6BlockSize == 0 {
+		n.Ipv6BlockSize = ipam.DefaultBlockV6
+	}
+	cfg, err := c.ipamConfig(n)
+	if err != nil {
+		return errf(codes.InvalidArgument, "network %s: %v", n.Name, err)
+	}
+	n.Subnets = n.Subnets[:0]
+	for _, p := range cfg.Subnets {
+		n.Subnets = append(n.Subnets, p.String())
+	}
+	for _, list := range []*[]string{&n.ImportRouteTargets, &n.ExportRouteTargets} {
+		var out []string
+		for _, s := range *list {
+			rt, err := model.ParseRouteTarget(strings.TrimSpace(s))
+			if err != nil {
+				return errf(codes.InvalidArgument, "network %s: %v", n.Name, err)
+			}
+			if !slices.Contains(out, rt.String()) {
+				out = append(out, rt.String())
+			}
+		}
+		*list = out
+	}
+	if len(n.Encapsulations) == 0 {
+		n.Encapsulations = slices.Clone(model.DefaultEncapsulations)
+	}
+	if err := model.ValidateEncaps(n.Encapsulations); err != nil {
+		return errf(codes.InvalidArgument, "network %s: %v", n.Name, err)
+	}
+	return nil
+}
+
+func (c *Controller) getNetworkKV(ctx context.Context, name string) (store.KV, *v1.VirtualNetwork, error) {
+	kv, err := c.st.Get(ctx, pfxNetwork+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return kv, nil, errf(codes.NotFound, "network %q not found", name)
+	}
+	if err != nil {
+		return kv, nil, storeErr(err)
+	}
+	n, err := decode(kv, &v1.VirtualNetwork{})
+	if err != nil {
+		return kv, nil, errf(codes.Internal, "%v", err)
+	}
+	n.Revision = kv.ModRev
+	return kv, n, nil
+}
+
+// ensurePool makes sure IPAM knows the network's current address space.
+func (c *Controller) ensurePool(n *v1.VirtualNetwork) error {
+	cfg, err := c.ipamConfig(n)
+	if err != nil {
+		return errf(codes.Internal, "stored network %s: %v", n.Name, err)
+	}
+	return c.ipam.Ensure(n.Name, cfg)
+}
+
+// CreateNetwork creates a network and allocates its id.
+func (c *Controller) CreateNetwork(ctx context.Context, req *v1.VirtualNetwork) (*v1.VirtualNetwork, error) {
+	n := proto.Clone(req).(*v1.VirtualNetwork)
+	if err := c.normaliseNetwork(n); err != nil {
+		return nil, err
+	}
+	err := retry(ctx, func() error {
+		if _, err := c.st.Get(ctx, pfxNetwork+n.Name); err == nil {
+			return errf(codes.AlreadyExists, "network %q already exists", n.Name)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return storeErr(err)
+		}
+		ids, _, err := c.st.List(ctx, pfxNetID)
+		if err != nil {
+			return storeErr(err)
+		}
+		used := map[uint32]bool{}
+		for _, kv := range ids {
+			id, _ := strconv.ParseUint(strings.TrimPrefix(kv.Key, pfxNetID), 10, 32)
+			used[uint32(id)] = true
+		}
+		id := uint32(1)
+		for used[id] {
+			id++
+		}
+		if id > MaxNetworkID {
+			return errf(codes.ResourceExhausted, "all %d network ids are in use", MaxNetworkID)
+		}
+		n.Id = id
+		n.AutoRouteTarget = model.AutoRouteTarget(c.asn, id).String()
+		n.Revision = 0
+		idKey := pfxNetID + strconv.FormatUint(uint64(id), 10)
+		rev, err := c.st.Txn(ctx, []store.Cond{store.Absent(pfxNetwork + n.Name), store.Absent(idKey)},
+			[]store.Op{store.Put(pfxNetwork+n.Name, encode(n)), store.Put(idKey, []byte(n.Name))})
+		if err != nil {
+			return err
+		}
+		n.Revision = rev
+		return nil
+	})
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	if err := c.ensurePool(n); err != nil {
+		return nil, err
+	}
+	c.log.Info("network created", "network", n.Name, "id", n.Id, "subnets", n.Subnets)
+	return n, nil
+}
+
+// GetNetwork returns one network.
+func (c *Controller) GetNetwork(ctx context.Context, name string) (*v1.VirtualNetwork, error) {
+	_, n, err := c.getNetworkKV(ctx, name)
+	return n, err
+}
+
+// ListNetworks returns every network.
+func (c *Controller) ListNetworks(ctx context.Context) ([]*v1.VirtualNetwork, int64, error) {
+	return listDecoded(ctx, c.st, pfxNetwork, func() *v1.VirtualNetwork { return &v1.VirtualNetwork{} },
+		func(n *v1.VirtualNetwork, rev int64) { n.Revision = rev })
+}
+
+func listDecoded[T proto.Message](ctx context.Context, st store.Store, prefix string, mk func() T, setRev func(T, int64)) ([]T, int64, error) {
+	kvs, rev, err := st.List(ctx, prefix)
+	if err != nil {
+		return nil, 0, storeErr(err)
+	}
+	out := make([]T, 0, len(kvs))
+	for _, kv := range kvs {
+		m, err := decode(kv, mk())
+		if err != nil {
+			return nil, 0, errf(codes.Internal, "%v", err)
+		}
+		setRev(m, kv.ModRev)
+		out = append(out, m)
+	}
+	return out, rev, nil
+}
+
+// UpdateNetwork replaces route targets and encapsulations, and adds or removes
+// subnets (a subnet in use cannot be removed).
+func (c *Controller) UpdateNetwork(ctx context.Context, req *v1.VirtualNetwork) (*v1.VirtualNetwork, error) {
+	upd := proto.Clone(req).(*v1.VirtualNetwork)
+	if err := c.normaliseNetwork(upd); err != nil {
+		return nil, err
+	}
+	var out *v1.VirtualNetwork
+	err := retry(ctx, func() error {
+		kv, cur, err := c.getNetworkKV(ctx, upd.Name)
+		if err != nil {
+			return err
+		}
+		if upd.Ipv4BlockSize != cur.Ipv4BlockSize || upd.Ipv6BlockSize != cur.Ipv6BlockSize {
+			return errf(codes.InvalidArgument, "network %s: block sizes cannot change after creation (now /%d and /%d)", cur.Name, cur.Ipv4BlockSize, cur.Ipv6BlockSize)
+		}
+		if err := c.ensurePool(cur); err != nil {
+			return err
+		}
+		stat, err := c.ipam.Status(ctx, cur.Name)
+		if err != nil {
+			return storeErr(err)
+		}
+		for _, s := range stat {
+			if s.Used > 0 && !slices.Contains(upd.Subnets, s.Prefix.String()) {
+				return errf(codes.FailedPrecondition, "network %s: subnet %s still has %d addresses in use; delete those endpoints first", cur.Name, s.Prefix, s.Used)
+			}
+		}
+		n := proto.Clone(cur).(*v1.VirtualNetwork)
+		n.Subnets, n.ImportRouteTargets, n.ExportRouteTargets, n.Encapsulations = upd.Subnets, upd.ImportRouteTargets, upd.ExportRouteTargets, upd.Encapsulations
+		n.Revision = 0
+		// Blocks of removed subnets (empty, checked above) are dropped.
+		var ops []store.Op
+		for _, s := range stat {
+			if !slices.Contains(n.Subnets, s.Prefix.String()) {
+				for _, b := range s.Blocks {
+					ops = append(ops, store.Delete(ipam.BlockKey(n.Name, b.Prefix)))
+				}
+			}
+		}
+		ops = append(ops, store.Put(kv.Key, encode(n)))
+		rev, err := c.st.Txn(ctx, []store.Cond{store.Unchanged(kv)}, ops)
+		if err != nil {
+			return err
+		}
+		n.Revision = rev
+		out = n
+		return nil
+	})
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	if err := c.ensurePool(out); err != nil {
+		return nil, err
+	}
+	c.log.Info("network updated", "network", out.Name, "subnets", out.Subnets)
+	return out, nil
+}
+
+// DeleteNetwork deletes a network with no endpoints, and its IPAM state.
+func (c *Controller) DeleteNetwork(ctx context.Context, name string) (int64, error) {
+	var rev int64
+	err := retry(ctx, func() error {
+		kv, n, err := c.getNetworkKV(ctx, name)
+		if err != nil {
+			return err
+		}
+		ref, err := c.getRef(ctx, pfxRefNet+name)
+		if err != nil {
+			return err
+		}
+		eps, _, err := c.ListEndpoints(ctx, name, "")
+		if err != nil {
+			return err
+		}
+		if len(eps) > 0 {
+			return errf(codes.FailedPrecondition, "network %s still has %d endpoints (e.g. %s); delete them first", name, len(eps), eps[0].Id)
+		}
+		ops, err := c.ipam.DeleteOps(ctx, name)
+		if err != nil {
+			return storeErr(err)
+		}
+		ops = append(ops, store.Delete(kv.Key), store.Delete(pfxNetID+strconv.FormatUint(uint64(n.Id), 10)), store.Delete(pfxRefNet+name))
+		rev, err = c.st.Txn(ctx, []store.Cond{store.Unchanged(kv), ref}, ops)
+		return err
+	})
+	if err != nil {
+		return 0, storeErr(err)
+	}
+	c.ipam.Forget(name)
+	c.log.Info("network deleted", "network", name)
+	return rev, nil
+}
+
+// getRef returns a condition that holds while the reference key is unchanged.
+func (c *Controller) getRef(ctx context.Context, key string) (store.Cond, error) {
+	kv, err := c.st.Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Absent(key), nil
+	}
+	if err != nil {
+		return store.Cond{}, storeErr(err)
+	}
+	return store.Unchanged(kv), nil
+}
+
+// IpamStatus summarises a network's address use.
+func (c *Controller) IpamStatus(ctx context.Context, name string) (*v1.IpamStatus, error) {
+	_, n, err := c.getNetworkKV(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.ensurePool(n); err != nil {
+		return nil, err
+	}
+	stat, err := c.ipam.Status(ctx, name)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	out := &v1.IpamStatus{Network: name, Revision: n.Revision}
+	for _, s := range stat {
+		is := &v1.IpamSubnet{Subnet: s.Prefix.String(), Size: s.Size, Used: s.Used, BlockSize: uint32(s.BlockLen), BlocksTotal: s.BlocksTotal}
+		for _, b := range s.Blocks {
+			is.Blocks = append(is.Blocks, &v1.IpamBlock{Prefix: b.Prefix.String(), Gateway: b.Gateway, Used: uint32(b.Used), Size: uint32(b.Size)})
+		}
+		out.Subnets = append(out.Subnets, is)
+	}
+	return out, nil
+}
+
+// LoadNetworks declares every stored network's address space to IPAM (at start).
+func (c *Controller) LoadNetworks(ctx context.Context) (int, error) {
+	nets, _, err := c.ListNetworks(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, n := range nets {
+		if err := c.ensurePool(n); err != nil {
+			return 0, err
+		}
+	}
+	return len(nets), nil
+}

@@ -1,0 +1,194 @@
+// Package model holds the validation and textual forms shared by the controller,
+// its API and the CLI: resource names, route targets, encapsulations, labels.
+package model
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// AutoRouteTargetBase is added to a network's id to form its automatic route target.
+const AutoRouteTargetBase = 8000000
+
+// Label bounds: 0-15 are reserved by MPLS; labels are 20 bits.
+const (
+	MinLabel = 16
+	MaxLabel = 1<<20 - 1
+)
+
+// ValidateName checks a network or gateway name: 1-63 characters of letters,
+// digits, '-', '_' and '.', starting with a letter or digit.
+func ValidateName(kind, name string) error {
+	return validateID(kind+" name", name, 63)
+}
+
+// ValidateEndpointID checks an endpoint id (1-253 characters, same alphabet plus ':').
+func ValidateEndpointID(id string) error {
+	return validateID("endpoint id", id, 253)
+}
+
+func validateID(what, s string, max int) error {
+	if s == "" {
+		return fmt.Errorf("%s is empty", what)
+	}
+	if len(s) > max {
+		return fmt.Errorf("%s %.20q... is %d characters long, the limit is %d", what, s, len(s), max)
+	}
+	for i, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || (i > 0 && strings.ContainsRune("-_.:", r))
+		if !ok {
+			return fmt.Errorf("%s %q: character %q at position %d is not allowed (use letters, digits, '-', '_', '.', ':', starting with a letter or digit)", what, s, r, i+1)
+		}
+	}
+	return nil
+}
+
+// RouteTarget is a route target extended community: target:<asn>:<n> (2- or
+// 4-byte ASN) or target:<ipv4>:<n>.
+type RouteTarget struct {
+	ASN   uint32     // when Addr is not valid
+	Addr  netip.Addr // IPv4-address-specific form
+	Value uint32
+}
+
+// ParseRouteTarget parses "target:64512:100", "64512:100", "target:10.0.0.1:5".
+func ParseRouteTarget(s string) (RouteTarget, error) {
+	body := strings.TrimPrefix(s, "target:")
+	i := strings.LastIndexByte(body, ':')
+	if i <= 0 || i == len(body)-1 {
+		return RouteTarget{}, fmt.Errorf("route target %q: want target:<asn>:<number> or target:<ipv4>:<number>", s)
+	}
+	admin, num := body[:i], body[i+1:]
+	var rt RouteTarget
+	if a, err := netip.ParseAddr(admin); err == nil {
+		if !a.Is4() {
+			return RouteTarget{}, fmt.Errorf("route target %q: the administrator must be an IPv4 address or an AS number", s)
+		}
+		rt.Addr = a
+		v, err := strconv.ParseUint(num, 10, 16)
+		if err != nil {
+			return RouteTarget{}, fmt.Errorf("route target %q: the number after an IPv4 administrator must be 0-65535", s)
+		}
+		rt.Value = uint32(v)
+		return rt, nil
+	}
+	asn, err := strconv.ParseUint(admin, 10, 32)
+	if err != nil {
+		return RouteTarget{}, fmt.Errorf("route target %q: %q is not an AS number or IPv4 address", s, admin)
+	}
+	bitsV := 32
+	if asn > 65535 {
+		bitsV = 16 // 4-byte ASN leaves 16 bits for the number
+	}
+	v, err := strconv.ParseUint(num, 10, bitsV)
+	if err != nil {
+		return RouteTarget{}, fmt.Errorf("route target %q: number %q out of range for this AS number form (max %d)", s, num, uint64(1)<<bitsV-1)
+	}
+	rt.ASN, rt.Value = uint32(asn), uint32(v)
+	return rt, nil
+}
+
+func (rt RouteTarget) String() string {
+	if rt.Addr.IsValid() {
+		return fmt.Sprintf("target:%s:%d", rt.Addr, rt.Value)
+	}
+	return fmt.Sprintf("target:%d:%d", rt.ASN, rt.Value)
+}
+
+// AutoRouteTarget is the route target every network gets: target:<asn>:<8000000+id>.
+func AutoRouteTarget(asn uint32, networkID uint32) RouteTarget {
+	return RouteTarget{ASN: asn, Value: AutoRouteTargetBase + networkID}
+}
+
+// Encapsulation names as used by the CLI and config files.
+var encapNames = map[v1.Encapsulation]string{
+	v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP: "mplsoudp",
+	v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE: "mplsogre",
+	v1.Encapsulation_ENCAPSULATION_VXLAN:      "vxlan",
+}
+
+// DefaultEncapsulations is the priority list used when none is given.
+var DefaultEncapsulations = []v1.Encapsulation{v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP, v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE}
+
+// EncapName returns the short name of an encapsulation.
+func EncapName(e v1.Encapsulation) string {
+	if n, ok := encapNames[e]; ok {
+		return n
+	}
+	return fmt.Sprintf("unknown(%d)", int32(e))
+}
+
+// ParseEncaps parses a comma-separated list such as "mplsoudp,mplsogre".
+func ParseEncaps(s string) ([]v1.Encapsulation, error) {
+	var out []v1.Encapsulation
+	for _, part := range strings.Split(s, ",") {
+		part = strings.ToLower(strings.TrimSpace(part))
+		if part == "" {
+			continue
+		}
+		found := false
+		for e, n := range encapNames {
+			if n == part {
+				out = append(out, e)
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown encapsulation %q: use mplsoudp, mplsogre or vxlan", part)
+		}
+	}
+	return out, ValidateEncaps(out)
+}
+
+// ValidateEncaps checks a priority list: known values, no repeats.
+func ValidateEncaps(es []v1.Encapsulation) error {
+	seen := map[v1.Encapsulation]bool{}
+	for _, e := range es {
+		if _, ok := encapNames[e]; !ok {
+			return fmt.Errorf("unknown encapsulation %d: use MPLSoUDP, MPLSoGRE or VXLAN", int32(e))
+		}
+		if seen[e] {
+			return fmt.Errorf("encapsulation %s listed twice", EncapName(e))
+		}
+		seen[e] = true
+	}
+	return nil
+}
+
+// FormatEncaps is the inverse of ParseEncaps.
+func FormatEncaps(es []v1.Encapsulation) string {
+	names := make([]string, len(es))
+	for i, e := range es {
+		names[i] = EncapName(e)
+	}
+	return strings.Join(names, ",")
+}
+
+// ValidateLabel checks an MPLS label given for an endpoint (0 means none yet).
+func ValidateLabel(l uint32) error {
+	if l != 0 && (l < MinLabel || l > MaxLabel) {
+		return fmt.Errorf("MPLS label %d out of range: use %d-%d (0-15 are reserved)", l, MinLabel, MaxLabel)
+	}
+	return nil
+}
+
+// ValidateMAC checks a MAC address (empty is allowed).
+func ValidateMAC(s string) error {
+	if s == "" {
+		return nil
+	}
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return fmt.Errorf("MAC address %q: want six hexadecimal bytes such as 02:00:00:00:00:01", s)
+	}
+	return nil
+}
+
+// ErrInvalid marks validation errors (mapped to InvalidArgument at the API).
+var ErrInvalid = errors.New("invalid argument")
