@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the controller's configuration file (YAML). Flags override it.
+type Config struct {
+	// DataDir holds the bbolt state file (state.db). Used unless etcd endpoints are set.
+	DataDir string     `yaml:"data_dir"`
+	Etcd    EtcdConfig `yaml:"etcd"`
+	API     struct {
+		Listen string `yaml:"listen"`
+	} `yaml:"api"`
+	Metrics struct {
+		Listen string `yaml:"listen"`
+	} `yaml:"metrics"`
+	Log struct {
+		Level  string `yaml:"level"`  // debug, info, warn, error
+		Format string `yaml:"format"` // text or json
+	} `yaml:"log"`
+	BGP BGPConfig `yaml:"bgp"`
+}
+
+// EtcdConfig selects the etcd store.
+type EtcdConfig struct {
+	Endpoints []string `yaml:"endpoints"`
+	Namespace string   `yaml:"namespace"`
+}
+
+// BGPConfig is the BGP speaker's section.
+type BGPConfig struct {
+	ASN            uint32       `yaml:"asn"`
+	RouterID       string       `yaml:"router_id"`
+	ListenAddress  string       `yaml:"listen_address"`
+	ListenPort     int32        `yaml:"listen_port"`
+	RouteReflector bool         `yaml:"route_reflector"`
+	ClusterID      string       `yaml:"cluster_id"`
+	Peers          []PeerConfig `yaml:"peers"`
+}
+
+// PeerConfig is one BGP neighbour.
+type PeerConfig struct {
+	Address  string `yaml:"address"`
+	ASN      uint32 `yaml:"asn"`
+	Password string `yaml:"password"`
+}
+
+// Defaults.
+const (
+	DefaultDataDir       = "/var/lib/iotfabric"
+	DefaultAPIListen     = "127.0.0.1:50051"
+	DefaultMetricsListen = "127.0.0.1:9477"
+	DefaultASN           = 64512
+)
+
+func defaultConfig() Config {
+	var c Config
+	c.DataDir = DefaultDataDir
+	c.API.Listen = DefaultAPIListen
+	c.Metrics.Listen = DefaultMetricsListen
+	c.Log.Level = "info"
+	c.Log.Format = "text"
+	c.BGP.ASN = DefaultASN
+	c.BGP.ListenPort = 179
+	return c
+}
+
+// loadConfig reads path over the defaults; unknown keys are errors.
+func loadConfig(path string) (Config, error) {
+	c := defaultConfig()
+	if path == "" {
+		return c, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("read config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate checks the whole configuration and names every problem.
+func (c *Config) Validate() error {
+	var errs []error
+	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is empty and no etcd endpoints are set: the controller needs somewhere to keep its state"))
+	}
+	for _, e := range c.Etcd.Endpoints {
+		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
+			errs = append(errs, fmt.Errorf("etcd endpoint %q: want a URL such as http://127.0.0.1:2379", e))
+		}
+	}
+	for name, addr := range map[string]string{"api.listen": c.API.Listen, "metrics.listen": c.Metrics.Listen} {
+		if addr == "" && name == "metrics.listen" {
+			continue // metrics off
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want HOST:PORT such as 127.0.0.1:50051", name, addr))
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level %q: use debug, info, warn or error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log.format %q: use text or json", c.Log.Format))
+	}
+	if c.BGP.ASN == 0 {
+		errs = append(errs, errors.New("bgp.asn must be set (it also forms the automatic route targets)"))
+	}
+	if c.BGP.RouterID != "" {
+		if a, err := netip.ParseAddr(c.BGP.RouterID); err != nil || !a.Is4() {
+			errs = append(errs, fmt.Errorf("bgp.router_id %q: want an IPv4 address", c.BGP.RouterID))
+		}
+	}
+	if c.BGP.ListenPort < -1 || c.BGP.ListenPort > 65535 {
+		errs = append(errs, fmt.Errorf("bgp.listen_port %d out of range", c.BGP.ListenPort))
+	}
+	for i, p := range c.BGP.Peers {
+		if _, err := netip.ParseAddr(p.Address); err != nil {
+			errs = append(errs, fmt.Errorf("bgp.peers[%d].address %q: want an IP address", i, p.Address))
+		}
+		if p.ASN == 0 {
+			errs = append(errs, fmt.Errorf("bgp.peers[%d].asn must be set", i))
+		}
+	}
+	return errors.Join(errs...)
+}
