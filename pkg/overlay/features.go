@@ -111,14 +111,17 @@ func (m *Manager) detectFeatures() Features {
 	if _, err := m.h.GenlFamilyGet("fou"); err == nil {
 		f.FOU = true
 	}
-	f.IPIP = m.probeLink(&netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: IfPrefix + "pipip"}})
-	f.GRE = m.probeLink(&netlink.Gretun{LinkAttrs: netlink.LinkAttrs{Name: IfPrefix + "pgre"}})
+	// Documentation addresses (RFC 5737): the probes never carry traffic.
+	pl, pr := net.IPv4(198, 51, 100, 1), net.IPv4(198, 51, 100, 2)
+	f.IPIP = m.probeLink(&netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: IfPrefix + "pipip"}, Local: pl, Remote: pr})
+	f.GRE = m.probeLink(&netlink.Gretun{LinkAttrs: netlink.LinkAttrs{Name: IfPrefix + "pgre"}, Local: pl, Remote: pr})
 	f.VRF = m.probeLink(&netlink.Vrf{LinkAttrs: netlink.LinkAttrs{Name: IfPrefix + "pvrf"}, Table: probeTable})
 	return f
 }
 
 func (m *Manager) probeLink(l netlink.Link) bool {
 	if err := m.h.LinkAdd(l); err != nil {
+		m.log.Debug("overlay: probe", "interface", l.Attrs().Name, "type", l.Type(), "error", err)
 		return errors.Is(err, os.ErrExist)
 	}
 	if err := m.h.LinkDel(l); err != nil {

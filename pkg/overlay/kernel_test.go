@@ -282,14 +282,15 @@ func TestTransitions(t *testing.T) {
 		name  string
 		state overlay.State
 		want  []string
+		mpls  []string // label routes, present when the kernel has MPLS
 	}{
-		{"empty", overlay.State{}, nil},
+		{"empty", overlay.State{}, nil, nil},
 		{"one endpoint", overlay.State{Networks: []overlay.Network{{Name: "a", Table: 7001,
 			Endpoints: []overlay.Endpoint{ep("va", "10.1.0.1", 100)}}}},
 			[]string{
 				"route 10.1.0.1 dev va table 7001 scope link",
 				"rule 7000: from all iif va lookup 7001 proto 165",
-			}},
+			}, []string{"mpls 100 via inet 10.1.0.1 dev va proto 165"}},
 		{"two networks, remote routes", overlay.State{Underlay: ap("192.0.2.1"), EncapPriority: plain, Networks: []overlay.Network{
 			{Name: "a", Table: 7001, Endpoints: []overlay.Endpoint{ep("va", "10.1.0.1", 100), ep("vb", "10.1.0.2", 101)},
 				Routes: []overlay.RemoteRoute{rr("10.1.1.0/24", "192.0.2.2", 200)}},
@@ -305,6 +306,10 @@ func TestTransitions(t *testing.T) {
 			"rule 7000: from all iif va lookup 7001 proto 165",
 			"rule 7000: from all iif vb lookup 7001 proto 165",
 			"rule 7000: from all iif vc lookup 7002 proto 165",
+		}, []string{
+			"mpls 100 via inet 10.1.0.1 dev va proto 165",
+			"mpls 101 via inet 10.1.0.2 dev vb proto 165",
+			"mpls 102 via inet 10.1.0.1 dev vc proto 165",
 		}},
 		{"endpoint moves network, route changes gateway", overlay.State{Underlay: ap("192.0.2.1"), EncapPriority: plain, Networks: []overlay.Network{
 			{Name: "a", Table: 7001, Endpoints: []overlay.Endpoint{ep("va", "10.1.0.1", 100)},
@@ -316,13 +321,16 @@ func TestTransitions(t *testing.T) {
 			"route 10.1.1.0/24 via 192.0.2.4 dev u0 table 7001",
 			"rule 7000: from all iif va lookup 7001 proto 165",
 			"rule 7000: from all iif vb lookup 7002 proto 165",
+		}, []string{
+			"mpls 100 via inet 10.1.0.1 dev va proto 165",
+			"mpls 101 via inet 10.1.0.2 dev vb proto 165",
 		}},
 		{"IPv6 endpoint", overlay.State{Networks: []overlay.Network{{Name: "a", Table: 7005,
 			Endpoints: []overlay.Endpoint{ep("vc", "fd00::1", 300)}}}},
 			[]string{
 				"route fd00::1 dev vc table 7005 metric 1024 pref medium",
 				"rule 7000: from all iif vc lookup 7005 proto 165",
-			}},
+			}, []string{"mpls 300 via inet6 fd00::1 dev vc proto 165"}},
 	}
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
@@ -338,6 +346,9 @@ func TestTransitions(t *testing.T) {
 		}
 		got := gw.Dump(t)
 		want := append([]string(nil), row.want...)
+		if m.Features().MPLS {
+			want = append(want, row.mpls...)
+		}
 		sortLines(want)
 		if got != strings.Join(want, "\n") {
 			t.Fatalf("step %d (%s), order %v:\ngot:\n%s\nwant:\n%s", step, row.name, order, got, strings.Join(want, "\n"))

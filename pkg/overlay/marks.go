@@ -24,6 +24,14 @@ const (
 	MPLSoUDPPort = 6635
 	// ipprotoMPLS is the IP protocol number of MPLS-in-IP (RFC 4023).
 	ipprotoMPLS = 137
+	// OverheadMPLSoUDP and OverheadMPLSoGRE are the bytes each encapsulation adds
+	// (outer IPv4 + UDP or GRE + one label). Endpoints need an MTU of at most the
+	// underlay's minus MaxOverhead: with policy tables the gateway's ICMP
+	// "fragmentation needed" cannot be routed back into a network's table, so
+	// path MTU discovery toward the pod does not work there (it does with VRFs).
+	OverheadMPLSoUDP = 20 + 8 + 4
+	OverheadMPLSoGRE = 20 + 4 + 4
+	MaxOverhead      = OverheadMPLSoUDP
 	// DefaultPlatformLabels is the value written to net.mpls.platform_labels when
 	// the kernel's is lower than the highest label in use.
 	DefaultPlatformLabels = 100000

@@ -172,7 +172,11 @@ func appendRouteMsg(b []byte, typ uint16, flags uint16, seq uint32, r kroute) ([
 		typeByte = rtnUnicast
 	}
 	scope := r.Scope
-	if typ == rtmDelRoute {
+	switch {
+	case r.Family == afMPLS:
+		// MPLS accepts only universe scope and unicast type, deletes included.
+		scope, typeByte = rtScopeUniv, rtnUnicast
+	case typ == rtmDelRoute:
 		scope = rtScopeNowhere // match any scope
 	}
 	b = append(b, r.Family, dstLen, 0, 0, table, r.Protocol, scope, typeByte, 0, 0, 0, 0)

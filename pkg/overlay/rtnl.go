@@ -180,7 +180,7 @@ func (s *rtnl) apply(ops []routeOp) []error {
 				if err != nil {
 					errs[j] = err
 				} else if code != 0 {
-					errs[j] = fmt.Errorf("%s %v: %w", opName(ops[j]), ops[j].Route, syscall.Errno(-code))
+					errs[j] = fmt.Errorf("%s %v: %w", opName(ops[j]), ops[j].Route, syscall.Errno(code))
 				}
 			}
 		}
@@ -246,7 +246,7 @@ func (s *rtnl) dumpOnce(family, protocol uint8) ([]kroute, bool, error) {
 					return nil, false, err
 				}
 				if code != 0 {
-					return nil, false, fmt.Errorf("route dump: %w", syscall.Errno(-code))
+					return nil, false, fmt.Errorf("route dump: %w", syscall.Errno(code))
 				}
 			case rtmNewRoute:
 				r, err := decodeRoute(m.Data)

@@ -141,6 +141,10 @@ func Veth(t testing.TB, host *NS, hostName string, peer *NS, peerName string) {
 	}
 }
 
+// PodMTU is the MTU of test pods: a 1500-byte underlay minus the largest
+// overlay overhead (overlay.MaxOverhead).
+const PodMTU = 1500 - 32
+
 // Pod makes a namespace wired as the CNI plugin wires a pod: a veth whose host
 // side hostIf stays in gw, the pod side eth0 with addr/32, a route to the
 // gateway address and a default route via it.
@@ -148,6 +152,9 @@ func Pod(t testing.TB, gw *NS, hostIf string, addr, gateway netip.Addr) *NS {
 	t.Helper()
 	pod := NewNS(t, "iofpod")
 	Veth(t, gw, hostIf, pod, "eth0")
+	// The CNI plugin gives pods an MTU that leaves room for the overlay headers.
+	pod.IP(t, "link", "set", "eth0", "mtu", fmt.Sprint(PodMTU))
+	gw.IP(t, "link", "set", hostIf, "mtu", fmt.Sprint(PodMTU))
 	pod.IP(t, "addr", "add", netip.PrefixFrom(addr, addr.BitLen()).String(), "dev", "eth0")
 	pod.IP(t, "route", "add", gateway.String(), "dev", "eth0", "scope", "link")
 	pod.IP(t, "route", "add", "default", "via", gateway.String(), "dev", "eth0")

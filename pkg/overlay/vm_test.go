@@ -1,0 +1,180 @@
+package overlay_test
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
+)
+
+// requireFullKernel skips unless the kernel has everything the MPLS overlay
+// needs; `make vmtest` runs these tests inside qemu on Debian's kernel, where
+// IOTFABRIC_VMTEST=1 turns the skip into a failure.
+func requireFullKernel(t *testing.T, m *overlay.Manager) {
+	t.Helper()
+	f := m.Features()
+	if f.Supports(overlay.EncapMPLSoUDP) && f.Supports(overlay.EncapMPLSoGRE) {
+		return
+	}
+	if os.Getenv("IOTFABRIC_VMTEST") != "" {
+		t.Fatalf("kernel inside the VM lacks overlay features: %s", f.Summary())
+	}
+	t.Skipf("kernel lacks MPLS/FOU/GRE (%v): run `make vmtest`", f.Missing())
+}
+
+// twoGateways is the VM topology: gateways A and B joined by an underlay link,
+// one pod on each, in network red.
+type twoGateways struct {
+	gwA, gwB     *overlaytest.NS
+	podA, podB   *overlaytest.NS
+	mA, mB       *overlay.Manager
+	ulA, ulB     netip.Addr
+	addrA, addrB netip.Addr
+}
+
+func newTwoGateways(t *testing.T, vrf overlay.VRFMode) *twoGateways {
+	g := &twoGateways{ulA: ap("192.0.2.1"), ulB: ap("192.0.2.2"), addrA: ap("10.1.0.1"), addrB: ap("10.1.0.2")}
+	g.gwA = overlaytest.NewNS(t, "iofgwa")
+	g.gwB = overlaytest.NewNS(t, "iofgwb")
+	overlaytest.Underlay(t, g.gwA, g.ulA, g.gwB, g.ulB)
+	g.gwB.IP(t, "link", "set", "u0", "up")
+	g.podA = overlaytest.Pod(t, g.gwA, "vpoda", g.addrA, gwAddr)
+	g.podB = overlaytest.Pod(t, g.gwB, "vpodb", g.addrB, gwAddr)
+	g.mA = newManager(t, g.gwA, vrf)
+	g.mB = newManager(t, g.gwB, vrf)
+	requireFullKernel(t, g.mA)
+	return g
+}
+
+// state is one gateway's desired state: its pod (label own) and a route to the
+// other pod (label peer) through the peer's gateway offering encaps.
+func gatewayState(underlay, peerUnderlay, own, peer netip.Addr, ownLabel, peerLabel uint32, ifname string,
+	prio, offered []overlay.Encap, withRoute bool) overlay.State {
+	n := overlay.Network{Name: "red", Table: 7001,
+		Endpoints: []overlay.Endpoint{{Interface: ifname, Address: own, Label: ownLabel}}}
+	if withRoute {
+		n.Routes = []overlay.RemoteRoute{{Prefix: netip.PrefixFrom(peer, 32), Label: peerLabel, Gateway: peerUnderlay, Encaps: offered}}
+	}
+	return overlay.State{Underlay: underlay, EncapPriority: prio, Networks: []overlay.Network{n}}
+}
+
+func (g *twoGateways) set(t *testing.T, prio, offered []overlay.Encap, routeA, routeB bool) (overlay.State, overlay.State) {
+	t.Helper()
+	sA := gatewayState(g.ulA, g.ulB, g.addrA, g.addrB, 1001, 1002, "vpoda", prio, offered, routeA)
+	sB := gatewayState(g.ulB, g.ulA, g.addrB, g.addrA, 1002, 1001, "vpodb", prio, offered, routeB)
+	ctx := context.Background()
+	if err := g.mA.Set(ctx, sA); err != nil {
+		t.Fatalf("Set on A: %v\n%s", err, g.gwA.Dump(t))
+	}
+	if err := g.mB.Set(ctx, sB); err != nil {
+		t.Fatalf("Set on B: %v\n%s", err, g.gwB.Dump(t))
+	}
+	return sA, sB
+}
+
+// checkPath proves pod-to-pod traffic over encap: ping, a TCP transfer, and a
+// capture on A's underlay showing the encapsulation, label 1002 with the
+// bottom-of-stack bit and the inner packet.
+func (g *twoGateways) checkPath(t *testing.T, encap overlay.Encap, cap *overlaytest.Capture) {
+	t.Helper()
+	cap.Reset()
+	if err := g.podA.Ping(g.addrB, 10*time.Second); err != nil {
+		t.Fatalf("%s: ping pod A -> pod B: %v\nA:\n%s\nB:\n%s", encap, err, g.gwA.Dump(t), g.gwB.Dump(t))
+	}
+	sink := g.podB.Sink(t, g.addrB)
+	const size = 4 << 20
+	d, err := g.podA.Transfer(sink, size)
+	if err != nil {
+		t.Fatalf("%s: TCP transfer pod A -> pod B: %v", encap, err)
+	}
+	t.Logf("%s: ping ok; %d bytes pod A -> pod B in %v (%.1f Mbit/s)", encap, size, d, float64(size*8)/d.Seconds()/1e6)
+	p, ok := cap.Find(overlay.MPLSoUDPPort, 5*time.Second, func(p overlaytest.OverlayPacket) bool {
+		return p.Encap == string(encap) && p.InnerSrc == g.addrA && p.InnerDst == g.addrB
+	})
+	if !ok {
+		t.Fatalf("%s: no %s packet from pod A to pod B captured on A's underlay", encap, encap)
+	}
+	t.Logf("captured on A's underlay: %s", p)
+	if p.Label != 1002 || !p.BOS || p.Stack != 1 {
+		t.Errorf("%s: label %d bos %v stack %d, want 1002, bottom of stack, one label", encap, p.Label, p.BOS, p.Stack)
+	}
+	switch encap {
+	case overlay.EncapMPLSoUDP:
+		if p.UDPDst != 6635 {
+			t.Errorf("UDP destination port %d, want 6635", p.UDPDst)
+		}
+	case overlay.EncapMPLSoGRE:
+		if p.GREProto != 0x8847 {
+			t.Errorf("GRE protocol %#x, want 0x8847", p.GREProto)
+		}
+	}
+}
+
+func TestVMOverlay(t *testing.T) {
+	for _, mode := range []overlay.VRFMode{overlay.VRFAuto, overlay.VRFOff} {
+		t.Run("vrf="+string(mode), func(t *testing.T) { testVMOverlay(t, mode) })
+	}
+}
+
+func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
+	g := newTwoGateways(t, mode)
+	if mode == overlay.VRFAuto && !g.mA.Features().VRF {
+		t.Fatal("kernel has no VRF devices")
+	}
+	cap := overlaytest.StartCapture(t, g.gwA, "u0")
+	both := []overlay.Encap{overlay.EncapMPLSoUDP, overlay.EncapMPLSoGRE}
+
+	// MPLSoUDP, preferred by both.
+	sA, _ := g.set(t, both, both, true, true)
+	g.checkPath(t, overlay.EncapMPLSoUDP, cap)
+	t.Logf("gateway A kernel state:\n%s", g.gwA.Dump(t))
+
+	// Re-applying the same state changes nothing.
+	if n := watchChanges(t, g.gwA, func() {
+		if err := g.mA.Set(context.Background(), sA); err != nil {
+			t.Fatalf("re-apply: %v", err)
+		}
+	}); n != 0 {
+		t.Errorf("re-applying the same state made %d kernel changes", n)
+	}
+
+	// MPLSoGRE as the preferred encapsulation.
+	g.set(t, []overlay.Encap{overlay.EncapMPLSoGRE, overlay.EncapMPLSoUDP}, both, true, true)
+	g.checkPath(t, overlay.EncapMPLSoGRE, cap)
+	if d := g.gwA.Dump(t); strings.Contains(d, "link iofu") {
+		t.Errorf("the unused MPLSoUDP tunnel was not removed:\n%s", d)
+	}
+
+	// Fallback: MPLSoUDP preferred locally, but the remote offers only GRE.
+	g.set(t, both, []overlay.Encap{overlay.EncapMPLSoGRE}, true, true)
+	g.checkPath(t, overlay.EncapMPLSoGRE, cap)
+
+	// Removing the route on A stops the traffic.
+	g.set(t, both, both, false, true)
+	if err := g.podA.Ping(g.addrB, 2*time.Second); err == nil {
+		t.Fatalf("pod A still reaches pod B after its route was removed")
+	}
+	if d := g.gwA.Dump(t); strings.Contains(d, "link iofu") || strings.Contains(d, "link iofg") {
+		t.Errorf("tunnels remain without routes:\n%s", d)
+	}
+	// And putting it back restores it.
+	g.set(t, both, both, true, true)
+	g.checkPath(t, overlay.EncapMPLSoUDP, cap)
+
+	for _, x := range []struct {
+		m  *overlay.Manager
+		ns *overlaytest.NS
+	}{{g.mA, g.gwA}, {g.mB, g.gwB}} {
+		if err := x.m.Cleanup(context.Background()); err != nil {
+			t.Fatalf("Cleanup: %v", err)
+		}
+		if d := x.ns.Dump(t); d != "" {
+			t.Errorf("after cleanup:\n%s", d)
+		}
+	}
+}
