@@ -549,10 +549,12 @@ func (p *Pool) Status() []SubnetInfo {
 	var out []SubnetInfo
 	for _, s := range p.subnets {
 		si := SubnetInfo{Prefix: s.prefix, BlockLen: s.blockLen, BlocksTotal: s.nblocks}
-		size := s.blockSize * s.nblocks
-		si.Size = size - 1
-		if s.prefix.Addr().Is4() && size >= 4 {
-			si.Size = size - 2
+		si.Size = ^uint64(0) // saturates for IPv6 subnets of /64 and larger
+		if hostBits := s.prefix.Addr().BitLen() - s.prefix.Bits(); hostBits < 64 {
+			si.Size = 1<<hostBits - 1 // the first address is never given out
+			if s.prefix.Addr().Is4() {
+				si.Size-- // nor the broadcast address
+			}
 		}
 		idx := make([]uint64, 0, len(s.leased))
 		for i, b := range s.leased {
