@@ -80,14 +80,17 @@ func Eventually(ctx context.Context, timeout, interval time.Duration, f func(con
 	defer cancel()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	var last error
+	var last, meaningful error
 	for {
 		if last = f(ctx); last == nil {
 			return nil
 		}
+		if ctx.Err() == nil || meaningful == nil {
+			meaningful = last // not the one the deadline cut short
+		}
 		select {
 		case <-ctx.Done():
-			return errors.Join(ctx.Err(), last)
+			return errors.Join(ctx.Err(), meaningful)
 		case <-tick.C:
 		}
 	}
