@@ -477,4 +477,3 @@ func TestMalformedRequests(t *testing.T) {
 	}
 	t.Logf("%d endpoints survived the random requests", len(eps.Endpoints))
 }
-
