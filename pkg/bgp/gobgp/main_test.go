@@ -127,3 +127,5 @@ func endpointRoutes(t *testing.T, underlay netip.Addr, label uint32, addrs ...st
 	}
 	return rs
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
