@@ -47,6 +47,7 @@ require (
 	github.com/vishvananda/netlink v1.3.1 // indirect
 	go.bug.st/serial v1.8.0 // indirect
 	go.etcd.io/etcd/client/pkg/v3 v3.5.21 // indirect
+	go.uber.org/goleak v1.3.0 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
 	go.yaml.in/yaml/v2 v2.4.2 // indirect
 	go.yaml.in/yaml/v3 v3.0.6 // indirect
