@@ -134,10 +134,7 @@ func (f *Frame) Decode(b []byte) error {
 		f.PData = b[ResponseHeaderLen:n:n]
 		return nil
 	}
-	if n >= 7 && b[6] == StatusConfirm {
-		if n != ConfirmationLen {
-			return fmt.Errorf("dpa: confirmation of %d bytes, want %d: %w", n, ConfirmationLen, ErrMalformed)
-		}
+	if n == ConfirmationLen && b[6] == StatusConfirm {
 		f.Kind = KindConfirmation
 		f.ErrN = StatusConfirm
 		f.DpaValue = b[7]
@@ -145,6 +142,29 @@ func (f *Frame) Decode(b []byte) error {
 		f.PData = nil
 		return nil
 	}
+	return f.decodeRequest(b)
+}
+
+// DecodeRequest parses b as a request (the host-to-coordinator direction,
+// where PData may start with 0xFF without making a confirmation).
+func (f *Frame) DecodeRequest(b []byte) error {
+	n := len(b)
+	if n < RequestHeaderLen {
+		return fmt.Errorf("dpa: %d bytes, shorter than a header: %w", n, ErrMalformed)
+	}
+	if b[3]&ResponseFlag != 0 {
+		return fmt.Errorf("dpa: PCMD 0x%02x has the response flag: %w", b[3], ErrMalformed)
+	}
+	f.NADR = binary.LittleEndian.Uint16(b)
+	f.PNUM = b[2]
+	f.PCMD = b[3]
+	f.HWPID = binary.LittleEndian.Uint16(b[4:])
+	f.Hops, f.SlotLength, f.HopsResponse = 0, 0, 0
+	return f.decodeRequest(b)
+}
+
+func (f *Frame) decodeRequest(b []byte) error {
+	n := len(b)
 	if n-RequestHeaderLen > MaxPData {
 		return fmt.Errorf("dpa: request PData of %d bytes, more than %d: %w", n-RequestHeaderLen, MaxPData, ErrMalformed)
 	}

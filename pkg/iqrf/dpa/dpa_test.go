@@ -66,6 +66,24 @@ func TestDecodeReferenceVectors(t *testing.T) {
 	}
 }
 
+func TestDecodeRequestDirection(t *testing.T) {
+	// Read all sensors: PData starts with 0xFF, as a confirmation's byte 6.
+	b := mustHex(t, "01.00.5e.01.ff.ff.ff.ff.ff.ff")
+	var f Frame
+	if err := f.Decode(b); err != nil || f.Kind != KindRequest {
+		t.Fatalf("10-byte frame: %v %v", f.Kind, err)
+	}
+	// 11 bytes with 0xFF at offset 6 is a confirmation from the coordinator,
+	// but a request when sent to it.
+	b = mustHex(t, "01.00.5e.01.ff.ff.ff.ff.ff.ff.00")
+	if err := f.DecodeRequest(b); err != nil || f.Kind != KindRequest || len(f.PData) != 5 {
+		t.Fatalf("DecodeRequest: %v %v", f.Kind, err)
+	}
+	if err := f.DecodeRequest(mustHex(t, "01.00.5e.81.ff.ff.00.00")); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("response accepted as request: %v", err)
+	}
+}
+
 func TestResetMessage(t *testing.T) {
 	var f Frame
 	if err := f.Decode(mustHex(t, "00.00.ff.bf.00.00.80.00.17.04")); err != nil {
@@ -77,8 +95,7 @@ func TestResetMessage(t *testing.T) {
 }
 
 func TestDecodeErrors(t *testing.T) {
-	for _, s := range []string{"", "01", "01.00.5e.01.ff", "01.00.5e.81.ff.ff.00", "01.00.5e.01.ff.ff.ff.50.01.08",
-		"01.00.5e.01.ff.ff.ff.50.01.08.01.00", "01.00.5e.01.ff.ff" + string(bytes.Repeat([]byte(".00"), 57)),
+	for _, s := range []string{"", "01", "01.00.5e.01.ff", "01.00.5e.81.ff.ff.00", "01.00.5e.01.ff.ff" + string(bytes.Repeat([]byte(".00"), 57)),
 		"01.00.5e.81.ff.ff.00.00" + string(bytes.Repeat([]byte(".00"), 57))} {
 		var f Frame
 		err := f.Decode(mustHex(t, s))
