@@ -46,6 +46,9 @@ type BIRDConfig struct {
 	Local     netip.Addr // source address of the sessions
 	Neighbors []BIRDNeighbor
 	Routes    []BIRDRoute
+	// StaticDisabled starts the static protocols disabled: `birdc enable
+	// static4` then injects the routes into a running BIRD.
+	StaticDisabled bool
 	// Include, if set, is a file of more static VPNv4 routes (one
 	// `route <rd> <prefix> via <nh> mpls <label>;` per line), for large tables.
 	Include string
@@ -63,7 +66,11 @@ type BIRD struct {
 func (c BIRDConfig) Render(logPath string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "router id %s;\nlog %q all;\nvpn4 table vpntab4;\nvpn6 table vpntab6;\nprotocol device {}\n", c.RouterID, logPath)
-	b.WriteString("protocol static static4 {\n  vpn4 { table vpntab4; };\n")
+	disabled := ""
+	if c.StaticDisabled {
+		disabled = "  disabled;\n"
+	}
+	fmt.Fprintf(&b, "protocol static static4 {\n%s  vpn4 { table vpntab4; };\n", disabled)
 	for _, r := range c.Routes {
 		if r.Prefix.Addr().Is4() {
 			fmt.Fprintf(&b, "  route %s %s via %s mpls %d;\n", r.RD, r.Prefix, r.NextHop, r.Label)

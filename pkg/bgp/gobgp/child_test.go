@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,19 +52,30 @@ func speakerChild() int {
 		return 2
 	}
 	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
 	if spec.Generate > 0 {
+		// "announce": generate and announce; "rss": report memory.
+		in.Scan()
+		runtime.GC()
+		debug.FreeOSMemory()
 		rssBefore := rss()
-		routes := generateRoutes(spec.Generate)
 		start := time.Now()
+		routes := generateRoutes(spec.Generate)
 		if err := s.Announce(ctx, routes); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		fmt.Printf("announced %d\n", time.Since(start).Nanoseconds())
 		routes = nil
-		fmt.Printf("rss %d %d\n", rssBefore, rss())
+		fmt.Printf("announced %d\n", time.Since(start).Nanoseconds())
+		in.Scan()
+		runtime.GC()
+		debug.FreeOSMemory()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		fmt.Printf("rss %d %d %d\n", rssBefore, rss(), ms.HeapInuse)
 	}
-	io.Copy(io.Discard, os.Stdin)
+	for in.Scan() {
+	}
 	s.Stop(ctx)
 	return 0
 }
