@@ -64,10 +64,19 @@ func TestPoolBlocksPerGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, _ := p.Reserve("ep1", "gw1", IPv4)
+	// While the block's lease is not committed, a second reservation from it
+	// must persist the block too.
+	inFlight, _ := p.Reserve("ep0", "gw1", IPv4)
+	if inFlight.NewBlock != a.NewBlock {
+		t.Fatalf("reservation from an uncommitted block: %+v, want NewBlock %s", inFlight, a.NewBlock)
+	}
+	p.Abort(inFlight)
+	p.Commit(a)
 	b, _ := p.Reserve("ep2", "gw2", IPv4)
+	p.Commit(b)
 	c, _ := p.Reserve("ep3", "gw1", IPv4)
 	v6, _ := p.Reserve("ep1", "gw1", IPv6)
-	for _, l := range []Lease{a, b, c, v6} {
+	for _, l := range []Lease{c, v6} {
 		p.Commit(l)
 	}
 	if a.Addr.String() != "10.1.0.1" || a.NewBlock.String() != "10.1.0.0/28" {
@@ -322,6 +331,12 @@ func TestManagerConcurrent(t *testing.T) {
 	kvs, _, _ := st.List(ctx, "ipam/net/addrs/")
 	if len(kvs) != len(seen) {
 		t.Fatalf("store holds %d addresses, %d are allocated", len(kvs), len(seen))
+	}
+	// Every stored address lies in a stored block: a fresh manager can load it.
+	m3 := NewManager(st)
+	m3.Configure("net", cfg)
+	if _, err := m3.Status(ctx, "net"); err != nil {
+		t.Fatalf("the stored state does not load: %v", err)
 	}
 }
 

@@ -288,7 +288,7 @@ func (p *Pool) Reserve(owner, gateway string, f Family) (Lease, error) {
 			continue
 		}
 		if off, ok := b.firstFree(); ok {
-			return p.take(owner, gateway, b, off, netip.Prefix{}), nil
+			return p.take(owner, gateway, b, off, pendingPrefix(b)), nil
 		}
 	}
 	for _, s := range p.subnets {
@@ -333,7 +333,8 @@ func (p *Pool) ReserveAddr(owner, gateway string, a netip.Addr) (Lease, error) {
 		return Lease{}, fmt.Errorf("%s: %w", a, ErrOutOfRange)
 	}
 	var nb netip.Prefix
-	if b == nil {
+	created := b == nil
+	if created {
 		i := offsetOf(s.prefix.Addr(), a) / s.blockSize
 		b = s.newBlock(i, gateway)
 		b.pending = true
@@ -342,14 +343,27 @@ func (p *Pool) ReserveAddr(owner, gateway string, a netip.Addr) (Lease, error) {
 		nb = b.prefix
 	} else if b.gateway != gateway {
 		return Lease{}, fmt.Errorf("%s: %w (%s, gateway %s)", a, ErrBlockTaken, b.prefix, b.gateway)
+	} else {
+		nb = pendingPrefix(b)
 	}
 	if b.isSet(off) {
-		if nb.IsValid() {
+		if created {
 			p.dropBlock(b)
 		}
 		return Lease{}, fmt.Errorf("%s is a network, broadcast or anycast address and cannot be assigned", a)
 	}
 	return p.take(owner, gateway, b, off, nb), nil
+}
+
+// pendingPrefix returns the prefix of a block whose lease is not committed yet:
+// a lease taken from it must persist the block too (with the same "absent"
+// condition), or it could be stored without its block if the reservation
+// that created the block fails.
+func pendingPrefix(b *block) netip.Prefix {
+	if b.pending {
+		return b.prefix
+	}
+	return netip.Prefix{}
 }
 
 func (p *Pool) take(owner, gateway string, b *block, off uint64, nb netip.Prefix) Lease {
