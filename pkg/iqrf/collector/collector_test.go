@@ -84,8 +84,9 @@ func newRig(t *testing.T, sim *iqrftest.Sim, mode PollMode, open func(path strin
 	return r
 }
 
-// collect gathers readings until every wanted node has delivered n rounds.
-func (r *rig) collect(t *testing.T, nodes []uint8, perNode int) map[uint8]map[string]float64 {
+// collect gathers readings until every wanted node has delivered the given
+// number of rounds (a round of a reference node is its whole set of values).
+func (r *rig) collect(t *testing.T, nodes []uint8, rounds int) map[uint8]map[string]float64 {
 	t.Helper()
 	got := map[uint8]map[string]float64{}
 	count := map[uint8]int{}
@@ -93,6 +94,10 @@ func (r *rig) collect(t *testing.T, nodes []uint8, perNode int) map[uint8]map[st
 	for {
 		done := true
 		for _, n := range nodes {
+			perNode := rounds
+			if w, ok := wantReference[n]; ok {
+				perNode *= len(w)
+			}
 			if count[n] < perNode {
 				done = false
 			}
@@ -145,7 +150,7 @@ func checkReference(t *testing.T, got map[uint8]map[string]float64) {
 
 func TestPollReadReferenceVectors(t *testing.T) {
 	r := newRig(t, iqrftest.NewSim(iqrftest.ReferenceNodes()...), PollRead, nil)
-	got := r.collect(t, []uint8{1, 2, 3}, 30)
+	got := r.collect(t, []uint8{1, 2, 3}, 2)
 	checkReference(t, got)
 	if n := r.col.Nodes(); len(n) != 3 || n[0].HWPID != 0x1015 {
 		t.Errorf("nodes %+v", n)
@@ -159,23 +164,23 @@ func TestPollReadReferenceVectors(t *testing.T) {
 func TestPollFRC(t *testing.T) {
 	sim := iqrftest.NewSim(iqrftest.ReferenceNodes()...)
 	r := newRig(t, sim, PollFRC, nil)
-	got := r.collect(t, []uint8{1, 2, 3}, 28)
+	got := r.collect(t, []uint8{1, 2, 3}, 2)
 	checkReference(t, got)
 }
 
 func TestPollFRCManyNodesUsesExtraResult(t *testing.T) {
 	var nodes []*iqrftest.Node
-	for a := uint8(1); a <= 40; a++ {
+	for a := uint8(1); a <= 32; a++ {
 		nodes = append(nodes, &iqrftest.Node{Addr: a, HWPID: 0x1402,
 			Sensors: []iqrftest.Sensor{{Type: 0x01, Raw: []byte{byte(a), 0x01}}, {Type: 0xa1, Raw: []byte{byte(a), 0, 0, 0}}}})
 	}
 	r := newRig(t, iqrftest.NewSim(nodes...), PollFRC, nil)
 	var addrs []uint8
-	for a := uint8(1); a <= 40; a++ {
+	for a := uint8(1); a <= 32; a++ {
 		addrs = append(addrs, a)
 	}
-	got := r.collect(t, addrs, 4)
-	for a := uint8(1); a <= 40; a++ {
+	got := r.collect(t, addrs, 1)
+	for a := uint8(1); a <= 32; a++ {
 		if v := got[a]["temperature"]; v != float64(0x100+int(a))/16 {
 			t.Errorf("node %d temperature %v", a, v)
 		}
@@ -189,7 +194,7 @@ func TestCDCEndToEnd(t *testing.T) {
 	sim := iqrftest.NewSim(iqrftest.ReferenceNodes()...)
 	sim.Framing = iqrftest.CDC
 	r := newRig(t, sim, PollRead, func(p string) (coord.Link, error) { return cdc.Open(p) })
-	checkReference(t, r.collect(t, []uint8{1, 2, 3}, 30))
+	checkReference(t, r.collect(t, []uint8{1, 2, 3}, 2))
 }
 
 func TestBadInputNeverStopsTheLoop(t *testing.T) {
@@ -197,13 +202,13 @@ func TestBadInputNeverStopsTheLoop(t *testing.T) {
 	nodes = append(nodes, &iqrftest.Node{Addr: 7, HWPID: 0x1402, Silent: true})
 	sim := iqrftest.NewSim(nodes...)
 	r := newRig(t, sim, PollRead, nil)
-	r.collect(t, []uint8{1, 2, 3}, 10)
+	r.collect(t, []uint8{1, 2, 3}, 1)
 	sim.Inject(iqrftest.FaultCRC, iqrftest.FaultGarble, iqrftest.FaultTruncate, iqrftest.FaultDrop, iqrftest.FaultReset)
 	// Drain what is there, then make sure every node still delivers.
 	for len(r.readings) > 0 {
 		<-r.readings
 	}
-	got := r.collect(t, []uint8{1, 2, 3}, 60)
+	got := r.collect(t, []uint8{1, 2, 3}, 3)
 	checkReference(t, got)
 	m := r.col.Metrics()
 	if m.Link.FrameErrors.Load() < 2 {
@@ -226,7 +231,7 @@ func TestBadInputNeverStopsTheLoop(t *testing.T) {
 func TestCoordinatorUnplugged(t *testing.T) {
 	sim := iqrftest.NewSim(iqrftest.ReferenceNodes()...)
 	r := newRig(t, sim, PollRead, nil)
-	r.collect(t, []uint8{2}, 2)
+	r.collect(t, []uint8{2}, 1)
 	// Unplug: the pty disappears, the device path dangles.
 	r.pty.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -246,7 +251,7 @@ func TestCoordinatorUnplugged(t *testing.T) {
 	for len(r.readings) > 0 {
 		<-r.readings
 	}
-	r.collect(t, []uint8{1, 2, 3}, 20)
+	r.collect(t, []uint8{1, 2, 3}, 1)
 	if r.col.Metrics().LinkOpens.Load() < 2 {
 		t.Errorf("link opens %d", r.col.Metrics().LinkOpens.Load())
 	}
