@@ -42,7 +42,7 @@ Commands:
   endpoint list [--network N] [--gateway G] | show ID | delete ID
   ipam show NETWORK
 
-Route targets are written target:<asn>:<number> or target:<ipv4>:<number>.
+Route targets are written target:<asn>:<number> (with a 4-byte AS number, the number is 0-65535).
 The server defaults to $IOTFABRIC_SERVER, else 127.0.0.1:50051.
 `
 

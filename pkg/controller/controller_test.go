@@ -130,7 +130,7 @@ func TestNetworks(t *testing.T) {
 			{mkNet("x", "10.0.0.0/16", "10.0.1.0/24"), "overlap"},
 			{mkNet("x"), "at least one subnet"},
 			{&v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "x", Subnets: []string{"10.0.0.0/24"}, ImportRouteTargets: []string{"target:1"}}}, "route target"},
-			{&v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "x", Subnets: []string{"10.0.0.0/24"}, ExportRouteTargets: []string{"target:70000:70000"}}}, "out of range"},
+			{&v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "x", Subnets: []string{"10.0.0.0/24"}, ExportRouteTargets: []string{"target:70000:70000"}}}, "0-65535"},
 			{&v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "x", Subnets: []string{"10.0.0.0/24"}, Encapsulations: []v1.Encapsulation{42}}}, "unknown encapsulation"},
 			{&v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "x", Subnets: []string{"10.0.0.0/24"}, Ipv4BlockSize: 31}}, "block size"},
 		} {
@@ -144,9 +144,9 @@ func TestNetworks(t *testing.T) {
 
 		upd := n2
 		upd.Subnets = append(upd.Subnets, "10.3.0.0/24")
-		upd.ImportRouteTargets = []string{"target:10.0.0.1:7"}
+		upd.ImportRouteTargets = []string{"65000:7"}
 		got, err := c.net.UpdateNetwork(ctx, &v1.UpdateNetworkRequest{Network: upd})
-		if err != nil || len(got.Subnets) != 2 || got.ImportRouteTargets[0] != "target:10.0.0.1:7" || got.Id != 2 {
+		if err != nil || len(got.Subnets) != 2 || got.ImportRouteTargets[0] != "target:65000:7" || got.Id != 2 {
 			t.Fatalf("update: %+v %v", got, err)
 		}
 		upd.Ipv4BlockSize = 26

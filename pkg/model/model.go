@@ -6,15 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
-	"strconv"
 	"strings"
 
+	"github.com/iotfabric/iotfabric/pkg/bgp"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
-
-// AutoRouteTargetBase is added to a network's id to form its automatic route target.
-const AutoRouteTargetBase = 8000000
 
 // Label bounds: 0-15 are reserved by MPLS; labels are 20 bits.
 const (
@@ -49,61 +45,19 @@ func validateID(what, s string, max int) error {
 	return nil
 }
 
-// RouteTarget is a route target extended community: target:<asn>:<n> (2- or
-// 4-byte ASN) or target:<ipv4>:<n>.
-type RouteTarget struct {
-	ASN   uint32     // when Addr is not valid
-	Addr  netip.Addr // IPv4-address-specific form
-	Value uint32
-}
-
-// ParseRouteTarget parses "target:64512:100", "64512:100", "target:10.0.0.1:5".
-func ParseRouteTarget(s string) (RouteTarget, error) {
-	body := strings.TrimPrefix(s, "target:")
-	i := strings.LastIndexByte(body, ':')
-	if i <= 0 || i == len(body)-1 {
-		return RouteTarget{}, fmt.Errorf("route target %q: want target:<asn>:<number> or target:<ipv4>:<number>", s)
-	}
-	admin, num := body[:i], body[i+1:]
-	var rt RouteTarget
-	if a, err := netip.ParseAddr(admin); err == nil {
-		if !a.Is4() {
-			return RouteTarget{}, fmt.Errorf("route target %q: the administrator must be an IPv4 address or an AS number", s)
-		}
-		rt.Addr = a
-		v, err := strconv.ParseUint(num, 10, 16)
-		if err != nil {
-			return RouteTarget{}, fmt.Errorf("route target %q: the number after an IPv4 administrator must be 0-65535", s)
-		}
-		rt.Value = uint32(v)
-		return rt, nil
-	}
-	asn, err := strconv.ParseUint(admin, 10, 32)
+// ParseRouteTarget parses and validates a route target: "target:<asn>:<n>"
+// (the "target:" prefix is optional). The wire form is pkg/bgp's.
+func ParseRouteTarget(s string) (bgp.RouteTarget, error) {
+	rt, err := bgp.ParseRouteTarget(s)
 	if err != nil {
-		return RouteTarget{}, fmt.Errorf("route target %q: %q is not an AS number or IPv4 address", s, admin)
+		return rt, fmt.Errorf("route target %q: want target:<asn>:<number>, where a 4-byte AS number leaves 0-65535 for the number (%w)", s, err)
 	}
-	bitsV := 32
-	if asn > 65535 {
-		bitsV = 16 // 4-byte ASN leaves 16 bits for the number
-	}
-	v, err := strconv.ParseUint(num, 10, bitsV)
-	if err != nil {
-		return RouteTarget{}, fmt.Errorf("route target %q: number %q out of range for this AS number form (max %d)", s, num, uint64(1)<<bitsV-1)
-	}
-	rt.ASN, rt.Value = uint32(asn), uint32(v)
 	return rt, nil
 }
 
-func (rt RouteTarget) String() string {
-	if rt.Addr.IsValid() {
-		return fmt.Sprintf("target:%s:%d", rt.Addr, rt.Value)
-	}
-	return fmt.Sprintf("target:%d:%d", rt.ASN, rt.Value)
-}
-
 // AutoRouteTarget is the route target every network gets: target:<asn>:<8000000+id>.
-func AutoRouteTarget(asn uint32, networkID uint32) RouteTarget {
-	return RouteTarget{ASN: asn, Value: AutoRouteTargetBase + networkID}
+func AutoRouteTarget(asn uint32, networkID uint32) bgp.RouteTarget {
+	return bgp.AutoRouteTarget(asn, networkID)
 }
 
 // Encapsulation names as used by the CLI and config files.

@@ -237,7 +237,7 @@ type VirtualNetwork struct {
 	Id uint32 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
 	// IPv4 and/or IPv6 subnets in CIDR form; no two may overlap.
 	Subnets []string `protobuf:"bytes,3,rep,name=subnets,proto3" json:"subnets,omitempty"`
-	// Extra route targets ("target:ASN:N" or "target:IPv4:N") imported into / exported from the network.
+	// Extra route targets ("target:ASN:N") imported into / exported from the network.
 	ImportRouteTargets []string `protobuf:"bytes,4,rep,name=import_route_targets,json=importRouteTargets,proto3" json:"import_route_targets,omitempty"`
 	ExportRouteTargets []string `protobuf:"bytes,5,rep,name=export_route_targets,json=exportRouteTargets,proto3" json:"export_route_targets,omitempty"`
 	// target:<asn>:<8000000+id>, imported and exported automatically. Output only.
