@@ -300,3 +300,15 @@ func rep(s string, n int) string {
 }
 
 var _ sync.Mutex
+
+func TestRecordRoundTrip(t *testing.T) {
+	r := Reading{Node: 7, Index: 12, Type: 1, Metric: "temperature_12", Value: -3.5, Time: time.Unix(1765450342, 123456789)}
+	got, err := DecodeRecord(r.AppendRecord(nil))
+	if err != nil || got.Node != r.Node || got.Index != r.Index || got.Type != r.Type || got.Metric != r.Metric ||
+		got.Value != r.Value || !got.Time.Equal(r.Time) {
+		t.Fatalf("got %+v %v", got, err)
+	}
+	if _, err := DecodeRecord([]byte{1, 2, 3}); !errors.Is(err, dpa.ErrMalformed) {
+		t.Fatalf("short record: %v", err)
+	}
+}
