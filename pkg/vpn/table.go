@@ -1,0 +1,324 @@
+// Package vpn turns the controller's state into BGP/MPLS L3VPN routes and back.
+//
+// Table is the pure core: it holds networks, gateways and endpoints as the
+// store has them, computes each endpoint's VPN routes (pkg/bgp.EndpointRoutes),
+// and keeps the routes received from peers; it answers which routes belong to
+// a network (its own endpoints' routes, plus received routes whose route
+// targets match the network's import list). Runner (runner.go) owns a Table,
+// feeds it from the store's watch and the speaker's subscription, and sends
+// the differences to the speaker.
+package vpn
+
+import (
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sort"
+
+	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/model"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// Origin tells where a route of a network comes from.
+type Origin uint8
+
+const (
+	Local    Origin = iota + 1 // one of the network's endpoints
+	Imported                   // received from a BGP peer
+)
+
+// NetRoute is a route of a network.
+type NetRoute struct {
+	bgp.Route
+	Origin   Origin
+	Endpoint string     // for Local routes
+	Peer     netip.Addr // for Imported routes
+}
+
+type network struct {
+	name    string
+	id      uint32
+	export  []bgp.RouteTarget // automatic first, then the user's
+	imports []bgp.RouteTarget // automatic first, then the user's
+	encaps  []bgp.Encap
+}
+
+type gateway struct {
+	underlay netip.Addr
+	encaps   []bgp.Encap
+}
+
+type received struct {
+	route bgp.Route
+	peer  netip.Addr
+}
+
+// Table is the route state. It is not safe for concurrent use.
+type Table struct {
+	asn      uint32
+	log      *slog.Logger
+	nets     map[string]*network
+	gws      map[string]*gateway
+	eps      map[string]*v1.Endpoint
+	byNet    map[string]map[string]bool // network -> endpoint ids
+	byGw     map[string]map[string]bool // gateway -> endpoint ids
+	local    map[string][]bgp.Route     // endpoint id -> its routes as announced
+	recv     map[bgp.RouteKey]received
+	dirty    map[string]bool // endpoints whose routes must be recomputed
+	touched  map[string]bool // networks whose route set may have changed
+	recvDirt bool            // received routes changed (affects networks by RT)
+}
+
+// NewTable returns an empty table; asn forms the automatic route targets.
+func NewTable(asn uint32, log *slog.Logger) *Table {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Table{asn: asn, log: log, nets: map[string]*network{}, gws: map[string]*gateway{}, eps: map[string]*v1.Endpoint{},
+		byNet: map[string]map[string]bool{}, byGw: map[string]map[string]bool{}, local: map[string][]bgp.Route{},
+		recv: map[bgp.RouteKey]received{}, dirty: map[string]bool{}, touched: map[string]bool{}}
+}
+
+func encapsOf(es []v1.Encapsulation) []bgp.Encap {
+	var out []bgp.Encap
+	for _, e := range es {
+		switch e {
+		case v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP:
+			out = append(out, bgp.EncapMPLSoUDP)
+		case v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE:
+			out = append(out, bgp.EncapMPLSoGRE)
+		case v1.Encapsulation_ENCAPSULATION_VXLAN:
+			out = append(out, bgp.EncapVXLAN)
+		}
+	}
+	return out
+}
+
+// EncapToAPI converts a speaker encapsulation to the API's.
+func EncapToAPI(e bgp.Encap) v1.Encapsulation {
+	switch e {
+	case bgp.EncapMPLSoUDP:
+		return v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP
+	case bgp.EncapMPLSoGRE:
+		return v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE
+	case bgp.EncapVXLAN:
+		return v1.Encapsulation_ENCAPSULATION_VXLAN
+	}
+	return v1.Encapsulation_ENCAPSULATION_UNSPECIFIED
+}
+
+func (t *Table) rts(auto bgp.RouteTarget, user []string) []bgp.RouteTarget {
+	out := []bgp.RouteTarget{auto}
+	for _, s := range user {
+		rt, err := model.ParseRouteTarget(s)
+		if err != nil {
+			t.log.Warn("ignoring a stored route target", "rt", s, "err", err)
+			continue
+		}
+		if !slices.Contains(out, rt) {
+			out = append(out, rt)
+		}
+	}
+	return out
+}
+
+func (t *Table) markNet(name string) {
+	t.touched[name] = true
+	for id := range t.byNet[name] {
+		t.dirty[id] = true
+	}
+}
+
+// PutNetwork records a created or changed network.
+func (t *Table) PutNetwork(n *v1.VirtualNetwork) {
+	auto := model.AutoRouteTarget(t.asn, n.Id)
+	t.nets[n.Name] = &network{name: n.Name, id: n.Id, export: t.rts(auto, n.ExportRouteTargets), imports: t.rts(auto, n.ImportRouteTargets), encaps: encapsOf(n.Encapsulations)}
+	t.markNet(n.Name)
+}
+
+// DeleteNetwork forgets a network.
+func (t *Table) DeleteNetwork(name string) {
+	t.markNet(name)
+	delete(t.nets, name)
+}
+
+// PutGateway records a created or changed gateway.
+func (t *Table) PutGateway(g *v1.Gateway) {
+	a, _ := netip.ParseAddr(g.UnderlayAddress)
+	t.gws[g.Name] = &gateway{underlay: a, encaps: encapsOf(g.Encapsulations)}
+	for id := range t.byGw[g.Name] {
+		t.dirty[id] = true
+	}
+}
+
+// DeleteGateway forgets a gateway.
+func (t *Table) DeleteGateway(name string) {
+	delete(t.gws, name)
+	for id := range t.byGw[name] {
+		t.dirty[id] = true
+	}
+}
+
+func addIdx(m map[string]map[string]bool, k, id string) {
+	if m[k] == nil {
+		m[k] = map[string]bool{}
+	}
+	m[k][id] = true
+}
+
+func delIdx(m map[string]map[string]bool, k, id string) {
+	delete(m[k], id)
+	if len(m[k]) == 0 {
+		delete(m, k)
+	}
+}
+
+// PutEndpoint records a created or changed endpoint.
+func (t *Table) PutEndpoint(e *v1.Endpoint) {
+	if old, ok := t.eps[e.Id]; ok {
+		delIdx(t.byNet, old.Network, e.Id)
+		delIdx(t.byGw, old.Gateway, e.Id)
+		t.touched[old.Network] = true
+	}
+	t.eps[e.Id] = e
+	addIdx(t.byNet, e.Network, e.Id)
+	addIdx(t.byGw, e.Gateway, e.Id)
+	t.dirty[e.Id] = true
+	t.touched[e.Network] = true
+}
+
+// DeleteEndpoint forgets an endpoint.
+func (t *Table) DeleteEndpoint(id string) {
+	if old, ok := t.eps[id]; ok {
+		delIdx(t.byNet, old.Network, id)
+		delIdx(t.byGw, old.Gateway, id)
+		t.touched[old.Network] = true
+	}
+	delete(t.eps, id)
+	t.dirty[id] = true
+}
+
+// routesOf computes an endpoint's routes from the current state.
+func (t *Table) routesOf(e *v1.Endpoint) []bgp.Route {
+	n, g := t.nets[e.Network], t.gws[e.Gateway]
+	if n == nil || g == nil || e.Label == 0 {
+		return nil
+	}
+	var addrs []netip.Addr
+	for _, s := range e.Addresses {
+		if a, err := netip.ParseAddr(s); err == nil {
+			addrs = append(addrs, a)
+		}
+	}
+	rs, err := bgp.EndpointRoutes(bgp.Endpoint{Addresses: addrs, Underlay: g.underlay, NetworkID: uint16(n.id),
+		ExportRTs: n.export, Label: e.Label, NetworkEncaps: n.encaps, GatewayEncaps: g.encaps})
+	if err != nil {
+		t.log.Warn("endpoint not advertised", "endpoint", e.Id, "network", e.Network, "gateway", e.Gateway, "err", err)
+		return nil
+	}
+	return rs
+}
+
+// Flush recomputes the routes of every endpoint changed since the last Flush
+// and returns what to announce and withdraw, and the networks whose route set
+// may have changed.
+func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []string) {
+	for id := range t.dirty {
+		old := t.local[id]
+		var cur []bgp.Route
+		if e, ok := t.eps[id]; ok {
+			cur = t.routesOf(e)
+		}
+		keep := map[bgp.RouteKey]bool{}
+		for _, r := range cur {
+			keep[r.Key()] = true
+			if i := slices.IndexFunc(old, func(o bgp.Route) bool { return o.Key() == r.Key() }); i < 0 || !old[i].Equal(r) {
+				announce = append(announce, r)
+			}
+		}
+		for _, r := range old {
+			if !keep[r.Key()] {
+				withdraw = append(withdraw, r.Key())
+			}
+		}
+		if len(cur) == 0 {
+			delete(t.local, id)
+		} else {
+			t.local[id] = cur
+		}
+	}
+	clear(t.dirty)
+	if t.recvDirt {
+		for n := range t.nets {
+			t.touched[n] = true
+		}
+		t.recvDirt = false
+	}
+	for n := range t.touched {
+		nets = append(nets, n)
+	}
+	sort.Strings(nets)
+	clear(t.touched)
+	return announce, withdraw, nets
+}
+
+// Announced returns every local route.
+func (t *Table) Announced() []bgp.Route {
+	var out []bgp.Route
+	for _, rs := range t.local {
+		out = append(out, rs...)
+	}
+	return out
+}
+
+// Received applies routes received from peers.
+func (t *Table) Received(evs []bgp.RouteEvent) {
+	for _, ev := range evs {
+		k := ev.Route.Key()
+		if ev.Withdraw {
+			delete(t.recv, k)
+		} else {
+			t.recv[k] = received{route: ev.Route, peer: ev.Peer}
+		}
+		t.recvDirt = true
+	}
+}
+
+// Routes returns the routes of a network: its endpoints' routes and the
+// received routes it imports, sorted by prefix then RD.
+func (t *Table) Routes(network string) []NetRoute {
+	n := t.nets[network]
+	if n == nil {
+		return nil
+	}
+	var out []NetRoute
+	for id := range t.byNet[network] {
+		for _, r := range t.local[id] {
+			out = append(out, NetRoute{Route: r, Origin: Local, Endpoint: id})
+		}
+	}
+	for _, rv := range t.recv {
+		if rv.route.HasAnyRouteTarget(n.imports) {
+			out = append(out, NetRoute{Route: rv.route, Origin: Imported, Peer: rv.peer})
+		}
+	}
+	sortRoutes(out)
+	return out
+}
+
+func sortRoutes(rs []NetRoute) {
+	sort.Slice(rs, func(i, j int) bool {
+		a, b := rs[i].Prefix, rs[j].Prefix
+		if a.Addr() != b.Addr() {
+			return a.Addr().Less(b.Addr())
+		}
+		if a.Bits() != b.Bits() {
+			return a.Bits() < b.Bits()
+		}
+		return rs[i].RD.String() < rs[j].RD.String()
+	})
+}
+
+// HasNetwork reports whether the network is known.
+func (t *Table) HasNetwork(name string) bool { return t.nets[name] != nil }
