@@ -223,6 +223,7 @@ type FRRPeer struct {
 	RemoteAs               uint32 `json:"remoteAs"`
 	State                  string `json:"state"`
 	PfxRcd                 int    `json:"pfxRcd"`
+	MsgRcvd                int    `json:"msgRcvd"`
 	PfxSnt                 int    `json:"pfxSnt"`
 	PeerUptimeMsec         int64  `json:"peerUptimeMsec"`
 	ConnectionsEstablished int    `json:"connectionsEstablished"`

@@ -75,6 +75,7 @@ func TestBenchFRRvsBIRD(t *testing.T) {
 		t.Fatal(err)
 	}
 	speakerTime := time.Since(start)
+	sumA, _ := frrA.Summary(ctx, "ipv4 vpn")
 	announceLine := c.line(t, time.Minute)
 	io.WriteString(c.stdin, "rss\n")
 	var rssBefore, rssAfter, heap int64
@@ -113,12 +114,14 @@ func TestBenchFRRvsBIRD(t *testing.T) {
 		t.Fatal(err)
 	}
 	birdTime := time.Since(start)
+	sumB, _ := frrB.Summary(ctx, "ipv4 vpn")
 
 	announceNS, _ := strconv.ParseInt(strings.TrimPrefix(announceLine, "announced "), 10, 64)
 	perRoute := float64(rssAfter-rssBefore) / float64(n)
 	fmt.Printf("\nbench-bgp: %d VPNv4 routes into FRR 8.4 (same machine, same run; sessions already up)\n", n)
 	fmt.Printf("  iotfabric speaker (GoBGP %s): %7.2f s  (Announce call returned after %.2f s)\n", "v3.37.0", speakerTime.Seconds(), time.Duration(announceNS).Seconds())
 	fmt.Printf("  BIRD 2.0.12:                    %7.2f s\n", birdTime.Seconds())
+	fmt.Printf("  messages FRR received: from the speaker %d, from BIRD %d\n", sumA[tp.local].MsgRcvd, sumB[bl.AddrA].MsgRcvd)
 	fmt.Printf("  ratio speaker/BIRD:             %7.2fx  (goal <= 1.0x, and under 10 s)\n", speakerTime.Seconds()/birdTime.Seconds())
 	fmt.Printf("  speaker memory: RSS %.1f MB -> %.1f MB, %.0f bytes per route (goal < 1024); Go heap in use %.1f MB\n",
 		float64(rssBefore)/1e6, float64(rssAfter)/1e6, perRoute, float64(heap)/1e6)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"testing"
@@ -59,6 +60,12 @@ func speakerChild() int {
 		runtime.GC()
 		debug.FreeOSMemory()
 		rssBefore := rss()
+		if path := os.Getenv("IOTFABRIC_BGP_CPUPROFILE"); path != "" {
+			if f, err := os.Create(path); err == nil {
+				pprof.StartCPUProfile(f)
+				defer pprof.StopCPUProfile()
+			}
+		}
 		start := time.Now()
 		routes := generateRoutes(spec.Generate)
 		if err := s.Announce(ctx, routes); err != nil {

@@ -20,7 +20,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -473,7 +472,7 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent) []bgp.RouteEven
 	if local && !p.GetIsWithdraw() && len(s.received) == 0 {
 		return evs // fast path: our own announcements
 	}
-	r, err := routeFromAPI(p)
+	r, err := decodePath(p)
 	if err != nil {
 		s.log.Warn("bgp: ignoring received path", "peer", p.GetNeighborIp(), "err", err)
 		return evs
@@ -573,16 +572,3 @@ func (u *subscriber) run(ctx context.Context) {
 		}
 	}
 }
-
-// Announced is a helper for logs and tests: the number of RD:prefix keys
-// in a route list.
-func keysOf(routes []bgp.Route) []bgp.RouteKey {
-	ks := make([]bgp.RouteKey, len(routes))
-	for i, r := range routes {
-		ks[i] = r.Key()
-	}
-	return ks
-}
-
-var _ = keysOf
-var _ = strconv.Itoa

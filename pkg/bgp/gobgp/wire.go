@@ -236,6 +236,17 @@ func addrFromIP(ip net.IP) netip.Addr {
 	return a.Unmap()
 }
 
+// decodePath is routeFromAPI that turns a panic in a decoder into an
+// error: a path nobody could decode must not end the process.
+func decodePath(p *api.Path) (r bgp.Route, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%w: decoder panic: %v", bgp.ErrInvalidRoute, v)
+		}
+	}()
+	return routeFromAPI(p)
+}
+
 // routeFromAPI converts a path reported by GoBGP's watch into a route.
 func routeFromAPI(p *api.Path) (bgp.Route, error) {
 	if p.GetFamily() == nil {
