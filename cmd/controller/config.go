@@ -9,8 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/iotfabric/iotfabric/pkg/bgp"
 )
 
 // Config is the controller's configuration file (YAML). Flags override it.
@@ -37,15 +40,20 @@ type EtcdConfig struct {
 	Namespace string   `yaml:"namespace"`
 }
 
-// BGPConfig is the BGP speaker's section.
+// BGPConfig is the BGP speaker's section. The speaker runs when router_id is set.
 type BGPConfig struct {
 	ASN            uint32       `yaml:"asn"`
 	RouterID       string       `yaml:"router_id"`
-	ListenAddress  string       `yaml:"listen_address"`
-	ListenPort     int32        `yaml:"listen_port"`
+	ListenAddress  string       `yaml:"listen_address"` // default: every address
+	ListenPort     int32        `yaml:"listen_port"`    // -1: do not listen, only connect out
 	RouteReflector bool         `yaml:"route_reflector"`
 	ClusterID      string       `yaml:"cluster_id"`
 	Peers          []PeerConfig `yaml:"peers"`
+	// GracefulRestart is on by default (restarting speaker and helper, 120 s).
+	GracefulRestart struct {
+		Disabled    bool          `yaml:"disabled"`
+		RestartTime time.Duration `yaml:"restart_time"`
+	} `yaml:"graceful_restart"`
 }
 
 // PeerConfig is one BGP neighbour.
@@ -53,6 +61,44 @@ type PeerConfig struct {
 	Address  string `yaml:"address"`
 	ASN      uint32 `yaml:"asn"`
 	Password string `yaml:"password"`
+	Port     uint16 `yaml:"port"`
+}
+
+// Enabled reports whether the BGP speaker should run.
+func (b BGPConfig) Enabled() bool { return b.RouterID != "" }
+
+// Speaker converts the section to the speaker's configuration.
+func (b BGPConfig) Speaker() (bgp.Config, error) {
+	c := bgp.Config{ASN: b.ASN, ListenPort: int(b.ListenPort), RouteReflector: b.RouteReflector}
+	c.GracefulRestart.Disabled, c.GracefulRestart.RestartTime = b.GracefulRestart.Disabled, b.GracefulRestart.RestartTime
+	var err error
+	if c.RouterID, err = netip.ParseAddr(b.RouterID); err != nil {
+		return c, fmt.Errorf("bgp.router_id %q: want an IPv4 address", b.RouterID)
+	}
+	if b.ListenAddress != "" {
+		a, err := netip.ParseAddr(b.ListenAddress)
+		if err != nil {
+			return c, fmt.Errorf("bgp.listen_address %q: want an IP address", b.ListenAddress)
+		}
+		c.ListenAddress = []netip.Addr{a}
+	}
+	if b.ClusterID != "" {
+		if c.ClusterID, err = netip.ParseAddr(b.ClusterID); err != nil {
+			return c, fmt.Errorf("bgp.cluster_id %q: want an IPv4 address", b.ClusterID)
+		}
+	}
+	for i, p := range b.Peers {
+		a, err := netip.ParseAddr(p.Address)
+		if err != nil {
+			return c, fmt.Errorf("bgp.peers[%d].address %q: want an IP address", i, p.Address)
+		}
+		c.Peers = append(c.Peers, bgp.PeerConfig{Address: a, ASN: p.ASN, Password: p.Password, Port: p.Port})
+	}
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("bgp: %w", err)
+	}
+	return c, nil
 }
 
 // Defaults.
@@ -71,7 +117,7 @@ func defaultConfig() Config {
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	c.BGP.ASN = DefaultASN
-	c.BGP.ListenPort = 179
+	c.BGP.ListenPort = bgp.DefaultPort
 	return c
 }
 
@@ -125,14 +171,6 @@ func (c *Config) Validate() error {
 	if c.BGP.ASN == 0 {
 		errs = append(errs, errors.New("bgp.asn must be set (it also forms the automatic route targets)"))
 	}
-	if c.BGP.RouterID != "" {
-		if a, err := netip.ParseAddr(c.BGP.RouterID); err != nil || !a.Is4() {
-			errs = append(errs, fmt.Errorf("bgp.router_id %q: want an IPv4 address", c.BGP.RouterID))
-		}
-	}
-	if c.BGP.ListenPort < -1 || c.BGP.ListenPort > 65535 {
-		errs = append(errs, fmt.Errorf("bgp.listen_port %d out of range", c.BGP.ListenPort))
-	}
 	for i, p := range c.BGP.Peers {
 		if _, err := netip.ParseAddr(p.Address); err != nil {
 			errs = append(errs, fmt.Errorf("bgp.peers[%d].address %q: want an IP address", i, p.Address))
@@ -140,6 +178,13 @@ func (c *Config) Validate() error {
 		if p.ASN == 0 {
 			errs = append(errs, fmt.Errorf("bgp.peers[%d].asn must be set", i))
 		}
+	}
+	if len(errs) == 0 && c.BGP.Enabled() {
+		if _, err := c.BGP.Speaker(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if len(c.BGP.Peers) > 0 && !c.BGP.Enabled() {
+		errs = append(errs, errors.New("bgp.peers are set but bgp.router_id is not: set router_id to run the BGP speaker"))
 	}
 	return errors.Join(errs...)
 }

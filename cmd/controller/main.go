@@ -29,10 +29,12 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
+	"github.com/iotfabric/iotfabric/pkg/vpn"
 )
 
 const usage = `Usage: controller [flags]
@@ -172,6 +174,37 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 		grpc.ChainStreamInterceptor(m.stream, recoverStream(log)),
 	)
 	controller.NewServer(ctl).Register(gs)
+
+	// The BGP speaker: announcements follow the store's watch.
+	var runner *vpn.Runner
+	runErr := make(chan error, 1)
+	if cfg.BGP.Enabled() {
+		bcfg, err := cfg.BGP.Speaker()
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		sp, err := gobgp.New(bcfg, log.With("component", "bgp"))
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		runner = vpn.NewRunner(st, sp, cfg.BGP.ASN, log.With("component", "vpn"))
+		vpn.NewServer(runner, bcfg.Peers).Register(gs)
+		rctx, rcancel := context.WithCancel(ctx)
+		defer rcancel()
+		go func() { runErr <- runner.Run(rctx) }()
+		select {
+		case <-runner.Ready():
+		case err := <-runErr:
+			lis.Close()
+			return fmt.Errorf("BGP: %w", err)
+		case <-ctx.Done():
+		}
+	} else {
+		vpn.NewServer(nil, nil).Register(gs)
+		log.Info("BGP speaker disabled: set bgp.router_id to advertise endpoints to edge routers")
+	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
@@ -212,6 +245,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 		log.Info("shutting down")
 	case err := <-errc:
 		return fmt.Errorf("API server: %w", err)
+	case err := <-runErr:
+		gs.Stop()
+		return fmt.Errorf("BGP: %w", err)
 	}
 	hs.Shutdown()
 	done := make(chan struct{})
