@@ -41,6 +41,9 @@ Commands:
   endpoint update ID [--label N] [--mac MAC]
   endpoint list [--network N] [--gateway G] | show ID | delete ID
   ipam show NETWORK
+  peer add ADDRESS --asn N [--password P] [--port 179]
+  peer list | delete ADDRESS
+  route list --network N
 
 Route targets are written target:<asn>:<number> (with a 4-byte AS number, the number is 0-65535).
 The server defaults to $IOTFABRIC_SERVER, else 127.0.0.1:50051.
@@ -220,6 +223,10 @@ func (c *cli) dispatch(args []string) error {
 		return c.gateway(ctx, v1.NewGatewayServiceClient(conn), verb, rest)
 	case "endpoint", "endpoints", "ep":
 		return c.endpoint(ctx, v1.NewEndpointServiceClient(conn), verb, rest)
+	case "peer", "peers":
+		return c.peer(ctx, v1.NewPeerServiceClient(conn), verb, rest)
+	case "route", "routes":
+		return c.route(ctx, v1.NewRouteServiceClient(conn), verb, rest)
 	case "ipam":
 		if verb != "show" || len(rest) != 1 {
 			return usagef("usage: ipam show NETWORK")
@@ -475,6 +482,97 @@ func (c *cli) endpoint(ctx context.Context, cl v1.EndpointServiceClient, verb st
 		return nil
 	}
 	return usagef("unknown endpoint command %q: use create, update, list, show or delete", verb)
+}
+
+func (c *cli) peer(ctx context.Context, cl v1.PeerServiceClient, verb string, args []string) error {
+	fs := flag.NewFlagSet("peer "+verb, flag.ContinueOnError)
+	asn := fs.Uint("asn", 0, "")
+	password := fs.String("password", "", "")
+	port := fs.Uint("port", 0, "")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch verb {
+	case "add":
+		addr, err := oneName(verb, pos)
+		if err != nil {
+			return err
+		}
+		if *asn == 0 {
+			return usagef("peer add needs --asn")
+		}
+		p, err := cl.AddPeer(ctx, &v1.AddPeerRequest{Peer: &v1.Peer{Address: addr, Asn: uint32(*asn), Password: *password, Port: uint32(*port)}})
+		if err != nil {
+			return err
+		}
+		return c.printPeers(p)
+	case "list":
+		r, err := cl.ListPeers(ctx, &v1.ListPeersRequest{})
+		if err != nil {
+			return err
+		}
+		return c.printPeers(r.Peers...)
+	case "delete":
+		addr, err := oneName(verb, pos)
+		if err != nil {
+			return err
+		}
+		if _, err := cl.DeletePeer(ctx, &v1.DeletePeerRequest{Address: addr}); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "peer %s deleted\n", addr)
+		return nil
+	}
+	return usagef("unknown peer command %q: use add, list or delete", verb)
+}
+
+func (c *cli) route(ctx context.Context, cl v1.RouteServiceClient, verb string, args []string) error {
+	fs := flag.NewFlagSet("route "+verb, flag.ContinueOnError)
+	network := fs.String("network", "", "")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if verb != "list" {
+		return usagef("unknown route command %q: use list", verb)
+	}
+	if *network == "" {
+		return usagef("route list needs --network")
+	}
+	r, err := cl.ListRoutes(ctx, &v1.ListRoutesRequest{Network: *network})
+	if err != nil {
+		return err
+	}
+	if c.format == "json" {
+		return c.printJSON(toMsgs(r.Routes), false)
+	}
+	var rows [][]string
+	for _, rt := range r.Routes {
+		from := rt.Endpoint
+		if rt.Origin == v1.RouteOrigin_ROUTE_ORIGIN_IMPORTED {
+			from = "peer " + rt.Peer
+		}
+		rows = append(rows, []string{rt.Prefix, rt.RouteDistinguisher, strconv.Itoa(int(rt.Label)), rt.NextHop,
+			strings.Join(rt.RouteTargets, ","), model.FormatEncaps(rt.Encapsulations),
+			stateName(rt.Origin, v1.RouteOrigin_name, "ROUTE_ORIGIN_"), from})
+	}
+	return c.table("PREFIX\tRD\tLABEL\tNEXT-HOP\tROUTE-TARGETS\tENCAP\tORIGIN\tFROM", rows)
+}
+
+func (c *cli) printPeers(ps ...*v1.PeerStatus) error {
+	if c.format == "json" {
+		return c.printJSON(toMsgs(ps), len(ps) == 1)
+	}
+	var rows [][]string
+	for _, p := range ps {
+		up := "-"
+		if p.UptimeSeconds > 0 {
+			up = (time.Duration(p.UptimeSeconds) * time.Second).String()
+		}
+		rows = append(rows, []string{p.Peer.GetAddress(), strconv.Itoa(int(p.Peer.GetAsn())), p.State, up,
+			strconv.FormatUint(p.PrefixesSent, 10), strconv.FormatUint(p.PrefixesReceived, 10), p.Source})
+	}
+	return c.table("PEER\tASN\tSTATE\tUPTIME\tSENT\tRECEIVED\tSOURCE", rows)
 }
 
 // ---- output ----
