@@ -15,7 +15,7 @@ import (
 // requireFullKernel skips unless the kernel has everything the MPLS overlay
 // needs; `make vmtest` runs these tests inside qemu on Debian's kernel, where
 // IOTFABRIC_VMTEST=1 turns the skip into a failure.
-func requireFullKernel(t *testing.T, m *overlay.Manager) {
+func requireFullKernel(t testing.TB, m *overlay.Manager) {
 	t.Helper()
 	f := m.Features()
 	if f.Supports(overlay.EncapMPLSoUDP) && f.Supports(overlay.EncapMPLSoGRE) {
@@ -37,7 +37,9 @@ type twoGateways struct {
 	addrA, addrB netip.Addr
 }
 
-func newTwoGateways(t *testing.T, vrf overlay.VRFMode) *twoGateways {
+func newTwoGateways(t *testing.T, vrf overlay.VRFMode) *twoGateways { return newTwoGatewaysTB(t, vrf) }
+
+func newTwoGatewaysTB(t testing.TB, vrf overlay.VRFMode) *twoGateways {
 	g := &twoGateways{ulA: ap("192.0.2.1"), ulB: ap("192.0.2.2"), addrA: ap("10.1.0.1"), addrB: ap("10.1.0.2")}
 	g.gwA = overlaytest.NewNS(t, "iofgwa")
 	g.gwB = overlaytest.NewNS(t, "iofgwb")
@@ -63,7 +65,11 @@ func gatewayState(underlay, peerUnderlay, own, peer netip.Addr, ownLabel, peerLa
 	return overlay.State{Underlay: underlay, EncapPriority: prio, Networks: []overlay.Network{n}}
 }
 
-func (g *twoGateways) set(t *testing.T, prio, offered []overlay.Encap, routeA, routeB bool) (overlay.State, overlay.State) {
+func (g *twoGateways) setTB(t testing.TB, prio, offered []overlay.Encap) {
+	g.set(t, prio, offered, true, true)
+}
+
+func (g *twoGateways) set(t testing.TB, prio, offered []overlay.Encap, routeA, routeB bool) (overlay.State, overlay.State) {
 	t.Helper()
 	sA := gatewayState(g.ulA, g.ulB, g.addrA, g.addrB, 1001, 1002, "vpoda", prio, offered, routeA)
 	sB := gatewayState(g.ulB, g.ulA, g.addrB, g.addrA, 1002, 1001, "vpodb", prio, offered, routeB)

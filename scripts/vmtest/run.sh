@@ -52,6 +52,8 @@ case "$mode" in
   *) echo "usage: $0 [test|bench] [go test flags]" >&2; exit 2 ;;
 esac
 
+env | grep -E '^IOTFABRIC_BENCH_' > "$root/vmtest.env" || true
+
 initrd="$cache/initramfs-$mode.cpio"
 (cd "$root" && find . | cpio -o -H newc --quiet) > "$initrd"
 

@@ -54,6 +54,9 @@ func run() int {
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.Dir = "/tmp"
 	cmd.Env = []string{"PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/tmp", "TMPDIR=/tmp", "IOTFABRIC_VMTEST=1"}
+	if v, err := os.ReadFile("/vmtest.env"); err == nil {
+		cmd.Env = append(cmd.Env, strings.Fields(string(v))...)
+	}
 	if err := cmd.Run(); err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {
 			return ee.ExitCode()

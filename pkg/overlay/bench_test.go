@@ -1,0 +1,170 @@
+package overlay_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
+)
+
+// benchRoutes is the number of routes BenchmarkSetRoutes programs
+// (IOTFABRIC_BENCH_ROUTES overrides it for quick runs).
+var benchRoutes = func() int {
+	if n, err := strconv.Atoi(os.Getenv("IOTFABRIC_BENCH_ROUTES")); err == nil && n > 0 {
+		return n
+	}
+	return 100000
+}()
+
+// benchState is one network with n remote /32 routes behind gateway 192.0.2.2.
+func benchState(n int, encap overlay.Encap) overlay.State {
+	rs := make([]overlay.RemoteRoute, n)
+	for i := range rs {
+		a := netip.AddrFrom4([4]byte{10, byte(100 + i>>16), byte(i >> 8), byte(i)})
+		rs[i] = overlay.RemoteRoute{Prefix: netip.PrefixFrom(a, 32), Label: uint32(16 + i),
+			Gateway: ap("192.0.2.2"), Encaps: []overlay.Encap{encap}}
+	}
+	return overlay.State{Underlay: ap("192.0.2.1"), EncapPriority: []overlay.Encap{encap},
+		Networks: []overlay.Network{{Name: "bench", Table: 7001, Routes: rs}}}
+}
+
+// benchGateway is a namespace with an underlay link to 192.0.2.2.
+func benchGateway(b *testing.B) *overlaytest.NS {
+	gw := overlaytest.NewNS(b, "iofbench")
+	peer := overlaytest.NewNS(b, "iofbpeer")
+	overlaytest.Underlay(b, gw, ap("192.0.2.1"), peer, ap("192.0.2.2"))
+	peer.IP(b, "link", "set", "u0", "up")
+	return gw
+}
+
+// BenchmarkSetRoutes programs 100,000 remote routes from empty through Set, then
+// loads the same routes with `ip -batch` in the same run, and re-applies the
+// unchanged state. MPLS-encapsulated (MPLSoUDP) routes where the kernel can,
+// plain routes via the gateway otherwise.
+func BenchmarkSetRoutes(b *testing.B) {
+	overlaytest.RequireRoot(b)
+	if _, err := exec.LookPath("ip"); err != nil {
+		b.Skip("iproute2 missing")
+	}
+	ctx := context.Background()
+	for range b.N {
+		gw := benchGateway(b)
+		m, err := overlay.New(ctx, overlay.Config{NetNS: gw.Path, VRF: overlay.VRFOff})
+		if err != nil {
+			b.Fatal(err)
+		}
+		encap := overlay.EncapPlain
+		if m.Features().Supports(overlay.EncapMPLSoUDP) {
+			encap = overlay.EncapMPLSoUDP
+		}
+		s := benchState(benchRoutes, encap)
+
+		fmt.Printf("overlay bench: programming %d %s routes\n", benchRoutes, encap)
+		start := time.Now()
+		if err := m.Set(ctx, s); err != nil {
+			b.Fatalf("Set: %v", err)
+		}
+		setDur := time.Since(start)
+		start = time.Now()
+		if err := m.Set(ctx, s); err != nil {
+			b.Fatalf("re-apply: %v", err)
+		}
+		reapply := time.Since(start)
+		if out := gw.IP(b, "route", "show", "table", "7001"); strings.Count(out, "\n") != benchRoutes {
+			b.Fatalf("table holds %d routes, want %d", strings.Count(out, "\n"), benchRoutes)
+		}
+		// The tunnel stays for the peer's routes; only the routes go.
+		tunnel := ""
+		if encap == overlay.EncapMPLSoUDP {
+			for _, l := range strings.Split(gw.Dump(b), "\n") {
+				if strings.HasPrefix(l, "link iofu") {
+					tunnel = strings.TrimPrefix(l, "link ")
+				}
+			}
+		}
+		gw.IP(b, "route", "flush", "table", "7001")
+
+		// The peer: ip -batch loading the same routes.
+		var sb strings.Builder
+		for _, r := range s.Networks[0].Routes {
+			if encap == overlay.EncapMPLSoUDP {
+				fmt.Fprintf(&sb, "route add %s encap mpls %d dev %s table 7001 proto 165\n", r.Prefix, r.Label, tunnel)
+			} else {
+				fmt.Fprintf(&sb, "route add %s via %s table 7001 proto 165\n", r.Prefix, r.Gateway)
+			}
+		}
+		file := filepath.Join(b.TempDir(), "routes.batch")
+		if err := os.WriteFile(file, []byte(sb.String()), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		start = time.Now()
+		if out, err := exec.Command("ip", "-n", gw.Name, "-batch", file).CombinedOutput(); err != nil {
+			b.Fatalf("ip -batch: %v\n%s", err, out)
+		}
+		batchDur := time.Since(start)
+		if out := gw.IP(b, "route", "show", "table", "7001"); strings.Count(out, "\n") != benchRoutes {
+			b.Fatalf("ip -batch: table holds %d routes", strings.Count(out, "\n"))
+		}
+		m.Close()
+
+		setRate := float64(benchRoutes) / setDur.Seconds()
+		batchRate := float64(benchRoutes) / batchDur.Seconds()
+		b.ReportMetric(setRate, "set-routes/s")
+		b.ReportMetric(batchRate, "ipbatch-routes/s")
+		b.ReportMetric(setRate/batchRate, "ratio")
+		b.ReportMetric(float64(reapply.Microseconds())/1000, "reapply-ms")
+		fmt.Printf("overlay bench (%s routes, %d): Set %.0f routes/s (%v) | ip -batch %.0f routes/s (%v) | ratio %.2fx | re-apply unchanged %v\n",
+			encap, benchRoutes, setRate, setDur.Round(time.Millisecond), batchRate, batchDur.Round(time.Millisecond),
+			setRate/batchRate, reapply.Round(time.Microsecond))
+	}
+}
+
+// BenchmarkVMThroughput measures pod-to-pod TCP throughput over MPLSoUDP as a
+// ratio of the same transfer over plain routing between the same gateways.
+func BenchmarkVMThroughput(b *testing.B) {
+	overlaytest.RequireRoot(b)
+	for range b.N {
+		g := newTwoGatewaysTB(b, overlay.VRFOff)
+		if !g.mA.Features().Supports(overlay.EncapMPLSoUDP) {
+			b.Skip("kernel lacks MPLSoUDP: run make bench-overlay (it runs this inside the VM)")
+		}
+		// Plain routing needs the receiving gateway to route underlay traffic
+		// into the network's table; MPLS traffic arrives through its label.
+		for _, gw := range []*overlaytest.NS{g.gwA, g.gwB} {
+			gw.IP(b, "rule", "add", "pref", "100", "iif", "u0", "lookup", "7001")
+		}
+		const size = 64 << 20
+		measure := func(encap overlay.Encap) time.Duration {
+			g.setTB(b, []overlay.Encap{encap}, []overlay.Encap{encap})
+			sink := g.podB.Sink(b, g.addrB)
+			best := time.Duration(0)
+			for range 3 {
+				d, err := g.podA.Transfer(sink, size)
+				if err != nil {
+					b.Fatalf("%s transfer: %v", encap, err)
+				}
+				if best == 0 || d < best {
+					best = d
+				}
+			}
+			return best
+		}
+		plain := measure(overlay.EncapPlain)
+		udp := measure(overlay.EncapMPLSoUDP)
+		mbps := func(d time.Duration) float64 { return float64(size*8) / d.Seconds() / 1e6 }
+		b.ReportMetric(mbps(udp), "mplsudp-Mbit/s")
+		b.ReportMetric(mbps(plain), "plain-Mbit/s")
+		b.ReportMetric(mbps(udp)/mbps(plain), "ratio")
+		fmt.Printf("overlay throughput (64 MiB TCP pod to pod, best of 3, TCG VM): MPLSoUDP %.0f Mbit/s | plain routing %.0f Mbit/s | ratio %.2f\n",
+			mbps(udp), mbps(plain), mbps(udp)/mbps(plain))
+	}
+}
