@@ -1,0 +1,134 @@
+// Command vrouter-agent programs one gateway's data plane: per-network routing
+// tables (or VRF devices), local endpoints, MPLS label routes and MPLSoUDP /
+// MPLSoGRE tunnels toward remote gateways, from a desired state.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/overlay/agent"
+)
+
+const usage = `vrouter-agent: program a gateway's overlay data plane into the Linux kernel.
+
+Usage:
+  vrouter-agent --state FILE [flags]   apply FILE (YAML or JSON) and re-apply it whenever it changes
+  vrouter-agent --cleanup [flags]      remove everything iotfabric created in the kernel, then exit
+
+The state file holds the whole desired state of the gateway:
+
+  underlay: 192.0.2.1              # this gateway's IPv4 underlay (tunnel source) address
+  encapPriority: [mpls-udp, mpls-gre]
+  networks:
+  - name: red
+    table: 7001                    # routing table, 7000-7999
+    endpoints:                     # local pods: host-side veth, address, MPLS label
+    - {interface: veth1, address: 10.1.0.1, label: 1001}
+    routes:                        # prefixes behind remote gateways
+    - {prefix: 10.1.0.2/32, label: 1002, gateway: 192.0.2.2, encaps: [mpls-udp, mpls-gre]}
+
+Everything the agent creates is marked: route protocol 165, tables 7000-7999,
+rule priorities 7000-7099, interface names starting with "iof". At start it adopts
+what is there and removes orphans without disturbing traffic that stays wanted.
+On SIGTERM/SIGINT it exits and leaves the data plane in place (forwarding goes on).
+The controller's watch stream and the CNI server are not wired in yet: --state is
+the only source for now.
+
+Flags:
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("vrouter-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		statePath = fs.String("state", "", "desired state file (YAML or JSON); re-applied when it changes")
+		cleanup   = fs.Bool("cleanup", false, "remove everything iotfabric owns in the kernel and exit")
+		netnsPath = fs.String("netns", "", "network namespace path to program (default: the agent's own)")
+		vrf       = fs.String("vrf", "auto", "VRF devices: auto (when the kernel has them), on, off (policy tables)")
+		gateway   = fs.String("gateway-address", overlay.DefaultGatewayAddress.String(), "address put on every endpoint's host-side interface")
+		resync    = fs.Duration("resync", 5*time.Minute, "re-read the kernel and repair drift this often (0: never)")
+		level     = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		once      = fs.Bool("once", false, "apply the state file once and exit (non-zero if it did not fully apply)")
+	)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "vrouter-agent: --log-level: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	gw, err := netip.ParseAddr(*gateway)
+	if err != nil {
+		fmt.Fprintf(stderr, "vrouter-agent: --gateway-address: %v\n", err)
+		return 2
+	}
+	if *cleanup == (*statePath != "") {
+		fmt.Fprintln(stderr, "vrouter-agent: give exactly one of --state FILE or --cleanup (see --help)")
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: log, GatewayAddress: gw, VRF: overlay.VRFMode(*vrf)})
+	if err != nil {
+		log.Error("vrouter: start", "error", err)
+		return 1
+	}
+	defer m.Close()
+
+	if *cleanup {
+		if err := m.Cleanup(ctx); err != nil {
+			log.Error("vrouter: cleanup", "error", err)
+			return 1
+		}
+		log.Info("vrouter: cleanup done")
+		return 0
+	}
+	if *once {
+		data, err := os.ReadFile(*statePath)
+		if err == nil {
+			var s overlay.State
+			if s, err = overlay.ParseState(data); err == nil {
+				err = m.Set(ctx, s)
+			}
+		}
+		if err != nil {
+			log.Error("vrouter: apply", "state", *statePath, "error", err)
+			return 1
+		}
+		log.Info("vrouter: state applied", "state", *statePath)
+		return 0
+	}
+	a := &agent.Agent{Applier: m, Source: &agent.FileSource{Path: *statePath, Log: log}, Log: log, ResyncInterval: *resync}
+	log.Info("vrouter: running", "state", *statePath, "features", m.Features())
+	if err := a.Run(ctx); err != nil {
+		log.Error("vrouter: stopped", "error", err)
+		return 1
+	}
+	log.Info("vrouter: shutting down; the data plane stays in place")
+	return 0
+}
