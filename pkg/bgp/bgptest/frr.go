@@ -286,6 +286,8 @@ type FRRPath struct {
 	ExtCommunity string // e.g. "RT:64512:8000001 ET:13"
 	Stale        bool
 	Valid        bool
+	OriginatorID string   // set on reflected routes
+	ClusterList  []string // set on reflected routes
 	Best         bool
 	PeerID       string
 }
@@ -337,6 +339,10 @@ func (f *FRR) VPNRoute(ctx context.Context, afi, rd, prefix string) ([]FRRPath, 
 			Nexthops []struct {
 				IP string `json:"ip"`
 			} `json:"nexthops"`
+			OriginatorID string `json:"originatorId"`
+			ClusterList  *struct {
+				List []string `json:"list"`
+			} `json:"clusterList"`
 			Peer struct {
 				PeerID string `json:"peerId"`
 			} `json:"peer"`
@@ -352,7 +358,10 @@ func (f *FRR) VPNRoute(ctx context.Context, afi, rd, prefix string) ([]FRRPath, 
 	}
 	var out []FRRPath
 	for _, p := range detail.Paths {
-		fp := FRRPath{RD: rd, Prefix: pfx, Valid: p.Valid, Stale: p.Stale, PeerID: p.Peer.PeerID}
+		fp := FRRPath{RD: rd, Prefix: pfx, Valid: p.Valid, Stale: p.Stale, PeerID: p.Peer.PeerID, OriginatorID: p.OriginatorID}
+		if p.ClusterList != nil {
+			fp.ClusterList = p.ClusterList.List
+		}
 		if p.Bestpath != nil {
 			fp.Best = p.Bestpath.Overall
 		}

@@ -79,6 +79,12 @@ func speakerChild() int {
 		debug.FreeOSMemory()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
+		if path := os.Getenv("IOTFABRIC_BGP_HEAPPROFILE"); path != "" {
+			if f, err := os.Create(path); err == nil {
+				pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+		}
 		fmt.Printf("rss %d %d %d\n", rssBefore, rss(), ms.HeapInuse)
 	}
 	for in.Scan() {
