@@ -88,8 +88,12 @@ func DecodeOverlay(frame []byte, udpPort uint16) (OverlayPacket, error) {
 	if in4 == nil {
 		return p, fmt.Errorf("%s label %d without an inner IPv4 packet: %w", p.Encap, p.Label, ErrNotOverlay)
 	}
-	p.InnerSrc, _ = netip.AddrFromSlice(in4.SrcIP.To4())
-	p.InnerDst, _ = netip.AddrFromSlice(in4.DstIP.To4())
+	var ok1, ok2 bool
+	p.InnerSrc, ok1 = netip.AddrFromSlice(in4.SrcIP.To4())
+	p.InnerDst, ok2 = netip.AddrFromSlice(in4.DstIP.To4())
+	if !ok1 || !ok2 {
+		return p, fmt.Errorf("%s label %d: truncated inner IPv4 header: %w", p.Encap, p.Label, ErrNotOverlay)
+	}
 	p.InnerTTL = in4.TTL
 	p.InnerLen = int(in4.Length)
 	return p, nil
