@@ -295,7 +295,7 @@ func (c *Controller) CreateEndpoint(ctx context.Context, req *v1.Endpoint) (*v1.
 						return errf(codes.AlreadyExists, "endpoint %s: label %d is already used by endpoint %s on gateway %s", ep.Id, ep.Label, owner.Value, ep.Gateway)
 					}
 				}
-				c.ipam.Invalidate(e.Network)
+				c.ipam.Refresh(ctx, res)
 			}
 			return err
 		}

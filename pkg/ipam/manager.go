@@ -172,6 +172,50 @@ func (m *Manager) load(ctx context.Context, network string, cfg Config) (*Pool, 
 	return p, nil
 }
 
+// Refresh brings the pool up to date after the store refused r's writes
+// (call Abort first): it reads only the keys r wrote and records what another
+// writer stored there, so that a retry does not pick the same address or
+// block. If the store holds something the pool cannot take in, the whole
+// network is reloaded on next use.
+func (m *Manager) Refresh(ctx context.Context, r *Reservation) {
+	type found struct {
+		key   string
+		val   string
+		lease Lease
+	}
+	var got []found
+	for _, l := range r.Leases {
+		if l.Existing {
+			continue
+		}
+		if l.NewBlock.IsValid() {
+			if kv, err := m.st.Get(ctx, BlockKey(r.Network, l.NewBlock)); err == nil {
+				got = append(got, found{key: "block", val: string(kv.Value), lease: l})
+			}
+		}
+		if kv, err := m.st.Get(ctx, addrKey(r.Network, l.Addr)); err == nil {
+			got = append(got, found{key: "addr", val: string(kv.Value), lease: l})
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.pools[r.Network]
+	if !ok || e.pool == nil {
+		return
+	}
+	for _, f := range got {
+		var err error
+		if f.key == "block" {
+			err = e.pool.LoadBlock(f.lease.NewBlock, f.val)
+		} else {
+			err = e.pool.LoadAddr(f.lease.Addr, f.val)
+		}
+		if err != nil {
+			e.stale = true // e.g. a block we still hold pending, stored for another gateway
+		}
+	}
+}
+
 // Reservation is a set of reserved addresses with the store conditions and
 // writes that persist them; include them in a transaction, then Commit or Abort.
 type Reservation struct {
@@ -312,7 +356,7 @@ func (m *Manager) Allocate(ctx context.Context, network, owner, gateway string) 
 		if !errors.Is(err, store.ErrConflict) || attempt >= 20 {
 			return nil, fmt.Errorf("allocate for %s: %w", owner, err)
 		}
-		m.Invalidate(network) // another writer changed the state: reload it
+		m.Refresh(ctx, r) // another writer changed the state: learn what
 	}
 }
 
