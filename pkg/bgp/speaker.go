@@ -189,9 +189,11 @@ type Speaker interface {
 	// Withdraw removes routes; keys that are not announced are ignored.
 	Withdraw(ctx context.Context, keys []RouteKey) error
 
-	// Subscribe returns the VPN routes received from peers: first one batch
-	// with every route currently held (possibly empty), then each change as
-	// it happens. The channel is closed when ctx ends or the speaker stops.
+	// Subscribe returns the VPN routes received from peers, per peer: first
+	// one batch with every route currently held (possibly empty), then each
+	// change as it happens. When a session ends its routes are withdrawn,
+	// unless the peer restarts gracefully: then they stay until the peer
+	// refreshes them or its restart time runs out. The channel is closed when ctx ends or the speaker stops.
 	// A slow reader does not block the speaker: events queue for it.
 	Subscribe(ctx context.Context) (<-chan []RouteEvent, error)
 }

@@ -86,6 +86,7 @@ func speakerChild() int {
 			}
 		}
 		fmt.Printf("rss %d %d %d\n", rssBefore, rss(), ms.HeapInuse)
+		fmt.Fprintf(os.Stderr, "heap alloc %d inuse %d objects %d\n", ms.HeapAlloc, ms.HeapInuse, ms.HeapObjects)
 	}
 	for in.Scan() {
 	}

@@ -219,6 +219,21 @@ func TestGoBGPD(t *testing.T) {
 	}
 	waitReceived(t, sub, key, true, 10*time.Second)
 
+	// Routes of a deleted peer are withdrawn from the subscription.
+	if err := g.AddVPNRoute(ctx, "192.0.2.30:1", pfx, 3004, netip.MustParseAddr("192.0.2.30"), []string{"64512:8000001"}, "mpls-in-udp"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := waitReceived(t, sub, key, false, 10*time.Second); ev.Route.Label != 3004 || ev.Route.Encaps[0] != bgp.EncapMPLSoUDP {
+		t.Errorf("re-added route received as %v", ev.Route)
+	}
+	late, err := s.Subscribe(ctx) // starts with a snapshot holding the route
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := waitReceived(t, late, key, false, 5*time.Second); ev.Route.Label != 3004 {
+		t.Errorf("snapshot has %v", ev.Route)
+	}
+
 	// Our withdrawal reaches gobgpd.
 	if err := s.Withdraw(ctx, []bgp.RouteKey{routes[0].Key()}); err != nil {
 		t.Fatal(err)
@@ -235,6 +250,15 @@ func TestGoBGPD(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+
+	if err := s.DeletePeer(ctx, tp.peer); err != nil {
+		t.Fatal(err)
+	}
+	waitReceived(t, sub, key, true, 10*time.Second)
+	waitReceived(t, late, key, true, 10*time.Second)
+	if ps, err := s.ListPeers(ctx); err != nil || len(ps) != 0 {
+		t.Errorf("peers after delete: %v, %v", ps, err)
 	}
 }
 

@@ -58,13 +58,14 @@ type Speaker struct {
 	rxMu     sync.Mutex
 	rxQueue  [][]*api.Path
 	rxSignal chan struct{}
-	received map[bgp.RouteKey]receivedRoute
+	received map[receivedKey]bgp.Route
 	subs     map[*subscriber]struct{}
 }
 
-type receivedRoute struct {
-	peer  netip.Addr
-	route bgp.Route
+// receivedKey is one peer's route for one RD and prefix.
+type receivedKey struct {
+	peer netip.Addr
+	key  bgp.RouteKey
 }
 
 var _ bgp.Speaker = (*Speaker)(nil)
@@ -84,7 +85,7 @@ func New(cfg bgp.Config, logger *slog.Logger) (*Speaker, error) {
 		log:      logger,
 		peerAddr: map[netip.Addr]bgp.PeerConfig{},
 		rxSignal: make(chan struct{}, 1),
-		received: map[bgp.RouteKey]receivedRoute{},
+		received: map[receivedKey]bgp.Route{},
 		subs:     map[*subscriber]struct{}{},
 	}, nil
 }
@@ -131,7 +132,11 @@ func (s *Speaker) Start(ctx context.Context, initial []bgp.Route) (err error) {
 	watch := &api.WatchEventRequest{
 		Peer: &api.WatchEventRequest_Peer{},
 		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
-			{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true},
+			// Post-policy Adj-RIB-In: paths received from peers only (our
+			// own routes cost nothing here), withdrawals, and the drops
+			// GoBGP makes when a session ends or a graceful-restart
+			// helper period expires.
+			{Type: api.WatchEventRequest_Table_Filter_POST_POLICY, Init: true},
 		}},
 	}
 	if err := srv.WatchEvent(wctx, watch, s.onEvent); err != nil {
@@ -435,7 +440,7 @@ func (s *Speaker) onEvent(ev *api.WatchEventResponse) {
 	}
 }
 
-// dispatch turns queued best-path changes into received-route events.
+// dispatch turns queued Adj-RIB-In changes into received-route events.
 func (s *Speaker) dispatch(ctx context.Context) {
 	defer s.wg.Done()
 	for {
@@ -462,34 +467,35 @@ func (s *Speaker) dispatch(ctx context.Context) {
 	}
 }
 
-// applyLocked applies one best-path change to the received table.
+// applyLocked applies one received path (or its withdrawal) to the table
+// of received routes and appends the resulting event.
 func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent) []bgp.RouteEvent {
-	if p.GetFamily() == nil || (p.Family.Safi != api.Family_SAFI_MPLS_VPN) {
+	if p.GetFamily() == nil || p.Family.Safi != api.Family_SAFI_MPLS_VPN {
 		return evs
 	}
-	peer, _ := netip.ParseAddr(p.GetNeighborIp())
-	local := !peer.IsValid() || peer.IsUnspecified()
-	if local && !p.GetIsWithdraw() && len(s.received) == 0 {
-		return evs // fast path: our own announcements
+	peer, err := netip.ParseAddr(p.GetNeighborIp())
+	if err != nil || peer.IsUnspecified() {
+		return evs // not from a peer
 	}
+	peer = peer.Unmap()
 	r, err := decodePath(p)
 	if err != nil {
-		s.log.Warn("bgp: ignoring received path", "peer", p.GetNeighborIp(), "err", err)
+		s.log.Warn("bgp: ignoring received path", "peer", peer, "err", err)
 		return evs
 	}
-	k := r.Key()
+	k := receivedKey{peer: peer, key: r.Key()}
 	old, had := s.received[k]
-	if p.GetIsWithdraw() || local {
+	if p.GetIsWithdraw() {
 		if had {
 			delete(s.received, k)
-			evs = append(evs, bgp.RouteEvent{Peer: old.peer, Withdraw: true, Route: old.route})
+			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old})
 		}
 		return evs
 	}
-	s.received[k] = receivedRoute{peer: peer, route: r}
-	if had && old.peer != peer {
-		evs = append(evs, bgp.RouteEvent{Peer: old.peer, Withdraw: true, Route: old.route})
+	if had && old.Equal(r) {
+		return evs // e.g. marked stale, or refreshed after a graceful restart
 	}
+	s.received[k] = r
 	return append(evs, bgp.RouteEvent{Peer: peer, Route: r})
 }
 
@@ -503,8 +509,8 @@ func (s *Speaker) Subscribe(ctx context.Context) (<-chan []bgp.RouteEvent, error
 	sub := &subscriber{signal: make(chan struct{}, 1), out: make(chan []bgp.RouteEvent), done: make(chan struct{})}
 	s.rxMu.Lock()
 	snap := make([]bgp.RouteEvent, 0, len(s.received))
-	for _, rr := range s.received {
-		snap = append(snap, bgp.RouteEvent{Peer: rr.peer, Route: rr.route})
+	for k, r := range s.received {
+		snap = append(snap, bgp.RouteEvent{Peer: k.peer, Route: r})
 	}
 	sub.queue = [][]bgp.RouteEvent{snap}
 	s.subs[sub] = struct{}{}
