@@ -44,15 +44,6 @@ func nativeNLRI(k bgp.RouteKey, label uint32) (gbgp.AddrPrefixInterface, error) 
 	return gbgp.NewLabeledVPNIPv6AddrPrefix(bits, addr, stack, nativeRD(k.RD)), nil
 }
 
-// wireNextHop is the next hop as carried in MP_REACH_NLRI: an IPv4 next hop
-// of a VPNv6 route is sent IPv4-mapped (RFC 4659 3.2.1.2).
-func wireNextHop(r bgp.Route) string {
-	if r.IsIPv6() && r.NextHop.Is4() {
-		return netip.AddrFrom16(r.NextHop.As16()).String()
-	}
-	return r.NextHop.String()
-}
-
 // extCommunities builds the route targets and tunnel-encapsulation communities.
 func extCommunities(r bgp.Route) []gbgp.ExtendedCommunityInterface {
 	ecs := make([]gbgp.ExtendedCommunityInterface, 0, len(r.RouteTargets)+len(r.Encaps))
@@ -69,27 +60,33 @@ func extCommunities(r bgp.Route) []gbgp.ExtendedCommunityInterface {
 	return ecs
 }
 
-// attrCache serializes the path attributes other than MP_REACH_NLRI once
-// per distinct set of route targets and encapsulations.
+// attrCache serializes path attributes once per distinct next hop, route
+// targets and encapsulations: a batch of routes of one gateway shares them.
+//
+// The next hop travels as a NEXT_HOP attribute; GoBGP builds the
+// MP_REACH_NLRI from it and the NLRI when the path enters its table (an
+// IPv4 next hop of a VPNv6 route becomes IPv4-mapped, RFC 4659). LOCAL_PREF
+// is left to GoBGP, which adds 100 toward iBGP peers.
 type attrCache map[string][][]byte
 
-func (c attrCache) common(r bgp.Route) ([][]byte, error) {
+func (c attrCache) attrs(r bgp.Route) ([][]byte, error) {
 	var kb strings.Builder
+	kb.WriteString(r.NextHop.String())
 	for _, t := range r.RouteTargets {
-		kb.WriteString(t.String())
 		kb.WriteByte(' ')
+		kb.WriteString(t.String())
 	}
 	for _, e := range r.Encaps {
-		kb.WriteString(e.String())
 		kb.WriteByte(' ')
+		kb.WriteString(e.String())
 	}
 	key := kb.String()
 	if b, ok := c[key]; ok {
 		return b, nil
 	}
 	attrs := []gbgp.PathAttributeInterface{
+		gbgp.NewPathAttributeNextHop(r.NextHop.String()),
 		gbgp.NewPathAttributeOrigin(gbgp.BGP_ORIGIN_ATTR_TYPE_IGP),
-		gbgp.NewPathAttributeLocalPref(100),
 	}
 	if ecs := extCommunities(r); len(ecs) > 0 {
 		attrs = append(attrs, gbgp.NewPathAttributeExtendedCommunities(ecs))
@@ -120,17 +117,10 @@ func (c attrCache) apiPath(r bgp.Route) (*api.Path, error) {
 	if err != nil {
 		return nil, fmt.Errorf("serialize NLRI %s: %w", r.Key(), err)
 	}
-	common, err := c.common(r)
+	attrs, err := c.attrs(r)
 	if err != nil {
 		return nil, err
 	}
-	mp, err := gbgp.NewPathAttributeMpReachNLRI(wireNextHop(r), []gbgp.AddrPrefixInterface{nlri}).Serialize()
-	if err != nil {
-		return nil, fmt.Errorf("serialize MP_REACH_NLRI %s: %w", r.Key(), err)
-	}
-	attrs := make([][]byte, 0, len(common)+1)
-	attrs = append(attrs, mp)
-	attrs = append(attrs, common...)
 	fam := familyVPNv4
 	if r.IsIPv6() {
 		fam = familyVPNv6
