@@ -33,7 +33,7 @@ import (
 
 // batchSize is the number of paths per AddPathStream message: one GoBGP
 // management operation, and UPDATEs packed from it.
-const batchSize = 2000
+const batchSize = 500
 
 // Speaker is a bgp.Speaker backed by an embedded GoBGP server.
 type Speaker struct {
@@ -379,38 +379,66 @@ func (s *Speaker) Withdraw(ctx context.Context, keys []bgp.RouteKey) error {
 }
 
 func (s *Speaker) addPathsLocked(ctx context.Context, routes []bgp.Route, withdraw []bgp.RouteKey) error {
-	paths := make([]*api.Path, 0, len(routes)+len(withdraw))
-	cache := attrCache{}
+	// Validate everything before anything is sent.
 	for _, r := range routes {
-		p, err := cache.apiPath(r)
-		if err != nil {
+		if err := r.Validate(); err != nil {
 			return fmt.Errorf("bgp: announce: %w", err)
 		}
-		paths = append(paths, p)
 	}
 	for _, k := range withdraw {
-		p, err := apiWithdrawal(k)
-		if err != nil {
-			return fmt.Errorf("bgp: withdraw: %w", err)
+		if !k.RD.IsValid() || !k.Prefix.IsValid() {
+			return fmt.Errorf("bgp: withdraw %s: %w", k, bgp.ErrInvalidRoute)
 		}
-		paths = append(paths, p)
 	}
-	if len(paths) == 0 {
+	total := len(routes) + len(withdraw)
+	if total == 0 {
 		return nil
 	}
 	stream, err := s.client.AddPathStream(ctx, grpc.WaitForReady(true))
 	if err != nil {
 		return fmt.Errorf("bgp: add path stream: %w", err)
 	}
-	for len(paths) > 0 {
-		n := min(batchSize, len(paths))
-		if err := stream.Send(&api.AddPathStreamRequest{TableType: api.TableType_GLOBAL, Paths: paths[:n]}); err != nil {
-			if errors.Is(err, io.EOF) {
-				_, err = stream.CloseAndRecv()
-			}
+	// Encode batch by batch, so only one batch of API paths is alive at a time.
+	cache := attrCache{}
+	batch := make([]*api.Path, 0, min(batchSize, total))
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := stream.Send(&api.AddPathStreamRequest{TableType: api.TableType_GLOBAL, Paths: batch})
+		if errors.Is(err, io.EOF) {
+			_, err = stream.CloseAndRecv() // the server's reason
+		}
+		if err != nil {
 			return fmt.Errorf("bgp: add path stream: %w", err)
 		}
-		paths = paths[n:]
+		batch = batch[:0]
+		return nil
+	}
+	for _, r := range routes {
+		p, err := cache.apiPath(r)
+		if err != nil {
+			return fmt.Errorf("bgp: announce: %w", err)
+		}
+		if batch = append(batch, p); len(batch) == batchSize {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	for _, k := range withdraw {
+		p, err := apiWithdrawal(k)
+		if err != nil {
+			return fmt.Errorf("bgp: withdraw: %w", err)
+		}
+		if batch = append(batch, p); len(batch) == batchSize {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
 	}
 	if _, err := stream.CloseAndRecv(); err != nil {
 		return fmt.Errorf("bgp: add path stream: %w", err)
