@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/store"
@@ -175,35 +176,37 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 	)
 	controller.NewServer(ctl).Register(gs)
 
-	// The BGP speaker: announcements follow the store's watch.
-	var runner *vpn.Runner
-	runErr := make(chan error, 1)
+	// The route table follows the store's watch; it drives the BGP speaker
+	// (when configured) and serves routes to the API and the agents.
+	var sp bgp.Speaker
+	var configPeers []bgp.PeerConfig
 	if cfg.BGP.Enabled() {
 		bcfg, err := cfg.BGP.Speaker()
 		if err != nil {
 			lis.Close()
 			return err
 		}
-		sp, err := gobgp.New(bcfg, log.With("component", "bgp"))
+		gsp, err := gobgp.New(bcfg, log.With("component", "bgp"))
 		if err != nil {
 			lis.Close()
 			return err
 		}
-		runner = vpn.NewRunner(st, sp, cfg.BGP.ASN, log.With("component", "vpn"))
-		vpn.NewServer(runner, bcfg.Peers).Register(gs)
-		rctx, rcancel := context.WithCancel(ctx)
-		defer rcancel()
-		go func() { runErr <- runner.Run(rctx) }()
-		select {
-		case <-runner.Ready():
-		case err := <-runErr:
-			lis.Close()
-			return fmt.Errorf("BGP: %w", err)
-		case <-ctx.Done():
-		}
+		sp, configPeers = gsp, bcfg.Peers
 	} else {
-		vpn.NewServer(nil, nil).Register(gs)
 		log.Info("BGP speaker disabled: set bgp.router_id to advertise endpoints to edge routers")
+	}
+	runner := vpn.NewRunner(st, sp, cfg.BGP.ASN, log.With("component", "vpn"))
+	vpn.NewServer(runner, configPeers).Register(gs)
+	runErr := make(chan error, 1)
+	rctx, rcancel := context.WithCancel(ctx)
+	defer rcancel()
+	go func() { runErr <- runner.Run(rctx) }()
+	select {
+	case <-runner.Ready():
+	case err := <-runErr:
+		lis.Close()
+		return fmt.Errorf("routes: %w", err)
+	case <-ctx.Done():
 	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -247,7 +250,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 		return fmt.Errorf("API server: %w", err)
 	case err := <-runErr:
 		gs.Stop()
-		return fmt.Errorf("BGP: %w", err)
+		return fmt.Errorf("routes: %w", err)
 	}
 	hs.Shutdown()
 	done := make(chan struct{})

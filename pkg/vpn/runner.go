@@ -55,7 +55,8 @@ type subscriber struct {
 	lost    bool // set when the subscriber fell behind; it is then closed
 }
 
-// NewRunner returns a runner for the speaker sp over st.
+// NewRunner returns a runner over st; sp may be nil (no BGP: the runner then
+// only serves routes to the API and the agents).
 func NewRunner(st store.Store, sp bgp.Speaker, asn uint32, log *slog.Logger) *Runner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -87,22 +88,25 @@ func (r *Runner) Run(ctx context.Context) error {
 	initial := r.tbl.Announced()
 	r.mu.Unlock()
 
-	t0 := time.Now()
-	if err := r.sp.Start(ctx, initial); err != nil {
-		return fmt.Errorf("start BGP speaker: %w", err)
-	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		r.sp.Stop(sctx)
-	}()
-	r.log.Info("BGP speaker started", "routes", len(initial), "took", time.Since(t0).Round(time.Millisecond))
-	for _, kv := range peers {
-		r.peerEvent(ctx, store.Event{Type: store.EventPut, Key: kv.Key, Value: kv.Value})
-	}
-	recv, err := r.sp.Subscribe(ctx)
-	if err != nil {
-		return fmt.Errorf("subscribe to received routes: %w", err)
+	var recv <-chan []bgp.RouteEvent
+	if r.sp != nil {
+		t0 := time.Now()
+		if err := r.sp.Start(ctx, initial); err != nil {
+			return fmt.Errorf("start BGP speaker: %w", err)
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			r.sp.Stop(sctx)
+		}()
+		r.log.Info("BGP speaker started", "routes", len(initial), "took", time.Since(t0).Round(time.Millisecond))
+		for _, kv := range peers {
+			r.peerEvent(ctx, store.Event{Type: store.EventPut, Key: kv.Key, Value: kv.Value})
+		}
+		var err error
+		if recv, err = r.sp.Subscribe(ctx); err != nil {
+			return fmt.Errorf("subscribe to received routes: %w", err)
+		}
 	}
 	r.publish()
 	close(r.ready)
@@ -151,9 +155,11 @@ func (r *Runner) applyBatch(ctx context.Context, evs []store.Event) error {
 	r.mu.Lock()
 	for _, ev := range evs {
 		if strings.HasPrefix(ev.Key, PeerPrefix) {
-			r.mu.Unlock()
-			r.peerEvent(ctx, ev)
-			r.mu.Lock()
+			if r.sp != nil {
+				r.mu.Unlock()
+				r.peerEvent(ctx, ev)
+				r.mu.Lock()
+			}
 			continue
 		}
 		r.applyLocked(ev)
@@ -168,6 +174,9 @@ func (r *Runner) applyBatch(ctx context.Context, evs []store.Event) error {
 }
 
 func (r *Runner) send(ctx context.Context, ann []bgp.Route, wd []bgp.RouteKey) error {
+	if r.sp == nil {
+		return nil
+	}
 	if len(wd) > 0 {
 		if err := r.sp.Withdraw(ctx, wd); err != nil && ctx.Err() == nil {
 			return fmt.Errorf("withdraw %d routes: %w", len(wd), err)
@@ -404,3 +413,6 @@ func (r *Runner) peerEvent(ctx context.Context, ev store.Event) {
 
 // Peers returns the speaker's peers.
 func (r *Runner) Peers(ctx context.Context) ([]bgp.PeerStatus, error) { return r.sp.ListPeers(ctx) }
+
+// HasSpeaker reports whether BGP runs.
+func (r *Runner) HasSpeaker() bool { return r.sp != nil }

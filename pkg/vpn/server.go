@@ -23,7 +23,7 @@ type Server struct {
 	v1.UnimplementedRouteServiceServer
 }
 
-// NewServer returns the services (r nil: BGP disabled); configPeers are the peers of the
+// NewServer returns the services; configPeers are the peers of the
 // configuration file (they cannot be deleted through the API).
 func NewServer(r *Runner, configPeers []bgp.PeerConfig) *Server {
 	return &Server{r: r, configPeers: configPeers}
@@ -50,7 +50,7 @@ var errDisabled = status.Error(codes.FailedPrecondition, "the BGP speaker is dis
 
 // AddPeer implements PeerService.
 func (s *Server) AddPeer(ctx context.Context, req *v1.AddPeerRequest) (*v1.PeerStatus, error) {
-	if s.r == nil {
+	if !s.r.HasSpeaker() {
 		return nil, errDisabled
 	}
 	p := req.GetPeer()
@@ -79,7 +79,7 @@ func (s *Server) AddPeer(ctx context.Context, req *v1.AddPeerRequest) (*v1.PeerS
 
 // DeletePeer implements PeerService.
 func (s *Server) DeletePeer(ctx context.Context, req *v1.DeletePeerRequest) (*v1.DeleteResponse, error) {
-	if s.r == nil {
+	if !s.r.HasSpeaker() {
 		return nil, errDisabled
 	}
 	addr, err := netip.ParseAddr(req.GetAddress())
@@ -109,7 +109,7 @@ func (s *Server) DeletePeer(ctx context.Context, req *v1.DeletePeerRequest) (*v1
 
 // ListPeers implements PeerService.
 func (s *Server) ListPeers(ctx context.Context, _ *v1.ListPeersRequest) (*v1.ListPeersResponse, error) {
-	if s.r == nil {
+	if !s.r.HasSpeaker() {
 		return nil, errDisabled
 	}
 	ps, err := s.r.Peers(ctx)
@@ -153,9 +153,6 @@ func RouteToAPI(network string, r NetRoute) *v1.Route {
 
 // ListRoutes implements RouteService.
 func (s *Server) ListRoutes(ctx context.Context, req *v1.ListRoutesRequest) (*v1.ListRoutesResponse, error) {
-	if s.r == nil {
-		return nil, errDisabled
-	}
 	rs, ok := s.r.Routes(req.GetNetwork())
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "network %q not found", req.GetNetwork())
@@ -169,9 +166,6 @@ func (s *Server) ListRoutes(ctx context.Context, req *v1.ListRoutesRequest) (*v1
 
 // WatchRoutes implements RouteService.
 func (s *Server) WatchRoutes(req *v1.WatchRoutesRequest, stream grpc.ServerStreamingServer[v1.RouteEvent]) error {
-	if s.r == nil {
-		return errDisabled
-	}
 	ctx := stream.Context()
 	n := req.GetNetwork()
 	if _, ok := s.r.Routes(n); !ok {
