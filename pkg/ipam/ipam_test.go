@@ -363,3 +363,43 @@ func TestCrashBetweenReserveAndCommitLeaksNothing(t *testing.T) {
 		t.Fatalf("the address reserved before the crash should be free again: got %v", got)
 	}
 }
+
+func TestLeaseBlock(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, filepath.Join(t.TempDir(), "ipam.db"))
+	defer st.Close()
+	m := NewManager(st)
+	m.Configure("net", Config{Subnets: mustPrefixes("10.9.0.0/26", "fd00:9::/120")})
+	b1, err := m.LeaseBlock(ctx, "net", "gw1", IPv4)
+	if err != nil || b1.String() != "10.9.0.0/28" {
+		t.Fatalf("%v %v", b1, err)
+	}
+	again, _ := m.LeaseBlock(ctx, "net", "gw1", IPv4)
+	if again != b1 {
+		t.Fatalf("a gateway with a free block got another: %v", again)
+	}
+	b6, _ := m.LeaseBlock(ctx, "net", "gw1", IPv6)
+	if b6.String() != "fd00:9::/124" {
+		t.Fatal(b6)
+	}
+	b2, _ := m.LeaseBlock(ctx, "net", "gw2", IPv4)
+	if b2.String() != "10.9.0.16/28" {
+		t.Fatal(b2)
+	}
+	// The lease is stored: a new manager sees it, and allocations for gw1 use it.
+	m2 := NewManager(st)
+	m2.Configure("net", Config{Subnets: mustPrefixes("10.9.0.0/26", "fd00:9::/120")})
+	if bs, _ := m2.Blocks(ctx, "net", "gw1"); len(bs) != 2 {
+		t.Fatalf("gw1 holds %v after reload", bs)
+	}
+	a, _ := m2.Allocate(ctx, "net", "pod", "gw2")
+	if !b2.Contains(a[0]) {
+		t.Fatalf("gw2's pod got %v outside its block %v", a, b2)
+	}
+	for i := 0; i < 2; i++ {
+		m2.LeaseBlock(ctx, "net", fmt.Sprint("gw-x", i), IPv4)
+	}
+	if _, err := m2.LeaseBlock(ctx, "net", "gw-late", IPv4); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("leasing past the last block: %v", err)
+	}
+}

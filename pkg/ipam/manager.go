@@ -385,6 +385,43 @@ func (m *Manager) Release(ctx context.Context, network string, a netip.Addr) err
 	return nil
 }
 
+// LeaseBlock leases a block of family f to gateway in network (or returns a
+// block it holds that still has free addresses).
+func (m *Manager) LeaseBlock(ctx context.Context, network, gateway string, f Family) (netip.Prefix, error) {
+	for attempt := 0; ; attempt++ {
+		var l Lease
+		err := m.withPool(ctx, network, func(p *Pool) error {
+			var err error
+			l, err = p.ReserveBlock(gateway, f)
+			return err
+		})
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		if l.Existing {
+			return l.NewBlock, nil
+		}
+		k := BlockKey(network, l.NewBlock)
+		_, err = m.st.Txn(ctx, []store.Cond{store.Absent(k)}, []store.Op{store.Put(k, []byte(gateway))})
+		if err == nil {
+			m.apply(network, func(p *Pool) { p.CommitBlock(l) })
+			return l.NewBlock, nil
+		}
+		m.apply(network, func(p *Pool) { p.AbortBlock(l) })
+		if !errors.Is(err, store.ErrConflict) || attempt >= 20 {
+			return netip.Prefix{}, fmt.Errorf("lease a block of %s to %s: %w", network, gateway, err)
+		}
+		m.Invalidate(network)
+	}
+}
+
+// Blocks returns the blocks leased to gateway in network.
+func (m *Manager) Blocks(ctx context.Context, network, gateway string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	err := m.withPool(ctx, network, func(p *Pool) error { out = p.Blocks(gateway); return nil })
+	return out, err
+}
+
 // Status summarises a network's committed allocation state.
 func (m *Manager) Status(ctx context.Context, network string) ([]SubnetInfo, error) {
 	var out []SubnetInfo

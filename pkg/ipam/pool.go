@@ -376,6 +376,69 @@ func (p *Pool) take(owner, gateway string, b *block, off uint64, nb netip.Prefix
 	return l
 }
 
+// ReserveBlock returns a block of family f leased to gateway that still has a
+// free address, or reserves a new one (NewBlock set; Commit or Abort it like
+// an address lease; Addr is not set).
+func (p *Pool) ReserveBlock(gateway string, f Family) (Lease, error) {
+	for _, b := range p.gwBlks[gateway] {
+		if familyOf(b.prefix.Addr()) == f && !b.full() && !b.pending {
+			return Lease{Gateway: gateway, NewBlock: b.prefix, Existing: true}, nil
+		}
+	}
+	for _, s := range p.subnets {
+		if familyOf(s.prefix.Addr()) != f {
+			continue
+		}
+		for i := s.nextFree; i < s.nblocks; i++ {
+			if s.leased[i] != nil {
+				continue
+			}
+			s.nextFree = i + 1
+			b := s.newBlock(i, gateway)
+			if b.full() {
+				continue
+			}
+			b.pending = true
+			s.leased[i] = b
+			p.gwBlks[gateway] = append(p.gwBlks[gateway], b)
+			return Lease{Gateway: gateway, NewBlock: b.prefix}, nil
+		}
+	}
+	return Lease{}, fmt.Errorf("IPv%d block: %w", f, ErrExhausted)
+}
+
+// CommitBlock and AbortBlock finish a ReserveBlock.
+func (p *Pool) CommitBlock(l Lease) {
+	if l.Existing {
+		return
+	}
+	if _, b, _ := p.find(l.NewBlock.Addr()); b != nil && b.gateway == l.Gateway {
+		b.pending = false
+		return
+	}
+	p.LoadBlock(l.NewBlock, l.Gateway)
+}
+
+func (p *Pool) AbortBlock(l Lease) {
+	if l.Existing {
+		return
+	}
+	if _, b, _ := p.find(l.NewBlock.Addr()); b != nil && b.pending && b.gateway == l.Gateway && b.nused == b.reserved {
+		p.dropBlock(b)
+	}
+}
+
+// Blocks returns the prefixes of the blocks leased to gateway (committed).
+func (p *Pool) Blocks(gateway string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, b := range p.gwBlks[gateway] {
+		if !b.pending {
+			out = append(out, b.prefix)
+		}
+	}
+	return out
+}
+
 // Pending returns the reservations not yet committed or aborted.
 func (p *Pool) Pending() []Lease {
 	out := make([]Lease, 0, len(p.pending))

@@ -41,12 +41,15 @@ type Runner struct {
 	sp  bgp.Speaker
 	log *slog.Logger
 
-	mu        sync.Mutex // guards the fields below
-	tbl       *Table
-	published map[string]map[bgp.RouteKey]NetRoute // network -> last published routes
-	subs      map[*subscriber]struct{}
-	ready     chan struct{} // closed once the first full state is announced
-	peersAPI  map[netip.Addr]bool
+	mu         sync.Mutex // guards the fields below
+	tbl        *Table
+	published  map[string]map[bgp.RouteKey]NetRoute // network -> last published routes
+	subs       map[*subscriber]struct{}
+	ready      chan struct{} // closed once the first full state is announced
+	peersAPI   map[netip.Addr]bool
+	gwSessions map[string]*gwSession
+	seq        int64 // revision of gateway route updates
+	id         string
 }
 
 type subscriber struct {
@@ -62,7 +65,8 @@ func NewRunner(st store.Store, sp bgp.Speaker, asn uint32, log *slog.Logger) *Ru
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Runner{st: st, sp: sp, log: log, tbl: NewTable(asn, log), published: map[string]map[bgp.RouteKey]NetRoute{},
-		subs: map[*subscriber]struct{}{}, ready: make(chan struct{}), peersAPI: map[netip.Addr]bool{}}
+		subs: map[*subscriber]struct{}{}, ready: make(chan struct{}), peersAPI: map[netip.Addr]bool{},
+		gwSessions: map[string]*gwSession{}, id: newID()}
 }
 
 // Ready is closed once the speaker runs with the full initial state.
@@ -318,6 +322,12 @@ func (r *Runner) WatchRoutes(ctx context.Context, network string) ([]NetRoute, <
 func (r *Runner) closeSubs() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for _, gs := range r.gwSessions {
+		if gs.ch != nil {
+			close(gs.ch)
+			gs.ch = nil
+		}
+	}
 	for s := range r.subs {
 		delete(r.subs, s)
 		close(s.ch)
@@ -328,6 +338,7 @@ func (r *Runner) closeSubs() {
 func (r *Runner) publish() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.publishGatewaysLocked()
 	want := map[string]bool{}
 	for s := range r.subs {
 		want[s.network] = true
