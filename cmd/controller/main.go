@@ -197,6 +197,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 	}
 	runner := vpn.NewRunner(st, sp, cfg.BGP.ASN, log.With("component", "vpn"))
 	vpn.NewServer(runner, configPeers).Register(gs)
+	controller.NewAgentServer(ctl, runner).Attach(gs)
 	runErr := make(chan error, 1)
 	rctx, rcancel := context.WithCancel(ctx)
 	defer rcancel()
