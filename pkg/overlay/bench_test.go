@@ -91,14 +91,27 @@ func BenchmarkSetRoutes(b *testing.B) {
 				}
 			}
 		}
-		gw.IP(b, "route", "flush", "table", "7001")
+		nexthops := m.Features().Nexthops && encap == overlay.EncapMPLSoUDP
+		if nexthops {
+			gw.IP(b, "nexthop", "flush") // the routes using them go too
+		} else {
+			gw.IP(b, "route", "flush", "table", "7001")
+		}
+		if out := gw.IP(b, "route", "show", "table", "7001"); out != "" {
+			b.Fatalf("table 7001 not empty before ip -batch:\n%.500s", out)
+		}
 
-		// The peer: ip -batch loading the same routes.
+		// The peer: ip -batch loading the same kernel objects.
 		var sb strings.Builder
-		for _, r := range s.Networks[0].Routes {
-			if encap == overlay.EncapMPLSoUDP {
+		for i, r := range s.Networks[0].Routes {
+			switch {
+			case nexthops:
+				id := overlay.NexthopIDFirst + i
+				fmt.Fprintf(&sb, "nexthop add id %d encap mpls %d dev %s proto 165\n", id, r.Label, tunnel)
+				fmt.Fprintf(&sb, "route add %s nhid %d table 7001 proto 165\n", r.Prefix, id)
+			case encap == overlay.EncapMPLSoUDP:
 				fmt.Fprintf(&sb, "route add %s encap mpls %d dev %s table 7001 proto 165\n", r.Prefix, r.Label, tunnel)
-			} else {
+			default:
 				fmt.Fprintf(&sb, "route add %s via %s table 7001 proto 165\n", r.Prefix, r.Gateway)
 			}
 		}

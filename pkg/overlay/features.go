@@ -21,6 +21,7 @@ type Features struct {
 	GRE        bool `json:"gre"`        // ip_gre
 	VRF        bool `json:"vrf"`        // vrf devices
 	IPv6       bool `json:"ipv6"`       // IPv6 enabled
+	Nexthops   bool `json:"nexthops"`   // nexthop objects (Linux 5.3+)
 }
 
 // Supports tells whether this kernel can carry encapsulation e.
@@ -107,6 +108,9 @@ func (m *Manager) detectFeatures() Features {
 	})
 	if f.MPLS {
 		f.MPLSTunnel = m.probeMPLSTunnel()
+	}
+	if _, err := m.rt.dumpNexthops(RouteProtocol); err == nil {
+		f.Nexthops = true
 	}
 	if _, err := m.h.GenlFamilyGet("fou"); err == nil {
 		f.FOU = true

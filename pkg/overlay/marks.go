@@ -16,6 +16,9 @@ const (
 	// priorities RulePriority..RulePriorityLast belong to iotfabric.
 	RulePriority     = 7000
 	RulePriorityLast = 7099
+	// NexthopIDFirst..NexthopIDLast are the ids of iotfabric's nexthop objects.
+	NexthopIDFirst = 0x10000000
+	NexthopIDLast  = 0x1fffffff
 	// IfPrefix starts the name of every interface iotfabric creates:
 	// "iofu" + hex(remote) for MPLSoUDP, "iofg" + hex(remote) for MPLSoGRE,
 	// "iofv" + table for VRF devices, "iofp" for short-lived feature probes.

@@ -71,6 +71,7 @@ type kstate struct {
 	endpoints map[string]endpointSpec
 	rules     map[ruleKey]bool
 	routes    map[rkey]kroute
+	nexthops  map[nhKey]knexthop
 	sysctls   map[string]string
 }
 
@@ -81,6 +82,7 @@ func newKstate() kstate {
 		endpoints: map[string]endpointSpec{},
 		rules:     map[ruleKey]bool{},
 		routes:    map[rkey]kroute{},
+		nexthops:  map[nhKey]knexthop{},
 		sysctls:   map[string]string{},
 	}
 }
@@ -92,12 +94,15 @@ type Manager struct {
 	feat Features
 
 	// mu serialises Set, Resync and Cleanup and guards the fields below.
-	mu     sync.Mutex
-	ns     netns.NsHandle
-	h      *netlink.Handle
-	rt     *rtnl
-	cur    kstate
-	closed bool
+	mu       sync.Mutex
+	ns       netns.NsHandle
+	h        *netlink.Handle
+	rt       *rtnl
+	cur      kstate
+	nextNH   uint32          // next nexthop id to try
+	nhIDs    map[uint32]bool // ids in use, valid while nhIDsFor matches
+	nhIDsFor int
+	closed   bool
 }
 
 // New opens netlink in the configured namespace, detects the kernel's features,
@@ -116,7 +121,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	default:
 		return nil, fmt.Errorf("overlay: unknown VRF mode %q", cfg.VRF)
 	}
-	m := &Manager{log: cfg.Logger, cfg: cfg, ns: netns.None(), cur: newKstate()}
+	m := &Manager{log: cfg.Logger, cfg: cfg, ns: netns.None(), cur: newKstate(), nextNH: NexthopIDFirst}
 	if cfg.NetNS != "" {
 		ns, err := netns.GetFromPath(cfg.NetNS)
 		if err != nil {
@@ -264,6 +269,21 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 			cur.routes[r.key()] = r
 		}
 	}
+	if m.feat.Nexthops {
+		nhs, err := m.rt.dumpNexthops(RouteProtocol)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("overlay: list nexthops: %w", err))
+		}
+		for _, n := range nhs {
+			if _, dup := cur.nexthops[n.key()]; dup || n.ID < NexthopIDFirst || n.ID > NexthopIDLast {
+				// A duplicate or out-of-range object is an orphan: keep it
+				// under a key no wanted nexthop has, so Set removes it.
+				cur.nexthops[nhKey{Oif: -int32(n.ID), Encap: n.Encap}] = n
+				continue
+			}
+			cur.nexthops[n.key()] = n
+		}
+	}
 	if m.feat.FOU {
 		fous, err := m.h.FouList(netlink.FAMILY_V4)
 		if err != nil {
@@ -277,7 +297,7 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 	}
 	m.cur = cur
 	m.log.Info("overlay: adopted kernel state", "tunnels", len(cur.tunnels), "vrfs", len(cur.vrfs),
-		"rules", len(cur.rules), "routes", len(cur.routes), "fou", cur.fou)
+		"rules", len(cur.rules), "routes", len(cur.routes), "nexthops", len(cur.nexthops), "fou", cur.fou)
 	return errors.Join(errs...)
 }
 
@@ -312,6 +332,10 @@ func isExist(err error) bool { return errors.Is(err, syscall.EEXIST) }
 func sameRoute(want, have kroute) bool {
 	if want.Oif == 0 {
 		have.Oif = 0
+	}
+	if want.NhID != 0 {
+		// The kernel reports the nexthop's encapsulation with the route.
+		have.Encap, have.EncapMore = 0, false
 	}
 	return want == have
 }
@@ -512,9 +536,24 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 	}
 
 	// Routes, now that every interface index is known.
-	want := m.routesLocked(&s, d, byName, missing, fail)
+	want, wantNH := m.routesLocked(&s, d, byName, missing, fail)
+	var nhAdds []routeOp
+	for k, n := range wantNH {
+		if have, ok := m.cur.nexthops[k]; ok && have == n {
+			continue
+		}
+		nhAdds = append(nhAdds, routeOp{Nexthop: true, NH: n})
+	}
+	errs = append(errs, m.applyRoutesLocked(ctx, nhAdds)...)
 	var adds []routeOp
 	for k, r := range want {
+		if r.NhID != 0 {
+			if n, ok := m.cur.nexthops[nhKey{Oif: r.Oif, Encap: r.Encap}]; !ok || n.ID != r.NhID {
+				continue // its nexthop failed; reported above
+			}
+			r.Oif, r.Encap = 0, 0
+			want[k] = r
+		}
 		if have, ok := m.cur.routes[k]; ok && sameRoute(r, have) {
 			continue
 		}
@@ -530,6 +569,13 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 		}
 	}
 	errs = append(errs, m.applyRoutesLocked(ctx, dels)...)
+	var nhDels []routeOp
+	for k, n := range m.cur.nexthops {
+		if w, ok := wantNH[k]; !ok || w.ID != n.ID {
+			nhDels = append(nhDels, routeOp{Del: true, Nexthop: true, NH: n, NHKey: k})
+		}
+	}
+	errs = append(errs, m.applyRoutesLocked(ctx, nhDels)...)
 	for k := range m.cur.rules {
 		if d.rules[k] {
 			continue
@@ -588,7 +634,11 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 
 // routesLocked builds the wanted routes: host routes and label routes to local
 // endpoints, and remote prefixes.
-func (m *Manager) routesLocked(s *State, d desired, byName map[string]netlink.Link, missing map[string]bool, fail func(error)) map[rkey]kroute {
+//
+// Remote prefixes through a tunnel use shared nexthop objects when the kernel
+// has them; the returned routes then carry NhID and, until the nexthop is
+// known to be in place, the nexthop's Oif and Encap.
+func (m *Manager) routesLocked(s *State, d desired, byName map[string]netlink.Link, missing map[string]bool, fail func(error)) (map[rkey]kroute, map[nhKey]knexthop) {
 	prio := s.EncapPriority
 	if len(prio) == 0 {
 		prio = DefaultEncapPriority
@@ -598,6 +648,7 @@ func (m *Manager) routesLocked(s *State, d desired, byName map[string]netlink.Li
 		n += 2*len(nw.Endpoints) + len(nw.Routes)
 	}
 	want := make(map[rkey]kroute, n)
+	wantNH := map[nhKey]knexthop{}
 	for _, nw := range s.Networks {
 		for _, ep := range nw.Endpoints {
 			if missing[ep.Interface] {
@@ -646,14 +697,52 @@ func (m *Manager) routesLocked(s *State, d desired, byName map[string]netlink.Li
 				}
 				r.Oif = int32(l.Attrs().Index)
 				r.Encap = rr.Label
-				if r.Family == afInet {
+				if m.feat.Nexthops {
+					k := nhKey{Oif: r.Oif, Encap: r.Encap}
+					nh, ok := wantNH[k]
+					if !ok {
+						nh = m.cur.nexthops[k]
+						if nh.ID == 0 {
+							nh = knexthop{ID: m.allocNexthopIDLocked(wantNH), Oif: r.Oif, Encap: r.Encap, Protocol: RouteProtocol}
+						}
+						wantNH[k] = nh
+					}
+					r.NhID = nh.ID
+				} else if r.Family == afInet {
 					r.Scope = rtScopeLink
 				}
 			}
 			want[r.key()] = r
 		}
 	}
-	return want
+	return want, wantNH
+}
+
+// allocNexthopIDLocked returns a nexthop id that neither the kernel record
+// nor the nexthops planned so far use.
+func (m *Manager) allocNexthopIDLocked(planned map[nhKey]knexthop) uint32 {
+	if len(m.nhIDs) == 0 || m.nhIDsFor != len(m.cur.nexthops)+len(planned) {
+		// Rebuild the used set lazily (only when allocating).
+		m.nhIDs = make(map[uint32]bool, len(m.cur.nexthops)+len(planned))
+		for _, n := range m.cur.nexthops {
+			m.nhIDs[n.ID] = true
+		}
+		for _, n := range planned {
+			m.nhIDs[n.ID] = true
+		}
+	}
+	for {
+		id := m.nextNH
+		m.nextNH++
+		if m.nextNH > NexthopIDLast {
+			m.nextNH = NexthopIDFirst
+		}
+		if !m.nhIDs[id] {
+			m.nhIDs[id] = true
+			m.nhIDsFor = len(m.cur.nexthops) + len(planned) + 1
+			return id
+		}
+	}
 }
 
 // applyRoutesLocked writes ops in batches and records what the kernel accepted.
@@ -668,6 +757,20 @@ func (m *Manager) applyRoutesLocked(ctx context.Context, ops []routeOp) []error 
 		res := m.rt.apply(ops[:n])
 		for i, err := range res {
 			op := ops[i]
+			if op.Nexthop {
+				switch {
+				case op.Del && (err == nil || isGone(err)):
+					if m.cur.nexthops[op.NHKey].ID == op.NH.ID {
+						delete(m.cur.nexthops, op.NHKey)
+					}
+					continue
+				case !op.Del && err == nil:
+					m.cur.nexthops[op.NH.key()] = op.NH
+					continue
+				}
+				errs = append(errs, fmt.Errorf("overlay: %w", err))
+				continue
+			}
 			if op.Del {
 				if err == nil || isGone(err) {
 					delete(m.cur.routes, op.Route.key())
@@ -687,8 +790,15 @@ func (m *Manager) applyRoutesLocked(ctx context.Context, ops []routeOp) []error 
 // forgetRoutesViaLocked drops the records of routes through an interface the
 // kernel just removed (it removes the routes with it).
 func (m *Manager) forgetRoutesViaLocked(ifindex int) {
+	gone := map[uint32]bool{}
+	for k, n := range m.cur.nexthops {
+		if n.Oif == int32(ifindex) {
+			gone[n.ID] = true
+			delete(m.cur.nexthops, k)
+		}
+	}
 	for k, r := range m.cur.routes {
-		if r.Oif == int32(ifindex) {
+		if r.Oif == int32(ifindex) || r.NhID != 0 && gone[r.NhID] {
 			delete(m.cur.routes, k)
 		}
 	}
@@ -858,6 +968,11 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 		dels = append(dels, routeOp{Del: true, Route: r})
 	}
 	errs = append(errs, m.applyRoutesLocked(ctx, dels)...)
+	var nhDels []routeOp
+	for k, n := range m.cur.nexthops {
+		nhDels = append(nhDels, routeOp{Del: true, Nexthop: true, NH: n, NHKey: k})
+	}
+	errs = append(errs, m.applyRoutesLocked(ctx, nhDels)...)
 	links, err := m.h.LinkList()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("overlay: list links: %w", err))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 )
 
 // This file encodes and decodes the rtnetlink route messages iotfabric writes
@@ -44,6 +45,16 @@ const (
 	rtaNewDst    = 19
 	rtaEncapType = 21
 	rtaEncap     = 22
+	rtaNhID      = 30
+
+	rtmNewNexthop = 104
+	rtmDelNexthop = 105
+	rtmGetNexthop = 106
+	nhmsgLen      = 8
+	nhaID         = 1
+	nhaOif        = 5
+	nhaEncapType  = 7
+	nhaEncap      = 8
 
 	lwtunnelEncapMPLS = 1
 	mplsIPTunnelDst   = 1
@@ -56,6 +67,7 @@ const (
 	rtTableCompat  = 252
 	rtTableMain    = 254
 	nlaTypeMask    = 0x3fff
+	nlaFNested     = 0x8000
 	mplsBOS        = 0x100
 	mplsLabelShift = 12
 )
@@ -77,9 +89,12 @@ type kroute struct {
 	// 0 means none. EncapMore is set when the kernel holds a longer stack.
 	Encap     uint32
 	EncapMore bool
-	Protocol  uint8
-	Scope     uint8
-	Type      uint8
+	// NhID is the nexthop object the route uses (inet); the kernel reports the
+	// nexthop's interface and encapsulation alongside it.
+	NhID     uint32
+	Protocol uint8
+	Scope    uint8
+	Type     uint8
 }
 
 func (r kroute) String() string {
@@ -91,6 +106,9 @@ func (r kroute) String() string {
 		return s
 	}
 	s := fmt.Sprintf("table %d %s", r.Table, r.Dst)
+	if r.NhID != 0 {
+		s += fmt.Sprintf(" nhid %d", r.NhID)
+	}
 	if r.Encap != 0 {
 		s += fmt.Sprintf(" encap mpls %d", r.Encap)
 	}
@@ -185,6 +203,9 @@ func appendRouteMsg(b []byte, typ uint16, flags uint16, seq uint32, r kroute) ([
 		b = appendAttr(b, rtaTable, u32(tableAttr))
 	}
 	if typ == rtmNewRoute {
+		if r.NhID != 0 {
+			b = appendAttr(b, rtaNhID, u32(r.NhID))
+		}
 		if r.Oif != 0 {
 			b = appendAttr(b, rtaOif, u32(uint32(r.Oif)))
 		}
@@ -272,6 +293,38 @@ func errnoOf(data []byte) (int32, error) {
 	return -int32(binary.NativeEndian.Uint32(data)), nil
 }
 
+const (
+	nlmFCapped      = 0x100
+	nlmFAckTLVs     = 0x200
+	nlmsgerrAttrMsg = 1
+)
+
+// extAckMessage returns the kernel's extended-ack text of an NLMSG_ERROR
+// message ("" when there is none).
+func extAckMessage(m nlmsg) string {
+	if m.Flags&nlmFAckTLVs == 0 || len(m.Data) < 4+nlmsgHdrLen {
+		return ""
+	}
+	rest := m.Data[4:]
+	if m.Flags&nlmFCapped != 0 {
+		rest = rest[nlmsgHdrLen:]
+	} else {
+		l := int(binary.NativeEndian.Uint32(rest))
+		if l < nlmsgHdrLen || (l+3)&^3 > len(rest) {
+			return ""
+		}
+		rest = rest[(l+3)&^3:]
+	}
+	msg := ""
+	_ = forEachAttr(rest, func(typ uint16, v []byte) error {
+		if typ == nlmsgerrAttrMsg {
+			msg = strings.TrimRight(string(v), "\x00")
+		}
+		return nil
+	})
+	return msg
+}
+
 // forEachAttr calls fn for each rtattr in b.
 func forEachAttr(b []byte, fn func(typ uint16, data []byte) error) error {
 	for len(b) > 0 {
@@ -325,6 +378,11 @@ func decodeRoute(data []byte) (kroute, error) {
 				return fmt.Errorf("RTA_TABLE: %w", errTruncated)
 			}
 			r.Table = binary.NativeEndian.Uint32(v)
+		case rtaNhID:
+			if len(v) != 4 {
+				return fmt.Errorf("RTA_NH_ID: %w", errTruncated)
+			}
+			r.NhID = binary.NativeEndian.Uint32(v)
 		case rtaOif:
 			if len(v) != 4 {
 				return fmt.Errorf("RTA_OIF: %w", errTruncated)
@@ -401,4 +459,81 @@ func decodePrefix(family uint8, dst []byte, bits uint8) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("destination of %d bytes for family %d: %w", len(dst), family, errTruncated)
 	}
 	return netip.PrefixFrom(a, int(bits)), nil
+}
+
+// knexthop is a nexthop object: an MPLS label pushed on packets sent through a
+// tunnel. Routes to remote prefixes share them by (tunnel, label), which keeps
+// the kernel's route insertion linear: routes with an inline encapsulation all
+// hash to one fib_info chain when they share an interface.
+type knexthop struct {
+	ID       uint32
+	Oif      int32
+	Encap    uint32
+	Protocol uint8
+}
+
+// nhKey identifies what a nexthop does (not its id).
+type nhKey struct {
+	Oif   int32
+	Encap uint32
+}
+
+func (n knexthop) key() nhKey { return nhKey{Oif: n.Oif, Encap: n.Encap} }
+
+// appendNexthopMsg appends an RTM_NEWNEXTHOP or RTM_DELNEXTHOP message.
+func appendNexthopMsg(b []byte, typ uint16, flags uint16, seq uint32, n knexthop) []byte {
+	start := len(b)
+	b = append(b, make([]byte, nlmsgHdrLen)...)
+	fam, proto := uint8(afInet), n.Protocol
+	if typ == rtmDelNexthop {
+		fam, proto = 0, 0 // deletes must leave the header empty but for the id
+	}
+	b = append(b, fam, 0, proto, 0, 0, 0, 0, 0)
+	b = appendAttr(b, nhaID, u32(n.ID))
+	if typ == rtmNewNexthop {
+		b = appendAttr(b, nhaOif, u32(uint32(n.Oif)))
+		if n.Encap != 0 {
+			b = appendAttr(b, nhaEncapType, binary.NativeEndian.AppendUint16(nil, lwtunnelEncapMPLS))
+			// The nexthop API parses strictly: nested attributes need NLA_F_NESTED.
+			b = appendAttr(b, nhaEncap|nlaFNested, appendAttr(nil, mplsIPTunnelDst, mplsEntry(n.Encap, true)))
+		}
+	}
+	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
+	binary.NativeEndian.PutUint16(b[start+4:], typ)
+	binary.NativeEndian.PutUint16(b[start+6:], flags)
+	binary.NativeEndian.PutUint32(b[start+8:], seq)
+	return b
+}
+
+// decodeNexthop decodes the payload of an RTM_NEWNEXTHOP message.
+func decodeNexthop(data []byte) (knexthop, error) {
+	var n knexthop
+	if len(data) < nhmsgLen {
+		return n, fmt.Errorf("nhmsg: %w", errTruncated)
+	}
+	n.Protocol = data[2]
+	err := forEachAttr(data[nhmsgLen:], func(typ uint16, v []byte) error {
+		switch typ {
+		case nhaID, nhaOif:
+			if len(v) != 4 {
+				return fmt.Errorf("nexthop attribute %d: %w", typ, errTruncated)
+			}
+			if typ == nhaID {
+				n.ID = binary.NativeEndian.Uint32(v)
+			} else {
+				n.Oif = int32(binary.NativeEndian.Uint32(v))
+			}
+		case nhaEncap:
+			return forEachAttr(v, func(t uint16, lv []byte) error {
+				if t != mplsIPTunnelDst {
+					return nil
+				}
+				l, _, err := decodeLabels(lv)
+				n.Encap = l
+				return err
+			})
+		}
+		return nil
+	})
+	return n, err
 }

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -112,10 +113,13 @@ func (s *rtnl) recv() ([]nlmsg, error) {
 	}
 }
 
-// routeOp is one route to add (replace) or delete.
+// routeOp is one route or nexthop object to add (replace) or delete.
 type routeOp struct {
-	Del   bool
-	Route kroute
+	Del     bool
+	Route   kroute
+	Nexthop bool // NH, not Route
+	NH      knexthop
+	NHKey   nhKey // deletes: the record's key in kstate.nexthops
 }
 
 // apply writes ops in batches: many requests per sendmsg, each acknowledged.
@@ -131,7 +135,13 @@ func (s *rtnl) apply(ops []routeOp) []error {
 			op := ops[i]
 			s.seq++
 			var err error
-			if op.Del {
+			if op.Nexthop {
+				if op.Del {
+					buf = appendNexthopMsg(buf, rtmDelNexthop, nlmFRequest|nlmFAck, s.seq, op.NH)
+				} else {
+					buf = appendNexthopMsg(buf, rtmNewNexthop, nlmFRequest|nlmFAck|nlmFCreate|nlmFReplace, s.seq, op.NH)
+				}
+			} else if op.Del {
 				buf, err = appendRouteMsg(buf, rtmDelRoute, nlmFRequest|nlmFAck, s.seq, op.Route)
 			} else {
 				buf, err = appendRouteMsg(buf, rtmNewRoute, nlmFRequest|nlmFAck|nlmFCreate|nlmFReplace, s.seq, op.Route)
@@ -180,7 +190,11 @@ func (s *rtnl) apply(ops []routeOp) []error {
 				if err != nil {
 					errs[j] = err
 				} else if code != 0 {
-					errs[j] = fmt.Errorf("%s %v: %w", opName(ops[j]), ops[j].Route, syscall.Errno(code))
+					if msg := extAckMessage(m); msg != "" {
+						errs[j] = fmt.Errorf("%s: %s: %w", opName(ops[j]), msg, syscall.Errno(code))
+					} else {
+						errs[j] = fmt.Errorf("%s: %w", opName(ops[j]), syscall.Errno(code))
+					}
 				}
 			}
 		}
@@ -189,10 +203,14 @@ func (s *rtnl) apply(ops []routeOp) []error {
 }
 
 func opName(op routeOp) string {
+	verb := "add"
 	if op.Del {
-		return "delete route"
+		verb = "delete"
 	}
-	return "add route"
+	if op.Nexthop {
+		return fmt.Sprintf("%s nexthop %d (oif %d, label %d)", verb, op.NH.ID, op.NH.Oif, op.NH.Encap)
+	}
+	return fmt.Sprintf("%s route %v", verb, op.Route)
 }
 
 func (s *rtnl) drain() {
@@ -207,28 +225,75 @@ func (s *rtnl) drain() {
 // dump lists the routes of one family that carry the given protocol, across all
 // tables, with the kernel doing the filtering (strict checking).
 func (s *rtnl) dump(family, protocol uint8) ([]kroute, error) {
-	for attempt := 0; attempt < 5; attempt++ {
-		routes, interrupted, err := s.dumpOnce(family, protocol)
-		if err != nil || !interrupted {
-			return routes, err
-		}
-	}
-	return nil, errors.New("route dump interrupted by concurrent changes 5 times")
+	var out []kroute
+	err := s.dumpRetry(func(seq uint32) []byte { return appendDumpRequest(nil, seq, family, protocol) },
+		func() { out = out[:0] },
+		func(m nlmsg) error {
+			if m.Type != rtmNewRoute {
+				return nil
+			}
+			r, err := decodeRoute(m.Data)
+			if err != nil {
+				return err
+			}
+			if r.Protocol == protocol && (r.Family != afInet && r.Family != afInet6 || r.Table != 0) {
+				out = append(out, r)
+			}
+			return nil
+		})
+	return out, err
 }
 
-func (s *rtnl) dumpOnce(family, protocol uint8) ([]kroute, bool, error) {
+// dumpNexthops lists the nexthop objects that carry the given protocol.
+func (s *rtnl) dumpNexthops(protocol uint8) ([]knexthop, error) {
+	var out []knexthop
+	err := s.dumpRetry(func(seq uint32) []byte {
+		b := make([]byte, nlmsgHdrLen, nlmsgHdrLen+nhmsgLen)
+		b = append(b, 0, 0, 0, 0, 0, 0, 0, 0)
+		binary.NativeEndian.PutUint32(b, uint32(len(b)))
+		binary.NativeEndian.PutUint16(b[4:], rtmGetNexthop)
+		binary.NativeEndian.PutUint16(b[6:], nlmFRequest|nlmFDump)
+		binary.NativeEndian.PutUint32(b[8:], seq)
+		return b
+	}, func() { out = out[:0] }, func(m nlmsg) error {
+		if m.Type != rtmNewNexthop {
+			return nil
+		}
+		n, err := decodeNexthop(m.Data)
+		if err != nil {
+			return err
+		}
+		if n.Protocol == protocol {
+			out = append(out, n)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *rtnl) dumpRetry(req func(seq uint32) []byte, reset func(), each func(nlmsg) error) error {
+	for attempt := 0; attempt < 5; attempt++ {
+		reset()
+		interrupted, err := s.dumpOnce(req, each)
+		if err != nil || !interrupted {
+			return err
+		}
+	}
+	return errors.New("dump interrupted by concurrent changes 5 times")
+}
+
+func (s *rtnl) dumpOnce(req func(seq uint32) []byte, each func(nlmsg) error) (bool, error) {
 	s.seq++
 	seq := s.seq
-	if err := s.send(appendDumpRequest(nil, seq, family, protocol)); err != nil {
-		return nil, false, fmt.Errorf("route dump request: %w", err)
+	if err := s.send(req(seq)); err != nil {
+		return false, fmt.Errorf("dump request: %w", err)
 	}
-	var out []kroute
 	interrupted := false
 	for {
 		msgs, err := s.recv()
 		if err != nil {
 			s.drain()
-			return nil, false, fmt.Errorf("route dump: %w", err)
+			return false, fmt.Errorf("dump: %w", err)
 		}
 		for _, m := range msgs {
 			if m.Seq != seq {
@@ -239,22 +304,19 @@ func (s *rtnl) dumpOnce(family, protocol uint8) ([]kroute, bool, error) {
 			}
 			switch m.Type {
 			case nlmsgDone:
-				return out, interrupted, nil
+				return interrupted, nil
 			case nlmsgError:
 				code, err := errnoOf(m.Data)
 				if err != nil {
-					return nil, false, err
+					return false, err
 				}
 				if code != 0 {
-					return nil, false, fmt.Errorf("route dump: %w", syscall.Errno(code))
+					return false, fmt.Errorf("dump: %w", syscall.Errno(code))
 				}
-			case rtmNewRoute:
-				r, err := decodeRoute(m.Data)
-				if err != nil {
-					return nil, false, fmt.Errorf("route dump: %w", err)
-				}
-				if r.Protocol == protocol && (r.Family != afInet && r.Family != afInet6 || r.Table != 0) {
-					out = append(out, r)
+			default:
+				if err := each(m); err != nil {
+					s.drain()
+					return false, fmt.Errorf("dump: %w", err)
 				}
 			}
 		}

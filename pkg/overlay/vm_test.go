@@ -149,6 +149,18 @@ func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
 		t.Errorf("re-applying the same state made %d kernel changes", n)
 	}
 
+	// A restarted agent adopts tunnels, nexthops and routes without touching them.
+	g.mA.Close()
+	g.mA = newManager(t, g.gwA, mode)
+	if n := watchChanges(t, g.gwA, func() {
+		if err := g.mA.Set(context.Background(), sA); err != nil {
+			t.Fatalf("Set after restart: %v", err)
+		}
+	}); n != 0 {
+		t.Errorf("a restarted manager made %d kernel changes for the same state", n)
+	}
+	g.checkPath(t, overlay.EncapMPLSoUDP, cap)
+
 	// MPLSoGRE as the preferred encapsulation.
 	g.set(t, []overlay.Encap{overlay.EncapMPLSoGRE, overlay.EncapMPLSoUDP}, both, true, true)
 	g.checkPath(t, overlay.EncapMPLSoGRE, cap)

@@ -49,6 +49,11 @@ func (f *FileSource) Run(ctx context.Context, out chan<- overlay.State) error {
 		if last != nil && bytes.Equal(data, last) {
 			return nil
 		}
+		if len(bytes.TrimSpace(data)) == 0 {
+			// Most often a file caught between truncate and write. A state
+			// that removes everything must say so: "networks: []".
+			return fmt.Errorf("state file %s is empty (write \"networks: []\" to remove every network)", abs)
+		}
 		s, err := overlay.ParseState(data)
 		if err != nil {
 			return fmt.Errorf("state file %s: %w", abs, err)

@@ -196,6 +196,13 @@ func (n *NS) Dump(t testing.TB) string {
 			}
 		}
 	}
+	if out, err := n.TryIP("nexthop", "show"); err == nil {
+		for _, l := range strings.Split(out, "\n") {
+			if l = strings.Join(strings.Fields(l), " "); strings.Contains(l, "proto 165") {
+				lines = append(lines, "nexthop "+l)
+			}
+		}
+	}
 	if out, err := n.TryIP("-f", "mpls", "route", "show"); err == nil {
 		for _, l := range strings.Split(out, "\n") {
 			if l = strings.Join(strings.Fields(l), " "); l != "" {
