@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 )
 
 // Config is the controller's configuration file (YAML). Flags override it.
@@ -23,6 +24,9 @@ type Config struct {
 	Etcd    EtcdConfig `yaml:"etcd"`
 	API     struct {
 		Listen string `yaml:"listen"`
+		// TLS turns on mutual TLS: clients (agents, iotfabricctl) must present a
+		// certificate signed by tls.ca.
+		TLS tlsconfig.Files `yaml:"tls"`
 	} `yaml:"api"`
 	Metrics struct {
 		Listen string `yaml:"listen"`
@@ -156,6 +160,11 @@ func (c *Config) Validate() error {
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want HOST:PORT such as 127.0.0.1:50051", name, addr))
+		}
+	}
+	if c.API.TLS.Enabled() {
+		if _, err := tlsconfig.Server(c.API.TLS); err != nil {
+			errs = append(errs, fmt.Errorf("api.tls: %w", err))
 		}
 	}
 	switch c.Log.Level {

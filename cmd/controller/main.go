@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -35,6 +36,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 )
 
@@ -170,10 +172,20 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 	if err != nil {
 		return fmt.Errorf("API listener: %w", err)
 	}
-	gs := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(m.unary, recoverUnary(log)),
 		grpc.ChainStreamInterceptor(m.stream, recoverStream(log)),
-	)
+	}
+	if cfg.API.TLS.Enabled() {
+		tc, err := tlsconfig.Server(cfg.API.TLS)
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("api.tls: %w", err)
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+		log.Info("API requires mutual TLS", "client_ca", cfg.API.TLS.CA)
+	}
+	gs := grpc.NewServer(opts...)
 	controller.NewServer(ctl).Register(gs)
 
 	// The route table follows the store's watch; it drives the BGP speaker

@@ -16,18 +16,21 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/iotfabric/iotfabric/pkg/model"
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
 const usage = `iotfabricctl drives an iotfabric controller.
 
-Usage: iotfabricctl [--server ADDR] [-o table|json] [--timeout D] COMMAND ...
+Usage: iotfabricctl [--server ADDR] [-o table|json] [--timeout D]
+                    [--tls-cert FILE --tls-key FILE --tls-ca FILE] COMMAND ...
 
 Commands:
   network create NAME --subnet CIDR [--subnet CIDR ...] [--import-rt RT ...] [--export-rt RT ...]
@@ -54,6 +57,7 @@ type cli struct {
 	format  string
 	server  string
 	timeout time.Duration
+	tls     tlsconfig.Files
 	conn    *grpc.ClientConn
 }
 
@@ -111,7 +115,7 @@ func (c *cli) globalFlags(args []string) ([]string, error) {
 		switch name {
 		case "h", "help":
 			return nil, flag.ErrHelp
-		case "server", "o", "output", "timeout":
+		case "server", "o", "output", "timeout", "tls-cert", "tls-key", "tls-ca":
 		default:
 			rest = append(rest, a)
 			continue
@@ -126,6 +130,12 @@ func (c *cli) globalFlags(args []string) ([]string, error) {
 		switch name {
 		case "server":
 			c.server = val
+		case "tls-cert":
+			c.tls.Cert = val
+		case "tls-key":
+			c.tls.Key = val
+		case "tls-ca":
+			c.tls.CA = val
 		case "o", "output":
 			if val != "table" && val != "json" {
 				return nil, usagef("output format %q: use table or json", val)
@@ -173,7 +183,15 @@ func codeWords(c codes.Code) string {
 
 func (c *cli) connect() (*grpc.ClientConn, error) {
 	if c.conn == nil {
-		conn, err := grpc.NewClient(c.server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		creds := insecure.NewCredentials()
+		if c.tls.Enabled() {
+			tc, err := tlsconfig.Client(c.tls)
+			if err != nil {
+				return nil, usagef("%v", err)
+			}
+			creds = credentials.NewTLS(tc)
+		}
+		conn, err := grpc.NewClient(c.server, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			return nil, fmt.Errorf("controller address %q: %w", c.server, err)
 		}

@@ -9,9 +9,12 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig/tlstest"
 )
 
 func startController(t *testing.T) string {
@@ -93,5 +96,31 @@ func TestErrorsAreOneLine(t *testing.T) {
 		if rc != tc.rc || !strings.Contains(errs, tc.want) || strings.Count(strings.TrimSpace(errs), "\n") != 0 || out != "" {
 			t.Errorf("%v: rc %d (want %d), stderr %q (want one line with %q), stdout %q", tc.args, rc, tc.rc, errs, tc.want, out)
 		}
+	}
+}
+
+func TestMutualTLS(t *testing.T) {
+	ca := tlstest.NewCA(t, "ca")
+	sc, err := tlsconfig.Server(ca.Issue("controller"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
+	defer st.Close()
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(sc)))
+	controller.NewServer(controller.New(st, controller.Config{})).Register(gs)
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	go gs.Serve(lis)
+	defer gs.Stop()
+	f := ca.Issue("operator")
+	out, errs, rc := ctl(t, lis.Addr().String(), "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA, "network", "list")
+	if rc != 0 || !strings.Contains(out, "NAME") {
+		t.Fatalf("with a certificate: rc %d %q %q", rc, out, errs)
+	}
+	if _, _, rc := ctl(t, lis.Addr().String(), "network", "list"); rc == 0 {
+		t.Fatal("plaintext accepted by a mutual-TLS controller")
+	}
+	if _, errs, rc := ctl(t, lis.Addr().String(), "--tls-cert", f.Cert, "network", "list"); rc != 2 || !strings.Contains(errs, "all three files") {
+		t.Fatalf("incomplete TLS flags: rc %d %q", rc, errs)
 	}
 }

@@ -1,0 +1,75 @@
+// Package tlstest writes a throwaway CA and certificates signed by it, for tests.
+package tlstest
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
+)
+
+// CA is a certificate authority whose files live in a test's temporary directory.
+type CA struct {
+	t    testing.TB
+	dir  string
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	Path string // the CA certificate (PEM)
+}
+
+var serial int64
+
+func write(t testing.TB, path, typ string, der []byte) {
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// NewCA makes a CA named name.
+func NewCA(t testing.TB, name string) *CA {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial++
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	dir := t.TempDir()
+	ca := &CA{t: t, dir: dir, cert: cert, key: key, Path: filepath.Join(dir, "ca.pem")}
+	write(t, ca.Path, "CERTIFICATE", der)
+	return ca
+}
+
+// Issue writes a certificate for name (client and server use; valid for
+// 127.0.0.1 and localhost) and returns the files to use it with this CA.
+func (ca *CA) Issue(name string) tlsconfig.Files {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial++
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		DNSNames:    []string{"localhost", name}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	f := tlsconfig.Files{Cert: filepath.Join(ca.dir, name+".pem"), Key: filepath.Join(ca.dir, name+"-key.pem"), CA: ca.Path}
+	write(ca.t, f.Cert, "CERTIFICATE", der)
+	write(ca.t, f.Key, "EC PRIVATE KEY", kder)
+	return f
+}
