@@ -41,11 +41,24 @@ type FRRConfig struct {
 	// GracefulRestart turns on restarting-speaker mode (FRR is a helper by
 	// default either way).
 	GracefulRestart bool
+	// RestartTime is the graceful-restart time FRR announces (0: FRR's 120 s).
+	RestartTime int
 	// DebugUpdates logs every received UPDATE into bgpd's log file (see
 	// FRR.Log): the way to tell a withdrawal from a refresh.
 	DebugUpdates bool
 	// Extra lines inside `router bgp`, after the neighbours.
 	Extra string
+	// Networks are VPN routes FRR originates itself (static, from its
+	// `address-family ipv4|ipv6 vpn` network statements).
+	Networks []FRRNetwork
+}
+
+// FRRNetwork is a VPN route FRR originates.
+type FRRNetwork struct {
+	Prefix       netip.Prefix
+	RD           string // "192.0.2.40:1"
+	Label        uint32
+	RouteTargets []string // "64512:8000001"
 }
 
 // FRR is a running zebra + bgpd pair in a namespace.
@@ -64,9 +77,19 @@ func (c FRRConfig) Render(hostname string) string {
 	if c.DebugUpdates {
 		b.WriteString("debug bgp updates in\ndebug bgp neighbor-events\n")
 	}
+	// Route-maps first: a network statement naming a route-map that does
+	// not exist yet yields no route.
+	for i, n := range c.Networks {
+		if len(n.RouteTargets) > 0 {
+			fmt.Fprintf(&b, "route-map net%d permit 10\n set extcommunity rt %s\n!\n", i, strings.Join(n.RouteTargets, " "))
+		}
+	}
 	fmt.Fprintf(&b, "!\nrouter bgp %d\n bgp router-id %s\n no bgp default ipv4-unicast\n no bgp ebgp-requires-policy\n no bgp network import-check\n", c.ASN, c.RouterID)
 	if c.GracefulRestart {
 		b.WriteString(" bgp graceful-restart\n")
+	}
+	if c.RestartTime > 0 {
+		fmt.Fprintf(&b, " bgp graceful-restart restart-time %d\n", c.RestartTime)
 	}
 	for _, n := range c.Neighbors {
 		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s timers connect 1\n", n.Address, n.ASN, n.Address)
@@ -85,6 +108,16 @@ func (c FRRConfig) Render(hostname string) string {
 	}
 	for _, af := range []string{"ipv4 vpn", "ipv6 vpn"} {
 		fmt.Fprintf(&b, " address-family %s\n", af)
+		for i, n := range c.Networks {
+			if n.Prefix.Addr().Is4() != (af == "ipv4 vpn") {
+				continue
+			}
+			fmt.Fprintf(&b, "  network %s rd %s label %d", n.Prefix, n.RD, n.Label)
+			if len(n.RouteTargets) > 0 {
+				fmt.Fprintf(&b, " route-map net%d", i)
+			}
+			b.WriteByte('\n')
+		}
 		for _, n := range c.Neighbors {
 			fmt.Fprintf(&b, "  neighbor %s activate\n", n.Address)
 			if n.RouteReflectorClient {
@@ -183,6 +216,25 @@ func (f *FRR) Kill() {
 		f.bgpd.cmd.Process.Kill()
 		<-f.bgpd.done
 	}
+}
+
+// RestartBGPD starts bgpd again after Kill, with the same configuration,
+// and waits until vtysh answers.
+func (f *FRR) RestartBGPD(ctx context.Context) error {
+	args := []string{"-f", filepath.Join(f.Dir, "frr.conf"), "-i", filepath.Join(f.Dir, "bgpd.pid"),
+		"-z", filepath.Join(f.Dir, "zserv.api"), "--vty_socket", f.Dir, "-u", "frr", "-g", "frr", "-A", "127.0.0.1"}
+	d, err := startDaemon(f.NS, f.Dir, "bgpd", filepath.Join(FRRDir, "bgpd"), args...)
+	if err != nil {
+		return err
+	}
+	f.bgpd = d
+	return Eventually(ctx, 10*time.Second, 20*time.Millisecond, func(ctx context.Context) error {
+		if err := d.exited(); err != nil {
+			return err
+		}
+		_, err := f.Vtysh(ctx, "show bgp summary json")
+		return err
+	})
 }
 
 // Log returns bgpd's log file.

@@ -3,6 +3,7 @@ package gobgp_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -98,5 +99,73 @@ func TestGracefulRestartFRR(t *testing.T) {
 	}
 	if !strings.Contains(log, "rcvd UPDATE") {
 		t.Errorf("FRR's update log is empty; cannot tell refreshes from withdrawals")
+	}
+}
+
+// TestGracefulRestartHelper: FRR (graceful restart on) originates a route;
+// its bgpd is SIGKILLed and started again. The speaker, as helper, keeps
+// the route: the subscription sees no withdrawal, and after FRR's refresh
+// the route is still held. Then bgpd is killed for good, and the route is
+// withdrawn when FRR's restart time (10 s here) runs out.
+func TestGracefulRestartHelper(t *testing.T) {
+	bgptest.RequireRoot(t)
+	tp := link(t)
+	pfx := netip.MustParsePrefix("10.4.0.0/24")
+	frr := bgptest.StartFRR(t, tp.peerNS, bgptest.FRRConfig{
+		ASN: asn, RouterID: tp.peer, GracefulRestart: true, RestartTime: 10,
+		Neighbors: []bgptest.FRRNeighbor{{Address: tp.local, ASN: asn}},
+		Networks:  []bgptest.FRRNetwork{{Prefix: pfx, RD: "192.0.2.40:1", Label: 4004, RouteTargets: []string{"64512:8000001"}}},
+	})
+	s := newSpeaker(t, tp.local, bgp.PeerConfig{Address: tp.peer, ASN: asn})
+	startSpeaker(t, s, nil)
+	ctx := context.Background()
+	sub, err := s.Subscribe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := bgp.RouteKey{RD: mustRD(t, "192.0.2.40:1"), Prefix: pfx}
+	ev := waitReceived(t, sub, key, false, 20*time.Second)
+	if ev.Route.Label != 4004 || !ev.Route.HasAnyRouteTarget([]bgp.RouteTarget{bgp.AutoRouteTarget(asn, 1)}) {
+		t.Fatalf("received %v", ev.Route)
+	}
+
+	frr.Kill()
+	restarted := time.Now()
+	if err := frr.RestartBGPD(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitPeer(t, s, tp.peer, bgp.PeerEstablished)
+	t.Logf("session back %s after the kill", time.Since(restarted).Round(time.Millisecond))
+	// FRR sends its table and End-of-RIB again; give it the time to.
+	if err := frr.WaitEstablished(ctx, tp.local, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	quiet := time.After(3 * time.Second)
+	for done := false; !done; {
+		select {
+		case evs := <-sub:
+			for _, ev := range evs {
+				if ev.Route.Key() == key && ev.Withdraw {
+					t.Fatalf("route withdrawn during FRR's graceful restart")
+				}
+			}
+		case <-quiet:
+			done = true
+		}
+	}
+	late, err := s.Subscribe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := waitReceived(t, late, key, false, 5*time.Second); ev.Route.Label != 4004 {
+		t.Errorf("held route %v", ev.Route)
+	}
+
+	// No restart this time: held until the restart time runs out.
+	frr.Kill()
+	killed := time.Now()
+	waitReceived(t, sub, key, true, 20*time.Second)
+	if held := time.Since(killed); held < 9*time.Second {
+		t.Errorf("route withdrawn %s after the kill, before FRR's 10 s restart time", held)
 	}
 }
