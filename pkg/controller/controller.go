@@ -181,20 +181,28 @@ func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
 	return nil
 }
 
-func (c *Controller) getNetworkKV(ctx context.Context, name string) (store.KV, *v1.VirtualNetwork, error) {
-	kv, err := c.st.Get(ctx, pfxNetwork+name)
+// getRecord reads and decodes one resource, with its revision set.
+func getRecord[T interface {
+	proto.Message
+	*M
+}, M any](ctx context.Context, st store.Store, key, what, name string, setRev func(T, int64)) (store.KV, T, error) {
+	kv, err := st.Get(ctx, key)
 	if errors.Is(err, store.ErrNotFound) {
-		return kv, nil, errf(codes.NotFound, "network %q not found", name)
+		return kv, nil, errf(codes.NotFound, "%s %q not found", what, name)
 	}
 	if err != nil {
 		return kv, nil, storeErr(err)
 	}
-	n, err := decode(kv, &v1.VirtualNetwork{})
+	m, err := decode(kv, T(new(M)))
 	if err != nil {
 		return kv, nil, errf(codes.Internal, "%v", err)
 	}
-	n.Revision = kv.ModRev
-	return kv, n, nil
+	setRev(m, kv.ModRev)
+	return kv, m, nil
+}
+
+func (c *Controller) getNetworkKV(ctx context.Context, name string) (store.KV, *v1.VirtualNetwork, error) {
+	return getRecord(ctx, c.st, pfxNetwork+name, "network", name, func(n *v1.VirtualNetwork, r int64) { n.Revision = r })
 }
 
 // ensurePool makes sure IPAM knows the network's current address space.

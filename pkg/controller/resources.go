@@ -49,19 +49,7 @@ func normaliseGateway(g *v1.Gateway) error {
 }
 
 func (c *Controller) getGatewayKV(ctx context.Context, name string) (store.KV, *v1.Gateway, error) {
-	kv, err := c.st.Get(ctx, pfxGateway+name)
-	if errors.Is(err, store.ErrNotFound) {
-		return kv, nil, errf(codes.NotFound, "gateway %q not found", name)
-	}
-	if err != nil {
-		return kv, nil, storeErr(err)
-	}
-	g, err := decode(kv, &v1.Gateway{})
-	if err != nil {
-		return kv, nil, errf(codes.Internal, "%v", err)
-	}
-	g.Revision = kv.ModRev
-	return kv, g, nil
+	return getRecord(ctx, c.st, pfxGateway+name, "gateway", name, func(m *v1.Gateway, r int64) { m.Revision = r })
 }
 
 // CreateGateway registers a gateway.
@@ -184,19 +172,7 @@ func endpointState(e *v1.Endpoint) v1.EndpointState {
 }
 
 func (c *Controller) getEndpointKV(ctx context.Context, id string) (store.KV, *v1.Endpoint, error) {
-	kv, err := c.st.Get(ctx, pfxEndpoint+id)
-	if errors.Is(err, store.ErrNotFound) {
-		return kv, nil, errf(codes.NotFound, "endpoint %q not found", id)
-	}
-	if err != nil {
-		return kv, nil, storeErr(err)
-	}
-	e, err := decode(kv, &v1.Endpoint{})
-	if err != nil {
-		return kv, nil, errf(codes.Internal, "%v", err)
-	}
-	e.Revision = kv.ModRev
-	return kv, e, nil
+	return getRecord(ctx, c.st, pfxEndpoint+id, "endpoint", id, func(m *v1.Endpoint, r int64) { m.Revision = r })
 }
 
 func ipamErr(err error, e *v1.Endpoint) error {

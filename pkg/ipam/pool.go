@@ -291,6 +291,17 @@ func (p *Pool) Reserve(owner, gateway string, f Family) (Lease, error) {
 			return p.take(owner, gateway, b, off, pendingPrefix(b)), nil
 		}
 	}
+	b := p.leaseNewBlock(gateway, f)
+	if b == nil {
+		return Lease{}, fmt.Errorf("IPv%d: %w", f, ErrExhausted)
+	}
+	off, _ := b.firstFree()
+	return p.take(owner, gateway, b, off, b.prefix), nil
+}
+
+// leaseNewBlock reserves (pending) the first unleased block of family f with
+// an assignable address for gateway, or returns nil.
+func (p *Pool) leaseNewBlock(gateway string, f Family) *block {
 	for _, s := range p.subnets {
 		if familyOf(s.prefix.Addr()) != f {
 			continue
@@ -307,11 +318,10 @@ func (p *Pool) Reserve(owner, gateway string, f Family) (Lease, error) {
 			b.pending = true
 			s.leased[i] = b
 			p.gwBlks[gateway] = append(p.gwBlks[gateway], b)
-			off, _ := b.firstFree()
-			return p.take(owner, gateway, b, off, b.prefix), nil
+			return b
 		}
 	}
-	return Lease{}, fmt.Errorf("IPv%d: %w", f, ErrExhausted)
+	return nil
 }
 
 // ReserveAddr reserves a specific address for owner on gateway.
@@ -385,24 +395,8 @@ func (p *Pool) ReserveBlock(gateway string, f Family) (Lease, error) {
 			return Lease{Gateway: gateway, NewBlock: b.prefix, Existing: true}, nil
 		}
 	}
-	for _, s := range p.subnets {
-		if familyOf(s.prefix.Addr()) != f {
-			continue
-		}
-		for i := s.nextFree; i < s.nblocks; i++ {
-			if s.leased[i] != nil {
-				continue
-			}
-			s.nextFree = i + 1
-			b := s.newBlock(i, gateway)
-			if b.full() {
-				continue
-			}
-			b.pending = true
-			s.leased[i] = b
-			p.gwBlks[gateway] = append(p.gwBlks[gateway], b)
-			return Lease{Gateway: gateway, NewBlock: b.prefix}, nil
-		}
+	if b := p.leaseNewBlock(gateway, f); b != nil {
+		return Lease{Gateway: gateway, NewBlock: b.prefix}, nil
 	}
 	return Lease{}, fmt.Errorf("IPv%d block: %w", f, ErrExhausted)
 }
