@@ -1,0 +1,198 @@
+// Command iqrf-collector reads IQRF mesh sensors through the network's
+// coordinator (UART, USB CDC or SPI) and carries the readings to Graphite
+// and MQTT through an on-disk store-and-forward queue.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/iotfabric/iotfabric/pkg/iqrf/cdc"
+	"github.com/iotfabric/iotfabric/pkg/iqrf/collector"
+	"github.com/iotfabric/iotfabric/pkg/iqrf/coord"
+	"github.com/iotfabric/iotfabric/pkg/iqrf/graphite"
+	"github.com/iotfabric/iotfabric/pkg/iqrf/mqtt"
+	"github.com/iotfabric/iotfabric/pkg/iqrf/queue"
+	"github.com/iotfabric/iotfabric/pkg/iqrf/spi"
+	"github.com/iotfabric/iotfabric/pkg/iqrf/uart"
+)
+
+type options struct {
+	serial, cdc, spi string
+	baud             int
+	interval         time.Duration
+	graphite         string
+	graphiteConfirm  time.Duration
+	mqtt             string
+	mqttTopic        string
+	mqttClientID     string
+	api              bool
+	prefix           string
+	bufferDir        string
+	bufferSize       int64
+	bufferSync       bool
+	poll             string
+	metrics          string
+	logLevel         string
+	retries          int
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("iqrf-collector", flag.ContinueOnError)
+	fs.StringVar(&o.serial, "serial", "", "coordinator on a UART `device`, e.g. /dev/ttyS0")
+	fs.IntVar(&o.baud, "baud", uart.DefaultBaud, "UART baud rate")
+	fs.StringVar(&o.cdc, "cdc", "", "coordinator on a USB CDC `device`, e.g. /dev/ttyACM0")
+	fs.StringVar(&o.spi, "spi", "", "coordinator on an SPI `device`, e.g. /dev/spidev0.0")
+	fs.DurationVar(&o.interval, "interval", 10*time.Second, "time between poll rounds")
+	fs.StringVar(&o.graphite, "graphite", "", "carbon plaintext receiver `HOST:PORT`")
+	fs.DurationVar(&o.graphiteConfirm, "graphite-confirm", 2*time.Second, "how long a connection must stay up after carbon acknowledged a line before the line leaves the buffer")
+	fs.StringVar(&o.mqtt, "mqtt", "", "MQTT broker `URL`, e.g. tcp://HOST:1883")
+	fs.StringVar(&o.mqttTopic, "mqtt-topic", "", "topic prefix for readings (default: the prefix with dots as slashes)")
+	fs.StringVar(&o.mqttClientID, "mqtt-client-id", "iotfabric-iqrf-collector", "MQTT client identifier")
+	fs.BoolVar(&o.api, "mqtt-api", true, "answer IQRF Gateway Daemon JSON API requests on Iqrf/DpaRequest")
+	fs.StringVar(&o.prefix, "prefix", "iotfabric.iqrf", "metric path prefix, e.g. iotfabric.<site>")
+	fs.StringVar(&o.bufferDir, "buffer-dir", "/var/lib/iotfabric/iqrf-collector", "directory of the store-and-forward queue")
+	fs.Int64Var(&o.bufferSize, "buffer-size", 100<<20, "bound of the queue in bytes (oldest readings are dropped first)")
+	fs.BoolVar(&o.bufferSync, "buffer-sync", false, "fsync every append to the queue")
+	fs.StringVar(&o.poll, "poll", "read", "read: Read Sensors With Types per node; frc: sensor FRC across all nodes")
+	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on `ADDR`, e.g. 127.0.0.1:9110")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.IntVar(&o.retries, "retries", 2, "retries of a DPA request after a timeout")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, d := range []string{o.serial, o.cdc, o.spi} {
+		if d != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, errors.New("give exactly one of --serial, --cdc or --spi")
+	}
+	if o.graphite == "" && o.mqtt == "" {
+		return nil, errors.New("give --graphite, --mqtt or both")
+	}
+	if o.interval <= 0 {
+		return nil, errors.New("--interval must be positive")
+	}
+	if o.graphite != "" {
+		if _, _, err := net.SplitHostPort(o.graphite); err != nil {
+			return nil, fmt.Errorf("--graphite: %w", err)
+		}
+	}
+	if o.mqttTopic == "" {
+		o.mqttTopic = mqtt.TopicPrefixFrom(o.prefix)
+	}
+	return o, nil
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "iqrf-collector:", err)
+		os.Exit(2)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "iqrf-collector: --log-level:", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		log.Error("iqrf-collector stopped", "reason", err)
+		os.Exit(1)
+	}
+}
+
+func opener(o *options) func() (coord.Link, error) {
+	switch {
+	case o.serial != "":
+		return func() (coord.Link, error) { return uart.Open(o.serial, o.baud) }
+	case o.cdc != "":
+		return func() (coord.Link, error) { return cdc.Open(o.cdc) }
+	}
+	return func() (coord.Link, error) { return spi.Open(o.spi) }
+}
+
+func run(ctx context.Context, o *options, log *slog.Logger) error {
+	mode, err := collector.ParsePollMode(o.poll)
+	if err != nil {
+		return err
+	}
+	var readers []string
+	if o.graphite != "" {
+		readers = append(readers, "graphite")
+	}
+	if o.mqtt != "" {
+		readers = append(readers, "mqtt")
+	}
+	q, err := queue.Open(filepath.Clean(o.bufferDir), queue.Options{MaxBytes: o.bufferSize, Sync: o.bufferSync}, readers...)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	col := collector.New(collector.Config{
+		Open:     opener(o),
+		Interval: o.interval,
+		Mode:     mode,
+		Deliver: func(rs []collector.Reading) error {
+			recs := make([][]byte, len(rs))
+			for i, r := range rs {
+				recs[i] = r.AppendRecord(nil)
+			}
+			return q.Append(recs...)
+		},
+		Coord:  coord.Config{Retries: o.retries},
+		Logger: log,
+	})
+	gstats, mstats := &graphite.Stats{}, &mqtt.Stats{}
+	var wg sync.WaitGroup
+	if o.graphite != "" {
+		wg.Go(func() {
+			graphite.Run(ctx, graphite.Config{Addr: o.graphite, Prefix: o.prefix, Reader: q.Reader("graphite"),
+				ConfirmAfter: o.graphiteConfirm, Logger: log.With("sink", "graphite"), Stats: gstats})
+		})
+	}
+	if o.mqtt != "" {
+		var doer mqtt.Doer
+		if o.api {
+			doer = col
+		}
+		wg.Go(func() {
+			mqtt.Run(ctx, mqtt.Config{Broker: o.mqtt, ClientID: o.mqttClientID, TopicPrefix: o.mqttTopic,
+				Reader: q.Reader("mqtt"), Doer: doer, Logger: log.With("sink", "mqtt"), Stats: mstats})
+		})
+	}
+	if o.metrics != "" {
+		l, err := net.Listen("tcp", o.metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		log.Info("serving metrics", "addr", l.Addr().String())
+		srv := &http.Server{Handler: metricsHandler(col, q, gstats, mstats), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	log.Info("iqrf-collector started", "poll", o.poll, "interval", o.interval, "graphite", o.graphite, "mqtt", o.mqtt, "buffer", o.bufferDir)
+	err = col.Run(ctx)
+	wg.Wait()
+	return err
+}
