@@ -237,6 +237,14 @@ func (f *FRR) RestartBGPD(ctx context.Context) error {
 	})
 }
 
+// BGPDCPUTime is the CPU time (user + system) bgpd has used so far.
+func (f *FRR) BGPDCPUTime() (time.Duration, error) {
+	if f.bgpd == nil {
+		return 0, fmt.Errorf("bgpd not started")
+	}
+	return processCPUTime(f.bgpd.cmd.Process.Pid)
+}
+
 // Log returns bgpd's log file.
 func (f *FRR) Log() string {
 	b, _ := os.ReadFile(filepath.Join(f.Dir, "frr.log"))

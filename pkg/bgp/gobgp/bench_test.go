@@ -69,12 +69,14 @@ func TestBenchFRRvsBIRD(t *testing.T) {
 	if err := frrA.WaitEstablished(ctx, tp.local, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	cpuA0, _ := frrA.BGPDCPUTime()
 	start := time.Now()
 	io.WriteString(c.stdin, "announce\n")
 	if err := waitCount(frrA, tp.local); err != nil {
 		t.Fatal(err)
 	}
 	speakerTime := time.Since(start)
+	cpuA1, _ := frrA.BGPDCPUTime()
 	sumA, _ := frrA.Summary(ctx, "ipv4 vpn")
 	announceLine := c.line(t, time.Minute)
 	io.WriteString(c.stdin, "rss\n")
@@ -106,6 +108,7 @@ func TestBenchFRRvsBIRD(t *testing.T) {
 	if err := frrB.WaitEstablished(ctx, bl.AddrA, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	cpuB0, _ := frrB.BGPDCPUTime()
 	start = time.Now()
 	if _, err := bird.Birdc(ctx, "enable static4"); err != nil {
 		t.Fatal(err)
@@ -114,6 +117,7 @@ func TestBenchFRRvsBIRD(t *testing.T) {
 		t.Fatal(err)
 	}
 	birdTime := time.Since(start)
+	cpuB1, _ := frrB.BGPDCPUTime()
 	sumB, _ := frrB.Summary(ctx, "ipv4 vpn")
 
 	announceNS, _ := strconv.ParseInt(strings.TrimPrefix(announceLine, "announced "), 10, 64)
@@ -122,6 +126,7 @@ func TestBenchFRRvsBIRD(t *testing.T) {
 	fmt.Printf("  iotfabric speaker (GoBGP %s): %7.2f s  (Announce call returned after %.2f s)\n", "v3.37.0", speakerTime.Seconds(), time.Duration(announceNS).Seconds())
 	fmt.Printf("  BIRD 2.0.12:                    %7.2f s\n", birdTime.Seconds())
 	fmt.Printf("  messages FRR received: from the speaker %d, from BIRD %d\n", sumA[tp.local].MsgRcvd, sumB[bl.AddrA].MsgRcvd)
+	fmt.Printf("  FRR bgpd CPU while receiving: from the speaker %.2f s, from BIRD %.2f s\n", (cpuA1 - cpuA0).Seconds(), (cpuB1 - cpuB0).Seconds())
 	fmt.Printf("  ratio speaker/BIRD:             %7.2fx  (goal <= 1.0x, and under 10 s)\n", speakerTime.Seconds()/birdTime.Seconds())
 	fmt.Printf("  speaker memory: RSS %.1f MB -> %.1f MB, %.0f bytes per route (goal < 1024); Go heap in use %.1f MB\n",
 		float64(rssBefore)/1e6, float64(rssAfter)/1e6, perRoute, float64(heap)/1e6)
