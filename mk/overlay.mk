@@ -10,3 +10,4 @@ bench-overlay: ## Overlay route programming vs ip -batch (host and VM) and MPLSo
 
 TEST_EXTRA += vmtest
 BENCH_TARGETS += bench-overlay
+DEMO_STEPS += scripts/demo-overlay.sh
