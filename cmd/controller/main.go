@@ -135,7 +135,7 @@ func newLogger(cfg Config, w *os.File) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, error) {
+func openStore(ctx context.Context, cfg Config, log *slog.Logger, m *metrics) (store.Store, error) {
 	if len(cfg.Etcd.Endpoints) > 0 {
 		log.Info("using etcd store", "endpoints", cfg.Etcd.Endpoints)
 		return etcd.Open(ctx, etcd.Options{Endpoints: cfg.Etcd.Endpoints, Namespace: cfg.Etcd.Namespace})
@@ -145,21 +145,23 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, 
 	}
 	path := filepath.Join(cfg.DataDir, "state.db")
 	log.Info("using bbolt store", "path", path)
-	return bolt.Open(path, bolt.Options{})
+	return bolt.Open(path, bolt.Options{OnCommit: func(d time.Duration, n int) {
+		m.commitSeconds.Observe(d.Seconds())
+		m.commitTxns.Observe(float64(n))
+	}})
 }
 
 // serve runs the controller until ctx ends. ready, if not nil, receives the
 // bound API and metrics addresses once serving.
 func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, metrics string)) error {
-	st, err := openStore(ctx, cfg, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := newMetrics(reg)
+	st, err := openStore(ctx, cfg, log, m)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := newMetrics(reg)
 
 	ctl := controller.New(st, controller.Config{ASN: cfg.BGP.ASN, Logger: log})
 	n, err := ctl.LoadNetworks(ctx)
@@ -284,8 +286,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 }
 
 type metrics struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	commitSeconds prometheus.Histogram
+	commitTxns    prometheus.Histogram
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -298,7 +302,15 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}, []string{"method"}),
 	}
-	reg.MustRegister(m.requests, m.latency)
+	m.commitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "iotfabric_store_commit_seconds", Help: "Duration of bbolt commits (each carries one or more transactions, fsync included).",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14),
+	})
+	m.commitTxns = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "iotfabric_store_commit_transactions", Help: "Transactions carried by one bbolt commit (group commit).",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+	})
+	reg.MustRegister(m.requests, m.latency, m.commitSeconds, m.commitTxns)
 	return m
 }
 

@@ -43,6 +43,9 @@ type Options struct {
 	LogRetention int64
 	// NoSync skips fsync (tests only: a crash loses data).
 	NoSync bool
+	// OnCommit, if set, is called after every commit with its duration and the
+	// number of transactions it carried (for metrics).
+	OnCommit func(d time.Duration, txns int)
 }
 
 // Store is a bbolt-backed store.Store.
@@ -51,6 +54,7 @@ type Store struct {
 	retention int64
 	reqs      chan *txnReq
 	done      chan struct{}
+	onCommit  func(time.Duration, int)
 	wg        sync.WaitGroup
 
 	mu       sync.Mutex // guards the fields below
@@ -98,6 +102,7 @@ func Open(path string, opts Options) (*Store, error) {
 	s := &Store{
 		db:        db,
 		retention: opts.LogRetention,
+		onCommit:  opts.OnCommit,
 		reqs:      make(chan *txnReq, maxGroup),
 		done:      make(chan struct{}),
 		notifyCh:  make(chan struct{}),
@@ -216,6 +221,7 @@ func (s *Store) writer() {
 }
 
 func (s *Store) commit(batch []*txnReq) {
+	t0 := time.Now()
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		kvb, logb, meta := tx.Bucket(bucketKV), tx.Bucket(bucketLog), tx.Bucket(bucketMeta)
 		rev := decRev(meta.Get(keyRev))
@@ -253,6 +259,9 @@ func (s *Store) commit(batch []*txnReq) {
 		}
 		return trimLog(logb, meta, rev-s.retention)
 	})
+	if s.onCommit != nil {
+		s.onCommit(time.Since(t0), len(batch))
+	}
 	for _, r := range batch {
 		if err != nil {
 			r.rev, r.err = 0, fmt.Errorf("commit: %w", err)
