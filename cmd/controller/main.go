@@ -210,6 +210,17 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 		log.Info("BGP speaker disabled: set bgp.router_id to advertise endpoints to edge routers")
 	}
 	runner := vpn.NewRunner(st, sp, cfg.BGP.ASN, log.With("component", "vpn"))
+	for _, g := range []struct {
+		name, help string
+		get        func(vpn.Stats) int
+	}{
+		{"iotfabric_routes_local", "VPN routes of the endpoints (announced to BGP peers when BGP runs).", func(s vpn.Stats) int { return s.Announced }},
+		{"iotfabric_routes_received", "VPN routes received from BGP peers.", func(s vpn.Stats) int { return s.Received }},
+		{"iotfabric_gateway_streams", "Gateways whose agent has a route stream open.", func(s vpn.Stats) int { return s.GatewayStreams }},
+	} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.name, Help: g.help},
+			func() float64 { return float64(g.get(runner.Stats())) }))
+	}
 	vpn.NewServer(runner, configPeers).Register(gs)
 	controller.NewAgentServer(ctl, runner).Attach(gs)
 	runErr := make(chan error, 1)

@@ -427,3 +427,26 @@ func (r *Runner) Peers(ctx context.Context) ([]bgp.PeerStatus, error) { return r
 
 // HasSpeaker reports whether BGP runs.
 func (r *Runner) HasSpeaker() bool { return r.sp != nil }
+
+// Stats are the runner's gauges.
+type Stats struct {
+	Announced      int // local routes (sent to the speaker when BGP runs)
+	Received       int // routes received from peers
+	GatewayStreams int // gateways with a route stream attached
+}
+
+// Stats returns the current gauges.
+func (r *Runner) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := Stats{Received: len(r.tbl.recv)}
+	for _, rs := range r.tbl.local {
+		st.Announced += len(rs)
+	}
+	for _, s := range r.gwSessions {
+		if s.ch != nil {
+			st.GatewayStreams++
+		}
+	}
+	return st
+}
