@@ -59,7 +59,7 @@ func ParsePollMode(s string) (PollMode, error) {
 type Metrics struct {
 	Polls        atomic.Uint64 // poll requests sent (per node, or per FRC)
 	PollErrors   atomic.Uint64 // poll requests that failed (timeouts included)
-	Readings     atomic.Uint64
+	Readings     atomic.Uint64 // readings taken and handed to Deliver without error
 	NoValue      atomic.Uint64 // values "not available": no reading
 	BadPayloads  atomic.Uint64 // responses that did not decode
 	LinkOpens    atomic.Uint64
@@ -427,10 +427,11 @@ func (c *Collector) deliver(out []Reading) {
 	if len(out) == 0 {
 		return
 	}
-	c.m.Readings.Add(uint64(len(out)))
 	if err := c.cfg.Deliver(out); err != nil {
 		c.log.Error("cannot store readings", "count", len(out), "reason", err)
+		return
 	}
+	c.m.Readings.Add(uint64(len(out)))
 }
 
 type frcKey struct {
