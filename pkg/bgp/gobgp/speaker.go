@@ -154,13 +154,13 @@ func (s *Speaker) Start(ctx context.Context, initial []bgp.Route) (err error) {
 
 	if len(initial) > 0 {
 		if err := s.addPathsLocked(ctx, initial, nil); err != nil {
-			s.stopLocked()
+			s.stopLocked()()
 			return fmt.Errorf("bgp: initial routes: %w", err)
 		}
 	}
 	for _, p := range s.cfg.Peers {
 		if err := s.addPeerLocked(ctx, p, !s.cfg.GracefulRestart.Disabled); err != nil {
-			s.stopLocked()
+			s.stopLocked()()
 			return err
 		}
 	}
@@ -169,15 +169,19 @@ func (s *Speaker) Start(ctx context.Context, initial []bgp.Route) (err error) {
 }
 
 // Stop implements bgp.Speaker. Sessions are closed with a Cease NOTIFICATION.
+// If ctx ends first, Stop returns its error and the teardown finishes in
+// the background; the speaker is stopped either way.
 func (s *Speaker) Stop(ctx context.Context) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !s.running {
+		s.mu.Unlock()
 		return nil
 	}
+	teardown := s.stopLocked()
+	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
-		s.stopLocked()
+		teardown()
 		close(done)
 	}()
 	select {
@@ -188,21 +192,26 @@ func (s *Speaker) Stop(ctx context.Context) error {
 	}
 }
 
-func (s *Speaker) stopLocked() {
+// stopLocked marks the speaker stopped and returns the teardown, which
+// touches nothing that s.mu guards.
+func (s *Speaker) stopLocked() func() {
 	s.running = false
 	s.stopped = true
-	s.srv.Stop()
-	s.cancel()
-	s.conn.Close()
-	os.RemoveAll(s.sockDir)
-	s.wg.Wait()
-	s.rxMu.Lock()
-	for sub := range s.subs {
-		sub.close()
+	srv, cancel, conn, dir := s.srv, s.cancel, s.conn, s.sockDir
+	return func() {
+		srv.Stop()
+		cancel()
+		conn.Close()
+		os.RemoveAll(dir)
+		s.wg.Wait()
+		s.rxMu.Lock()
+		for sub := range s.subs {
+			sub.close()
+		}
+		s.subs = map[*subscriber]struct{}{}
+		s.rxMu.Unlock()
+		s.log.Info("bgp speaker stopped")
 	}
-	s.subs = map[*subscriber]struct{}{}
-	s.rxMu.Unlock()
-	s.log.Info("bgp speaker stopped")
 }
 
 func (s *Speaker) runningLocked() error {
