@@ -62,7 +62,10 @@ const (
 
 // ReadEvent tells that the simulator answered a sensor read.
 type ReadEvent struct {
-	Addr  uint8
+	Addr uint8
+	// Sent is when the response frame started to be written, Time when it
+	// had been written.
+	Sent  time.Time
 	Time  time.Time
 	Reads uint64
 }
@@ -337,9 +340,10 @@ func (s *Sim) handle(ctx context.Context, req dpa.Frame) {
 	}
 	hwpid := n.HWPID
 	s.mu.Unlock()
+	sent := time.Now()
 	s.respond(req, hwpid, code, pdata)
 	if ev != nil && s.OnRead != nil {
-		ev.Time = time.Now()
+		ev.Sent, ev.Time = sent, time.Now()
 		s.OnRead(*ev)
 	}
 }
