@@ -22,7 +22,8 @@ type Config struct {
 	RouteReflector  bool                  `json:"route_reflector,omitempty" yaml:"route_reflector,omitempty"`
 	ClusterID       netip.Addr            `json:"cluster_id,omitempty" yaml:"cluster_id,omitempty"`
 	GracefulRestart GracefulRestartConfig `json:"graceful_restart" yaml:"graceful_restart"`
-	// ConnectRetry is the time between connection attempts to a peer (default 5 s).
+	// ConnectRetry is the time between connection attempts to a peer
+	// (default 5 s; GoBGP waits a random 1-2x this, and at least 5 s).
 	ConnectRetry time.Duration `json:"connect_retry,omitempty" yaml:"connect_retry,omitempty"`
 	// HoldTime is the proposed hold time (default 90 s, keepalive a third of it).
 	HoldTime time.Duration `json:"hold_time,omitempty" yaml:"hold_time,omitempty"`

@@ -10,6 +10,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
+	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 )
 
 // TestGracefulRestartFRR: the speaker process is SIGKILLed; FRR keeps its
@@ -106,17 +107,23 @@ func TestGracefulRestartFRR(t *testing.T) {
 // its bgpd is SIGKILLed and started again. The speaker, as helper, keeps
 // the route: the subscription sees no withdrawal, and after FRR's refresh
 // the route is still held. Then bgpd is killed for good, and the route is
-// withdrawn when FRR's restart time (10 s here) runs out.
+// withdrawn when FRR's restart time (15 s here; GoBGP itself waits 5 s before it accepts or makes a new connection after a session drop) runs out.
 func TestGracefulRestartHelper(t *testing.T) {
 	bgptest.RequireRoot(t)
 	tp := link(t)
 	pfx := netip.MustParsePrefix("10.4.0.0/24")
 	frr := bgptest.StartFRR(t, tp.peerNS, bgptest.FRRConfig{
-		ASN: asn, RouterID: tp.peer, GracefulRestart: true, RestartTime: 10,
+		ASN: asn, RouterID: tp.peer, GracefulRestart: true, RestartTime: 15,
 		Neighbors: []bgptest.FRRNeighbor{{Address: tp.local, ASN: asn}},
 		Networks:  []bgptest.FRRNetwork{{Prefix: pfx, RD: "192.0.2.40:1", Label: 4004, RouteTargets: []string{"64512:8000001"}}},
 	})
-	s := newSpeaker(t, tp.local, bgp.PeerConfig{Address: tp.peer, ASN: asn})
+	// The speaker also listens (port 179 of the test's own namespace), so
+	// the restarted FRR can connect as soon as GoBGP's 5 s idle hold ends.
+	s, err := gobgp.New(bgp.Config{ASN: asn, RouterID: tp.local, ListenPort: 179, ListenAddress: []netip.Addr{tp.local},
+		Peers: []bgp.PeerConfig{{Address: tp.peer, ASN: asn}}}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 	startSpeaker(t, s, nil)
 	ctx := context.Background()
 	sub, err := s.Subscribe(ctx)
@@ -164,8 +171,8 @@ func TestGracefulRestartHelper(t *testing.T) {
 	// No restart this time: held until the restart time runs out.
 	frr.Kill()
 	killed := time.Now()
-	waitReceived(t, sub, key, true, 20*time.Second)
-	if held := time.Since(killed); held < 9*time.Second {
-		t.Errorf("route withdrawn %s after the kill, before FRR's 10 s restart time", held)
+	waitReceived(t, sub, key, true, 25*time.Second)
+	if held := time.Since(killed); held < 14*time.Second {
+		t.Errorf("route withdrawn %s after the kill, before FRR's 15 s restart time", held)
 	}
 }
