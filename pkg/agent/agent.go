@@ -1,0 +1,489 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// Options configures an Agent.
+type Options struct {
+	Config
+	// Controllers are the controllers' API addresses; the agent keeps a
+	// session to each and works while any one is up (or none: headless).
+	Controllers []string
+	// DialOptions for the controllers (credentials: TLS or insecure).
+	DialOptions []grpc.DialOption
+	// Applier programs the data plane (nil: nothing is programmed).
+	Applier Applier
+	// HostNetns is the namespace the host-side veths go to ("" = the plugin's).
+	HostNetns string
+	// CNISocket is the unix socket the plugin talks to ("" = no CNI server).
+	CNISocket string
+	// NamespaceNetworks maps a pod's namespace to a network when the plugin
+	// gives none (default: the network named like the namespace).
+	NamespaceNetworks map[string]string
+	KernelFeatures    []string
+	Version           string
+	// ResyncInterval re-reads the kernel and re-applies this often (0: never).
+	ResyncInterval time.Duration
+	// AttachWait bounds how long an attach waits for the data plane (default 5s).
+	AttachWait time.Duration
+}
+
+// Agent is the vrouter agent: core, data-plane loop, controller sessions and
+// CNI server.
+type Agent struct {
+	opts  Options
+	log   *slog.Logger
+	core  *Core
+	state *coreState
+	apply *applyLoop
+	ready chan struct{}
+
+	// leaseMu serialises block leases (concurrent ADDs needing a block
+	// share the one leased).
+	leaseMu sync.Mutex
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	clients map[string]clients // registered sessions
+	kicks   map[string]chan struct{}
+}
+
+// New loads the state directory and prepares the agent.
+func New(opts Options) (*Agent, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.AttachWait <= 0 {
+		opts.AttachWait = 5 * time.Second
+	}
+	core, st, err := NewCore(opts.Config)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{opts: opts, log: opts.Log, core: core, state: st, ready: make(chan struct{}),
+		clients: map[string]clients{}, kicks: map[string]chan struct{}{}}
+	if opts.Applier != nil {
+		a.apply = newApplyLoop(core, opts.Applier, opts.Log, opts.ResyncInterval)
+	}
+	return a, nil
+}
+
+// Core returns the agent's core.
+func (a *Agent) Core() *Core { return a.core }
+
+// Ready is closed once the agent serves (CNI socket listening).
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Run runs everything until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	coreDone := make(chan error, 1)
+	wg.Go(func() { coreDone <- a.core.Run(ctx, a.state) })
+	if a.apply != nil {
+		wg.Go(func() { a.apply.run(ctx) })
+	}
+	for _, addr := range a.opts.Controllers {
+		kick := make(chan struct{}, 1)
+		a.mu.Lock()
+		a.kicks[addr] = kick
+		a.mu.Unlock()
+		wg.Go(func() { a.runSession(ctx, addr, kick) })
+	}
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-a.core.EndpointsChanged():
+				a.mu.Lock()
+				for _, k := range a.kicks {
+					select {
+					case k <- struct{}{}:
+					default:
+					}
+				}
+				a.mu.Unlock()
+			}
+		}
+	})
+	srvErr := make(chan error, 1)
+	if a.opts.CNISocket != "" {
+		l, err := cni.Listen(a.opts.CNISocket)
+		if err != nil {
+			return err
+		}
+		srv := &cni.Server{Handler: a, Log: a.log}
+		wg.Go(func() { srvErr <- srv.Serve(ctx, l) })
+	}
+	close(a.ready)
+	a.log.Info("agent: running", "gateway", a.opts.Gateway, "underlay", a.opts.Underlay, "controllers", a.opts.Controllers, "cni_socket", a.opts.CNISocket)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-srvErr:
+		return err
+	case err := <-coreDone:
+		return err
+	}
+}
+
+// --- CNI server -----------------------------------------------------------
+
+// Handle serves one request of the CNI plugin.
+func (a *Agent) Handle(ctx context.Context, req *cni.Request) *cni.Response {
+	resp, err := a.handle(ctx, req)
+	if err != nil {
+		var ce *cni.Error
+		if !errors.As(err, &ce) {
+			ce = &cni.Error{Code: cni.CodeInternal, Msg: err.Error()}
+		}
+		a.log.Info("agent: cni request refused", "op", req.Op, "container", req.ContainerID, "if", req.IfName, "code", ce.Code, "err", ce.Error())
+		return &cni.Response{Error: ce}
+	}
+	return resp
+}
+
+func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, error) {
+	id := cni.EndpointID(req.ContainerID, req.IfName)
+	base := func() *cni.Response {
+		return &cni.Response{HostNetns: a.opts.HostNetns, Gateway: overlay.DefaultGatewayAddress}
+	}
+	switch req.Op {
+	case cni.OpAdd:
+		if req.Network == "" {
+			req.Network = req.PodNamespace
+			if n, ok := a.opts.NamespaceNetworks[req.PodNamespace]; ok {
+				req.Network = n
+			}
+		}
+		for range 8 {
+			ep, err := a.core.Add(ctx, req)
+			var nb *errNeedBlock
+			if errors.As(err, &nb) {
+				if err := a.leaseBlock(ctx, nb); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			r := base()
+			r.Endpoint = &ep
+			return r, nil
+		}
+		return nil, cni.Errorf(cni.CodeTryAgainLater, "network %s: could not get an address after leasing blocks", req.Network)
+	case cni.OpAttach:
+		ep, gen, err := a.core.Attach(ctx, id, req.MAC)
+		if err != nil {
+			return nil, err
+		}
+		r := base()
+		r.Endpoint = &ep
+		if a.apply != nil {
+			wctx, cancel := context.WithTimeout(ctx, a.opts.AttachWait)
+			if err := a.apply.wait(wctx, gen); err != nil {
+				r.Warning = fmt.Sprintf("data plane not fully programmed yet: %v", err)
+			}
+			cancel()
+		}
+		return r, nil
+	case cni.OpDel:
+		ep, ok, err := a.core.Del(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		r := base()
+		if ok {
+			r.Released = []cni.Endpoint{ep}
+		}
+		return r, nil
+	case cni.OpCheck:
+		ep, ok, err := a.core.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, cni.Errorf(cni.CodeUnknownContainer, "endpoint %s is not known to the vrouter agent", id)
+		}
+		r := base()
+		r.Endpoint = &ep
+		return r, nil
+	case cni.OpGC:
+		released, kept, err := a.core.GC(ctx, req.Valid)
+		if err != nil {
+			return nil, err
+		}
+		r := base()
+		r.Released, r.Kept = released, kept
+		return r, nil
+	case cni.OpStatus:
+		live, err := a.core.Live(ctx)
+		if err != nil {
+			return nil, cni.Errorf(cni.CodeNotAvailable, "the vrouter agent is stopping")
+		}
+		r := base()
+		if !live && len(a.opts.Controllers) > 0 {
+			r.Warning = "no controller reachable: pods are admitted from the address blocks this gateway leased"
+		}
+		return r, nil
+	}
+	return nil, cni.Errorf(cni.CodeDecodingFailure, "unknown operation %q", req.Op)
+}
+
+type clients struct {
+	agent v1.AgentServiceClient
+	net   v1.NetworkServiceClient
+}
+
+// ensureNetwork learns the network's address space from the controller.
+func (a *Agent) ensureNetwork(ctx context.Context, cl clients, network string) error {
+	if ok, err := a.core.networkKnown(ctx, network); err != nil || ok {
+		return err
+	}
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := cl.net.GetNetwork(gctx, &v1.NameRequest{Name: network})
+	if status.Code(err) == codes.NotFound {
+		return cni.Errorf(cni.CodeInvalidNetworkConf, "unknown network %q: create it on the controller (iotfabricctl network create) or fix \"network\" / the namespace mapping in the plugin configuration", network)
+	}
+	if err != nil {
+		return fmt.Errorf("network %s: %w", network, err)
+	}
+	info := NetInfo{BlockV4: int(n.GetIpv4BlockSize()), BlockV6: int(n.GetIpv6BlockSize())}
+	for _, sn := range n.GetSubnets() {
+		p, err := netip.ParsePrefix(sn)
+		if err != nil {
+			return fmt.Errorf("network %s: subnet %q: %w", network, sn, err)
+		}
+		info.Subnets = append(info.Subnets, p)
+	}
+	return a.core.SetNetwork(ctx, network, info)
+}
+
+// leaseBlock leases a block of nb's network from a registered controller,
+// after telling it every address this gateway uses in the network (so that it
+// hands out a new block rather than the one it believes has room).
+func (a *Agent) leaseBlock(ctx context.Context, nb *errNeedBlock) error {
+	a.leaseMu.Lock()
+	defer a.leaseMu.Unlock()
+	a.mu.Lock()
+	var cls []clients
+	for _, addr := range a.opts.Controllers {
+		if c, ok := a.clients[addr]; ok {
+			cls = append(cls, c)
+		}
+	}
+	a.mu.Unlock()
+	if len(cls) == 0 {
+		if nb.known {
+			return cni.Errorf(cni.CodeTryAgainLater, "network %s: every address of the blocks this gateway leased is in use and no controller is reachable to lease another; retry when the uplink is back", nb.network)
+		}
+		return cni.Errorf(cni.CodeTryAgainLater, "network %s is not known on this gateway yet and no controller is reachable to look it up; retry when the uplink is back", nb.network)
+	}
+	var lastErr error
+	for _, cl := range cls {
+		if err := a.ensureNetwork(ctx, cl, nb.network); err != nil {
+			var ce *cni.Error
+			if errors.As(err, &ce) {
+				return err
+			}
+			lastErr = err
+			continue
+		}
+		if !nb.known {
+			return nil // the pool exists now; the caller retries
+		}
+		b, err := a.core.report(ctx, 0, false, nb.network)
+		if err != nil {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = cl.agent.ReportEndpoints(rctx, &v1.ReportEndpointsRequest{Gateway: a.opts.Gateway, Endpoints: b.endpoints})
+		if err == nil {
+			var r *v1.LeaseBlockResponse
+			r, err = cl.agent.LeaseBlock(rctx, &v1.LeaseBlockRequest{Gateway: a.opts.Gateway, Network: nb.network, Family: uint32(nb.family)})
+			if err == nil {
+				var p netip.Prefix
+				if p, err = netip.ParsePrefix(r.GetBlock().GetPrefix()); err == nil {
+					cancel()
+					return a.core.AddBlocks(ctx, []Block{{Network: nb.network, Prefix: p}})
+				}
+			}
+		}
+		cancel()
+		lastErr = err
+	}
+	if status.Code(lastErr) == codes.ResourceExhausted {
+		return cni.Errorf(cni.CodeTryAgainLater, "network %s has no free IPv%d address block left: %v", nb.network, nb.family, status.Convert(lastErr).Message())
+	}
+	return cni.Errorf(cni.CodeTryAgainLater, "network %s: lease an address block: %v", nb.network, lastErr)
+}
+
+// --- controller sessions --------------------------------------------------
+
+func (a *Agent) setClient(addr string, c *clients) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c == nil {
+		delete(a.clients, addr)
+	} else {
+		a.clients[addr] = *c
+	}
+}
+
+func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{}) {
+	log := a.log.With("controller", addr)
+	conn, err := grpc.NewClient(addr, a.opts.DialOptions...)
+	if err != nil {
+		log.Error("agent: controller address", "err", err)
+		return
+	}
+	defer conn.Close()
+	cl := clients{agent: v1.NewAgentServiceClient(conn), net: v1.NewNetworkServiceClient(conn)}
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := a.sessionOnce(ctx, addr, cl, kick, log)
+		a.setClient(addr, nil)
+		a.core.sessionDown(context.WithoutCancel(ctx), addr)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		log.Warn("agent: controller session ended; retrying", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick chan struct{}, log *slog.Logger) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	gw := &v1.Gateway{Name: a.opts.Gateway, UnderlayAddress: a.opts.Underlay.String()}
+	for _, e := range a.opts.Encaps {
+		switch e {
+		case overlay.EncapMPLSoUDP:
+			gw.Encapsulations = append(gw.Encapsulations, v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP)
+		case overlay.EncapMPLSoGRE:
+			gw.Encapsulations = append(gw.Encapsulations, v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE)
+		}
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	reg, err := cl.agent.Register(rctx, &v1.RegisterRequest{Gateway: gw, KernelFeatures: a.opts.KernelFeatures,
+		Architecture: runtime.GOARCH, AgentVersion: a.opts.Version}, grpc.WaitForReady(false))
+	rcancel()
+	if err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
+	var blocks []Block
+	for _, b := range reg.GetBlocks() {
+		if err := a.ensureNetwork(ctx, cl, b.GetNetwork()); err != nil {
+			log.Warn("agent: network of a leased block", "network", b.GetNetwork(), "err", err)
+			continue
+		}
+		if p, err := netip.ParsePrefix(b.GetPrefix()); err == nil {
+			blocks = append(blocks, Block{Network: b.GetNetwork(), Prefix: p})
+		}
+	}
+	if err := a.core.AddBlocks(ctx, blocks); err != nil {
+		log.Warn("agent: blocks from the controller", "err", err)
+	}
+	rev, err := a.report(ctx, cl.agent, 0, true, log)
+	if err != nil {
+		return err
+	}
+	a.setClient(addr, &cl)
+	ctlID, from, err := a.core.resume(ctx, addr)
+	if err != nil {
+		return err
+	}
+	stream, err := cl.agent.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: a.opts.Gateway, FromRevision: from, ControllerId: ctlID})
+	if err != nil {
+		return fmt.Errorf("watch routes: %w", err)
+	}
+	log.Info("agent: controller session up", "blocks", len(blocks), "resume_from", from)
+	errc := make(chan error, 2)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				errc <- fmt.Errorf("route stream: %w", err)
+				return
+			}
+			if err := a.core.applyRoutes(ctx, addr, m); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-kick:
+			}
+			r, err := a.report(ctx, cl.agent, rev, false, log)
+			if err != nil {
+				errc <- err
+				return
+			}
+			rev = r
+		}
+	}()
+	return <-errc
+}
+
+// report sends the endpoint changes after rev and returns the revision sent.
+func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64, full bool, log *slog.Logger) (uint64, error) {
+	b, err := a.core.nextReport(ctx, rev, full)
+	if err != nil {
+		return rev, err
+	}
+	if !b.fullSync && len(b.endpoints) == 0 {
+		return b.rev, nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := cl.ReportEndpoints(rctx, &v1.ReportEndpointsRequest{Gateway: a.opts.Gateway, Endpoints: b.endpoints, FullSync: b.fullSync, OfflineLog: b.offline})
+	if err != nil {
+		return rev, fmt.Errorf("report endpoints: %w", err)
+	}
+	for _, r := range resp.GetResults() {
+		if r.GetError() != "" {
+			log.Warn("agent: controller refused an endpoint", "endpoint", r.GetId(), "reason", r.GetError())
+		}
+	}
+	if len(b.offline) > 0 {
+		a.core.offlineReported(ctx, len(b.offline))
+	}
+	log.Debug("agent: endpoints reported", "count", len(b.endpoints), "full_sync", b.fullSync, "offline_records", len(b.offline), "deleted", resp.GetDeleted())
+	return b.rev, nil
+}

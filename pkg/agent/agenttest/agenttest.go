@@ -1,0 +1,181 @@
+// Package agenttest has what the agent's and the CNI plugin's tests share: a
+// real controller (store, route table and AgentService, as cmd/controller
+// wires them) that can be stopped and started again on the same address,
+// network namespaces that clean up after themselves, and plugin builds.
+package agenttest
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/store/bolt"
+	"github.com/iotfabric/iotfabric/pkg/vpn"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// Controller is a controller serving the API and AgentService on a loopback
+// address, with its state in a bbolt file.
+type Controller struct {
+	t    testing.TB
+	dir  string
+	Addr string
+	opts []grpc.ServerOption
+	Log  *slog.Logger
+
+	mu   sync.Mutex
+	stop func()
+}
+
+// StartController starts a controller; it is stopped at the end of the test.
+func StartController(t testing.TB, opts ...grpc.ServerOption) *Controller {
+	c := &Controller{t: t, dir: t.TempDir(), Addr: "127.0.0.1:0", opts: opts, Log: slog.New(slog.DiscardHandler)}
+	c.Start()
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// Start starts the controller again (on the address it had).
+func (c *Controller) Start() {
+	t := c.t
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stop != nil {
+		return
+	}
+	st, err := bolt.Open(filepath.Join(c.dir, "state.db"), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ctl := controller.New(st, controller.Config{Logger: c.Log})
+	if _, err := ctl.LoadNetworks(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := vpn.NewRunner(st, nil, 64512, c.Log)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	<-r.Ready()
+	gs := grpc.NewServer(c.opts...)
+	controller.NewServer(ctl).Register(gs)
+	vpn.NewServer(r, nil).Register(gs)
+	controller.NewAgentServer(ctl, r).Attach(gs)
+	lis, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		cancel()
+		<-done
+		st.Close()
+		t.Fatal(err)
+	}
+	c.Addr = lis.Addr().String()
+	go gs.Serve(lis)
+	c.stop = func() {
+		gs.Stop()
+		cancel()
+		<-done
+		st.Close()
+	}
+}
+
+// Stop stops the controller (its streams and connections end).
+func (c *Controller) Stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stop != nil {
+		c.stop()
+		c.stop = nil
+	}
+}
+
+// Clients are the controller's API clients.
+type Clients struct {
+	Net   v1.NetworkServiceClient
+	EP    v1.EndpointServiceClient
+	GW    v1.GatewayServiceClient
+	Route v1.RouteServiceClient
+	Agent v1.AgentServiceClient
+}
+
+// Dial returns API clients (closed at the end of the test).
+func (c *Controller) Dial(opts ...grpc.DialOption) Clients {
+	if len(opts) == 0 {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	conn, err := grpc.NewClient(c.Addr, opts...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { conn.Close() })
+	return Clients{v1.NewNetworkServiceClient(conn), v1.NewEndpointServiceClient(conn), v1.NewGatewayServiceClient(conn),
+		v1.NewRouteServiceClient(conn), v1.NewAgentServiceClient(conn)}
+}
+
+// NewNS makes a network namespace (bind-mounted under /run/netns with a random
+// name) with its loopback up, removed at the end of the test.
+func NewNS(t testing.TB) ns.NetNS {
+	t.Helper()
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		n.Close()
+		testutils.UnmountNS(n)
+	})
+	err = n.Do(func(ns.NetNS) error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// RequireRoot skips t unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces)")
+	}
+}
+
+// BuildPlugin builds cmd/cni-plugin as dir/iotfabric and returns dir.
+func BuildPlugin(dir string) (string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goCmd); err != nil {
+		goCmd = "go"
+	}
+	cmd := exec.Command(goCmd, "build", "-o", filepath.Join(dir, "iotfabric"), "./cmd/cni-plugin")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", &buildError{err: err, out: string(out)}
+	}
+	return dir, nil
+}
+
+type buildError struct {
+	err error
+	out string
+}
+
+func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }

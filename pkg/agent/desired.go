@@ -1,0 +1,144 @@
+package agent
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// encapOf maps the API's encapsulations to the data plane's.
+func encapOf(e v1.Encapsulation) (overlay.Encap, bool) {
+	switch e {
+	case v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP:
+		return overlay.EncapMPLSoUDP, true
+	case v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE:
+		return overlay.EncapMPLSoGRE, true
+	}
+	return "", false
+}
+
+// effectiveRoutes is the route set in force: the union of the controllers
+// whose stream is live, or, while none is, the set last in force (nothing is
+// flushed while the gateway is headless).
+func effectiveRoutes(s *coreState) map[routeKey]*v1.Route {
+	live := false
+	out := map[routeKey]*v1.Route{}
+	for _, addr := range slices.Sorted(maps.Keys(s.sessions)) {
+		sr := s.sessions[addr]
+		if !sr.live {
+			continue
+		}
+		live = true
+		for k, r := range sr.routes {
+			if _, ok := out[k]; !ok {
+				out[k] = r
+			}
+		}
+	}
+	if !live {
+		return s.frozen
+	}
+	s.frozen = out
+	return out
+}
+
+// buildDesired is the whole desired data-plane state of the gateway: a table
+// per network with local endpoints or remote routes, the attached endpoints
+// (host-side veth, address, label), and the routes other gateways and edge
+// routers advertise (own routes skipped). It is a pure function of its input.
+func buildDesired(underlay netip.Addr, encaps []overlay.Encap, tables map[string]uint32, eps map[string]*Endpoint, routes map[routeKey]*v1.Route) overlay.State {
+	st := overlay.State{Underlay: underlay, EncapPriority: slices.Clone(encaps)}
+	nets := map[string]*overlay.Network{}
+	local := map[string]map[netip.Prefix]bool{}
+	netOf := func(name string) *overlay.Network {
+		if n, ok := nets[name]; ok {
+			return n
+		}
+		t, ok := tables[name]
+		if !ok {
+			return nil
+		}
+		n := &overlay.Network{Name: name, Table: t}
+		nets[name] = n
+		return n
+	}
+	for _, id := range slices.Sorted(maps.Keys(eps)) {
+		e := eps[id]
+		if !e.Attached || len(e.Addresses) == 0 {
+			continue
+		}
+		n := netOf(e.Network)
+		if n == nil {
+			continue
+		}
+		if local[e.Network] == nil {
+			local[e.Network] = map[netip.Prefix]bool{}
+		}
+		for _, a := range e.Addresses {
+			local[e.Network][netip.PrefixFrom(a, a.BitLen())] = true
+		}
+		// The data plane takes one address per endpoint interface: the IPv4
+		// one when there is one.
+		addr := e.Addresses[0]
+		for _, a := range e.Addresses {
+			if a.Is4() {
+				addr = a
+				break
+			}
+		}
+		n.Endpoints = append(n.Endpoints, overlay.Endpoint{Interface: e.HostIf, Address: addr, Label: e.Label})
+	}
+	type cand struct {
+		rd string
+		r  overlay.RemoteRoute
+	}
+	chosen := map[string]map[netip.Prefix]cand{}
+	for k, r := range routes {
+		pfx, err := netip.ParsePrefix(r.GetPrefix())
+		if err != nil || pfx != pfx.Masked() {
+			continue
+		}
+		nh, err := netip.ParseAddr(r.GetNextHop())
+		if err != nil || !nh.Is4() || nh == underlay {
+			continue // own routes and unusable next hops
+		}
+		if local[k.network][pfx] || r.GetLabel() < overlay.LabelFirst || r.GetLabel() > overlay.LabelLast {
+			continue
+		}
+		var es []overlay.Encap
+		for _, e := range r.GetEncapsulations() {
+			if oe, ok := encapOf(e); ok && !slices.Contains(es, oe) {
+				es = append(es, oe)
+			}
+		}
+		if len(es) == 0 {
+			es = slices.Clone(overlay.DefaultEncapPriority)
+		}
+		if chosen[k.network] == nil {
+			chosen[k.network] = map[netip.Prefix]cand{}
+		}
+		// One route per prefix: the lowest route distinguisher wins, so
+		// every gateway picks the same one.
+		if cur, ok := chosen[k.network][pfx]; ok && strings.Compare(cur.rd, k.rd) <= 0 {
+			continue
+		}
+		chosen[k.network][pfx] = cand{rd: k.rd, r: overlay.RemoteRoute{Prefix: pfx, Label: r.GetLabel(), Gateway: nh, Encaps: es}}
+	}
+	for network, byPfx := range chosen {
+		n := netOf(network)
+		if n == nil {
+			continue
+		}
+		for _, p := range slices.SortedFunc(maps.Keys(byPfx), func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) }) {
+			n.Routes = append(n.Routes, byPfx[p].r)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(nets)) {
+		st.Networks = append(st.Networks, *nets[name])
+	}
+	return st
+}
