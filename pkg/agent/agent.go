@@ -42,6 +42,12 @@ type Options struct {
 	ResyncInterval time.Duration
 	// AttachWait bounds how long an attach waits for the data plane (default 5s).
 	AttachWait time.Duration
+	// OnApply, if set, is called after every attempt to program the data
+	// plane with the state and the attempt's result (not on the core goroutine).
+	OnApply func(overlay.State, error)
+	// OnSession, if set, is called when the route stream of a controller
+	// becomes live (first message received) and when it ends.
+	OnSession func(controller string, live bool)
 }
 
 // Agent is the vrouter agent: core, data-plane loop, controller sessions and
@@ -80,6 +86,7 @@ func New(opts Options) (*Agent, error) {
 		clients: map[string]clients{}, kicks: map[string]chan struct{}{}}
 	if opts.Applier != nil {
 		a.apply = newApplyLoop(core, opts.Applier, opts.Log, opts.ResyncInterval)
+		a.apply.onApply = opts.OnApply
 	}
 	return a, nil
 }
@@ -367,6 +374,9 @@ func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{})
 		err := a.sessionOnce(ctx, addr, cl, kick, log)
 		a.setClient(addr, nil)
 		a.core.sessionDown(context.WithoutCancel(ctx), addr)
+		if a.opts.OnSession != nil {
+			a.opts.OnSession(addr, false)
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -431,6 +441,7 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	log.Info("agent: controller session up", "blocks", len(blocks), "resume_from", from)
 	errc := make(chan error, 2)
 	go func() {
+		first := true
 		for {
 			m, err := stream.Recv()
 			if err != nil {
@@ -441,6 +452,10 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 				errc <- err
 				return
 			}
+			if first && a.opts.OnSession != nil {
+				a.opts.OnSession(addr, true)
+			}
+			first = false
 		}
 	}()
 	go func() {

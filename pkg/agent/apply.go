@@ -27,6 +27,7 @@ type applyLoop struct {
 	applier Applier
 	log     *slog.Logger
 	resync  time.Duration
+	onApply func(overlay.State, error)
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -81,6 +82,9 @@ func (l *applyLoop) run(ctx context.Context) {
 		close(l.changed)
 		l.changed = make(chan struct{})
 		l.mu.Unlock()
+		if l.onApply != nil {
+			l.onApply(st, err)
+		}
 		retryC = nil
 		if err != nil {
 			l.log.Warn("agent: data plane not fully programmed; retrying", "reason", why, "retry_in", backoff, "err", err)
