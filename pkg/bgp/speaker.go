@@ -24,9 +24,9 @@ type Config struct {
 	GracefulRestart GracefulRestartConfig `json:"graceful_restart" yaml:"graceful_restart"`
 	// ConnectRetry is the time between connection attempts to a peer
 	// (default 5 s; GoBGP waits a random 1-2x this, and at least 5 s).
-	ConnectRetry Duration `json:"connect_retry,omitempty" yaml:"connect_retry,omitempty"`
+	ConnectRetry time.Duration `json:"connect_retry,omitempty" yaml:"connect_retry,omitempty"`
 	// HoldTime is the proposed hold time (default 90 s, keepalive a third of it).
-	HoldTime Duration `json:"hold_time,omitempty" yaml:"hold_time,omitempty"`
+	HoldTime time.Duration `json:"hold_time,omitempty" yaml:"hold_time,omitempty"`
 }
 
 // GracefulRestartConfig configures RFC 4724 graceful restart. It is on by
@@ -35,21 +35,21 @@ type Config struct {
 // the controller is down) and helper (it keeps a restarting peer's routes,
 // marked stale, for the peer's restart time).
 type GracefulRestartConfig struct {
-	Disabled    bool     `json:"disabled,omitempty" yaml:"disabled,omitempty"`
-	RestartTime Duration `json:"restart_time,omitempty" yaml:"restart_time,omitempty"` // default 120 s, at most 4095 s
+	Disabled    bool          `json:"disabled,omitempty" yaml:"disabled,omitempty"`
+	RestartTime time.Duration `json:"restart_time,omitempty" yaml:"restart_time,omitempty"` // default 120 s, at most 4095 s
 	// DeferralTime bounds how long a restarting speaker waits for its
 	// peers' End-of-RIB before it sends its routes (default 60 s).
-	DeferralTime Duration `json:"deferral_time,omitempty" yaml:"deferral_time,omitempty"`
+	DeferralTime time.Duration `json:"deferral_time,omitempty" yaml:"deferral_time,omitempty"`
 }
 
 // Defaults for the configuration.
 const (
 	DefaultPort            = 179
-	DefaultRestartTime     = Duration(120 * time.Second)
-	DefaultDeferralTime    = Duration(60 * time.Second)
-	DefaultConnectRetry    = Duration(5 * time.Second)
-	DefaultHoldTime        = Duration(90 * time.Second)
-	maxGracefulRestartTime = Duration(4095 * time.Second)
+	DefaultRestartTime     = 120 * time.Second
+	DefaultDeferralTime    = 60 * time.Second
+	DefaultConnectRetry    = 5 * time.Second
+	DefaultHoldTime        = 90 * time.Second
+	maxGracefulRestartTime = 4095 * time.Second
 )
 
 // PeerConfig is one BGP neighbour.
@@ -119,10 +119,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: cluster_id must be an IPv4 address, not %q", ErrInvalidConfig, c.ClusterID)
 	}
 	gr := c.GracefulRestart
-	if !gr.Disabled && (gr.RestartTime < Duration(time.Second) || gr.RestartTime > maxGracefulRestartTime) {
+	if !gr.Disabled && (gr.RestartTime < time.Second || gr.RestartTime > maxGracefulRestartTime) {
 		return fmt.Errorf("%w: graceful_restart.restart_time %s: want 1s..4095s", ErrInvalidConfig, gr.RestartTime)
 	}
-	if c.HoldTime != 0 && c.HoldTime < Duration(3*time.Second) {
+	if c.HoldTime != 0 && c.HoldTime < 3*time.Second {
 		return fmt.Errorf("%w: hold_time %s: want 0 or at least 3s", ErrInvalidConfig, c.HoldTime)
 	}
 	seen := map[netip.Addr]bool{}
@@ -135,29 +135,6 @@ func (c Config) Validate() error {
 		}
 		seen[p.Address] = true
 	}
-	return nil
-}
-
-// Duration is a time.Duration that reads and writes as text ("90s",
-// "2m") in configuration files, JSON and YAML alike.
-type Duration time.Duration
-
-// String formats like time.Duration.
-func (d Duration) String() string { return time.Duration(d).String() }
-
-// Seconds returns the duration in seconds.
-func (d Duration) Seconds() float64 { return time.Duration(d).Seconds() }
-
-// MarshalText implements encoding.TextMarshaler.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("%w: duration %q: %w", ErrInvalidConfig, b, err)
-	}
-	*d = Duration(v)
 	return nil
 }
 

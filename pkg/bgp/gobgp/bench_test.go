@@ -59,7 +59,7 @@ func TestBenchFRRvsBIRD(t *testing.T) {
 		Neighbors: []bgptest.FRRNeighbor{{Address: tp.local, ASN: asn}},
 	})
 	c := startChild(t, childSpec{
-		Config: bgp.Config{ASN: asn, RouterID: tp.local, ListenPort: -1, ConnectRetry: bgp.Duration(time.Second),
+		Config: bgp.Config{ASN: asn, RouterID: tp.local, ListenPort: -1, ConnectRetry: time.Second,
 			Peers: []bgp.PeerConfig{{Address: tp.peer, ASN: asn}}},
 		Generate: n,
 	})

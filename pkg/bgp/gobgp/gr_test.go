@@ -25,7 +25,7 @@ func TestGracefulRestartFRR(t *testing.T) {
 	})
 	routes := endpointRoutes(t, mustAddr("192.0.2.10"), 1001, "10.1.0.5", "fd00:1::5")
 	spec := childSpec{
-		Config: bgp.Config{ASN: asn, RouterID: tp.local, ListenPort: -1, ConnectRetry: bgp.Duration(time.Second),
+		Config: bgp.Config{ASN: asn, RouterID: tp.local, ListenPort: -1, ConnectRetry: time.Second,
 			Peers: []bgp.PeerConfig{{Address: tp.peer, ASN: asn, Password: "grpw"}}},
 		Routes: routes,
 	}

@@ -56,7 +56,7 @@ func newSpeaker(t *testing.T, routerID netip.Addr, peers ...bgp.PeerConfig) *gob
 	t.Helper()
 	s, err := gobgp.New(bgp.Config{
 		ASN: asn, RouterID: routerID, ListenPort: -1, Peers: peers,
-		ConnectRetry: bgp.Duration(time.Second),
+		ConnectRetry: time.Second,
 	}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)

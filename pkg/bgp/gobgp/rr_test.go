@@ -29,7 +29,7 @@ func TestRouteReflector(t *testing.T) {
 	})
 	cluster := netip.MustParseAddr("10.255.0.1")
 	s, err := gobgp.New(bgp.Config{
-		ASN: asn, RouterID: a.local, ListenPort: -1, ConnectRetry: bgp.Duration(time.Second),
+		ASN: asn, RouterID: a.local, ListenPort: -1, ConnectRetry: time.Second,
 		RouteReflector: true, ClusterID: cluster,
 		Peers: []bgp.PeerConfig{{Address: a.peer, ASN: asn}, {Address: b.peer, ASN: asn}},
 	}, testLogger(t))

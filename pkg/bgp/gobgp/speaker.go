@@ -251,7 +251,7 @@ func (s *Speaker) apiPeer(p bgp.PeerConfig, restarting bool) *api.Peer {
 	if port == 0 {
 		port = bgp.DefaultPort
 	}
-	hold := uint64(time.Duration(s.cfg.HoldTime) / time.Second)
+	hold := uint64(s.cfg.HoldTime / time.Second)
 	peer := &api.Peer{
 		Conf: &api.PeerConf{
 			NeighborAddress: p.Address.String(),
@@ -261,7 +261,7 @@ func (s *Speaker) apiPeer(p bgp.PeerConfig, restarting bool) *api.Peer {
 		},
 		Transport: &api.Transport{RemotePort: port},
 		Timers: &api.Timers{Config: &api.TimersConfig{
-			ConnectRetry:      uint64(time.Duration(s.cfg.ConnectRetry) / time.Second),
+			ConnectRetry:      uint64(s.cfg.ConnectRetry / time.Second),
 			HoldTime:          hold,
 			KeepaliveInterval: max(hold/3, 1),
 		}},
@@ -277,8 +277,8 @@ func (s *Speaker) apiPeer(p bgp.PeerConfig, restarting bool) *api.Peer {
 	if gr {
 		peer.GracefulRestart = &api.GracefulRestart{
 			Enabled:         true,
-			RestartTime:     uint32(time.Duration(s.cfg.GracefulRestart.RestartTime) / time.Second),
-			DeferralTime:    uint32(time.Duration(s.cfg.GracefulRestart.DeferralTime) / time.Second),
+			RestartTime:     uint32(s.cfg.GracefulRestart.RestartTime / time.Second),
+			DeferralTime:    uint32(s.cfg.GracefulRestart.DeferralTime / time.Second),
 			LocalRestarting: restarting,
 		}
 	}
