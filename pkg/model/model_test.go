@@ -61,3 +61,32 @@ func TestRouteTargetsAndLabels(t *testing.T) {
 		t.Error("MAC validation")
 	}
 }
+
+func FuzzParseEncaps(f *testing.F) {
+	for _, s := range []string{"mplsoudp", "mplsoudp,mplsogre", " VXLAN ,", "x", ",,", "mplsogre,mplsogre"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		es, err := ParseEncaps(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseEncaps(FormatEncaps(es))
+		if err != nil || FormatEncaps(again) != FormatEncaps(es) {
+			t.Fatalf("%q -> %v -> %v %v", s, es, again, err)
+		}
+	})
+}
+
+func FuzzValidateName(f *testing.F) {
+	for _, s := range []string{"a", "", "-x", "é", "gw.1_2-3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if ValidateName("network", s) == nil {
+			if s == "" || len(s) > 63 || strings.ContainsAny(s, " /\x00") {
+				t.Fatalf("%q accepted", s)
+			}
+		}
+	})
+}

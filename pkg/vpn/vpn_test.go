@@ -227,3 +227,19 @@ func TestRunnerFollowsTheStore(t *testing.T) {
 		t.Fatalf("speaker holds %d routes after a delete, want 100", sp.count())
 	}
 }
+
+func FuzzDecodePeer(f *testing.F) {
+	f.Add(EncodePeer(bgp.PeerConfig{Address: netip.MustParseAddr("10.0.0.1"), ASN: 64512, Password: "x"}))
+	f.Add([]byte(`{"address":"::1","asn":0}`))
+	f.Add([]byte(`{`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := DecodePeer(b)
+		if err != nil {
+			return
+		}
+		again, err := DecodePeer(EncodePeer(p))
+		if err != nil || again.Address != p.Address || again.ASN != p.ASN || again.Password != p.Password {
+			t.Fatalf("round trip %+v -> %+v %v", p, again, err)
+		}
+	})
+}
