@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -356,12 +357,6 @@ func TestTransitions(t *testing.T) {
 	}
 }
 
-func sortLines(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
-}
+func sortLines(s []string) { slices.Sort(s) }
 
 var _ = fmt.Sprint

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -210,16 +211,8 @@ func (n *NS) Dump(t testing.TB) string {
 			}
 		}
 	}
-	sortStrings(lines)
+	slices.Sort(lines)
 	return strings.Join(lines, "\n")
-}
-
-func sortStrings(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // Dial connects over TCP from inside the namespace and returns an error if the
