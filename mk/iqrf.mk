@@ -12,6 +12,6 @@ test-iqrf: ## IQRF: every collector test (simulated coordinator on a pty, real c
 	$(GO) test -count=1 ./pkg/iqrf/... ./cmd/iqrf-collector/...
 
 fuzz-iqrf: ## IQRF: run each decoder's fuzzer for IQRF_FUZZTIME (default 30s); new corpus entries land in the build cache
-	@set -e; for t in dpa:FuzzDecode uart:FuzzDeframer sensor:FuzzReadWithTypes sensor:FuzzFRC spi:FuzzParseRead cdc:FuzzParser; do \
+	@set -e; for t in dpa:FuzzDecode uart:FuzzDeframer sensor:FuzzReadWithTypes sensor:FuzzFRC spi:FuzzParseRead cdc:FuzzParser mqtt:FuzzHandleRequest collector:FuzzDecodeRecord; do \
 	  pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$pkg $$fn"; \
 	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(IQRF_FUZZTIME) ./pkg/iqrf/$$pkg/; done

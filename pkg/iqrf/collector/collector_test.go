@@ -312,3 +312,17 @@ func TestRecordRoundTrip(t *testing.T) {
 		t.Fatalf("short record: %v", err)
 	}
 }
+
+func FuzzDecodeRecord(f *testing.F) {
+	f.Add(Reading{Node: 1, Index: 2, Type: 1, Metric: "temperature", Value: 21.625, Time: time.Unix(1, 2)}.AppendRecord(nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeRecord(b)
+		if err != nil {
+			return
+		}
+		again, err := DecodeRecord(r.AppendRecord(nil))
+		if err != nil || again.Metric != r.Metric || again.Node != r.Node || !again.Time.Equal(r.Time) {
+			t.Fatalf("round trip: %+v %+v %v", r, again, err)
+		}
+	})
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/iqrf/collector"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/coord"
+	"github.com/iotfabric/iotfabric/pkg/iqrf/dpa"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/iqrftest"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/queue"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/uart"
@@ -191,4 +192,40 @@ func TestReadingsAndJSONAPIThroughMosquitto(t *testing.T) {
 	if stats.Published.Load() == 0 {
 		t.Error("nothing counted as published")
 	}
+}
+
+// fakeDoer answers every request with a fixed response, for the fuzzer.
+type fakeDoer struct{ resp []byte }
+
+func (d fakeDoer) Do(_ context.Context, req dpa.Frame, _ time.Duration) (*coord.Result, error) {
+	res := &coord.Result{Request: req.Append(nil), Response: d.resp, RequestTime: time.Now(), ResponseTime: time.Now()}
+	if err := res.Frame.Decode(d.resp); err != nil {
+		return nil, err
+	}
+	if res.Frame.ErrN != 0 {
+		return res, res.Frame.ErrN
+	}
+	return res, nil
+}
+
+func FuzzHandleRequest(f *testing.F) {
+	f.Add([]byte(`{"mType":"iqrfSensor_ReadSensorsWithTypes","data":{"msgId":"a","req":{"nAdr":1,"param":{"sensorIndexes":[0,1]}},"returnVerbose":true}}`),
+		[]byte{0x01, 0x00, 0x5e, 0x81, 0x02, 0x14, 0x00, 0x51, 0x01, 0xc8, 0x01, 0x02, 0x87, 0x09})
+	f.Add([]byte(`{"mType":"iqrfSensor_Enumerate","data":{"msgId":"b","req":{"nAdr":1}}}`),
+		[]byte{0x01, 0x00, 0x5e, 0xbe, 0x02, 0x00, 0x00, 0x48, 0x01, 0x01, 0x81, 0x81})
+	f.Add([]byte(`{"mType":"iqrfSensor_ReadSensorsWithTypes","data":{"msgId":"c","req":{"nAdr":1,"param":{"sensorIndexes":-1}}}}`),
+		[]byte{0x01, 0x00, 0x5e, 0x81, 0xff, 0xff, 0x08, 0x00})
+	f.Fuzz(func(t *testing.T, body, resp []byte) {
+		out := HandleRequest(context.Background(), fakeDoer{resp}, body)
+		if out == nil {
+			return
+		}
+		var r Response
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("invalid JSON response %q: %v", out, err)
+		}
+		if r.Data.Status == 0 && (r.Data.Rsp == nil || r.Data.StatusStr != "ok") {
+			t.Fatalf("ok without a response: %s", out)
+		}
+	})
 }
