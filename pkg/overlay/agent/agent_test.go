@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -51,7 +52,25 @@ networks:
 const stateV2 = `{"underlay": "192.0.2.1", "networks": [{"name": "red", "table": 7001,
  "routes": [{"prefix": "10.1.0.2/32", "label": 1002, "gateway": "192.0.2.2", "encaps": ["mpls-udp", "mpls-gre"]}]}]}`
 
+// checkNoLeak fails the test if goroutines started during it are still running
+// shortly after it ends.
+func checkNoLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<16)
+				t.Errorf("goroutines leaked: %d running, %d before\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
 func TestFileSourceAppliesAndFollowsChanges(t *testing.T) {
+	checkNoLeak(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "state.yaml")
 	if err := os.WriteFile(path, []byte(stateV1), 0o644); err != nil {
