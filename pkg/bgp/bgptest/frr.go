@@ -337,6 +337,45 @@ func (f *FRR) WaitEstablished(ctx context.Context, peer netip.Addr, timeout time
 	})
 }
 
+// FRRGracefulRestart is FRR's view of a neighbour's graceful-restart
+// capability (from `show bgp neighbors <addr> json`).
+type FRRGracefulRestart struct {
+	RemoteMode string          // "Restart", "Helper", ...
+	RBit       bool            // Restart State bit of the neighbour's last OPEN
+	FBit       map[string]bool // per address family ("ipv4Vpn"): Forwarding State bit
+}
+
+// GracefulRestart returns FRR's view of peer's graceful-restart capability.
+func (f *FRR) GracefulRestart(ctx context.Context, peer netip.Addr) (FRRGracefulRestart, error) {
+	var nbrs map[string]struct {
+		GR map[string]json.RawMessage `json:"gracefulRestartInfo"`
+	}
+	if err := f.vtyshJSON(ctx, "show bgp neighbors "+peer.String()+" json", &nbrs); err != nil {
+		return FRRGracefulRestart{}, err
+	}
+	n, ok := nbrs[peer.String()]
+	if !ok {
+		return FRRGracefulRestart{}, fmt.Errorf("FRR has no neighbour %s", peer)
+	}
+	out := FRRGracefulRestart{FBit: map[string]bool{}}
+	for k, v := range n.GR {
+		switch k {
+		case "remoteGrMode":
+			json.Unmarshal(v, &out.RemoteMode)
+		case "rBit":
+			json.Unmarshal(v, &out.RBit)
+		default:
+			var af struct {
+				FBit *bool `json:"fBit"`
+			}
+			if json.Unmarshal(v, &af) == nil && af.FBit != nil {
+				out.FBit[k] = *af.FBit
+			}
+		}
+	}
+	return out, nil
+}
+
 // FRRPath is one path of a VPN route as FRR shows it.
 type FRRPath struct {
 	RD           string

@@ -30,6 +30,9 @@ type childSpec struct {
 	Routes []bgp.Route
 	// Generate adds n generated /32 routes after start (benchmark).
 	Generate int
+	// AddPeersAfterStart starts without peers and adds Config.Peers with
+	// AddPeer, as the controller does with peers from its store.
+	AddPeersAfterStart bool
 }
 
 // speakerChild runs a speaker until stdin closes or it is killed. It
@@ -42,7 +45,11 @@ func speakerChild() int {
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	s, err := gobgp.New(spec.Config, logger)
+	cfg := spec.Config
+	if spec.AddPeersAfterStart {
+		cfg.Peers = nil
+	}
+	s, err := gobgp.New(cfg, logger)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -51,6 +58,14 @@ func speakerChild() int {
 	if err := s.Start(ctx, spec.Routes); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if spec.AddPeersAfterStart {
+		for _, p := range spec.Config.Peers {
+			if err := s.AddPeer(ctx, p); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
+		}
 	}
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)

@@ -15,9 +15,16 @@ import (
 
 // TestGracefulRestartFRR: the speaker process is SIGKILLed; FRR keeps its
 // routes marked stale; a new speaker process comes up with the same routes
-// and FRR refreshes them, with no withdrawal in between.
+// and FRR refreshes them, with no withdrawal in between. Peers from the
+// configuration, and peers added after Start (as the controller adds the
+// peers of its store).
 func TestGracefulRestartFRR(t *testing.T) {
 	bgptest.RequireRoot(t)
+	t.Run("config", func(t *testing.T) { testGracefulRestartFRR(t, false) })
+	t.Run("addpeer", func(t *testing.T) { testGracefulRestartFRR(t, true) })
+}
+
+func testGracefulRestartFRR(t *testing.T, addPeers bool) {
 	tp := link(t)
 	frr := bgptest.StartFRR(t, tp.peerNS, bgptest.FRRConfig{
 		ASN: asn, RouterID: tp.peer, DebugUpdates: true,
@@ -27,7 +34,8 @@ func TestGracefulRestartFRR(t *testing.T) {
 	spec := childSpec{
 		Config: bgp.Config{ASN: asn, RouterID: tp.local, ListenPort: -1, ConnectRetry: time.Second,
 			Peers: []bgp.PeerConfig{{Address: tp.peer, ASN: asn, Password: "grpw"}}},
-		Routes: routes,
+		Routes:             routes,
+		AddPeersAfterStart: addPeers,
 	}
 	ctx := context.Background()
 	route := func(ctx context.Context) (bgptest.FRRPath, error) {
@@ -88,6 +96,15 @@ func TestGracefulRestartFRR(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The new session announced the Forwarding bit for VPNv4 (without it
+	// FRR flushes the stale routes at the OPEN, before our UPDATEs).
+	gr, err := frr.GracefulRestart(ctx, tp.local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !gr.RBit || !gr.FBit["ipv4Vpn"] || !gr.FBit["ipv6Vpn"] {
+		t.Errorf("FRR saw %+v: want R bit and F bit for ipv4Vpn and ipv6Vpn", gr)
 	}
 	if n, err := frr.Prefixes(ctx, "ipv6 vpn", tp.local); err != nil || n != 1 {
 		t.Errorf("FRR holds %d VPNv6 prefixes (%v), want 1", n, err)

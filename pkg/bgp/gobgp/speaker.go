@@ -231,7 +231,11 @@ func (s *Speaker) AddPeer(ctx context.Context, p bgp.PeerConfig) error {
 	if err := s.runningLocked(); err != nil {
 		return err
 	}
-	return s.addPeerLocked(ctx, p, false)
+	// Also a peer added after Start announces the Restart and Forwarding
+	// bits: the controller may have restarted with this peer in its store,
+	// and without the Forwarding bit the peer would flush the routes it
+	// kept for us before we send them again.
+	return s.addPeerLocked(ctx, p, !s.cfg.GracefulRestart.Disabled)
 }
 
 func (s *Speaker) addPeerLocked(ctx context.Context, p bgp.PeerConfig, restarting bool) error {
