@@ -31,7 +31,7 @@ func (f HandlerFunc) Handle(ctx context.Context, req *Request) *Response { retur
 // bound under a temporary name, restricted, then renamed into place, so it is
 // never reachable with looser permissions. A stale socket at path is replaced;
 // any other kind of file there is an error.
-func Listen(path string) (*net.UnixListener, error) {
+func Listen(path string) (*Listener, error) {
 	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != fs.ModeSocket {
 		return nil, fmt.Errorf("cni socket %s: exists and is not a socket", path)
 	}
@@ -55,7 +55,13 @@ func Listen(path string) (*net.UnixListener, error) {
 		os.Remove(tmp)
 		return nil, fmt.Errorf("cni socket: %w", err)
 	}
-	return l, nil
+	return &Listener{UnixListener: l, Path: path}, nil
+}
+
+// Listener is the agent's socket and its path.
+type Listener struct {
+	*net.UnixListener
+	Path string
 }
 
 // Server serves Handler on a unix listener.
@@ -68,7 +74,7 @@ type Server struct {
 
 // Serve accepts connections until ctx ends, then closes l, waits for the
 // requests in flight and returns nil. The socket file is removed.
-func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
+func (s *Server) Serve(ctx context.Context, l *Listener) error {
 	log := s.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -77,7 +83,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	path := l.Addr().String()
+	path := l.Path
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	var wg sync.WaitGroup
