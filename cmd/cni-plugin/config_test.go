@@ -52,8 +52,8 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	for in, code := range map[string]uint{
 		`{"name":"n"}`: types.ErrInvalidNetworkConfig,
-		`{"cniVersion":"1.1.0","network":"bad name"}`: types.ErrInvalidNetworkConfig,
-		`{"cniVersion":"1.1.0","timeoutSeconds":9999}`: types.ErrInvalidNetworkConfig,
+		`{"cniVersion":"1.1.0","network":"bad name"}`:            types.ErrInvalidNetworkConfig,
+		`{"cniVersion":"1.1.0","timeoutSeconds":9999}`:           types.ErrInvalidNetworkConfig,
 		`{"cniVersion":"1.1.0","prevResult":{"cniVersion":"9"}}`: types.ErrDecodingFailure,
 		`nope`: types.ErrDecodingFailure,
 	} {
