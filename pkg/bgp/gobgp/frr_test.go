@@ -60,6 +60,23 @@ func TestFRRAnnounceWithdraw(t *testing.T) {
 		}
 	}
 
+	// Announcing the same RD and prefix again replaces the route.
+	moved := routes[0]
+	moved.Label = 1002
+	if err := s.Announce(ctx, []bgp.Route{moved}); err != nil {
+		t.Fatal(err)
+	}
+	err := bgptest.Eventually(ctx, 10*time.Second, 50*time.Millisecond, func(ctx context.Context) error {
+		ps, err := frr.VPNRoute(ctx, "ipv4", "192.0.2.10:1", "10.1.0.5/32")
+		if err == nil && (len(ps) != 1 || ps[0].Label != 1002) {
+			err = fmt.Errorf("FRR has %+v, want one path with label 1002", ps)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	if err := s.Withdraw(ctx, []bgp.RouteKey{routes[0].Key(), routes[1].Key()}); err != nil {
 		t.Fatal(err)
 	}
