@@ -237,8 +237,11 @@ func Connect(t testing.TB, a, b *Netns, addrA, addrB netip.Prefix) *Link {
 }
 
 func connect(a, b *Netns, addrA, addrB netip.Prefix) (*Link, error) {
+	// Unique across processes too: tests of several packages may add links
+	// to the same (host) namespace at the same time.
 	n := seq.Add(1)
-	nameA, nameB := fmt.Sprintf("ifa%d", n), fmt.Sprintf("ifz%d", n)
+	pid := os.Getpid() % 100000
+	nameA, nameB := fmt.Sprintf("ifa%d.%d", pid, n), fmt.Sprintf("ifz%d.%d", pid, n)
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nameA}, PeerName: nameB}
 	if err := a.handle.LinkAdd(veth); err != nil {
 		return nil, fmt.Errorf("add veth %s: %w", nameA, err)
