@@ -181,9 +181,13 @@ func (c *Carbon) Fetch(metric string, from, until int64) (map[int64]float64, err
 	return points, nil
 }
 
-// Mosquitto is a mosquitto broker of its own on a loopback port.
+// Mosquitto is a mosquitto broker of its own on a loopback port, with
+// persistence in a temporary directory (sessions survive a restart).
 type Mosquitto struct {
 	Port int
+	bin  string
+	dir  string
+	t    testing.TB
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -201,38 +205,57 @@ func StartMosquitto(t testing.TB) *Mosquitto {
 		}
 		bin = "/usr/sbin/mosquitto"
 	}
-	dir := t.TempDir()
-	m := &Mosquitto{Port: FreePort(t)}
-	conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stdout\n", m.Port)
-	cf := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+	m := &Mosquitto{Port: FreePort(t), bin: bin, dir: t.TempDir(), t: t}
+	user := ""
+	if os.Geteuid() == 0 {
+		// Keep root so the broker can write its state in the test's directory.
+		user = "user root\n"
+	}
+	conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\n%slog_dest stdout\n", m.Port, m.dir, user)
+	if err := os.WriteFile(filepath.Join(m.dir, "mosquitto.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "mosquitto.log"))
+	m.Start()
+	t.Cleanup(m.Stop)
+	return m
+}
+
+// Start starts the broker (again) on the same port.
+func (m *Mosquitto) Start() {
+	m.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(m.dir, "mosquitto.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		m.t.Fatal(err)
 	}
 	defer logf.Close()
-	m.cmd = exec.Command(bin, "-c", cf)
+	m.cmd = exec.Command(m.bin, "-c", filepath.Join(m.dir, "mosquitto.conf"))
 	m.cmd.Stdout, m.cmd.Stderr = logf, logf
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := m.cmd.Start(); err != nil {
-		t.Fatal(err)
+		m.t.Fatal(err)
 	}
-	m.done = make(chan struct{})
-	go func() { m.cmd.Wait(); close(m.done) }()
-	t.Cleanup(func() {
-		m.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-m.done:
-		case <-time.After(10 * time.Second):
-			m.cmd.Process.Kill()
-			<-m.done
-		}
-	})
+	done := make(chan struct{})
+	m.done = done
+	cmd := m.cmd
+	go func() { cmd.Wait(); close(done) }()
 	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", m.Port), m.done, 15*time.Second); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "mosquitto.log"))
-		t.Fatalf("mosquitto: %v\n%s", err, log)
+		log, _ := os.ReadFile(filepath.Join(m.dir, "mosquitto.log"))
+		m.Stop()
+		m.t.Fatalf("mosquitto: %v\n%s", err, log)
 	}
-	return m
+}
+
+// Stop stops the broker (SIGTERM: it saves its state) and waits for it.
+func (m *Mosquitto) Stop() {
+	if m.cmd == nil {
+		return
+	}
+	m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		m.cmd.Process.Kill()
+		<-m.done
+	}
+	m.cmd = nil
 }

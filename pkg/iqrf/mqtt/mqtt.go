@@ -117,6 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log := cfg.Logger
 	api := make(chan paho.Message, 16)
+	connected := make(chan struct{}, 1)
 	opts := paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(cfg.ClientID).
 		SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(500 * time.Millisecond).SetMaxReconnectInterval(5 * time.Second).
@@ -124,6 +125,10 @@ func Run(ctx context.Context, cfg Config) error {
 		SetOnConnectHandler(func(c paho.Client) {
 			cfg.Stats.Connected.Store(true)
 			log.Info("connected to the MQTT broker", "broker", cfg.Broker)
+			select {
+			case connected <- struct{}{}:
+			default:
+			}
 			if cfg.Doer == nil {
 				return
 			}
@@ -167,15 +172,29 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	defer func() { <-apiDone }()
-	publish(ctx, client, &cfg)
+	publish(ctx, client, connected, &cfg)
 	return nil
 }
 
 // publish delivers the queue: a batch is acknowledged in the queue only
 // when the broker acknowledged every message of it.
-func publish(ctx context.Context, client paho.Client, cfg *Config) {
+func publish(ctx context.Context, client paho.Client, connected <-chan struct{}, cfg *Config) {
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
+		// Publish only on an open connection: messages handed to the client
+		// while it is disconnected would wait in its memory store, which a
+		// clean-session reconnect empties.
+		for !client.IsConnectionOpen() {
+			t := time.NewTimer(time.Second)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-connected:
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		recs, first, err := cfg.Reader.Next(ctx, cfg.Batch)
 		if err != nil {
 			return

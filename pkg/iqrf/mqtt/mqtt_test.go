@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -228,4 +229,91 @@ func FuzzHandleRequest(f *testing.F) {
 			t.Fatalf("ok without a response: %s", out)
 		}
 	})
+}
+
+func TestBrokerOutageLosesNothing(t *testing.T) {
+	broker := iqrftest.StartMosquitto(t)
+	q, err := queue.Open(t.TempDir(), queue.Options{}, "mqtt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	// A subscriber with a persistent session: the broker keeps its
+	// subscription and queues for it across the restart.
+	var mu sync.Mutex
+	got := map[float64]int64{}
+	sub := paho.NewClient(paho.NewClientOptions().AddBroker(broker.URL()).SetClientID("outage-sub").
+		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(200 * time.Millisecond).
+		SetMaxReconnectInterval(500 * time.Millisecond))
+	if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer sub.Disconnect(100)
+	if tok := sub.Subscribe("out/#", 1, func(_ paho.Client, m paho.Message) {
+		var rm ReadingMessage
+		if json.Unmarshal(m.Payload(), &rm) == nil {
+			mu.Lock()
+			got[rm.Value] = rm.UnixTime
+			mu.Unlock()
+		}
+	}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	stats := &Stats{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Run(ctx, Config{Broker: broker.URL(), ClientID: "outage-pub", TopicPrefix: "out", Reader: q.Reader("mqtt"), Logger: logger(), Stats: stats})
+	}()
+	defer func() { cancel(); <-done }()
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	add := func(i int) {
+		r := collector.Reading{Node: 4, Type: 1, Metric: "temperature", Value: float64(i), Time: base.Add(time.Duration(i) * time.Second)}
+		if err := q.Append(r.AppendRecord(nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAll := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			mu.Lock()
+			ok := 0
+			for i := range n {
+				if ts, present := got[float64(i)]; present && ts == base.Unix()+int64(i) {
+					ok++
+				}
+			}
+			mu.Unlock()
+			if ok == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d readings arrived", ok, n)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for i := range 10 {
+		add(i)
+	}
+	waitAll(10)
+	broker.Stop()
+	for i := 10; i < 30; i++ {
+		add(i)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for stats.Errors.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the publisher did not notice the broker was gone")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // a stretch of outage
+	if p := q.Reader("mqtt").Pending(); p != 20 {
+		t.Errorf("%d readings pending during the outage, want 20", p)
+	}
+	broker.Start()
+	waitAll(30)
 }
