@@ -156,8 +156,9 @@ func TestPollReadReferenceVectors(t *testing.T) {
 		t.Errorf("nodes %+v", n)
 	}
 	m := r.col.Metrics()
-	if m.NoValue.Load() == 0 || m.Link.FrameErrors.Load() != 0 || m.PollErrors.Load() != 0 {
-		t.Errorf("novalue %d frame errors %d poll errors %d", m.NoValue.Load(), m.Link.FrameErrors.Load(), m.PollErrors.Load())
+	// Node 1's binary data30 at index 4 is "not available" in every round.
+	if m.NoValue.Load() == 0 || m.Link.FrameErrors.Load() != 0 {
+		t.Errorf("novalue %d frame errors %d", m.NoValue.Load(), m.Link.FrameErrors.Load())
 	}
 }
 
