@@ -111,3 +111,63 @@ func FuzzRouteFromWire(f *testing.F) {
 		}
 	})
 }
+
+// TestApplyReceived: the received-route table turns Adj-RIB-In changes into
+// events: a new route, an unchanged one (stale marking, refresh) gives
+// nothing, a changed one an update, a withdrawal removes it once, and paths
+// without a peer are ignored.
+func TestApplyReceived(t *testing.T) {
+	s, err := New(bgp.Config{ASN: 64512, RouterID: netip.MustParseAddr("10.0.0.1")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sampleRoutes()[0]
+	path := func(r bgp.Route, peer string, withdraw bool) *api.Path {
+		p, err := attrCache{}.apiPath(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.NeighborIp, p.IsWithdraw = peer, withdraw
+		return p
+	}
+	changed := r
+	changed.Label = 2000
+	steps := []struct {
+		p    *api.Path
+		want string // "" none, "add", "del"
+	}{
+		{path(r, "10.0.0.2", false), "add"},
+		{path(r, "10.0.0.2", false), ""},
+		{path(changed, "10.0.0.2", false), "add"},
+		{path(r, "10.0.0.3", false), "add"}, // same RD:prefix from another peer
+		{path(r, "10.0.0.2", true), "del"},
+		{path(r, "10.0.0.2", true), ""},
+		{path(r, "<nil>", false), ""},
+		{path(r, "", false), ""},
+		{&api.Path{Family: &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}, NeighborIp: "10.0.0.2"}, ""},
+		{&api.Path{Family: familyVPNv4, NeighborIp: "10.0.0.2", NlriBinary: []byte{1, 2, 3}}, ""},
+	}
+	for i, st := range steps {
+		evs := s.applyLocked(st.p, nil)
+		got := ""
+		if len(evs) == 1 {
+			got = "add"
+			if evs[0].Withdraw {
+				got = "del"
+			}
+		} else if len(evs) > 1 {
+			got = "many"
+		}
+		if got != st.want {
+			t.Errorf("step %d: events %v, want %q", i, evs, st.want)
+		}
+	}
+	if len(s.received) != 1 {
+		t.Errorf("table holds %d routes, want 1 (peer 10.0.0.3's)", len(s.received))
+	}
+	for k, got := range s.received {
+		if k.peer != netip.MustParseAddr("10.0.0.3") || !got.Equal(r) {
+			t.Errorf("table holds %v from %s", got, k.peer)
+		}
+	}
+}
