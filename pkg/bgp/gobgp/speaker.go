@@ -5,7 +5,8 @@
 // Routes are fed to GoBGP in batches through its AddPathStream call (wire
 // encoded NLRI and attributes, one management operation per batch), over a
 // private unix socket. Received routes and session changes come from one
-// WatchEvent subscription whose callback only queues and signals; a
+// WatchEvent subscription (post-policy Adj-RIB-In and peer state, so our
+// own routes cost nothing there) whose callback only queues and signals; a
 // dispatcher goroutine decodes them and keeps the table of received routes
 // that subscriptions are served from. ListPath is never used, and ListPeer
 // only by ListPeers (an operator's call, not the update path).
@@ -32,7 +33,7 @@ import (
 )
 
 // batchSize is the number of paths per AddPathStream message: one GoBGP
-// management operation, and UPDATEs packed from it.
+// management operation (GoBGP v3 still sends one UPDATE per VPN path).
 const batchSize = 500
 
 // Speaker is a bgp.Speaker backed by an embedded GoBGP server.
