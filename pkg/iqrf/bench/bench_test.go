@@ -131,12 +131,13 @@ func TestBenchDecode(t *testing.T) {
 		}
 	})
 	n := len(fs)
-	fmt.Printf("BENCH iqrf dpa-decode: %.1f M frames/s on one core (%d allocs/op), goal >= 5 M\n",
-		rate(ours, n)/1e6, ours.AllocsPerOp())
-	fmt.Printf("BENCH iqrf dpa-decode peer (encoding/binary.Read + PData copy): %.1f M frames/s (%d allocs/op); ratio ours/peer %.1fx\n",
-		rate(peer, n)/1e6, peer.AllocsPerOp(), rate(ours, n)/rate(peer, n))
-	fmt.Printf("BENCH iqrf uart-deframe+crc+decode: %.1f M frames/s (%.0f MB/s of wire bytes, %d allocs/op)\n",
-		rate(withUART, n)/1e6, float64(withUART.N*len(wire))/withUART.T.Seconds()/1e6, withUART.AllocsPerOp())
+	perFrame := func(r testing.BenchmarkResult) float64 { return float64(r.AllocsPerOp()) / float64(n) }
+	fmt.Printf("BENCH iqrf dpa-decode: %.1f M frames/s on one core (%.0f allocs/frame), goal >= 5 M\n",
+		rate(ours, n)/1e6, perFrame(ours))
+	fmt.Printf("BENCH iqrf dpa-decode peer (encoding/binary.Read + PData copy): %.1f M frames/s (%.0f allocs/frame); ratio ours/peer %.1fx\n",
+		rate(peer, n)/1e6, perFrame(peer), rate(ours, n)/rate(peer, n))
+	fmt.Printf("BENCH iqrf uart-deframe+crc+decode: %.1f M frames/s (%.0f MB/s of wire bytes, %.0f allocs/frame)\n",
+		rate(withUART, n)/1e6, float64(withUART.N*len(wire))/withUART.T.Seconds()/1e6, perFrame(withUART))
 	if rate(ours, n) < 5e6 {
 		t.Errorf("decode rate %.1f M frames/s, below the 5 M goal", rate(ours, n)/1e6)
 	}
