@@ -3,7 +3,10 @@ package cdc
 import (
 	"bytes"
 	"errors"
+	"io"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/iotfabric/iotfabric/pkg/iqrf/dpa"
 )
@@ -89,4 +92,56 @@ func FuzzParser(f *testing.F) {
 			}
 		}
 	})
+}
+
+// fakeModule answers ">DS" with the replies given, in order, and records
+// what it was sent.
+type fakeModule struct {
+	mu      sync.Mutex
+	replies []string
+	sent    int
+	toHost  *io.PipeWriter
+	fromDev *io.PipeReader
+}
+
+func (m *fakeModule) Read(p []byte) (int, error) { return m.fromDev.Read(p) }
+func (m *fakeModule) Write(p []byte) (int, error) {
+	m.mu.Lock()
+	reply := "<DS:OK\r"
+	if m.sent < len(m.replies) {
+		reply = m.replies[m.sent]
+	}
+	m.sent++
+	m.mu.Unlock()
+	go m.toHost.Write([]byte(reply))
+	return len(p), nil
+}
+func (m *fakeModule) Close() error { m.toHost.Close(); return nil }
+
+func TestWriteFrameResendsWhileBusy(t *testing.T) {
+	r, w := io.Pipe()
+	dev := &fakeModule{replies: []string{"<DS:BUSY\r", "<DS:BUSY\r", "<DS:OK\r", "<DS:ERR\r"}, toHost: w, fromDev: r}
+	l := NewLink(dev)
+	l.ReplyTimeout = time.Second
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := l.ReadFrame(buf); err != nil && !errors.Is(err, dpa.ErrMalformed) {
+				return
+			}
+		}
+	}()
+	defer l.Close()
+	if err := l.WriteFrame([]byte{0, 0, 0, 2, 0xff, 0xff}); err != nil {
+		t.Fatalf("after BUSY: %v", err)
+	}
+	dev.mu.Lock()
+	sent := dev.sent
+	dev.mu.Unlock()
+	if sent != 3 {
+		t.Errorf("sent %d times, want 3", sent)
+	}
+	if err := l.WriteFrame([]byte{0, 0, 0, 2, 0xff, 0xff}); !errors.Is(err, ErrRejected) {
+		t.Errorf("ERR reply: %v", err)
+	}
 }
