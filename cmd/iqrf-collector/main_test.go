@@ -48,7 +48,11 @@ func TestFlags(t *testing.T) {
 func buildCollector(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "iqrf-collector")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, ".")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cmd := exec.Command(goBin, "build", "-o", bin, ".")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
