@@ -144,7 +144,9 @@ func startChild(t *testing.T, spec childSpec) *child {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+string(b))
+	// TMPDIR: the speaker's socket directory goes into the test's temporary
+	// directory, removed even when the process is SIGKILLed.
+	cmd.Env = append(os.Environ(), childEnv+"="+string(b), "TMPDIR="+t.TempDir())
 	cmd.Stderr = testWriter{t}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
