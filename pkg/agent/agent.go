@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -42,6 +43,9 @@ type Options struct {
 	ResyncInterval time.Duration
 	// AttachWait bounds how long an attach waits for the data plane (default 5s).
 	AttachWait time.Duration
+	// LeaseWait is how long, after the agent started, a pod that needs a
+	// block waits for a controller session to come up (default 3s).
+	LeaseWait time.Duration
 	// OnApply, if set, is called after every attempt to program the data
 	// plane with the state and the attempt's result (not on the core goroutine).
 	OnApply func(overlay.State, error)
@@ -53,21 +57,23 @@ type Options struct {
 // Agent is the vrouter agent: core, data-plane loop, controller sessions and
 // CNI server.
 type Agent struct {
-	opts  Options
-	log   *slog.Logger
-	core  *Core
-	state *coreState
-	apply *applyLoop
-	ready chan struct{}
+	opts    Options
+	log     *slog.Logger
+	core    *Core
+	state   *coreState
+	apply   *applyLoop
+	ready   chan struct{}
+	started time.Time
 
 	// leaseMu serialises block leases (concurrent ADDs needing a block
 	// share the one leased).
 	leaseMu sync.Mutex
 
 	// mu guards the fields below.
-	mu      sync.Mutex
-	clients map[string]clients // registered sessions
-	kicks   map[string]chan struct{}
+	mu         sync.Mutex
+	clients    map[string]clients // registered sessions
+	clientsSet chan struct{}      // closed and replaced when a session registers
+	kicks      map[string]chan struct{}
 }
 
 // New loads the state directory and prepares the agent.
@@ -78,12 +84,15 @@ func New(opts Options) (*Agent, error) {
 	if opts.AttachWait <= 0 {
 		opts.AttachWait = 5 * time.Second
 	}
+	if opts.LeaseWait <= 0 {
+		opts.LeaseWait = 3 * time.Second
+	}
 	core, st, err := NewCore(opts.Config)
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{opts: opts, log: opts.Log, core: core, state: st, ready: make(chan struct{}),
-		clients: map[string]clients{}, kicks: map[string]chan struct{}{}}
+		clients: map[string]clients{}, clientsSet: make(chan struct{}), kicks: map[string]chan struct{}{}}
 	if opts.Applier != nil {
 		a.apply = newApplyLoop(core, opts.Applier, opts.Log, opts.ResyncInterval)
 		a.apply.onApply = opts.OnApply
@@ -142,6 +151,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		srv := &cni.Server{Handler: a, Log: a.log}
 		wg.Go(func() { srvErr <- srv.Serve(ctx, l) })
 	}
+	a.started = time.Now()
 	close(a.ready)
 	a.log.Info("agent: running", "gateway", a.opts.Gateway, "underlay", a.opts.Underlay, "controllers", a.opts.Controllers, "cni_socket", a.opts.CNISocket)
 	select {
@@ -261,6 +271,8 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 type clients struct {
 	agent v1.AgentServiceClient
 	net   v1.NetworkServiceClient
+	// reported is the endpoint revision the session's reporter sent last.
+	reported *atomic.Uint64
 }
 
 // ensureNetwork learns the network's address space from the controller.
@@ -294,14 +306,35 @@ func (a *Agent) ensureNetwork(ctx context.Context, cl clients, network string) e
 func (a *Agent) leaseBlock(ctx context.Context, nb *errNeedBlock) error {
 	a.leaseMu.Lock()
 	defer a.leaseMu.Unlock()
-	a.mu.Lock()
-	var cls []clients
-	for _, addr := range a.opts.Controllers {
-		if c, ok := a.clients[addr]; ok {
-			cls = append(cls, c)
-		}
+	// Just after a start the sessions are still connecting: give them a
+	// moment rather than refusing the pod.
+	wait := time.NewTimer(a.opts.LeaseWait)
+	defer wait.Stop()
+	if nb.known && a.core.hasRoom(ctx, nb.network, nb.family) {
+		return nil // leased meanwhile by another ADD
 	}
-	a.mu.Unlock()
+	var cls []clients
+	for {
+		a.mu.Lock()
+		for _, addr := range a.opts.Controllers {
+			if c, ok := a.clients[addr]; ok {
+				cls = append(cls, c)
+			}
+		}
+		set := a.clientsSet
+		a.mu.Unlock()
+		if len(cls) > 0 || len(a.opts.Controllers) == 0 || time.Since(a.started) > a.opts.LeaseWait {
+			break
+		}
+		select {
+		case <-set:
+			continue
+		case <-wait.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		break
+	}
 	if len(cls) == 0 {
 		if nb.known {
 			return cni.Errorf(cni.CodeTryAgainLater, "network %s: every address of the blocks this gateway leased is in use and no controller is reachable to lease another; retry when the uplink is back", nb.network)
@@ -321,12 +354,14 @@ func (a *Agent) leaseBlock(ctx context.Context, nb *errNeedBlock) error {
 		if !nb.known {
 			return nil // the pool exists now; the caller retries
 		}
-		b, err := a.core.report(ctx, 0, false, nb.network)
+		b, err := a.core.report(ctx, cl.reported.Load(), false, nb.network)
 		if err != nil {
 			return err
 		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err = cl.agent.ReportEndpoints(rctx, &v1.ReportEndpointsRequest{Gateway: a.opts.Gateway, Endpoints: b.endpoints})
+		if len(b.endpoints) > 0 {
+			_, err = cl.agent.ReportEndpoints(rctx, &v1.ReportEndpointsRequest{Gateway: a.opts.Gateway, Endpoints: b.endpoints})
+		}
 		if err == nil {
 			var r *v1.LeaseBlockResponse
 			r, err = cl.agent.LeaseBlock(rctx, &v1.LeaseBlockRequest{Gateway: a.opts.Gateway, Network: nb.network, Family: uint32(nb.family)})
@@ -356,6 +391,8 @@ func (a *Agent) setClient(addr string, c *clients) {
 		delete(a.clients, addr)
 	} else {
 		a.clients[addr] = *c
+		close(a.clientsSet)
+		a.clientsSet = make(chan struct{})
 	}
 }
 
@@ -367,7 +404,7 @@ func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{})
 		return
 	}
 	defer conn.Close()
-	cl := clients{agent: v1.NewAgentServiceClient(conn), net: v1.NewNetworkServiceClient(conn)}
+	cl := clients{agent: v1.NewAgentServiceClient(conn), net: v1.NewNetworkServiceClient(conn), reported: new(atomic.Uint64)}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -425,10 +462,12 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	if err := a.core.AddBlocks(ctx, blocks); err != nil {
 		log.Warn("agent: blocks from the controller", "err", err)
 	}
+	cl.reported.Store(0)
 	rev, err := a.report(ctx, cl.agent, 0, true, log)
 	if err != nil {
 		return err
 	}
+	cl.reported.Store(rev)
 	a.setClient(addr, &cl)
 	ctlID, from, err := a.core.resume(ctx, addr)
 	if err != nil {
@@ -471,6 +510,7 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 				return
 			}
 			rev = r
+			cl.reported.Store(r)
 		}
 	}()
 	return <-errc

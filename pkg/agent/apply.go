@@ -2,9 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
@@ -74,6 +77,11 @@ func (l *applyLoop) run(ctx context.Context) {
 		}
 		start := time.Now()
 		err = l.applier.Set(ctx, st)
+		// A netlink dump interrupted by a concurrent change (pods' veths
+		// come and go all the time) is worth retrying at once.
+		for i := 0; i < 5 && errors.Is(err, netlink.ErrDumpInterrupted) && ctx.Err() == nil; i++ {
+			err = l.applier.Set(ctx, st)
+		}
 		if ctx.Err() != nil {
 			return
 		}

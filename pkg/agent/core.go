@@ -45,12 +45,43 @@ func keyOf(r *v1.Route) routeKey {
 	return routeKey{r.GetNetwork(), r.GetPrefix(), r.GetRouteDistinguisher()}
 }
 
+// route is a route from a controller, parsed once for the desired state.
+type route struct {
+	raw *v1.Route
+	rr  overlay.RemoteRoute
+	ok  bool // usable: valid prefix, IPv4 next hop, label in range
+}
+
+func newRoute(r *v1.Route) *route {
+	out := &route{raw: r}
+	pfx, err := netip.ParsePrefix(r.GetPrefix())
+	if err != nil || pfx != pfx.Masked() {
+		return out
+	}
+	nh, err := netip.ParseAddr(r.GetNextHop())
+	if err != nil || !nh.Is4() || r.GetLabel() < overlay.LabelFirst || r.GetLabel() > overlay.LabelLast {
+		return out
+	}
+	var es []overlay.Encap
+	for _, e := range r.GetEncapsulations() {
+		if oe, ok := encapOf(e); ok && !slices.Contains(es, oe) {
+			es = append(es, oe)
+		}
+	}
+	if len(es) == 0 {
+		es = slices.Clone(overlay.DefaultEncapPriority)
+	}
+	out.rr = overlay.RemoteRoute{Prefix: pfx, Label: r.GetLabel(), Gateway: nh, Encaps: es}
+	out.ok = true
+	return out
+}
+
 // sessionRoutes are the routes one controller sent.
 type sessionRoutes struct {
 	live         bool // received its snapshot (or resumed) on the current stream
 	controllerID string
 	revision     int64
-	routes       map[routeKey]*v1.Route
+	routes       map[routeKey]*route
 }
 
 // coreState is owned by the core goroutine.
@@ -60,10 +91,10 @@ type coreState struct {
 	labels      map[uint32]string
 	pools       map[string]*ipam.Pool
 	sessions    map[string]*sessionRoutes
-	frozen      map[routeKey]*v1.Route // the routes in force while no controller is live
-	rev         uint64                 // change counter of endpoints
-	delRev      uint64                 // rev of the last removal
-	dirty       bool                   // stateFile needs writing
+	frozen      map[routeKey]*route // the routes in force while no controller is live
+	rev         uint64              // change counter of endpoints
+	delRev      uint64              // rev of the last removal
+	dirty       bool                // stateFile needs writing
 	routesDirty bool
 	desiredGen  uint64
 	afterSave   []func(error)
@@ -111,7 +142,7 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	s := &coreState{p: p, eps: map[string]*Endpoint{}, labels: map[uint32]string{}, pools: map[string]*ipam.Pool{},
-		sessions: sessions, frozen: map[routeKey]*v1.Route{}}
+		sessions: sessions, frozen: map[routeKey]*route{}}
 	for _, sr := range sessions {
 		maps.Copy(s.frozen, sr.routes)
 	}
@@ -204,7 +235,7 @@ func (c *Core) persist(s *coreState) {
 			p.Endpoints = append(p.Endpoints, s.eps[id])
 		}
 		var data []byte
-		if data, err = json.MarshalIndent(&p, "", " "); err == nil {
+		if data, err = json.Marshal(&p); err == nil {
 			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, stateFile), data)
 		}
 		if err != nil {

@@ -24,14 +24,22 @@ func encapOf(e v1.Encapsulation) (overlay.Encap, bool) {
 // effectiveRoutes is the route set in force: the union of the controllers
 // whose stream is live, or, while none is, the set last in force (nothing is
 // flushed while the gateway is headless).
-func effectiveRoutes(s *coreState) map[routeKey]*v1.Route {
-	live := false
-	out := map[routeKey]*v1.Route{}
+func effectiveRoutes(s *coreState) map[routeKey]*route {
+	var lives []*sessionRoutes
 	for _, addr := range slices.Sorted(maps.Keys(s.sessions)) {
-		sr := s.sessions[addr]
-		if !sr.live {
-			continue
+		if sr := s.sessions[addr]; sr.live {
+			lives = append(lives, sr)
 		}
+	}
+	if len(lives) == 1 {
+		// Shared: a session changes its map only while it is live, and then
+		// the frozen set is not in use.
+		s.frozen = lives[0].routes
+		return s.frozen
+	}
+	live := false
+	out := map[routeKey]*route{}
+	for _, sr := range lives {
 		live = true
 		for k, r := range sr.routes {
 			if _, ok := out[k]; !ok {
@@ -50,7 +58,7 @@ func effectiveRoutes(s *coreState) map[routeKey]*v1.Route {
 // per network with local endpoints or remote routes, the attached endpoints
 // (host-side veth, address, label), and the routes other gateways and edge
 // routers advertise (own routes skipped). It is a pure function of its input.
-func buildDesired(underlay netip.Addr, encaps []overlay.Encap, tables map[string]uint32, eps map[string]*Endpoint, routes map[routeKey]*v1.Route) overlay.State {
+func buildDesired(underlay netip.Addr, encaps []overlay.Encap, tables map[string]uint32, eps map[string]*Endpoint, routes map[routeKey]*route) overlay.State {
 	st := overlay.State{Underlay: underlay, EncapPriority: slices.Clone(encaps)}
 	nets := map[string]*overlay.Network{}
 	local := map[string]map[netip.Prefix]bool{}
@@ -98,47 +106,39 @@ func buildDesired(underlay netip.Addr, encaps []overlay.Encap, tables map[string
 	}
 	chosen := map[string]map[netip.Prefix]cand{}
 	for k, r := range routes {
-		pfx, err := netip.ParsePrefix(r.GetPrefix())
-		if err != nil || pfx != pfx.Masked() {
-			continue
-		}
-		nh, err := netip.ParseAddr(r.GetNextHop())
-		if err != nil || !nh.Is4() || nh == underlay {
-			continue // own routes and unusable next hops
-		}
-		if local[k.network][pfx] || r.GetLabel() < overlay.LabelFirst || r.GetLabel() > overlay.LabelLast {
-			continue
-		}
-		var es []overlay.Encap
-		for _, e := range r.GetEncapsulations() {
-			if oe, ok := encapOf(e); ok && !slices.Contains(es, oe) {
-				es = append(es, oe)
-			}
-		}
-		if len(es) == 0 {
-			es = slices.Clone(overlay.DefaultEncapPriority)
+		if !r.ok || r.rr.Gateway == underlay || local[k.network][r.rr.Prefix] {
+			continue // unusable, or own routes
 		}
 		if chosen[k.network] == nil {
 			chosen[k.network] = map[netip.Prefix]cand{}
 		}
 		// One route per prefix: the lowest route distinguisher wins, so
 		// every gateway picks the same one.
-		if cur, ok := chosen[k.network][pfx]; ok && strings.Compare(cur.rd, k.rd) <= 0 {
+		if cur, ok := chosen[k.network][r.rr.Prefix]; ok && strings.Compare(cur.rd, k.rd) <= 0 {
 			continue
 		}
-		chosen[k.network][pfx] = cand{rd: k.rd, r: overlay.RemoteRoute{Prefix: pfx, Label: r.GetLabel(), Gateway: nh, Encaps: es}}
+		chosen[k.network][r.rr.Prefix] = cand{rd: k.rd, r: r.rr}
 	}
 	for network, byPfx := range chosen {
 		n := netOf(network)
 		if n == nil {
 			continue
 		}
-		for _, p := range slices.SortedFunc(maps.Keys(byPfx), func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) }) {
-			n.Routes = append(n.Routes, byPfx[p].r)
+		for _, p := range slices.SortedFunc(maps.Keys(byPfx), comparePrefix) {
+			r := byPfx[p].r
+			r.Encaps = slices.Clone(r.Encaps)
+			n.Routes = append(n.Routes, r)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(nets)) {
 		st.Networks = append(st.Networks, *nets[name])
 	}
 	return st
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }

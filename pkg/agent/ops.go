@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -144,6 +145,23 @@ func (c *Core) SetNetwork(ctx context.Context, network string, info NetInfo) err
 	return err
 }
 
+// hasRoom reports whether the network's blocks have a free address of f.
+func (c *Core) hasRoom(ctx context.Context, network string, f ipam.Family) bool {
+	var ok bool
+	_ = c.do(ctx, func(s *coreState) {
+		pool := s.pools[network]
+		if pool == nil {
+			return
+		}
+		l, err := pool.Reserve("\x00probe", c.cfg.Gateway, f)
+		if err == nil {
+			ok = !l.NewBlock.IsValid()
+			pool.Abort(l)
+		}
+	})
+	return ok
+}
+
 // networkKnown reports whether the network's address space is known.
 func (c *Core) networkKnown(ctx context.Context, network string) (bool, error) {
 	var ok bool
@@ -190,7 +208,7 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 	return c.do(ctx, func(s *coreState) {
 		sr := s.sessions[addr]
 		if sr == nil || m.GetKind() == v1.GatewayRoutes_KIND_SNAPSHOT {
-			sr = &sessionRoutes{routes: map[routeKey]*v1.Route{}}
+			sr = &sessionRoutes{routes: map[routeKey]*route{}}
 			s.sessions[addr] = sr
 		}
 		sr.live = true
@@ -199,7 +217,7 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 			delete(sr.routes, keyOf(r))
 		}
 		for _, r := range m.GetPut() {
-			sr.routes[keyOf(r)] = r
+			sr.routes[keyOf(r)] = newRoute(r)
 		}
 		s.routesDirty = true
 		s.desiredGen++
@@ -256,7 +274,7 @@ func (c *Core) report(ctx context.Context, rev uint64, full bool, network string
 			if network != "" && e.Network != network {
 				continue
 			}
-			if network == "" && !b.fullSync && e.rev <= rev && rev != 0 {
+			if !b.fullSync && e.rev <= rev && rev != 0 {
 				continue
 			}
 			ae := &v1.AgentEndpoint{Id: e.ID, Network: e.Network, Mac: e.MAC, Label: e.Label, Created: timestamppb.New(e.Created)}

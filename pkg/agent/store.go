@@ -127,13 +127,13 @@ func loadRoutes(dir string) (map[string]*sessionRoutes, error) {
 		return nil, fmt.Errorf("%s: %w", routesFile, err)
 	}
 	for addr, s := range p.Controllers {
-		sr := &sessionRoutes{controllerID: s.ControllerID, revision: s.Revision, routes: map[routeKey]*v1.Route{}}
+		sr := &sessionRoutes{controllerID: s.ControllerID, revision: s.Revision, routes: map[routeKey]*route{}}
 		for _, raw := range s.Routes {
 			r := &v1.Route{}
 			if err := protojson.Unmarshal(raw, r); err != nil {
 				return nil, fmt.Errorf("%s: %w", routesFile, err)
 			}
-			sr.routes[keyOf(r)] = r
+			sr.routes[keyOf(r)] = newRoute(r)
 		}
 		out[addr] = sr
 	}
@@ -145,7 +145,7 @@ func encodeRoutes(sessions map[string]*sessionRoutes) ([]byte, error) {
 	for addr, s := range sessions {
 		ps := persistedSession{ControllerID: s.controllerID, Revision: s.revision}
 		for _, r := range s.routes {
-			b, err := protojson.Marshal(r)
+			b, err := protojson.Marshal(r.raw)
 			if err != nil {
 				return nil, err
 			}

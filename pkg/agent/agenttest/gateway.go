@@ -35,6 +35,8 @@ type Gateway struct {
 	Sock        string
 	Controllers []string
 	Log         *slog.Logger
+	// OnState, if set before the state changes, sees every applied state.
+	OnState func(overlay.State)
 
 	mu      sync.Mutex
 	agent   *agent.Agent
@@ -92,6 +94,9 @@ func (g *Gateway) Start() {
 		Controllers: g.Controllers, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		Applier: applier, HostNetns: hostNS, CNISocket: g.Sock,
 		OnApply: func(s overlay.State, err error) {
+			if g.OnState != nil {
+				g.OnState(s)
+			}
 			g.mu.Lock()
 			g.last = s
 			g.applied++
@@ -210,9 +215,15 @@ type CNI struct {
 	dir  string
 }
 
+// Exec runs plugins like libcni's default, but is safe for concurrent use
+// from the start (libcni's lazy default is not).
+func Exec() invoke.Exec {
+	return &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+}
+
 // NewCNI uses the plugin built in pluginDir (see BuildPlugin).
 func NewCNI(t testing.TB, pluginDir string) *CNI {
-	ex := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	ex := Exec()
 	dir := t.TempDir()
 	return &CNI{Conf: libcni.NewCNIConfigWithCacheDir([]string{pluginDir, "/usr/lib/cni"}, dir, ex), dir: dir}
 }
