@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,6 +95,22 @@ func TestLifecycle(t *testing.T) {
 	}
 	if err := s.Announce(ctx, generateRoutes(1)); !errors.Is(err, bgp.ErrNotRunning) {
 		t.Errorf("announce after stop: %v", err)
+	}
+	// The speaker's own goroutines are gone (GoBGP's Serve loop never
+	// returns, upstream: not counted).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		left := strings.Contains(stacks, "gobgp.(*Speaker).dispatch") || strings.Contains(stacks, "gobgp.(*subscriber).run")
+		if !left {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("speaker goroutines left after Stop:\n%s", stacks)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if err := s.Start(ctx, nil); !errors.Is(err, bgp.ErrAlreadyRunning) {
 		t.Errorf("start after stop: %v", err)
