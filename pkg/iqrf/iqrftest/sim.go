@@ -144,6 +144,12 @@ func (s *Sim) Serve(ctx context.Context, rw io.ReadWriter, reset bool) error {
 			return err
 		}
 	}
+	// A blocked Read returns when ctx ends (for pty masters and other files
+	// with deadlines).
+	if dl, ok := rw.(interface{ SetReadDeadline(time.Time) error }); ok {
+		stop := context.AfterFunc(ctx, func() { dl.SetReadDeadline(time.Now()) })
+		defer stop()
+	}
 	var (
 		d   uart.Deframer
 		p   = cdc.Parser{Prefix: '>'}
