@@ -238,7 +238,7 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 		if fam == netlink.FAMILY_V6 && !m.feat.IPv6 {
 			continue
 		}
-		rules, err := m.listRules(fam)
+		rules, err := m.listRulesLocked(fam)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("overlay: list rules: %w", err))
 			continue
@@ -303,7 +303,7 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 
 // listRules lists rules; the library's rule dump request is refused under
 // strict checking, so it is switched off for this one listing.
-func (m *Manager) listRules(fam int) ([]netlink.Rule, error) {
+func (m *Manager) listRulesLocked(fam int) ([]netlink.Rule, error) {
 	if err := m.h.SetStrictCheck(false); err != nil {
 		return nil, err
 	}
@@ -411,12 +411,12 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 	fail := func(err error) { errs = append(errs, err) }
 
 	// Sysctls: forwarding, MPLS label space.
-	m.ensureSysctl("net/ipv4/ip_forward", "1", fail)
+	m.ensureSysctlLocked("net/ipv4/ip_forward", "1", fail)
 	if d.ipv6 && m.feat.IPv6 {
-		m.ensureSysctl("net/ipv6/conf/all/forwarding", "1", fail)
+		m.ensureSysctlLocked("net/ipv6/conf/all/forwarding", "1", fail)
 	}
 	if m.feat.MPLS && d.maxLabel > 0 {
-		m.ensurePlatformLabels(d.maxLabel, fail)
+		m.ensurePlatformLabelsLocked(d.maxLabel, fail)
 	}
 
 	// FOU receive port.
@@ -476,7 +476,7 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 					fail(fmt.Errorf("overlay: tunnel %s up: %w", name, err))
 				}
 			}
-			m.ensureSysctl("net/mpls/conf/"+name+"/input", "1", fail)
+			m.ensureSysctlLocked("net/mpls/conf/"+name+"/input", "1", fail)
 			continue
 		}
 		if exists {
@@ -489,14 +489,14 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 			m.forgetRoutesViaLocked(l.Attrs().Index)
 			delete(byName, name)
 		}
-		nl, err := m.addTunnel(name, spec)
+		nl, err := m.addTunnelLocked(name, spec)
 		if err != nil {
 			fail(err)
 			continue
 		}
 		m.cur.tunnels[name] = spec
 		delete(m.cur.sysctls, "net/mpls/conf/"+name+"/input")
-		m.ensureSysctl("net/mpls/conf/"+name+"/input", "1", fail)
+		m.ensureSysctlLocked("net/mpls/conf/"+name+"/input", "1", fail)
 		byName[name] = nl
 	}
 
@@ -511,10 +511,10 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 			delete(m.cur.endpoints, name)
 			continue
 		}
-		if have, ok := m.cur.endpoints[name]; ok && have == spec && m.endpointLinkOK(l, spec, byName) {
+		if have, ok := m.cur.endpoints[name]; ok && have == spec && m.endpointLinkOKLocked(l, spec, byName) {
 			continue
 		}
-		if err := m.configureEndpoint(l, spec, byName); err != nil {
+		if err := m.configureEndpointLocked(l, spec, byName); err != nil {
 			fail(err)
 			continue
 		}
@@ -580,7 +580,7 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 		if d.rules[k] {
 			continue
 		}
-		if err := m.delRule(k); err != nil {
+		if err := m.delRuleLocked(k); err != nil {
 			fail(err)
 			continue
 		}
@@ -591,7 +591,7 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 			continue
 		}
 		if l, ok := byName[name]; ok {
-			m.unconfigureEndpoint(l, spec)
+			m.unconfigureEndpointLocked(l, spec)
 		}
 		delete(m.cur.endpoints, name)
 	}
@@ -804,7 +804,7 @@ func (m *Manager) forgetRoutesViaLocked(ifindex int) {
 	}
 }
 
-func (m *Manager) addTunnel(name string, spec tunnelSpec) (netlink.Link, error) {
+func (m *Manager) addTunnelLocked(name string, spec tunnelSpec) (netlink.Link, error) {
 	var l netlink.Link
 	local, remote := net.IP(spec.Local.AsSlice()), net.IP(spec.Remote.AsSlice())
 	switch spec.Encap {
@@ -830,7 +830,7 @@ func (m *Manager) addTunnel(name string, spec tunnelSpec) (netlink.Link, error) 
 	return nl, nil
 }
 
-func (m *Manager) endpointLinkOK(l netlink.Link, spec endpointSpec, byName map[string]netlink.Link) bool {
+func (m *Manager) endpointLinkOKLocked(l netlink.Link, spec endpointSpec, byName map[string]netlink.Link) bool {
 	a := l.Attrs()
 	if a.Flags&net.FlagUp == 0 {
 		return false
@@ -842,7 +842,7 @@ func (m *Manager) endpointLinkOK(l netlink.Link, spec endpointSpec, byName map[s
 	return ok && a.MasterIndex == master.Attrs().Index
 }
 
-func (m *Manager) configureEndpoint(l netlink.Link, spec endpointSpec, byName map[string]netlink.Link) error {
+func (m *Manager) configureEndpointLocked(l netlink.Link, spec endpointSpec, byName map[string]netlink.Link) error {
 	name := l.Attrs().Name
 	if spec.Master != "" {
 		master, ok := byName[spec.Master]
@@ -869,7 +869,7 @@ func (m *Manager) configureEndpoint(l netlink.Link, spec endpointSpec, byName ma
 
 // unconfigureEndpoint undoes configureEndpoint on an interface that is no
 // longer an endpoint (best effort: the interface is usually gone already).
-func (m *Manager) unconfigureEndpoint(l netlink.Link, spec endpointSpec) {
+func (m *Manager) unconfigureEndpointLocked(l netlink.Link, spec endpointSpec) {
 	if spec.Master != "" && l.Attrs().MasterIndex != 0 {
 		_ = m.h.LinkSetNoMaster(l)
 	}
@@ -879,7 +879,7 @@ func (m *Manager) unconfigureEndpoint(l netlink.Link, spec endpointSpec) {
 	}
 }
 
-func (m *Manager) delRule(k ruleKey) error {
+func (m *Manager) delRuleLocked(k ruleKey) error {
 	r := netlink.NewRule()
 	r.Family, r.Priority, r.Table, r.IifName = k.Family, k.Priority, int(k.Table), k.Iif
 	if err := m.h.RuleDel(r); err != nil && !isGone(err) {
@@ -890,18 +890,18 @@ func (m *Manager) delRule(k ruleKey) error {
 
 // ensureSysctl writes /proc/sys/<key> in the namespace unless it was already
 // written with that value by this manager.
-func (m *Manager) ensureSysctl(key, value string, fail func(error)) {
+func (m *Manager) ensureSysctlLocked(key, value string, fail func(error)) {
 	if m.cur.sysctls[key] == value {
 		return
 	}
-	if err := m.writeSysctl(key, value); err != nil {
+	if err := m.writeSysctlLocked(key, value); err != nil {
 		fail(err)
 		return
 	}
 	m.cur.sysctls[key] = value
 }
 
-func (m *Manager) writeSysctl(key, value string) error {
+func (m *Manager) writeSysctlLocked(key, value string) error {
 	err := inNamespace(m.ns, func() error {
 		return os.WriteFile("/proc/sys/"+key, []byte(value), 0)
 	})
@@ -911,7 +911,7 @@ func (m *Manager) writeSysctl(key, value string) error {
 	return nil
 }
 
-func (m *Manager) readSysctl(key string) (string, error) {
+func (m *Manager) readSysctlLocked(key string) (string, error) {
 	var v []byte
 	err := inNamespace(m.ns, func() error {
 		var err error
@@ -921,14 +921,14 @@ func (m *Manager) readSysctl(key string) (string, error) {
 	return strings.TrimSpace(string(v)), err
 }
 
-func (m *Manager) ensurePlatformLabels(maxLabel uint32, fail func(error)) {
+func (m *Manager) ensurePlatformLabelsLocked(maxLabel uint32, fail func(error)) {
 	const key = "net/mpls/platform_labels"
 	if v, ok := m.cur.sysctls[key]; ok {
 		if n, _ := strconv.ParseUint(v, 10, 32); uint32(n) > maxLabel {
 			return
 		}
 	}
-	v, err := m.readSysctl(key)
+	v, err := m.readSysctlLocked(key)
 	if err != nil {
 		fail(fmt.Errorf("overlay: read net.mpls.platform_labels: %w", err))
 		return
@@ -942,7 +942,7 @@ func (m *Manager) ensurePlatformLabels(maxLabel uint32, fail func(error)) {
 	if maxLabel >= want {
 		want = maxLabel + 1
 	}
-	if err := m.writeSysctl(key, strconv.FormatUint(uint64(want), 10)); err != nil {
+	if err := m.writeSysctlLocked(key, strconv.FormatUint(uint64(want), 10)); err != nil {
 		fail(err)
 		return
 	}
@@ -982,12 +982,12 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 		byName[l.Attrs().Name] = l
 	}
 	for k := range m.cur.rules {
-		if err := m.delRule(k); err != nil {
+		if err := m.delRuleLocked(k); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		if l, ok := byName[k.Iif]; ok && k.Family == netlink.FAMILY_V4 {
-			m.unconfigureEndpoint(l, endpointSpec{Gateway: m.cfg.GatewayAddress})
+			m.unconfigureEndpointLocked(l, endpointSpec{Gateway: m.cfg.GatewayAddress})
 		}
 		delete(m.cur.rules, k)
 	}
