@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -148,7 +149,25 @@ func checkReference(t *testing.T, got map[uint8]map[string]float64) {
 	}
 }
 
+// checkNoLeak fails the test if goroutines started during it are still
+// running once its cleanups (registered later, run earlier) are done.
+func checkNoLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<16)
+				t.Errorf("%d goroutines leaked:\n%s", runtime.NumGoroutine()-before, buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
 func TestPollReadReferenceVectors(t *testing.T) {
+	checkNoLeak(t)
 	r := newRig(t, iqrftest.NewSim(iqrftest.ReferenceNodes()...), PollRead, nil)
 	got := r.collect(t, []uint8{1, 2, 3}, 2)
 	checkReference(t, got)
@@ -199,6 +218,7 @@ func TestCDCEndToEnd(t *testing.T) {
 }
 
 func TestBadInputNeverStopsTheLoop(t *testing.T) {
+	checkNoLeak(t)
 	nodes := iqrftest.ReferenceNodes()
 	nodes = append(nodes, &iqrftest.Node{Addr: 7, HWPID: 0x1402, Silent: true})
 	sim := iqrftest.NewSim(nodes...)
@@ -230,6 +250,7 @@ func TestBadInputNeverStopsTheLoop(t *testing.T) {
 }
 
 func TestCoordinatorUnplugged(t *testing.T) {
+	checkNoLeak(t)
 	sim := iqrftest.NewSim(iqrftest.ReferenceNodes()...)
 	r := newRig(t, sim, PollRead, nil)
 	r.collect(t, []uint8{2}, 1)
