@@ -320,7 +320,6 @@ func rep(s string, n int) string {
 	return out
 }
 
-
 func TestRecordRoundTrip(t *testing.T) {
 	r := Reading{Node: 7, Index: 12, Type: 1, Metric: "temperature_12", Value: -3.5, Time: time.Unix(1765450342, 123456789)}
 	got, err := DecodeRecord(r.AppendRecord(nil))
