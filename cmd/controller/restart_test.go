@@ -21,12 +21,15 @@ import (
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
-// TestMain lets a test start this package's controller as a real process:
-// the test binary re-executed with IOTFABRIC_CONTROLLER_ARGS set runs main.
+// TestMain lets a test start this package's controller as a real process
+// (the test binary re-executed with IOTFABRIC_CONTROLLER_ARGS set runs main),
+// and, as root, runs the tests in a network namespace of their own, so the
+// links and addresses they make never touch the host's.
 func TestMain(m *testing.M) {
 	if args, ok := os.LookupEnv("IOTFABRIC_CONTROLLER_ARGS"); ok {
 		os.Exit(run(strings.Split(args, "\n"), os.Stderr))
 	}
+	bgptest.ReexecInNewNetns()
 	os.Exit(m.Run())
 }
 
