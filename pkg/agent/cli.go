@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
+)
+
+// DefaultStateDir and DefaultCNISocket are where the agent keeps its state
+// and serves the CNI plugin.
+const (
+	DefaultStateDir  = "/var/lib/iotfabric/agent"
+	DefaultCNISocket = "/run/iotfabric/cni.sock"
+)
+
+// Flags are the command-line settings of the controller-driven agent.
+type Flags struct {
+	Controllers       []string
+	Gateway           string
+	Underlay          string
+	StateDir          string
+	CNISocket         string
+	TLS               tlsconfig.Files
+	NamespaceNetworks string
+	Encaps            string
+}
+
+type listFlag struct{ l *[]string }
+
+func (f listFlag) String() string {
+	if f.l == nil {
+		return ""
+	}
+	return strings.Join(*f.l, ",")
+}
+
+func (f listFlag) Set(s string) error {
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			*f.l = append(*f.l, v)
+		}
+	}
+	return nil
+}
+
+// Register adds the flags to fs.
+func (f *Flags) Register(fs *flag.FlagSet) {
+	fs.Var(listFlag{&f.Controllers}, "controller", "controller API address host:port (repeatable, or comma-separated); the agent works while any one is up")
+	fs.StringVar(&f.Gateway, "gateway", "", "this gateway's name at the controller (enables the controller sessions and the CNI server)")
+	fs.StringVar(&f.Underlay, "underlay", "", "this gateway's IPv4 underlay (tunnel source) address")
+	fs.StringVar(&f.StateDir, "state-dir", DefaultStateDir, "directory of the agent's state (endpoints, labels, blocks, routes)")
+	fs.StringVar(&f.CNISocket, "cni-socket", DefaultCNISocket, "unix socket the CNI plugin talks to (mode 0600)")
+	fs.StringVar(&f.TLS.Cert, "tls-cert", "", "client certificate (PEM) for the controllers' mutual TLS")
+	fs.StringVar(&f.TLS.Key, "tls-key", "", "its private key (PEM)")
+	fs.StringVar(&f.TLS.CA, "tls-ca", "", "CA (PEM) that signs the controllers' certificates")
+	fs.StringVar(&f.NamespaceNetworks, "namespace-networks", "", "pod namespace to network mapping, ns=network,... (default: the network named like the namespace)")
+	fs.StringVar(&f.Encaps, "encaps", "mpls-udp,mpls-gre", "encapsulations this gateway uses, most preferred first")
+}
+
+// Enabled reports whether the controller-driven agent was asked for.
+func (f *Flags) Enabled() bool { return f.Gateway != "" }
+
+// Options validates the flags and returns the agent's options (Applier and
+// HostNetns are the caller's).
+func (f *Flags) Options(log *slog.Logger) (Options, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var errs []error
+	u, err := netip.ParseAddr(f.Underlay)
+	if err != nil || !u.Is4() {
+		errs = append(errs, fmt.Errorf("--underlay %q: give this gateway's IPv4 underlay address", f.Underlay))
+	}
+	if len(f.Controllers) == 0 {
+		log.Warn("agent: no --controller: the gateway runs headless from its state directory")
+	}
+	if !filepath.IsAbs(f.StateDir) || !filepath.IsAbs(f.CNISocket) {
+		errs = append(errs, errors.New("--state-dir and --cni-socket must be absolute paths"))
+	}
+	var encaps []overlay.Encap
+	for _, e := range strings.Split(f.Encaps, ",") {
+		switch overlay.Encap(strings.TrimSpace(e)) {
+		case overlay.EncapMPLSoUDP, overlay.EncapMPLSoGRE, overlay.EncapPlain:
+			encaps = append(encaps, overlay.Encap(strings.TrimSpace(e)))
+		default:
+			errs = append(errs, fmt.Errorf("--encaps: unknown encapsulation %q (mpls-udp, mpls-gre, plain)", e))
+		}
+	}
+	nsMap := map[string]string{}
+	for _, kv := range strings.Split(f.NamespaceNetworks, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || v == "" {
+			errs = append(errs, fmt.Errorf("--namespace-networks: %q is not namespace=network", kv))
+			continue
+		}
+		nsMap[k] = v
+	}
+	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	if f.TLS.Enabled() {
+		tc, err := tlsconfig.Client(f.TLS)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--tls-*: %w", err))
+		} else {
+			creds = grpc.WithTransportCredentials(credentials.NewTLS(tc))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Options{}, err
+	}
+	return Options{
+		Config:      Config{Gateway: f.Gateway, Underlay: u, StateDir: f.StateDir, Encaps: encaps, Log: log},
+		Controllers: f.Controllers, DialOptions: []grpc.DialOption{creds},
+		CNISocket: f.CNISocket, NamespaceNetworks: nsMap, ResyncInterval: 5 * time.Minute,
+	}, nil
+}
