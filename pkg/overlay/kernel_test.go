@@ -368,3 +368,41 @@ func TestTransitions(t *testing.T) {
 func sortLines(s []string) { slices.Sort(s) }
 
 var _ = fmt.Sprint
+
+// TestDriftRepair: an endpoint interface that is recreated is noticed by the
+// next Set; a route removed behind the manager's back is restored after Resync.
+func TestDriftRepair(t *testing.T) {
+	gw := overlaytest.NewNS(t, "iofgw")
+	for _, ifn := range []string{"vred1", "vred2", "vblue1"} {
+		overlaytest.Pod(t, gw, ifn, ap("10.9.9.9"), gwAddr)
+	}
+	ctx := context.Background()
+	s := localState()
+	m := newManager(t, gw, overlay.VRFAuto)
+	if err := m.Set(ctx, s); err != nil {
+		t.Fatalf("Set: %v", err)
+	}
+	want := gw.Dump(t)
+
+	// The CNI plugin recreates vred2 (new interface index).
+	gw.IP(t, "link", "del", "vred2")
+	overlaytest.Pod(t, gw, "vred2", ap("10.9.9.9"), gwAddr)
+	if err := m.Set(ctx, s); err != nil {
+		t.Fatalf("Set after vred2 was recreated: %v", err)
+	}
+	if got := gw.Dump(t); got != want {
+		t.Fatalf("after vred2 was recreated:\n%s\nwant:\n%s", got, want)
+	}
+
+	// An operator deletes one of iotfabric's routes.
+	gw.IP(t, "route", "del", "10.1.0.1/32", "table", "7002")
+	if err := m.Resync(ctx); err != nil {
+		t.Fatalf("Resync: %v", err)
+	}
+	if err := m.Set(ctx, s); err != nil {
+		t.Fatalf("Set after Resync: %v", err)
+	}
+	if got := gw.Dump(t); got != want {
+		t.Fatalf("after Resync and Set:\n%s\nwant:\n%s", got, want)
+	}
+}
