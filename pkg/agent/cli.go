@@ -128,3 +128,19 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 		CNISocket: f.CNISocket, NamespaceNetworks: nsMap, ResyncInterval: 5 * time.Minute,
 	}, nil
 }
+
+// KernelFeatures names the kernel features the data plane detected, for
+// RegisterRequest.kernel_features.
+func KernelFeatures(f overlay.Features) []string {
+	var out []string
+	for _, x := range []struct {
+		ok   bool
+		name string
+	}{{f.MPLS, "mpls"}, {f.MPLSTunnel, "mpls-iptunnel"}, {f.FOU, "fou"}, {f.IPIP, "ipip"}, {f.GRE, "gre"},
+		{f.VRF, "vrf"}, {f.IPv6, "ipv6"}, {f.Nexthops, "nexthops"}} {
+		if x.ok {
+			out = append(out, x.name)
+		}
+	}
+	return out
+}
