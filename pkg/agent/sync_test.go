@@ -75,8 +75,11 @@ func TestTwoGatewaysThroughTheController(t *testing.T) {
 	api := ctl.Dial()
 	createNetwork(t, api, "red", "10.1.0.0/16")
 	uA, uB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	gwA := agenttest.StartGateway(t, "gw-a", uA, []string{ctl.Addr}, true)
-	gwB := agenttest.StartGateway(t, "gw-b", uB, []string{ctl.Addr}, true)
+	// A second controller address that never answers: the agents work while
+	// any one controller is up.
+	dead := agenttest.DeadAddr(t)
+	gwA := agenttest.StartGateway(t, "gw-a", uA, []string{dead, ctl.Addr}, true)
+	gwB := agenttest.StartGateway(t, "gw-b", uB, []string{ctl.Addr, dead}, true)
 	c := agenttest.NewCNI(t, pluginDir)
 
 	podA1, podB1 := agenttest.NewNS(t), agenttest.NewNS(t)

@@ -100,6 +100,17 @@ func (c *Controller) Stop() {
 	}
 }
 
+// DeadAddr returns a loopback address nothing listens on.
+func DeadAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
 // Clients are the controller's API clients.
 type Clients struct {
 	Net   v1.NetworkServiceClient
