@@ -152,42 +152,59 @@ func BenchmarkSetRoutes(b *testing.B) {
 }
 
 // BenchmarkVMThroughput measures pod-to-pod TCP throughput over MPLSoUDP as a
-// ratio of the same transfer over plain routing between the same gateways.
+// ratio of the same transfer over plain routing between the same gateways:
+// once on a 1500-byte underlay, once on a 9000-byte one (endpoint MTUs to match).
 func BenchmarkVMThroughput(b *testing.B) {
 	overlaytest.RequireRoot(b)
 	for range b.N {
-		g := newTwoGatewaysTB(b, overlay.VRFOff)
-		if !g.mA.Features().Supports(overlay.EncapMPLSoUDP) {
-			b.Skip("kernel lacks MPLSoUDP: run make bench-overlay (it runs this inside the VM)")
+		for _, underlayMTU := range []int{1500, 9000} {
+			vmThroughput(b, underlayMTU)
 		}
-		// Plain routing needs the receiving gateway to route underlay traffic
-		// into the network's table; MPLS traffic arrives through its label.
-		for _, gw := range []*overlaytest.NS{g.gwA, g.gwB} {
-			gw.IP(b, "rule", "add", "pref", "100", "iif", "u0", "lookup", "7001")
-		}
-		const size = 64 << 20
-		measure := func(encap overlay.Encap) time.Duration {
-			g.setTB(b, []overlay.Encap{encap}, []overlay.Encap{encap})
-			sink := g.podB.Sink(b, g.addrB)
-			best := time.Duration(0)
-			for range 3 {
-				d, err := g.podA.Transfer(sink, size)
-				if err != nil {
-					b.Fatalf("%s transfer: %v", encap, err)
-				}
-				if best == 0 || d < best {
-					best = d
-				}
-			}
-			return best
-		}
-		plain := measure(overlay.EncapPlain)
-		udp := measure(overlay.EncapMPLSoUDP)
-		mbps := func(d time.Duration) float64 { return float64(size*8) / d.Seconds() / 1e6 }
-		b.ReportMetric(mbps(udp), "mplsudp-Mbit/s")
-		b.ReportMetric(mbps(plain), "plain-Mbit/s")
-		b.ReportMetric(mbps(udp)/mbps(plain), "ratio")
-		fmt.Printf("overlay throughput (64 MiB TCP pod to pod, best of 3, TCG VM): MPLSoUDP %.0f Mbit/s | plain routing %.0f Mbit/s | ratio %.2f\n",
-			mbps(udp), mbps(plain), mbps(udp)/mbps(plain))
 	}
+}
+
+func vmThroughput(b *testing.B, underlayMTU int) {
+	g := newTwoGatewaysTB(b, overlay.VRFOff)
+	if !g.mA.Features().Supports(overlay.EncapMPLSoUDP) {
+		b.Skip("kernel lacks MPLSoUDP: run make bench-overlay (it runs this inside the VM)")
+	}
+	podMTU := fmt.Sprint(underlayMTU - overlay.MaxOverhead)
+	for _, x := range []struct {
+		ns  *overlaytest.NS
+		ifn string
+		mtu string
+	}{{g.gwA, "u0", fmt.Sprint(underlayMTU)}, {g.gwB, "u0", fmt.Sprint(underlayMTU)},
+		{g.gwA, "vpoda", podMTU}, {g.gwB, "vpodb", podMTU}, {g.podA, "eth0", podMTU}, {g.podB, "eth0", podMTU}} {
+		x.ns.IP(b, "link", "set", x.ifn, "mtu", x.mtu)
+	}
+	// Plain routing needs the receiving gateway to route underlay traffic
+	// into the network's table; MPLS traffic arrives through its label.
+	for _, gw := range []*overlaytest.NS{g.gwA, g.gwB} {
+		gw.IP(b, "rule", "add", "pref", "100", "iif", "u0", "lookup", "7001")
+	}
+	const size = 64 << 20
+	measure := func(encap overlay.Encap) time.Duration {
+		g.setTB(b, []overlay.Encap{encap}, []overlay.Encap{encap})
+		sink := g.podB.Sink(b, g.addrB)
+		best := time.Duration(0)
+		for range 3 {
+			d, err := g.podA.Transfer(sink, size)
+			if err != nil {
+				b.Fatalf("%s transfer: %v", encap, err)
+			}
+			if best == 0 || d < best {
+				best = d
+			}
+		}
+		return best
+	}
+	plain := measure(overlay.EncapPlain)
+	udp := measure(overlay.EncapMPLSoUDP)
+	mbps := func(d time.Duration) float64 { return float64(size*8) / d.Seconds() / 1e6 }
+	sfx := fmt.Sprintf("-mtu%d", underlayMTU)
+	b.ReportMetric(mbps(udp), "mplsudp-Mbit/s"+sfx)
+	b.ReportMetric(mbps(plain), "plain-Mbit/s"+sfx)
+	b.ReportMetric(mbps(udp)/mbps(plain), "ratio"+sfx)
+	fmt.Printf("overlay throughput (64 MiB TCP pod to pod, best of 3, TCG VM, underlay MTU %d, pod MTU %s): MPLSoUDP %.0f Mbit/s | plain routing %.0f Mbit/s | ratio %.2f\n",
+		underlayMTU, podMTU, mbps(udp), mbps(plain), mbps(udp)/mbps(plain))
 }
