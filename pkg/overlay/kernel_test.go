@@ -409,3 +409,41 @@ func TestDriftRepair(t *testing.T) {
 		t.Fatalf("after Resync and Set:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+// TestBatchErrorsMapToRoutes: one route the kernel refuses in the middle of a
+// batch is reported by name, and the routes around it are programmed.
+func TestBatchErrorsMapToRoutes(t *testing.T) {
+	gw := overlaytest.NewNS(t, "iofgw")
+	gw.IP(t, "link", "add", "u0", "type", "veth", "peer", "name", "u1")
+	gw.IP(t, "link", "set", "u1", "up")
+	gw.IP(t, "addr", "add", "192.0.2.1/24", "dev", "u0")
+	gw.IP(t, "link", "set", "u0", "up")
+	m := newManager(t, gw, overlay.VRFOff)
+	plain := []overlay.Encap{overlay.EncapPlain}
+	var routes []overlay.RemoteRoute
+	for i := range 1000 {
+		g := ap("192.0.2.2")
+		if i == 500 {
+			g = ap("203.0.113.9") // not reachable: the kernel refuses this one
+		}
+		routes = append(routes, overlay.RemoteRoute{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 50, byte(i >> 8), byte(i)}), 32),
+			Label: 100, Gateway: g, Encaps: plain})
+	}
+	s := overlay.State{Underlay: ap("192.0.2.1"), EncapPriority: plain,
+		Networks: []overlay.Network{{Name: "a", Table: 7001, Routes: routes}}}
+	err := m.Set(context.Background(), s)
+	if err == nil || !strings.Contains(err.Error(), "10.50.1.244/32") || strings.Count(err.Error(), "add route") != 1 {
+		t.Fatalf("Set error %v, want exactly one failed route, 10.50.1.244/32", err)
+	}
+	if n := strings.Count(gw.IP(t, "route", "show", "table", "7001"), "\n"); n != 999 {
+		t.Fatalf("table holds %d routes, want 999", n)
+	}
+	// The failed route is retried by the next Set (no fast path after an error).
+	gw.IP(t, "route", "add", "203.0.113.0/24", "dev", "u0")
+	if err := m.Set(context.Background(), s); err != nil {
+		t.Fatalf("second Set: %v", err)
+	}
+	if n := strings.Count(gw.IP(t, "route", "show", "table", "7001"), "\n"); n != 1000 {
+		t.Fatalf("table holds %d routes after retry, want 1000", n)
+	}
+}

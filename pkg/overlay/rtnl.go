@@ -122,70 +122,73 @@ type routeOp struct {
 	NHKey   nhKey // deletes: the record's key in kstate.nexthops
 }
 
-// apply writes ops in batches: many requests per sendmsg, each acknowledged.
-// errs[i] is the kernel's answer to ops[i].
+// apply writes ops in batches: many requests per sendmsg. Only the last
+// request of a batch asks for an acknowledgement; the kernel answers the
+// others only when they fail, and answers in order, so the last one's ack
+// means the whole batch is done. errs[i] is the kernel's answer to ops[i].
 func (s *rtnl) apply(ops []routeOp) []error {
 	errs := make([]error, len(ops))
 	buf := make([]byte, 0, batchBytes+512)
 	for i := 0; i < len(ops); {
 		buf = buf[:0]
-		first := s.seq + 1
-		idx := map[uint32]int{}
+		batchStart, first := i, s.seq+1
+		lastOff, lastSeq := -1, uint32(0)
 		for i < len(ops) && len(buf) < batchBytes {
 			op := ops[i]
 			s.seq++
+			off := len(buf)
 			var err error
 			if op.Nexthop {
 				if op.Del {
-					buf = appendNexthopMsg(buf, rtmDelNexthop, nlmFRequest|nlmFAck, s.seq, op.NH)
+					buf = appendNexthopMsg(buf, rtmDelNexthop, nlmFRequest, s.seq, op.NH)
 				} else {
-					buf = appendNexthopMsg(buf, rtmNewNexthop, nlmFRequest|nlmFAck|nlmFCreate|nlmFReplace, s.seq, op.NH)
+					buf = appendNexthopMsg(buf, rtmNewNexthop, nlmFRequest|nlmFCreate|nlmFReplace, s.seq, op.NH)
 				}
 			} else if op.Del {
-				buf, err = appendRouteMsg(buf, rtmDelRoute, nlmFRequest|nlmFAck, s.seq, op.Route)
+				buf, err = appendRouteMsg(buf, rtmDelRoute, nlmFRequest, s.seq, op.Route)
 			} else {
-				buf, err = appendRouteMsg(buf, rtmNewRoute, nlmFRequest|nlmFAck|nlmFCreate|nlmFReplace, s.seq, op.Route)
+				buf, err = appendRouteMsg(buf, rtmNewRoute, nlmFRequest|nlmFCreate|nlmFReplace, s.seq, op.Route)
 			}
 			if err != nil {
 				errs[i] = err
 			} else {
-				idx[s.seq] = i
+				lastOff, lastSeq = off, s.seq
 			}
 			i++
 		}
-		if len(idx) == 0 {
+		if lastOff < 0 {
 			continue
+		}
+		flags := binary.NativeEndian.Uint16(buf[lastOff+6:])
+		binary.NativeEndian.PutUint16(buf[lastOff+6:], flags|nlmFAck)
+		batchErr := func(err error) {
+			for j := batchStart; j < i; j++ {
+				if errs[j] == nil {
+					errs[j] = err
+				}
+			}
 		}
 		if err := s.send(buf); err != nil {
-			for _, j := range idx {
-				errs[j] = fmt.Errorf("netlink send: %w", err)
-			}
+			batchErr(fmt.Errorf("netlink send: %w", err))
 			continue
 		}
-		pending := len(idx)
-		for pending > 0 {
+		for done := false; !done; {
 			msgs, err := s.recv()
 			if err != nil {
-				for _, j := range idx {
-					if errs[j] == nil {
-						errs[j] = fmt.Errorf("netlink acknowledgement: %w", err)
-					}
-				}
-				// The acks still in flight belong to this batch; drain so the
-				// next batch starts clean.
+				// Unknown which requests of the batch took effect; the caller's
+				// record is corrected by the next resync.
+				batchErr(fmt.Errorf("netlink acknowledgement: %w", err))
 				s.drain()
 				break
 			}
 			for _, m := range msgs {
-				if m.Type != nlmsgError || m.Seq < first || m.Seq > s.seq {
+				if m.Type != nlmsgError || m.Seq < first || m.Seq > lastSeq {
 					continue
 				}
-				j, ok := idx[m.Seq]
-				if !ok {
-					continue
+				j := batchStart + int(m.Seq-first)
+				if m.Seq == lastSeq {
+					done = true
 				}
-				delete(idx, m.Seq)
-				pending--
 				code, err := errnoOf(m.Data)
 				if err != nil {
 					errs[j] = err
