@@ -1,5 +1,5 @@
 # Gateway agent and CNI plugin (pkg/agent, pkg/cni, cmd/cni-plugin).
-.PHONY: bench-cni test-cni-faults install-cni
+.PHONY: bench-cni test-cni-faults install-cni vmtest-cni
 
 BENCH_TARGETS += bench-cni
 
@@ -12,3 +12,8 @@ test-cni-faults: ## SIGKILL of the plugin or the agent during ADD, 1,000 rounds,
 install-cni: build ## Install the plugin as /opt/cni/bin/iotfabric and the example /etc/cni/net.d/10-iotfabric.conflist (root)
 	install -D -m 0755 $(BIN)/cni-plugin /opt/cni/bin/iotfabric
 	install -D -m 0644 examples/cni/10-iotfabric.conflist /etc/cni/net.d/10-iotfabric.conflist
+
+vmtest-cni: ## Two gateways' agents and pods added through libcni, under Debian's kernel in qemu: the pods reach each other over MPLSoUDP
+	@scripts/vmtest-cni.sh
+
+TEST_EXTRA += vmtest-cni
