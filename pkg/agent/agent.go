@@ -168,7 +168,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Handle serves one request of the CNI plugin.
 func (a *Agent) Handle(ctx context.Context, req *cni.Request) *cni.Response {
+	start := time.Now()
 	resp, err := a.handle(ctx, req)
+	a.log.Debug("agent: cni request", "op", req.Op, "container", req.ContainerID, "took", time.Since(start))
 	if err != nil {
 		var ce *cni.Error
 		if !errors.As(err, &ce) {
