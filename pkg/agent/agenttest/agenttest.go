@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -35,6 +36,8 @@ type Controller struct {
 	Addr string
 	opts []grpc.ServerOption
 	Log  *slog.Logger
+	// Open opens the controller's store (default: a bbolt file of its own).
+	Open func() (store.Store, error)
 
 	mu   sync.Mutex
 	stop func()
@@ -42,7 +45,18 @@ type Controller struct {
 
 // StartController starts a controller; it is stopped at the end of the test.
 func StartController(t testing.TB, opts ...grpc.ServerOption) *Controller {
-	c := &Controller{t: t, dir: t.TempDir(), Addr: "127.0.0.1:0", opts: opts, Log: slog.New(slog.DiscardHandler)}
+	return StartControllerStore(t, nil, opts...)
+}
+
+// StartControllerStore starts a controller on the store open returns (nil:
+// a bbolt file of its own); several controllers may share one etcd.
+func StartControllerStore(t testing.TB, open func() (store.Store, error), opts ...grpc.ServerOption) *Controller {
+	c := &Controller{t: t, dir: t.TempDir(), Addr: "127.0.0.1:0", opts: opts, Log: slog.New(slog.DiscardHandler), Open: open}
+	if c.Open == nil {
+		c.Open = func() (store.Store, error) {
+			return bolt.Open(filepath.Join(c.dir, "state.db"), bolt.Options{NoSync: true})
+		}
+	}
 	c.Start()
 	t.Cleanup(c.Stop)
 	return c
@@ -56,7 +70,7 @@ func (c *Controller) Start() {
 	if c.stop != nil {
 		return
 	}
-	st, err := bolt.Open(filepath.Join(c.dir, "state.db"), bolt.Options{NoSync: true})
+	st, err := c.Open()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,53 @@
+package agent_test
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/store/etcd"
+	"github.com/iotfabric/iotfabric/pkg/store/etcd/etcdtest"
+)
+
+// TestTwoControllersShareEtcd: two controllers on one etcd both serve the
+// agents; with either of them stopped, a new pod on gateway A still reaches
+// gateway B's desired state through the other.
+func TestTwoControllersShareEtcd(t *testing.T) {
+	agenttest.RequireRoot(t)
+	srv := etcdtest.Start(t)
+	open := func() (store.Store, error) {
+		return etcd.Open(context.Background(), etcd.Options{Endpoints: []string{srv.Endpoint}, Namespace: "/ha/"})
+	}
+	c1, c2 := agenttest.StartControllerStore(t, open), agenttest.StartControllerStore(t, open)
+	createNetwork(t, c1.Dial(), "red", "10.5.0.0/16")
+	ctx := context.Background()
+	uA, uB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	gwA := agenttest.StartGateway(t, "gw-a", uA, []string{c1.Addr, c2.Addr}, true)
+	gwB := agenttest.StartGateway(t, "gw-b", uB, []string{c1.Addr, c2.Addr}, true)
+	c := agenttest.NewCNI(t, pluginDir)
+	if _, err := c.Add(ctx, gwB, "red", "b1", agenttest.NewNS(t)); err != nil {
+		t.Fatal(err)
+	}
+	gwA.WaitLive(10*time.Second, 2)
+	gwB.WaitLive(10*time.Second, 2)
+	for i, stop := range []*agenttest.Controller{c1, c2} {
+		stop.Stop()
+		gwA.WaitLive(10*time.Second, 1)
+		gwB.WaitLive(10*time.Second, 1)
+		r, err := c.Add(ctx, gwA, "red", []string{"a1", "a2"}[i], agenttest.NewNS(t))
+		if err != nil {
+			t.Fatalf("ADD with one controller stopped: %v", err)
+		}
+		a, _ := netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+		gwB.WaitState(10*time.Second, "route of "+a.String()+" through the controller still up", func(s overlay.State) bool {
+			return agenttest.HasRoute(s, "red", netip.PrefixFrom(a, 32), uA, 0)
+		})
+		stop.Start()
+		gwA.WaitLive(10*time.Second, 2)
+		gwB.WaitLive(10*time.Second, 2)
+	}
+}
