@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
@@ -38,6 +40,8 @@ type Controller struct {
 	Log  *slog.Logger
 	// Open opens the controller's store (default: a bbolt file of its own).
 	Open func() (store.Store, error)
+	// BGP, if set before Start, runs the BGP speaker with its peers.
+	BGP *bgp.Config
 
 	mu   sync.Mutex
 	stop func()
@@ -51,10 +55,16 @@ func StartController(t testing.TB, opts ...grpc.ServerOption) *Controller {
 // StartControllerStore starts a controller on the store open returns (nil:
 // a bbolt file of its own); several controllers may share one etcd.
 func StartControllerStore(t testing.TB, open func() (store.Store, error), opts ...grpc.ServerOption) *Controller {
-	c := &Controller{t: t, dir: t.TempDir(), Addr: "127.0.0.1:0", opts: opts, Log: slog.New(slog.DiscardHandler), Open: open}
+	return StartControllerWith(t, &Controller{Open: open}, opts...)
+}
+
+// StartControllerWith starts the controller c describes (Open, BGP).
+func StartControllerWith(t testing.TB, c *Controller, opts ...grpc.ServerOption) *Controller {
+	c.t, c.dir, c.Addr, c.opts, c.Log = t, t.TempDir(), "127.0.0.1:0", opts, slog.New(slog.DiscardHandler)
 	if c.Open == nil {
+		dir := c.dir
 		c.Open = func() (store.Store, error) {
-			return bolt.Open(filepath.Join(c.dir, "state.db"), bolt.Options{NoSync: true})
+			return bolt.Open(filepath.Join(dir, "state.db"), bolt.Options{NoSync: true})
 		}
 	}
 	c.Start()
@@ -79,13 +89,24 @@ func (c *Controller) Start() {
 	if _, err := ctl.LoadNetworks(ctx); err != nil {
 		t.Fatal(err)
 	}
-	r := vpn.NewRunner(st, nil, 64512, c.Log)
+	var sp bgp.Speaker
+	var peers []bgp.PeerConfig
+	if c.BGP != nil {
+		gsp, err := gobgp.New(c.BGP.WithDefaults(), c.Log)
+		if err != nil {
+			cancel()
+			st.Close()
+			t.Fatal(err)
+		}
+		sp, peers = gsp, c.BGP.Peers
+	}
+	r := vpn.NewRunner(st, sp, 64512, c.Log)
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	<-r.Ready()
 	gs := grpc.NewServer(c.opts...)
 	controller.NewServer(ctl).Register(gs)
-	vpn.NewServer(r, nil).Register(gs)
+	vpn.NewServer(r, peers).Register(gs)
 	controller.NewAgentServer(ctl, r).Attach(gs)
 	lis, err := net.Listen("tcp", c.Addr)
 	if err != nil {
