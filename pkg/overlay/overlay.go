@@ -559,7 +559,10 @@ func (m *Manager) setLocked(ctx context.Context, s *State) error {
 		}
 		if exists {
 			// Same name, other endpoints (the underlay address changed):
-			// replace it; its routes go with it and are re-added below.
+			// replace it; its routes are re-added below. They are removed
+			// first, in batches: the kernel removing a device's nexthops
+			// walks every table once per nexthop that still has routes.
+			m.flushViaLocked(ctx, l.Attrs().Index, fail)
 			if err := m.h.LinkDel(l); err != nil && !isGone(err) {
 				fail(fmt.Errorf("overlay: replace tunnel %s: %w", name, err))
 				continue
@@ -863,6 +866,30 @@ func (m *Manager) applyRoutesLocked(ctx context.Context, ops []routeOp) []error 
 		ops = ops[n:]
 	}
 	return errs
+}
+
+// flushViaLocked removes the routes and nexthops through an interface, routes
+// first, in batches.
+func (m *Manager) flushViaLocked(ctx context.Context, ifindex int, fail func(error)) {
+	nhs := map[uint32]bool{}
+	var nhDels, dels []routeOp
+	for k, n := range m.cur.nexthops {
+		if n.Oif == int32(ifindex) {
+			nhs[n.ID] = true
+			nhDels = append(nhDels, routeOp{Del: true, Nexthop: true, NH: n, NHKey: k})
+		}
+	}
+	for _, r := range m.cur.routes {
+		if r.Oif == int32(ifindex) || r.NhID != 0 && nhs[r.NhID] {
+			dels = append(dels, routeOp{Del: true, Route: r})
+		}
+	}
+	for _, err := range m.applyRoutesLocked(ctx, dels) {
+		fail(err)
+	}
+	for _, err := range m.applyRoutesLocked(ctx, nhDels) {
+		fail(err)
+	}
 }
 
 // forgetRoutesViaLocked drops the records of routes through an interface the

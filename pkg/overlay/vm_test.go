@@ -184,6 +184,16 @@ func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
 	g.set(t, both, both, true, true)
 	g.checkPath(t, overlay.EncapMPLSoUDP, cap)
 
+	// Gateway A's underlay address changes: A replaces its tunnel to B (same
+	// name, new local address), B makes a new one toward A's new address.
+	g.gwA.IP(t, "addr", "add", "192.0.2.11/24", "dev", "u0")
+	g.ulA = ap("192.0.2.11")
+	g.set(t, both, both, true, true)
+	g.checkPath(t, overlay.EncapMPLSoUDP, cap)
+	if d := g.gwB.Dump(t); strings.Contains(d, "link iofuc0000201") || !strings.Contains(d, "link iofuc000020b") {
+		t.Errorf("B's tunnels after A's underlay change:\n%s", d)
+	}
+
 	for _, x := range []struct {
 		m  *overlay.Manager
 		ns *overlaytest.NS
