@@ -6,7 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 )
@@ -56,5 +59,58 @@ networks:
 	}
 	if d := gw.Dump(t); d != "" {
 		t.Fatalf("after --cleanup:\n%s", d)
+	}
+}
+
+// syncBuffer is a log sink the agent and the test share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestSIGTERMLeavesDataPlane(t *testing.T) {
+	gw := overlaytest.NewNS(t, "iofagent")
+	overlaytest.Pod(t, gw, "veth1", netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("169.254.1.1"))
+	state := filepath.Join(t.TempDir(), "state.yaml")
+	doc := "networks:\n- name: red\n  table: 7001\n  endpoints:\n  - {interface: veth1, address: 10.1.0.1, label: 1001}\n"
+	if err := os.WriteFile(state, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log syncBuffer
+	rc := make(chan int, 1)
+	go func() { rc <- run([]string{"--state", state, "--netns", gw.Path}, &log) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(log.String(), "state applied") {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not apply the state:\n%s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The agent's signal handler is installed before it applies anything.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-rc:
+		if code != 0 {
+			t.Fatalf("exit %d after SIGTERM:\n%s", code, log.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not stop on SIGTERM")
+	}
+	if d := gw.Dump(t); !strings.Contains(d, "route 10.1.0.1 dev veth1 table 7001 scope link") {
+		t.Fatalf("data plane gone after SIGTERM:\n%s", d)
 	}
 }
