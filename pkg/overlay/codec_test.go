@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"strings"
@@ -188,5 +189,37 @@ func TestNexthopCodecRoundTrip(t *testing.T) {
 	got, err := decodeNexthop(msgs[0].Data)
 	if err != nil || got != n {
 		t.Fatalf("round trip: %+v, %v; want %+v", got, err, n)
+	}
+}
+
+// FuzzDecodeRule: arbitrary rule messages never panic the rule decoder.
+func FuzzDecodeRule(f *testing.F) {
+	msg := appendRuleDumpRequest(nil, 1, afInet)
+	msg = appendAttr(msg, fraPriority, u32(RulePriority))
+	msg = appendAttr(msg, fraTable, u32(7001))
+	msg = appendAttr(msg, fraIifname, []byte("veth1\x00"))
+	msg = appendAttr(msg, fraProtocol, []byte{RouteProtocol})
+	binary.NativeEndian.PutUint32(msg, uint32(len(msg)))
+	f.Add(msg)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		msgs, _ := splitMessages(data)
+		for _, m := range msgs {
+			_, _ = decodeRule(m.Data)
+		}
+	})
+}
+
+func TestDecodeRule(t *testing.T) {
+	msg := appendRuleDumpRequest(nil, 1, afInet)
+	msg = appendAttr(msg, fraPriority, u32(RulePriority))
+	msg = appendAttr(msg, fraTable, u32(7001))
+	msg = appendAttr(msg, fraIifname, []byte("veth1\x00"))
+	msg = appendAttr(msg, fraProtocol, []byte{RouteProtocol})
+	binary.NativeEndian.PutUint32(msg, uint32(len(msg)))
+	msgs, _ := splitMessages(msg)
+	r, err := decodeRule(msgs[0].Data)
+	want := krule{Family: afInet, Priority: RulePriority, Table: 7001, Iif: "veth1", Protocol: RouteProtocol}
+	if err != nil || r != want {
+		t.Fatalf("decodeRule = %+v, %v; want %+v", r, err, want)
 	}
 }

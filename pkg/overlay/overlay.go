@@ -241,14 +241,14 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 		if fam == netlink.FAMILY_V6 && !m.feat.IPv6 {
 			continue
 		}
-		rules, err := m.listRulesLocked(fam)
+		rules, err := m.rt.dumpRules(uint8(fam))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("overlay: list rules: %w", err))
 			continue
 		}
 		for _, r := range rules {
 			if r.Priority >= RulePriority && r.Priority <= RulePriorityLast {
-				cur.rules[ruleKey{Family: fam, Iif: r.IifName, Table: uint32(r.Table), Priority: r.Priority}] = true
+				cur.rules[ruleKey{Family: fam, Iif: r.Iif, Table: r.Table, Priority: int(r.Priority)}] = true
 			}
 		}
 	}
@@ -302,16 +302,6 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 	m.log.Info("overlay: adopted kernel state", "tunnels", len(cur.tunnels), "vrfs", len(cur.vrfs),
 		"rules", len(cur.rules), "routes", len(cur.routes), "nexthops", len(cur.nexthops), "fou", cur.fou)
 	return errors.Join(errs...)
-}
-
-// listRules lists rules; the library's rule dump request is refused under
-// strict checking, so it is switched off for this one listing.
-func (m *Manager) listRulesLocked(fam int) ([]netlink.Rule, error) {
-	if err := m.h.SetStrictCheck(false); err != nil {
-		return nil, err
-	}
-	defer func() { _ = m.h.SetStrictCheck(true) }()
-	return m.h.RuleList(fam)
 }
 
 func ipAddr(ip net.IP) netip.Addr {

@@ -537,3 +537,67 @@ func decodeNexthop(data []byte) (knexthop, error) {
 	})
 	return n, err
 }
+
+const (
+	rtmGetRule    = 34
+	rtmNewRule    = 32
+	fibRuleHdrLen = 12
+	fraIifname    = 3
+	fraPriority   = 6
+	fraTable      = 15
+	fraProtocol   = 21
+)
+
+// krule is the part of a policy rule iotfabric looks at.
+type krule struct {
+	Family   uint8
+	Priority uint32
+	Table    uint32
+	Iif      string
+	Protocol uint8
+}
+
+// appendRuleDumpRequest appends an RTM_GETRULE dump request for one family; the
+// header is left empty as strict checking requires.
+func appendRuleDumpRequest(b []byte, seq uint32, family uint8) []byte {
+	start := len(b)
+	b = append(b, make([]byte, nlmsgHdrLen)...)
+	b = append(b, family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
+	binary.NativeEndian.PutUint16(b[start+4:], rtmGetRule)
+	binary.NativeEndian.PutUint16(b[start+6:], nlmFRequest|nlmFDump)
+	binary.NativeEndian.PutUint32(b[start+8:], seq)
+	return b
+}
+
+// decodeRule decodes the payload of an RTM_NEWRULE message.
+func decodeRule(data []byte) (krule, error) {
+	var r krule
+	if len(data) < fibRuleHdrLen {
+		return r, fmt.Errorf("fib_rule_hdr: %w", errTruncated)
+	}
+	r.Family = data[0]
+	r.Table = uint32(data[4])
+	err := forEachAttr(data[fibRuleHdrLen:], func(typ uint16, v []byte) error {
+		switch typ {
+		case fraPriority, fraTable:
+			if len(v) != 4 {
+				return fmt.Errorf("rule attribute %d: %w", typ, errTruncated)
+			}
+			if typ == fraPriority {
+				r.Priority = binary.NativeEndian.Uint32(v)
+			} else {
+				r.Table = binary.NativeEndian.Uint32(v)
+			}
+		case fraIifname:
+			r.Iif = strings.TrimRight(string(v), "\x00")
+		case fraProtocol:
+			if len(v) != 1 {
+				return fmt.Errorf("FRA_PROTOCOL: %w", errTruncated)
+			}
+			r.Protocol = v[0]
+		}
+		return nil
+	})
+	return r, err
+}

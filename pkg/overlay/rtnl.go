@@ -274,6 +274,25 @@ func (s *rtnl) dumpNexthops(protocol uint8) ([]knexthop, error) {
 	return out, err
 }
 
+// dumpRules lists the policy rules of one family (strict checking).
+func (s *rtnl) dumpRules(family uint8) ([]krule, error) {
+	var out []krule
+	err := s.dumpRetry(func(seq uint32) []byte { return appendRuleDumpRequest(nil, seq, family) },
+		func() { out = out[:0] },
+		func(m nlmsg) error {
+			if m.Type != rtmNewRule {
+				return nil
+			}
+			r, err := decodeRule(m.Data)
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+			return nil
+		})
+	return out, err
+}
+
 func (s *rtnl) dumpRetry(req func(seq uint32) []byte, reset func(), each func(nlmsg) error) error {
 	for attempt := 0; attempt < 5; attempt++ {
 		reset()
