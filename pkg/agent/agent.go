@@ -44,7 +44,7 @@ type Options struct {
 	// AttachWait bounds how long an attach waits for the data plane (default 5s).
 	AttachWait time.Duration
 	// LeaseWait is how long, after the agent started, a pod that needs a
-	// block waits for a controller session to come up (default 3s).
+	// block waits for a controller session to come up (default 10s).
 	LeaseWait time.Duration
 	// OnApply, if set, is called after every attempt to program the data
 	// plane with the state and the attempt's result (not on the core goroutine).
@@ -85,7 +85,7 @@ func New(opts Options) (*Agent, error) {
 		opts.AttachWait = 5 * time.Second
 	}
 	if opts.LeaseWait <= 0 {
-		opts.LeaseWait = 3 * time.Second
+		opts.LeaseWait = 10 * time.Second
 	}
 	core, st, err := NewCore(opts.Config)
 	if err != nil {
@@ -108,6 +108,7 @@ func (a *Agent) Ready() <-chan struct{} { return a.ready }
 
 // Run runs everything until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	a.started = time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -151,7 +152,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		srv := &cni.Server{Handler: a, Log: a.log}
 		wg.Go(func() { srvErr <- srv.Serve(ctx, l) })
 	}
-	a.started = time.Now()
 	close(a.ready)
 	a.log.Info("agent: running", "gateway", a.opts.Gateway, "underlay", a.opts.Underlay, "controllers", a.opts.Controllers, "cni_socket", a.opts.CNISocket)
 	select {

@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -18,7 +19,7 @@ import (
 // gateway B's desired state through the other.
 func TestTwoControllersShareEtcd(t *testing.T) {
 	agenttest.RequireRoot(t)
-	srv := etcdtest.Start(t)
+	srv := startEtcdPinned(t)
 	open := func() (store.Store, error) {
 		return etcd.Open(context.Background(), etcd.Options{Endpoints: []string{srv.Endpoint}, Namespace: "/ha/"})
 	}
@@ -29,11 +30,11 @@ func TestTwoControllersShareEtcd(t *testing.T) {
 	gwA := agenttest.StartGateway(t, "gw-a", uA, []string{c1.Addr, c2.Addr}, true)
 	gwB := agenttest.StartGateway(t, "gw-b", uB, []string{c1.Addr, c2.Addr}, true)
 	c := agenttest.NewCNI(t, pluginDir)
+	gwA.WaitLive(20*time.Second, 2)
+	gwB.WaitLive(20*time.Second, 2)
 	if _, err := c.Add(ctx, gwB, "red", "b1", agenttest.NewNS(t)); err != nil {
 		t.Fatal(err)
 	}
-	gwA.WaitLive(10*time.Second, 2)
-	gwB.WaitLive(10*time.Second, 2)
 	for i, stop := range []*agenttest.Controller{c1, c2} {
 		stop.Stop()
 		gwA.WaitLive(10*time.Second, 1)
@@ -50,4 +51,21 @@ func TestTwoControllersShareEtcd(t *testing.T) {
 		gwA.WaitLive(10*time.Second, 2)
 		gwB.WaitLive(10*time.Second, 2)
 	}
+}
+
+// startEtcdPinned starts etcd from an OS thread that stays alive for the
+// whole test: etcdtest sets Pdeathsig, which fires when the forking thread
+// exits, and the namespace helpers retire the threads they lock.
+func startEtcdPinned(t *testing.T) *etcdtest.Server {
+	ch := make(chan *etcdtest.Server, 1)
+	release := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread() // the thread goes back to the pool, alive
+		ch <- etcdtest.Start(t)
+		<-release
+	}()
+	srv := <-ch
+	t.Cleanup(func() { close(release) })
+	return srv
 }

@@ -46,6 +46,14 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			cancel()
+			<-done
+		}
+	})
+	<-a.Ready()
 	<-live
 	cl := &cni.Client{Path: filepath.Join(dir, "cni.sock")}
 	if _, err := cl.Do(ctx, &cni.Request{Op: cni.OpAdd, ContainerID: "c", IfName: "eth0", Network: "red"}); err != nil {
@@ -55,6 +63,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
+	stopped = true
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

@@ -61,6 +61,9 @@ func StartControllerStore(t testing.TB, open func() (store.Store, error), opts .
 // StartControllerWith starts the controller c describes (Open, BGP).
 func StartControllerWith(t testing.TB, c *Controller, opts ...grpc.ServerOption) *Controller {
 	c.t, c.dir, c.Addr, c.opts, c.Log = t, t.TempDir(), "127.0.0.1:0", opts, slog.New(slog.DiscardHandler)
+	if os.Getenv("IOTFABRIC_TEST_LOG") != "" {
+		c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("controller", t.Name())
+	}
 	if c.Open == nil {
 		dir := c.dir
 		c.Open = func() (store.Store, error) {
