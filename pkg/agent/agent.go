@@ -529,6 +529,7 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	start := time.Now()
 	resp, err := cl.ReportEndpoints(rctx, &v1.ReportEndpointsRequest{Gateway: a.opts.Gateway, Endpoints: b.endpoints, FullSync: b.fullSync, OfflineLog: b.offline})
 	if err != nil {
 		return rev, fmt.Errorf("report endpoints: %w", err)
@@ -541,6 +542,6 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 	if len(b.offline) > 0 {
 		a.core.offlineReported(ctx, len(b.offline))
 	}
-	log.Debug("agent: endpoints reported", "count", len(b.endpoints), "full_sync", b.fullSync, "offline_records", len(b.offline), "deleted", resp.GetDeleted())
+	log.Debug("agent: endpoints reported", "count", len(b.endpoints), "full_sync", b.fullSync, "offline_records", len(b.offline), "deleted", resp.GetDeleted(), "took", time.Since(start))
 	return b.rev, nil
 }

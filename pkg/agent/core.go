@@ -110,6 +110,7 @@ type Core struct {
 	// notifications (non-blocking sends; readers then ask the core)
 	desiredCh  chan struct{}
 	endpointCh chan struct{}
+	routesOut  chan map[string]*sessionRoutes // to the routes writer (latest wins)
 }
 
 // NewCore loads the state directory.
@@ -161,7 +162,7 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 		p.NextLabel = overlay.LabelFirst
 	}
 	c := &Core{cfg: cfg, log: cfg.Log, ops: make(chan func(*coreState)), done: make(chan struct{}),
-		desiredCh: make(chan struct{}, 1), endpointCh: make(chan struct{}, 1)}
+		desiredCh: make(chan struct{}, 1), endpointCh: make(chan struct{}, 1), routesOut: make(chan map[string]*sessionRoutes, 1)}
 	return c, s, nil
 }
 
@@ -199,6 +200,9 @@ func (s *coreState) rebuildPools(gw string) error {
 // Run owns the state until ctx ends.
 func (c *Core) Run(ctx context.Context, s *coreState) error {
 	defer close(c.done)
+	written := make(chan struct{})
+	go c.writeRoutes(written)
+	defer func() { close(c.routesOut); <-written }()
 	c.signal(c.desiredCh)
 	routesTick := time.NewTicker(time.Second)
 	defer routesTick.Stop()
@@ -250,19 +254,37 @@ func (c *Core) persist(s *coreState) {
 	s.afterSave = s.afterSave[:0]
 }
 
+// flushRoutes hands a copy of the route sets to the routes writer: encoding
+// thousands of routes is kept off the core goroutine. Routes are never
+// changed in place, so the copy shares them.
 func (c *Core) flushRoutes(s *coreState) {
 	if !s.routesDirty {
 		return
 	}
-	data, err := encodeRoutes(s.sessions)
-	if err == nil {
-		err = writeFileAtomic(filepath.Join(c.cfg.StateDir, routesFile), data)
+	snap := make(map[string]*sessionRoutes, len(s.sessions))
+	for addr, sr := range s.sessions {
+		snap[addr] = &sessionRoutes{controllerID: sr.controllerID, revision: sr.revision, routes: maps.Clone(sr.routes)}
 	}
-	if err != nil {
-		c.log.Error("agent: persist routes", "err", err)
-		return
+	select {
+	case <-c.routesOut: // drop the older snapshot not written yet
+	default:
 	}
+	c.routesOut <- snap
 	s.routesDirty = false
+}
+
+// writeRoutes writes route snapshots until routesOut is closed.
+func (c *Core) writeRoutes(done chan<- struct{}) {
+	defer close(done)
+	for snap := range c.routesOut {
+		data, err := encodeRoutes(snap)
+		if err == nil {
+			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, routesFile), data)
+		}
+		if err != nil {
+			c.log.Error("agent: persist routes", "err", err)
+		}
+	}
 }
 
 func (c *Core) signal(ch chan struct{}) {

@@ -260,7 +260,8 @@ func (c *Core) nextReport(ctx context.Context, rev uint64, full bool) (reportBat
 }
 
 // report is nextReport; with network set, it lists that network's endpoints
-// (all of them, not as a full sync) and no offline log.
+// changed after rev and those not attached yet (not as a full sync), and no
+// offline log.
 func (c *Core) report(ctx context.Context, rev uint64, full bool, network string) (reportBatch, error) {
 	var b reportBatch
 	err := c.do(ctx, func(s *coreState) {
@@ -274,7 +275,15 @@ func (c *Core) report(ctx context.Context, rev uint64, full bool, network string
 			if network != "" && e.Network != network {
 				continue
 			}
-			if !b.fullSync && e.rev <= rev && rev != 0 {
+			switch {
+			case network == "" && !e.Attached:
+				// Reported once attached: the route is advertised when the
+				// pod is wired, and the controller's work is halved.
+				continue
+			case network != "" && !e.Attached:
+				// Before a lease: the controller must count the addresses of
+				// ADDs in flight, or it returns the block it thinks has room.
+			case !b.fullSync && e.rev <= rev && rev != 0:
 				continue
 			}
 			ae := &v1.AgentEndpoint{Id: e.ID, Network: e.Network, Mac: e.MAC, Label: e.Label, Created: timestamppb.New(e.Created)}
