@@ -312,10 +312,10 @@ func TestLibcniConcurrentAdds(t *testing.T) {
 }
 
 // runPlugin calls the plugin binary directly with a raw configuration.
-func runPlugin(t *testing.T, command, netnsPath, conf string) *types.Error {
+func runPlugin(t *testing.T, command, netnsPath, conf string, env ...string) *types.Error {
 	t.Helper()
 	ex := &rawExec{}
-	env := []string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=bad1", "CNI_NETNS=" + netnsPath, "CNI_IFNAME=eth0", "CNI_PATH=" + pluginDir}
+	env = append([]string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=bad1", "CNI_NETNS=" + netnsPath, "CNI_IFNAME=eth0", "CNI_PATH=" + pluginDir}, env...)
 	out, err := ex.run(filepath.Join(pluginDir, "iotfabric"), env, []byte(conf))
 	if err == nil {
 		return nil
@@ -335,19 +335,22 @@ func TestLibcniBadInput(t *testing.T) {
 		name, cmd, netns, conf string
 		code                   uint
 		says                   string
+		env                    []string
 	}{
-		{"malformed JSON", "ADD", pod.Path(), `{"cniVersion": "1.1.0", "name": `, types.ErrDecodingFailure, ""},
-		{"unknown network", "ADD", pod.Path(), strings.Replace(good, `"red"`, `"blue"`, 1), types.ErrInvalidNetworkConfig, `unknown network "blue"`},
-		{"missing netns", "ADD", "/var/run/netns/iotfabric-absent-" + fmt.Sprint(os.Getpid()), good, types.ErrUnknownContainer, "cannot be opened"},
-		{"wrong cniVersion", "ADD", pod.Path(), strings.Replace(good, `"1.1.0"`, `"7.0.0"`, 1), types.ErrIncompatibleCNIVersion, ""},
-		{"relative socket", "ADD", pod.Path(), strings.Replace(good, e.sock, "cni.sock", 1), types.ErrInvalidNetworkConfig, "absolute path"},
-		{"bad mtu", "ADD", pod.Path(), strings.Replace(good, `"network"`, `"mtu": 5, "network"`, 1), types.ErrInvalidNetworkConfig, "mtu"},
-		{"no agent", "ADD", pod.Path(), strings.Replace(good, e.sock, e.sock+".absent", 1), types.ErrTryAgainLater, "not reachable"},
-		{"status without agent", "STATUS", "", strings.Replace(good, e.sock, e.sock+".absent", 1), types.ErrPluginNotAvailable, ""},
-		{"check without prevResult", "CHECK", pod.Path(), good, types.ErrInvalidNetworkConfig, "prevResult"},
+		{"interface name too long", "ADD", pod.Path(), good, types.ErrInvalidEnvironmentVariables, "interface name", []string{"CNI_IFNAME=averyveryverylongname"}},
+		{"container id with a slash", "ADD", pod.Path(), good, types.ErrInvalidEnvironmentVariables, "containerID", []string{"CNI_CONTAINERID=a/b"}},
+		{"malformed JSON", "ADD", pod.Path(), `{"cniVersion": "1.1.0", "name": `, types.ErrDecodingFailure, "", nil},
+		{"unknown network", "ADD", pod.Path(), strings.Replace(good, `"red"`, `"blue"`, 1), types.ErrInvalidNetworkConfig, `unknown network "blue"`, nil},
+		{"missing netns", "ADD", "/var/run/netns/iotfabric-absent-" + fmt.Sprint(os.Getpid()), good, types.ErrUnknownContainer, "cannot be opened", nil},
+		{"wrong cniVersion", "ADD", pod.Path(), strings.Replace(good, `"1.1.0"`, `"7.0.0"`, 1), types.ErrIncompatibleCNIVersion, "", nil},
+		{"relative socket", "ADD", pod.Path(), strings.Replace(good, e.sock, "cni.sock", 1), types.ErrInvalidNetworkConfig, "absolute path", nil},
+		{"bad mtu", "ADD", pod.Path(), strings.Replace(good, `"network"`, `"mtu": 5, "network"`, 1), types.ErrInvalidNetworkConfig, "mtu", nil},
+		{"no agent", "ADD", pod.Path(), strings.Replace(good, e.sock, e.sock+".absent", 1), types.ErrTryAgainLater, "not reachable", nil},
+		{"status without agent", "STATUS", "", strings.Replace(good, e.sock, e.sock+".absent", 1), types.ErrPluginNotAvailable, "", nil},
+		{"check without prevResult", "CHECK", pod.Path(), good, types.ErrInvalidNetworkConfig, "prevResult", nil},
 	}
 	for _, c := range cases {
-		te := runPlugin(t, c.cmd, c.netns, c.conf)
+		te := runPlugin(t, c.cmd, c.netns, c.conf, c.env...)
 		if te == nil || te.Code != c.code || !strings.Contains(te.Msg+te.Details, c.says) {
 			t.Errorf("%s: got %+v, want code %d saying %q", c.name, te, c.code, c.says)
 		}

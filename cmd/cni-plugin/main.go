@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -76,9 +77,25 @@ func handleAt(ns netns.NsHandle) (*netlink.Handle, error) {
 	return netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 }
 
+// checkArgs validates CNI_CONTAINERID and CNI_IFNAME.
+func checkArgs(args *skel.CmdArgs) error {
+	if !containerIDRE.MatchString(args.ContainerID) {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_CONTAINERID %q: use 1-200 letters, digits, '_', '.', '-'", args.ContainerID), "")
+	}
+	if n := args.IfName; n == "" || len(n) > 15 || strings.ContainsAny(n, "/: \t\n") || n == "." || n == ".." {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME %q is not a valid interface name (1-15 characters, no '/', ':' or spaces)", n), "")
+	}
+	return nil
+}
+
+var containerIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$`)
+
 func cmdAdd(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
+		return err
+	}
+	if err := checkArgs(args); err != nil {
 		return err
 	}
 	var ka k8sArgs
