@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	gwagent "github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/agent"
 )
@@ -23,6 +24,9 @@ import (
 const usage = `vrouter-agent: program a gateway's overlay data plane into the Linux kernel.
 
 Usage:
+  vrouter-agent --gateway NAME --underlay IP --controller ADDR [flags]
+                                       follow the controllers: register the gateway, serve the CNI
+                                       plugin, report its pods and program the routes (docs/agent.md)
   vrouter-agent --state FILE [flags]   apply FILE (YAML or JSON) and re-apply it whenever it changes
   vrouter-agent --cleanup [flags]      remove everything iotfabric created in the kernel, then exit
 
@@ -42,8 +46,8 @@ Everything the agent creates is marked: route protocol 165, tables 7000-7999,
 rule priorities 7000-7099, interface names starting with "iof". At start it adopts
 what is there and removes orphans without disturbing traffic that stays wanted.
 On SIGTERM/SIGINT it exits and leaves the data plane in place (forwarding goes on).
-The controller's watch stream and the CNI server are not wired in yet: --state is
-the only source for now.
+With --gateway the desired state comes from the controllers and the CNI plugin
+(docs/agent.md) instead of a file.
 
 Flags:
 `
@@ -65,6 +69,8 @@ func run(args []string, stderr io.Writer) int {
 		level     = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		once      = fs.Bool("once", false, "apply the state file once and exit (non-zero if it did not fully apply)")
 	)
+	var gwf gwagent.Flags
+	gwf.Register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -86,9 +92,22 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vrouter-agent: --gateway-address: %v\n", err)
 		return 2
 	}
-	if *cleanup == (*statePath != "") {
-		fmt.Fprintln(stderr, "vrouter-agent: give exactly one of --state FILE or --cleanup (see --help)")
+	modes := 0
+	for _, on := range []bool{*cleanup, *statePath != "", gwf.Enabled()} {
+		if on {
+			modes++
+		}
+	}
+	if modes != 1 {
+		fmt.Fprintln(stderr, "vrouter-agent: give exactly one of --gateway NAME, --state FILE or --cleanup (see --help)")
 		return 2
+	}
+	var gwOpts gwagent.Options
+	if gwf.Enabled() {
+		if gwOpts, err = gwf.Options(log); err != nil {
+			fmt.Fprintf(stderr, "vrouter-agent: %v\n", err)
+			return 2
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -106,6 +125,23 @@ func run(args []string, stderr io.Writer) int {
 			return 1
 		}
 		log.Info("vrouter: cleanup done")
+		return 0
+	}
+	if gwf.Enabled() {
+		gwOpts.Applier, gwOpts.HostNetns = m, *netnsPath
+		gwOpts.KernelFeatures, gwOpts.Version = gwagent.KernelFeatures(m.Features()), "dev"
+		gwOpts.ResyncInterval = *resync
+		a, err := gwagent.New(gwOpts)
+		if err != nil {
+			log.Error("vrouter: start", "error", err)
+			return 1
+		}
+		log.Info("vrouter: running", "gateway", gwf.Gateway, "controllers", gwf.Controllers, "features", m.Features())
+		if err := a.Run(ctx); err != nil {
+			log.Error("vrouter: stopped", "error", err)
+			return 1
+		}
+		log.Info("vrouter: shutting down; the data plane stays in place")
 		return 0
 	}
 	if *once {
