@@ -2,7 +2,9 @@
 .PHONY: bench-cni test-cni-faults install-cni vmtest-cni
 
 BENCH_TARGETS += bench-cni
-DEMO_STEPS += scripts/demo-cni.sh
+# After the BGP step (mk/core.mk, included after this file): a target-specific
+# append is applied once every makefile is read.
+demo: DEMO_STEPS += scripts/demo-cni.sh
 
 bench-cni: ## CNI ADD p50/p99 (serial, 32 at a time) vs reference bridge+host-local; propagation p99, 1,000 endpoints over 10 gateways (root)
 	IOTFABRIC_BENCH=1 $(GO) test -count=1 -timeout 10m -run '^TestBench(CNIAdd|Propagation)$$' -v ./pkg/agent/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}

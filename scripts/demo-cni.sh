@@ -84,7 +84,7 @@ if ip netns exec iotfdemo-gwa-$id test -d /proc/sys/net/mpls; then
 else
   echo
   echo "(this kernel has no MPLS: the pods' routes are in place at both gateways, the tunnels need"
-  echo " mpls_router, mpls_iptunnel and fou; make vmtest runs that part under Debian's kernel)"
+  echo " mpls_router, mpls_iptunnel and fou; make vmtest-cni pings between two pods under Debian's kernel in qemu)"
 fi
 
 for p in a1:a b1:b; do
