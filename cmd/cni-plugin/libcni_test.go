@@ -382,6 +382,9 @@ func TestLibcniChainWithPortmap(t *testing.T) {
 	pod := agenttest.NewNS(t)
 	rt := e.rt("chained", pod)
 	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 18080 + os.Getpid()%1000, "containerPort": 80, "protocol": "tcp"}}}
+	// portmap's rules live in the test's own namespace: removed even when
+	// the test fails half-way (a DEL of what is gone succeeds).
+	t.Cleanup(func() { e.cni.DelNetworkList(context.Background(), l, rt) })
 	r, err := e.cni.AddNetworkList(ctx, l, rt)
 	if err != nil {
 		t.Fatalf("ADD through the chain: %v", err)
