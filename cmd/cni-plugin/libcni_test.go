@@ -383,8 +383,19 @@ func TestLibcniChainWithPortmap(t *testing.T) {
 	rt := e.rt("chained", pod)
 	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 18080 + os.Getpid()%1000, "containerPort": 80, "protocol": "tcp"}}}
 	// portmap's rules live in the test's own namespace: removed even when
-	// the test fails half-way (a DEL of what is gone succeeds).
-	t.Cleanup(func() { e.cni.DelNetworkList(context.Background(), l, rt) })
+	// the test fails half-way (a DEL of what is gone succeeds), and the
+	// shared chain portmap leaves behind too when this test made it.
+	hadChain := exec.Command("iptables", "-w", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT").Run() == nil
+	t.Cleanup(func() {
+		e.cni.DelNetworkList(context.Background(), l, rt)
+		if out, err := exec.Command("iptables", "-w", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT").Output(); !hadChain && err == nil &&
+			strings.TrimSpace(string(out)) == "-N CNI-HOSTPORT-DNAT" {
+			for _, hook := range []string{"PREROUTING", "OUTPUT"} {
+				exec.Command("iptables", "-w", "-t", "nat", "-D", hook, "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT").Run()
+			}
+			exec.Command("iptables", "-w", "-t", "nat", "-X", "CNI-HOSTPORT-DNAT").Run()
+		}
+	})
 	r, err := e.cni.AddNetworkList(ctx, l, rt)
 	if err != nil {
 		t.Fatalf("ADD through the chain: %v", err)
