@@ -36,7 +36,6 @@ type applyLoop struct {
 	mu      sync.Mutex
 	applied uint64        // generation of the last apply attempt
 	lastErr error         // its result
-	last    overlay.State // the state last handed to the applier
 	changed chan struct{} // closed and replaced after every attempt
 }
 
@@ -86,7 +85,7 @@ func (l *applyLoop) run(ctx context.Context) {
 			return
 		}
 		l.mu.Lock()
-		l.applied, l.lastErr, l.last = gen, err, st
+		l.applied, l.lastErr = gen, err
 		close(l.changed)
 		l.changed = make(chan struct{})
 		l.mu.Unlock()
@@ -121,11 +120,4 @@ func (l *applyLoop) wait(ctx context.Context, gen uint64) error {
 			return ctx.Err()
 		}
 	}
-}
-
-// lastState returns the state last handed to the applier.
-func (l *applyLoop) lastState() overlay.State {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.last.Clone()
 }
