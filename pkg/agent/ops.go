@@ -19,6 +19,9 @@ func (c *Core) Add(ctx context.Context, req *cni.Request) (cni.Endpoint, error) 
 	var out cni.Endpoint
 	var err error
 	e2 := c.doSaved(ctx, func(s *coreState) {
+		if err = ctx.Err(); err != nil {
+			return // the plugin went away while the request waited
+		}
 		var e *Endpoint
 		if e, err = c.add(s, req); err == nil {
 			out = cloneEP(e)
@@ -43,6 +46,9 @@ func (c *Core) Attach(ctx context.Context, id, mac string) (cni.Endpoint, uint64
 	var gen uint64
 	var err error
 	e2 := c.doSaved(ctx, func(s *coreState) {
+		if err = ctx.Err(); err != nil {
+			return
+		}
 		e, ok := s.eps[id]
 		if !ok {
 			err = cni.Errorf(cni.CodeUnknownContainer, "endpoint %s is not known to the agent (was it deleted meanwhile?)", id)

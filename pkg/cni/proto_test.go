@@ -136,3 +136,40 @@ func TestServerClient(t *testing.T) {
 		t.Fatalf("no agent: %v", err)
 	}
 }
+
+// TestServerDropsRequestsOfGonePlugins: a request whose plugin died before
+// the agent accepted it (it waited in the listen backlog) is not acted on.
+func TestServerDropsRequestsOfGonePlugins(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cni.sock")
+	l, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewEncoder(conn).Encode(&Request{Op: OpAdd, ContainerID: "dead", IfName: "eth0", Network: "red"})
+	conn.Close() // the plugin is killed before the agent gets to it
+	calls := make(chan string, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	srv := &Server{Handler: HandlerFunc(func(ctx context.Context, req *Request) *Response {
+		calls <- req.ContainerID
+		return &Response{}
+	})}
+	go func() { done <- srv.Serve(ctx, l) }()
+	if _, err := (&Client{Path: path}).Do(ctx, &Request{Op: OpStatus, ContainerID: "alive"}); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-done
+	close(calls)
+	var got []string
+	for c := range calls {
+		got = append(got, c)
+	}
+	if len(got) != 1 || got[0] != "alive" {
+		t.Fatalf("handled %v, want only the live request", got)
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -13,6 +12,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Handler answers requests. It must honour ctx (the client went away or the
@@ -123,15 +124,19 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, timeout time.Du
 	if err != nil {
 		resp = &Response{Error: &Error{Code: CodeDecodingFailure, Msg: "bad request from the plugin", Details: err.Error()}}
 	} else {
-		// The plugin half-closes after its request: a read seeing EOF
-		// afterwards is normal; a reset means it went away.
+		// The plugin keeps its side open until it has the answer. A request
+		// whose sender is already gone (killed while its request waited to
+		// be accepted) is dropped rather than acted on.
+		if peerClosed(c) {
+			log.Debug("cni: dropped a request whose plugin is gone", "op", req.Op, "container", req.ContainerID)
+			return
+		}
+		// A plugin that goes away while its request runs cancels it.
 		go func() {
 			var b [1]byte
 			_ = c.SetReadDeadline(time.Time{})
-			if _, err := c.Read(b[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-				if !isEOF(err) {
-					cancel()
-				}
+			if _, err := c.Read(b[:]); err != nil {
+				cancel()
 			}
 		}()
 		resp = s.Handler.Handle(ctx, req)
@@ -145,7 +150,22 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, timeout time.Du
 	}
 }
 
-func isEOF(err error) bool { return errors.Is(err, io.EOF) }
+// peerClosed reports whether the other end of c has closed it, without
+// blocking (MSG_PEEK|MSG_DONTWAIT: 0 bytes means end of stream).
+func peerClosed(c *net.UnixConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	closed := false
+	_ = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		closed = err == nil && n == 0
+		return true // never wait
+	})
+	return closed
+}
 
 // Client calls the agent.
 type Client struct {
@@ -164,10 +184,11 @@ func (c *Client) Do(ctx context.Context, req *Request) (*Response, error) {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
+	// The write side stays open until the answer came: the agent drops
+	// requests whose plugin is gone, and cancels them when it goes.
 	if err := json.NewEncoder(conn).Encode(req); err != nil {
 		return nil, &Error{Code: CodeIOFailure, Msg: "send request to the vrouter agent", Details: err.Error()}
 	}
-	_ = conn.(*net.UnixConn).CloseWrite()
 	resp, err := DecodeResponse(conn)
 	if err != nil {
 		if ctx.Err() != nil {
