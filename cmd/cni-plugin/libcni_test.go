@@ -432,3 +432,47 @@ func TestLibcniChainWithPortmap(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLibcniDualStack: a network with an IPv4 and an IPv6 subnet gives the
+// pod a /32 and a /128, both in the result, with default routes.
+func TestLibcniDualStack(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.api.Net.CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "dual", Subnets: []string{"10.20.0.0/16", "fd00:20::/64"}}}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := libcni.NetworkConfFromBytes(fmt.Appendf(nil, `{"cniVersion": "1.1.0", "name": "dual", "plugins": [
+	  {"type": "iotfabric", "socket": %q, "network": "dual"}]}`, e.sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := agenttest.NewNS(t)
+	res := e.add(l, "d1", pod)
+	var v4, v6 bool
+	for _, ip := range res.IPs {
+		ones, bits := ip.Address.Mask.Size()
+		v4 = v4 || (bits == 32 && ones == 32)
+		v6 = v6 || (bits == 128 && ones == 128)
+	}
+	if !v4 || !v6 || len(res.Routes) != 2 {
+		t.Fatalf("dual-stack result: ips %v routes %v", res.IPs, res.Routes)
+	}
+	pl, ph := linkIn(t, pod, "eth0")
+	addrs, _ := ph.AddrList(pl, netlink.FAMILY_V6)
+	ph.Close()
+	found := false
+	for _, a := range addrs {
+		for _, ip := range res.IPs {
+			found = found || a.IP.Equal(ip.Address.IP)
+		}
+	}
+	if !found {
+		t.Fatalf("no IPv6 address of the result on eth0: %v", addrs)
+	}
+	if err := e.cni.CheckNetworkList(ctx, l, e.rt("d1", pod)); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := e.cni.DelNetworkList(ctx, l, e.rt("d1", pod)); err != nil {
+		t.Fatal(err)
+	}
+}
