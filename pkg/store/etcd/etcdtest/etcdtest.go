@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -88,11 +89,24 @@ func Start(t testing.TB) *Server {
 		)
 		s.cmd.Env = append(os.Environ(), "ETCD_UNSUPPORTED_ARCH="+goarchEnv())
 		s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+		// Pdeathsig fires when the thread that forked exits, not the process:
+		// fork from a thread locked for etcd's whole life, so that a thread
+		// retired by some other test helper never takes etcd with it.
 		s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := s.cmd.Start(); err != nil {
+		started := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			err := s.cmd.Start()
+			started <- err
+			if err == nil {
+				s.cmd.Wait()
+				close(s.exited)
+			}
+		}()
+		if err := <-started; err != nil {
 			t.Fatalf("start etcd: %v", err)
 		}
-		go func() { s.cmd.Wait(); close(s.exited) }()
 		t.Cleanup(s.stop)
 		if lastErr = s.waitHealthy(15 * time.Second); lastErr == nil {
 			return s
