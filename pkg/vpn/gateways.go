@@ -8,12 +8,6 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 )
 
-// gwKey identifies a route across networks.
-type gwKey struct {
-	network string
-	key     bgp.RouteKey
-}
-
 // GatewayUpdate is one message of a gateway's route stream.
 type GatewayUpdate struct {
 	Snapshot bool // Put is the complete set
@@ -28,11 +22,14 @@ type GatewayRoute struct {
 	NetRoute
 }
 
-// gwSession is what a gateway was last sent; it outlives the stream so that
-// a reconnecting agent gets only the difference.
+// netRoutes is what a gateway was sent of one network.
+type netRoutes map[bgp.RouteKey]GatewayRoute
+
+// gwSession is what a gateway was last sent, per network; it outlives the
+// stream so that a reconnecting agent gets only the difference.
 type gwSession struct {
 	gateway string
-	sent    map[gwKey]GatewayRoute
+	sent    map[string]netRoutes // network -> routes
 	rev     int64
 	ch      chan GatewayUpdate // nil while no stream is attached
 }
@@ -47,24 +44,26 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-// gatewayRoutesLocked returns the routes of every network with an endpoint on gw.
-func (r *Runner) gatewayRoutesLocked(gw string) map[gwKey]GatewayRoute {
+// gatewayNetsLocked returns the networks with an endpoint on gw.
+func (r *Runner) gatewayNetsLocked(gw string) map[string]bool {
 	nets := map[string]bool{}
 	for id := range r.tbl.byGw[gw] {
 		if e := r.tbl.eps[id]; e != nil {
 			nets[e.Network] = true
 		}
 	}
-	out := map[gwKey]GatewayRoute{}
-	for n := range nets {
-		for _, rt := range r.tbl.Routes(n) {
-			out[gwKey{n, rt.Key()}] = GatewayRoute{Network: n, NetRoute: rt}
-		}
+	return nets
+}
+
+func (r *Runner) netRoutesLocked(n string) netRoutes {
+	out := netRoutes{}
+	for _, rt := range r.tbl.routes(n) {
+		out[rt.Key()] = GatewayRoute{Network: n, NetRoute: rt}
 	}
 	return out
 }
 
-func diffGateway(old, cur map[gwKey]GatewayRoute) (put, del []GatewayRoute) {
+func diffNet(old, cur netRoutes) (put, del []GatewayRoute) {
 	for k, rt := range cur {
 		if o, ok := old[k]; !ok || !o.Equal(rt.Route) || o.Origin != rt.Origin || o.Endpoint != rt.Endpoint {
 			put = append(put, rt)
@@ -93,17 +92,32 @@ func (r *Runner) WatchGateway(ctx context.Context, gw string, fromRev int64, run
 	if s.ch != nil {
 		close(s.ch) // a newer stream for the same gateway wins
 	}
-	cur := r.gatewayRoutesLocked(gw)
+	cur := map[string]netRoutes{}
+	for n := range r.gatewayNetsLocked(gw) {
+		cur[n] = r.netRoutesLocked(n)
+	}
 	r.seq++
 	first := GatewayUpdate{Revision: r.seq}
-	if runnerID == r.id && fromRev != 0 && fromRev == s.rev && s.sent != nil {
-		first.Put, first.Delete = diffGateway(s.sent, cur)
-	} else {
-		first.Snapshot = true
-		for _, rt := range cur {
-			first.Put = append(first.Put, rt)
+	resume := runnerID == r.id && fromRev != 0 && fromRev == s.rev && s.sent != nil
+	for n, rs := range cur {
+		if resume {
+			put, del := diffNet(s.sent[n], rs)
+			first.Put, first.Delete = append(first.Put, put...), append(first.Delete, del...)
+		} else {
+			for _, rt := range rs {
+				first.Put = append(first.Put, rt)
+			}
 		}
 	}
+	if resume {
+		for n, rs := range s.sent {
+			if _, still := cur[n]; !still {
+				_, del := diffNet(rs, nil)
+				first.Delete = append(first.Delete, del...)
+			}
+		}
+	}
+	first.Snapshot = !resume
 	s.sent, s.rev, s.ch = cur, r.seq, ch
 	ch <- first
 	r.mu.Unlock()
@@ -119,23 +133,46 @@ func (r *Runner) WatchGateway(ctx context.Context, gw string, fromRev int64, run
 	return ch
 }
 
-// publishGatewaysLocked sends each attached gateway what changed in its networks.
-func (r *Runner) publishGatewaysLocked() {
+// publishGatewaysLocked sends each attached gateway what changed in its
+// networks; only networks in dirty (nil: all) and networks the gateway joined
+// or left are looked at.
+func (r *Runner) publishGatewaysLocked(dirty map[string]bool) {
 	for _, s := range r.gwSessions {
 		if s.ch == nil {
 			continue
 		}
-		cur := r.gatewayRoutesLocked(s.gateway)
-		put, del := diffGateway(s.sent, cur)
-		if len(put)+len(del) == 0 {
+		nets := r.gatewayNetsLocked(s.gateway)
+		var u GatewayUpdate
+		for n := range nets {
+			if _, had := s.sent[n]; had && dirty != nil && !dirty[n] {
+				continue
+			}
+			cur := r.netRoutesLocked(n)
+			put, del := diffNet(s.sent[n], cur)
+			u.Put, u.Delete = append(u.Put, put...), append(u.Delete, del...)
+			s.sent[n] = cur
+		}
+		for n, old := range s.sent {
+			if !nets[n] {
+				_, del := diffNet(old, nil)
+				u.Delete = append(u.Delete, del...)
+				delete(s.sent, n)
+			}
+		}
+		if len(u.Put)+len(u.Delete) == 0 {
 			continue
 		}
 		r.seq++
+		u.Revision = r.seq
 		select {
-		case s.ch <- GatewayUpdate{Revision: r.seq, Put: put, Delete: del}:
-			s.sent, s.rev = cur, r.seq
+		case s.ch <- u:
+			s.rev = r.seq
 		default:
-			r.log.Warn("gateway route stream fell behind; closing it (the agent reconnects and resumes)", "gateway", s.gateway)
+			// s.sent already holds what this update carried: a resume from
+			// s.rev would miss it, so forget the revision (the agent gets a
+			// snapshot when it reconnects).
+			r.log.Warn("gateway route stream fell behind; closing it (the agent reconnects)", "gateway", s.gateway)
+			s.rev = -1
 			close(s.ch)
 			s.ch = nil
 		}

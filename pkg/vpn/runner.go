@@ -112,7 +112,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			return fmt.Errorf("subscribe to received routes: %w", err)
 		}
 	}
-	r.publish()
+	r.publish(nil)
 	close(r.ready)
 
 	watch := r.st.Watch(ctx, "", rev)
@@ -130,8 +130,9 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 			r.mu.Lock()
 			r.tbl.Received(evs)
+			_, _, nets := r.tbl.Flush()
 			r.mu.Unlock()
-			r.publish()
+			r.publish(nets)
 		case b, ok := <-watch:
 			if !ok {
 				if ctx.Err() != nil {
@@ -145,6 +146,7 @@ func (r *Runner) Run(ctx context.Context) error {
 				if rev, err = r.reload(ctx); err != nil {
 					return err
 				}
+				r.publish(nil)
 				watch = r.st.Watch(ctx, "", rev)
 				continue
 			}
@@ -168,12 +170,12 @@ func (r *Runner) applyBatch(ctx context.Context, evs []store.Event) error {
 		}
 		r.applyLocked(ev)
 	}
-	ann, wd, _ := r.tbl.Flush()
+	ann, wd, nets := r.tbl.Flush()
 	r.mu.Unlock()
 	if err := r.send(ctx, ann, wd); err != nil {
 		return err
 	}
-	r.publish()
+	r.publish(nets)
 	return nil
 }
 
@@ -334,11 +336,19 @@ func (r *Runner) closeSubs() {
 	}
 }
 
-// publish sends each subscribed network's route changes since the last call.
-func (r *Runner) publish() {
+// publish sends the route changes of the networks in nets (nil: all) to the
+// route watchers and gateway streams that follow them.
+func (r *Runner) publish(nets []string) {
+	var dirty map[string]bool // nil: every network
+	if nets != nil {
+		dirty = make(map[string]bool, len(nets))
+		for _, n := range nets {
+			dirty[n] = true
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.publishGatewaysLocked()
+	r.publishGatewaysLocked(dirty)
 	want := map[string]bool{}
 	for s := range r.subs {
 		want[s.network] = true
@@ -349,8 +359,11 @@ func (r *Runner) publish() {
 		}
 	}
 	for n := range want {
+		if dirty != nil && !dirty[n] {
+			continue
+		}
 		cur := map[bgp.RouteKey]NetRoute{}
-		for _, rt := range r.tbl.Routes(n) {
+		for _, rt := range r.tbl.routes(n) {
 			cur[rt.Key()] = rt
 		}
 		old := r.published[n]

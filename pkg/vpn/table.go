@@ -231,16 +231,22 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 			cur = t.routesOf(e)
 		}
 		keep := map[bgp.RouteKey]bool{}
+		changed := false
 		for _, r := range cur {
 			keep[r.Key()] = true
 			if i := slices.IndexFunc(old, func(o bgp.Route) bool { return o.Key() == r.Key() }); i < 0 || !old[i].Equal(r) {
 				announce = append(announce, r)
+				changed = true
 			}
 		}
 		for _, r := range old {
 			if !keep[r.Key()] {
 				withdraw = append(withdraw, r.Key())
+				changed = true
 			}
+		}
+		if e, ok := t.eps[id]; ok && changed {
+			t.touched[e.Network] = true // e.g. its gateway changed
 		}
 		if len(cur) == 0 {
 			delete(t.local, id)
@@ -288,6 +294,13 @@ func (t *Table) Received(evs []bgp.RouteEvent) {
 // Routes returns the routes of a network: its endpoints' routes and the
 // received routes it imports, sorted by prefix then RD.
 func (t *Table) Routes(network string) []NetRoute {
+	out := t.routes(network)
+	sortRoutes(out)
+	return out
+}
+
+// routes is Routes unsorted.
+func (t *Table) routes(network string) []NetRoute {
 	n := t.nets[network]
 	if n == nil {
 		return nil
@@ -303,7 +316,6 @@ func (t *Table) Routes(network string) []NetRoute {
 			out = append(out, NetRoute{Route: rv.route, Origin: Imported, Peer: rv.peer})
 		}
 	}
-	sortRoutes(out)
 	return out
 }
 
