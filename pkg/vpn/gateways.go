@@ -134,9 +134,11 @@ func (r *Runner) WatchGateway(ctx context.Context, gw string, fromRev int64, run
 }
 
 // publishGatewaysLocked sends each attached gateway what changed in its
-// networks; only networks in dirty (nil: all) and networks the gateway joined
-// or left are looked at.
+// networks: from the last Flush's deltas (only the routes that changed), or by
+// recomputing a network when dirty is nil, the delta says so, or the gateway
+// just joined it.
 func (r *Runner) publishGatewaysLocked(dirty map[string]bool) {
+	deltas := r.tbl.Deltas()
 	for _, s := range r.gwSessions {
 		if s.ch == nil {
 			continue
@@ -144,11 +146,29 @@ func (r *Runner) publishGatewaysLocked(dirty map[string]bool) {
 		nets := r.gatewayNetsLocked(s.gateway)
 		var u GatewayUpdate
 		for n := range nets {
-			if _, had := s.sent[n]; had && dirty != nil && !dirty[n] {
+			sent, had := s.sent[n]
+			d, changed := deltas[n]
+			switch {
+			case had && dirty != nil && (!dirty[n] || !changed):
+				continue
+			case had && dirty != nil && !d.Full:
+				for _, rt := range d.Put {
+					g := GatewayRoute{Network: n, NetRoute: rt}
+					if o, ok := sent[rt.Key()]; !ok || !o.Equal(rt.Route) || o.Endpoint != rt.Endpoint || o.Origin != rt.Origin {
+						u.Put = append(u.Put, g)
+						sent[rt.Key()] = g
+					}
+				}
+				for _, k := range d.Del {
+					if o, ok := sent[k]; ok && o.Origin == Local {
+						u.Delete = append(u.Delete, o)
+						delete(sent, k)
+					}
+				}
 				continue
 			}
 			cur := r.netRoutesLocked(n)
-			put, del := diffNet(s.sent[n], cur)
+			put, del := diffNet(sent, cur)
 			u.Put, u.Delete = append(u.Put, put...), append(u.Delete, del...)
 			s.sent[n] = cur
 		}

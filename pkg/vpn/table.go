@@ -65,9 +65,21 @@ type Table struct {
 	byGw     map[string]map[string]bool // gateway -> endpoint ids
 	local    map[string][]bgp.Route     // endpoint id -> its routes as announced
 	recv     map[bgp.RouteKey]received
-	dirty    map[string]bool // endpoints whose routes must be recomputed
-	touched  map[string]bool // networks whose route set may have changed
-	recvDirt bool            // received routes changed (affects networks by RT)
+	dirty    map[string]bool     // endpoints whose routes must be recomputed
+	touched  map[string]bool     // networks whose route set may have changed
+	recvDirt bool                // received routes changed (affects networks by RT)
+	epNet    map[string]string   // endpoint id -> network, kept until a delete is flushed
+	full     map[string]bool     // networks whose every route may have changed
+	deltas   map[string]NetDelta // per network, what the last Flush changed
+}
+
+// NetDelta is what a Flush changed in a network's local routes. With Full
+// set, anything in the network may have changed (route targets, received
+// routes): recompute it.
+type NetDelta struct {
+	Full bool
+	Put  []NetRoute
+	Del  []bgp.RouteKey
 }
 
 // NewTable returns an empty table; asn forms the automatic route targets.
@@ -77,7 +89,8 @@ func NewTable(asn uint32, log *slog.Logger) *Table {
 	}
 	return &Table{asn: asn, log: log, nets: map[string]*network{}, gws: map[string]*gateway{}, eps: map[string]*v1.Endpoint{},
 		byNet: map[string]map[string]bool{}, byGw: map[string]map[string]bool{}, local: map[string][]bgp.Route{},
-		recv: map[bgp.RouteKey]received{}, dirty: map[string]bool{}, touched: map[string]bool{}}
+		recv: map[bgp.RouteKey]received{}, dirty: map[string]bool{}, touched: map[string]bool{},
+		epNet: map[string]string{}, full: map[string]bool{}}
 }
 
 func encapsOf(es []v1.Encapsulation) []bgp.Encap {
@@ -125,6 +138,7 @@ func (t *Table) rts(auto bgp.RouteTarget, user []string) []bgp.RouteTarget {
 
 func (t *Table) markNet(name string) {
 	t.touched[name] = true
+	t.full[name] = true
 	for id := range t.byNet[name] {
 		t.dirty[id] = true
 	}
@@ -182,6 +196,7 @@ func (t *Table) PutEndpoint(e *v1.Endpoint) {
 		t.touched[old.Network] = true
 	}
 	t.eps[e.Id] = e
+	t.epNet[e.Id] = e.Network
 	addIdx(t.byNet, e.Network, e.Id)
 	addIdx(t.byGw, e.Gateway, e.Id)
 	t.dirty[e.Id] = true
@@ -224,7 +239,10 @@ func (t *Table) routesOf(e *v1.Endpoint) []bgp.Route {
 // and returns what to announce and withdraw, and the networks whose route set
 // may have changed.
 func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []string) {
+	deltas := map[string]NetDelta{}
 	for id := range t.dirty {
+		n := t.epNet[id]
+		d := deltas[n]
 		old := t.local[id]
 		var cur []bgp.Route
 		if e, ok := t.eps[id]; ok {
@@ -236,17 +254,23 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 			keep[r.Key()] = true
 			if i := slices.IndexFunc(old, func(o bgp.Route) bool { return o.Key() == r.Key() }); i < 0 || !old[i].Equal(r) {
 				announce = append(announce, r)
+				d.Put = append(d.Put, NetRoute{Route: r, Origin: Local, Endpoint: id})
 				changed = true
 			}
 		}
 		for _, r := range old {
 			if !keep[r.Key()] {
 				withdraw = append(withdraw, r.Key())
+				d.Del = append(d.Del, r.Key())
 				changed = true
 			}
 		}
-		if e, ok := t.eps[id]; ok && changed {
-			t.touched[e.Network] = true // e.g. its gateway changed
+		if changed && n != "" {
+			t.touched[n] = true // e.g. its gateway changed
+			deltas[n] = d
+		}
+		if _, ok := t.eps[id]; !ok {
+			delete(t.epNet, id)
 		}
 		if len(cur) == 0 {
 			delete(t.local, id)
@@ -258,16 +282,25 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 	if t.recvDirt {
 		for n := range t.nets {
 			t.touched[n] = true
+			t.full[n] = true
 		}
 		t.recvDirt = false
 	}
 	for n := range t.touched {
 		nets = append(nets, n)
 	}
+	for n := range t.full {
+		deltas[n] = NetDelta{Full: true}
+	}
 	sort.Strings(nets)
 	clear(t.touched)
+	clear(t.full)
+	t.deltas = deltas
 	return announce, withdraw, nets
 }
+
+// Deltas returns what the last Flush changed, per network.
+func (t *Table) Deltas() map[string]NetDelta { return t.deltas }
 
 // Announced returns every local route.
 func (t *Table) Announced() []bgp.Route {

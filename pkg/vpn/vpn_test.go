@@ -3,6 +3,7 @@ package vpn
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"path/filepath"
 	"sort"
@@ -242,4 +243,114 @@ func FuzzDecodePeer(f *testing.F) {
 			t.Fatalf("round trip %+v -> %+v %v", p, again, err)
 		}
 	})
+}
+
+// TestGatewayStreamMatchesSnapshot applies random endpoint, gateway and
+// network changes; the routes a gateway's stream accumulates (from deltas and
+// recomputations alike) must always equal a fresh snapshot.
+func TestGatewayStreamMatchesSnapshot(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for i, n := range []string{"n1", "n2"} {
+		put(t, st, "networks/"+n, &v1.VirtualNetwork{Name: n, Id: uint32(i + 1), Encapsulations: []v1.Encapsulation{udp, gre}})
+	}
+	for i := 0; i < 3; i++ {
+		put(t, st, fmt.Sprint("gateways/g", i), &v1.Gateway{Name: fmt.Sprint("g", i), UnderlayAddress: fmt.Sprintf("192.0.2.%d", i+1), Encapsulations: []v1.Encapsulation{udp}})
+	}
+	r := NewRunner(st, nil, 64512, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-r.Ready()
+	ch := r.WatchGateway(ctx, "g0", 0, "")
+	have := map[string]GatewayRoute{}
+	apply := func(u GatewayUpdate) {
+		if u.Snapshot {
+			clear(have)
+		}
+		for _, rt := range u.Put {
+			have[rt.Network+" "+rt.Key().String()] = rt
+		}
+		for _, rt := range u.Delete {
+			delete(have, rt.Network+" "+rt.Key().String())
+		}
+	}
+	apply(<-ch)
+	snapshot := func() map[string]GatewayRoute {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		out := map[string]GatewayRoute{}
+		for n := range r.gatewayNetsLocked("g0") {
+			for k, rt := range r.netRoutesLocked(n) {
+				out[n+" "+k.String()] = rt
+			}
+		}
+		return out
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for step := 0; step < 300; step++ {
+		id := fmt.Sprint("e", rng.IntN(20))
+		net := []string{"n1", "n2"}[rng.IntN(2)]
+		switch rng.IntN(10) {
+		case 0:
+			st.Txn(ctx, nil, []store.Op{store.Delete("endpoints/" + id)})
+		case 1:
+			i := rng.IntN(3)
+			encs := [][]v1.Encapsulation{{udp}, {gre}, {udp, gre}}[rng.IntN(3)]
+			put(t, st, fmt.Sprint("gateways/g", i), &v1.Gateway{Name: fmt.Sprint("g", i), UnderlayAddress: fmt.Sprintf("192.0.2.%d", i+1), Encapsulations: encs})
+		case 2:
+			put(t, st, "networks/"+net, &v1.VirtualNetwork{Name: net, Id: map[string]uint32{"n1": 1, "n2": 2}[net], Encapsulations: []v1.Encapsulation{udp, gre},
+				ExportRouteTargets: []string{fmt.Sprint("target:64512:", rng.IntN(5))}})
+		default:
+			if kv, err := st.Get(ctx, "endpoints/"+id); err == nil {
+				var e v1.Endpoint
+				proto.Unmarshal(kv.Value, &e)
+				net = e.Network // an endpoint never changes network
+				e.Label = uint32(rng.IntN(3) * (16 + step))
+				put(t, st, "endpoints/"+id, &e)
+				break
+			}
+			put(t, st, "endpoints/"+id, &v1.Endpoint{Id: id, Network: net, Gateway: fmt.Sprint("g", rng.IntN(3)),
+				Addresses: []string{fmt.Sprintf("10.%d.0.%d", len(net), step%250+1)}, Label: uint32(16 + step)})
+		}
+		// Wait until the runner has applied this write: the stream is then
+		// quiet, and what it carried must equal the snapshot.
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case u, ok := <-ch:
+				if !ok {
+					t.Fatal("stream closed")
+				}
+				apply(u)
+				continue
+			case <-time.After(20 * time.Millisecond):
+			case <-deadline:
+				t.Fatalf("step %d: stream never matched the snapshot", step)
+			}
+			if fmt.Sprint(keysOf(have)) == fmt.Sprint(keysOf(snapshot())) {
+				break
+			}
+		}
+	}
+	got, want := have, snapshot()
+	for k, rt := range want {
+		if g, ok := got[k]; !ok || !g.Equal(rt.Route) {
+			t.Fatalf("%s: stream has %+v, snapshot %+v", k, g, rt)
+		}
+	}
+	t.Logf("%d routes followed through 300 random changes", len(want))
+}
+
+func keysOf(m map[string]GatewayRoute) []string {
+	var out []string
+	for k, rt := range m {
+		out = append(out, fmt.Sprintf("%s %d %v %v", k, rt.Label, rt.RouteTargets, rt.Encaps))
+	}
+	sort.Strings(out)
+	return out
 }
