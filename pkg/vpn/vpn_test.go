@@ -145,7 +145,10 @@ func (f *fakeSpeaker) Announce(_ context.Context, rs []bgp.Route) error {
 	}
 	f.calls++
 	f.mu.Unlock()
-	f.changed <- struct{}{}
+	select { // a signal, never a block: nobody may be listening
+	case f.changed <- struct{}{}:
+	default:
+	}
 	return nil
 }
 func (f *fakeSpeaker) Withdraw(_ context.Context, ks []bgp.RouteKey) error {
@@ -155,7 +158,10 @@ func (f *fakeSpeaker) Withdraw(_ context.Context, ks []bgp.RouteKey) error {
 	}
 	f.calls++
 	f.mu.Unlock()
-	f.changed <- struct{}{}
+	select { // a signal, never a block: nobody may be listening
+	case f.changed <- struct{}{}:
+	default:
+	}
 	return nil
 }
 func (f *fakeSpeaker) Subscribe(ctx context.Context) (<-chan []bgp.RouteEvent, error) {
