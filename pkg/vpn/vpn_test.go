@@ -118,11 +118,10 @@ type fakeSpeaker struct {
 	announced map[bgp.RouteKey]bgp.Route
 	calls     int
 	recv      chan []bgp.RouteEvent
-	changed   chan struct{}
 }
 
 func newFake() *fakeSpeaker {
-	return &fakeSpeaker{announced: map[bgp.RouteKey]bgp.Route{}, recv: make(chan []bgp.RouteEvent, 10), changed: make(chan struct{}, 100)}
+	return &fakeSpeaker{announced: map[bgp.RouteKey]bgp.Route{}, recv: make(chan []bgp.RouteEvent, 10)}
 }
 
 func (f *fakeSpeaker) Start(_ context.Context, initial []bgp.Route) error {
@@ -145,10 +144,6 @@ func (f *fakeSpeaker) Announce(_ context.Context, rs []bgp.Route) error {
 	}
 	f.calls++
 	f.mu.Unlock()
-	select { // a signal, never a block: nobody may be listening
-	case f.changed <- struct{}{}:
-	default:
-	}
 	return nil
 }
 func (f *fakeSpeaker) Withdraw(_ context.Context, ks []bgp.RouteKey) error {
@@ -158,10 +153,6 @@ func (f *fakeSpeaker) Withdraw(_ context.Context, ks []bgp.RouteKey) error {
 	}
 	f.calls++
 	f.mu.Unlock()
-	select { // a signal, never a block: nobody may be listening
-	case f.changed <- struct{}{}:
-	default:
-	}
 	return nil
 }
 func (f *fakeSpeaker) Subscribe(ctx context.Context) (<-chan []bgp.RouteEvent, error) {
