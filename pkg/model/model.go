@@ -12,10 +12,10 @@ import (
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
-// Label bounds: 0-15 are reserved by MPLS; labels are 20 bits.
+// Label bounds (pkg/bgp's): 0-15 are reserved by MPLS; labels are 20 bits.
 const (
-	MinLabel = 16
-	MaxLabel = 1<<20 - 1
+	MinLabel = bgp.MinLabel
+	MaxLabel = bgp.MaxLabel
 )
 
 // ValidateName checks a network or gateway name: 1-63 characters of letters,
