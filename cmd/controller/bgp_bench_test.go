@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"runtime"
@@ -12,9 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -63,19 +58,7 @@ func TestBenchEndpointsToFRR(t *testing.T) {
 	cfg.BGP.RouterID = local.Addr().String()
 	cfg.BGP.ListenPort = -1
 	cfg.BGP.Peers = []PeerConfig{{Address: peer.Addr().String(), ASN: asn}}
-	cctx, cancel := context.WithCancel(ctx)
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- serve(cctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(a, _ string) { ready <- a })
-	}()
-	defer func() { cancel(); <-done }()
-	api := <-ready
-	conn, err := grpc.NewClient(api, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := serveInProcess(t, cfg)
 	if _, err := v1.NewNetworkServiceClient(conn).CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "bench", Subnets: []string{"10.64.0.0/12"}}}); err != nil {
 		t.Fatal(err)
 	}

@@ -46,29 +46,8 @@ func TestBGPEndToEnd(t *testing.T) {
 	cfg.BGP.RouterID = local.Addr().String()
 	cfg.BGP.ListenPort = -1
 	cfg.BGP.Peers = []PeerConfig{{Address: gobgpAddr.Addr().String(), ASN: asn}}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(a, _ string) { ready <- a })
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	var api string
-	select {
-	case api = <-ready:
-	case err := <-done:
-		t.Fatalf("serve: %v", err)
-	}
-	conn, err := grpc.NewClient(api, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	ctx := context.Background()
+	conn := serveInProcess(t, cfg)
 	peers := v1.NewPeerServiceClient(conn)
 	routes := v1.NewRouteServiceClient(conn)
 	if _, err := peers.AddPeer(ctx, &v1.AddPeerRequest{Peer: &v1.Peer{Address: frrAddr.Addr().String(), Asn: asn, Password: "pisek"}}); err != nil {
@@ -88,7 +67,7 @@ func TestBGPEndToEnd(t *testing.T) {
 	}
 
 	var path bgptest.FRRPath
-	err = bgptest.Eventually(ctx, 30*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
+	err := bgptest.Eventually(ctx, 30*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
 		tbl, err := frr.VPNTable(ctx, "ipv4")
 		if err != nil {
 			return err
@@ -162,4 +141,34 @@ func TestBGPEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// serveInProcess runs the controller with cfg in this process until the test
+// ends (then checks it stopped cleanly) and returns a connection to its API.
+func serveInProcess(t *testing.T, cfg Config) *grpc.ClientConn {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(a, _ string) { ready <- a })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	var api string
+	select {
+	case api = <-ready:
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	}
+	conn, err := grpc.NewClient(api, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }

@@ -3,14 +3,12 @@ package controller
 import (
 	"context"
 	"fmt"
-	"net"
 	"path/filepath"
 	"sort"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
@@ -37,20 +35,10 @@ func startAgentEnv(t testing.TB) agentEnv {
 	go func() { done <- r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	<-r.Ready()
-	gs := grpc.NewServer()
-	NewServer(c).Register(gs)
-	NewAgentServer(c, r).Attach(gs)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := serveGRPC(t, func(gs *grpc.Server) {
+		NewServer(c).Register(gs)
+		NewAgentServer(c, r).Attach(gs)
+	})
 	return agentEnv{v1.NewAgentServiceClient(conn), v1.NewNetworkServiceClient(conn), v1.NewGatewayServiceClient(conn), v1.NewEndpointServiceClient(conn)}
 }
 

@@ -38,8 +38,16 @@ func serveStore(t *testing.T, st store.Store) clients {
 	if _, err := ctl.LoadNetworks(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	conn := serveGRPC(t, func(gs *grpc.Server) { NewServer(ctl).Register(gs) })
+	return clients{v1.NewNetworkServiceClient(conn), v1.NewGatewayServiceClient(conn), v1.NewEndpointServiceClient(conn), v1.NewIpamServiceClient(conn), st}
+}
+
+// serveGRPC serves what register adds on a loopback port until the test ends
+// and returns a connection to it.
+func serveGRPC(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
+	t.Helper()
 	gs := grpc.NewServer()
-	NewServer(ctl).Register(gs)
+	register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +59,7 @@ func serveStore(t *testing.T, st store.Store) clients {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return clients{v1.NewNetworkServiceClient(conn), v1.NewGatewayServiceClient(conn), v1.NewEndpointServiceClient(conn), v1.NewIpamServiceClient(conn), st}
+	return conn
 }
 
 // backends runs fn against a bbolt store and against a real etcd.
