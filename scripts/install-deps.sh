@@ -17,9 +17,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 echo "install-deps: installing ${missing[*]}"
+t0=$(date +%s)
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: installed ${#missing[@]} packages (and their dependencies) in $(( $(date +%s) - t0 )) s"
 # Package post-install scripts start some daemons system-wide; the tests start their own
 # instances on loopback with temporary directories, so stop the system ones (no-op without systemd).
 for svc in etcd mosquitto carbon-cache frr bird gobgpd; do
