@@ -135,7 +135,7 @@ tar -C "$root" -xf "$tarball"
 # The checkout: tracked and untracked files (not ignored build output) and .git.
 mkdir -p "$root/src/iotfabric"
 { git -C "$src" ls-files -z -co --exclude-standard 2>/dev/null; [ -d "$src/.git" ] && printf '.git\0'; } |
-  tar -C "$src" --null -T - -cf - | tar -C "$root/src/iotfabric" -xf -
+  { tar -C "$src" --null -T - --warning=no-file-changed -cf - || [ $? -eq 1 ]; } | tar -C "$root/src/iotfabric" -xf -
 [ -f "$root/src/iotfabric/Makefile" ] || die "copying the checkout failed"
 
 cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt" 2>/dev/null ||
@@ -155,7 +155,23 @@ export FRESH_ROOT_GONOSUMDB=$(hostgo GONOSUMDB) FRESH_ROOT_GOPRIVATE=$(hostgo GO
 mkdir -p "$FRESH_ROOT_GOMODCACHE" "$FRESH_ROOT_GOCACHE"
 echo "fresh-root: root ready in $(( $(date +%s) - t0 )) s at $root; running: $*" >&2
 
+# In the background so that a TERM or INT reaches us now, not after the command. unshare
+# itself ignores TERM and INT: pass them to the namespace's PID 1 (which passes them to the
+# command), give it 10 s, then kill unshare, whose death kills PID 1 (--kill-child) and with
+# it every process in the namespace.
+unshare --mount --pid --fork --kill-child -- "$self" --inner "$root" "$@" &
+inner=$!
+stop() {
+  pkill -TERM -P $inner 2>/dev/null || true
+  for _ in $(seq 20); do kill -0 $inner 2>/dev/null || break; sleep 0.5; done
+  kill -KILL $inner 2>/dev/null || true
+  wait $inner 2>/dev/null || true
+  echo "fresh-root: interrupted" >&2
+  exit "$1"
+}
+trap 'stop 143' TERM
+trap 'stop 130' INT
 rc=0
-unshare --mount --pid --fork --kill-child -- "$self" --inner "$root" "$@" || rc=$?
+wait $inner || rc=$?
 echo "fresh-root: '$*' exited $rc after $(( $(date +%s) - t0 )) s" >&2
 exit $rc
