@@ -384,3 +384,41 @@ func TestProcess(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsListEveryCommand keeps docs/cli.md in step with the command tree:
+// every noun has rows starting "| `iotfabricctl NOUN", which name each of its verbs.
+func TestDocsListEveryCommand(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/cli.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, noun := range tree(t).Commands() {
+		if noun.Hidden || noun.Name() == "help" {
+			continue
+		}
+		var rows []string
+		for _, line := range strings.Split(string(doc), "\n") {
+			if strings.HasPrefix(line, "| `iotfabricctl "+noun.Name()+" ") {
+				cell, _, _ := strings.Cut(strings.TrimPrefix(line, "| "), " |")
+				rows = append(rows, cell)
+			}
+		}
+		if len(rows) == 0 {
+			t.Errorf("docs/cli.md has no row for %q", noun.Name())
+			continue
+		}
+		words := strings.FieldsFunc(strings.Join(rows, " "), func(r rune) bool { return strings.ContainsRune(" `,|\\", r) })
+		for _, verb := range noun.Commands() {
+			if !verb.Hidden && verb.Name() != "help" && !slices.Contains(words, verb.Name()) {
+				t.Errorf("docs/cli.md does not name %q", verb.CommandPath())
+			}
+		}
+		for _, verb := range noun.Commands() {
+			verb.LocalFlags().VisitAll(func(f *pflag.Flag) {
+				if f.Name != "help" && verb.Parent().Name() != "completion" && !strings.Contains(strings.Join(rows, " "), "--"+f.Name) {
+					t.Errorf("docs/cli.md does not mention %s --%s", verb.CommandPath(), f.Name)
+				}
+			})
+		}
+	}
+}
