@@ -422,3 +422,20 @@ func TestDocsListEveryCommand(t *testing.T) {
 		}
 	}
 }
+
+func TestSingleDashLongFlags(t *testing.T) {
+	root := newCLI(io.Discard).rootCommand()
+	for _, tc := range []struct{ in, want string }{
+		{"network create n -subnet 10.0.0.0/24 -encap=mplsogre", "network create n --subnet 10.0.0.0/24 --encap=mplsogre"},
+		{"-server 127.0.0.1:1 -o json network list", "--server 127.0.0.1:1 -o json network list"},
+		{"peer add 10.0.0.2 --asn 1 --password -port -port 1790", "peer add 10.0.0.2 --asn 1 --password -port --port 1790"},
+		{"peer add 10.0.0.2 -password=-asn -asn 1", "peer add 10.0.0.2 --password=-asn --asn 1"},
+		{"network show -o -help", "network show -o -help"},
+		{"network show -help -- -subnet", "network show --help -- -subnet"},
+		{"network create -x -subnetz 1", "network create -x -subnetz 1"},
+	} {
+		if got := strings.Join(singleDashLongFlags(root, strings.Fields(tc.in)), " "); got != tc.want {
+			t.Errorf("%s:\n got %s\nwant %s", tc.in, got, tc.want)
+		}
+	}
+}

@@ -81,28 +81,44 @@ func (e *usageError) report(w io.Writer, cmd *cobra.Command) {
 
 // singleDashLongFlags rewrites -subnet as --subnet for every long flag the
 // command tree knows, so command lines written for Go's flag package, which
-// accepted both, keep working. Arguments after "--" are left alone.
+// accepted both, keep working. Flag values and arguments after "--" are left alone.
 func singleDashLongFlags(root *cobra.Command, args []string) []string {
-	long := map[string]bool{}
+	takesValue := map[string]bool{} // by "--name" and "-n"
 	var walk func(*cobra.Command)
 	walk = func(c *cobra.Command) {
-		c.Flags().VisitAll(func(f *pflag.Flag) { long[f.Name] = true })
-		c.PersistentFlags().VisitAll(func(f *pflag.Flag) { long[f.Name] = true })
+		add := func(f *pflag.Flag) {
+			takesValue["--"+f.Name] = f.NoOptDefVal == ""
+			if f.Shorthand != "" {
+				takesValue["-"+f.Shorthand] = f.NoOptDefVal == ""
+			}
+		}
+		c.InitDefaultHelpFlag() // as cobra would, so that -help is known
+		c.Flags().VisitAll(add)
+		c.PersistentFlags().VisitAll(add)
 		for _, sub := range c.Commands() {
 			walk(sub)
 		}
 	}
 	walk(root)
 	out := make([]string, 0, len(args))
+	value := false // args[i] is the value of the flag before it
 	for i, a := range args {
-		if a == "--" {
-			return append(out, args[i:]...)
+		if value || a == "--" {
+			if !value {
+				return append(out, args[i:]...)
+			}
+			value = false
+			out = append(out, a)
+			continue
 		}
 		if len(a) > 2 && a[0] == '-' && a[1] != '-' {
-			name, _, _ := strings.Cut(a[1:], "=")
-			if len(name) > 1 && long[name] {
+			name, _, _ := strings.Cut(a, "=")
+			if _, ok := takesValue["-"+name]; ok {
 				a = "-" + a
 			}
+		}
+		if strings.HasPrefix(a, "-") && !strings.Contains(a, "=") {
+			value = takesValue[a]
 		}
 		out = append(out, a)
 	}
