@@ -10,25 +10,19 @@ import (
 )
 
 func (c *cli) ipamCommand() *cobra.Command {
-	cmd := nounCommand("ipam", "Address management: a network's subnets and the blocks leased to gateways",
+	return c.noun("ipam", "Address management: a network's subnets and the blocks leased to gateways",
 		`A network's subnets are cut into address blocks (/28 and /124 unless the network
 says otherwise) leased to gateways; a gateway's endpoints take their addresses
-from its own blocks.`)
-	cmd.AddCommand(&cobra.Command{
-		Use:               "show NETWORK",
-		Short:             "Show a network's address usage and the blocks leased to each gateway",
-		Example:           `  iotfabricctl ipam show sensors`,
-		Args:              oneName,
-		ValidArgsFunction: c.completeFirstArg(networkNames),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.call(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+from its own blocks.`,
+		nil,
+		verb{use: "show NETWORK", short: "Show a network's address usage and the blocks leased to each gateway",
+			example: `  iotfabricctl ipam show sensors`, args: oneName, names: networkNames,
+			call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, args []string) error {
 				st, err := v1.NewIpamServiceClient(conn).GetIpam(ctx, &v1.NameRequest{Name: args[0]})
 				if err != nil {
 					return err
 				}
 				return c.printIpam(st)
-			})
-		},
-	})
-	return cmd
+			}},
+	)
 }

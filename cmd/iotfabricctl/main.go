@@ -1,10 +1,11 @@
 // Command iotfabricctl is the operator CLI of the iotfabric controller.
 //
 // One file per noun (network.go, gateway.go, endpoint.go, ipam.go, peer.go,
-// route.go) builds that noun's cobra commands; root.go holds the global flags
-// and the command tree, connection.go the gRPC connection and the error words,
-// output.go the table and JSON printers, complete.go the shell completion of
-// names and values.
+// route.go) holds that noun's command table: a verb per row, each with its
+// help, flags, a check of the command line and the call to the controller.
+// root.go holds the global flags, the root of the tree and the verb type,
+// connection.go the gRPC connection and the error words, output.go the table
+// and JSON printers, complete.go the shell completion of names and values.
 //
 // Exit status: 0 on success, 1 when the controller refused the request or could
 // not be reached, 2 when the command line is wrong.

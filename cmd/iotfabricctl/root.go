@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
@@ -83,6 +85,8 @@ func (c *cli) rootCommand() *cobra.Command {
 	pf.StringVar(&c.tls.Key, "tls-key", "", "private key `FILE` (PEM) of --tls-cert")
 	pf.StringVar(&c.tls.CA, "tls-ca", "", "CA certificate `FILE` (PEM) that signed the controller's certificate")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	root.RegisterFlagCompletionFunc("server", cobra.NoFileCompletions)
+	root.RegisterFlagCompletionFunc("timeout", cobra.NoFileCompletions)
 
 	root.AddGroup(
 		&cobra.Group{ID: "resources", Title: "Resources:"},
@@ -173,9 +177,22 @@ func orList(xs []string) string {
 	return strings.Join(xs[:len(xs)-1], ", ") + " or " + xs[len(xs)-1]
 }
 
-// nounCommand is the parent of a noun's verbs; run alone or with an unknown verb it says so.
-func nounCommand(use, short, long string, aliases ...string) *cobra.Command {
-	return &cobra.Command{
+// verb is one row of a noun's command table.
+type verb struct {
+	use, short, long, example string
+	aliases                   []string
+	args                      cobra.PositionalArgs // nil: no arguments
+	names                     lister               // completes the first argument from the controller
+	flags                     func(*cobra.Command) // registers the verb's flags and their completions
+	// check validates the command line before anything is sent.
+	check func(cmd *cobra.Command, args []string) error
+	// call does the work with the controller.
+	call func(ctx context.Context, conn *grpc.ClientConn, cmd *cobra.Command, args []string) error
+}
+
+// noun builds a noun and its verbs. Run alone or with an unknown verb, the noun says so.
+func (c *cli) noun(use, short, long string, aliases []string, verbs ...verb) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:               use,
 		Aliases:           aliases,
 		Short:             short,
@@ -186,6 +203,48 @@ func nounCommand(use, short, long string, aliases ...string) *cobra.Command {
 
 		SuggestionsMinimumDistance: 2,
 	}
+	for _, v := range verbs {
+		cmd.AddCommand(c.verbCommand(v))
+	}
+	return cmd
+}
+
+func (c *cli) verbCommand(v verb) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               v.use,
+		Aliases:           v.aliases,
+		Short:             v.short,
+		Long:              v.long,
+		Example:           v.example,
+		Args:              v.args,
+		ValidArgsFunction: cobra.NoFileCompletions,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if v.check != nil {
+				if err := v.check(cmd, args); err != nil {
+					return err
+				}
+			}
+			return c.call(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				return v.call(ctx, conn, cmd, args)
+			})
+		},
+	}
+	if cmd.Args == nil {
+		cmd.Args = noArgs
+	}
+	if v.names != nil {
+		cmd.ValidArgsFunction = c.completeFirstArg(v.names)
+	}
+	if v.flags != nil {
+		v.flags(cmd)
+	}
+	// A flag value is never a file name.
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if _, ok := cmd.GetFlagCompletionFunc(f.Name); !ok {
+			cmd.RegisterFlagCompletionFunc(f.Name, cobra.NoFileCompletions)
+		}
+	})
+	return cmd
 }
 
 // oneName accepts exactly one positional argument (a name, id or address).
