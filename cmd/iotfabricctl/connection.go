@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
+)
+
+// connect returns the connection to the controller, made on first use from the global flags.
+func (c *cli) connect() (*grpc.ClientConn, error) {
+	if c.conn != nil {
+		return c.conn, nil
+	}
+	creds := insecure.NewCredentials()
+	if c.tls.Enabled() {
+		tc, err := tlsconfig.Client(c.tls)
+		if err != nil {
+			return nil, usagef("%v", err)
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	conn, err := grpc.NewClient(c.server, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, fmt.Errorf("controller address %q: %w", c.server, err)
+	}
+	c.conn = conn
+	return conn, nil
+}
+
+// call runs one exchange with the controller within --timeout.
+func (c *cli) call(cmd *cobra.Command, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	conn, err := c.connect()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
+	return fn(ctx, conn)
+}
+
+// describe words an error for the operator; gRPC status codes become words.
+func (c *cli) describe(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err.Error()
+	}
+	switch st.Code() {
+	case codes.Unavailable:
+		return fmt.Sprintf("cannot reach the controller at %s: %s (is it running? use --server or $%s)", c.server, st.Message(), serverEnv)
+	case codes.DeadlineExceeded:
+		return fmt.Sprintf("no answer from the controller at %s within %s", c.server, c.timeout)
+	}
+	return fmt.Sprintf("%s: %s", codeWords(st.Code()), st.Message())
+}
+
+// codeWords turns a gRPC code name into words: FailedPrecondition -> "failed precondition".
+func codeWords(c codes.Code) string {
+	var b strings.Builder
+	for i, r := range c.String() {
+		if r >= 'A' && r <= 'Z' {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/iotfabric/iotfabric/pkg/model"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// printJSON writes one object as indented JSON, or a list as a JSON array with one object per line.
+func (c *cli) printJSON(msgs []proto.Message, single bool) error {
+	mo := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}
+	if single && len(msgs) == 1 {
+		b, err := mo.Marshal(msgs[0])
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(c.out, string(b))
+		return err
+	}
+	parts := make([]string, len(msgs))
+	for i, m := range msgs {
+		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+		if err != nil {
+			return err
+		}
+		parts[i] = "  " + string(b)
+	}
+	if len(parts) == 0 {
+		_, err := fmt.Fprintln(c.out, "[]")
+		return err
+	}
+	_, err := fmt.Fprintf(c.out, "[\n%s\n]\n", strings.Join(parts, ",\n"))
+	return err
+}
+
+func toMsgs[T proto.Message](xs []T) []proto.Message {
+	out := make([]proto.Message, len(xs))
+	for i, x := range xs {
+		out[i] = x
+	}
+	return out
+}
+
+func (c *cli) table(header string, rows [][]string) error {
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// stateName turns an enum value into its lower-case name without prefix: GATEWAY_STATE_UP -> "up".
+func stateName[T ~int32](v T, names map[int32]string, prefix string) string {
+	return strings.ToLower(strings.TrimPrefix(names[int32(v)], prefix))
+}
+
+func (c *cli) printNetworks(ns ...*v1.VirtualNetwork) error {
+	if c.format == "json" {
+		return c.printJSON(toMsgs(ns), len(ns) == 1)
+	}
+	var rows [][]string
+	for _, n := range ns {
+		rows = append(rows, []string{n.Name, strconv.Itoa(int(n.Id)), strings.Join(n.Subnets, ","), n.AutoRouteTarget,
+			orDash(strings.Join(n.ImportRouteTargets, ",")), orDash(strings.Join(n.ExportRouteTargets, ",")),
+			model.FormatEncaps(n.Encapsulations), fmt.Sprintf("/%d,/%d", n.Ipv4BlockSize, n.Ipv6BlockSize)})
+	}
+	return c.table("NAME\tID\tSUBNETS\tAUTO-RT\tIMPORT-RT\tEXPORT-RT\tENCAP\tBLOCKS", rows)
+}
+
+func (c *cli) printGateways(gs ...*v1.Gateway) error {
+	if c.format == "json" {
+		return c.printJSON(toMsgs(gs), len(gs) == 1)
+	}
+	var rows [][]string
+	for _, g := range gs {
+		seen := "-"
+		if g.LastSeen != nil {
+			seen = g.LastSeen.AsTime().UTC().Format(time.RFC3339)
+		}
+		rows = append(rows, []string{g.Name, g.UnderlayAddress, model.FormatEncaps(g.Encapsulations),
+			stateName(g.State, v1.GatewayState_name, "GATEWAY_STATE_"), seen})
+	}
+	return c.table("NAME\tUNDERLAY\tENCAP\tSTATE\tLAST-SEEN", rows)
+}
+
+func (c *cli) printEndpoints(es ...*v1.Endpoint) error {
+	if c.format == "json" {
+		return c.printJSON(toMsgs(es), len(es) == 1)
+	}
+	sort.SliceStable(es, func(i, j int) bool { return es[i].Id < es[j].Id })
+	var rows [][]string
+	for _, e := range es {
+		label := "-"
+		if e.Label != 0 {
+			label = strconv.Itoa(int(e.Label))
+		}
+		rows = append(rows, []string{e.Id, e.Network, e.Gateway, strings.Join(e.Addresses, ","), orDash(e.Mac), label,
+			stateName(e.State, v1.EndpointState_name, "ENDPOINT_STATE_")})
+	}
+	return c.table("ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE", rows)
+}
+
+func (c *cli) printIpam(st *v1.IpamStatus) error {
+	if c.format == "json" {
+		return c.printJSON([]proto.Message{st}, true)
+	}
+	var rows [][]string
+	for _, s := range st.Subnets {
+		rows = append(rows, []string{s.Subnet, fmt.Sprintf("%d/%d", s.Used, s.Size), fmt.Sprintf("/%d", s.BlockSize),
+			fmt.Sprintf("%d/%d", len(s.Blocks), s.BlocksTotal)})
+	}
+	if err := c.table("SUBNET\tUSED\tBLOCK\tBLOCKS-LEASED", rows); err != nil {
+		return err
+	}
+	var brows [][]string
+	for _, s := range st.Subnets {
+		for _, b := range s.Blocks {
+			brows = append(brows, []string{b.Prefix, b.Gateway, fmt.Sprintf("%d/%d", b.Used, b.Size)})
+		}
+	}
+	if len(brows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(c.out)
+	return c.table("BLOCK\tGATEWAY\tUSED", brows)
+}
+
+func (c *cli) printPeers(ps ...*v1.PeerStatus) error {
+	if c.format == "json" {
+		return c.printJSON(toMsgs(ps), len(ps) == 1)
+	}
+	var rows [][]string
+	for _, p := range ps {
+		up := "-"
+		if p.UptimeSeconds > 0 {
+			up = (time.Duration(p.UptimeSeconds) * time.Second).String()
+		}
+		rows = append(rows, []string{p.Peer.GetAddress(), strconv.Itoa(int(p.Peer.GetAsn())), p.State, up,
+			strconv.FormatUint(p.PrefixesSent, 10), strconv.FormatUint(p.PrefixesReceived, 10), p.Source})
+	}
+	return c.table("PEER\tASN\tSTATE\tUPTIME\tSENT\tRECEIVED\tSOURCE", rows)
+}
+
+func (c *cli) printRoutes(rs []*v1.Route) error {
+	if c.format == "json" {
+		return c.printJSON(toMsgs(rs), false)
+	}
+	var rows [][]string
+	for _, rt := range rs {
+		from := rt.Endpoint
+		if rt.Origin == v1.RouteOrigin_ROUTE_ORIGIN_IMPORTED {
+			from = "peer " + rt.Peer
+		}
+		rows = append(rows, []string{rt.Prefix, rt.RouteDistinguisher, strconv.Itoa(int(rt.Label)), rt.NextHop,
+			strings.Join(rt.RouteTargets, ","), model.FormatEncaps(rt.Encapsulations),
+			stateName(rt.Origin, v1.RouteOrigin_name, "ROUTE_ORIGIN_"), from})
+	}
+	return c.table("PREFIX\tRD\tLABEL\tNEXT-HOP\tROUTE-TARGETS\tENCAP\tORIGIN\tFROM", rows)
+}
+
+// deleted confirms a deletion; the same line whatever the output format.
+func (c *cli) deleted(noun, name string) error {
+	_, err := fmt.Fprintf(c.out, "%s %s deleted\n", noun, name)
+	return err
+}

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"context"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+func (c *cli) routeCommand() *cobra.Command {
+	var req v1.ListRoutesRequest
+	return c.noun("route", "VPN routes of a network: local endpoints and routes imported from peers",
+		`The VPN routes of a network: the routes of its active endpoints, as the controller
+advertises them (origin local), and the routes received from BGP peers with a
+route target the network imports (origin imported).`,
+		[]string{"routes"},
+		verb{use: "list --network NETWORK", short: "List a network's VPN routes",
+			example: `  iotfabricctl route list --network sensors`,
+			flags: func(cmd *cobra.Command) {
+				cmd.Flags().StringVar(&req.Network, "network", "", "`NAME` of the network whose routes to list (required)")
+				cmd.RegisterFlagCompletionFunc("network", c.completeValue(networkNames))
+			},
+			check: func(*cobra.Command, []string) error {
+				if req.Network == "" {
+					return usagef("route list needs --network")
+				}
+				return nil
+			},
+			call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, _ []string) error {
+				r, err := v1.NewRouteServiceClient(conn).ListRoutes(ctx, &req)
+				if err != nil {
+					return err
+				}
+				return c.printRoutes(r.Routes)
+			}},
+	)
+}
