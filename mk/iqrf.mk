@@ -1,13 +1,14 @@
-# IQRF collector (pkg/iqrf, cmd/iqrf-collector): benchmark, fuzzing, demo step.
+# IQRF collector (pkg/iqrf, cmd/iqrf-collector): benchmark, tests, fuzzing.
 .PHONY: bench-iqrf fuzz-iqrf test-iqrf
 
 BENCH_TARGETS += bench-iqrf
-DEMO_STEPS += scripts/demo-iqrf.sh
 IQRF_FUZZTIME ?= 30s
 
+##@ bench
 bench-iqrf: ## IQRF: DPA frames decoded/s on one core (goal 5 M) and response-frame-to-carbon p50/p99 (goal 100 ms), beside peers
 	IQRF_BENCH=1 $(GO) test -count=1 -timeout 10m -run '^TestBench' -v ./pkg/iqrf/bench/ 2>&1 | grep -E '^(BENCH|--- |ok|FAIL|PASS)|_test.go'; exit $${PIPESTATUS[0]}
 
+##@ test
 test-iqrf: ## IQRF: every collector test (simulated coordinator on a pty, real carbon-cache and mosquitto)
 	$(GO) test -count=1 ./pkg/iqrf/... ./cmd/iqrf-collector/...
 

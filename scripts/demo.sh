@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: the core walk-through, then each extra step script given as an argument
-# (parts of iotfabric add theirs through DEMO_STEPS in mk/*.mk).
+# (the Makefile lists them in order in DEMO_STEPS).
 # Every step gets DEMO_DIR (a temporary directory removed at the end) and BIN (built binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."

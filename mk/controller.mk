@@ -1,0 +1,11 @@
+# Controller core (pkg/ipam, pkg/controller): benchmarks.
+.PHONY: bench-ipam bench-controller
+
+BENCH_TARGETS += bench-ipam bench-controller
+
+##@ bench
+bench-ipam: ## IPAM: persisted allocations/s and p50/p99 latency (bbolt, fsync on) against one-transaction-per-allocation
+	$(GO) test -run '^$$' -bench 'BenchmarkAllocate' -benchtime 50000x ./pkg/ipam/
+
+bench-controller: ## Controller: endpoints/s created in one bulk call (store, IPAM, bbolt with fsync)
+	$(GO) test -run '^$$' -bench 'BenchmarkCreateEndpoints' -benchtime 50000x ./pkg/controller/
