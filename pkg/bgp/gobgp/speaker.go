@@ -571,7 +571,6 @@ func (s *Speaker) Subscribe(ctx context.Context) (<-chan []bgp.RouteEvent, error
 type subscriber struct {
 	mu     sync.Mutex
 	queue  [][]bgp.RouteEvent
-	closed bool
 	signal chan struct{}
 	out    chan []bgp.RouteEvent
 	done   chan struct{}

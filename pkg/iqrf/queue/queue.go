@@ -76,7 +76,6 @@ type Queue struct {
 	dropped uint64
 	notify  chan struct{} // closed and replaced on every append
 	closed  bool
-	hdr     [headerLen]byte
 }
 
 // Open opens (or creates) the queue in dir with the named readers.

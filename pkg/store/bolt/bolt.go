@@ -19,6 +19,7 @@ import (
 	"time"
 
 	bbolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/iotfabric/iotfabric/pkg/store"
 )
@@ -82,7 +83,7 @@ func Open(path string, opts Options) (*Store, error) {
 		InitialMmapSize: 1 << 30, // address space only: avoids remapping (which stalls every reader and writer) as the file grows
 	})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open %s: the file is locked by another process (is another controller running on this data directory?)", path)
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
