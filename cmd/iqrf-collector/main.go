@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -40,7 +41,7 @@ type options struct {
 	api              bool
 	prefix           string
 	bufferDir        string
-	bufferSize       int64
+	bufferSize       byteSize
 	bufferSync       bool
 	poll             string
 	metrics          string
@@ -48,29 +49,61 @@ type options struct {
 	retries          int
 }
 
-func parseFlags(args []string) (*options, error) {
-	o := &options{}
+const usageHead = `Usage: iqrf-collector (--serial DEV | --cdc DEV | --spi DEV) (--graphite HOST:PORT | --mqtt URL | both) [flags]
+
+Reads the IQRF Standard Sensor nodes of a mesh through its coordinator and
+carries every reading to Graphite (carbon plaintext) and MQTT through an
+on-disk store-and-forward queue. See docs/iqrf.md.
+
+Flags:
+`
+
+// newFlagSet defines every flag of the command into o.
+func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("iqrf-collector", flag.ContinueOnError)
-	fs.StringVar(&o.serial, "serial", "", "coordinator on a UART `device`, e.g. /dev/ttyS0")
-	fs.IntVar(&o.baud, "baud", uart.DefaultBaud, "UART baud rate")
-	fs.StringVar(&o.cdc, "cdc", "", "coordinator on a USB CDC `device`, e.g. /dev/ttyACM0")
-	fs.StringVar(&o.spi, "spi", "", "coordinator on an SPI `device`, e.g. /dev/spidev0.0")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageHead)
+		fs.PrintDefaults()
+	}
+	// Coordinator link: exactly one of --serial, --cdc, --spi.
+	fs.StringVar(&o.serial, "serial", "", "coordinator on a UART `device`, e.g. /dev/ttyS0 (8N1, no flow control); one of --serial, --cdc, --spi")
+	fs.IntVar(&o.baud, "baud", uart.DefaultBaud, "UART baud `rate` for --serial")
+	fs.StringVar(&o.cdc, "cdc", "", "coordinator in a GW-USB / CK-USB `device` with the USB CDC firmware, e.g. /dev/ttyACM0")
+	fs.StringVar(&o.spi, "spi", "", "coordinator on an SPI `device` (spidev, mode 0, 250 kHz), e.g. /dev/spidev0.0")
+	fs.IntVar(&o.retries, "retries", 2, "`number` of retries of a DPA request after a timeout")
+	// Polling.
 	fs.DurationVar(&o.interval, "interval", 10*time.Second, "time between poll rounds")
+	fs.StringVar(&o.poll, "poll", "read", "poll `mode`: read = Read Sensors With Types node by node; frc = one sensor FRC per sensor type across all nodes")
+	// Sinks: --graphite, --mqtt or both.
 	fs.StringVar(&o.graphite, "graphite", "", "carbon plaintext receiver `HOST:PORT`")
-	fs.DurationVar(&o.graphiteConfirm, "graphite-confirm", 2*time.Second, "how long a connection must stay up after carbon acknowledged a line before the line leaves the buffer")
+	fs.DurationVar(&o.graphiteConfirm, "graphite-confirm", 2*time.Second, "how long the carbon connection must stay up after carbon's TCP stack acknowledged a batch before the batch leaves the queue")
+	fs.StringVar(&o.prefix, "prefix", "iotfabric.iqrf", "metric path `prefix` of the Graphite lines, e.g. iotfabric.<site>")
 	fs.StringVar(&o.mqtt, "mqtt", "", "MQTT broker `URL`, e.g. tcp://HOST:1883")
-	fs.StringVar(&o.mqttTopic, "mqtt-topic", "", "topic prefix for readings (default: the prefix with dots as slashes)")
-	fs.StringVar(&o.mqttClientID, "mqtt-client-id", "iotfabric-iqrf-collector", "MQTT client identifier")
-	fs.BoolVar(&o.api, "mqtt-api", true, "answer IQRF Gateway Daemon JSON API requests on Iqrf/DpaRequest")
-	fs.StringVar(&o.prefix, "prefix", "iotfabric.iqrf", "metric path prefix, e.g. iotfabric.<site>")
-	fs.StringVar(&o.bufferDir, "buffer-dir", "/var/lib/iotfabric/iqrf-collector", "directory of the store-and-forward queue")
-	fs.Int64Var(&o.bufferSize, "buffer-size", 100<<20, "bound of the queue in bytes (oldest readings are dropped first)")
-	fs.BoolVar(&o.bufferSync, "buffer-sync", false, "fsync every append to the queue")
-	fs.StringVar(&o.poll, "poll", "read", "read: Read Sensors With Types per node; frc: sensor FRC across all nodes")
-	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on `ADDR`, e.g. 127.0.0.1:9110")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.IntVar(&o.retries, "retries", 2, "retries of a DPA request after a timeout")
+	fs.StringVar(&o.mqttTopic, "mqtt-topic", "", "topic `prefix` for readings, published on <prefix>/<node>/<quantity> (default: --prefix with dots as slashes)")
+	fs.StringVar(&o.mqttClientID, "mqtt-client-id", "iotfabric-iqrf-collector", "MQTT client `identifier`; give each collector on a broker its own (the broker disconnects an older client with the same one)")
+	fs.BoolVar(&o.api, "mqtt-api", true, "answer IQRF Gateway Daemon JSON API requests (iqrfSensor_*) on Iqrf/DpaRequest with Iqrf/DpaResponse")
+	// Store and forward.
+	fs.StringVar(&o.bufferDir, "buffer-dir", "/var/lib/iotfabric/iqrf-collector", "`directory` of the store-and-forward queue (keep it on a persistent volume)")
+	o.bufferSize = 100 << 20
+	fs.Var(&o.bufferSize, "buffer-size", "bound of the queue: bytes, or a `size` with a unit (K/KiB, M/MiB, G/GiB = powers of 1024; KB, MB, GB = powers of 1000), e.g. 100MB, 64MiB, 1G; the oldest readings are dropped first")
+	fs.BoolVar(&o.bufferSync, "buffer-sync", false, "fsync every append to the queue (survives power loss, not only a crash)")
+	// Operation.
+	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on http://`ADDR`/metrics, e.g. 127.0.0.1:9110")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	return fs
+}
+
+// parseFlags reads and checks the command line. For --help it writes the
+// usage to helpOut and returns flag.ErrHelp.
+func parseFlags(args []string, helpOut io.Writer) (*options, error) {
+	o := &options{}
+	fs := newFlagSet(o)
+	fs.SetOutput(io.Discard) // errors are returned, printed once by main
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(helpOut)
+			fs.Usage()
+		}
 		return nil, err
 	}
 	n := 0
@@ -100,12 +133,13 @@ func parseFlags(args []string) (*options, error) {
 }
 
 func main() {
-	o, err := parseFlags(os.Args[1:])
+	o, err := parseFlags(os.Args[1:], os.Stdout)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "iqrf-collector:", err)
+		fmt.Fprintln(os.Stderr, "Run iqrf-collector --help for the flags.")
 		os.Exit(2)
 	}
 	var level slog.Level
@@ -144,7 +178,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if o.mqtt != "" {
 		readers = append(readers, "mqtt")
 	}
-	q, err := queue.Open(filepath.Clean(o.bufferDir), queue.Options{MaxBytes: o.bufferSize, Sync: o.bufferSync}, readers...)
+	q, err := queue.Open(filepath.Clean(o.bufferDir), queue.Options{MaxBytes: int64(o.bufferSize), Sync: o.bufferSync}, readers...)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -33,14 +34,57 @@ func TestFlags(t *testing.T) {
 		{"--serial", "/dev/ttyS0"},
 		{"--serial", "/dev/ttyS0", "--graphite", "nohostport"},
 		{"--serial", "/dev/ttyS0", "--mqtt", "tcp://x:1", "--interval", "0s"},
+		{"--serial", "/dev/ttyS0", "--mqtt", "tcp://x:1", "--buffer-size", "100XB"},
+		{"--serial", "/dev/ttyS0", "--mqtt", "tcp://x:1", "--buffer-size", "0"},
 	} {
-		if _, err := parseFlags(bad); err == nil {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
-	o, err := parseFlags([]string{"--cdc", "/dev/ttyACM0", "--mqtt", "tcp://127.0.0.1:1883", "--prefix", "iotfabric.site1"})
+	o, err := parseFlags([]string{"--cdc", "/dev/ttyACM0", "--mqtt", "tcp://127.0.0.1:1883", "--prefix", "iotfabric.site1"}, io.Discard)
 	if err != nil || o.mqttTopic != "iotfabric/site1" || o.interval != 10*time.Second || o.poll != "read" || o.bufferSize != 100<<20 {
 		t.Errorf("%+v %v", o, err)
+	}
+	o, err = parseFlags([]string{"--cdc", "/dev/ttyACM0", "--mqtt", "tcp://127.0.0.1:1883", "--buffer-size", "100MB"}, io.Discard)
+	if err != nil || o.bufferSize != 100_000_000 {
+		t.Errorf("--buffer-size 100MB: %+v %v", o, err)
+	}
+}
+
+// TestFlagsDocumented checks flag by flag that --help explains every flag
+// and that docs/iqrf.md and the README list it.
+func TestFlagsDocumented(t *testing.T) {
+	var help strings.Builder
+	if _, err := parseFlags([]string{"--help"}, &help); err != flag.ErrHelp {
+		t.Fatalf("--help: %v", err)
+	}
+	docs, err := os.ReadFile("../../docs/iqrf.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	newFlagSet(&options{}).VisitAll(func(f *flag.Flag) {
+		n++
+		if len(f.Usage) < 20 {
+			t.Errorf("--%s: usage %q explains too little", f.Name, f.Usage)
+		}
+		if !regexp.MustCompile(`(?m)^  -` + regexp.QuoteMeta(f.Name) + `( |$)`).MatchString(help.String()) {
+			t.Errorf("--%s missing from --help", f.Name)
+		}
+		if !regexp.MustCompile("(?m)^\\| `--"+regexp.QuoteMeta(f.Name)+"[ `]").Match(docs) &&
+			!regexp.MustCompile("(?m)^\\| .*/ `--"+regexp.QuoteMeta(f.Name)+"[ `]").Match(docs) {
+			t.Errorf("--%s missing from the flag table of docs/iqrf.md", f.Name)
+		}
+		if !regexp.MustCompile(`--` + regexp.QuoteMeta(f.Name) + `[ =\]]`).Match(readme) {
+			t.Errorf("--%s missing from README.md", f.Name)
+		}
+	})
+	if n < 19 {
+		t.Errorf("only %d flags", n)
 	}
 }
 
