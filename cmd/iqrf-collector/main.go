@@ -151,7 +151,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, log); err != nil {
-		log.Error("iqrf-collector stopped", "reason", err)
+		log.Error("iqrf-collector stopped", logErr, err)
 		os.Exit(1)
 	}
 }
@@ -195,14 +195,14 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 			return q.Append(recs...)
 		},
 		Coord:  coord.Config{Retries: o.retries},
-		Logger: log,
+		Logger: log.With(logComponent, "collector"),
 	})
 	gstats, mstats := &graphite.Stats{}, &mqtt.Stats{}
 	var wg sync.WaitGroup
 	if o.graphite != "" {
 		wg.Go(func() {
 			graphite.Run(ctx, graphite.Config{Addr: o.graphite, Prefix: o.prefix, Reader: q.Reader("graphite"),
-				ConfirmAfter: o.graphiteConfirm, Logger: log.With("sink", "graphite"), Stats: gstats})
+				ConfirmAfter: o.graphiteConfirm, Logger: log.With(logComponent, "graphite"), Stats: gstats})
 		})
 	}
 	if o.mqtt != "" {
@@ -212,7 +212,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		}
 		wg.Go(func() {
 			mqtt.Run(ctx, mqtt.Config{Broker: o.mqtt, ClientID: o.mqttClientID, TopicPrefix: o.mqttTopic,
-				Reader: q.Reader("mqtt"), Doer: doer, Logger: log.With("sink", "mqtt"), Stats: mstats})
+				Reader: q.Reader("mqtt"), Doer: doer, Logger: log.With(logComponent, "mqtt"), Stats: mstats})
 		})
 	}
 	if o.metrics != "" {
@@ -220,12 +220,12 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("--metrics: %w", err)
 		}
-		log.Info("serving metrics", "addr", l.Addr().String())
+		log.Info("serving metrics", logAddr, l.Addr().String())
 		srv := &http.Server{Handler: metricsHandler(col, q, gstats, mstats), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(l)
 		defer srv.Close()
 	}
-	log.Info("iqrf-collector started", "poll", o.poll, "interval", o.interval, "graphite", o.graphite, "mqtt", o.mqtt, "buffer", o.bufferDir)
+	log.Info("iqrf-collector started", logPoll, o.poll, logInterval, o.interval, logGraphite, o.graphite, logMQTT, o.mqtt, logBuffer, o.bufferDir)
 	err = col.Run(ctx)
 	wg.Wait()
 	return err

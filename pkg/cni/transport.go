@@ -80,6 +80,7 @@ func (s *Server) Serve(ctx context.Context, l *Listener) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With(logComponent, "cni")
 	timeout := s.Timeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
@@ -128,7 +129,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, timeout time.Du
 		// whose sender is already gone (killed while its request waited to
 		// be accepted) is dropped rather than acted on.
 		if peerClosed(c) {
-			log.Debug("cni: dropped a request whose plugin is gone", "op", req.Op, "container", req.ContainerID)
+			log.Debug("dropped a request whose plugin is gone", logOp, req.Op, logContainer, req.ContainerID)
 			return
 		}
 		// A plugin that goes away while its request runs cancels it.
@@ -146,7 +147,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, timeout time.Du
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(timeout))
 	if err := json.NewEncoder(c).Encode(resp); err != nil {
-		log.Debug("cni: write response", "err", err)
+		log.Debug("write response", logErr, err)
 	}
 }
 

@@ -10,7 +10,7 @@ import (
 // logger forwards GoBGP's log lines to an injected slog.Logger.
 type logger struct{ l *slog.Logger }
 
-func newLogger(l *slog.Logger) gobgplog.Logger { return &logger{l: l.With("component", "gobgp")} }
+func newLogger(l *slog.Logger) gobgplog.Logger { return &logger{l: l.With(logComponent, "gobgp")} }
 
 func (g *logger) emit(level slog.Level, msg string, fields gobgplog.Fields) {
 	if !g.l.Enabled(context.Background(), level) {

@@ -165,7 +165,7 @@ func (s *Speaker) Start(ctx context.Context, initial []bgp.Route) (err error) {
 			return err
 		}
 	}
-	s.log.Info("bgp speaker started", "asn", s.cfg.ASN, "router_id", s.cfg.RouterID, "listen_port", s.cfg.ListenPort, "peers", len(s.cfg.Peers), "routes", len(initial))
+	s.log.Info("bgp speaker started", logASN, s.cfg.ASN, logRouterID, s.cfg.RouterID, logListenPort, s.cfg.ListenPort, logPeers, len(s.cfg.Peers), logRoutes, len(initial))
 	return nil
 }
 
@@ -247,7 +247,7 @@ func (s *Speaker) addPeerLocked(ctx context.Context, p bgp.PeerConfig, restartin
 		return fmt.Errorf("bgp: add peer %s: %w", p.Address, err)
 	}
 	s.peerAddr[p.Address] = p
-	s.log.Info("bgp peer added", "peer", p.Address, "asn", p.ASN, "md5", p.Password != "")
+	s.log.Info("bgp peer added", logPeer, p.Address, logASN, p.ASN, logMD5, p.Password != "")
 	return nil
 }
 
@@ -311,7 +311,7 @@ func (s *Speaker) DeletePeer(ctx context.Context, addr netip.Addr) error {
 		return fmt.Errorf("bgp: delete peer %s: %w", addr, err)
 	}
 	delete(s.peerAddr, addr)
-	s.log.Info("bgp peer deleted", "peer", addr)
+	s.log.Info("bgp peer deleted", logPeer, addr)
 	return nil
 }
 
@@ -477,7 +477,7 @@ func (s *Speaker) onEvent(ev *api.WatchEventResponse) {
 	case *api.WatchEventResponse_Peer:
 		p := e.Peer.GetPeer()
 		if e.Peer.GetType() == api.WatchEventResponse_PeerEvent_STATE {
-			s.log.Info("bgp peer state", "peer", p.GetState().GetNeighborAddress(), "state", sessionState(p.GetState().GetSessionState()))
+			s.log.Info("bgp peer state", logPeer, p.GetState().GetNeighborAddress(), logState, sessionState(p.GetState().GetSessionState()))
 		}
 	}
 }
@@ -522,7 +522,7 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent) []bgp.RouteEven
 	peer = peer.Unmap()
 	r, err := decodePath(p)
 	if err != nil {
-		s.log.Warn("bgp: ignoring received path", "peer", peer, "err", err)
+		s.log.Warn("ignoring received path", logPeer, peer, logErr, err)
 		return evs
 	}
 	k := receivedKey{peer: peer, key: r.Key()}

@@ -204,7 +204,7 @@ func (c *Collector) Run(ctx context.Context) error {
 		link, err := c.cfg.Open()
 		if err != nil {
 			c.m.LinkFailures.Add(1)
-			c.log.Warn("cannot open the coordinator link", "reason", err)
+			c.log.Warn("cannot open the coordinator link", logErr, err)
 		} else {
 			c.m.LinkOpens.Add(1)
 			co := coord.New(link, ccfg)
@@ -220,7 +220,7 @@ func (c *Collector) Run(ctx context.Context) error {
 				return nil
 			}
 			c.m.LinkFailures.Add(1)
-			c.log.Warn("coordinator link lost", "reason", err)
+			c.log.Warn("coordinator link lost", logErr, err)
 		}
 		t := time.NewTimer(c.cfg.ReopenDelay)
 		select {
@@ -240,7 +240,7 @@ func (c *Collector) session(ctx context.Context, co *coord.Coordinator) error {
 	for {
 		if c.rescan.Load() {
 			if err := c.scan(ctx, co); err != nil {
-				c.log.Warn("cannot read the bonded nodes", "reason", err)
+				c.log.Warn("cannot read the bonded nodes", logErr, err)
 			} else {
 				c.rescan.Store(false)
 			}
@@ -282,7 +282,7 @@ func (c *Collector) scan(ctx context.Context, co *coord.Coordinator) error {
 		}
 	}
 	c.nodes, c.order = nodes, addrs
-	c.log.Info("bonded nodes", "count", len(addrs), "nodes", fmt.Sprint(addrs))
+	c.log.Info("bonded nodes", logCount, len(addrs), logNodes, fmt.Sprint(addrs))
 	return nil
 }
 
@@ -336,7 +336,7 @@ func (c *Collector) enumerate(ctx context.Context, co *coord.Coordinator, n *Nod
 	c.mu.Lock()
 	n.HWPID, n.Types, n.Metrics = res.Frame.HWPID, types, metricNames(types)
 	c.mu.Unlock()
-	c.log.Info("node enumerated", "node", n.Addr, "hwpid", n.HWPID, "sensors", len(types))
+	c.log.Info("node enumerated", logNode, n.Addr, logHWPID, n.HWPID, logSensors, len(types))
 	return nil
 }
 
@@ -364,7 +364,7 @@ func (c *Collector) round(ctx context.Context, co *coord.Coordinator) {
 			if err := c.enumerate(ctx, co, n); err != nil {
 				c.m.PollErrors.Add(1)
 				c.failed(n)
-				c.log.Warn("cannot enumerate sensors", "node", n.Addr, "reason", err)
+				c.log.Warn("cannot enumerate sensors", logNode, n.Addr, logErr, err)
 				continue
 			}
 			c.succeeded(n)
@@ -394,21 +394,21 @@ func (c *Collector) pollNode(ctx context.Context, co *coord.Coordinator, n *Node
 	if err != nil {
 		c.m.PollErrors.Add(1)
 		c.failed(n)
-		c.log.Warn("poll failed", "node", n.Addr, "reason", err)
+		c.log.Warn("poll failed", logNode, n.Addr, logErr, err)
 		return
 	}
 	c.succeeded(n)
 	vals, err := sensor.AppendReadWithTypes(nil, res.Frame.PData, bitmap)
 	if err != nil {
 		c.m.BadPayloads.Add(1)
-		c.log.Warn("bad sensor payload", "node", n.Addr, "reason", err, "response", dpa.DottedHex(res.Response))
+		c.log.Warn("bad sensor payload", logNode, n.Addr, logErr, err, logResponse, dpa.DottedHex(res.Response))
 		return
 	}
 	var out []Reading
 	for _, v := range vals {
 		if v.Index >= len(n.Types) || v.Type != n.Types[v.Index] {
 			// The node's sensors changed: enumerate again next round.
-			c.log.Warn("sensor types changed", "node", n.Addr, "index", v.Index, "type", v.Type)
+			c.log.Warn("sensor types changed", logNode, n.Addr, logIndex, v.Index, logType, v.Type)
 			c.mu.Lock()
 			n.Types = nil
 			c.mu.Unlock()
@@ -428,7 +428,7 @@ func (c *Collector) deliver(out []Reading) {
 		return
 	}
 	if err := c.cfg.Deliver(out); err != nil {
-		c.log.Error("cannot store readings", "count", len(out), "reason", err)
+		c.log.Error("cannot store readings", logCount, len(out), logErr, err)
 		return
 	}
 	c.m.Readings.Add(uint64(len(out)))
@@ -497,7 +497,7 @@ func (c *Collector) frcChunk(ctx context.Context, co *coord.Coordinator, cmd uin
 	}
 	pdata, err := sensor.FRCRequest(cmd, addrs, k.typ, uint8(k.nth))
 	if err != nil {
-		c.log.Error("cannot build FRC request", "reason", err)
+		c.log.Error("cannot build FRC request", logErr, err)
 		return
 	}
 	c.m.Polls.Add(1)
@@ -505,18 +505,18 @@ func (c *Collector) frcChunk(ctx context.Context, co *coord.Coordinator, cmd uin
 	res, err := co.Do(ctx, dpa.Frame{NADR: dpa.AddrCoordinator, PNUM: dpa.PNUMFRC, PCMD: dpa.CmdFRCSelective, HWPID: dpa.HWPIDDoNotCheck, PData: pdata}, timeout)
 	if err != nil {
 		c.m.PollErrors.Add(1)
-		c.log.Warn("sensor FRC failed", "type", k.typ, "nth", k.nth, "reason", err)
+		c.log.Warn("sensor FRC failed", logType, k.typ, logNth, k.nth, logErr, err)
 		return
 	}
 	p := res.Frame.PData
 	if len(p) != 56 {
 		c.m.BadPayloads.Add(1)
-		c.log.Warn("bad FRC response", "type", k.typ, "length", len(p), "response", dpa.DottedHex(res.Response))
+		c.log.Warn("bad FRC response", logType, k.typ, logLength, len(p), logResponse, dpa.DottedHex(res.Response))
 		return
 	}
 	if status := p[0]; status > dpa.AddrMaxNode {
 		c.m.PollErrors.Add(1)
-		c.log.Warn("sensor FRC refused", "type", k.typ, "status", status)
+		c.log.Warn("sensor FRC refused", logType, k.typ, logStatus, status)
 		return
 	}
 	var data [64]byte
@@ -534,7 +534,7 @@ func (c *Collector) frcChunk(ctx context.Context, co *coord.Coordinator, cmd uin
 		extra, err := co.Do(ctx, dpa.Frame{NADR: dpa.AddrCoordinator, PNUM: dpa.PNUMFRC, PCMD: dpa.CmdFRCExtraResult, HWPID: dpa.HWPIDDoNotCheck}, 0)
 		if err != nil || len(extra.Frame.PData) != 9 {
 			c.m.PollErrors.Add(1)
-			c.log.Warn("FRC extra result failed", "type", k.typ, "reason", err)
+			c.log.Warn("FRC extra result failed", logType, k.typ, logErr, err)
 		} else {
 			copy(data[55:], extra.Frame.PData)
 		}
@@ -554,10 +554,10 @@ func (c *Collector) frcChunk(ctx context.Context, co *coord.Coordinator, cmd uin
 			out = append(out, Reading{Node: t.node.Addr, Index: t.index, Type: k.typ, Metric: metric, Value: v, Time: res.ResponseTime})
 		case sensor.FRCNoResponse:
 			c.m.PollErrors.Add(1)
-			c.log.Warn("node did not answer the FRC", "node", t.node.Addr, "type", k.typ)
+			c.log.Warn("node did not answer the FRC", logNode, t.node.Addr, logType, k.typ)
 		default:
 			c.m.NoValue.Add(1)
-			c.log.Debug("no FRC value", "node", t.node.Addr, "type", k.typ, "status", st.String())
+			c.log.Debug("no FRC value", logNode, t.node.Addr, logType, k.typ, logStatus, st.String())
 		}
 	}
 	c.deliver(out)

@@ -165,7 +165,7 @@ func (c *Coordinator) readLoop() {
 		if err != nil {
 			if errors.Is(err, dpa.ErrMalformed) {
 				c.stats.FrameErrors.Add(1)
-				c.log.Warn("bad frame from coordinator", "reason", err)
+				c.log.Warn("bad frame from coordinator", logErr, err)
 				continue
 			}
 			c.err = fmt.Errorf("%w: %w", ErrClosed, err)
@@ -174,7 +174,7 @@ func (c *Coordinator) readLoop() {
 		}
 		if err := f.Decode(buf[:n]); err != nil {
 			c.stats.FrameErrors.Add(1)
-			c.log.Warn("bad frame from coordinator", "reason", err, "frame", dpa.DottedHex(buf[:n]))
+			c.log.Warn("bad frame from coordinator", logErr, err, logFrame, dpa.DottedHex(buf[:n]))
 			continue
 		}
 		if f.Kind == dpa.KindAsync || f.Kind == dpa.KindRequest {
@@ -197,7 +197,7 @@ func (c *Coordinator) readLoop() {
 		case c.rx <- msg:
 		default:
 			c.stats.Stray.Add(1)
-			c.log.Warn("answer dropped: nobody is waiting", "frame", dpa.DottedHex(msg))
+			c.log.Warn("answer dropped: nobody is waiting", logFrame, dpa.DottedHex(msg))
 		}
 	}
 }
@@ -227,7 +227,7 @@ func (c *Coordinator) Do(ctx context.Context, req dpa.Frame, timeout time.Durati
 	for attempt := 0; attempt <= c.cfg.Retries; attempt++ {
 		if attempt > 0 {
 			c.stats.Retries.Add(1)
-			c.log.Debug("retrying", "nadr", req.NADR, "pnum", req.PNUM, "pcmd", req.PCMD, "attempt", attempt, "reason", err)
+			c.log.Debug("retrying", logNADR, req.NADR, logPNUM, req.PNUM, logPCMD, req.PCMD, logAttempt, attempt, logErr, err)
 		}
 		var res *Result
 		res, err = c.attemptLocked(ctx, &req, wire, timeout)
@@ -273,7 +273,7 @@ func (c *Coordinator) attemptLocked(ctx context.Context, req *dpa.Frame, wire []
 		select {
 		case m := <-c.rx:
 			c.stats.Stray.Add(1)
-			c.log.Debug("late answer dropped", "frame", dpa.DottedHex(m))
+			c.log.Debug("late answer dropped", logFrame, dpa.DottedHex(m))
 		case <-c.reset:
 		default:
 			drained = true
@@ -315,7 +315,7 @@ func (c *Coordinator) attemptLocked(ctx context.Context, req *dpa.Frame, wire []
 			now := time.Now()
 			if err := f.Decode(m); err != nil || !req.Matches(&f) {
 				c.stats.Stray.Add(1)
-				c.log.Debug("answer for another request dropped", "frame", dpa.DottedHex(m))
+				c.log.Debug("answer for another request dropped", logFrame, dpa.DottedHex(m))
 				continue
 			}
 			switch f.Kind {

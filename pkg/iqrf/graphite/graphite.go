@@ -107,7 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		if err != nil {
 			cfg.Stats.Errors.Add(1)
-			cfg.Logger.Warn("graphite delivery interrupted", "addr", cfg.Addr, "reason", err, "retry_in", backoff)
+			cfg.Logger.Warn("graphite delivery interrupted", logAddr, cfg.Addr, logErr, err, logRetryIn, backoff)
 		}
 		t := time.NewTimer(backoff)
 		select {
@@ -142,7 +142,7 @@ func session(ctx context.Context, cfg *Config) error {
 	defer conn.Close()
 	cfg.Stats.Connects.Add(1)
 	cfg.Stats.Connected.Store(true)
-	cfg.Logger.Info("connected to carbon", "addr", cfg.Addr)
+	cfg.Logger.Info("connected to carbon", logAddr, cfg.Addr)
 	connCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {
@@ -187,7 +187,7 @@ func session(ctx context.Context, cfg *Config) error {
 			r, err := collector.DecodeRecord(rec)
 			if err != nil {
 				cfg.Stats.BadRecords.Add(1)
-				cfg.Logger.Error("undecodable record in the queue", "reason", err)
+				cfg.Logger.Error("undecodable record in the queue", logErr, err)
 				continue
 			}
 			readings = append(readings, r)

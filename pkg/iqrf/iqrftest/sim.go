@@ -133,9 +133,11 @@ var osReadO1 = []byte{0x43, 0x7c, 0x11, 0x81, 0x46, 0x24, 0xd8, 0x08, 0x5c, 0x27
 // reset it first sends the coordinator's reset message, as a coordinator
 // that just started does.
 func (s *Sim) Serve(ctx context.Context, rw io.ReadWriter, reset bool) error {
-	if s.Logger == nil {
-		s.Logger = slog.New(slog.DiscardHandler)
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With(logComponent, "iqrf-sim")
 	s.wmu.Lock()
 	s.w = rw
 	s.wmu.Unlock()
@@ -172,7 +174,7 @@ func (s *Sim) Serve(ctx context.Context, rw io.ReadWriter, reset bool) error {
 			case UART:
 				m, ok, err := d.Push(c)
 				if err != nil {
-					s.Logger.Warn("sim: bad frame from host", "reason", err)
+					log.Warn("bad frame from host", logErr, err)
 				}
 				if !ok {
 					continue
@@ -181,7 +183,7 @@ func (s *Sim) Serve(ctx context.Context, rw io.ReadWriter, reset bool) error {
 			case CDC:
 				m, ok, err := p.Push(c)
 				if err != nil {
-					s.Logger.Warn("sim: bad CDC command", "reason", err)
+					log.Warn("bad CDC command", logErr, err)
 				}
 				if !ok {
 					continue
@@ -195,7 +197,7 @@ func (s *Sim) Serve(ctx context.Context, rw io.ReadWriter, reset bool) error {
 			}
 			var req dpa.Frame
 			if err := req.DecodeRequest(msg); err != nil {
-				s.Logger.Warn("sim: not a request", "frame", dpa.DottedHex(msg))
+				log.Warn("not a request", logFrame, dpa.DottedHex(msg))
 				continue
 			}
 			req.PData = append([]byte(nil), req.PData...)
