@@ -304,9 +304,13 @@ func TestCommandLines(t *testing.T) {
 		}
 	}
 	// The network kept its subnet and import list through the updates of other lists.
-	out, _, _ := ctl(t, srv, "network", "create", "n", "--subnet", "10.3.0.0/24", "--import-rt", "target:1:1")
-	ctl(t, srv, "network", "update", "n", "--encap", "mplsogre")
-	out, _, _ = ctl(t, srv, "network", "show", "n", "-o", "json")
+	if _, errs, rc := ctl(t, srv, "network", "create", "n", "--subnet", "10.3.0.0/24", "--import-rt", "target:1:1"); rc != 0 {
+		t.Fatalf("network create: rc %d, %s", rc, errs)
+	}
+	if _, errs, rc := ctl(t, srv, "network", "update", "n", "--encap", "mplsogre"); rc != 0 {
+		t.Fatalf("network update: rc %d, %s", rc, errs)
+	}
+	out, _, _ := ctl(t, srv, "network", "show", "n", "-o", "json")
 	var n map[string]any
 	if err := json.Unmarshal([]byte(out), &n); err != nil {
 		t.Fatal(err)
