@@ -56,7 +56,7 @@ proto: ## Regenerate Go code from proto/ with the pinned generators
 test: deps proto-check lint go-test $(TEST_EXTRA) ## Install what is needed, then run every test (as root)
 
 go-test: ## Run the Go tests only (`go test ./...` with GOTESTFLAGS)
-	$(GO) test $(GOTESTFLAGS) ./...
+	IOTFABRIC_TEST_STRICT=1 $(GO) test $(GOTESTFLAGS) ./...
 
 proto-check: ## Fail when the committed generated code differs from a fresh `make proto`
 	@scripts/protogen.sh --check

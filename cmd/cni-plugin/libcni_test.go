@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/internal/testenv"
 	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
@@ -368,9 +369,7 @@ func TestLibcniBadInput(t *testing.T) {
 // portmap gets iotfabric's result as prevResult; DEL runs through both.
 func TestLibcniChainWithPortmap(t *testing.T) {
 	e := newEnv(t)
-	if _, err := os.Stat("/usr/lib/cni/portmap"); err != nil {
-		t.Skip("reference plugins not installed (containernetworking-plugins)")
-	}
+	testenv.RequireFile(t, "/usr/lib/cni/portmap", "containernetworking-plugins")
 	ctx := context.Background()
 	// Debian's reference plugins (1.1.1) speak up to CNI 1.0.0.
 	l, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "iotfabric", "plugins": [

@@ -27,14 +27,14 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/iotfabric/iotfabric/internal/testenv"
 )
 
 // RequireRoot skips the test unless it runs as root.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces)")
-	}
+	testenv.RequireRoot(t, "network namespaces")
 }
 
 // NS is a named network namespace (/run/netns/<Name>) made for a test, or
