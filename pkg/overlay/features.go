@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
 
 // Features are the kernel capabilities detected at start.
@@ -99,7 +101,7 @@ func (f Features) Summary() string {
 // the reserved probe names and table, and remove them at once.
 func (m *Manager) detectFeatures() Features {
 	var f Features
-	_ = inNamespace(m.ns, func() error {
+	_ = rtnl.InNamespace(m.ns, func() error {
 		_, err := os.Stat("/proc/sys/net/mpls/platform_labels")
 		f.MPLS = err == nil
 		_, err = os.Stat("/proc/sys/net/ipv6")
@@ -109,7 +111,7 @@ func (m *Manager) detectFeatures() Features {
 	if f.MPLS {
 		f.MPLSTunnel = m.probeMPLSTunnel()
 	}
-	if _, err := m.rt.dumpNexthops(RouteProtocol); err == nil {
+	if _, err := m.rt.DumpNexthops(RouteProtocol); err == nil {
 		f.Nexthops = true
 	}
 	if _, err := m.h.GenlFamilyGet("fou"); err == nil {

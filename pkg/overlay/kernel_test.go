@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
-	"github.com/vishvananda/netlink"
 )
 
 var (
