@@ -62,7 +62,7 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 	cur.sysctls = m.cur.sysctls
 	cur.endpoints = m.cur.endpoints // not readable back; re-ensured when they differ
 	var errs []error
-	links, err := m.h.LinkList()
+	links, err := m.listLinksLocked()
 	if err != nil {
 		return fmt.Errorf("overlay: list links: %w", err)
 	}

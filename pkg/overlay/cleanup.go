@@ -39,7 +39,7 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 		nhDels = append(nhDels, rtnl.Op{Del: true, Nexthop: true, NH: n, NHKey: k})
 	}
 	m.applyRoutesLocked(ctx, nhDels, fail)
-	links, err := m.h.LinkList()
+	links, err := m.listLinksLocked()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("overlay: list links: %w", err))
 	}

@@ -5,6 +5,7 @@ package overlay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 
@@ -112,9 +113,25 @@ func (m *Manager) removeFOULocked(d *desired, fail func(error)) {
 	m.cur.fou = false
 }
 
+// dumpRetries bounds how often a link dump the kernel reports as interrupted
+// by a concurrent change (NLM_F_DUMP_INTR, as pods' veths come and go) is
+// started again before Set gives up on it.
+const dumpRetries = 10
+
+// listLinksLocked lists the namespace's interfaces, restarting the dump when
+// it was interrupted: an interrupted dump may miss or repeat interfaces.
+func (m *Manager) listLinksLocked() ([]netlink.Link, error) {
+	for i := 0; ; i++ {
+		links, err := m.h.LinkList()
+		if err == nil || !errors.Is(err, netlink.ErrDumpInterrupted) || i == dumpRetries {
+			return links, err
+		}
+	}
+}
+
 // linksByNameLocked lists the namespace's interfaces by name.
 func (m *Manager) linksByNameLocked() (map[string]netlink.Link, error) {
-	links, err := m.h.LinkList()
+	links, err := m.listLinksLocked()
 	if err != nil {
 		return nil, fmt.Errorf("overlay: list links: %w", err)
 	}

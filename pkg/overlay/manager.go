@@ -207,7 +207,7 @@ type linkFingerprint struct {
 // linkFingerprintLocked records the endpoint interfaces of s and the
 // interfaces iotfabric owns.
 func (m *Manager) linkFingerprintLocked(s *State) (map[string]linkFingerprint, error) {
-	links, err := m.h.LinkList()
+	links, err := m.listLinksLocked()
 	if err != nil {
 		return nil, err
 	}
