@@ -1,6 +1,21 @@
 // Command vrouter-agent programs one gateway's data plane: per-network routing
 // tables (or VRF devices), local endpoints, MPLS label routes and MPLSoUDP /
-// MPLSoGRE tunnels toward remote gateways, from a desired state.
+// MPLSoGRE tunnels toward remote gateways (pkg/overlay). It runs in one of
+// three modes:
+//
+//   - --gateway NAME: follow the controllers. The agent registers the gateway
+//     with every --controller, serves the CNI plugin on a unix socket, reports
+//     its pods, receives the routes of the gateway's networks and keeps
+//     forwarding (and admitting pods) while no controller is reachable
+//     (pkg/agent, docs/agent.md).
+//   - --state FILE: apply a hand-written desired state and apply it again
+//     whenever the file changes; with --once, apply it once and exit.
+//   - --cleanup: remove everything iotfabric created in the kernel (routes,
+//     rules, tunnels, VRF devices, the pods' host-side veths, the FOU port),
+//     then exit.
+//
+// The first two share one reconcile loop (pkg/agent.Reconciler) with two
+// sources: the agent's core and the state file.
 package main
 
 import (
@@ -16,9 +31,8 @@ import (
 	"syscall"
 	"time"
 
-	gwagent "github.com/iotfabric/iotfabric/pkg/agent"
+	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
-	"github.com/iotfabric/iotfabric/pkg/overlay/agent"
 )
 
 const usage = `vrouter-agent: program a gateway's overlay data plane into the Linux kernel.
@@ -69,7 +83,7 @@ func run(args []string, stderr io.Writer) int {
 		level     = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		once      = fs.Bool("once", false, "apply the state file once and exit (non-zero if it did not fully apply)")
 	)
-	var gwf gwagent.Flags
+	var gwf agent.Flags
 	gwf.Register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -102,7 +116,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vrouter-agent: give exactly one of --gateway NAME, --state FILE or --cleanup (see --help)")
 		return 2
 	}
-	var gwOpts gwagent.Options
+	var gwOpts agent.Options
 	if gwf.Enabled() {
 		if gwOpts, err = gwf.Options(log); err != nil {
 			fmt.Fprintf(stderr, "vrouter-agent: %v\n", err)
@@ -129,9 +143,9 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if gwf.Enabled() {
 		gwOpts.Applier, gwOpts.HostNetns = m, *netnsPath
-		gwOpts.KernelFeatures, gwOpts.Version = gwagent.KernelFeatures(m.Features()), "dev"
+		gwOpts.KernelFeatures, gwOpts.Version = agent.KernelFeatures(m.Features()), "dev"
 		gwOpts.ResyncInterval = *resync
-		a, err := gwagent.New(gwOpts)
+		a, err := agent.New(gwOpts)
 		if err != nil {
 			log.Error("vrouter: start", "error", err)
 			return 1
@@ -159,9 +173,13 @@ func run(args []string, stderr io.Writer) int {
 		log.Info("vrouter: state applied", "state", *statePath)
 		return 0
 	}
-	a := &agent.Agent{Applier: m, Source: &agent.FileSource{Path: *statePath, Log: log}, Log: log, ResyncInterval: *resync}
+	src, err := agent.OpenStateFile(*statePath, log)
+	if err != nil {
+		log.Error("vrouter: start", "error", err)
+		return 1
+	}
 	log.Info("vrouter: running", "state", *statePath, "features", m.Features())
-	if err := a.Run(ctx); err != nil {
+	if err := agent.RunStateFile(ctx, src, m, log, *resync); err != nil {
 		log.Error("vrouter: stopped", "error", err)
 		return 1
 	}

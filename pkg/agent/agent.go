@@ -61,7 +61,7 @@ type Agent struct {
 	log     *slog.Logger
 	core    *Core
 	state   *coreState
-	apply   *applyLoop
+	apply   *Reconciler
 	ready   chan struct{}
 	started time.Time
 
@@ -94,8 +94,7 @@ func New(opts Options) (*Agent, error) {
 	a := &Agent{opts: opts, log: opts.Log, core: core, state: st, ready: make(chan struct{}),
 		clients: map[string]clients{}, clientsSet: make(chan struct{}), kicks: map[string]chan struct{}{}}
 	if opts.Applier != nil {
-		a.apply = newApplyLoop(core, opts.Applier, opts.Log, opts.ResyncInterval)
-		a.apply.onApply = opts.OnApply
+		a.apply = NewReconciler(coreSource{core}, opts.Applier, opts.Log, opts.ResyncInterval, opts.OnApply)
 	}
 	return a, nil
 }
@@ -117,7 +116,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	coreDone := make(chan error, 1)
 	wg.Go(func() { coreDone <- a.core.Run(ctx, a.state) })
 	if a.apply != nil {
-		wg.Go(func() { a.apply.run(ctx) })
+		wg.Go(func() {
+			if err := a.apply.Run(ctx); err != nil {
+				a.log.Debug("reconcile loop stopped", logErr, err) // the core stopped; Run returns its error
+			}
+		})
 	}
 	for _, addr := range a.opts.Controllers {
 		kick := make(chan struct{}, 1)
@@ -221,7 +224,7 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 		r.Endpoint = &ep
 		if a.apply != nil {
 			wctx, cancel := context.WithTimeout(ctx, a.opts.AttachWait)
-			if err := a.apply.wait(wctx, gen); err != nil {
+			if err := a.apply.Wait(wctx, gen); err != nil {
 				r.Warning = fmt.Sprintf("data plane not fully programmed yet: %v", err)
 			}
 			cancel()
