@@ -47,14 +47,14 @@ Usage:
 The state file holds the whole desired state of the gateway:
 
   underlay: 192.0.2.1              # this gateway's IPv4 underlay (tunnel source) address
-  encapPriority: [mpls-udp, mpls-gre]
+  encapPriority: [mplsoudp, mplsogre]
   networks:
   - name: red
     table: 7001                    # routing table, 7000-7999
     endpoints:                     # local pods: host-side veth, address, MPLS label
     - {interface: veth1, address: 10.1.0.1, label: 1001}
     routes:                        # prefixes behind remote gateways
-    - {prefix: 10.1.0.2/32, label: 1002, gateway: 192.0.2.2, encaps: [mpls-udp, mpls-gre]}
+    - {prefix: 10.1.0.2/32, label: 1002, gateway: 192.0.2.2, encaps: [mplsoudp, mplsogre]}
 
 Everything the agent creates is marked: route protocol 165, tables 7000-7999,
 rule priorities 7000-7099, interface names starting with "iof". At start it adopts
@@ -162,7 +162,7 @@ func run(args []string, stderr io.Writer) int {
 		data, err := os.ReadFile(*statePath)
 		if err == nil {
 			var s overlay.State
-			if s, err = overlay.ParseState(data); err == nil {
+			if s, err = overlay.ParseState(data, log); err == nil {
 				err = m.Set(ctx, s)
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -440,11 +441,8 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	defer cancel()
 	gw := &v1.Gateway{Name: a.opts.Gateway, UnderlayAddress: a.opts.Underlay.String()}
 	for _, e := range a.opts.Encaps {
-		switch e {
-		case overlay.EncapMPLSoUDP:
-			gw.Encapsulations = append(gw.Encapsulations, v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP)
-		case overlay.EncapMPLSoGRE:
-			gw.Encapsulations = append(gw.Encapsulations, v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE)
+		if e == encap.MPLSoUDP || e == encap.MPLSoGRE {
+			gw.Encapsulations = append(gw.Encapsulations, e.API())
 		}
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)

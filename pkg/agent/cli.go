@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 )
@@ -66,7 +67,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.TLS.Key, "tls-key", "", "its private key (PEM)")
 	fs.StringVar(&f.TLS.CA, "tls-ca", "", "CA (PEM) that signs the controllers' certificates")
 	fs.StringVar(&f.NamespaceNetworks, "namespace-networks", "", "pod namespace to network mapping, ns=network,... (default: the network named like the namespace)")
-	fs.StringVar(&f.Encaps, "encaps", "mpls-udp,mpls-gre", "encapsulations this gateway uses, most preferred first")
+	fs.StringVar(&f.Encaps, "encaps", "mplsoudp,mplsogre", "encapsulations this gateway uses, most preferred first: mplsoudp, mplsogre, plain")
 }
 
 // Enabled reports whether the controller-driven agent was asked for.
@@ -89,13 +90,17 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 	if !filepath.IsAbs(f.StateDir) || !filepath.IsAbs(f.CNISocket) {
 		errs = append(errs, errors.New("--state-dir and --cni-socket must be absolute paths"))
 	}
-	var encaps []overlay.Encap
-	for _, e := range strings.Split(f.Encaps, ",") {
-		switch overlay.Encap(strings.TrimSpace(e)) {
-		case overlay.EncapMPLSoUDP, overlay.EncapMPLSoGRE, overlay.EncapPlain:
-			encaps = append(encaps, overlay.Encap(strings.TrimSpace(e)))
-		default:
-			errs = append(errs, fmt.Errorf("--encaps: unknown encapsulation %q (mpls-udp, mpls-gre, plain)", e))
+	encaps, old, err := encap.ParseList(f.Encaps)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--encaps: %w", err))
+	}
+	for _, o := range old {
+		use, _ := encap.Deprecated(o)
+		log.Warn("deprecated encapsulation spelling in --encaps", logValue, o, logUse, use)
+	}
+	for _, e := range encaps {
+		if e != encap.MPLSoUDP && e != encap.MPLSoGRE && e != encap.Plain {
+			errs = append(errs, fmt.Errorf("--encaps: the data plane has no %v (use mplsoudp, mplsogre, plain)", e))
 		}
 	}
 	nsMap := map[string]string{}

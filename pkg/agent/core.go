@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -33,7 +34,7 @@ type Config struct {
 	Underlay netip.Addr
 	StateDir string
 	// Encaps the gateway uses, most preferred first (default MPLSoUDP, MPLSoGRE).
-	Encaps []overlay.Encap
+	Encaps []encap.Encap
 	Log    *slog.Logger
 	// Now is the clock (tests).
 	Now func() time.Time
@@ -62,9 +63,9 @@ func newRoute(r *v1.Route) *route {
 	if err != nil || !nh.Is4() || r.GetLabel() < overlay.LabelFirst || r.GetLabel() > overlay.LabelLast {
 		return out
 	}
-	var es []overlay.Encap
+	var es []encap.Encap
 	for _, e := range r.GetEncapsulations() {
-		if oe, ok := encapOf(e); ok && !slices.Contains(es, oe) {
+		if oe := encap.FromAPI(e); (oe == encap.MPLSoUDP || oe == encap.MPLSoGRE) && !slices.Contains(es, oe) {
 			es = append(es, oe)
 		}
 	}

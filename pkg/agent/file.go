@@ -78,7 +78,7 @@ func (f *FileSource) load() error {
 		// that removes everything must say so: "networks: []".
 		return fmt.Errorf("state file %s is empty (write \"networks: []\" to remove every network)", f.path)
 	}
-	s, err := overlay.ParseState(data)
+	s, err := overlay.ParseState(data, f.log)
 	if err != nil {
 		return fmt.Errorf("state file %s: %w", f.path, err)
 	}

@@ -6,4 +6,6 @@ const (
 	logComponent = "component"
 	logErr       = "err"
 	logReason    = "reason"
+	logValue     = "value"
+	logUse       = "use"
 )

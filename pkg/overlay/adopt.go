@@ -11,11 +11,12 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
 
 type tunnelSpec struct {
-	Encap  Encap
+	Encap  encap.Encap
 	Local  netip.Addr
 	Remote netip.Addr
 }
@@ -74,12 +75,12 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 		switch t := l.(type) {
 		case *netlink.Iptun:
 			if strings.HasPrefix(name, IfPrefix+"u") {
-				cur.tunnels[name] = tunnelSpec{Encap: EncapMPLSoUDP, Local: ipAddr(t.Local), Remote: ipAddr(t.Remote)}
+				cur.tunnels[name] = tunnelSpec{Encap: encap.MPLSoUDP, Local: ipAddr(t.Local), Remote: ipAddr(t.Remote)}
 				continue
 			}
 		case *netlink.Gretun:
 			if strings.HasPrefix(name, IfPrefix+"g") {
-				cur.tunnels[name] = tunnelSpec{Encap: EncapMPLSoGRE, Local: ipAddr(t.Local), Remote: ipAddr(t.Remote)}
+				cur.tunnels[name] = tunnelSpec{Encap: encap.MPLSoGRE, Local: ipAddr(t.Local), Remote: ipAddr(t.Remote)}
 				continue
 			}
 		case *netlink.Vrf:

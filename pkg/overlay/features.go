@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
 
@@ -27,13 +28,13 @@ type Features struct {
 }
 
 // Supports tells whether this kernel can carry encapsulation e.
-func (f Features) Supports(e Encap) bool {
+func (f Features) Supports(e encap.Encap) bool {
 	switch e {
-	case EncapMPLSoUDP:
+	case encap.MPLSoUDP:
 		return f.MPLS && f.MPLSTunnel && f.FOU && f.IPIP
-	case EncapMPLSoGRE:
+	case encap.MPLSoGRE:
 		return f.MPLS && f.MPLSTunnel && f.GRE
-	case EncapPlain:
+	case encap.Plain:
 		return true
 	}
 	return false
@@ -78,7 +79,7 @@ func (f Features) Summary() string {
 		works = append(works, "policy tables instead of VRF devices")
 	}
 	var lost []string
-	for _, e := range []Encap{EncapMPLSoUDP, EncapMPLSoGRE} {
+	for _, e := range []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE} {
 		if f.Supports(e) {
 			works = append(works, string(e))
 		} else {
@@ -154,20 +155,20 @@ func (m *Manager) probeMPLSTunnel() bool {
 
 // chooseEncap picks the first encapsulation of the local priority list that the
 // remote offers and the kernel supports.
-func chooseEncap(priority, offered []Encap, f Features) (Encap, bool) {
+func chooseEncap(priority, offered []encap.Encap, f Features) (encap.Encap, bool) {
 	for _, e := range priority {
 		if slices.Contains(offered, e) && f.Supports(e) {
 			return e, true
 		}
 	}
-	return "", false
+	return encap.Unknown, false
 }
 
 // tunnelName is the interface name of the tunnel of kind e toward remote.
-func tunnelName(e Encap, remote netip.Addr) string {
+func tunnelName(e encap.Encap, remote netip.Addr) string {
 	b := remote.As4()
 	kind := "u"
-	if e == EncapMPLSoGRE {
+	if e == encap.MPLSoGRE {
 		kind = "g"
 	}
 	return fmt.Sprintf("%s%s%02x%02x%02x%02x", IfPrefix, kind, b[0], b[1], b[2], b[3])

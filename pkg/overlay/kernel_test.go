@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 )
@@ -243,14 +244,14 @@ func TestRemoteRoutesWithoutKernelSupport(t *testing.T) {
 	s := overlay.State{Underlay: ap("192.0.2.1"), Networks: []overlay.Network{{Name: "red", Table: 7001,
 		Endpoints: []overlay.Endpoint{{Interface: "vred1", Address: ap("10.1.0.1"), Label: 1001}},
 		Routes: []overlay.RemoteRoute{
-			{Prefix: pp("10.1.0.2/32"), Label: 1002, Gateway: ap("192.0.2.2"), Encaps: []overlay.Encap{overlay.EncapMPLSoUDP, overlay.EncapPlain}},
-			{Prefix: pp("10.1.0.3/32"), Label: 1003, Gateway: ap("192.0.2.3"), Encaps: []overlay.Encap{overlay.EncapMPLSoGRE}},
+			{Prefix: pp("10.1.0.2/32"), Label: 1002, Gateway: ap("192.0.2.2"), Encaps: []encap.Encap{encap.MPLSoUDP, encap.Plain}},
+			{Prefix: pp("10.1.0.3/32"), Label: 1003, Gateway: ap("192.0.2.3"), Encaps: []encap.Encap{encap.MPLSoGRE}},
 		}}},
-		EncapPriority: []overlay.Encap{overlay.EncapMPLSoUDP, overlay.EncapMPLSoGRE, overlay.EncapPlain}}
+		EncapPriority: []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE, encap.Plain}}
 	err := m.Set(context.Background(), s)
 	f := m.Features()
 	d := gw.Dump(t)
-	if f.Supports(overlay.EncapMPLSoGRE) {
+	if f.Supports(encap.MPLSoGRE) {
 		if err != nil {
 			t.Fatalf("Set: %v", err)
 		}
@@ -284,7 +285,7 @@ func TestTransitions(t *testing.T) {
 	gw.IP(t, "addr", "add", "192.0.2.1/24", "dev", "u0")
 	gw.IP(t, "link", "set", "u0", "up")
 	m := newManager(t, gw, overlay.VRFOff)
-	plain := []overlay.Encap{overlay.EncapPlain}
+	plain := []encap.Encap{encap.Plain}
 	ep := func(i string, a string, l uint32) overlay.Endpoint {
 		return overlay.Endpoint{Interface: i, Address: ap(a), Label: l}
 	}
@@ -420,7 +421,7 @@ func TestBatchErrorsMapToRoutes(t *testing.T) {
 	gw.IP(t, "addr", "add", "192.0.2.1/24", "dev", "u0")
 	gw.IP(t, "link", "set", "u0", "up")
 	m := newManager(t, gw, overlay.VRFOff)
-	plain := []overlay.Encap{overlay.EncapPlain}
+	plain := []encap.Encap{encap.Plain}
 	var routes []overlay.RemoteRoute
 	for i := range 1000 {
 		g := ap("192.0.2.2")

@@ -10,16 +10,18 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/iotfabric/iotfabric/pkg/encap"
 )
 
 func (m *Manager) addTunnelLocked(name string, spec tunnelSpec) (netlink.Link, error) {
 	var l netlink.Link
 	local, remote := net.IP(spec.Local.AsSlice()), net.IP(spec.Remote.AsSlice())
 	switch spec.Encap {
-	case EncapMPLSoUDP:
+	case encap.MPLSoUDP:
 		l = &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: name}, Local: local, Remote: remote,
 			Proto: ipprotoMPLS, EncapType: 1 /* FOU */, EncapDport: MPLSoUDPPort, PMtuDisc: 1}
-	case EncapMPLSoGRE:
+	case encap.MPLSoGRE:
 		l = &netlink.Gretun{LinkAttrs: netlink.LinkAttrs{Name: name}, Local: local, Remote: remote, PMtuDisc: 1}
 	default:
 		return nil, fmt.Errorf("overlay: tunnel %s: unsupported encapsulation %q", name, spec.Encap)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
 
@@ -54,7 +55,7 @@ func (m *Manager) plan(s *State) desired {
 					n.Name, r.Prefix, r.Encaps, prio, m.feat.Missing()))
 				continue
 			}
-			if e == EncapMPLSoUDP || e == EncapMPLSoGRE {
+			if e == encap.MPLSoUDP || e == encap.MPLSoGRE {
 				d.tunnels[tunnelName(e, r.Gateway)] = tunnelSpec{Encap: e, Local: s.Underlay, Remote: r.Gateway}
 			}
 			if r.Prefix.Addr().Is6() {
@@ -62,7 +63,7 @@ func (m *Manager) plan(s *State) desired {
 			}
 		}
 	}
-	d.fou = m.feat.Supports(EncapMPLSoUDP) && slices.Contains(prio, EncapMPLSoUDP)
+	d.fou = m.feat.Supports(encap.MPLSoUDP) && slices.Contains(prio, encap.MPLSoUDP)
 	return d
 }
 
@@ -116,7 +117,7 @@ func (m *Manager) routesLocked(s *State, byName map[string]netlink.Link, missing
 				r.Family = rtnl.AFInet6
 			}
 			switch e {
-			case EncapPlain:
+			case encap.Plain:
 				r.Gw = rr.Gateway
 				if r.Family == rtnl.AFInet6 {
 					r.Gw = netip.Addr{}

@@ -10,35 +10,26 @@
 package overlay
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
 
 	"sigs.k8s.io/yaml"
-)
 
-// Encap names an encapsulation a gateway can use for labelled traffic.
-type Encap string
-
-// Encapsulations. The values follow the tunnel-encapsulation names used on the
-// controller's API; MPLSoUDP uses UDP destination port 6635 (RFC 7510).
-const (
-	EncapMPLSoUDP Encap = "mpls-udp"
-	EncapMPLSoGRE Encap = "mpls-gre"
-	// EncapPlain routes a remote prefix unlabelled via the remote gateway's
-	// underlay address. It only makes sense where the underlay itself carries the
-	// network (a flat lab network); it is what still works on kernels without MPLS.
-	EncapPlain Encap = "plain"
+	"github.com/iotfabric/iotfabric/pkg/encap"
 )
 
 // DefaultEncapPriority is used when State.EncapPriority is empty.
-var DefaultEncapPriority = []Encap{EncapMPLSoUDP, EncapMPLSoGRE}
+var DefaultEncapPriority = []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE}
 
-func (e Encap) valid() bool {
-	return e == EncapMPLSoUDP || e == EncapMPLSoGRE || e == EncapPlain
+// dataPlaneEncap tells whether the data plane can use e (it has no VXLAN).
+func dataPlaneEncap(e encap.Encap) bool {
+	return e == encap.MPLSoUDP || e == encap.MPLSoGRE || e == encap.Plain
 }
 
 // State is the whole desired data-plane state of one gateway.
@@ -46,7 +37,7 @@ type State struct {
 	// Underlay is the gateway's own underlay (tunnel source) address. IPv4.
 	Underlay netip.Addr `json:"underlay"`
 	// EncapPriority lists the encapsulations this gateway uses, most preferred first.
-	EncapPriority []Encap `json:"encapPriority,omitempty"`
+	EncapPriority []encap.Encap `json:"encapPriority,omitempty"`
 	// Networks are the virtual networks present on this gateway.
 	Networks []Network `json:"networks,omitempty"`
 }
@@ -79,7 +70,7 @@ type RemoteRoute struct {
 	Label   uint32       `json:"label"`
 	Gateway netip.Addr   `json:"gateway"`
 	// Encaps are the encapsulations the remote gateway offers.
-	Encaps []Encap `json:"encaps"`
+	Encaps []encap.Encap `json:"encaps"`
 }
 
 // MPLS label limits: 0-15 are reserved; labels are 20 bits.
@@ -88,14 +79,16 @@ const (
 	LabelLast  = 1<<20 - 1
 )
 
-// ParseState decodes a desired state from YAML or JSON (JSON is YAML) and validates it.
-func ParseState(data []byte) (State, error) {
+// ParseState decodes a desired state from YAML or JSON (JSON is YAML) and
+// validates it. Deprecated encapsulation spellings (mpls-udp, mpls-gre) are
+// accepted, with a warning on log (nil: none).
+func ParseState(data []byte, log *slog.Logger) (State, error) {
 	var s State
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
 		return State{}, fmt.Errorf("overlay: parse state: %w", err)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(js)))
+	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
 		return State{}, fmt.Errorf("overlay: decode state: %w", err)
@@ -103,7 +96,41 @@ func ParseState(data []byte) (State, error) {
 	if err := s.Validate(); err != nil {
 		return State{}, err
 	}
+	if log != nil {
+		warnDeprecatedEncaps(js, log)
+	}
 	return s, nil
+}
+
+// warnDeprecatedEncaps logs each old encapsulation spelling a state document
+// uses, once.
+func warnDeprecatedEncaps(js []byte, log *slog.Logger) {
+	var raw struct {
+		EncapPriority []string `json:"encapPriority"`
+		Networks      []struct {
+			Routes []struct {
+				Encaps []string `json:"encaps"`
+			} `json:"routes"`
+		} `json:"networks"`
+	}
+	if json.Unmarshal(js, &raw) != nil {
+		return
+	}
+	seen := map[string]bool{}
+	warn := func(names []string) {
+		for _, n := range names {
+			if use, old := encap.Deprecated(n); old && !seen[n] {
+				seen[n] = true
+				log.Warn("deprecated encapsulation spelling in the state file", logValue, n, logUse, use)
+			}
+		}
+	}
+	warn(raw.EncapPriority)
+	for _, n := range raw.Networks {
+		for _, r := range n.Routes {
+			warn(r.Encaps)
+		}
+	}
 }
 
 // Validate reports every problem with the state, joined.
@@ -120,8 +147,8 @@ func (s *State) Validate() error {
 		bad("underlay %q: an IPv4 underlay address is required when remote routes exist", s.Underlay)
 	}
 	for _, e := range s.EncapPriority {
-		if !e.valid() {
-			bad("encapPriority: unknown encapsulation %q", e)
+		if !dataPlaneEncap(e) {
+			bad("encapPriority: encapsulation %v is not one the data plane has (mplsoudp, mplsogre, plain)", e)
 		}
 	}
 	tables := map[uint32]string{}
@@ -176,8 +203,8 @@ func (s *State) Validate() error {
 				bad("network %q: route %s: no encapsulation offered", n.Name, r.Prefix)
 			}
 			for _, e := range r.Encaps {
-				if !e.valid() {
-					bad("network %q: route %s: unknown encapsulation %q", n.Name, r.Prefix, e)
+				if !dataPlaneEncap(e) {
+					bad("network %q: route %s: encapsulation %v is not one the data plane has (mplsoudp, mplsogre, plain)", n.Name, r.Prefix, e)
 				}
 			}
 		}
