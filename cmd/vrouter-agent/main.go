@@ -54,7 +54,7 @@ The state file holds the whole desired state of the gateway:
     endpoints:                     # local pods: host-side veth, address, MPLS label
     - {interface: veth1, address: 10.1.0.1, label: 1001}
     routes:                        # prefixes behind remote gateways
-    - {prefix: 10.1.0.2/32, label: 1002, gateway: 192.0.2.2, encaps: [mplsoudp, mplsogre]}
+    - {prefix: 10.1.0.2/32, label: 1002, remoteUnderlay: 192.0.2.2, encaps: [mplsoudp, mplsogre]}
 
 Everything the agent creates is marked: route protocol 165, tables 7000-7999,
 rule priorities 7000-7099, interface names starting with "iof". At start it adopts
@@ -74,14 +74,14 @@ func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vrouter-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		statePath = fs.String("state", "", "desired state file (YAML or JSON); re-applied when it changes")
-		cleanup   = fs.Bool("cleanup", false, "remove everything iotfabric owns in the kernel and exit")
-		netnsPath = fs.String("netns", "", "network namespace path to program (default: the agent's own)")
-		vrf       = fs.String("vrf", "auto", "VRF devices: auto (when the kernel has them), on, off (policy tables)")
-		gateway   = fs.String("gateway-address", overlay.DefaultGatewayAddress.String(), "address put on every endpoint's host-side interface")
-		resync    = fs.Duration("resync", 5*time.Minute, "re-read the kernel and repair drift this often (0: never)")
-		level     = fs.String("log-level", "info", "log level: debug, info, warn, error")
-		once      = fs.Bool("once", false, "apply the state file once and exit (non-zero if it did not fully apply)")
+		statePath  = fs.String("state", "", "desired state file (YAML or JSON); re-applied when it changes")
+		cleanup    = fs.Bool("cleanup", false, "remove everything iotfabric owns in the kernel and exit")
+		netnsPath  = fs.String("netns", "", "network namespace path to program (default: the agent's own)")
+		vrf        = fs.String("vrf", "auto", "VRF devices: auto (when the kernel has them), on, off (policy tables)")
+		podGateway = fs.String("gateway-address", overlay.DefaultPodGatewayAddr.String(), "the pods' default-route address, put on every endpoint's host-side interface")
+		resync     = fs.Duration("resync", 5*time.Minute, "re-read the kernel and repair drift this often (0: never)")
+		level      = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		once       = fs.Bool("once", false, "apply the state file once and exit (non-zero if it did not fully apply)")
 	)
 	var gwf agent.Flags
 	gwf.Register(fs)
@@ -101,7 +101,7 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	gw, err := netip.ParseAddr(*gateway)
+	podGW, err := netip.ParseAddr(*podGateway)
 	if err != nil {
 		fmt.Fprintf(stderr, "vrouter-agent: --gateway-address: %v\n", err)
 		return 2
@@ -126,7 +126,7 @@ func run(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: log, GatewayAddress: gw, VRF: overlay.VRFMode(*vrf)})
+	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: log, PodGatewayAddr: podGW, VRF: overlay.VRFMode(*vrf)})
 	if err != nil {
 		log.Error("vrouter: start", "error", err)
 		return 1
@@ -142,7 +142,7 @@ func run(args []string, stderr io.Writer) int {
 		return 0
 	}
 	if gwf.Enabled() {
-		gwOpts.Applier, gwOpts.HostNetns = m, *netnsPath
+		gwOpts.Applier, gwOpts.HostNetns, gwOpts.PodGatewayAddr = m, *netnsPath, podGW
 		gwOpts.KernelFeatures, gwOpts.Version = agent.KernelFeatures(m.Features()), "dev"
 		gwOpts.ResyncInterval = *resync
 		a, err := agent.New(gwOpts)

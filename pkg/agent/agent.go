@@ -33,6 +33,9 @@ type Options struct {
 	Applier Applier
 	// HostNetns is the namespace the host-side veths go to ("" = the plugin's).
 	HostNetns string
+	// PodGatewayAddr is the pods' default-route address, which the data plane
+	// puts on their host-side veths (default overlay.DefaultPodGatewayAddr).
+	PodGatewayAddr netip.Addr
 	// CNISocket is the unix socket the plugin talks to ("" = no CNI server).
 	CNISocket string
 	// NamespaceNetworks maps a pod's namespace to a network when the plugin
@@ -81,6 +84,9 @@ type Agent struct {
 func New(opts Options) (*Agent, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if !opts.PodGatewayAddr.IsValid() {
+		opts.PodGatewayAddr = overlay.DefaultPodGatewayAddr
 	}
 	if opts.AttachWait <= 0 {
 		opts.AttachWait = 5 * time.Second
@@ -189,7 +195,7 @@ func (a *Agent) Handle(ctx context.Context, req *cni.Request) *cni.Response {
 func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, error) {
 	id := cni.EndpointID(req.ContainerID, req.IfName)
 	base := func() *cni.Response {
-		return &cni.Response{HostNetns: a.opts.HostNetns, Gateway: overlay.DefaultGatewayAddress}
+		return &cni.Response{HostNetns: a.opts.HostNetns, Gateway: a.opts.PodGatewayAddr}
 	}
 	switch req.Op {
 	case cni.OpAdd:

@@ -72,7 +72,7 @@ func newRoute(r *v1.Route) *route {
 	if len(es) == 0 {
 		es = slices.Clone(overlay.DefaultEncapPriority)
 	}
-	out.rr = overlay.RemoteRoute{Prefix: pfx, Label: r.GetLabel(), Gateway: nh, Encaps: es}
+	out.rr = overlay.RemoteRoute{Prefix: pfx, Label: r.GetLabel(), RemoteUnderlay: nh, Encaps: es}
 	out.ok = true
 	return out
 }

@@ -123,7 +123,7 @@ func TestBuildDesired(t *testing.T) {
 	if len(n.Endpoints) != 1 || n.Endpoints[0] != (overlay.Endpoint{Interface: "iotfa", Address: netip.MustParseAddr("10.1.0.1"), Label: 16}) {
 		t.Fatalf("endpoints: %+v", n.Endpoints)
 	}
-	if len(n.Routes) != 1 || n.Routes[0].Gateway != netip.MustParseAddr("192.0.2.3") || n.Routes[0].Label != 31 ||
+	if len(n.Routes) != 1 || n.Routes[0].RemoteUnderlay != netip.MustParseAddr("192.0.2.3") || n.Routes[0].Label != 31 ||
 		len(n.Routes[0].Encaps) != 2 {
 		t.Fatalf("routes: %+v", n.Routes)
 	}

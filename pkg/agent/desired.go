@@ -95,7 +95,7 @@ func buildDesired(underlay netip.Addr, encaps []encap.Encap, tables map[string]u
 	}
 	chosen := map[string]map[netip.Prefix]cand{}
 	for k, r := range routes {
-		if !r.ok || r.rr.Gateway == underlay || local[k.network][r.rr.Prefix] {
+		if !r.ok || r.rr.RemoteUnderlay == underlay || local[k.network][r.rr.Prefix] {
 			continue // unusable, or own routes
 		}
 		if chosen[k.network] == nil {

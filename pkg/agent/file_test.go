@@ -51,7 +51,7 @@ networks:
 `
 
 const stateV2 = `{"underlay": "192.0.2.1", "networks": [{"name": "red", "table": 7001,
- "routes": [{"prefix": "10.1.0.2/32", "label": 1002, "gateway": "192.0.2.2", "encaps": ["mplsoudp", "mplsogre"]}]}]}`
+ "routes": [{"prefix": "10.1.0.2/32", "label": 1002, "remoteUnderlay": "192.0.2.2", "encaps": ["mplsoudp", "mplsogre"]}]}]}`
 
 // checkNoLeak fails the test if goroutines started during it are still running
 // shortly after it ends.

@@ -22,8 +22,8 @@ type tunnelSpec struct {
 }
 
 type endpointSpec struct {
-	Master  string     // VRF device, "" for policy tables
-	Gateway netip.Addr // address put on the interface (invalid: none)
+	Master     string     // VRF device, "" for policy tables
+	PodGateway netip.Addr // the pods' default-route address, put on the interface (invalid: none)
 }
 
 type ruleKey struct {

@@ -32,7 +32,7 @@ func benchState(n int, e encap.Encap) overlay.State {
 	for i := range rs {
 		a := netip.AddrFrom4([4]byte{10, byte(100 + i>>16), byte(i >> 8), byte(i)})
 		rs[i] = overlay.RemoteRoute{Prefix: netip.PrefixFrom(a, 32), Label: uint32(16 + i),
-			Gateway: ap("192.0.2.2"), Encaps: []encap.Encap{e}}
+			RemoteUnderlay: ap("192.0.2.2"), Encaps: []encap.Encap{e}}
 	}
 	return overlay.State{Underlay: ap("192.0.2.1"), EncapPriority: []encap.Encap{e},
 		Networks: []overlay.Network{{Name: "bench", Table: 7001, Routes: rs}}}
@@ -122,7 +122,7 @@ func BenchmarkSetRoutes(b *testing.B) {
 			case kind == encap.MPLSoUDP:
 				fmt.Fprintf(&sb, "route add %s encap mpls %d dev %s table 7001 proto 165\n", r.Prefix, r.Label, tunnel)
 			default:
-				fmt.Fprintf(&sb, "route add %s via %s table 7001 proto 165\n", r.Prefix, r.Gateway)
+				fmt.Fprintf(&sb, "route add %s via %s table 7001 proto 165\n", r.Prefix, r.RemoteUnderlay)
 			}
 		}
 		file := filepath.Join(b.TempDir(), "routes.batch")

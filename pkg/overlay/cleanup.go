@@ -53,7 +53,7 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 			continue
 		}
 		if l, ok := byName[k.Iif]; ok && k.Family == netlink.FAMILY_V4 {
-			m.unconfigureEndpointLocked(l, endpointSpec{Gateway: m.cfg.GatewayAddress})
+			m.unconfigureEndpointLocked(l, endpointSpec{PodGateway: m.cfg.PodGatewayAddr})
 		}
 		delete(m.cur.rules, k)
 	}

@@ -20,7 +20,7 @@ import (
 )
 
 var (
-	gwAddr = overlay.DefaultGatewayAddress
+	gwAddr = overlay.DefaultPodGatewayAddr
 	ap     = netip.MustParseAddr
 	pp     = netip.MustParsePrefix
 )
@@ -244,8 +244,8 @@ func TestRemoteRoutesWithoutKernelSupport(t *testing.T) {
 	s := overlay.State{Underlay: ap("192.0.2.1"), Networks: []overlay.Network{{Name: "red", Table: 7001,
 		Endpoints: []overlay.Endpoint{{Interface: "vred1", Address: ap("10.1.0.1"), Label: 1001}},
 		Routes: []overlay.RemoteRoute{
-			{Prefix: pp("10.1.0.2/32"), Label: 1002, Gateway: ap("192.0.2.2"), Encaps: []encap.Encap{encap.MPLSoUDP, encap.Plain}},
-			{Prefix: pp("10.1.0.3/32"), Label: 1003, Gateway: ap("192.0.2.3"), Encaps: []encap.Encap{encap.MPLSoGRE}},
+			{Prefix: pp("10.1.0.2/32"), Label: 1002, RemoteUnderlay: ap("192.0.2.2"), Encaps: []encap.Encap{encap.MPLSoUDP, encap.Plain}},
+			{Prefix: pp("10.1.0.3/32"), Label: 1003, RemoteUnderlay: ap("192.0.2.3"), Encaps: []encap.Encap{encap.MPLSoGRE}},
 		}}},
 		EncapPriority: []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE, encap.Plain}}
 	err := m.Set(context.Background(), s)
@@ -290,7 +290,7 @@ func TestTransitions(t *testing.T) {
 		return overlay.Endpoint{Interface: i, Address: ap(a), Label: l}
 	}
 	rr := func(p, g string, l uint32) overlay.RemoteRoute {
-		return overlay.RemoteRoute{Prefix: pp(p), Gateway: ap(g), Label: l, Encaps: plain}
+		return overlay.RemoteRoute{Prefix: pp(p), RemoteUnderlay: ap(g), Label: l, Encaps: plain}
 	}
 	rows := []struct {
 		name  string
@@ -429,7 +429,7 @@ func TestBatchErrorsMapToRoutes(t *testing.T) {
 			g = ap("203.0.113.9") // not reachable: the kernel refuses this one
 		}
 		routes = append(routes, overlay.RemoteRoute{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 50, byte(i >> 8), byte(i)}), 32),
-			Label: 100, Gateway: g, Encaps: plain})
+			Label: 100, RemoteUnderlay: g, Encaps: plain})
 	}
 	s := overlay.State{Underlay: ap("192.0.2.1"), EncapPriority: plain,
 		Networks: []overlay.Network{{Name: "a", Table: 7001, Routes: routes}}}

@@ -65,10 +65,10 @@ func (m *Manager) configureEndpointLocked(l netlink.Link, spec endpointSpec, byN
 			}
 		}
 	}
-	if spec.Gateway.IsValid() {
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: spec.Gateway.AsSlice(), Mask: net.CIDRMask(spec.Gateway.BitLen(), spec.Gateway.BitLen())}}
+	if spec.PodGateway.IsValid() {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: spec.PodGateway.AsSlice(), Mask: net.CIDRMask(spec.PodGateway.BitLen(), spec.PodGateway.BitLen())}}
 		if err := m.h.AddrReplace(l, addr); err != nil {
-			return fmt.Errorf("overlay: endpoint %s address %s: %w", name, spec.Gateway, err)
+			return fmt.Errorf("overlay: endpoint %s address %s: %w", name, spec.PodGateway, err)
 		}
 	}
 	if err := m.h.LinkSetUp(l); err != nil {
@@ -83,8 +83,8 @@ func (m *Manager) unconfigureEndpointLocked(l netlink.Link, spec endpointSpec) {
 	if spec.Master != "" && l.Attrs().MasterIndex != 0 {
 		_ = m.h.LinkSetNoMaster(l)
 	}
-	if spec.Gateway.IsValid() {
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: spec.Gateway.AsSlice(), Mask: net.CIDRMask(spec.Gateway.BitLen(), spec.Gateway.BitLen())}}
+	if spec.PodGateway.IsValid() {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: spec.PodGateway.AsSlice(), Mask: net.CIDRMask(spec.PodGateway.BitLen(), spec.PodGateway.BitLen())}}
 		_ = m.h.AddrDel(l, addr)
 	}
 }

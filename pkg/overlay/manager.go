@@ -33,9 +33,9 @@ const (
 	VRFOff  VRFMode = "off"  // policy tables only
 )
 
-// DefaultGatewayAddress is the address of every endpoint's host-side interface:
+// DefaultPodGatewayAddr is the address of every endpoint's host-side interface:
 // pods route their default via it (`default via 169.254.1.1`).
-var DefaultGatewayAddress = netip.MustParseAddr("169.254.1.1")
+var DefaultPodGatewayAddr = netip.MustParseAddr("169.254.1.1")
 
 // Config configures a Manager.
 type Config struct {
@@ -43,8 +43,8 @@ type Config struct {
 	NetNS string
 	// Logger receives the manager's log; nil discards.
 	Logger *slog.Logger
-	// GatewayAddress is put on endpoint interfaces (default DefaultGatewayAddress).
-	GatewayAddress netip.Addr
+	// PodGatewayAddr is put on endpoint interfaces (default DefaultPodGatewayAddr).
+	PodGatewayAddr netip.Addr
 	// VRF selects VRF devices or policy tables (default VRFAuto).
 	VRF VRFMode
 }
@@ -74,8 +74,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if !cfg.GatewayAddress.IsValid() {
-		cfg.GatewayAddress = DefaultGatewayAddress
+	if !cfg.PodGatewayAddr.IsValid() {
+		cfg.PodGatewayAddr = DefaultPodGatewayAddr
 	}
 	switch cfg.VRF {
 	case "":
@@ -238,7 +238,7 @@ func sameState(a, b *State) bool {
 		}
 		for j := range x.Routes {
 			r, q := &x.Routes[j], &y.Routes[j]
-			if r.Prefix != q.Prefix || r.Label != q.Label || r.Gateway != q.Gateway || !slices.Equal(r.Encaps, q.Encaps) {
+			if r.Prefix != q.Prefix || r.Label != q.Label || r.RemoteUnderlay != q.RemoteUnderlay || !slices.Equal(r.Encaps, q.Encaps) {
 				return false
 			}
 		}

@@ -39,7 +39,7 @@ func (m *Manager) plan(s *State) desired {
 			spec := endpointSpec{Master: master}
 			fam := netlink.FAMILY_V4
 			if ep.Address.Is4() {
-				spec.Gateway = m.cfg.GatewayAddress
+				spec.PodGateway = m.cfg.PodGatewayAddr
 			} else {
 				fam = netlink.FAMILY_V6
 				d.ipv6 = true
@@ -56,7 +56,7 @@ func (m *Manager) plan(s *State) desired {
 				continue
 			}
 			if e == encap.MPLSoUDP || e == encap.MPLSoGRE {
-				d.tunnels[tunnelName(e, r.Gateway)] = tunnelSpec{Encap: e, Local: s.Underlay, Remote: r.Gateway}
+				d.tunnels[tunnelName(e, r.RemoteUnderlay)] = tunnelSpec{Encap: e, Local: s.Underlay, Remote: r.RemoteUnderlay}
 			}
 			if r.Prefix.Addr().Is6() {
 				d.ipv6 = true
@@ -118,14 +118,14 @@ func (m *Manager) routesLocked(s *State, byName map[string]netlink.Link, missing
 			}
 			switch e {
 			case encap.Plain:
-				r.Gw = rr.Gateway
+				r.Gw = rr.RemoteUnderlay
 				if r.Family == rtnl.AFInet6 {
 					r.Gw = netip.Addr{}
 					fail(fmt.Errorf("overlay: network %q route %s: plain IPv6 routes via an IPv4 gateway are not supported", nw.Name, rr.Prefix))
 					continue
 				}
 			default:
-				name := tunnelName(e, rr.Gateway)
+				name := tunnelName(e, rr.RemoteUnderlay)
 				l, ok := byName[name]
 				if !ok {
 					continue // the tunnel failed; reported above

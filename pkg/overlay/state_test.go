@@ -3,6 +3,7 @@ package overlay
 import (
 	"bytes"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -12,7 +13,7 @@ import (
 // FuzzParseState feeds arbitrary documents to the state file decoder: errors,
 // never panics, and a state that parses validates and re-parses the same.
 func FuzzParseState(f *testing.F) {
-	f.Add([]byte("underlay: 192.0.2.1\nnetworks:\n- name: red\n  table: 7001\n  endpoints:\n  - {interface: veth1, address: 10.1.0.1, label: 1001}\n  routes:\n  - {prefix: 10.1.0.2/32, label: 1002, gateway: 192.0.2.2, encaps: [mplsoudp]}\n"))
+	f.Add([]byte("underlay: 192.0.2.1\nnetworks:\n- name: red\n  table: 7001\n  endpoints:\n  - {interface: veth1, address: 10.1.0.1, label: 1001}\n  routes:\n  - {prefix: 10.1.0.2/32, label: 1002, remoteUnderlay: 192.0.2.2, encaps: [mplsoudp]}\n"))
 	f.Add([]byte("underlay: 192.0.2.1\nencapPriority: [mpls-gre]\nnetworks:\n- {name: red, table: 7001, routes: [{prefix: 10.1.0.0/24, label: 20, gateway: 192.0.2.2, encaps: [mpls-gre, mplsoudp]}]}\n"))
 	f.Add([]byte(`{"networks":[{"name":"a","table":7000}]}`))
 	f.Add([]byte("networks: [ {table: nope"))
@@ -38,6 +39,8 @@ func TestValidateRejects(t *testing.T) {
 		"underlay: 192.0.2.1\nnetworks: [{name: a, table: 7001, routes: [{prefix: 10.0.0.0/24, label: 100, gateway: 192.0.2.2, encaps: [vxlan]}]}]",
 		"networks: [{name: a, table: 7001, routes: [{prefix: 10.0.0.0/24, label: 100, gateway: 192.0.2.2, encaps: [mplsoudp]}]}]",
 		"networks: [{name: a, table: 7001, unknown: 1}]",
+		"underlay: 192.0.2.1\nnetworks: [{name: a, table: 7001, routes: [{prefix: 10.0.0.0/24, label: 100, remoteUnderlay: 192.0.2.2, encaps: [mplsoudp], unknown: 1}]}]",
+		"underlay: 192.0.2.1\nnetworks: [{name: a, table: 7001, routes: [{prefix: 10.0.0.0/24, label: 100, remoteUnderlay: 192.0.2.2, gateway: 192.0.2.3, encaps: [mplsoudp]}]}]",
 	}
 	for _, doc := range bad {
 		if _, err := ParseState([]byte(doc), nil); err == nil {
@@ -72,32 +75,35 @@ func TestChooseEncap(t *testing.T) {
 	}
 }
 
-// TestDeprecatedEncapSpellings: a state file written with the old spellings
-// still applies, as the same state, with one warning per spelling.
-func TestDeprecatedEncapSpellings(t *testing.T) {
-	doc := func(udp, gre string) []byte {
+// TestDeprecatedSpellings: a state file written with the old encapsulation
+// spellings and the old key "gateway" (now remoteUnderlay) still applies, as
+// the same state, with one warning per old spelling.
+func TestDeprecatedSpellings(t *testing.T) {
+	doc := func(udp, gre, key string) []byte {
 		return []byte("underlay: 192.0.2.1\nencapPriority: [" + udp + ", " + gre + "]\nnetworks:\n- name: red\n  table: 7001\n  routes:\n" +
-			"  - {prefix: 10.1.0.2/32, label: 1002, gateway: 192.0.2.2, encaps: [" + udp + ", " + gre + "]}\n" +
-			"  - {prefix: 10.1.0.3/32, label: 1003, gateway: 192.0.2.3, encaps: [" + gre + "]}\n")
+			"  - {prefix: 10.1.0.2/32, label: 1002, " + key + ": 192.0.2.2, encaps: [" + udp + ", " + gre + "]}\n" +
+			"  - {prefix: 10.1.0.3/32, label: 1003, " + key + ": 192.0.2.3, encaps: [" + gre + "]}\n")
 	}
 	var logs bytes.Buffer
-	old, err := ParseState(doc("mpls-udp", "mpls-gre"), slog.New(slog.NewTextHandler(&logs, nil)))
+	old, err := ParseState(doc("mpls-udp", "mpls-gre", "gateway"), slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatalf("old spellings refused: %v", err)
 	}
-	cur, err := ParseState(doc("mplsoudp", "mplsogre"), nil)
+	cur, err := ParseState(doc("mplsoudp", "mplsogre", "remoteUnderlay"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !sameState(&old, &cur) || old.EncapPriority[0] != encap.MPLSoUDP || old.Networks[0].Routes[1].Encaps[0] != encap.MPLSoGRE {
+	if !sameState(&old, &cur) || old.EncapPriority[0] != encap.MPLSoUDP || old.Networks[0].Routes[1].Encaps[0] != encap.MPLSoGRE ||
+		old.Networks[0].Routes[1].RemoteUnderlay != netip.MustParseAddr("192.0.2.3") {
 		t.Fatalf("old spellings give %+v, the names give %+v", old, cur)
 	}
 	out := logs.String()
-	if strings.Count(out, "level=WARN") != 2 || !strings.Contains(out, "value=mpls-udp use=mplsoudp") || !strings.Contains(out, "value=mpls-gre use=mplsogre") {
+	if strings.Count(out, "level=WARN") != 3 || !strings.Contains(out, "value=mpls-udp use=mplsoudp") || !strings.Contains(out, "value=mpls-gre use=mplsogre") ||
+		!strings.Contains(out, "value=gateway use=remoteUnderlay") {
 		t.Fatalf("warnings:\n%s", out)
 	}
 	logs.Reset()
-	if _, err := ParseState(doc("mplsoudp", "mplsogre"), slog.New(slog.NewTextHandler(&logs, nil))); err != nil || logs.Len() != 0 {
+	if _, err := ParseState(doc("mplsoudp", "mplsogre", "remoteUnderlay"), slog.New(slog.NewTextHandler(&logs, nil))); err != nil || logs.Len() != 0 {
 		t.Fatalf("current names: %v, warnings:\n%s", err, logs.String())
 	}
 }

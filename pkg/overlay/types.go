@@ -66,11 +66,37 @@ type Endpoint struct {
 
 // RemoteRoute is a prefix behind a remote gateway.
 type RemoteRoute struct {
-	Prefix  netip.Prefix `json:"prefix"`
-	Label   uint32       `json:"label"`
-	Gateway netip.Addr   `json:"gateway"`
+	Prefix netip.Prefix `json:"prefix"`
+	Label  uint32       `json:"label"`
+	// RemoteUnderlay is the remote gateway's underlay address: the tunnel's
+	// destination (the route's BGP next hop). State files written before it
+	// had this name say "gateway", which is still read.
+	RemoteUnderlay netip.Addr `json:"remoteUnderlay"`
 	// Encaps are the encapsulations the remote gateway offers.
 	Encaps []encap.Encap `json:"encaps"`
+}
+
+// UnmarshalJSON reads a route, accepting the old key "gateway" for
+// remoteUnderlay. Unknown keys are errors.
+func (r *RemoteRoute) UnmarshalJSON(b []byte) error {
+	type fields RemoteRoute // without this method
+	var v struct {
+		fields
+		Gateway *netip.Addr `json:"gateway"` // old name of remoteUnderlay
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return err
+	}
+	if v.Gateway != nil {
+		if v.RemoteUnderlay.IsValid() && v.RemoteUnderlay != *v.Gateway {
+			return fmt.Errorf("route %s: remoteUnderlay %s and its old name gateway %s differ", v.Prefix, v.RemoteUnderlay, *v.Gateway)
+		}
+		v.RemoteUnderlay = *v.Gateway
+	}
+	*r = RemoteRoute(v.fields)
+	return nil
 }
 
 // MPLS label limits: 0-15 are reserved; labels are 20 bits.
@@ -80,8 +106,9 @@ const (
 )
 
 // ParseState decodes a desired state from YAML or JSON (JSON is YAML) and
-// validates it. Deprecated encapsulation spellings (mpls-udp, mpls-gre) are
-// accepted, with a warning on log (nil: none).
+// validates it. Deprecated encapsulation spellings (mpls-udp, mpls-gre) and
+// the old key "gateway" of routes are accepted, with a warning on log (nil:
+// none).
 func ParseState(data []byte, log *slog.Logger) (State, error) {
 	var s State
 	js, err := yaml.YAMLToJSON(data)
@@ -103,13 +130,14 @@ func ParseState(data []byte, log *slog.Logger) (State, error) {
 }
 
 // warnDeprecatedEncaps logs each old encapsulation spelling a state document
-// uses, once.
+// uses, and the old key "gateway" of routes, once.
 func warnDeprecatedEncaps(js []byte, log *slog.Logger) {
 	var raw struct {
 		EncapPriority []string `json:"encapPriority"`
 		Networks      []struct {
 			Routes []struct {
-				Encaps []string `json:"encaps"`
+				Encaps  []string        `json:"encaps"`
+				Gateway json.RawMessage `json:"gateway"`
 			} `json:"routes"`
 		} `json:"networks"`
 	}
@@ -126,10 +154,15 @@ func warnDeprecatedEncaps(js []byte, log *slog.Logger) {
 		}
 	}
 	warn(raw.EncapPriority)
+	oldKey := false
 	for _, n := range raw.Networks {
 		for _, r := range n.Routes {
 			warn(r.Encaps)
+			oldKey = oldKey || r.Gateway != nil
 		}
+	}
+	if oldKey {
+		log.Warn("deprecated key in the state file's routes", logValue, "gateway", logUse, "remoteUnderlay")
 	}
 }
 
@@ -193,8 +226,8 @@ func (s *State) Validate() error {
 				bad("network %q: route %s listed twice", n.Name, r.Prefix)
 			}
 			seen[r.Prefix] = true
-			if !r.Gateway.IsValid() || !r.Gateway.Is4() {
-				bad("network %q: route %s: remote gateway %q must be an IPv4 address", n.Name, r.Prefix, r.Gateway)
+			if !r.RemoteUnderlay.IsValid() || !r.RemoteUnderlay.Is4() {
+				bad("network %q: route %s: remoteUnderlay %q must be an IPv4 address", n.Name, r.Prefix, r.RemoteUnderlay)
 			}
 			if r.Label < LabelFirst || r.Label > LabelLast {
 				bad("network %q: route %s: label %d outside %d-%d", n.Name, r.Prefix, r.Label, LabelFirst, LabelLast)

@@ -61,7 +61,7 @@ func gatewayState(underlay, peerUnderlay, own, peer netip.Addr, ownLabel, peerLa
 	n := overlay.Network{Name: "red", Table: 7001,
 		Endpoints: []overlay.Endpoint{{Interface: ifname, Address: own, Label: ownLabel}}}
 	if withRoute {
-		n.Routes = []overlay.RemoteRoute{{Prefix: netip.PrefixFrom(peer, 32), Label: peerLabel, Gateway: peerUnderlay, Encaps: offered}}
+		n.Routes = []overlay.RemoteRoute{{Prefix: netip.PrefixFrom(peer, 32), Label: peerLabel, RemoteUnderlay: peerUnderlay, Encaps: offered}}
 	}
 	return overlay.State{Underlay: underlay, EncapPriority: prio, Networks: []overlay.Network{n}}
 }
