@@ -42,7 +42,8 @@ Usage:
                                        follow the controllers: register the gateway, serve the CNI
                                        plugin, report its pods and program the routes (docs/agent.md)
   vrouter-agent --state FILE [flags]   apply FILE (YAML or JSON) and re-apply it whenever it changes
-  vrouter-agent --cleanup [flags]      remove everything iotfabric created in the kernel, then exit
+  vrouter-agent --cleanup [flags]      remove everything iotfabric created in the kernel (the pods' veths
+                                       included), then exit
 
 The state file holds the whole desired state of the gateway:
 

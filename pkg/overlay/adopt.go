@@ -69,8 +69,8 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 	}
 	for _, l := range links {
 		name := l.Attrs().Name
-		if !strings.HasPrefix(name, IfPrefix) {
-			continue
+		if !strings.HasPrefix(name, IfPrefix) || strings.HasPrefix(name, EndpointIfPrefix) {
+			continue // not ours, or a pod's veth (the CNI plugin's)
 		}
 		switch t := l.(type) {
 		case *netlink.Iptun:

@@ -16,8 +16,9 @@ import (
 
 // Cleanup removes everything iotfabric owns in the namespace, whatever the
 // manager's record says: routes and label routes with its protocol, rules in its
-// priority range, interfaces with its prefix, the FOU port, and the gateway
-// address on former endpoint interfaces.
+// priority range, interfaces with its prefix (the pods' host-side veths among
+// them, also those named with LegacyEndpointIfPrefix), the FOU port, and the
+// pods' gateway address on former endpoint interfaces.
 func (m *Manager) Cleanup(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -58,7 +59,8 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 		delete(m.cur.rules, k)
 	}
 	for name, l := range byName {
-		if !strings.HasPrefix(name, IfPrefix) {
+		_, veth := l.(*netlink.Veth)
+		if !strings.HasPrefix(name, IfPrefix) && !(veth && strings.HasPrefix(name, LegacyEndpointIfPrefix)) {
 			continue
 		}
 		if err := m.h.LinkDel(l); err != nil && !isGone(err) {

@@ -205,7 +205,8 @@ type linkFingerprint struct {
 }
 
 // linkFingerprintLocked records the endpoint interfaces of s and the
-// interfaces iotfabric owns.
+// interfaces iotfabric owns (pods' veths only when they are endpoints of s:
+// others come and go with pods being set up).
 func (m *Manager) linkFingerprintLocked(s *State) (map[string]linkFingerprint, error) {
 	links, err := m.listLinksLocked()
 	if err != nil {
@@ -220,7 +221,7 @@ func (m *Manager) linkFingerprintLocked(s *State) (map[string]linkFingerprint, e
 	fp := map[string]linkFingerprint{}
 	for _, l := range links {
 		a := l.Attrs()
-		if want[a.Name] || strings.HasPrefix(a.Name, IfPrefix) {
+		if want[a.Name] || strings.HasPrefix(a.Name, IfPrefix) && !strings.HasPrefix(a.Name, EndpointIfPrefix) {
 			fp[a.Name] = linkFingerprint{Index: a.Index, Master: a.MasterIndex, Up: a.Flags&net.FlagUp != 0}
 		}
 	}

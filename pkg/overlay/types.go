@@ -198,8 +198,8 @@ func (s *State) Validate() error {
 		for _, ep := range n.Endpoints {
 			if ep.Interface == "" || len(ep.Interface) > 15 || strings.ContainsAny(ep.Interface, "/ \t\n") {
 				bad("network %q: endpoint interface %q is not a valid interface name", n.Name, ep.Interface)
-			} else if strings.HasPrefix(ep.Interface, IfPrefix) {
-				bad("network %q: endpoint interface %q uses the reserved prefix %q", n.Name, ep.Interface, IfPrefix)
+			} else if strings.HasPrefix(ep.Interface, IfPrefix) && !strings.HasPrefix(ep.Interface, EndpointIfPrefix) {
+				bad("network %q: endpoint interface %q uses the reserved prefix %q (only the pods' veths, %q..., may)", n.Name, ep.Interface, IfPrefix, EndpointIfPrefix)
 			}
 			if other, ok := ifaces[ep.Interface]; ok {
 				bad("network %q: interface %q already an endpoint of network %q", n.Name, ep.Interface, other)
