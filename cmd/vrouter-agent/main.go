@@ -101,7 +101,8 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vrouter-agent: --log-level: %v\n", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	base := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	log := base.With(logComponent, "vrouter-agent")
 	podGW, err := netip.ParseAddr(*podGateway)
 	if err != nil {
 		fmt.Fprintf(stderr, "vrouter-agent: --gateway-address: %v\n", err)
@@ -119,7 +120,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	var gwOpts agent.Options
 	if gwf.Enabled() {
-		if gwOpts, err = gwf.Options(log); err != nil {
+		if gwOpts, err = gwf.Options(base); err != nil {
 			fmt.Fprintf(stderr, "vrouter-agent: %v\n", err)
 			return 2
 		}
@@ -127,19 +128,19 @@ func run(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: log, PodGatewayAddr: podGW, VRF: overlay.VRFMode(*vrf)})
+	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: base, PodGatewayAddr: podGW, VRF: overlay.VRFMode(*vrf)})
 	if err != nil {
-		log.Error("vrouter: start", "error", err)
+		log.Error("start", logErr, err)
 		return 1
 	}
 	defer m.Close()
 
 	if *cleanup {
 		if err := m.Cleanup(ctx); err != nil {
-			log.Error("vrouter: cleanup", "error", err)
+			log.Error("cleanup", logErr, err)
 			return 1
 		}
-		log.Info("vrouter: cleanup done")
+		log.Info("cleanup done")
 		return 0
 	}
 	if gwf.Enabled() {
@@ -148,15 +149,15 @@ func run(args []string, stderr io.Writer) int {
 		gwOpts.ResyncInterval = *resync
 		a, err := agent.New(gwOpts)
 		if err != nil {
-			log.Error("vrouter: start", "error", err)
+			log.Error("start", logErr, err)
 			return 1
 		}
-		log.Info("vrouter: running", "gateway", gwf.Gateway, "controllers", gwf.Controllers, "features", m.Features())
+		log.Info("running", logGateway, gwf.Gateway, logControllers, gwf.Controllers, logFeatures, m.Features())
 		if err := a.Run(ctx); err != nil {
-			log.Error("vrouter: stopped", "error", err)
+			log.Error("stopped", logErr, err)
 			return 1
 		}
-		log.Info("vrouter: shutting down; the data plane stays in place")
+		log.Info("shutting down; the data plane stays in place")
 		return 0
 	}
 	if *once {
@@ -168,22 +169,22 @@ func run(args []string, stderr io.Writer) int {
 			}
 		}
 		if err != nil {
-			log.Error("vrouter: apply", "state", *statePath, "error", err)
+			log.Error("apply", logState, *statePath, logErr, err)
 			return 1
 		}
-		log.Info("vrouter: state applied", "state", *statePath)
+		log.Info("state applied", logState, *statePath)
 		return 0
 	}
-	src, err := agent.OpenStateFile(*statePath, log)
+	src, err := agent.OpenStateFile(*statePath, base)
 	if err != nil {
-		log.Error("vrouter: start", "error", err)
+		log.Error("start", logErr, err)
 		return 1
 	}
-	log.Info("vrouter: running", "state", *statePath, "features", m.Features())
-	if err := agent.RunStateFile(ctx, src, m, log, *resync); err != nil {
-		log.Error("vrouter: stopped", "error", err)
+	log.Info("running", logState, *statePath, logFeatures, m.Features())
+	if err := agent.RunStateFile(ctx, src, m, base, *resync); err != nil {
+		log.Error("stopped", logErr, err)
 		return 1
 	}
-	log.Info("vrouter: shutting down; the data plane stays in place")
+	log.Info("shutting down; the data plane stays in place")
 	return 0
 }

@@ -58,9 +58,9 @@ func (f listFlag) Set(s string) error {
 
 // Register adds the flags to fs.
 func (f *Flags) Register(fs *flag.FlagSet) {
-	fs.Var(listFlag{&f.Controllers}, "controller", "controller API address host:port (repeatable, or comma-separated); the agent works while any one is up")
-	fs.StringVar(&f.Gateway, "gateway", "", "this gateway's name at the controller (enables the controller sessions and the CNI server)")
-	fs.StringVar(&f.Underlay, "underlay", "", "this gateway's IPv4 underlay (tunnel source) address")
+	fs.Var(listFlag{&f.Controllers}, logController, "controller API address host:port (repeatable, or comma-separated); the agent works while any one is up")
+	fs.StringVar(&f.Gateway, logGateway, "", "this gateway's name at the controller (enables the controller sessions and the CNI server)")
+	fs.StringVar(&f.Underlay, logUnderlay, "", "this gateway's IPv4 underlay (tunnel source) address")
 	fs.StringVar(&f.StateDir, "state-dir", DefaultStateDir, "directory of the agent's state (endpoints, labels, blocks, routes)")
 	fs.StringVar(&f.CNISocket, "cni-socket", DefaultCNISocket, "unix socket the CNI plugin talks to (mode 0600)")
 	fs.StringVar(&f.TLS.Cert, "tls-cert", "", "client certificate (PEM) for the controllers' mutual TLS")
@@ -79,13 +79,14 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	flog := log.With(logComponent, "agent")
 	var errs []error
 	u, err := netip.ParseAddr(f.Underlay)
 	if err != nil || !u.Is4() {
 		errs = append(errs, fmt.Errorf("--underlay %q: give this gateway's IPv4 underlay address", f.Underlay))
 	}
 	if len(f.Controllers) == 0 {
-		log.Warn("agent: no --controller: the gateway runs headless from its state directory")
+		flog.Warn("no --controller: the gateway runs headless from its state directory")
 	}
 	if !filepath.IsAbs(f.StateDir) || !filepath.IsAbs(f.CNISocket) {
 		errs = append(errs, errors.New("--state-dir and --cni-socket must be absolute paths"))
@@ -96,7 +97,7 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 	}
 	for _, o := range old {
 		use, _ := encap.Deprecated(o)
-		log.Warn("deprecated encapsulation spelling in --encaps", logValue, o, logUse, use)
+		flog.Warn("deprecated encapsulation spelling in --encaps", logValue, o, logUse, use)
 	}
 	for _, e := range encaps {
 		if e != encap.MPLSoUDP && e != encap.MPLSoGRE && e != encap.Plain {

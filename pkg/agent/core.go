@@ -162,7 +162,7 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 	if p.NextLabel < overlay.LabelFirst {
 		p.NextLabel = overlay.LabelFirst
 	}
-	c := &Core{cfg: cfg, log: cfg.Log, ops: make(chan func(*coreState)), done: make(chan struct{}),
+	c := &Core{cfg: cfg, log: cfg.Log.With(logComponent, "core"), ops: make(chan func(*coreState)), done: make(chan struct{}),
 		desiredCh: make(chan struct{}, 1), endpointCh: make(chan struct{}, 1), routesOut: make(chan map[string]*sessionRoutes, 1)}
 	return c, s, nil
 }
@@ -244,7 +244,7 @@ func (c *Core) persist(s *coreState) {
 			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, stateFile), data)
 		}
 		if err != nil {
-			c.log.Error("agent: persist state", "err", err)
+			c.log.Error("persist state", logErr, err)
 		} else {
 			s.dirty = false
 		}
@@ -283,7 +283,7 @@ func (c *Core) writeRoutes(done chan<- struct{}) {
 			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, routesFile), data)
 		}
 		if err != nil {
-			c.log.Error("agent: persist routes", "err", err)
+			c.log.Error("persist routes", logErr, err)
 		}
 	}
 }

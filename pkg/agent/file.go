@@ -107,7 +107,7 @@ func (f *FileSource) Run(ctx context.Context) error {
 	}
 	// A change between the first read and the watch.
 	if err := f.load(); err != nil {
-		f.log.Error("state file change ignored", "path", f.path, logErr, err)
+		f.log.Error("state file change ignored", logPath, f.path, logErr, err)
 	}
 	for {
 		select {
@@ -121,7 +121,7 @@ func (f *FileSource) Run(ctx context.Context) error {
 				continue
 			}
 			if err := f.load(); err != nil {
-				f.log.Error("state file change ignored", "path", f.path, logErr, err)
+				f.log.Error("state file change ignored", logPath, f.path, logErr, err)
 			}
 		case err, ok := <-w.Errors:
 			if !ok {

@@ -118,13 +118,13 @@ func (l *Reconciler) Run(ctx context.Context) error {
 		}
 		retryC = nil
 		if err != nil {
-			l.log.Warn("data plane not fully programmed; retrying", logReason, why, "retry_in", backoff, logErr, err)
+			l.log.Warn("data plane not fully programmed; retrying", logReason, why, logRetryIn, backoff, logErr, err)
 			retryC = time.After(backoff)
 			backoff = min(2*backoff, RetryMax)
 			continue
 		}
 		backoff = RetryMin
-		l.log.Info("state applied", logReason, why, "generation", gen, "networks", len(st.Networks), "took", time.Since(start))
+		l.log.Info("state applied", logReason, why, logGeneration, gen, logNetworks, len(st.Networks), logTook, time.Since(start))
 	}
 }
 

@@ -157,7 +157,7 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 		}
 	}
 	m.cur = cur
-	m.log.Info("overlay: adopted kernel state", "tunnels", len(cur.tunnels), "vrfs", len(cur.vrfs),
-		"rules", len(cur.rules), "routes", len(cur.routes), "nexthops", len(cur.nexthops), "fou", cur.fou)
+	m.log.Info("adopted kernel state", logTunnels, len(cur.tunnels), logVRFs, len(cur.vrfs),
+		logRules, len(cur.rules), logRoutes, len(cur.routes), logNexthops, len(cur.nexthops), logFOU, cur.fou)
 	return errors.Join(errs...)
 }

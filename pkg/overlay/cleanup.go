@@ -26,7 +26,7 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 		return errClosed
 	}
 	if err := m.resyncLocked(ctx); err != nil {
-		m.log.Warn("overlay: cleanup: reading kernel state", "error", err)
+		m.log.Warn("cleanup: reading kernel state", logErr, err)
 	}
 	var errs []error
 	fail := func(err error) { errs = append(errs, err) }

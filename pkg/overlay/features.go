@@ -128,11 +128,11 @@ func (m *Manager) detectFeatures() Features {
 
 func (m *Manager) probeLink(l netlink.Link) bool {
 	if err := m.h.LinkAdd(l); err != nil {
-		m.log.Debug("overlay: probe", "interface", l.Attrs().Name, "type", l.Type(), "error", err)
+		m.log.Debug("probe", logInterface, l.Attrs().Name, logType, l.Type(), logErr, err)
 		return errors.Is(err, os.ErrExist)
 	}
 	if err := m.h.LinkDel(l); err != nil {
-		m.log.Warn("overlay: removing probe interface", "interface", l.Attrs().Name, "error", err)
+		m.log.Warn("removing probe interface", logInterface, l.Attrs().Name, logErr, err)
 	}
 	return true
 }

@@ -36,7 +36,7 @@ func (m *Manager) addTunnelLocked(name string, spec tunnelSpec) (netlink.Link, e
 	if err := m.h.LinkSetUp(nl); err != nil {
 		return nil, fmt.Errorf("overlay: tunnel %s up: %w", name, err)
 	}
-	m.log.Info("overlay: tunnel added", "interface", name, "encap", spec.Encap, "remote", spec.Remote)
+	m.log.Info("tunnel added", logInterface, name, logEncap, spec.Encap, logRemote, spec.Remote)
 	return nl, nil
 }
 
