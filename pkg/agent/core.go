@@ -1,10 +1,15 @@
-// Package agent is the vrouter agent's core: the endpoints of the gateway's
-// pods (addresses, MPLS labels, host-side veths), the address blocks the
-// gateway leased, and the routes received from the controllers. One goroutine
-// owns all of it; the CNI server and the controller sessions talk to it through
-// closures run on that goroutine. Every change is persisted under the state
-// directory before it is acknowledged, so a restart (SIGKILL included) keeps
-// labels and addresses, and the desired data-plane state is rebuilt from it.
+// Package agent is the vrouter agent. Its core holds the endpoints of the
+// gateway's pods (addresses, MPLS labels, host-side veths), the address blocks
+// the gateway leased, and the routes received from the controllers. One
+// goroutine owns all of it; the CNI server and the controller sessions talk to
+// it through closures run on that goroutine. Every change is persisted under
+// the state directory before it is acknowledged, so a restart (SIGKILL
+// included) keeps labels and addresses, and the desired data-plane state is
+// rebuilt from it.
+//
+// The data plane is programmed by one reconcile loop (Reconciler) with two
+// possible sources: the core (vrouter-agent --gateway) or a hand-written state
+// file (FileSource, vrouter-agent --state).
 package agent
 
 import (
