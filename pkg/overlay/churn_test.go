@@ -2,6 +2,7 @@ package overlay_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -32,6 +33,20 @@ func TestSetDuringVethChurn(t *testing.T) {
 		}
 	}
 	m := newManager(t, gw, overlay.VRFAuto)
+	// Pace the churn on how long a link dump takes here (a slow VM included):
+	// a fair share of dumps are interrupted, and a dump retried a few times
+	// gets through, as on a busy gateway; a tight loop would interrupt every
+	// dump on a slow machine, which no bounded retry gets through.
+	var dump time.Duration
+	for range 5 {
+		start := time.Now()
+		if _, err := gw.NL.LinkList(); err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			t.Fatal(err)
+		}
+		dump = max(dump, time.Since(start))
+	}
+	pause := 4 * dump
+	t.Logf("a link dump takes up to %v; one veth added and removed every %v", dump, pause)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -55,6 +70,7 @@ func TestSetDuringVethChurn(t *testing.T) {
 				return
 			}
 			churned++
+			time.Sleep(pause)
 		}
 	})
 	full, less := localState(), localState()

@@ -81,9 +81,9 @@ func (f Features) Summary() string {
 	var lost []string
 	for _, e := range []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE} {
 		if f.Supports(e) {
-			works = append(works, string(e))
+			works = append(works, e.String())
 		} else {
-			lost = append(lost, string(e))
+			lost = append(lost, e.String())
 		}
 	}
 	if !f.MPLS {

@@ -107,3 +107,15 @@ func TestDeprecatedSpellings(t *testing.T) {
 		t.Fatalf("current names: %v, warnings:\n%s", err, logs.String())
 	}
 }
+
+// TestFeatureSummaryNamesEncaps: the warning about missing modules names the
+// encapsulations as users write them.
+func TestFeatureSummaryNamesEncaps(t *testing.T) {
+	noFOU := Features{MPLS: true, MPLSTunnel: true, IPIP: true, GRE: true, VRF: true, IPv6: true, Nexthops: true}
+	if s := noFOU.Summary(); !strings.Contains(s, "still works: ") || !strings.Contains(s, "mplsogre") || !strings.Contains(s, "unavailable: mplsoudp") {
+		t.Errorf("summary without fou: %q", s)
+	}
+	if s := (Features{}).Summary(); !strings.Contains(s, "unavailable: mplsoudp, mplsogre, MPLS label routes") {
+		t.Errorf("summary without any module: %q", s)
+	}
+}

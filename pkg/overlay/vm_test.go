@@ -101,7 +101,7 @@ func (g *twoGateways) checkPath(t *testing.T, e encap.Encap, cap *overlaytest.Ca
 	}
 	t.Logf("%s: ping ok; %d bytes pod A -> pod B in %v (%.1f Mbit/s)", e, size, d, float64(size*8)/d.Seconds()/1e6)
 	p, ok := cap.Find(overlay.MPLSoUDPPort, 5*time.Second, func(p overlaytest.OverlayPacket) bool {
-		return p.Encap == string(e) && p.InnerSrc == g.addrA && p.InnerDst == g.addrB
+		return p.Encap == e.String() && p.InnerSrc == g.addrA && p.InnerDst == g.addrB
 	})
 	if !ok {
 		t.Fatalf("%s: no %s packet from pod A to pod B captured on A's underlay", e, e)
