@@ -283,8 +283,11 @@ func cmdDel(args *skel.CmdArgs) error {
 		}
 	}
 	// The host side is derived from the id, also when the agent no longer
-	// knew the endpoint (a DEL retried after it succeeded once).
-	undo(resp.HostNetns, cni.HostIfName(cni.EndpointID(args.ContainerID, args.IfName)), podNS, args.IfName)
+	// knew the endpoint (a DEL retried after it succeeded once); a pod added
+	// before the veth prefix changed has the legacy name.
+	id := cni.EndpointID(args.ContainerID, args.IfName)
+	undo(resp.HostNetns, cni.HostIfName(id), podNS, args.IfName)
+	undo(resp.HostNetns, cni.LegacyHostIfName(id), netns.None(), "")
 	return nil
 }
 
@@ -422,7 +425,8 @@ func cmdGC(args *skel.CmdArgs) error {
 	var errs []error
 	for _, l := range links {
 		name := l.Attrs().Name
-		if _, ok := l.(*netlink.Veth); !ok || !strings.HasPrefix(name, cni.HostIfPrefix) || kept[name] {
+		ours := strings.HasPrefix(name, cni.HostIfPrefix) || strings.HasPrefix(name, cni.LegacyHostIfPrefix)
+		if _, ok := l.(*netlink.Veth); !ok || !ours || kept[name] {
 			continue
 		}
 		if err := hh.LinkDel(l); err != nil {

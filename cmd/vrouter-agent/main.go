@@ -1,6 +1,21 @@
 // Command vrouter-agent programs one gateway's data plane: per-network routing
 // tables (or VRF devices), local endpoints, MPLS label routes and MPLSoUDP /
-// MPLSoGRE tunnels toward remote gateways, from a desired state.
+// MPLSoGRE tunnels toward remote gateways (pkg/overlay). It runs in one of
+// three modes:
+//
+//   - --gateway NAME: follow the controllers. The agent registers the gateway
+//     with every --controller, serves the CNI plugin on a unix socket, reports
+//     its pods, receives the routes of the gateway's networks and keeps
+//     forwarding (and admitting pods) while no controller is reachable
+//     (pkg/agent, docs/agent.md).
+//   - --state FILE: apply a hand-written desired state and apply it again
+//     whenever the file changes; with --once, apply it once and exit.
+//   - --cleanup: remove everything iotfabric created in the kernel (routes,
+//     rules, tunnels, VRF devices, the pods' host-side veths, the FOU port),
+//     then exit.
+//
+// The first two share one reconcile loop (pkg/agent.Reconciler) with two
+// sources: the agent's core and the state file.
 package main
 
 import (
@@ -16,9 +31,8 @@ import (
 	"syscall"
 	"time"
 
-	gwagent "github.com/iotfabric/iotfabric/pkg/agent"
+	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
-	"github.com/iotfabric/iotfabric/pkg/overlay/agent"
 )
 
 const usage = `vrouter-agent: program a gateway's overlay data plane into the Linux kernel.
@@ -28,19 +42,20 @@ Usage:
                                        follow the controllers: register the gateway, serve the CNI
                                        plugin, report its pods and program the routes (docs/agent.md)
   vrouter-agent --state FILE [flags]   apply FILE (YAML or JSON) and re-apply it whenever it changes
-  vrouter-agent --cleanup [flags]      remove everything iotfabric created in the kernel, then exit
+  vrouter-agent --cleanup [flags]      remove everything iotfabric created in the kernel (the pods' veths
+                                       included), then exit
 
 The state file holds the whole desired state of the gateway:
 
   underlay: 192.0.2.1              # this gateway's IPv4 underlay (tunnel source) address
-  encapPriority: [mpls-udp, mpls-gre]
+  encapPriority: [mplsoudp, mplsogre]
   networks:
   - name: red
     table: 7001                    # routing table, 7000-7999
     endpoints:                     # local pods: host-side veth, address, MPLS label
     - {interface: veth1, address: 10.1.0.1, label: 1001}
     routes:                        # prefixes behind remote gateways
-    - {prefix: 10.1.0.2/32, label: 1002, gateway: 192.0.2.2, encaps: [mpls-udp, mpls-gre]}
+    - {prefix: 10.1.0.2/32, label: 1002, remoteUnderlay: 192.0.2.2, encaps: [mplsoudp, mplsogre]}
 
 Everything the agent creates is marked: route protocol 165, tables 7000-7999,
 rule priorities 7000-7099, interface names starting with "iof". At start it adopts
@@ -60,16 +75,16 @@ func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vrouter-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		statePath = fs.String("state", "", "desired state file (YAML or JSON); re-applied when it changes")
-		cleanup   = fs.Bool("cleanup", false, "remove everything iotfabric owns in the kernel and exit")
-		netnsPath = fs.String("netns", "", "network namespace path to program (default: the agent's own)")
-		vrf       = fs.String("vrf", "auto", "VRF devices: auto (when the kernel has them), on, off (policy tables)")
-		gateway   = fs.String("gateway-address", overlay.DefaultGatewayAddress.String(), "address put on every endpoint's host-side interface")
-		resync    = fs.Duration("resync", 5*time.Minute, "re-read the kernel and repair drift this often (0: never)")
-		level     = fs.String("log-level", "info", "log level: debug, info, warn, error")
-		once      = fs.Bool("once", false, "apply the state file once and exit (non-zero if it did not fully apply)")
+		statePath  = fs.String("state", "", "desired state file (YAML or JSON); re-applied when it changes")
+		cleanup    = fs.Bool("cleanup", false, "remove everything iotfabric owns in the kernel and exit")
+		netnsPath  = fs.String("netns", "", "network namespace path to program (default: the agent's own)")
+		vrf        = fs.String("vrf", "auto", "VRF devices: auto (when the kernel has them), on, off (policy tables)")
+		podGateway = fs.String("gateway-address", overlay.DefaultPodGatewayAddr.String(), "the pods' default-route address, put on every endpoint's host-side interface")
+		resync     = fs.Duration("resync", 5*time.Minute, "re-read the kernel and repair drift this often (0: never)")
+		level      = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		once       = fs.Bool("once", false, "apply the state file once and exit (non-zero if it did not fully apply)")
 	)
-	var gwf gwagent.Flags
+	var gwf agent.Flags
 	gwf.Register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -86,8 +101,9 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vrouter-agent: --log-level: %v\n", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	gw, err := netip.ParseAddr(*gateway)
+	base := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	log := base.With(logComponent, "vrouter-agent")
+	podGW, err := netip.ParseAddr(*podGateway)
 	if err != nil {
 		fmt.Fprintf(stderr, "vrouter-agent: --gateway-address: %v\n", err)
 		return 2
@@ -102,9 +118,9 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vrouter-agent: give exactly one of --gateway NAME, --state FILE or --cleanup (see --help)")
 		return 2
 	}
-	var gwOpts gwagent.Options
+	var gwOpts agent.Options
 	if gwf.Enabled() {
-		if gwOpts, err = gwf.Options(log); err != nil {
+		if gwOpts, err = gwf.Options(base); err != nil {
 			fmt.Fprintf(stderr, "vrouter-agent: %v\n", err)
 			return 2
 		}
@@ -112,59 +128,63 @@ func run(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: log, GatewayAddress: gw, VRF: overlay.VRFMode(*vrf)})
+	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: base, PodGatewayAddr: podGW, VRF: overlay.VRFMode(*vrf)})
 	if err != nil {
-		log.Error("vrouter: start", "error", err)
+		log.Error("start", logErr, err)
 		return 1
 	}
 	defer m.Close()
 
 	if *cleanup {
 		if err := m.Cleanup(ctx); err != nil {
-			log.Error("vrouter: cleanup", "error", err)
+			log.Error("cleanup", logErr, err)
 			return 1
 		}
-		log.Info("vrouter: cleanup done")
+		log.Info("cleanup done")
 		return 0
 	}
 	if gwf.Enabled() {
-		gwOpts.Applier, gwOpts.HostNetns = m, *netnsPath
-		gwOpts.KernelFeatures, gwOpts.Version = gwagent.KernelFeatures(m.Features()), "dev"
+		gwOpts.Applier, gwOpts.HostNetns, gwOpts.PodGatewayAddr = m, *netnsPath, podGW
+		gwOpts.KernelFeatures, gwOpts.Version = agent.KernelFeatures(m.Features()), "dev"
 		gwOpts.ResyncInterval = *resync
-		a, err := gwagent.New(gwOpts)
+		a, err := agent.New(gwOpts)
 		if err != nil {
-			log.Error("vrouter: start", "error", err)
+			log.Error("start", logErr, err)
 			return 1
 		}
-		log.Info("vrouter: running", "gateway", gwf.Gateway, "controllers", gwf.Controllers, "features", m.Features())
+		log.Info("running", logGateway, gwf.Gateway, logControllers, gwf.Controllers, logFeatures, m.Features())
 		if err := a.Run(ctx); err != nil {
-			log.Error("vrouter: stopped", "error", err)
+			log.Error("stopped", logErr, err)
 			return 1
 		}
-		log.Info("vrouter: shutting down; the data plane stays in place")
+		log.Info("shutting down; the data plane stays in place")
 		return 0
 	}
 	if *once {
 		data, err := os.ReadFile(*statePath)
 		if err == nil {
 			var s overlay.State
-			if s, err = overlay.ParseState(data); err == nil {
+			if s, err = overlay.ParseState(data, log); err == nil {
 				err = m.Set(ctx, s)
 			}
 		}
 		if err != nil {
-			log.Error("vrouter: apply", "state", *statePath, "error", err)
+			log.Error("apply", logState, *statePath, logErr, err)
 			return 1
 		}
-		log.Info("vrouter: state applied", "state", *statePath)
+		log.Info("state applied", logState, *statePath)
 		return 0
 	}
-	a := &agent.Agent{Applier: m, Source: &agent.FileSource{Path: *statePath, Log: log}, Log: log, ResyncInterval: *resync}
-	log.Info("vrouter: running", "state", *statePath, "features", m.Features())
-	if err := a.Run(ctx); err != nil {
-		log.Error("vrouter: stopped", "error", err)
+	src, err := agent.OpenStateFile(*statePath, base)
+	if err != nil {
+		log.Error("start", logErr, err)
 		return 1
 	}
-	log.Info("vrouter: shutting down; the data plane stays in place")
+	log.Info("running", logState, *statePath, logFeatures, m.Features())
+	if err := agent.RunStateFile(ctx, src, m, base, *resync); err != nil {
+		log.Error("stopped", logErr, err)
+		return 1
+	}
+	log.Info("shutting down; the data plane stays in place")
 	return 0
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 )
 
@@ -112,5 +115,58 @@ func TestSIGTERMLeavesDataPlane(t *testing.T) {
 	}
 	if d := gw.Dump(t); !strings.Contains(d, "route 10.1.0.1 dev veth1 table 7001 scope link") {
 		t.Fatalf("data plane gone after SIGTERM:\n%s", d)
+	}
+}
+
+// TestCleanupRemovesPodVeths: the pods' host-side veths carry iotfabric's
+// interface mark (cni.HostIfPrefix, under overlay.IfPrefix). The data plane
+// programs them as endpoints and otherwise leaves them alone (a pod being set
+// up is not a stray), veths named with the old prefix keep working as
+// endpoints, and --cleanup removes both kinds and nothing else.
+func TestCleanupRemovesPodVeths(t *testing.T) {
+	if !strings.HasPrefix(cni.HostIfPrefix, overlay.IfPrefix) || cni.HostIfPrefix != overlay.EndpointIfPrefix ||
+		cni.LegacyHostIfPrefix != overlay.LegacyEndpointIfPrefix {
+		t.Fatalf("veth prefixes differ: cni %q/%q, overlay %q/%q/%q", cni.HostIfPrefix, cni.LegacyHostIfPrefix,
+			overlay.IfPrefix, overlay.EndpointIfPrefix, overlay.LegacyEndpointIfPrefix)
+	}
+	gw := overlaytest.NewNS(t, "iofagent")
+	podGW := netip.MustParseAddr("169.254.1.1")
+	current, legacy := cni.HostIfName("c1:eth0"), cni.LegacyHostIfName("c2:eth0")
+	overlaytest.Pod(t, gw, current, netip.MustParseAddr("10.1.0.1"), podGW)
+	overlaytest.Pod(t, gw, legacy, netip.MustParseAddr("10.1.0.2"), podGW)
+	pending := cni.HostIfName("c3:eth0") // a pod the plugin is still setting up
+	gw.IP(t, "link", "add", pending, "type", "veth", "peer", "name", "pend0")
+	gw.IP(t, "link", "add", "veth9", "type", "veth", "peer", "name", "veth9p") // the operator's
+	state := filepath.Join(t.TempDir(), "state.yaml")
+	doc := fmt.Sprintf("networks:\n- name: red\n  table: 7001\n  endpoints:\n  - {interface: %s, address: 10.1.0.1, label: 1001}\n  - {interface: %s, address: 10.1.0.2, label: 1002}\n", current, legacy)
+	if err := os.WriteFile(state, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	for range 2 { // the second run adopts what the first made
+		if rc := run([]string{"--state", state, "--once", "--netns", gw.Path}, &log); rc != 0 {
+			t.Fatalf("--once exit %d:\n%s", rc, log.String())
+		}
+	}
+	d := gw.Dump(t)
+	for _, want := range []string{"route 10.1.0.1 dev " + current + " table 7001 scope link", "route 10.1.0.2 dev " + legacy + " table 7001 scope link", "link " + pending} {
+		if !strings.Contains(d, want) {
+			t.Errorf("after --once, missing %q:\n%s", want, d)
+		}
+	}
+	if rc := run([]string{"--cleanup", "--netns", gw.Path}, &log); rc != 0 {
+		t.Fatalf("--cleanup exit %d:\n%s", rc, log.String())
+	}
+	if d := gw.Dump(t); d != "" {
+		t.Fatalf("after --cleanup:\n%s", d)
+	}
+	links := gw.IP(t, "-o", "link", "show")
+	for _, gone := range []string{current, legacy, pending} {
+		if strings.Contains(links, gone) {
+			t.Errorf("--cleanup left veth %s:\n%s", gone, links)
+		}
+	}
+	if !strings.Contains(links, "veth9") {
+		t.Errorf("--cleanup removed the operator's veth9:\n%s", links)
 	}
 }

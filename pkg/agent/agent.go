@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -32,6 +33,9 @@ type Options struct {
 	Applier Applier
 	// HostNetns is the namespace the host-side veths go to ("" = the plugin's).
 	HostNetns string
+	// PodGatewayAddr is the pods' default-route address, which the data plane
+	// puts on their host-side veths (default overlay.DefaultPodGatewayAddr).
+	PodGatewayAddr netip.Addr
 	// CNISocket is the unix socket the plugin talks to ("" = no CNI server).
 	CNISocket string
 	// NamespaceNetworks maps a pod's namespace to a network when the plugin
@@ -61,7 +65,7 @@ type Agent struct {
 	log     *slog.Logger
 	core    *Core
 	state   *coreState
-	apply   *applyLoop
+	apply   *Reconciler
 	ready   chan struct{}
 	started time.Time
 
@@ -81,6 +85,9 @@ func New(opts Options) (*Agent, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	if !opts.PodGatewayAddr.IsValid() {
+		opts.PodGatewayAddr = overlay.DefaultPodGatewayAddr
+	}
 	if opts.AttachWait <= 0 {
 		opts.AttachWait = 5 * time.Second
 	}
@@ -91,11 +98,10 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{opts: opts, log: opts.Log, core: core, state: st, ready: make(chan struct{}),
+	a := &Agent{opts: opts, log: opts.Log.With(logComponent, "agent"), core: core, state: st, ready: make(chan struct{}),
 		clients: map[string]clients{}, clientsSet: make(chan struct{}), kicks: map[string]chan struct{}{}}
 	if opts.Applier != nil {
-		a.apply = newApplyLoop(core, opts.Applier, opts.Log, opts.ResyncInterval)
-		a.apply.onApply = opts.OnApply
+		a.apply = NewReconciler(coreSource{core}, opts.Applier, opts.Log, opts.ResyncInterval, opts.OnApply)
 	}
 	return a, nil
 }
@@ -117,7 +123,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	coreDone := make(chan error, 1)
 	wg.Go(func() { coreDone <- a.core.Run(ctx, a.state) })
 	if a.apply != nil {
-		wg.Go(func() { a.apply.run(ctx) })
+		wg.Go(func() {
+			if err := a.apply.Run(ctx); err != nil {
+				a.log.Debug("reconcile loop stopped", logErr, err) // the core stopped; Run returns its error
+			}
+		})
 	}
 	for _, addr := range a.opts.Controllers {
 		kick := make(chan struct{}, 1)
@@ -153,7 +163,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { srvErr <- srv.Serve(ctx, l) })
 	}
 	close(a.ready)
-	a.log.Info("agent: running", "gateway", a.opts.Gateway, "underlay", a.opts.Underlay, "controllers", a.opts.Controllers, "cni_socket", a.opts.CNISocket)
+	a.log.Info("running", logGateway, a.opts.Gateway, logUnderlay, a.opts.Underlay, logControllers, a.opts.Controllers, logCNISocket, a.opts.CNISocket)
 	select {
 	case <-ctx.Done():
 		return nil
@@ -170,13 +180,13 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) Handle(ctx context.Context, req *cni.Request) *cni.Response {
 	start := time.Now()
 	resp, err := a.handle(ctx, req)
-	a.log.Debug("agent: cni request", "op", req.Op, "container", req.ContainerID, "took", time.Since(start))
+	a.log.Debug("cni request", logOp, req.Op, logContainer, req.ContainerID, logTook, time.Since(start))
 	if err != nil {
 		var ce *cni.Error
 		if !errors.As(err, &ce) {
 			ce = &cni.Error{Code: cni.CodeInternal, Msg: err.Error()}
 		}
-		a.log.Info("agent: cni request refused", "op", req.Op, "container", req.ContainerID, "if", req.IfName, "code", ce.Code, "err", ce.Error())
+		a.log.Info("cni request refused", logOp, req.Op, logContainer, req.ContainerID, logIf, req.IfName, logCode, ce.Code, logErr, ce.Error())
 		return &cni.Response{Error: ce}
 	}
 	return resp
@@ -185,7 +195,7 @@ func (a *Agent) Handle(ctx context.Context, req *cni.Request) *cni.Response {
 func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, error) {
 	id := cni.EndpointID(req.ContainerID, req.IfName)
 	base := func() *cni.Response {
-		return &cni.Response{HostNetns: a.opts.HostNetns, Gateway: overlay.DefaultGatewayAddress}
+		return &cni.Response{HostNetns: a.opts.HostNetns, Gateway: a.opts.PodGatewayAddr}
 	}
 	switch req.Op {
 	case cni.OpAdd:
@@ -221,7 +231,7 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 		r.Endpoint = &ep
 		if a.apply != nil {
 			wctx, cancel := context.WithTimeout(ctx, a.opts.AttachWait)
-			if err := a.apply.wait(wctx, gen); err != nil {
+			if err := a.apply.Wait(wctx, gen); err != nil {
 				r.Warning = fmt.Sprintf("data plane not fully programmed yet: %v", err)
 			}
 			cancel()
@@ -399,10 +409,10 @@ func (a *Agent) setClient(addr string, c *clients) {
 }
 
 func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{}) {
-	log := a.log.With("controller", addr)
+	log := a.log.With(logController, addr)
 	conn, err := grpc.NewClient(addr, a.opts.DialOptions...)
 	if err != nil {
-		log.Error("agent: controller address", "err", err)
+		log.Error("controller address", logErr, err)
 		return
 	}
 	defer conn.Close()
@@ -422,7 +432,7 @@ func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{})
 		if time.Since(start) > 10*time.Second {
 			backoff = 100 * time.Millisecond
 		}
-		log.Warn("agent: controller session ended; retrying", "err", err, "retry_in", backoff)
+		log.Warn("controller session ended; retrying", logErr, err, logRetryIn, backoff)
 		select {
 		case <-ctx.Done():
 			return
@@ -437,11 +447,8 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	defer cancel()
 	gw := &v1.Gateway{Name: a.opts.Gateway, UnderlayAddress: a.opts.Underlay.String()}
 	for _, e := range a.opts.Encaps {
-		switch e {
-		case overlay.EncapMPLSoUDP:
-			gw.Encapsulations = append(gw.Encapsulations, v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP)
-		case overlay.EncapMPLSoGRE:
-			gw.Encapsulations = append(gw.Encapsulations, v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE)
+		if e == encap.MPLSoUDP || e == encap.MPLSoGRE {
+			gw.Encapsulations = append(gw.Encapsulations, e.API())
 		}
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
@@ -454,7 +461,7 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	var blocks []Block
 	for _, b := range reg.GetBlocks() {
 		if err := a.ensureNetwork(ctx, cl, b.GetNetwork()); err != nil {
-			log.Warn("agent: network of a leased block", "network", b.GetNetwork(), "err", err)
+			log.Warn("network of a leased block", logNetwork, b.GetNetwork(), logErr, err)
 			continue
 		}
 		if p, err := netip.ParsePrefix(b.GetPrefix()); err == nil {
@@ -462,7 +469,7 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 		}
 	}
 	if err := a.core.AddBlocks(ctx, blocks); err != nil {
-		log.Warn("agent: blocks from the controller", "err", err)
+		log.Warn("blocks from the controller", logErr, err)
 	}
 	cl.reported.Store(0)
 	rev, err := a.report(ctx, cl.agent, 0, true, log)
@@ -479,7 +486,7 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	if err != nil {
 		return fmt.Errorf("watch routes: %w", err)
 	}
-	log.Info("agent: controller session up", "blocks", len(blocks), "resume_from", from)
+	log.Info("controller session up", logBlocks, len(blocks), logResumeFrom, from)
 	errc := make(chan error, 2)
 	go func() {
 		first := true
@@ -536,12 +543,12 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 	}
 	for _, r := range resp.GetResults() {
 		if r.GetError() != "" {
-			log.Warn("agent: controller refused an endpoint", "endpoint", r.GetId(), "reason", r.GetError())
+			log.Warn("controller refused an endpoint", logEndpoint, r.GetId(), logReason, r.GetError())
 		}
 	}
 	if len(b.offline) > 0 {
 		a.core.offlineReported(ctx, len(b.offline))
 	}
-	log.Debug("agent: endpoints reported", "count", len(b.endpoints), "full_sync", b.fullSync, "offline_records", len(b.offline), "deleted", resp.GetDeleted(), "took", time.Since(start))
+	log.Debug("endpoints reported", logCount, len(b.endpoints), logFullSync, b.fullSync, logOfflineRecords, len(b.offline), logDeleted, resp.GetDeleted(), logTook, time.Since(start))
 	return b.rev, nil
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 )
@@ -57,16 +58,16 @@ func (f listFlag) Set(s string) error {
 
 // Register adds the flags to fs.
 func (f *Flags) Register(fs *flag.FlagSet) {
-	fs.Var(listFlag{&f.Controllers}, "controller", "controller API address host:port (repeatable, or comma-separated); the agent works while any one is up")
-	fs.StringVar(&f.Gateway, "gateway", "", "this gateway's name at the controller (enables the controller sessions and the CNI server)")
-	fs.StringVar(&f.Underlay, "underlay", "", "this gateway's IPv4 underlay (tunnel source) address")
+	fs.Var(listFlag{&f.Controllers}, logController, "controller API address host:port (repeatable, or comma-separated); the agent works while any one is up")
+	fs.StringVar(&f.Gateway, logGateway, "", "this gateway's name at the controller (enables the controller sessions and the CNI server)")
+	fs.StringVar(&f.Underlay, logUnderlay, "", "this gateway's IPv4 underlay (tunnel source) address")
 	fs.StringVar(&f.StateDir, "state-dir", DefaultStateDir, "directory of the agent's state (endpoints, labels, blocks, routes)")
 	fs.StringVar(&f.CNISocket, "cni-socket", DefaultCNISocket, "unix socket the CNI plugin talks to (mode 0600)")
 	fs.StringVar(&f.TLS.Cert, "tls-cert", "", "client certificate (PEM) for the controllers' mutual TLS")
 	fs.StringVar(&f.TLS.Key, "tls-key", "", "its private key (PEM)")
 	fs.StringVar(&f.TLS.CA, "tls-ca", "", "CA (PEM) that signs the controllers' certificates")
 	fs.StringVar(&f.NamespaceNetworks, "namespace-networks", "", "pod namespace to network mapping, ns=network,... (default: the network named like the namespace)")
-	fs.StringVar(&f.Encaps, "encaps", "mpls-udp,mpls-gre", "encapsulations this gateway uses, most preferred first")
+	fs.StringVar(&f.Encaps, "encaps", "mplsoudp,mplsogre", "encapsulations this gateway uses, most preferred first: mplsoudp, mplsogre, plain")
 }
 
 // Enabled reports whether the controller-driven agent was asked for.
@@ -78,24 +79,29 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	flog := log.With(logComponent, "agent")
 	var errs []error
 	u, err := netip.ParseAddr(f.Underlay)
 	if err != nil || !u.Is4() {
 		errs = append(errs, fmt.Errorf("--underlay %q: give this gateway's IPv4 underlay address", f.Underlay))
 	}
 	if len(f.Controllers) == 0 {
-		log.Warn("agent: no --controller: the gateway runs headless from its state directory")
+		flog.Warn("no --controller: the gateway runs headless from its state directory")
 	}
 	if !filepath.IsAbs(f.StateDir) || !filepath.IsAbs(f.CNISocket) {
 		errs = append(errs, errors.New("--state-dir and --cni-socket must be absolute paths"))
 	}
-	var encaps []overlay.Encap
-	for _, e := range strings.Split(f.Encaps, ",") {
-		switch overlay.Encap(strings.TrimSpace(e)) {
-		case overlay.EncapMPLSoUDP, overlay.EncapMPLSoGRE, overlay.EncapPlain:
-			encaps = append(encaps, overlay.Encap(strings.TrimSpace(e)))
-		default:
-			errs = append(errs, fmt.Errorf("--encaps: unknown encapsulation %q (mpls-udp, mpls-gre, plain)", e))
+	encaps, old, err := encap.ParseList(f.Encaps)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--encaps: %w", err))
+	}
+	for _, o := range old {
+		use, _ := encap.Deprecated(o)
+		flog.Warn("deprecated encapsulation spelling in --encaps", logValue, o, logUse, use)
+	}
+	for _, e := range encaps {
+		if e != encap.MPLSoUDP && e != encap.MPLSoGRE && e != encap.Plain {
+			errs = append(errs, fmt.Errorf("--encaps: the data plane has no %v (use mplsoudp, mplsogre, plain)", e))
 		}
 	}
 	nsMap := map[string]string{}

@@ -1,10 +1,15 @@
-// Package agent is the vrouter agent's core: the endpoints of the gateway's
-// pods (addresses, MPLS labels, host-side veths), the address blocks the
-// gateway leased, and the routes received from the controllers. One goroutine
-// owns all of it; the CNI server and the controller sessions talk to it through
-// closures run on that goroutine. Every change is persisted under the state
-// directory before it is acknowledged, so a restart (SIGKILL included) keeps
-// labels and addresses, and the desired data-plane state is rebuilt from it.
+// Package agent is the vrouter agent. Its core holds the endpoints of the
+// gateway's pods (addresses, MPLS labels, host-side veths), the address blocks
+// the gateway leased, and the routes received from the controllers. One
+// goroutine owns all of it; the CNI server and the controller sessions talk to
+// it through closures run on that goroutine. Every change is persisted under
+// the state directory before it is acknowledged, so a restart (SIGKILL
+// included) keeps labels and addresses, and the desired data-plane state is
+// rebuilt from it.
+//
+// The data plane is programmed by one reconcile loop (Reconciler) with two
+// possible sources: the core (vrouter-agent --gateway) or a hand-written state
+// file (FileSource, vrouter-agent --state).
 package agent
 
 import (
@@ -22,6 +27,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -33,7 +39,7 @@ type Config struct {
 	Underlay netip.Addr
 	StateDir string
 	// Encaps the gateway uses, most preferred first (default MPLSoUDP, MPLSoGRE).
-	Encaps []overlay.Encap
+	Encaps []encap.Encap
 	Log    *slog.Logger
 	// Now is the clock (tests).
 	Now func() time.Time
@@ -62,16 +68,16 @@ func newRoute(r *v1.Route) *route {
 	if err != nil || !nh.Is4() || r.GetLabel() < overlay.LabelFirst || r.GetLabel() > overlay.LabelLast {
 		return out
 	}
-	var es []overlay.Encap
+	var es []encap.Encap
 	for _, e := range r.GetEncapsulations() {
-		if oe, ok := encapOf(e); ok && !slices.Contains(es, oe) {
+		if oe := encap.FromAPI(e); (oe == encap.MPLSoUDP || oe == encap.MPLSoGRE) && !slices.Contains(es, oe) {
 			es = append(es, oe)
 		}
 	}
 	if len(es) == 0 {
 		es = slices.Clone(overlay.DefaultEncapPriority)
 	}
-	out.rr = overlay.RemoteRoute{Prefix: pfx, Label: r.GetLabel(), Gateway: nh, Encaps: es}
+	out.rr = overlay.RemoteRoute{Prefix: pfx, Label: r.GetLabel(), RemoteUnderlay: nh, Encaps: es}
 	out.ok = true
 	return out
 }
@@ -161,7 +167,7 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 	if p.NextLabel < overlay.LabelFirst {
 		p.NextLabel = overlay.LabelFirst
 	}
-	c := &Core{cfg: cfg, log: cfg.Log, ops: make(chan func(*coreState)), done: make(chan struct{}),
+	c := &Core{cfg: cfg, log: cfg.Log.With(logComponent, "core"), ops: make(chan func(*coreState)), done: make(chan struct{}),
 		desiredCh: make(chan struct{}, 1), endpointCh: make(chan struct{}, 1), routesOut: make(chan map[string]*sessionRoutes, 1)}
 	return c, s, nil
 }
@@ -243,7 +249,7 @@ func (c *Core) persist(s *coreState) {
 			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, stateFile), data)
 		}
 		if err != nil {
-			c.log.Error("agent: persist state", "err", err)
+			c.log.Error("persist state", logErr, err)
 		} else {
 			s.dirty = false
 		}
@@ -282,7 +288,7 @@ func (c *Core) writeRoutes(done chan<- struct{}) {
 			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, routesFile), data)
 		}
 		if err != nil {
-			c.log.Error("agent: persist routes", "err", err)
+			c.log.Error("persist routes", logErr, err)
 		}
 	}
 }

@@ -1,12 +1,17 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -118,7 +123,7 @@ func TestBuildDesired(t *testing.T) {
 	if len(n.Endpoints) != 1 || n.Endpoints[0] != (overlay.Endpoint{Interface: "iotfa", Address: netip.MustParseAddr("10.1.0.1"), Label: 16}) {
 		t.Fatalf("endpoints: %+v", n.Endpoints)
 	}
-	if len(n.Routes) != 1 || n.Routes[0].Gateway != netip.MustParseAddr("192.0.2.3") || n.Routes[0].Label != 31 ||
+	if len(n.Routes) != 1 || n.Routes[0].RemoteUnderlay != netip.MustParseAddr("192.0.2.3") || n.Routes[0].Label != 31 ||
 		len(n.Routes[0].Encaps) != 2 {
 		t.Fatalf("routes: %+v", n.Routes)
 	}
@@ -146,5 +151,30 @@ func TestHeadlessKeepsRoutes(t *testing.T) {
 	c.applyRoutes(ctx, "ctl", &v1.GatewayRoutes{Kind: v1.GatewayRoutes_KIND_SNAPSHOT, Revision: 5, Put: []*v1.Route{r("10.1.0.6/32")}})
 	if n := count(); n != 1 {
 		t.Fatalf("after the resync: %d routes, want 1", n)
+	}
+}
+
+// TestEncapsFlag: --encaps takes the API's names; the old spellings still work,
+// with a deprecation warning; VXLAN, which the data plane lacks, is refused.
+func TestEncapsFlag(t *testing.T) {
+	opts := func(encaps string) (Options, string, error) {
+		var logs bytes.Buffer
+		f := Flags{Gateway: "gw", Underlay: "192.0.2.1", StateDir: "/var/lib/x", CNISocket: "/run/x.sock", Encaps: encaps}
+		o, err := f.Options(slog.New(slog.NewTextHandler(&logs, nil)))
+		return o, logs.String(), err
+	}
+	o, logs, err := opts("mplsogre,mplsoudp,plain")
+	if err != nil || !slices.Equal(o.Encaps, []encap.Encap{encap.MPLSoGRE, encap.MPLSoUDP, encap.Plain}) || strings.Contains(logs, "deprecated") {
+		t.Fatalf("names: %v %v\n%s", o.Encaps, err, logs)
+	}
+	o, logs, err = opts("mpls-udp, mpls-gre")
+	if err != nil || !slices.Equal(o.Encaps, []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE}) ||
+		!strings.Contains(logs, "level=WARN") || !strings.Contains(logs, "value=mpls-udp use=mplsoudp") || !strings.Contains(logs, "value=mpls-gre use=mplsogre") {
+		t.Fatalf("old spellings: %v %v\n%s", o.Encaps, err, logs)
+	}
+	for _, bad := range []string{"vxlan", "mplsoudp,udp"} {
+		if _, _, err := opts(bad); err == nil {
+			t.Errorf("--encaps %s accepted", bad)
+		}
 	}
 }

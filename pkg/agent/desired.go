@@ -6,20 +6,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
-	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
-
-// encapOf maps the API's encapsulations to the data plane's.
-func encapOf(e v1.Encapsulation) (overlay.Encap, bool) {
-	switch e {
-	case v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP:
-		return overlay.EncapMPLSoUDP, true
-	case v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE:
-		return overlay.EncapMPLSoGRE, true
-	}
-	return "", false
-}
 
 // effectiveRoutes is the route set in force: the union of the controllers
 // whose stream is live, or, while none is, the set last in force (nothing is
@@ -58,7 +47,7 @@ func effectiveRoutes(s *coreState) map[routeKey]*route {
 // per network with local endpoints or remote routes, the attached endpoints
 // (host-side veth, address, label), and the routes other gateways and edge
 // routers advertise (own routes skipped). It is a pure function of its input.
-func buildDesired(underlay netip.Addr, encaps []overlay.Encap, tables map[string]uint32, eps map[string]*Endpoint, routes map[routeKey]*route) overlay.State {
+func buildDesired(underlay netip.Addr, encaps []encap.Encap, tables map[string]uint32, eps map[string]*Endpoint, routes map[routeKey]*route) overlay.State {
 	st := overlay.State{Underlay: underlay, EncapPriority: slices.Clone(encaps)}
 	nets := map[string]*overlay.Network{}
 	local := map[string]map[netip.Prefix]bool{}
@@ -106,7 +95,7 @@ func buildDesired(underlay netip.Addr, encaps []overlay.Encap, tables map[string
 	}
 	chosen := map[string]map[netip.Prefix]cand{}
 	for k, r := range routes {
-		if !r.ok || r.rr.Gateway == underlay || local[k.network][r.rr.Prefix] {
+		if !r.ok || r.rr.RemoteUnderlay == underlay || local[k.network][r.rr.Prefix] {
 			continue // unusable, or own routes
 		}
 		if chosen[k.network] == nil {

@@ -131,7 +131,7 @@ func (c *Core) AddBlocks(ctx context.Context, blocks []Block) error {
 	e2 := c.doSaved(ctx, func(s *coreState) {
 		for _, b := range blocks {
 			if e := c.addBlock(s, b.Network, b.Prefix); e != nil {
-				c.log.Warn("agent: leased block refused", "network", b.Network, "block", b.Prefix, "err", e)
+				c.log.Warn("leased block refused", logNetwork, b.Network, logBlock, b.Prefix, logErr, e)
 				err = e
 			}
 		}

@@ -8,9 +8,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // File names under the state directory.

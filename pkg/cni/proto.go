@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 )
 
 // Operations.
@@ -126,14 +127,25 @@ func Errorf(code uint, format string, a ...any) *Error {
 // controller: "<containerID>:<ifName>".
 func EndpointID(containerID, ifName string) string { return containerID + ":" + ifName }
 
-// HostIfPrefix starts the name of every host-side veth the plugin creates.
-const HostIfPrefix = "iotf"
+// HostIfPrefix starts the name of every host-side veth the plugin creates:
+// iotfabric's interface mark "iof" (pkg/overlay.IfPrefix), "e" for endpoint
+// (pkg/overlay.EndpointIfPrefix). LegacyHostIfPrefix started them before;
+// gateways that upgrade may still have such veths (see docs/cni.md).
+const (
+	HostIfPrefix       = "iofe"
+	LegacyHostIfPrefix = "iotf"
+)
 
 // HostIfName is the host-side veth of an endpoint: derived from its id, so a
 // retried ADD, a DEL and a GC all find it.
 func HostIfName(id string) string {
 	h := sha256.Sum256([]byte(id))
 	return HostIfPrefix + hex.EncodeToString(h[:])[:11]
+}
+
+// LegacyHostIfName is the name HostIfName gave before HostIfPrefix changed.
+func LegacyHostIfName(id string) string {
+	return LegacyHostIfPrefix + strings.TrimPrefix(HostIfName(id), HostIfPrefix)
 }
 
 // DecodeRequest reads and validates one request.

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -60,42 +61,31 @@ func AutoRouteTarget(asn uint32, networkID uint32) bgp.RouteTarget {
 	return bgp.AutoRouteTarget(asn, networkID)
 }
 
-// Encapsulation names as used by the CLI and config files.
-var encapNames = map[v1.Encapsulation]string{
-	v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP: "mplsoudp",
-	v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE: "mplsogre",
-	v1.Encapsulation_ENCAPSULATION_VXLAN:      "vxlan",
-}
-
 // DefaultEncapsulations is the priority list used when none is given.
 var DefaultEncapsulations = []v1.Encapsulation{v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP, v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE}
 
-// EncapName returns the short name of an encapsulation.
+// EncapName returns the short name of an encapsulation (pkg/encap's).
 func EncapName(e v1.Encapsulation) string {
-	if n, ok := encapNames[e]; ok {
-		return n
+	if x := encap.FromAPI(e); x != encap.Unknown {
+		return x.String()
 	}
 	return fmt.Sprintf("unknown(%d)", int32(e))
 }
 
-// ParseEncaps parses a comma-separated list such as "mplsoudp,mplsogre".
+// ParseEncaps parses a comma-separated list such as "mplsoudp,mplsogre": the
+// names of pkg/encap that the API carries.
 func ParseEncaps(s string) ([]v1.Encapsulation, error) {
 	var out []v1.Encapsulation
 	for _, part := range strings.Split(s, ",") {
-		part = strings.ToLower(strings.TrimSpace(part))
-		if part == "" {
+		if strings.TrimSpace(part) == "" {
 			continue
 		}
-		found := false
-		for e, n := range encapNames {
-			if n == part {
-				out = append(out, e)
-				found = true
-			}
+		e, err := encap.Parse(part)
+		_, old := encap.Deprecated(part)
+		if err != nil || old || e.API() == v1.Encapsulation_ENCAPSULATION_UNSPECIFIED {
+			return nil, fmt.Errorf("unknown encapsulation %q: use mplsoudp, mplsogre or vxlan", strings.ToLower(strings.TrimSpace(part)))
 		}
-		if !found {
-			return nil, fmt.Errorf("unknown encapsulation %q: use mplsoudp, mplsogre or vxlan", part)
-		}
+		out = append(out, e.API())
 	}
 	return out, ValidateEncaps(out)
 }
@@ -104,7 +94,7 @@ func ParseEncaps(s string) ([]v1.Encapsulation, error) {
 func ValidateEncaps(es []v1.Encapsulation) error {
 	seen := map[v1.Encapsulation]bool{}
 	for _, e := range es {
-		if _, ok := encapNames[e]; !ok {
+		if encap.FromAPI(e) == encap.Unknown {
 			return fmt.Errorf("unknown encapsulation %d: use MPLSoUDP, MPLSoGRE or VXLAN", int32(e))
 		}
 		if seen[e] {

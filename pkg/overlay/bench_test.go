@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 )
@@ -26,14 +27,14 @@ var benchRoutes = func() int {
 }()
 
 // benchState is one network with n remote /32 routes behind gateway 192.0.2.2.
-func benchState(n int, encap overlay.Encap) overlay.State {
+func benchState(n int, e encap.Encap) overlay.State {
 	rs := make([]overlay.RemoteRoute, n)
 	for i := range rs {
 		a := netip.AddrFrom4([4]byte{10, byte(100 + i>>16), byte(i >> 8), byte(i)})
 		rs[i] = overlay.RemoteRoute{Prefix: netip.PrefixFrom(a, 32), Label: uint32(16 + i),
-			Gateway: ap("192.0.2.2"), Encaps: []overlay.Encap{encap}}
+			RemoteUnderlay: ap("192.0.2.2"), Encaps: []encap.Encap{e}}
 	}
-	return overlay.State{Underlay: ap("192.0.2.1"), EncapPriority: []overlay.Encap{encap},
+	return overlay.State{Underlay: ap("192.0.2.1"), EncapPriority: []encap.Encap{e},
 		Networks: []overlay.Network{{Name: "bench", Table: 7001, Routes: rs}}}
 }
 
@@ -62,13 +63,13 @@ func BenchmarkSetRoutes(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		encap := overlay.EncapPlain
-		if m.Features().Supports(overlay.EncapMPLSoUDP) {
-			encap = overlay.EncapMPLSoUDP
+		kind := encap.Plain
+		if m.Features().Supports(encap.MPLSoUDP) {
+			kind = encap.MPLSoUDP
 		}
-		s := benchState(benchRoutes, encap)
+		s := benchState(benchRoutes, kind)
 
-		fmt.Printf("overlay bench: programming %d %s routes\n", benchRoutes, encap)
+		fmt.Printf("overlay bench: programming %d %s routes\n", benchRoutes, kind)
 		start := time.Now()
 		if err := m.Set(ctx, s); err != nil {
 			b.Fatalf("Set: %v", err)
@@ -85,14 +86,14 @@ func BenchmarkSetRoutes(b *testing.B) {
 		}
 		// The tunnel stays for the peer's routes; only the routes go.
 		tunnel := ""
-		if encap == overlay.EncapMPLSoUDP {
+		if kind == encap.MPLSoUDP {
 			for _, l := range strings.Split(gw.IP(b, "-o", "link", "show"), "\n") {
 				if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(f[1], "iofu") {
 					tunnel, _, _ = strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
 				}
 			}
 		}
-		nexthops := m.Features().Nexthops && encap == overlay.EncapMPLSoUDP
+		nexthops := m.Features().Nexthops && kind == encap.MPLSoUDP
 		// Empty the gateway through Set: routes go before their nexthops. (The
 		// other order, `ip nexthop flush`, makes the kernel walk every table
 		// once per nexthop that still has routes: quadratic.)
@@ -118,10 +119,10 @@ func BenchmarkSetRoutes(b *testing.B) {
 				id := overlay.NexthopIDFirst + i
 				fmt.Fprintf(&sb, "nexthop add id %d encap mpls %d dev %s proto 165\n", id, r.Label, tunnel)
 				fmt.Fprintf(&sb, "route add %s nhid %d table 7001 proto 165\n", r.Prefix, id)
-			case encap == overlay.EncapMPLSoUDP:
+			case kind == encap.MPLSoUDP:
 				fmt.Fprintf(&sb, "route add %s encap mpls %d dev %s table 7001 proto 165\n", r.Prefix, r.Label, tunnel)
 			default:
-				fmt.Fprintf(&sb, "route add %s via %s table 7001 proto 165\n", r.Prefix, r.Gateway)
+				fmt.Fprintf(&sb, "route add %s via %s table 7001 proto 165\n", r.Prefix, r.RemoteUnderlay)
 			}
 		}
 		file := filepath.Join(b.TempDir(), "routes.batch")
@@ -156,7 +157,7 @@ func BenchmarkSetRoutes(b *testing.B) {
 		b.ReportMetric(float64(reapply.Microseconds())/1000, "reapply-ms")
 		b.ReportMetric(float64(benchRoutes)/delDur.Seconds(), "delete-routes/s")
 		fmt.Printf("overlay bench (%s routes, %d, nexthop objects %v): Set %.0f routes/s (%v) | ip -batch %.0f routes/s (%v) | ratio %.2fx | re-apply unchanged %v | Set to empty %v\n",
-			encap, benchRoutes, nexthops, setRate, setDur.Round(time.Millisecond), batchRate, batchDur.Round(time.Millisecond),
+			kind, benchRoutes, nexthops, setRate, setDur.Round(time.Millisecond), batchRate, batchDur.Round(time.Millisecond),
 			setRate/batchRate, reapply.Round(time.Microsecond), delDur.Round(time.Millisecond))
 	}
 }
@@ -175,7 +176,7 @@ func BenchmarkVMThroughput(b *testing.B) {
 
 func vmThroughput(b *testing.B, underlayMTU int) {
 	g := newTwoGatewaysTB(b, overlay.VRFOff)
-	if !g.mA.Features().Supports(overlay.EncapMPLSoUDP) {
+	if !g.mA.Features().Supports(encap.MPLSoUDP) {
 		b.Skip("kernel lacks MPLSoUDP: run make bench-overlay (it runs this inside the VM)")
 	}
 	podMTU := fmt.Sprint(underlayMTU - overlay.MaxOverhead)
@@ -193,14 +194,14 @@ func vmThroughput(b *testing.B, underlayMTU int) {
 		gw.IP(b, "rule", "add", "pref", "100", "iif", "u0", "lookup", "7001")
 	}
 	const size = 64 << 20
-	measure := func(encap overlay.Encap) time.Duration {
-		g.setTB(b, []overlay.Encap{encap}, []overlay.Encap{encap})
+	measure := func(e encap.Encap) time.Duration {
+		g.setTB(b, []encap.Encap{e}, []encap.Encap{e})
 		sink := g.podB.Sink(b, g.addrB)
 		best := time.Duration(0)
 		for range 3 {
 			d, err := g.podA.Transfer(sink, size)
 			if err != nil {
-				b.Fatalf("%s transfer: %v", encap, err)
+				b.Fatalf("%s transfer: %v", e, err)
 			}
 			if best == 0 || d < best {
 				best = d
@@ -208,8 +209,8 @@ func vmThroughput(b *testing.B, underlayMTU int) {
 		}
 		return best
 	}
-	plain := measure(overlay.EncapPlain)
-	udp := measure(overlay.EncapMPLSoUDP)
+	plain := measure(encap.Plain)
+	udp := measure(encap.MPLSoUDP)
 	mbps := func(d time.Duration) float64 { return float64(size*8) / d.Seconds() / 1e6 }
 	sfx := fmt.Sprintf("-mtu%d", underlayMTU)
 	b.ReportMetric(mbps(udp), "mplsudp-Mbit/s"+sfx)

@@ -10,6 +10,9 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
 
 // Features are the kernel capabilities detected at start.
@@ -25,13 +28,13 @@ type Features struct {
 }
 
 // Supports tells whether this kernel can carry encapsulation e.
-func (f Features) Supports(e Encap) bool {
+func (f Features) Supports(e encap.Encap) bool {
 	switch e {
-	case EncapMPLSoUDP:
+	case encap.MPLSoUDP:
 		return f.MPLS && f.MPLSTunnel && f.FOU && f.IPIP
-	case EncapMPLSoGRE:
+	case encap.MPLSoGRE:
 		return f.MPLS && f.MPLSTunnel && f.GRE
-	case EncapPlain:
+	case encap.Plain:
 		return true
 	}
 	return false
@@ -76,11 +79,11 @@ func (f Features) Summary() string {
 		works = append(works, "policy tables instead of VRF devices")
 	}
 	var lost []string
-	for _, e := range []Encap{EncapMPLSoUDP, EncapMPLSoGRE} {
+	for _, e := range []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE} {
 		if f.Supports(e) {
-			works = append(works, string(e))
+			works = append(works, e.String())
 		} else {
-			lost = append(lost, string(e))
+			lost = append(lost, e.String())
 		}
 	}
 	if !f.MPLS {
@@ -99,7 +102,7 @@ func (f Features) Summary() string {
 // the reserved probe names and table, and remove them at once.
 func (m *Manager) detectFeatures() Features {
 	var f Features
-	_ = inNamespace(m.ns, func() error {
+	_ = rtnl.InNamespace(m.ns, func() error {
 		_, err := os.Stat("/proc/sys/net/mpls/platform_labels")
 		f.MPLS = err == nil
 		_, err = os.Stat("/proc/sys/net/ipv6")
@@ -109,7 +112,7 @@ func (m *Manager) detectFeatures() Features {
 	if f.MPLS {
 		f.MPLSTunnel = m.probeMPLSTunnel()
 	}
-	if _, err := m.rt.dumpNexthops(RouteProtocol); err == nil {
+	if _, err := m.rt.DumpNexthops(RouteProtocol); err == nil {
 		f.Nexthops = true
 	}
 	if _, err := m.h.GenlFamilyGet("fou"); err == nil {
@@ -125,11 +128,11 @@ func (m *Manager) detectFeatures() Features {
 
 func (m *Manager) probeLink(l netlink.Link) bool {
 	if err := m.h.LinkAdd(l); err != nil {
-		m.log.Debug("overlay: probe", "interface", l.Attrs().Name, "type", l.Type(), "error", err)
+		m.log.Debug("probe", logInterface, l.Attrs().Name, logType, l.Type(), logErr, err)
 		return errors.Is(err, os.ErrExist)
 	}
 	if err := m.h.LinkDel(l); err != nil {
-		m.log.Warn("overlay: removing probe interface", "interface", l.Attrs().Name, "error", err)
+		m.log.Warn("removing probe interface", logInterface, l.Attrs().Name, logErr, err)
 	}
 	return true
 }
@@ -152,20 +155,20 @@ func (m *Manager) probeMPLSTunnel() bool {
 
 // chooseEncap picks the first encapsulation of the local priority list that the
 // remote offers and the kernel supports.
-func chooseEncap(priority, offered []Encap, f Features) (Encap, bool) {
+func chooseEncap(priority, offered []encap.Encap, f Features) (encap.Encap, bool) {
 	for _, e := range priority {
 		if slices.Contains(offered, e) && f.Supports(e) {
 			return e, true
 		}
 	}
-	return "", false
+	return encap.Unknown, false
 }
 
 // tunnelName is the interface name of the tunnel of kind e toward remote.
-func tunnelName(e Encap, remote netip.Addr) string {
+func tunnelName(e encap.Encap, remote netip.Addr) string {
 	b := remote.As4()
 	kind := "u"
-	if e == EncapMPLSoGRE {
+	if e == encap.MPLSoGRE {
 		kind = "g"
 	}
 	return fmt.Sprintf("%s%s%02x%02x%02x%02x", IfPrefix, kind, b[0], b[1], b[2], b[3])

@@ -12,13 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
-	"github.com/vishvananda/netlink"
 )
 
 var (
-	gwAddr = overlay.DefaultGatewayAddress
+	gwAddr = overlay.DefaultPodGatewayAddr
 	ap     = netip.MustParseAddr
 	pp     = netip.MustParsePrefix
 )
@@ -242,14 +244,14 @@ func TestRemoteRoutesWithoutKernelSupport(t *testing.T) {
 	s := overlay.State{Underlay: ap("192.0.2.1"), Networks: []overlay.Network{{Name: "red", Table: 7001,
 		Endpoints: []overlay.Endpoint{{Interface: "vred1", Address: ap("10.1.0.1"), Label: 1001}},
 		Routes: []overlay.RemoteRoute{
-			{Prefix: pp("10.1.0.2/32"), Label: 1002, Gateway: ap("192.0.2.2"), Encaps: []overlay.Encap{overlay.EncapMPLSoUDP, overlay.EncapPlain}},
-			{Prefix: pp("10.1.0.3/32"), Label: 1003, Gateway: ap("192.0.2.3"), Encaps: []overlay.Encap{overlay.EncapMPLSoGRE}},
+			{Prefix: pp("10.1.0.2/32"), Label: 1002, RemoteUnderlay: ap("192.0.2.2"), Encaps: []encap.Encap{encap.MPLSoUDP, encap.Plain}},
+			{Prefix: pp("10.1.0.3/32"), Label: 1003, RemoteUnderlay: ap("192.0.2.3"), Encaps: []encap.Encap{encap.MPLSoGRE}},
 		}}},
-		EncapPriority: []overlay.Encap{overlay.EncapMPLSoUDP, overlay.EncapMPLSoGRE, overlay.EncapPlain}}
+		EncapPriority: []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE, encap.Plain}}
 	err := m.Set(context.Background(), s)
 	f := m.Features()
 	d := gw.Dump(t)
-	if f.Supports(overlay.EncapMPLSoGRE) {
+	if f.Supports(encap.MPLSoGRE) {
 		if err != nil {
 			t.Fatalf("Set: %v", err)
 		}
@@ -283,12 +285,12 @@ func TestTransitions(t *testing.T) {
 	gw.IP(t, "addr", "add", "192.0.2.1/24", "dev", "u0")
 	gw.IP(t, "link", "set", "u0", "up")
 	m := newManager(t, gw, overlay.VRFOff)
-	plain := []overlay.Encap{overlay.EncapPlain}
+	plain := []encap.Encap{encap.Plain}
 	ep := func(i string, a string, l uint32) overlay.Endpoint {
 		return overlay.Endpoint{Interface: i, Address: ap(a), Label: l}
 	}
 	rr := func(p, g string, l uint32) overlay.RemoteRoute {
-		return overlay.RemoteRoute{Prefix: pp(p), Gateway: ap(g), Label: l, Encaps: plain}
+		return overlay.RemoteRoute{Prefix: pp(p), RemoteUnderlay: ap(g), Label: l, Encaps: plain}
 	}
 	rows := []struct {
 		name  string
@@ -419,7 +421,7 @@ func TestBatchErrorsMapToRoutes(t *testing.T) {
 	gw.IP(t, "addr", "add", "192.0.2.1/24", "dev", "u0")
 	gw.IP(t, "link", "set", "u0", "up")
 	m := newManager(t, gw, overlay.VRFOff)
-	plain := []overlay.Encap{overlay.EncapPlain}
+	plain := []encap.Encap{encap.Plain}
 	var routes []overlay.RemoteRoute
 	for i := range 1000 {
 		g := ap("192.0.2.2")
@@ -427,7 +429,7 @@ func TestBatchErrorsMapToRoutes(t *testing.T) {
 			g = ap("203.0.113.9") // not reachable: the kernel refuses this one
 		}
 		routes = append(routes, overlay.RemoteRoute{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 50, byte(i >> 8), byte(i)}), 32),
-			Label: 100, Gateway: g, Encaps: plain})
+			Label: 100, RemoteUnderlay: g, Encaps: plain})
 	}
 	s := overlay.State{Underlay: ap("192.0.2.1"), EncapPriority: plain,
 		Networks: []overlay.Network{{Name: "a", Table: 7001, Routes: routes}}}

@@ -21,8 +21,17 @@ const (
 	NexthopIDLast  = 0x1fffffff
 	// IfPrefix starts the name of every interface iotfabric creates:
 	// "iofu" + hex(remote) for MPLSoUDP, "iofg" + hex(remote) for MPLSoGRE,
-	// "iofv" + table for VRF devices, "iofp" for short-lived feature probes.
+	// "iofv" + table for VRF devices, "iofp" for short-lived feature probes,
+	// EndpointIfPrefix for the pods' host-side veths.
 	IfPrefix = "iof"
+	// EndpointIfPrefix starts the host-side veths the CNI plugin creates
+	// (pkg/cni.HostIfPrefix): the only iotfabric interfaces that are
+	// endpoints; Set leaves them alone unless they are, Cleanup removes them.
+	EndpointIfPrefix = IfPrefix + "e"
+	// LegacyEndpointIfPrefix started the pods' veths before they took
+	// EndpointIfPrefix (pkg/cni.LegacyHostIfPrefix). Endpoints recorded with
+	// such a name keep working; Cleanup removes the veths too.
+	LegacyEndpointIfPrefix = "iotf"
 	// MPLSoUDPPort is the UDP destination port of MPLSoUDP (RFC 7510).
 	MPLSoUDPPort = 6635
 	// ipprotoMPLS is the IP protocol number of MPLS-in-IP (RFC 4023).

@@ -10,35 +10,26 @@
 package overlay
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
 
 	"sigs.k8s.io/yaml"
-)
 
-// Encap names an encapsulation a gateway can use for labelled traffic.
-type Encap string
-
-// Encapsulations. The values follow the tunnel-encapsulation names used on the
-// controller's API; MPLSoUDP uses UDP destination port 6635 (RFC 7510).
-const (
-	EncapMPLSoUDP Encap = "mpls-udp"
-	EncapMPLSoGRE Encap = "mpls-gre"
-	// EncapPlain routes a remote prefix unlabelled via the remote gateway's
-	// underlay address. It only makes sense where the underlay itself carries the
-	// network (a flat lab network); it is what still works on kernels without MPLS.
-	EncapPlain Encap = "plain"
+	"github.com/iotfabric/iotfabric/pkg/encap"
 )
 
 // DefaultEncapPriority is used when State.EncapPriority is empty.
-var DefaultEncapPriority = []Encap{EncapMPLSoUDP, EncapMPLSoGRE}
+var DefaultEncapPriority = []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE}
 
-func (e Encap) valid() bool {
-	return e == EncapMPLSoUDP || e == EncapMPLSoGRE || e == EncapPlain
+// dataPlaneEncap tells whether the data plane can use e (it has no VXLAN).
+func dataPlaneEncap(e encap.Encap) bool {
+	return e == encap.MPLSoUDP || e == encap.MPLSoGRE || e == encap.Plain
 }
 
 // State is the whole desired data-plane state of one gateway.
@@ -46,7 +37,7 @@ type State struct {
 	// Underlay is the gateway's own underlay (tunnel source) address. IPv4.
 	Underlay netip.Addr `json:"underlay"`
 	// EncapPriority lists the encapsulations this gateway uses, most preferred first.
-	EncapPriority []Encap `json:"encapPriority,omitempty"`
+	EncapPriority []encap.Encap `json:"encapPriority,omitempty"`
 	// Networks are the virtual networks present on this gateway.
 	Networks []Network `json:"networks,omitempty"`
 }
@@ -75,11 +66,37 @@ type Endpoint struct {
 
 // RemoteRoute is a prefix behind a remote gateway.
 type RemoteRoute struct {
-	Prefix  netip.Prefix `json:"prefix"`
-	Label   uint32       `json:"label"`
-	Gateway netip.Addr   `json:"gateway"`
+	Prefix netip.Prefix `json:"prefix"`
+	Label  uint32       `json:"label"`
+	// RemoteUnderlay is the remote gateway's underlay address: the tunnel's
+	// destination (the route's BGP next hop). State files written before it
+	// had this name say "gateway", which is still read.
+	RemoteUnderlay netip.Addr `json:"remoteUnderlay"`
 	// Encaps are the encapsulations the remote gateway offers.
-	Encaps []Encap `json:"encaps"`
+	Encaps []encap.Encap `json:"encaps"`
+}
+
+// UnmarshalJSON reads a route, accepting the old key "gateway" for
+// remoteUnderlay. Unknown keys are errors.
+func (r *RemoteRoute) UnmarshalJSON(b []byte) error {
+	type fields RemoteRoute // without this method
+	var v struct {
+		fields
+		Gateway *netip.Addr `json:"gateway"` // old name of remoteUnderlay
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return err
+	}
+	if v.Gateway != nil {
+		if v.RemoteUnderlay.IsValid() && v.RemoteUnderlay != *v.Gateway {
+			return fmt.Errorf("route %s: remoteUnderlay %s and its old name gateway %s differ", v.Prefix, v.RemoteUnderlay, *v.Gateway)
+		}
+		v.RemoteUnderlay = *v.Gateway
+	}
+	*r = RemoteRoute(v.fields)
+	return nil
 }
 
 // MPLS label limits: 0-15 are reserved; labels are 20 bits.
@@ -88,14 +105,17 @@ const (
 	LabelLast  = 1<<20 - 1
 )
 
-// ParseState decodes a desired state from YAML or JSON (JSON is YAML) and validates it.
-func ParseState(data []byte) (State, error) {
+// ParseState decodes a desired state from YAML or JSON (JSON is YAML) and
+// validates it. Deprecated encapsulation spellings (mpls-udp, mpls-gre) and
+// the old key "gateway" of routes are accepted, with a warning on log (nil:
+// none).
+func ParseState(data []byte, log *slog.Logger) (State, error) {
 	var s State
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
 		return State{}, fmt.Errorf("overlay: parse state: %w", err)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(js)))
+	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
 		return State{}, fmt.Errorf("overlay: decode state: %w", err)
@@ -103,7 +123,47 @@ func ParseState(data []byte) (State, error) {
 	if err := s.Validate(); err != nil {
 		return State{}, err
 	}
+	if log != nil {
+		warnDeprecatedEncaps(js, log)
+	}
 	return s, nil
+}
+
+// warnDeprecatedEncaps logs each old encapsulation spelling a state document
+// uses, and the old key "gateway" of routes, once.
+func warnDeprecatedEncaps(js []byte, log *slog.Logger) {
+	var raw struct {
+		EncapPriority []string `json:"encapPriority"`
+		Networks      []struct {
+			Routes []struct {
+				Encaps  []string        `json:"encaps"`
+				Gateway json.RawMessage `json:"gateway"`
+			} `json:"routes"`
+		} `json:"networks"`
+	}
+	if json.Unmarshal(js, &raw) != nil {
+		return
+	}
+	seen := map[string]bool{}
+	warn := func(names []string) {
+		for _, n := range names {
+			if use, old := encap.Deprecated(n); old && !seen[n] {
+				seen[n] = true
+				log.Warn("deprecated encapsulation spelling in the state file", logValue, n, logUse, use)
+			}
+		}
+	}
+	warn(raw.EncapPriority)
+	oldKey := false
+	for _, n := range raw.Networks {
+		for _, r := range n.Routes {
+			warn(r.Encaps)
+			oldKey = oldKey || r.Gateway != nil
+		}
+	}
+	if oldKey {
+		log.Warn("deprecated key in the state file's routes", logValue, "gateway", logUse, "remoteUnderlay")
+	}
 }
 
 // Validate reports every problem with the state, joined.
@@ -120,8 +180,8 @@ func (s *State) Validate() error {
 		bad("underlay %q: an IPv4 underlay address is required when remote routes exist", s.Underlay)
 	}
 	for _, e := range s.EncapPriority {
-		if !e.valid() {
-			bad("encapPriority: unknown encapsulation %q", e)
+		if !dataPlaneEncap(e) {
+			bad("encapPriority: encapsulation %v is not one the data plane has (mplsoudp, mplsogre, plain)", e)
 		}
 	}
 	tables := map[uint32]string{}
@@ -138,8 +198,8 @@ func (s *State) Validate() error {
 		for _, ep := range n.Endpoints {
 			if ep.Interface == "" || len(ep.Interface) > 15 || strings.ContainsAny(ep.Interface, "/ \t\n") {
 				bad("network %q: endpoint interface %q is not a valid interface name", n.Name, ep.Interface)
-			} else if strings.HasPrefix(ep.Interface, IfPrefix) {
-				bad("network %q: endpoint interface %q uses the reserved prefix %q", n.Name, ep.Interface, IfPrefix)
+			} else if strings.HasPrefix(ep.Interface, IfPrefix) && !strings.HasPrefix(ep.Interface, EndpointIfPrefix) {
+				bad("network %q: endpoint interface %q uses the reserved prefix %q (only the pods' veths, %q..., may)", n.Name, ep.Interface, IfPrefix, EndpointIfPrefix)
 			}
 			if other, ok := ifaces[ep.Interface]; ok {
 				bad("network %q: interface %q already an endpoint of network %q", n.Name, ep.Interface, other)
@@ -166,8 +226,8 @@ func (s *State) Validate() error {
 				bad("network %q: route %s listed twice", n.Name, r.Prefix)
 			}
 			seen[r.Prefix] = true
-			if !r.Gateway.IsValid() || !r.Gateway.Is4() {
-				bad("network %q: route %s: remote gateway %q must be an IPv4 address", n.Name, r.Prefix, r.Gateway)
+			if !r.RemoteUnderlay.IsValid() || !r.RemoteUnderlay.Is4() {
+				bad("network %q: route %s: remoteUnderlay %q must be an IPv4 address", n.Name, r.Prefix, r.RemoteUnderlay)
 			}
 			if r.Label < LabelFirst || r.Label > LabelLast {
 				bad("network %q: route %s: label %d outside %d-%d", n.Name, r.Prefix, r.Label, LabelFirst, LabelLast)
@@ -176,8 +236,8 @@ func (s *State) Validate() error {
 				bad("network %q: route %s: no encapsulation offered", n.Name, r.Prefix)
 			}
 			for _, e := range r.Encaps {
-				if !e.valid() {
-					bad("network %q: route %s: unknown encapsulation %q", n.Name, r.Prefix, e)
+				if !dataPlaneEncap(e) {
+					bad("network %q: route %s: encapsulation %v is not one the data plane has (mplsoudp, mplsogre, plain)", n.Name, r.Prefix, e)
 				}
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 )
@@ -18,7 +19,7 @@ import (
 func requireFullKernel(t testing.TB, m *overlay.Manager) {
 	t.Helper()
 	f := m.Features()
-	if f.Supports(overlay.EncapMPLSoUDP) && f.Supports(overlay.EncapMPLSoGRE) {
+	if f.Supports(encap.MPLSoUDP) && f.Supports(encap.MPLSoGRE) {
 		return
 	}
 	if os.Getenv("IOTFABRIC_VMTEST") != "" {
@@ -56,20 +57,20 @@ func newTwoGatewaysTB(t testing.TB, vrf overlay.VRFMode) *twoGateways {
 // state is one gateway's desired state: its pod (label own) and a route to the
 // other pod (label peer) through the peer's gateway offering encaps.
 func gatewayState(underlay, peerUnderlay, own, peer netip.Addr, ownLabel, peerLabel uint32, ifname string,
-	prio, offered []overlay.Encap, withRoute bool) overlay.State {
+	prio, offered []encap.Encap, withRoute bool) overlay.State {
 	n := overlay.Network{Name: "red", Table: 7001,
 		Endpoints: []overlay.Endpoint{{Interface: ifname, Address: own, Label: ownLabel}}}
 	if withRoute {
-		n.Routes = []overlay.RemoteRoute{{Prefix: netip.PrefixFrom(peer, 32), Label: peerLabel, Gateway: peerUnderlay, Encaps: offered}}
+		n.Routes = []overlay.RemoteRoute{{Prefix: netip.PrefixFrom(peer, 32), Label: peerLabel, RemoteUnderlay: peerUnderlay, Encaps: offered}}
 	}
 	return overlay.State{Underlay: underlay, EncapPriority: prio, Networks: []overlay.Network{n}}
 }
 
-func (g *twoGateways) setTB(t testing.TB, prio, offered []overlay.Encap) {
+func (g *twoGateways) setTB(t testing.TB, prio, offered []encap.Encap) {
 	g.set(t, prio, offered, true, true)
 }
 
-func (g *twoGateways) set(t testing.TB, prio, offered []overlay.Encap, routeA, routeB bool) (overlay.State, overlay.State) {
+func (g *twoGateways) set(t testing.TB, prio, offered []encap.Encap, routeA, routeB bool) (overlay.State, overlay.State) {
 	t.Helper()
 	sA := gatewayState(g.ulA, g.ulB, g.addrA, g.addrB, 1001, 1002, "vpoda", prio, offered, routeA)
 	sB := gatewayState(g.ulB, g.ulA, g.addrB, g.addrA, 1002, 1001, "vpodb", prio, offered, routeB)
@@ -86,35 +87,35 @@ func (g *twoGateways) set(t testing.TB, prio, offered []overlay.Encap, routeA, r
 // checkPath proves pod-to-pod traffic over encap: ping, a TCP transfer, and a
 // capture on A's underlay showing the encapsulation, label 1002 with the
 // bottom-of-stack bit and the inner packet.
-func (g *twoGateways) checkPath(t *testing.T, encap overlay.Encap, cap *overlaytest.Capture) {
+func (g *twoGateways) checkPath(t *testing.T, e encap.Encap, cap *overlaytest.Capture) {
 	t.Helper()
 	cap.Reset()
 	if err := g.podA.Ping(g.addrB, 10*time.Second); err != nil {
-		t.Fatalf("%s: ping pod A -> pod B: %v\nA:\n%s\nB:\n%s", encap, err, g.gwA.Dump(t), g.gwB.Dump(t))
+		t.Fatalf("%s: ping pod A -> pod B: %v\nA:\n%s\nB:\n%s", e, err, g.gwA.Dump(t), g.gwB.Dump(t))
 	}
 	sink := g.podB.Sink(t, g.addrB)
 	const size = 4 << 20
 	d, err := g.podA.Transfer(sink, size)
 	if err != nil {
-		t.Fatalf("%s: TCP transfer pod A -> pod B: %v", encap, err)
+		t.Fatalf("%s: TCP transfer pod A -> pod B: %v", e, err)
 	}
-	t.Logf("%s: ping ok; %d bytes pod A -> pod B in %v (%.1f Mbit/s)", encap, size, d, float64(size*8)/d.Seconds()/1e6)
+	t.Logf("%s: ping ok; %d bytes pod A -> pod B in %v (%.1f Mbit/s)", e, size, d, float64(size*8)/d.Seconds()/1e6)
 	p, ok := cap.Find(overlay.MPLSoUDPPort, 5*time.Second, func(p overlaytest.OverlayPacket) bool {
-		return p.Encap == string(encap) && p.InnerSrc == g.addrA && p.InnerDst == g.addrB
+		return p.Encap == e.String() && p.InnerSrc == g.addrA && p.InnerDst == g.addrB
 	})
 	if !ok {
-		t.Fatalf("%s: no %s packet from pod A to pod B captured on A's underlay", encap, encap)
+		t.Fatalf("%s: no %s packet from pod A to pod B captured on A's underlay", e, e)
 	}
 	t.Logf("captured on A's underlay: %s", p)
 	if p.Label != 1002 || !p.BOS || p.Stack != 1 {
-		t.Errorf("%s: label %d bos %v stack %d, want 1002, bottom of stack, one label", encap, p.Label, p.BOS, p.Stack)
+		t.Errorf("%s: label %d bos %v stack %d, want 1002, bottom of stack, one label", e, p.Label, p.BOS, p.Stack)
 	}
-	switch encap {
-	case overlay.EncapMPLSoUDP:
+	switch e {
+	case encap.MPLSoUDP:
 		if p.UDPDst != 6635 {
 			t.Errorf("UDP destination port %d, want 6635", p.UDPDst)
 		}
-	case overlay.EncapMPLSoGRE:
+	case encap.MPLSoGRE:
 		if p.GREProto != 0x8847 {
 			t.Errorf("GRE protocol %#x, want 0x8847", p.GREProto)
 		}
@@ -133,11 +134,11 @@ func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
 		t.Fatal("kernel has no VRF devices")
 	}
 	cap := overlaytest.StartCapture(t, g.gwA, "u0")
-	both := []overlay.Encap{overlay.EncapMPLSoUDP, overlay.EncapMPLSoGRE}
+	both := []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE}
 
 	// MPLSoUDP, preferred by both.
 	sA, _ := g.set(t, both, both, true, true)
-	g.checkPath(t, overlay.EncapMPLSoUDP, cap)
+	g.checkPath(t, encap.MPLSoUDP, cap)
 	t.Logf("gateway A kernel state:\n%s", g.gwA.Dump(t))
 
 	// Re-applying the same state changes nothing.
@@ -159,18 +160,18 @@ func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
 	}); n != 0 {
 		t.Errorf("a restarted manager made %d kernel changes for the same state", n)
 	}
-	g.checkPath(t, overlay.EncapMPLSoUDP, cap)
+	g.checkPath(t, encap.MPLSoUDP, cap)
 
 	// MPLSoGRE as the preferred encapsulation.
-	g.set(t, []overlay.Encap{overlay.EncapMPLSoGRE, overlay.EncapMPLSoUDP}, both, true, true)
-	g.checkPath(t, overlay.EncapMPLSoGRE, cap)
+	g.set(t, []encap.Encap{encap.MPLSoGRE, encap.MPLSoUDP}, both, true, true)
+	g.checkPath(t, encap.MPLSoGRE, cap)
 	if d := g.gwA.Dump(t); strings.Contains(d, "link iofu") {
 		t.Errorf("the unused MPLSoUDP tunnel was not removed:\n%s", d)
 	}
 
 	// Fallback: MPLSoUDP preferred locally, but the remote offers only GRE.
-	g.set(t, both, []overlay.Encap{overlay.EncapMPLSoGRE}, true, true)
-	g.checkPath(t, overlay.EncapMPLSoGRE, cap)
+	g.set(t, both, []encap.Encap{encap.MPLSoGRE}, true, true)
+	g.checkPath(t, encap.MPLSoGRE, cap)
 
 	// Removing the route on A stops the traffic.
 	g.set(t, both, both, false, true)
@@ -182,14 +183,14 @@ func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
 	}
 	// And putting it back restores it.
 	g.set(t, both, both, true, true)
-	g.checkPath(t, overlay.EncapMPLSoUDP, cap)
+	g.checkPath(t, encap.MPLSoUDP, cap)
 
 	// Gateway A's underlay address changes: A replaces its tunnel to B (same
 	// name, new local address), B makes a new one toward A's new address.
 	g.gwA.IP(t, "addr", "add", "192.0.2.11/24", "dev", "u0")
 	g.ulA = ap("192.0.2.11")
 	g.set(t, both, both, true, true)
-	g.checkPath(t, overlay.EncapMPLSoUDP, cap)
+	g.checkPath(t, encap.MPLSoUDP, cap)
 	if d := g.gwB.Dump(t); strings.Contains(d, "link iofuc0000201") || !strings.Contains(d, "link iofuc000020b") {
 		t.Errorf("B's tunnels after A's underlay change:\n%s", d)
 	}

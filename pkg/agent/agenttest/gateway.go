@@ -201,7 +201,7 @@ func HasRoute(st overlay.State, network string, prefix netip.Prefix, gw netip.Ad
 			continue
 		}
 		for _, r := range n.Routes {
-			if r.Prefix == prefix && r.Gateway == gw && (label == 0 || r.Label == label) {
+			if r.Prefix == prefix && r.RemoteUnderlay == gw && (label == 0 || r.Label == label) {
 				return true
 			}
 		}

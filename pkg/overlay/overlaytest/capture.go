@@ -16,7 +16,7 @@ import (
 
 // OverlayPacket is what DecodeOverlay found in one frame of the underlay.
 type OverlayPacket struct {
-	Encap    string // "mpls-udp" or "mpls-gre"
+	Encap    string // "mplsoudp" or "mplsogre" (pkg/encap names)
 	UDPDst   uint16 // MPLSoUDP: UDP destination port
 	GREProto uint16 // MPLSoGRE: GRE protocol type
 	Label    uint32
@@ -30,7 +30,7 @@ type OverlayPacket struct {
 
 func (p OverlayPacket) String() string {
 	s := fmt.Sprintf("%s label %d bos %v", p.Encap, p.Label, p.BOS)
-	if p.Encap == "mpls-udp" {
+	if p.Encap == "mplsoudp" {
 		s += fmt.Sprintf(" udp dport %d", p.UDPDst)
 	} else {
 		s += fmt.Sprintf(" gre proto %#04x", p.GREProto)
@@ -58,14 +58,14 @@ func DecodeOverlay(frame []byte, udpPort uint16) (OverlayPacket, error) {
 		if udp == nil || uint16(udp.DstPort) != udpPort {
 			return p, ErrNotOverlay
 		}
-		p.Encap, p.UDPDst = "mpls-udp", uint16(udp.DstPort)
+		p.Encap, p.UDPDst = "mplsoudp", uint16(udp.DstPort)
 		mplsPayload = udp.Payload
 	case layers.IPProtocolGRE:
 		gre, _ := pkt.Layer(layers.LayerTypeGRE).(*layers.GRE)
 		if gre == nil || gre.Protocol != layers.EthernetTypeMPLSUnicast {
 			return p, ErrNotOverlay
 		}
-		p.Encap, p.GREProto = "mpls-gre", uint16(gre.Protocol)
+		p.Encap, p.GREProto = "mplsogre", uint16(gre.Protocol)
 		mplsPayload = gre.Payload
 	default:
 		return p, ErrNotOverlay

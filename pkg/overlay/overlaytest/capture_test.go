@@ -43,7 +43,7 @@ func TestDecodeOverlay(t *testing.T) {
 		if p.Label != 1002 || !p.BOS || p.Stack != 1 || p.InnerSrc.String() != "10.1.0.1" || p.InnerDst.String() != "10.1.0.2" {
 			t.Errorf("gre=%v: decoded %+v", gre, p)
 		}
-		if gre && (p.Encap != "mpls-gre" || p.GREProto != 0x8847) || !gre && (p.Encap != "mpls-udp" || p.UDPDst != 6635) {
+		if gre && (p.Encap != "mplsogre" || p.GREProto != 0x8847) || !gre && (p.Encap != "mplsoudp" || p.UDPDst != 6635) {
 			t.Errorf("gre=%v: encapsulation %+v", gre, p)
 		}
 	}

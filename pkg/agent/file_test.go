@@ -1,4 +1,4 @@
-package agent
+package agent_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
 
@@ -50,7 +51,7 @@ networks:
 `
 
 const stateV2 = `{"underlay": "192.0.2.1", "networks": [{"name": "red", "table": 7001,
- "routes": [{"prefix": "10.1.0.2/32", "label": 1002, "gateway": "192.0.2.2", "encaps": ["mpls-udp", "mpls-gre"]}]}]}`
+ "routes": [{"prefix": "10.1.0.2/32", "label": 1002, "remoteUnderlay": "192.0.2.2", "encaps": ["mplsoudp", "mplsogre"]}]}]}`
 
 // checkNoLeak fails the test if goroutines started during it are still running
 // shortly after it ends.
@@ -69,7 +70,7 @@ func checkNoLeak(t *testing.T) {
 	})
 }
 
-func TestFileSourceAppliesAndFollowsChanges(t *testing.T) {
+func TestStateFileAppliesAndFollowsChanges(t *testing.T) {
 	checkNoLeak(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "state.yaml")
@@ -78,11 +79,14 @@ func TestFileSourceAppliesAndFollowsChanges(t *testing.T) {
 	}
 	fa := &fakeApplier{failN: 2, applied: make(chan overlay.State, 10)}
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &Agent{Applier: fa, Source: &FileSource{Path: path}, RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond}
+	f, err := agent.OpenStateFile(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	go func() { done <- agent.RunStateFile(ctx, f, fa, nil, time.Hour) }()
 
-	// Two failures, then the retry succeeds.
+	// Two failures, then the retry (after the reconcile loop's backoff) succeeds.
 	s := waitState(t, fa.applied)
 	if len(s.Networks) != 1 || s.Networks[0].Endpoints[0].Label != 1001 {
 		t.Fatalf("applied %+v", s)
@@ -114,15 +118,14 @@ func TestFileSourceAppliesAndFollowsChanges(t *testing.T) {
 	}
 }
 
-func TestFileSourceBadFileAtStart(t *testing.T) {
+func TestStateFileBadAtStart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.yaml")
 	if err := os.WriteFile(path, []byte("networks:\n- {name: x, table: 5}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a := &Agent{Applier: &fakeApplier{applied: make(chan overlay.State, 1)}, Source: &FileSource{Path: path}}
-	err := a.Run(context.Background())
+	_, err := agent.OpenStateFile(path, nil)
 	if err == nil {
-		t.Fatal("Run accepted a state with a table outside the owned range")
+		t.Fatal("OpenStateFile accepted a state with a table outside the owned range")
 	}
 	t.Logf("error: %v", err)
 }

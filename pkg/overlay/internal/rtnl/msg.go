@@ -1,4 +1,4 @@
-package overlay
+package rtnl
 
 import (
 	"encoding/binary"
@@ -12,11 +12,20 @@ import (
 // in bulk (RTM_NEWROUTE / RTM_DELROUTE for IPv4, IPv6 and MPLS). It is pure:
 // no I/O, so the decoder can be fuzzed.
 
+// Address families, scopes and the route type the package's callers set.
 const (
-	afInet  = 2
-	afInet6 = 10
-	afMPLS  = 28
+	AFInet  = 2
+	AFInet6 = 10
+	AFMPLS  = 28
 
+	ScopeUniverse = 0
+	TypeUnicast   = 1
+
+	// LabelMax is the largest MPLS label (20 bits).
+	LabelMax = 1<<20 - 1
+)
+
+const (
 	nlmsgHdrLen = 16
 	rtmsgLen    = 12
 
@@ -59,9 +68,7 @@ const (
 	lwtunnelEncapMPLS = 1
 	mplsIPTunnelDst   = 1
 
-	rtnUnicast     = 1
-	rtScopeUniv    = 0
-	rtScopeLink    = 253
+	ScopeLink      = 253
 	rtScopeNowhere = 255
 	rtTableUnspec  = 0
 	rtTableCompat  = 252
@@ -72,12 +79,12 @@ const (
 	mplsLabelShift = 12
 )
 
-// kroute is one route as iotfabric programs it: an IPv4/IPv6 route in a network
+// Route is one route as iotfabric programs it: an IPv4/IPv6 route in a network
 // table (host route to an endpoint, or remote prefix with an MPLS label through a
 // tunnel, or plain via a gateway), or an MPLS label route that pops the label and
 // delivers to an endpoint. It is comparable: two routes are the same kernel state
 // when they are ==.
-type kroute struct {
+type Route struct {
 	Family uint8
 	Table  uint32       // inet only; MPLS routes live in the single MPLS table
 	Dst    netip.Prefix // inet
@@ -97,8 +104,8 @@ type kroute struct {
 	Type     uint8
 }
 
-func (r kroute) String() string {
-	if r.Family == afMPLS {
+func (r Route) String() string {
+	if r.Family == AFMPLS {
 		s := fmt.Sprintf("mpls %d via %s oif %d", r.Label, r.Via, r.Oif)
 		if r.Encap != 0 {
 			s += fmt.Sprintf(" swap %d", r.Encap)
@@ -121,16 +128,17 @@ func (r kroute) String() string {
 	return s
 }
 
-// rkey identifies a route in the kernel (what RTM_DELROUTE needs).
-type rkey struct {
+// RouteKey identifies a route in the kernel (what RTM_DELROUTE needs).
+type RouteKey struct {
 	Family uint8
 	Table  uint32
 	Dst    netip.Prefix
 	Label  uint32
 }
 
-func (r kroute) key() rkey {
-	return rkey{Family: r.Family, Table: r.Table, Dst: r.Dst, Label: r.Label}
+// Key is the route's RouteKey.
+func (r Route) Key() RouteKey {
+	return RouteKey{Family: r.Family, Table: r.Table, Dst: r.Dst, Label: r.Label}
 }
 
 func mplsEntry(label uint32, bos bool) []byte {
@@ -157,20 +165,20 @@ func u32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
 
 // appendRouteMsg appends one complete netlink message (header included) for the
 // route to b. typ is rtmNewRoute or rtmDelRoute.
-func appendRouteMsg(b []byte, typ uint16, flags uint16, seq uint32, r kroute) ([]byte, error) {
+func appendRouteMsg(b []byte, typ uint16, flags uint16, seq uint32, r Route) ([]byte, error) {
 	start := len(b)
 	b = append(b, make([]byte, nlmsgHdrLen)...)
 	var dstLen uint8
 	var dst []byte
 	switch r.Family {
-	case afInet, afInet6:
-		if !r.Dst.IsValid() || (r.Family == afInet) != r.Dst.Addr().Is4() {
+	case AFInet, AFInet6:
+		if !r.Dst.IsValid() || (r.Family == AFInet) != r.Dst.Addr().Is4() {
 			return b[:start], fmt.Errorf("route %v: destination does not match family", r)
 		}
 		dstLen = uint8(r.Dst.Bits())
 		dst = r.Dst.Addr().AsSlice()
-	case afMPLS:
-		if r.Label > LabelLast {
+	case AFMPLS:
+		if r.Label > LabelMax {
 			return b[:start], fmt.Errorf("route %v: label out of range", r)
 		}
 		dstLen = 20
@@ -180,20 +188,20 @@ func appendRouteMsg(b []byte, typ uint16, flags uint16, seq uint32, r kroute) ([
 	}
 	table := uint8(rtTableCompat)
 	tableAttr := r.Table
-	if r.Family == afMPLS {
+	if r.Family == AFMPLS {
 		table, tableAttr = rtTableMain, 0
 	} else if r.Table < 256 {
 		table = uint8(r.Table)
 	}
 	typeByte := r.Type
 	if typeByte == 0 && typ == rtmNewRoute {
-		typeByte = rtnUnicast
+		typeByte = TypeUnicast
 	}
 	scope := r.Scope
 	switch {
-	case r.Family == afMPLS:
+	case r.Family == AFMPLS:
 		// MPLS accepts only universe scope and unicast type, deletes included.
-		scope, typeByte = rtScopeUniv, rtnUnicast
+		scope, typeByte = ScopeUniverse, TypeUnicast
 	case typ == rtmDelRoute:
 		scope = rtScopeNowhere // match any scope
 	}
@@ -213,15 +221,15 @@ func appendRouteMsg(b []byte, typ uint16, flags uint16, seq uint32, r kroute) ([
 			b = appendAttr(b, rtaGateway, r.Gw.AsSlice())
 		}
 		if r.Via.IsValid() {
-			fam := uint16(afInet)
+			fam := uint16(AFInet)
 			if r.Via.Is6() {
-				fam = afInet6
+				fam = AFInet6
 			}
 			via := binary.NativeEndian.AppendUint16(nil, fam)
 			b = appendAttr(b, rtaVia, append(via, r.Via.AsSlice()...))
 		}
 		if r.Encap != 0 {
-			if r.Family == afMPLS {
+			if r.Family == AFMPLS {
 				b = appendAttr(b, rtaNewDst, mplsEntry(r.Encap, true))
 			} else {
 				b = appendAttr(b, rtaEncapType, binary.NativeEndian.AppendUint16(nil, lwtunnelEncapMPLS))
@@ -357,8 +365,8 @@ func decodeLabels(b []byte) (first uint32, more bool, err error) {
 }
 
 // decodeRoute decodes the payload of an RTM_NEWROUTE message (rtmsg and attributes).
-func decodeRoute(data []byte) (kroute, error) {
-	var r kroute
+func decodeRoute(data []byte) (Route, error) {
+	var r Route
 	if len(data) < rtmsgLen {
 		return r, fmt.Errorf("rtmsg: %w", errTruncated)
 	}
@@ -428,12 +436,12 @@ func decodeRoute(data []byte) (kroute, error) {
 		return r, err
 	}
 	switch r.Family {
-	case afInet, afInet6:
+	case AFInet, AFInet6:
 		r.Dst, err = decodePrefix(r.Family, dst, dstLen)
 		if err != nil {
 			return r, err
 		}
-	case afMPLS:
+	case AFMPLS:
 		if len(dst) != 4 {
 			return r, fmt.Errorf("mpls route destination of %d bytes: %w", len(dst), errTruncated)
 		}
@@ -445,7 +453,7 @@ func decodeRoute(data []byte) (kroute, error) {
 
 func decodePrefix(family uint8, dst []byte, bits uint8) (netip.Prefix, error) {
 	size := 4
-	if family == afInet6 {
+	if family == AFInet6 {
 		size = 16
 	}
 	if int(bits) > size*8 {
@@ -461,30 +469,31 @@ func decodePrefix(family uint8, dst []byte, bits uint8) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, int(bits)), nil
 }
 
-// knexthop is a nexthop object: an MPLS label pushed on packets sent through a
+// Nexthop is a nexthop object: an MPLS label pushed on packets sent through a
 // tunnel. Routes to remote prefixes share them by (tunnel, label), which keeps
 // the kernel's route insertion linear: routes with an inline encapsulation all
 // hash to one fib_info chain when they share an interface.
-type knexthop struct {
+type Nexthop struct {
 	ID       uint32
 	Oif      int32
 	Encap    uint32
 	Protocol uint8
 }
 
-// nhKey identifies what a nexthop does (not its id).
-type nhKey struct {
+// NexthopKey identifies what a nexthop does (not its id).
+type NexthopKey struct {
 	Oif   int32
 	Encap uint32
 }
 
-func (n knexthop) key() nhKey { return nhKey{Oif: n.Oif, Encap: n.Encap} }
+// Key is the nexthop's NexthopKey.
+func (n Nexthop) Key() NexthopKey { return NexthopKey{Oif: n.Oif, Encap: n.Encap} }
 
 // appendNexthopMsg appends an RTM_NEWNEXTHOP or RTM_DELNEXTHOP message.
-func appendNexthopMsg(b []byte, typ uint16, flags uint16, seq uint32, n knexthop) []byte {
+func appendNexthopMsg(b []byte, typ uint16, flags uint16, seq uint32, n Nexthop) []byte {
 	start := len(b)
 	b = append(b, make([]byte, nlmsgHdrLen)...)
-	fam, proto := uint8(afInet), n.Protocol
+	fam, proto := uint8(AFInet), n.Protocol
 	if typ == rtmDelNexthop {
 		fam, proto = 0, 0 // deletes must leave the header empty but for the id
 	}
@@ -506,8 +515,8 @@ func appendNexthopMsg(b []byte, typ uint16, flags uint16, seq uint32, n knexthop
 }
 
 // decodeNexthop decodes the payload of an RTM_NEWNEXTHOP message.
-func decodeNexthop(data []byte) (knexthop, error) {
-	var n knexthop
+func decodeNexthop(data []byte) (Nexthop, error) {
+	var n Nexthop
 	if len(data) < nhmsgLen {
 		return n, fmt.Errorf("nhmsg: %w", errTruncated)
 	}
@@ -548,8 +557,8 @@ const (
 	fraProtocol   = 21
 )
 
-// krule is the part of a policy rule iotfabric looks at.
-type krule struct {
+// Rule is the part of a policy rule iotfabric looks at.
+type Rule struct {
 	Family   uint8
 	Priority uint32
 	Table    uint32
@@ -571,8 +580,8 @@ func appendRuleDumpRequest(b []byte, seq uint32, family uint8) []byte {
 }
 
 // decodeRule decodes the payload of an RTM_NEWRULE message.
-func decodeRule(data []byte) (krule, error) {
-	var r krule
+func decodeRule(data []byte) (Rule, error) {
+	var r Rule
 	if len(data) < fibRuleHdrLen {
 		return r, fmt.Errorf("fib_rule_hdr: %w", errTruncated)
 	}

@@ -1,4 +1,9 @@
-package overlay
+// Package rtnl is the raw rtnetlink codec and socket pkg/overlay uses for bulk
+// route work: batched route and nexthop writes (many requests per sendmsg) and
+// kernel-filtered dumps of routes, nexthop objects and policy rules, which the
+// generic netlink library does one round trip at a time. The message encoding
+// and decoding (msg.go) is pure and fuzzed.
+package rtnl
 
 import (
 	"encoding/binary"
@@ -11,11 +16,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// inNamespace runs fn on a throwaway OS thread that has joined ns. The thread is
+// InNamespace runs fn on a throwaway OS thread that has joined ns. The thread is
 // never handed back to the Go scheduler (it exits with the goroutine), so no
 // other goroutine ever runs in the wrong namespace. A closed (-1) ns runs fn in
 // the current thread's namespace.
-func inNamespace(ns netns.NsHandle, fn func() error) error {
+func InNamespace(ns netns.NsHandle, fn func() error) error {
 	if !ns.IsOpen() {
 		return fn()
 	}
@@ -32,10 +37,10 @@ func inNamespace(ns netns.NsHandle, fn func() error) error {
 	return <-done
 }
 
-// rtnl is a raw NETLINK_ROUTE socket bound in one namespace, used for the bulk
+// Conn is a raw NETLINK_ROUTE socket bound in one namespace, used for the bulk
 // route work (batched writes, filtered dumps) that the generic library does one
 // round trip at a time.
-type rtnl struct {
+type Conn struct {
 	fd   int
 	seq  uint32
 	rbuf []byte
@@ -46,9 +51,10 @@ const (
 	rcvBuf     = 8 << 20
 )
 
-func openRtnl(ns netns.NsHandle) (*rtnl, error) {
+// Open opens a socket in ns (netns.None(): the caller's namespace).
+func Open(ns netns.NsHandle) (*Conn, error) {
 	var fd int
-	err := inNamespace(ns, func() error {
+	err := InNamespace(ns, func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 		return err
@@ -56,7 +62,7 @@ func openRtnl(ns netns.NsHandle) (*rtnl, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink route socket: %w", err)
 	}
-	s := &rtnl{fd: fd, rbuf: make([]byte, 1<<16)}
+	s := &Conn{fd: fd, rbuf: make([]byte, 1<<16)}
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("bind netlink socket: %w", err)
@@ -76,14 +82,15 @@ func openRtnl(ns netns.NsHandle) (*rtnl, error) {
 	return s, nil
 }
 
-func (s *rtnl) Close() {
+// Close closes the socket.
+func (s *Conn) Close() {
 	if s.fd >= 0 {
 		unix.Close(s.fd)
 		s.fd = -1
 	}
 }
 
-func (s *rtnl) send(b []byte) error {
+func (s *Conn) send(b []byte) error {
 	for {
 		err := unix.Sendto(s.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
 		if errors.Is(err, unix.EINTR) {
@@ -93,7 +100,7 @@ func (s *rtnl) send(b []byte) error {
 	}
 }
 
-func (s *rtnl) recv() ([]nlmsg, error) {
+func (s *Conn) recv() ([]nlmsg, error) {
 	for {
 		n, _, err := unix.Recvfrom(s.fd, s.rbuf, unix.MSG_TRUNC)
 		if errors.Is(err, unix.EINTR) {
@@ -113,20 +120,20 @@ func (s *rtnl) recv() ([]nlmsg, error) {
 	}
 }
 
-// routeOp is one route or nexthop object to add (replace) or delete.
-type routeOp struct {
+// Op is one route or nexthop object to add (replace) or delete.
+type Op struct {
 	Del     bool
-	Route   kroute
+	Route   Route
 	Nexthop bool // NH, not Route
-	NH      knexthop
-	NHKey   nhKey // deletes: the record's key in kstate.nexthops
+	NH      Nexthop
+	NHKey   NexthopKey // deletes: the caller's key for the nexthop (not sent)
 }
 
-// apply writes ops in batches: many requests per sendmsg. Only the last
+// Apply writes ops in batches: many requests per sendmsg. Only the last
 // request of a batch asks for an acknowledgement; the kernel answers the
 // others only when they fail, and answers in order, so the last one's ack
 // means the whole batch is done. errs[i] is the kernel's answer to ops[i].
-func (s *rtnl) apply(ops []routeOp) []error {
+func (s *Conn) Apply(ops []Op) []error {
 	errs := make([]error, len(ops))
 	buf := make([]byte, 0, batchBytes+512)
 	for i := 0; i < len(ops); {
@@ -205,7 +212,7 @@ func (s *rtnl) apply(ops []routeOp) []error {
 	return errs
 }
 
-func opName(op routeOp) string {
+func opName(op Op) string {
 	verb := "add"
 	if op.Del {
 		verb = "delete"
@@ -216,7 +223,7 @@ func opName(op routeOp) string {
 	return fmt.Sprintf("%s route %v", verb, op.Route)
 }
 
-func (s *rtnl) drain() {
+func (s *Conn) drain() {
 	for {
 		_, _, err := unix.Recvfrom(s.fd, s.rbuf, unix.MSG_DONTWAIT)
 		if err != nil {
@@ -225,10 +232,10 @@ func (s *rtnl) drain() {
 	}
 }
 
-// dump lists the routes of one family that carry the given protocol, across all
+// DumpRoutes lists the routes of one family that carry the given protocol, across all
 // tables, with the kernel doing the filtering (strict checking).
-func (s *rtnl) dump(family, protocol uint8) ([]kroute, error) {
-	var out []kroute
+func (s *Conn) DumpRoutes(family, protocol uint8) ([]Route, error) {
+	var out []Route
 	err := s.dumpRetry(func(seq uint32) []byte { return appendDumpRequest(nil, seq, family, protocol) },
 		func() { out = out[:0] },
 		func(m nlmsg) error {
@@ -239,7 +246,7 @@ func (s *rtnl) dump(family, protocol uint8) ([]kroute, error) {
 			if err != nil {
 				return err
 			}
-			if r.Protocol == protocol && (r.Family != afInet && r.Family != afInet6 || r.Table != 0) {
+			if r.Protocol == protocol && (r.Family != AFInet && r.Family != AFInet6 || r.Table != 0) {
 				out = append(out, r)
 			}
 			return nil
@@ -247,9 +254,9 @@ func (s *rtnl) dump(family, protocol uint8) ([]kroute, error) {
 	return out, err
 }
 
-// dumpNexthops lists the nexthop objects that carry the given protocol.
-func (s *rtnl) dumpNexthops(protocol uint8) ([]knexthop, error) {
-	var out []knexthop
+// DumpNexthops lists the nexthop objects that carry the given protocol.
+func (s *Conn) DumpNexthops(protocol uint8) ([]Nexthop, error) {
+	var out []Nexthop
 	err := s.dumpRetry(func(seq uint32) []byte {
 		b := make([]byte, nlmsgHdrLen, nlmsgHdrLen+nhmsgLen)
 		b = append(b, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -274,9 +281,9 @@ func (s *rtnl) dumpNexthops(protocol uint8) ([]knexthop, error) {
 	return out, err
 }
 
-// dumpRules lists the policy rules of one family (strict checking).
-func (s *rtnl) dumpRules(family uint8) ([]krule, error) {
-	var out []krule
+// DumpRules lists the policy rules of one family (strict checking).
+func (s *Conn) DumpRules(family uint8) ([]Rule, error) {
+	var out []Rule
 	err := s.dumpRetry(func(seq uint32) []byte { return appendRuleDumpRequest(nil, seq, family) },
 		func() { out = out[:0] },
 		func(m nlmsg) error {
@@ -293,7 +300,7 @@ func (s *rtnl) dumpRules(family uint8) ([]krule, error) {
 	return out, err
 }
 
-func (s *rtnl) dumpRetry(req func(seq uint32) []byte, reset func(), each func(nlmsg) error) error {
+func (s *Conn) dumpRetry(req func(seq uint32) []byte, reset func(), each func(nlmsg) error) error {
 	for attempt := 0; attempt < 5; attempt++ {
 		reset()
 		interrupted, err := s.dumpOnce(req, each)
@@ -304,7 +311,7 @@ func (s *rtnl) dumpRetry(req func(seq uint32) []byte, reset func(), each func(nl
 	return errors.New("dump interrupted by concurrent changes 5 times")
 }
 
-func (s *rtnl) dumpOnce(req func(seq uint32) []byte, each func(nlmsg) error) (bool, error) {
+func (s *Conn) dumpOnce(req func(seq uint32) []byte, each func(nlmsg) error) (bool, error) {
 	s.seq++
 	seq := s.seq
 	if err := s.send(req(seq)); err != nil {

@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+)
+
+// Applier makes the kernel match a desired state; *overlay.Manager is one.
+type Applier interface {
+	Set(ctx context.Context, s overlay.State) error
+}
+
+// Resyncer is an Applier that can re-read the kernel (repairing drift on the
+// next Set); *overlay.Manager is one.
+type Resyncer interface {
+	Resync(ctx context.Context) error
+}
+
+// Source is where the reconcile loop takes the desired state from: the Core
+// (the controllers' routes and the CNI plugin's pods, vrouter-agent --gateway)
+// or a state file (FileSource, vrouter-agent --state).
+type Source interface {
+	// Changed is signalled whenever Desired may return a new state.
+	Changed() <-chan struct{}
+	// Desired returns the desired state and its generation, which grows with
+	// every change.
+	Desired(ctx context.Context) (overlay.State, uint64, error)
+}
+
+// The reconcile loop's backoff: a failed apply is retried after RetryMin,
+// doubling up to RetryMax while it keeps failing; a success resets it. A
+// change of the desired state is applied at once whatever the backoff.
+const (
+	RetryMin = 200 * time.Millisecond
+	RetryMax = 10 * time.Second
+)
+
+// Reconciler is the vrouter agent's one reconcile loop: it applies the
+// source's desired state whenever it changes, retries failures with backoff
+// (RetryMin..RetryMax), re-reads the kernel and re-applies every resync
+// interval, and lets callers wait until a generation was applied.
+type Reconciler struct {
+	src     Source
+	applier Applier
+	log     *slog.Logger
+	resync  time.Duration
+	onApply func(overlay.State, error)
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	applied uint64        // generation of the last apply attempt
+	lastErr error         // its result
+	changed chan struct{} // closed and replaced after every attempt
+}
+
+// NewReconciler returns a loop that applies src's states through a. resync
+// is the period of the kernel re-read (0: never); onApply, if set, is called
+// after every attempt with the state and its result.
+func NewReconciler(src Source, a Applier, log *slog.Logger, resync time.Duration, onApply func(overlay.State, error)) *Reconciler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Reconciler{src: src, applier: a, log: log.With(logComponent, "reconcile"), resync: resync,
+		onApply: onApply, changed: make(chan struct{})}
+}
+
+// Run loops until ctx ends (it then returns nil) or the source fails. The
+// first apply happens when the source first signals a change.
+func (l *Reconciler) Run(ctx context.Context) error {
+	backoff := RetryMin
+	var retryC <-chan time.Time
+	var resyncC <-chan time.Time
+	if l.resync > 0 {
+		t := time.NewTicker(l.resync)
+		defer t.Stop()
+		resyncC = t.C
+	}
+	for {
+		why := ""
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-l.src.Changed():
+			why = "changed"
+		case <-retryC:
+			why = "retry"
+		case <-resyncC:
+			why = "resync"
+			if r, ok := l.applier.(Resyncer); ok {
+				if err := r.Resync(ctx); err != nil {
+					l.log.Warn("re-read the kernel", logErr, err)
+				}
+			}
+		}
+		st, gen, err := l.src.Desired(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		start := time.Now()
+		err = l.applier.Set(ctx, st)
+		if ctx.Err() != nil {
+			return nil
+		}
+		l.mu.Lock()
+		l.applied, l.lastErr = gen, err
+		close(l.changed)
+		l.changed = make(chan struct{})
+		l.mu.Unlock()
+		if l.onApply != nil {
+			l.onApply(st, err)
+		}
+		retryC = nil
+		if err != nil {
+			l.log.Warn("data plane not fully programmed; retrying", logReason, why, logRetryIn, backoff, logErr, err)
+			retryC = time.After(backoff)
+			backoff = min(2*backoff, RetryMax)
+			continue
+		}
+		backoff = RetryMin
+		l.log.Info("state applied", logReason, why, logGeneration, gen, logNetworks, len(st.Networks), logTook, time.Since(start))
+	}
+}
+
+// Wait returns once a generation >= gen was applied (with that attempt's
+// error), or ctx's error.
+func (l *Reconciler) Wait(ctx context.Context, gen uint64) error {
+	for {
+		l.mu.Lock()
+		applied, err, ch := l.applied, l.lastErr, l.changed
+		l.mu.Unlock()
+		if applied >= gen {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// coreSource is the Core as a Source.
+type coreSource struct{ c *Core }
+
+func (s coreSource) Changed() <-chan struct{} { return s.c.DesiredChanged() }
+
+func (s coreSource) Desired(ctx context.Context) (overlay.State, uint64, error) {
+	return s.c.Desired(ctx)
+}
