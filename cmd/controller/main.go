@@ -30,9 +30,11 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/pkg/api"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
@@ -188,7 +190,6 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 		log.Info("API requires mutual TLS", "client_ca", cfg.API.TLS.CA)
 	}
 	gs := grpc.NewServer(opts...)
-	controller.NewServer(ctl).Register(gs)
 
 	// The route table follows the store's watch; it drives the BGP speaker
 	// (when configured) and serves routes to the API and the agents.
@@ -221,8 +222,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.name, Help: g.help},
 			func() float64 { return float64(g.get(runner.Stats())) }))
 	}
-	vpn.NewServer(runner, configPeers).Register(gs)
-	controller.NewAgentServer(ctl, runner).Attach(gs)
+	api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Logger: log}.Register(gs)
 	runErr := make(chan error, 1)
 	rctx, rcancel := context.WithCancel(ctx)
 	defer rcancel()
@@ -252,7 +252,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ready func(api, me
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 			hctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
-			if _, _, err := st.List(hctx, "networks/"); err != nil {
+			if _, _, err := st.List(hctx, keys.Networks); err != nil {
 				http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}

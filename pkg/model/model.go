@@ -3,7 +3,6 @@
 package model
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -143,6 +142,3 @@ func ValidateMAC(s string) error {
 	}
 	return nil
 }
-
-// ErrInvalid marks validation errors (mapped to InvalidArgument at the API).
-var ErrInvalid = errors.New("invalid argument")

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/pkg/api"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
@@ -108,9 +109,7 @@ func (c *Controller) Start() {
 	go func() { done <- r.Run(ctx) }()
 	<-r.Ready()
 	gs := grpc.NewServer(c.opts...)
-	controller.NewServer(ctl).Register(gs)
-	vpn.NewServer(r, peers).Register(gs)
-	controller.NewAgentServer(ctl, r).Attach(gs)
+	api.Services{Controller: ctl, Routes: r, Peers: vpn.NewPeers(st, r, peers), Logger: c.Log}.Register(gs)
 	lis, err := net.Listen("tcp", c.Addr)
 	if err != nil {
 		cancel()
