@@ -136,7 +136,14 @@ func (c *Controller) DeleteGateway(ctx context.Context, name string) (int64, err
 		if err != nil {
 			return storeErr(err)
 		}
+		streams, _, err := c.st.List(ctx, keys.GatewayStreams(name))
+		if err != nil {
+			return storeErr(err)
+		}
 		ops := []store.Op{store.Delete(kv.Key), store.Delete(keys.RefGateway(name))}
+		for _, m := range streams {
+			ops = append(ops, store.Delete(m.Key)) // markers left by stopped controllers
+		}
 		conds := []store.Cond{store.Unchanged(kv), ref}
 		for _, b := range blocks {
 			ops = append(ops, store.Delete(b.KV.Key))

@@ -1,5 +1,10 @@
 // Package model holds the validation and textual forms shared by the controller,
-// its API and the CLI: resource names, route targets, encapsulations, labels.
+// its API and the CLI: resource names, route targets, encapsulations, labels;
+// and the kinds of the domain's errors (errors.go), which pkg/api maps to gRPC
+// codes.
+//
+// It owns vocabulary only: it does no I/O and may not import the store, the
+// transport or any package that uses it.
 package model
 
 import (
