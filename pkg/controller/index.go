@@ -11,14 +11,14 @@ import (
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
-// indexVersion is the layout of the endpoint indexes (keys.EndpointsByNetwork,
-// keys.EndpointsByGateway) this version writes with every endpoint.
+// indexVersion is the layout of the endpoint indexes (keys.EndpointIndex,
+// keys.Pending) this version writes with every endpoint.
 const indexVersion = "1"
 
 // indexBatch bounds the endpoints indexed by one transaction.
 const indexBatch = 256
 
-// buildIndexes writes the index copies of every endpoint of a store written
+// buildIndexes writes the index key of every endpoint of a store written
 // by a version without them, then records that the store has them.
 func (c *Controller) buildIndexes(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
@@ -52,7 +52,10 @@ func (c *Controller) indexAll(ctx context.Context) error {
 				return model.Errorf(model.ErrCorrupt, "%w", err)
 			}
 			conds = append(conds, store.Unchanged(kv))
-			ops = append(ops, store.Put(keys.NetworkEndpoints(e.Network)+e.Id, kv.Value), store.Put(keys.GatewayEndpoints(e.Gateway)+e.Id, kv.Value))
+			ops = append(ops, store.Put(keys.EndpointIndexKey(e.Network, e.Id), []byte(e.Gateway)))
+			if e.Label == 0 {
+				ops = append(ops, store.Put(keys.PendingEndpoint(e.Gateway, e.Id), nil))
+			}
 		}
 		if _, err := c.st.Txn(ctx, conds, ops); err != nil {
 			return err
@@ -62,6 +65,6 @@ func (c *Controller) indexAll(ctx context.Context) error {
 	if _, err := c.st.Txn(ctx, nil, []store.Op{store.Put(keys.IndexVersion, []byte(indexVersion))}); err != nil {
 		return fmt.Errorf("record the index version: %w", storeErr(err))
 	}
-	c.log.Info("endpoint indexes written")
+	c.log.Info("endpoint index written")
 	return nil
 }

@@ -86,8 +86,8 @@ func fill(t testing.TB, c *Controller, n int) {
 	for i := 0; i < n; i++ {
 		reqs = append(reqs, &v1.Endpoint{Id: fmt.Sprint("big-", i), Network: "big", Gateway: "big-gw"})
 	}
-	for i := 0; i < 3; i++ {
-		reqs = append(reqs, &v1.Endpoint{Id: fmt.Sprint("small-", i), Network: "small", Gateway: "small-gw"})
+	for i := 0; i < 3; i++ { // one with a label, two pending
+		reqs = append(reqs, &v1.Endpoint{Id: fmt.Sprint("small-", i), Network: "small", Gateway: "small-gw", Label: uint32(100 * (i % 2))})
 	}
 	for _, r := range reqs {
 		must[*v1.Endpoint](t)(c.CreateEndpoint(ctx, r))
@@ -137,6 +137,15 @@ func TestIndexedReads(t *testing.T) {
 	if err != nil || len(all) != big+3 {
 		t.Fatalf("full listing: %d endpoints, %v", len(all), err)
 	}
+	// Label changes keep the gateway's listing: labelled, unlabelled, relabelled.
+	for _, l := range []uint32{200, 0, 300} {
+		e := must[*v1.Endpoint](t)(c.GetEndpoint(ctx, "small-0"))
+		e.Label = l
+		must[*v1.Endpoint](t)(c.UpdateEndpoint(ctx, e))
+		if eps, _, _ := c.ListEndpoints(ctx, "", "small-gw"); len(eps) != 3 {
+			t.Fatalf("after label %d the gateway lists %d endpoints", l, len(eps))
+		}
+	}
 	// Deletes keep the indexes: the small network empties, then goes.
 	for i := 0; i < 3; i++ {
 		must[int64](t)(c.DeleteEndpoint(ctx, fmt.Sprint("small-", i)))
@@ -183,7 +192,7 @@ func TestIndexesBuiltAtStart(t *testing.T) {
 	fill(t, c, 20)
 	ctx := context.Background()
 	// Remove the indexes as an earlier version would not have written them.
-	for _, p := range []string{keys.EndpointsByNetwork, keys.EndpointsByGateway} {
+	for _, p := range []string{keys.EndpointIndex, keys.Pending} {
 		kvs, _, err := cs.Store.List(ctx, p)
 		if err != nil {
 			t.Fatal(err)

@@ -322,10 +322,15 @@ func validateNewEndpoint(e *v1.Endpoint) ([]netip.Addr, error) {
 	return requested, nil
 }
 
-// endpointOps are the writes that store e: its record and its index copies.
+// endpointOps are the writes that store a new endpoint e: its record, its
+// network's index key and, without a label, its gateway's pending key (with
+// one, its label key is the gateway's index).
 func endpointOps(e *v1.Endpoint) []store.Op {
-	b := encode(e)
-	return []store.Op{store.Put(keys.Endpoint(e.Id), b), store.Put(keys.NetworkEndpoints(e.Network)+e.Id, b), store.Put(keys.GatewayEndpoints(e.Gateway)+e.Id, b)}
+	ops := []store.Op{store.Put(keys.Endpoint(e.Id), encode(e)), store.Put(keys.EndpointIndexKey(e.Network, e.Id), []byte(e.Gateway))}
+	if e.Label == 0 {
+		ops = append(ops, store.Put(keys.PendingEndpoint(e.Gateway, e.Id), nil))
+	}
+	return ops
 }
 
 func (c *Controller) createEndpoint(ctx context.Context, req *v1.Endpoint, pa *parents) (*v1.Endpoint, error) {
@@ -402,27 +407,89 @@ func (c *Controller) GetEndpoint(ctx context.Context, id string) (*v1.Endpoint, 
 }
 
 // ListEndpoints returns endpoints, optionally only those of a network and/or
-// gateway. With a network or a gateway it reads that one's index only, so it
-// costs what it returns (with both, the network's).
+// gateway. With a network or a gateway it reads that one's index (for a
+// gateway, network by network) and the endpoints it lists, so it costs what
+// it returns, not what the store holds.
 func (c *Controller) ListEndpoints(ctx context.Context, network, gateway string) ([]*v1.Endpoint, int64, error) {
-	prefix := keys.Endpoints
-	switch {
-	case network != "":
-		prefix = keys.NetworkEndpoints(network)
-	case gateway != "":
-		prefix = keys.GatewayEndpoints(gateway)
+	if network == "" && gateway == "" {
+		return listDecoded(ctx, c.st, keys.Endpoints, func() *v1.Endpoint { return &v1.Endpoint{} }, func(e *v1.Endpoint, r int64) { e.Revision = r })
 	}
-	all, rev, err := listDecoded(ctx, c.st, prefix, func() *v1.Endpoint { return &v1.Endpoint{} }, func(e *v1.Endpoint, r int64) { e.Revision = r })
+	var ids []string
+	var rev int64
+	add := func(prefix string, id func(store.KV) string) error {
+		kvs, r, err := c.st.List(ctx, prefix)
+		if err != nil {
+			return storeErr(err)
+		}
+		rev = max(rev, r)
+		for _, kv := range kvs {
+			if id := id(kv); id != "" {
+				ids = append(ids, id)
+			}
+		}
+		return nil
+	}
+	keyID := func(kv store.KV) string { return kv.Key[strings.LastIndexByte(kv.Key, '/')+1:] }
+	var err error
+	switch {
+	case network != "" && gateway != "":
+		// The index's values are the gateways: read only the matching endpoints.
+		err = add(keys.NetworkEndpoints(network), func(kv store.KV) string {
+			if string(kv.Value) != gateway {
+				return ""
+			}
+			return keyID(kv)
+		})
+	case network != "":
+		err = add(keys.NetworkEndpoints(network), keyID)
+	default:
+		if err = add(keys.GatewayLabels(gateway), func(kv store.KV) string { return string(kv.Value) }); err == nil {
+			err = add(keys.GatewayPending(gateway), keyID)
+		}
+	}
 	if err != nil {
 		return nil, 0, err
 	}
-	out := all[:0]
-	for _, e := range all {
+	slices.Sort(ids)
+	eps, err := c.getEndpoints(ctx, slices.Compact(ids)) // an endpoint relabelled meanwhile may be listed twice
+	if err != nil {
+		return nil, 0, err
+	}
+	out := eps[:0]
+	for _, e := range eps {
 		if (network == "" || e.Network == network) && (gateway == "" || e.Gateway == gateway) {
 			out = append(out, e)
 		}
 	}
 	return out, rev, nil
+}
+
+// getEndpoints reads endpoints by id, a few at a time; those deleted
+// meanwhile are left out.
+func (c *Controller) getEndpoints(ctx context.Context, ids []string) ([]*v1.Endpoint, error) {
+	got := make([]*v1.Endpoint, len(ids))
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			_, got[i], errs[i] = c.getEndpointKV(ctx, id)
+		}()
+	}
+	wg.Wait()
+	out := make([]*v1.Endpoint, 0, len(ids))
+	for i, e := range got {
+		switch {
+		case errs[i] == nil:
+			out = append(out, e)
+		case !errors.Is(errs[i], model.ErrNotFound):
+			return nil, errs[i]
+		}
+	}
+	return out, nil
 }
 
 // UpdateEndpoint replaces the MAC address and the label.
@@ -452,8 +519,17 @@ func (c *Controller) UpdateEndpoint(ctx context.Context, req *v1.Endpoint) (*v1.
 		e.Mac, e.Label = req.Mac, req.Label
 		e.State, e.Revision = endpointState(e), 0
 		conds := []store.Cond{store.Unchanged(kv)}
-		ops := endpointOps(e)
+		ops := []store.Op{store.Put(kv.Key, encode(e))}
 		if e.Label != cur.Label {
+			// The gateway's listing moves between its label and pending keys:
+			// touch its reference so that a concurrent DeleteGateway conflicts.
+			ops = append(ops, store.Put(keys.RefGateway(e.Gateway), nil))
+			switch {
+			case cur.Label == 0:
+				ops = append(ops, store.Delete(keys.PendingEndpoint(e.Gateway, e.Id)))
+			case e.Label == 0:
+				ops = append(ops, store.Put(keys.PendingEndpoint(e.Gateway, e.Id), nil))
+			}
 			if cur.Label != 0 {
 				ops = append(ops, store.Delete(keys.Label(e.Gateway, cur.Label)))
 			}
@@ -495,7 +571,7 @@ func (c *Controller) DeleteEndpoint(ctx context.Context, id string) (int64, erro
 		}
 		network = e.Network
 		ops := append(ipam.ReleaseOps(e.Network, freed), store.Delete(kv.Key),
-			store.Delete(keys.NetworkEndpoints(e.Network)+e.Id), store.Delete(keys.GatewayEndpoints(e.Gateway)+e.Id),
+			store.Delete(keys.EndpointIndexKey(e.Network, e.Id)), store.Delete(keys.PendingEndpoint(e.Gateway, e.Id)),
 			store.Put(keys.RefNetwork(e.Network), nil), store.Put(keys.RefGateway(e.Gateway), nil))
 		if e.Label != 0 {
 			ops = append(ops, store.Delete(keys.Label(e.Gateway, e.Label)))

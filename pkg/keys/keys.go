@@ -30,13 +30,16 @@ const (
 	RefNetworks = "refs/net/"
 	// RefGateways: refs/gw/<gateway>, the same for a gateway.
 	RefGateways = "refs/gw/"
-	// EndpointsByNetwork: idx/net/<network>/<endpoint id> -> v1.Endpoint, a
-	// copy of the endpoint written in the same transaction, so that a
-	// network's endpoints are listed without reading the others.
-	EndpointsByNetwork = "idx/net/"
-	// EndpointsByGateway: idx/gw/<gateway>/<endpoint id> -> v1.Endpoint, the
-	// same for a gateway.
-	EndpointsByGateway = "idx/gw/"
+	// EndpointIndex: idx/<network>/<endpoint id> -> gateway name, written in
+	// the same transaction as the endpoint, so that a network's endpoints are
+	// listed without reading the others.
+	EndpointIndex = "idx/"
+	// Pending: pending/<gateway>/<endpoint id> -> "" for an endpoint without
+	// a label. With Labels, it lists a gateway's endpoints: each has either a
+	// label key or a pending key. (A gateway's endpoints are written to keys
+	// of their gateway only once, so that an endpoint's write stays as cheap
+	// as it was without the index.)
+	Pending = "pending/"
 	// Streams: streams/<gateway>/<controller instance> -> "" while that
 	// controller streams routes to the gateway's agent.
 	Streams = "streams/"
@@ -63,7 +66,7 @@ func Endpoint(id string) string { return Endpoints + id }
 
 // Label is the key that reserves an MPLS label on a gateway.
 func Label(gateway string, label uint32) string {
-	return Labels + gateway + "/" + strconv.FormatUint(uint64(label), 10)
+	return GatewayLabels(gateway) + strconv.FormatUint(uint64(label), 10)
 }
 
 // RefNetwork is the network's reference key.
@@ -73,10 +76,19 @@ func RefNetwork(network string) string { return RefNetworks + network }
 func RefGateway(gateway string) string { return RefGateways + gateway }
 
 // NetworkEndpoints is the index prefix of a network's endpoints.
-func NetworkEndpoints(network string) string { return EndpointsByNetwork + network + "/" }
+func NetworkEndpoints(network string) string { return EndpointIndex + network + "/" }
 
-// GatewayEndpoints is the index prefix of a gateway's endpoints.
-func GatewayEndpoints(gateway string) string { return EndpointsByGateway + gateway + "/" }
+// EndpointIndexKey is an endpoint's key in its network's index.
+func EndpointIndexKey(network, id string) string { return NetworkEndpoints(network) + id }
+
+// GatewayLabels is the prefix of the labels of a gateway's endpoints.
+func GatewayLabels(gateway string) string { return Labels + gateway + "/" }
+
+// GatewayPending is the prefix of a gateway's endpoints without a label.
+func GatewayPending(gateway string) string { return Pending + gateway + "/" }
+
+// PendingEndpoint marks an endpoint of gateway without a label.
+func PendingEndpoint(gateway, id string) string { return GatewayPending(gateway) + id }
 
 // GatewayStreams is the prefix of the markers of a gateway's route streams.
 func GatewayStreams(gateway string) string { return Streams + gateway + "/" }
