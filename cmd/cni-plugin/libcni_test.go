@@ -24,9 +24,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/internal/testenv"
 	"github.com/iotfabric/iotfabric/pkg/agent"
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		if pluginDir, err = agenttest.BuildPlugin(dir); err != nil {
+		if pluginDir, err = fabrictest.BuildPlugin(dir); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.RemoveAll(dir)
 			os.Exit(1)
@@ -56,8 +56,8 @@ func TestMain(m *testing.M) {
 // overlay.Manager, an agent serving the CNI socket, and libcni.
 type env struct {
 	t       *testing.T
-	ctl     *agenttest.Controller
-	api     agenttest.Clients
+	ctl     *fabrictest.Controller
+	api     fabrictest.Clients
 	gw      ns.NetNS
 	dir     string
 	sock    string
@@ -68,8 +68,8 @@ type env struct {
 }
 
 func newEnv(t *testing.T) *env {
-	agenttest.RequireRoot(t)
-	e := &env{t: t, ctl: agenttest.StartController(t), gw: agenttest.NewNS(t), dir: t.TempDir()}
+	fabrictest.RequireRoot(t)
+	e := &env{t: t, ctl: fabrictest.StartController(t), gw: fabrictest.NewNS(t), dir: t.TempDir()}
 	e.api = e.ctl.Dial()
 	if _, err := e.api.Net.CreateNetwork(context.Background(), &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "red", Subnets: []string{"10.1.0.0/16"}}}); err != nil {
 		t.Fatal(err)
@@ -164,7 +164,7 @@ func TestLibcniAddCheckDelGCStatus(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	l := e.conflist("")
-	pod1, pod2 := agenttest.NewNS(t), agenttest.NewNS(t)
+	pod1, pod2 := fabrictest.NewNS(t), fabrictest.NewNS(t)
 
 	res := e.add(l, "c1", pod1)
 	if res.CNIVersion != "1.1.0" || len(res.Interfaces) != 2 || len(res.IPs) != 1 {
@@ -268,7 +268,7 @@ func TestLibcniConcurrentAdds(t *testing.T) {
 	const n = 32
 	pods := make([]ns.NetNS, n)
 	for i := range pods {
-		pods[i] = agenttest.NewNS(t)
+		pods[i] = fabrictest.NewNS(t)
 	}
 	var wg sync.WaitGroup
 	results := make([]*current.Result, n)
@@ -330,7 +330,7 @@ func runPlugin(t *testing.T, command, netnsPath, conf string, env ...string) *ty
 
 func TestLibcniBadInput(t *testing.T) {
 	e := newEnv(t)
-	pod := agenttest.NewNS(t)
+	pod := fabrictest.NewNS(t)
 	good := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "n", "type": "iotfabric", "socket": %q, "network": "red"}`, e.sock)
 	cases := []struct {
 		name, cmd, netns, conf string
@@ -378,7 +378,7 @@ func TestLibcniChainWithPortmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod := agenttest.NewNS(t)
+	pod := fabrictest.NewNS(t)
 	rt := e.rt("chained", pod)
 	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 18080 + os.Getpid()%1000, "containerPort": 80, "protocol": "tcp"}}}
 	// portmap's rules live in the test's own namespace: removed even when
@@ -418,7 +418,7 @@ func TestLibcniChainWithPortmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod2 := agenttest.NewNS(t)
+	pod2 := fabrictest.NewNS(t)
 	r, err = e.cni.AddNetworkList(ctx, l2, e.rt("after-loopback", pod2))
 	if err != nil {
 		t.Fatalf("ADD after loopback: %v", err)
@@ -445,7 +445,7 @@ func TestLibcniDualStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod := agenttest.NewNS(t)
+	pod := fabrictest.NewNS(t)
 	res := e.add(l, "d1", pod)
 	var v4, v6 bool
 	for _, ip := range res.IPs {

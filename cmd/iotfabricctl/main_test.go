@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/iotfabric/iotfabric/pkg/api"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
@@ -24,7 +25,7 @@ func startController(t *testing.T) string {
 	}
 	t.Cleanup(func() { st.Close() })
 	gs := grpc.NewServer()
-	controller.NewServer(controller.New(st, controller.Config{})).Register(gs)
+	api.Services{Controller: controller.New(st, controller.Config{})}.Register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +109,7 @@ func TestMutualTLS(t *testing.T) {
 	st, _ := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
 	defer st.Close()
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(sc)))
-	controller.NewServer(controller.New(st, controller.Config{})).Register(gs)
+	api.Services{Controller: controller.New(st, controller.Config{})}.Register(gs)
 	lis, _ := net.Listen("tcp", "127.0.0.1:0")
 	go gs.Serve(lis)
 	defer gs.Stop()

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -37,7 +37,7 @@ func TestGatewayModeServesCNI(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces)")
 	}
-	ctl := agenttest.StartController(t)
+	ctl := fabrictest.StartController(t)
 	gw := overlaytest.NewNS(t, "iofgwmode")
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "cni.sock")

@@ -15,7 +15,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -28,7 +28,7 @@ func benchOnly(t *testing.T) {
 	if os.Getenv("IOTFABRIC_BENCH") == "" {
 		t.Skip("benchmark: run with IOTFABRIC_BENCH=1 (make bench-cni)")
 	}
-	agenttest.RequireRoot(t)
+	fabrictest.RequireRoot(t)
 }
 
 func pct(d []time.Duration, p float64) time.Duration {
@@ -77,7 +77,7 @@ func addLatencies(t *testing.T, pods []ns.NetNS, conc int, run func(i int, pod n
 func newPods(t *testing.T, n int) []ns.NetNS {
 	pods := make([]ns.NetNS, n)
 	for i := range pods {
-		pods[i] = agenttest.NewNS(t)
+		pods[i] = fabrictest.NewNS(t)
 	}
 	return pods
 }
@@ -92,15 +92,15 @@ func TestBenchCNIAdd(t *testing.T) {
 	}
 	const serialN, concN, conc = 100, 128, 32
 	ctx := context.Background()
-	ctl := agenttest.StartController(t)
+	ctl := fabrictest.StartController(t)
 	createNetwork(t, ctl.Dial(), "red", "10.8.0.0/16")
-	gw := agenttest.StartGateway(t, "gw-bench", netip.MustParseAddr("192.0.2.50"), []string{ctl.Addr}, true)
-	c := agenttest.NewCNI(t, pluginDir)
+	gw := fabrictest.StartGateway(t, "gw-bench", netip.MustParseAddr("192.0.2.50"), []string{ctl.Addr}, true)
+	c := fabrictest.NewCNI(t, pluginDir)
 	ours := c.List(gw, "red")
 
 	// The reference runs in its own namespace (the plugins are started from a
 	// thread inside it), with a bridge and host-local's files of its own.
-	refNS := agenttest.NewNS(t)
+	refNS := fabrictest.NewNS(t)
 	refDir := t.TempDir()
 	brName := fmt.Sprintf("cnibr%d", os.Getpid()%100000)
 	ref, err := libcni.NetworkConfFromBytes(fmt.Appendf(nil, `{"cniVersion": "1.0.0", "name": "ref", "plugins": [
@@ -109,7 +109,7 @@ func TestBenchCNIAdd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	refConf := libcni.NewCNIConfigWithCacheDir([]string{"/usr/lib/cni"}, filepath.Join(refDir, "cache"), agenttest.Exec())
+	refConf := libcni.NewCNIConfigWithCacheDir([]string{"/usr/lib/cni"}, filepath.Join(refDir, "cache"), fabrictest.Exec())
 	addRef := func(i int, pod ns.NetNS) error {
 		return refNS.Do(func(ns.NetNS) error {
 			_, err := refConf.AddNetworkList(ctx, ref, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("ref%d", i), NetNS: pod.Path(), IfName: "eth0"})
@@ -153,7 +153,7 @@ func TestBenchPropagation(t *testing.T) {
 	benchOnly(t)
 	const gateways, endpoints = 10, 1000
 	ctx := context.Background()
-	ctl := agenttest.StartController(t)
+	ctl := fabrictest.StartController(t)
 	createNetwork(t, ctl.Dial(), "red", "10.16.0.0/16")
 
 	type seen struct {
@@ -163,12 +163,12 @@ func TestBenchPropagation(t *testing.T) {
 		done  chan struct{}
 		match bool
 	}
-	gws := make([]*agenttest.Gateway, gateways)
+	gws := make([]*fabrictest.Gateway, gateways)
 	seens := make([]*seen, gateways)
 	for i := range gateways {
 		s := &seen{at: map[netip.Prefix]time.Time{}, want: endpoints - endpoints/gateways, done: make(chan struct{})}
 		seens[i] = s
-		gws[i] = agenttest.StartGateway(t, fmt.Sprintf("gw-%d", i), netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + i)}), []string{ctl.Addr}, false)
+		gws[i] = fabrictest.StartGateway(t, fmt.Sprintf("gw-%d", i), netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + i)}), []string{ctl.Addr}, false)
 		gws[i].OnState = func(st overlay.State) {
 			now := time.Now()
 			s.mu.Lock()

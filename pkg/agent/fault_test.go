@@ -26,7 +26,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 )
 
@@ -124,12 +124,12 @@ func faultRounds() int {
 // veth is leaked, none is held twice, and every surviving pod has the
 // address the agent holds for it.
 func TestSIGKILLDuringAdd(t *testing.T) {
-	agenttest.RequireRoot(t)
+	fabrictest.RequireRoot(t)
 	ctx := context.Background()
-	ctl := agenttest.StartController(t)
+	ctl := fabrictest.StartController(t)
 	api := ctl.Dial()
 	createNetwork(t, api, "red", "10.2.0.0/16")
-	gwNS := agenttest.NewNS(t)
+	gwNS := fabrictest.NewNS(t)
 	dir := t.TempDir()
 	cc := childConfig{Gateway: "gw-f", Underlay: "192.0.2.9", StateDir: filepath.Join(dir, "state"), Netns: gwNS.Path(),
 		Socket: filepath.Join(dir, "cni.sock"), Controllers: []string{ctl.Addr}}
@@ -152,7 +152,7 @@ func TestSIGKILLDuringAdd(t *testing.T) {
 	rounds := faultRounds()
 	var agentKills, pluginKills, survived int
 	for i := range rounds {
-		p := pod{id: fmt.Sprintf("f%d", i), ns: agenttest.NewNS(t)}
+		p := pod{id: fmt.Sprintf("f%d", i), ns: fabrictest.NewNS(t)}
 		rt := &libcni.RuntimeConf{ContainerID: p.id, NetNS: p.ns.Path(), IfName: "eth0"}
 		delay := time.Duration(rng.IntN(25000)) * time.Microsecond
 		killAgent := rng.IntN(2) == 0

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
 )
@@ -31,16 +31,16 @@ func TestPodsRoutesAtFRR(t *testing.T) {
 	const asn = 64512
 	frr := bgptest.StartFRR(t, frrNS, bgptest.FRRConfig{ASN: asn, RouterID: edge.Addr(),
 		Neighbors: []bgptest.FRRNeighbor{{Address: local.Addr(), ASN: asn, Password: "pisek"}}})
-	ctl := agenttest.StartControllerWith(t, &agenttest.Controller{BGP: &bgp.Config{ASN: asn, RouterID: local.Addr(), ListenPort: -1,
+	ctl := fabrictest.StartControllerWith(t, &fabrictest.Controller{BGP: &bgp.Config{ASN: asn, RouterID: local.Addr(), ListenPort: -1,
 		Peers: []bgp.PeerConfig{{Address: edge.Addr(), ASN: asn, Password: "pisek"}}}})
 	createNetwork(t, ctl.Dial(), "red", "10.6.0.0/16")
 	ctx := context.Background()
 	uA, uB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	gwA := agenttest.StartGateway(t, "gw-a", uA, []string{ctl.Addr}, true)
-	gwB := agenttest.StartGateway(t, "gw-b", uB, []string{ctl.Addr}, true)
-	c := agenttest.NewCNI(t, pluginDir)
+	gwA := fabrictest.StartGateway(t, "gw-a", uA, []string{ctl.Addr}, true)
+	gwB := fabrictest.StartGateway(t, "gw-b", uB, []string{ctl.Addr}, true)
+	c := fabrictest.NewCNI(t, pluginDir)
 
-	atFRR := func(g *agenttest.Gateway, id string, u netip.Addr, addr netip.Addr) {
+	atFRR := func(g *fabrictest.Gateway, id string, u netip.Addr, addr netip.Addr) {
 		t.Helper()
 		ep, _, err := g.Agent().Core().Get(ctx, id+":eth0")
 		if err != nil {
@@ -66,11 +66,11 @@ func TestPodsRoutesAtFRR(t *testing.T) {
 		}
 	}
 	for _, p := range []struct {
-		g  *agenttest.Gateway
+		g  *fabrictest.Gateway
 		id string
 		u  netip.Addr
 	}{{gwA, "a1", uA}, {gwB, "b1", uB}} {
-		r, err := c.Add(ctx, p.g, "red", p.id, agenttest.NewNS(t))
+		r, err := c.Add(ctx, p.g, "red", p.id, fabrictest.NewNS(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +80,7 @@ func TestPodsRoutesAtFRR(t *testing.T) {
 
 	ctl.Stop()
 	gwA.WaitLive(10*time.Second, 0)
-	r, err := c.Add(ctx, gwA, "red", "a2", agenttest.NewNS(t))
+	r, err := c.Add(ctx, gwA, "red", "a2", fabrictest.NewNS(t))
 	if err != nil {
 		t.Fatalf("ADD with the controller stopped: %v", err)
 	}

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
@@ -18,34 +18,34 @@ import (
 // agents; with either of them stopped, a new pod on gateway A still reaches
 // gateway B's desired state through the other.
 func TestTwoControllersShareEtcd(t *testing.T) {
-	agenttest.RequireRoot(t)
+	fabrictest.RequireRoot(t)
 	srv := startEtcdPinned(t)
 	open := func() (store.Store, error) {
 		return etcd.Open(context.Background(), etcd.Options{Endpoints: []string{srv.Endpoint}, Namespace: "/ha/"})
 	}
-	c1, c2 := agenttest.StartControllerStore(t, open), agenttest.StartControllerStore(t, open)
+	c1, c2 := fabrictest.StartControllerStore(t, open), fabrictest.StartControllerStore(t, open)
 	createNetwork(t, c1.Dial(), "red", "10.5.0.0/16")
 	ctx := context.Background()
 	uA, uB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	gwA := agenttest.StartGateway(t, "gw-a", uA, []string{c1.Addr, c2.Addr}, true)
-	gwB := agenttest.StartGateway(t, "gw-b", uB, []string{c1.Addr, c2.Addr}, true)
-	c := agenttest.NewCNI(t, pluginDir)
+	gwA := fabrictest.StartGateway(t, "gw-a", uA, []string{c1.Addr, c2.Addr}, true)
+	gwB := fabrictest.StartGateway(t, "gw-b", uB, []string{c1.Addr, c2.Addr}, true)
+	c := fabrictest.NewCNI(t, pluginDir)
 	gwA.WaitLive(20*time.Second, 2)
 	gwB.WaitLive(20*time.Second, 2)
-	if _, err := c.Add(ctx, gwB, "red", "b1", agenttest.NewNS(t)); err != nil {
+	if _, err := c.Add(ctx, gwB, "red", "b1", fabrictest.NewNS(t)); err != nil {
 		t.Fatal(err)
 	}
-	for i, stop := range []*agenttest.Controller{c1, c2} {
+	for i, stop := range []*fabrictest.Controller{c1, c2} {
 		stop.Stop()
 		gwA.WaitLive(10*time.Second, 1)
 		gwB.WaitLive(10*time.Second, 1)
-		r, err := c.Add(ctx, gwA, "red", []string{"a1", "a2"}[i], agenttest.NewNS(t))
+		r, err := c.Add(ctx, gwA, "red", []string{"a1", "a2"}[i], fabrictest.NewNS(t))
 		if err != nil {
 			t.Fatalf("ADD with one controller stopped: %v", err)
 		}
 		a, _ := netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
 		gwB.WaitState(10*time.Second, "route of "+a.String()+" through the controller still up", func(s overlay.State) bool {
-			return agenttest.HasRoute(s, "red", netip.PrefixFrom(a, 32), uA, 0)
+			return fabrictest.HasRoute(s, "red", netip.PrefixFrom(a, 32), uA, 0)
 		})
 		stop.Start()
 		gwA.WaitLive(10*time.Second, 2)

@@ -10,8 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/agent"
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
@@ -23,13 +23,13 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	// Registered first, so it runs after every other cleanup (controller,
 	// its clients).
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-	ctl := agenttest.StartController(t)
+	ctl := fabrictest.StartController(t)
 	createNetwork(t, ctl.Dial(), "red", "10.7.0.0/16")
 	dir := t.TempDir()
 	live := make(chan struct{}, 1)
 	a, err := agent.New(agent.Options{
 		Config:      agent.Config{Gateway: "gw-l", Underlay: netip.MustParseAddr("192.0.2.5"), StateDir: filepath.Join(dir, "state")},
-		Controllers: []string{ctl.Addr, agenttest.DeadAddr(t)}, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Controllers: []string{ctl.Addr, fabrictest.DeadAddr(t)}, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		Applier: nopApplier{}, CNISocket: filepath.Join(dir, "cni.sock"),
 		OnSession: func(_ string, up bool) {
 			if up {

@@ -12,7 +12,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 )
 
@@ -21,22 +21,22 @@ import (
 // SIGKILLed and started again: no reply is lost, and labels and addresses
 // stay what they were.
 func TestAgentRestartKeepsLabelsAndTraffic(t *testing.T) {
-	agenttest.RequireRoot(t)
+	fabrictest.RequireRoot(t)
 	ctx := context.Background()
-	ctl := agenttest.StartController(t)
+	ctl := fabrictest.StartController(t)
 	createNetwork(t, ctl.Dial(), "red", "10.3.0.0/16")
-	gwNS := agenttest.NewNS(t)
+	gwNS := fabrictest.NewNS(t)
 	dir := t.TempDir()
 	cc := childConfig{Gateway: "gw-r", Underlay: "192.0.2.10", StateDir: filepath.Join(dir, "state"), Netns: gwNS.Path(),
 		Socket: filepath.Join(dir, "cni.sock"), Controllers: []string{ctl.Addr}}
 	proc := startAgentProc(t, cc)
-	conf := agenttest.NewCNI(t, pluginDir).Conf
+	conf := fabrictest.NewCNI(t, pluginDir).Conf
 	list, err := libcni.NetworkConfFromBytes(fmt.Appendf(nil, `{"cniVersion": "1.1.0", "name": "iotfabric", "plugins": [
 	  {"type": "iotfabric", "socket": %q, "network": "red"}]}`, cc.Socket))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod1, pod2 := agenttest.NewNS(t), agenttest.NewNS(t)
+	pod1, pod2 := fabrictest.NewNS(t), fabrictest.NewNS(t)
 	var res [2]*current.Result
 	for i, p := range []string{pod1.Path(), pod2.Path()} {
 		r, err := conf.AddNetworkList(ctx, list, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("r%d", i), NetNS: p, IfName: "eth0"})
@@ -75,7 +75,7 @@ func TestAgentRestartKeepsLabelsAndTraffic(t *testing.T) {
 		t.Fatalf("endpoints changed across the restart:\nbefore %s\nafter  %s", before, after)
 	}
 	// The restarted agent still serves: a third pod gets a new label.
-	pod3 := agenttest.NewNS(t)
+	pod3 := fabrictest.NewNS(t)
 	if _, err := conf.AddNetworkList(ctx, list, &libcni.RuntimeConf{ContainerID: "r2", NetNS: pod3.Path(), IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}

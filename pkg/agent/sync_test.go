@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		if pluginDir, err = agenttest.BuildPlugin(dir); err != nil {
+		if pluginDir, err = fabrictest.BuildPlugin(dir); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.RemoveAll(dir)
 			os.Exit(1)
@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func createNetwork(t *testing.T, api agenttest.Clients, name, subnet string) {
+func createNetwork(t *testing.T, api fabrictest.Clients, name, subnet string) {
 	t.Helper()
 	if _, err := api.Net.CreateNetwork(context.Background(), &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: name, Subnets: []string{subnet}}}); err != nil {
 		t.Fatal(err)
@@ -54,7 +54,7 @@ func hostPrefix(r interface{ String() string }) netip.Prefix {
 	return netip.PrefixFrom(a, a.BitLen())
 }
 
-func endpointIDs(t *testing.T, api agenttest.Clients, gw string) string {
+func endpointIDs(t *testing.T, api fabrictest.Clients, gw string) string {
 	t.Helper()
 	r, err := api.EP.ListEndpoints(context.Background(), &v1.ListEndpointsRequest{Gateway: gw})
 	if err != nil {
@@ -73,20 +73,20 @@ func endpointIDs(t *testing.T, api agenttest.Clients, gw string) string {
 // once the controller is back, the new pod is reported and learned, and the
 // one deleted meanwhile is withdrawn.
 func TestTwoGatewaysThroughTheController(t *testing.T) {
-	agenttest.RequireRoot(t)
+	fabrictest.RequireRoot(t)
 	ctx := context.Background()
-	ctl := agenttest.StartController(t)
+	ctl := fabrictest.StartController(t)
 	api := ctl.Dial()
 	createNetwork(t, api, "red", "10.1.0.0/16")
 	uA, uB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	// A second controller address that never answers: the agents work while
 	// any one controller is up.
-	dead := agenttest.DeadAddr(t)
-	gwA := agenttest.StartGateway(t, "gw-a", uA, []string{dead, ctl.Addr}, true)
-	gwB := agenttest.StartGateway(t, "gw-b", uB, []string{ctl.Addr, dead}, true)
-	c := agenttest.NewCNI(t, pluginDir)
+	dead := fabrictest.DeadAddr(t)
+	gwA := fabrictest.StartGateway(t, "gw-a", uA, []string{dead, ctl.Addr}, true)
+	gwB := fabrictest.StartGateway(t, "gw-b", uB, []string{ctl.Addr, dead}, true)
+	c := fabrictest.NewCNI(t, pluginDir)
 
-	podA1, podB1 := agenttest.NewNS(t), agenttest.NewNS(t)
+	podA1, podB1 := fabrictest.NewNS(t), fabrictest.NewNS(t)
 	rA1, err := c.Add(ctx, gwA, "red", "a1", podA1)
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +96,7 @@ func TestTwoGatewaysThroughTheController(t *testing.T) {
 	}
 	a1 := hostPrefix(&rA1.IPs[0].Address)
 	epA1, _, _ := gwA.Agent().Core().Get(ctx, "a1:eth0")
-	gwB.WaitState(10*time.Second, "route of a1", func(s overlay.State) bool { return agenttest.HasRoute(s, "red", a1, uA, epA1.Label) })
+	gwB.WaitState(10*time.Second, "route of a1", func(s overlay.State) bool { return fabrictest.HasRoute(s, "red", a1, uA, epA1.Label) })
 	if got := endpointIDs(t, api, "gw-a"); got != "[a1:eth0]" {
 		t.Fatalf("controller has gw-a endpoints %s", got)
 	}
@@ -105,7 +105,7 @@ func TestTwoGatewaysThroughTheController(t *testing.T) {
 	ctl.Stop()
 	gwA.WaitLive(10*time.Second, 0)
 	gwB.WaitLive(10*time.Second, 0)
-	podA2 := agenttest.NewNS(t)
+	podA2 := fabrictest.NewNS(t)
 	rA2, err := c.Add(ctx, gwA, "red", "a2", podA2)
 	if err != nil {
 		t.Fatalf("ADD while headless: %v", err)
@@ -114,15 +114,15 @@ func TestTwoGatewaysThroughTheController(t *testing.T) {
 	if err := c.Del(ctx, gwA, "red", "a1", podA1); err != nil {
 		t.Fatalf("DEL while headless: %v", err)
 	}
-	st := gwB.WaitState(5*time.Second, "b keeps a1 while headless", func(s overlay.State) bool { return agenttest.HasRoute(s, "red", a1, uA, 0) })
-	if agenttest.HasRoute(st, "red", a2, uA, 0) {
+	st := gwB.WaitState(5*time.Second, "b keeps a1 while headless", func(s overlay.State) bool { return fabrictest.HasRoute(s, "red", a1, uA, 0) })
+	if fabrictest.HasRoute(st, "red", a2, uA, 0) {
 		t.Fatal("gw-b learned a2 with no controller")
 	}
 
 	// The controller is back: a2 is reported and learned, a1 withdrawn.
 	ctl.Start()
 	gwB.WaitState(20*time.Second, "a2 learned and a1 withdrawn after the resync", func(s overlay.State) bool {
-		return agenttest.HasRoute(s, "red", a2, uA, 0) && !agenttest.HasRoute(s, "red", a1, uA, 0)
+		return fabrictest.HasRoute(s, "red", a2, uA, 0) && !fabrictest.HasRoute(s, "red", a1, uA, 0)
 	})
 	if got := endpointIDs(t, api, "gw-a"); got != "[a2:eth0]" {
 		t.Fatalf("controller has gw-a endpoints %s after the resync", got)

@@ -10,8 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/agent"
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig/tlstest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -25,7 +25,7 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctl := agenttest.StartController(t, grpc.Creds(credentials.NewTLS(stc)))
+	ctl := fabrictest.StartController(t, grpc.Creds(credentials.NewTLS(stc)))
 	admin, err := tlsconfig.Client(ca.Issue("admin"))
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/iotfabric/iotfabric/pkg/agent/agenttest"
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
 
@@ -31,15 +31,15 @@ func TestVMPodsPingOverMPLS(t *testing.T) {
 		t.Fatalf("loopback: %v", err)
 	}
 	ctx := context.Background()
-	ctl := agenttest.StartController(t)
+	ctl := fabrictest.StartController(t)
 	createNetwork(t, ctl.Dial(), "red", "10.1.0.0/16")
 	uA, uB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	gwA := agenttest.StartGateway(t, "gw-a", uA, []string{ctl.Addr}, true)
-	gwB := agenttest.StartGateway(t, "gw-b", uB, []string{ctl.Addr}, true)
+	gwA := fabrictest.StartGateway(t, "gw-a", uA, []string{ctl.Addr}, true)
+	gwB := fabrictest.StartGateway(t, "gw-b", uB, []string{ctl.Addr}, true)
 	underlay(t, gwA.NS, gwB.NS, uA, uB)
 
-	c := agenttest.NewCNI(t, pluginDir)
-	podA, podB := agenttest.NewNS(t), agenttest.NewNS(t)
+	c := fabrictest.NewCNI(t, pluginDir)
+	podA, podB := fabrictest.NewNS(t), fabrictest.NewNS(t)
 	rA, err := c.Add(ctx, gwA, "red", "pa", podA)
 	if err != nil {
 		t.Fatal(err)
@@ -50,8 +50,8 @@ func TestVMPodsPingOverMPLS(t *testing.T) {
 	}
 	aA, aB := rA.IPs[0].Address.IP, rB.IPs[0].Address.IP
 	pfx := func(ip net.IP) netip.Prefix { a, _ := netip.AddrFromSlice(ip.To4()); return netip.PrefixFrom(a, 32) }
-	gwA.WaitState(20*time.Second, "route to pb", func(s overlay.State) bool { return agenttest.HasRoute(s, "red", pfx(aB), uB, 0) })
-	gwB.WaitState(20*time.Second, "route to pa", func(s overlay.State) bool { return agenttest.HasRoute(s, "red", pfx(aA), uA, 0) })
+	gwA.WaitState(20*time.Second, "route to pb", func(s overlay.State) bool { return fabrictest.HasRoute(s, "red", pfx(aB), uB, 0) })
+	gwB.WaitState(20*time.Second, "route to pa", func(s overlay.State) bool { return fabrictest.HasRoute(s, "red", pfx(aA), uA, 0) })
 
 	// UDP echo in pod B, datagrams from pod A (retried while the last
 	// applies land).

@@ -1,7 +1,13 @@
 // Package controller is iotfabric's resource manager: virtual networks,
 // gateways and endpoints with their IPAM state, kept in a store.Store with
 // transactional writes and optimistic concurrency (so several controllers can
-// share an etcd store), and served over gRPC (server.go).
+// share an etcd store), and what the gateways' agents ask of it (agent.go).
+//
+// It owns the records under the network, gateway, endpoint, label, reference,
+// index and stream keys of pkg/keys, and IPAM through pkg/ipam. It is the
+// domain: plain Go methods that return errors of the kinds of pkg/model
+// (model.ErrNotFound...). It may not import gRPC or pkg/api (the transport
+// that serves it), nor write the keys of pkg/vpn (BGP peers).
 package controller
 
 import (
@@ -14,25 +20,13 @@ import (
 	"strconv"
 	"strings"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/iotfabric/iotfabric/pkg/ipam"
+	"github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
-)
-
-// Store key layout.
-const (
-	pfxNetwork  = "networks/"
-	pfxNetID    = "netids/"
-	pfxGateway  = "gateways/"
-	pfxEndpoint = "endpoints/"
-	pfxLabel    = "labels/"   // labels/<gateway>/<label> -> endpoint id
-	pfxRefNet   = "refs/net/" // bumped by every endpoint write in the network
-	pfxRefGw    = "refs/gw/"  // bumped by every endpoint write on the gateway
 )
 
 // maxRetries bounds optimistic-concurrency retries of one request.
@@ -41,9 +35,13 @@ const maxRetries = 50
 // MaxNetworkID is the largest network id (RD and route-target number space).
 const MaxNetworkID = 65535
 
+// DefaultASN is the AS number when none is configured; it forms the automatic
+// route targets.
+const DefaultASN = 64512
+
 // Config configures a Controller.
 type Config struct {
-	ASN    uint32 // for automatic route targets
+	ASN    uint32 // for automatic route targets (0: DefaultASN)
 	Logger *slog.Logger
 }
 
@@ -61,7 +59,7 @@ func New(st store.Store, cfg Config) *Controller {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.ASN == 0 {
-		cfg.ASN = 64512
+		cfg.ASN = DefaultASN
 	}
 	return &Controller{st: st, ipam: ipam.NewManager(st), asn: cfg.ASN, log: cfg.Logger}
 }
@@ -69,27 +67,16 @@ func New(st store.Store, cfg Config) *Controller {
 // Store returns the controller's store.
 func (c *Controller) Store() store.Store { return c.st }
 
-// errf builds a gRPC status error.
-func errf(code codes.Code, format string, args ...any) error {
-	return status.Errorf(code, format, args...)
-}
-
+// storeErr marks a store failure as ErrUnavailable; typed errors and
+// context errors pass unchanged.
 func storeErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
 	switch {
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
+	case err == nil, model.HasKind(err), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
 	case errors.Is(err, store.ErrClosed):
-		return status.Error(codes.Unavailable, "the controller is shutting down")
+		return model.Errorf(model.ErrUnavailable, "the controller is shutting down (%w)", err)
 	}
-	return status.Errorf(codes.Unavailable, "store: %v", err)
+	return model.Errorf(model.ErrUnavailable, "store: %w", err)
 }
 
 func decode[T proto.Message](kv store.KV, msg T) (T, error) {
@@ -115,10 +102,10 @@ func retry(ctx context.Context, fn func() error) error {
 			return err
 		}
 		if i >= maxRetries {
-			return errf(codes.Aborted, "too much concurrent change; try again")
+			return model.Errorf(model.ErrAborted, "too much concurrent change; try again")
 		}
 		if ctx.Err() != nil {
-			return storeErr(ctx.Err())
+			return ctx.Err()
 		}
 	}
 }
@@ -140,10 +127,10 @@ func (c *Controller) ipamConfig(n *v1.VirtualNetwork) (ipam.Config, error) {
 // normaliseNetwork validates a network from a request and fills defaults.
 func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
 	if n == nil {
-		return errf(codes.InvalidArgument, "network is missing from the request")
+		return model.Errorf(model.ErrInvalid, "network is missing from the request")
 	}
 	if err := model.ValidateName("network", n.Name); err != nil {
-		return errf(codes.InvalidArgument, "%v", err)
+		return model.Errorf(model.ErrInvalid, "%w", err)
 	}
 	if n.Ipv4BlockSize == 0 {
 		n.Ipv4BlockSize = ipam.DefaultBlockV4
@@ -153,7 +140,7 @@ func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
 	}
 	cfg, err := c.ipamConfig(n)
 	if err != nil {
-		return errf(codes.InvalidArgument, "network %s: %v", n.Name, err)
+		return model.Errorf(model.ErrInvalid, "network %s: %w", n.Name, err)
 	}
 	n.Subnets = n.Subnets[:0]
 	for _, p := range cfg.Subnets {
@@ -164,7 +151,7 @@ func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
 		for _, s := range *list {
 			rt, err := model.ParseRouteTarget(strings.TrimSpace(s))
 			if err != nil {
-				return errf(codes.InvalidArgument, "network %s: %v", n.Name, err)
+				return model.Errorf(model.ErrInvalid, "network %s: %w", n.Name, err)
 			}
 			if !slices.Contains(out, rt.String()) {
 				out = append(out, rt.String())
@@ -176,7 +163,7 @@ func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
 		n.Encapsulations = slices.Clone(model.DefaultEncapsulations)
 	}
 	if err := model.ValidateEncaps(n.Encapsulations); err != nil {
-		return errf(codes.InvalidArgument, "network %s: %v", n.Name, err)
+		return model.Errorf(model.ErrInvalid, "network %s: %w", n.Name, err)
 	}
 	return nil
 }
@@ -188,28 +175,28 @@ func getRecord[T interface {
 }, M any](ctx context.Context, st store.Store, key, what, name string, setRev func(T, int64)) (store.KV, T, error) {
 	kv, err := st.Get(ctx, key)
 	if errors.Is(err, store.ErrNotFound) {
-		return kv, nil, errf(codes.NotFound, "%s %q not found", what, name)
+		return kv, nil, model.Errorf(model.ErrNotFound, "%s %q not found", what, name)
 	}
 	if err != nil {
 		return kv, nil, storeErr(err)
 	}
 	m, err := decode(kv, T(new(M)))
 	if err != nil {
-		return kv, nil, errf(codes.Internal, "%v", err)
+		return kv, nil, model.Errorf(model.ErrCorrupt, "%w", err)
 	}
 	setRev(m, kv.ModRev)
 	return kv, m, nil
 }
 
 func (c *Controller) getNetworkKV(ctx context.Context, name string) (store.KV, *v1.VirtualNetwork, error) {
-	return getRecord(ctx, c.st, pfxNetwork+name, "network", name, func(n *v1.VirtualNetwork, r int64) { n.Revision = r })
+	return getRecord(ctx, c.st, keys.Network(name), "network", name, func(n *v1.VirtualNetwork, r int64) { n.Revision = r })
 }
 
 // ensurePool makes sure IPAM knows the network's current address space.
 func (c *Controller) ensurePool(n *v1.VirtualNetwork) error {
 	cfg, err := c.ipamConfig(n)
 	if err != nil {
-		return errf(codes.Internal, "stored network %s: %v", n.Name, err)
+		return model.Errorf(model.ErrCorrupt, "stored network %s: %w", n.Name, err)
 	}
 	return c.ipam.Ensure(n.Name, cfg)
 }
@@ -221,18 +208,18 @@ func (c *Controller) CreateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 		return nil, err
 	}
 	err := retry(ctx, func() error {
-		if _, err := c.st.Get(ctx, pfxNetwork+n.Name); err == nil {
-			return errf(codes.AlreadyExists, "network %q already exists", n.Name)
+		if _, err := c.st.Get(ctx, keys.Network(n.Name)); err == nil {
+			return model.Errorf(model.ErrExists, "network %q already exists", n.Name)
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return storeErr(err)
 		}
-		ids, _, err := c.st.List(ctx, pfxNetID)
+		ids, _, err := c.st.List(ctx, keys.NetworkIDs)
 		if err != nil {
 			return storeErr(err)
 		}
 		used := map[uint32]bool{}
 		for _, kv := range ids {
-			id, _ := strconv.ParseUint(strings.TrimPrefix(kv.Key, pfxNetID), 10, 32)
+			id, _ := strconv.ParseUint(strings.TrimPrefix(kv.Key, keys.NetworkIDs), 10, 32)
 			used[uint32(id)] = true
 		}
 		id := uint32(1)
@@ -240,14 +227,14 @@ func (c *Controller) CreateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 			id++
 		}
 		if id > MaxNetworkID {
-			return errf(codes.ResourceExhausted, "all %d network ids are in use", MaxNetworkID)
+			return model.Errorf(model.ErrExhausted, "all %d network ids are in use", MaxNetworkID)
 		}
 		n.Id = id
 		n.AutoRouteTarget = model.AutoRouteTarget(c.asn, id).String()
 		n.Revision = 0
-		idKey := pfxNetID + strconv.FormatUint(uint64(id), 10)
-		rev, err := c.st.Txn(ctx, []store.Cond{store.Absent(pfxNetwork + n.Name), store.Absent(idKey)},
-			[]store.Op{store.Put(pfxNetwork+n.Name, encode(n)), store.Put(idKey, []byte(n.Name))})
+		idKey := keys.NetworkID(id)
+		rev, err := c.st.Txn(ctx, []store.Cond{store.Absent(keys.Network(n.Name)), store.Absent(idKey)},
+			[]store.Op{store.Put(keys.Network(n.Name), encode(n)), store.Put(idKey, []byte(n.Name))})
 		if err != nil {
 			return err
 		}
@@ -272,7 +259,7 @@ func (c *Controller) GetNetwork(ctx context.Context, name string) (*v1.VirtualNe
 
 // ListNetworks returns every network.
 func (c *Controller) ListNetworks(ctx context.Context) ([]*v1.VirtualNetwork, int64, error) {
-	return listDecoded(ctx, c.st, pfxNetwork, func() *v1.VirtualNetwork { return &v1.VirtualNetwork{} },
+	return listDecoded(ctx, c.st, keys.Networks, func() *v1.VirtualNetwork { return &v1.VirtualNetwork{} },
 		func(n *v1.VirtualNetwork, rev int64) { n.Revision = rev })
 }
 
@@ -285,7 +272,7 @@ func listDecoded[T proto.Message](ctx context.Context, st store.Store, prefix st
 	for _, kv := range kvs {
 		m, err := decode(kv, mk())
 		if err != nil {
-			return nil, 0, errf(codes.Internal, "%v", err)
+			return nil, 0, model.Errorf(model.ErrCorrupt, "%w", err)
 		}
 		setRev(m, kv.ModRev)
 		out = append(out, m)
@@ -307,7 +294,7 @@ func (c *Controller) UpdateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 			return err
 		}
 		if upd.Ipv4BlockSize != cur.Ipv4BlockSize || upd.Ipv6BlockSize != cur.Ipv6BlockSize {
-			return errf(codes.InvalidArgument, "network %s: block sizes cannot change after creation (now /%d and /%d)", cur.Name, cur.Ipv4BlockSize, cur.Ipv6BlockSize)
+			return model.Errorf(model.ErrInvalid, "network %s: block sizes cannot change after creation (now /%d and /%d)", cur.Name, cur.Ipv4BlockSize, cur.Ipv6BlockSize)
 		}
 		if err := c.ensurePool(cur); err != nil {
 			return err
@@ -318,7 +305,7 @@ func (c *Controller) UpdateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 		}
 		for _, s := range stat {
 			if s.Used > 0 && !slices.Contains(upd.Subnets, s.Prefix.String()) {
-				return errf(codes.FailedPrecondition, "network %s: subnet %s still has %d addresses in use; delete those endpoints first", cur.Name, s.Prefix, s.Used)
+				return model.Errorf(model.ErrConflict, "network %s: subnet %s still has %d addresses in use; delete those endpoints first", cur.Name, s.Prefix, s.Used)
 			}
 		}
 		n := proto.Clone(cur).(*v1.VirtualNetwork)
@@ -360,7 +347,7 @@ func (c *Controller) DeleteNetwork(ctx context.Context, name string) (int64, err
 		if err != nil {
 			return err
 		}
-		ref, err := c.getRef(ctx, pfxRefNet+name)
+		ref, err := c.getRef(ctx, keys.RefNetwork(name))
 		if err != nil {
 			return err
 		}
@@ -369,13 +356,13 @@ func (c *Controller) DeleteNetwork(ctx context.Context, name string) (int64, err
 			return err
 		}
 		if len(eps) > 0 {
-			return errf(codes.FailedPrecondition, "network %s still has %d endpoints (e.g. %s); delete them first", name, len(eps), eps[0].Id)
+			return model.Errorf(model.ErrConflict, "network %s still has %d endpoints (e.g. %s); delete them first", name, len(eps), eps[0].Id)
 		}
 		ops, err := c.ipam.DeleteOps(ctx, name)
 		if err != nil {
 			return storeErr(err)
 		}
-		ops = append(ops, store.Delete(kv.Key), store.Delete(pfxNetID+strconv.FormatUint(uint64(n.Id), 10)), store.Delete(pfxRefNet+name))
+		ops = append(ops, store.Delete(kv.Key), store.Delete(keys.NetworkID(n.Id)), store.Delete(keys.RefNetwork(name)))
 		rev, err = c.st.Txn(ctx, []store.Cond{store.Unchanged(kv), ref}, ops)
 		return err
 	})
@@ -423,8 +410,12 @@ func (c *Controller) IpamStatus(ctx context.Context, name string) (*v1.IpamStatu
 	return out, nil
 }
 
-// LoadNetworks declares every stored network's address space to IPAM (at start).
+// LoadNetworks declares every stored network's address space to IPAM, and
+// writes the endpoint indexes of a store from an earlier version (at start).
 func (c *Controller) LoadNetworks(ctx context.Context) (int, error) {
+	if err := c.buildIndexes(ctx); err != nil {
+		return 0, err
+	}
 	nets, _, err := c.ListNetworks(ctx)
 	if err != nil {
 		return 0, err

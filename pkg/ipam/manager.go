@@ -9,20 +9,51 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/store"
 )
 
-// Store keys of a network's IPAM state:
+// Store keys of a network's IPAM state (pkg/keys):
 //
 //	ipam/<network>/blocks/<prefix>  -> gateway name
 //	ipam/<network>/addrs/<address>  -> owner (endpoint id)
-func netPrefix(network string) string { return "ipam/" + network + "/" }
+func netPrefix(network string) string { return keys.IPAMNetwork(network) }
 
 // BlockKey is the store key of a block lease.
-func BlockKey(network string, p netip.Prefix) string {
-	return netPrefix(network) + "blocks/" + p.String()
+func BlockKey(network string, p netip.Prefix) string { return keys.IPAMBlock(network, p) }
+
+func addrKey(network string, a netip.Addr) string { return keys.IPAMAddr(network, a) }
+
+// GatewayBlock is a block leased to a gateway.
+type GatewayBlock struct {
+	Network string
+	Prefix  netip.Prefix
+	KV      store.KV // the lease as stored, for transaction conditions
 }
-func addrKey(network string, a netip.Addr) string { return netPrefix(network) + "addrs/" + a.String() }
+
+// GatewayBlocks reads the blocks leased to gateway in the given networks
+// from the store (not from the pools: it sees other controllers' leases). It
+// reads the networks' block leases only, never their addresses.
+func GatewayBlocks(ctx context.Context, st store.Store, networks []string, gateway string) ([]GatewayBlock, error) {
+	var out []GatewayBlock
+	for _, n := range networks {
+		kvs, _, err := st.List(ctx, keys.IPAMBlocks(n))
+		if err != nil {
+			return nil, fmt.Errorf("list blocks of %s: %w", n, err)
+		}
+		for _, kv := range kvs {
+			if string(kv.Value) != gateway {
+				continue
+			}
+			p, err := netip.ParsePrefix(strings.TrimPrefix(kv.Key, keys.IPAMBlocks(n)))
+			if err != nil {
+				return nil, fmt.Errorf("corrupt key %s: %w", kv.Key, err)
+			}
+			out = append(out, GatewayBlock{Network: n, Prefix: p, KV: kv})
+		}
+	}
+	return out, nil
+}
 
 // ErrBusy means another request for the same owner is being persisted; retry.
 var ErrBusy = errors.New("an allocation for this owner is in progress")
@@ -146,22 +177,21 @@ func (m *Manager) load(ctx context.Context, network string, cfg Config) (*Pool, 
 	}
 	var addrs []store.KV
 	for _, kv := range kvs {
-		rest := strings.TrimPrefix(kv.Key, netPrefix(network))
 		switch {
-		case strings.HasPrefix(rest, "blocks/"):
-			pfx, err := netip.ParsePrefix(strings.TrimPrefix(rest, "blocks/"))
+		case strings.HasPrefix(kv.Key, keys.IPAMBlocks(network)):
+			pfx, err := netip.ParsePrefix(strings.TrimPrefix(kv.Key, keys.IPAMBlocks(network)))
 			if err != nil {
 				return nil, fmt.Errorf("corrupt key %s: %w", kv.Key, err)
 			}
 			if err := p.LoadBlock(pfx, string(kv.Value)); err != nil {
 				return nil, fmt.Errorf("network %s: %w", network, err)
 			}
-		case strings.HasPrefix(rest, "addrs/"):
+		case strings.HasPrefix(kv.Key, keys.IPAMAddrs(network)):
 			addrs = append(addrs, kv)
 		}
 	}
 	for _, kv := range addrs {
-		a, err := netip.ParseAddr(strings.TrimPrefix(kv.Key, netPrefix(network)+"addrs/"))
+		a, err := netip.ParseAddr(strings.TrimPrefix(kv.Key, keys.IPAMAddrs(network)))
 		if err != nil {
 			return nil, fmt.Errorf("corrupt key %s: %w", kv.Key, err)
 		}

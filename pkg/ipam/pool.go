@@ -10,6 +10,10 @@
 // holds it in memory; the caller persists it and then Commits, or Aborts. A crash
 // between the two leaves nothing behind, since only committed state is stored.
 // Manager (manager.go) is the store-backed, concurrency-safe layer.
+//
+// It owns the keys of IPAM state (built by pkg/keys) and is the only package
+// that parses them (GatewayBlocks reads a gateway's leases for others); it may
+// not know about endpoints beyond an owner id, nor about the API.
 package ipam
 
 import (

@@ -1,9 +1,13 @@
 // Package model holds the validation and textual forms shared by the controller,
-// its API and the CLI: resource names, route targets, encapsulations, labels.
+// its API and the CLI: resource names, route targets, encapsulations, labels;
+// and the kinds of the domain's errors (errors.go), which pkg/api maps to gRPC
+// codes.
+//
+// It owns vocabulary only: it does no I/O and may not import the store, the
+// transport or any package that uses it.
 package model
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -133,6 +137,3 @@ func ValidateMAC(s string) error {
 	}
 	return nil
 }
-
-// ErrInvalid marks validation errors (mapped to InvalidArgument at the API).
-var ErrInvalid = errors.New("invalid argument")

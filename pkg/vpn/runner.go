@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	storekeys "github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -20,11 +21,11 @@ import (
 // Store keys read by the runner (written by pkg/controller) and the peers it
 // keeps (written by the PeerService).
 const (
-	pfxNetwork  = "networks/"
-	pfxGateway  = "gateways/"
-	pfxEndpoint = "endpoints/"
+	pfxNetwork  = storekeys.Networks
+	pfxGateway  = storekeys.Gateways
+	pfxEndpoint = storekeys.Endpoints
 	// PeerPrefix holds peers added through the API: bgp/peers/<address> -> JSON.
-	PeerPrefix = "bgp/peers/"
+	PeerPrefix = storekeys.Peers
 )
 
 // RouteChange is a change of one route of a network, for RouteService watches.

@@ -1,4 +1,4 @@
-package controller
+package api
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
@@ -34,11 +35,11 @@ type clients struct {
 
 func serveStore(t *testing.T, st store.Store) clients {
 	t.Helper()
-	ctl := New(st, Config{ASN: 64512})
+	ctl := controller.New(st, controller.Config{ASN: 64512})
 	if _, err := ctl.LoadNetworks(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	conn := serveGRPC(t, func(gs *grpc.Server) { NewServer(ctl).Register(gs) })
+	conn := serveGRPC(t, func(gs *grpc.Server) { Services{Controller: ctl}.Register(gs) })
 	return clients{v1.NewNetworkServiceClient(conn), v1.NewGatewayServiceClient(conn), v1.NewEndpointServiceClient(conn), v1.NewIpamServiceClient(conn), st}
 }
 

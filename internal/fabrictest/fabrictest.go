@@ -1,8 +1,14 @@
-// Package agenttest has what the agent's and the CNI plugin's tests share: a
-// real controller (store, route table and AgentService, as cmd/controller
-// wires them) that can be stopped and started again on the same address,
-// network namespaces that clean up after themselves, and plugin builds.
-package agenttest
+// Package fabrictest is the whole-fabric test harness: real controllers
+// (built by pkg/server, as cmd/controller builds them) that can be stopped
+// and started again on the same address and may share one etcd, real
+// gateways (pkg/agent with a kernel data plane in a network namespace, or
+// only recording its states), CNI plugin builds, and network namespaces that
+// clean up after themselves. The agent's, the CNI plugin's and the vrouter
+// agent's tests use it.
+//
+// It may only start things the way the programs start them (server.Start,
+// agent.New); it owns no production code.
+package fabrictest
 
 import (
 	"context"
@@ -22,29 +28,30 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
-	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
-	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/server"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
-	"github.com/iotfabric/iotfabric/pkg/vpn"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
-// Controller is a controller serving the API and AgentService on a loopback
-// address, with its state in a bbolt file.
+// Controller is a controller serving its API on a loopback address, with its
+// state in a bbolt file of its own unless Open says otherwise.
 type Controller struct {
 	t    testing.TB
 	dir  string
 	Addr string
 	opts []grpc.ServerOption
 	Log  *slog.Logger
-	// Open opens the controller's store (default: a bbolt file of its own).
+	// Open opens the controller's store (default: a bbolt file of its own,
+	// without fsync).
 	Open func() (store.Store, error)
 	// BGP, if set before Start, runs the BGP speaker with its peers.
 	BGP *bgp.Config
+	// Config is the configuration it was last started with.
+	Config server.Config
 
-	mu   sync.Mutex
-	stop func()
+	mu  sync.Mutex
+	srv *server.Controller
 }
 
 // StartController starts a controller; it is stopped at the end of the test.
@@ -75,66 +82,70 @@ func StartControllerWith(t testing.TB, c *Controller, opts ...grpc.ServerOption)
 	return c
 }
 
+// config is the controller's configuration: the defaults, its address, no
+// metrics, and the BGP section c.BGP describes.
+func (c *Controller) config() server.Config {
+	cfg := server.DefaultConfig()
+	cfg.DataDir = c.dir
+	cfg.API.Listen = c.Addr
+	cfg.Metrics.Listen = server.MetricsOff
+	if b := c.BGP; b != nil {
+		cfg.BGP = BGPSection(*b)
+	}
+	return cfg
+}
+
+// BGPSection is the configuration file's BGP section for a speaker configuration.
+func BGPSection(b bgp.Config) server.BGPConfig {
+	s := server.DefaultConfig().BGP
+	if b.ASN != 0 {
+		s.ASN = b.ASN
+	}
+	s.RouterID = b.RouterID.String()
+	if b.ListenPort != 0 {
+		s.ListenPort = int32(b.ListenPort)
+	}
+	if len(b.ListenAddress) > 0 {
+		s.ListenAddress = b.ListenAddress[0].String()
+	}
+	s.RouteReflector = b.RouteReflector
+	if b.ClusterID.IsValid() {
+		s.ClusterID = b.ClusterID.String()
+	}
+	s.GracefulRestart.Disabled, s.GracefulRestart.RestartTime = b.GracefulRestart.Disabled, b.GracefulRestart.RestartTime
+	for _, p := range b.Peers {
+		s.Peers = append(s.Peers, server.PeerConfig{Address: p.Address.String(), ASN: p.ASN, Password: p.Password, Port: p.Port})
+	}
+	return s
+}
+
 // Start starts the controller again (on the address it had).
 func (c *Controller) Start() {
 	t := c.t
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.stop != nil {
+	if c.srv != nil {
 		return
 	}
-	st, err := c.Open()
+	cfg := c.config()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.Start(context.Background(), cfg, server.Options{Logger: c.Log, ServerOptions: c.opts,
+		OpenStore: func(context.Context) (store.Store, error) { return c.Open() }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ctl := controller.New(st, controller.Config{Logger: c.Log})
-	if _, err := ctl.LoadNetworks(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var sp bgp.Speaker
-	var peers []bgp.PeerConfig
-	if c.BGP != nil {
-		gsp, err := gobgp.New(c.BGP.WithDefaults(), c.Log)
-		if err != nil {
-			cancel()
-			st.Close()
-			t.Fatal(err)
-		}
-		sp, peers = gsp, c.BGP.Peers
-	}
-	r := vpn.NewRunner(st, sp, 64512, c.Log)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	<-r.Ready()
-	gs := grpc.NewServer(c.opts...)
-	controller.NewServer(ctl).Register(gs)
-	vpn.NewServer(r, peers).Register(gs)
-	controller.NewAgentServer(ctl, r).Attach(gs)
-	lis, err := net.Listen("tcp", c.Addr)
-	if err != nil {
-		cancel()
-		<-done
-		st.Close()
-		t.Fatal(err)
-	}
-	c.Addr = lis.Addr().String()
-	go gs.Serve(lis)
-	c.stop = func() {
-		gs.Stop()
-		cancel()
-		<-done
-		st.Close()
-	}
+	c.Config, c.srv, c.Addr = cfg, srv, srv.Addr()
 }
 
 // Stop stops the controller (its streams and connections end).
 func (c *Controller) Stop() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.stop != nil {
-		c.stop()
-		c.stop = nil
+	if c.srv != nil {
+		c.srv.Stop()
+		c.srv = nil
 	}
 }
 
@@ -208,7 +219,7 @@ func RequireRoot(t testing.TB) {
 // BuildPlugin builds cmd/cni-plugin as dir/iotfabric and returns dir.
 func BuildPlugin(dir string) (string, error) {
 	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	root := filepath.Join(filepath.Dir(file), "..", "..")
 	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(goCmd); err != nil {
 		goCmd = "go"

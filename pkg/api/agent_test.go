@@ -1,4 +1,4 @@
-package controller
+package api
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -28,7 +29,7 @@ func startAgentEnv(t testing.TB) agentEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	c := New(st, Config{})
+	c := controller.New(st, controller.Config{})
 	r := vpn.NewRunner(st, nil, 64512, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -36,8 +37,7 @@ func startAgentEnv(t testing.TB) agentEnv {
 	t.Cleanup(func() { cancel(); <-done })
 	<-r.Ready()
 	conn := serveGRPC(t, func(gs *grpc.Server) {
-		NewServer(c).Register(gs)
-		NewAgentServer(c, r).Attach(gs)
+		Services{Controller: c, Routes: r}.Register(gs)
 	})
 	return agentEnv{v1.NewAgentServiceClient(conn), v1.NewNetworkServiceClient(conn), v1.NewGatewayServiceClient(conn), v1.NewEndpointServiceClient(conn)}
 }
@@ -60,6 +60,26 @@ func recvRoutes(t *testing.T, s grpc.ServerStreamingClient[v1.GatewayRoutes]) *v
 		t.Fatal("no route update within 10s")
 	}
 	return nil
+}
+
+// waitGatewayState follows the gateways until gw is in state want.
+func waitGatewayState(t *testing.T, c v1.GatewayServiceClient, gw string, want v1.GatewayState) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w, err := c.WatchGateways(ctx, &v1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev, err := w.Recv()
+		if err != nil {
+			t.Fatalf("gateway %s never became %v: %v", gw, want, err)
+		}
+		if ev.Gateway.GetName() == gw && ev.Gateway.GetState() == want {
+			return
+		}
+	}
 }
 
 func prefixes(rs []*v1.Route) string {
@@ -121,6 +141,8 @@ func TestAgentLifecycle(t *testing.T) {
 	}
 	lastRev, ctlID := u.Revision, u.ControllerId
 	bcancel()
+	// The controller marks gw-b down once it has detached the stream.
+	waitGatewayState(t, e.gw, "gw-b", v1.GatewayState_GATEWAY_STATE_DOWN)
 
 	// While gw-b is disconnected, gw-a adds a pod; gw-b resumes and gets only that.
 	sa, err := e.agent.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw-a"})

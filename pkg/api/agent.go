@@ -1,0 +1,107 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/model"
+	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/vpn"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// agents serves AgentService: the vrouter agents' side of the controller.
+type agents struct {
+	c   *controller.Controller
+	r   *vpn.Runner
+	log *slog.Logger
+	seq atomic.Uint64 // numbers this controller's route streams
+	v1.UnimplementedAgentServiceServer
+}
+
+func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.RegisterResponse, error) {
+	g, blocks, err := a.c.RegisterGateway(ctx, req.GetGateway(), controller.Agent{
+		Architecture: req.GetArchitecture(), Version: req.GetAgentVersion(), KernelFeatures: req.GetKernelFeatures()})
+	if err != nil {
+		return nil, Status(err)
+	}
+	resp := &v1.RegisterResponse{Gateway: g}
+	for _, b := range blocks {
+		resp.Blocks = append(resp.Blocks, &v1.GatewayBlock{Network: b.Network, Prefix: b.Prefix.String()})
+	}
+	return resp, nil
+}
+
+func (a *agents) ReportEndpoints(ctx context.Context, req *v1.ReportEndpointsRequest) (*v1.ReportEndpointsResponse, error) {
+	results, deleted, err := a.c.ReportEndpoints(ctx, req.GetGateway(), req.GetEndpoints(), req.GetFullSync(), req.GetOfflineLog())
+	if err != nil {
+		return nil, Status(err)
+	}
+	resp := &v1.ReportEndpointsResponse{Deleted: int64(deleted)}
+	for _, r := range results {
+		res := &v1.EndpointResult{Id: r.ID, Endpoint: r.Endpoint}
+		if r.Err != nil {
+			res.Error = r.Err.Error()
+		}
+		resp.Results = append(resp.Results, res)
+	}
+	return resp, nil
+}
+
+func (a *agents) LeaseBlock(ctx context.Context, req *v1.LeaseBlockRequest) (*v1.LeaseBlockResponse, error) {
+	p, err := a.c.LeaseBlock(ctx, req.GetGateway(), req.GetNetwork(), req.GetFamily())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &v1.LeaseBlockResponse{Block: &v1.GatewayBlock{Network: req.GetNetwork(), Prefix: p.String()}}, nil
+}
+
+// WatchGatewayRoutes streams the routes of the gateway's networks. While it
+// runs the gateway is up; when the last stream to it ends, at whichever
+// controller sharing the store, it is down.
+func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.ServerStreamingServer[v1.GatewayRoutes]) error {
+	ctx := out.Context()
+	gw := req.GetGateway()
+	stream := fmt.Sprintf("%s-%d", a.r.ID(), a.seq.Add(1))
+	if err := a.c.OpenGatewayStream(ctx, gw, stream); err != nil {
+		return Status(err)
+	}
+	ch := a.r.WatchGateway(ctx, gw, req.GetFromRevision(), req.GetControllerId())
+	defer a.closeStream(gw, stream)
+	for u := range ch {
+		msg := &v1.GatewayRoutes{Kind: v1.GatewayRoutes_KIND_CHANGES, Revision: u.Revision, ControllerId: a.r.ID()}
+		if u.Snapshot {
+			msg.Kind = v1.GatewayRoutes_KIND_SNAPSHOT
+		}
+		for _, rt := range u.Put {
+			msg.Put = append(msg.Put, routeToAPI(rt.Network, rt.NetRoute))
+		}
+		for _, rt := range u.Delete {
+			msg.Delete = append(msg.Delete, &v1.Route{Network: rt.Network, Prefix: rt.Prefix.String(), RouteDistinguisher: rt.RD.String()})
+		}
+		if err := out.Send(msg); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return Status(model.Errorf(model.ErrUnavailable, "route stream closed (replaced by a newer stream, reader behind, or controller stopping); reconnect with from_revision"))
+}
+
+// closeStream records that the gateway's route stream ended (the request's
+// context is over by then).
+func (a *agents) closeStream(gw, stream string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.c.CloseGatewayStream(ctx, gw, stream); err != nil && !errors.Is(err, store.ErrClosed) {
+		a.log.Debug("close gateway stream", "gateway", gw, "err", err)
+	}
+}

@@ -1,0 +1,53 @@
+// Package api is the controller's transport: the seven iotfabric.v1 gRPC
+// services (Network, Gateway, Endpoint, IPAM, Agent, Peer, Route) over the
+// domain (pkg/controller for resources and agents, pkg/vpn for routes and
+// peers). It translates requests and responses between protobuf and the
+// domain's calls, and the domain's errors into gRPC status codes, in one
+// table (errors.go).
+//
+// It owns no state and no store key: it may not read or write the store, nor
+// decide anything the domain decides; the domain packages may not import it.
+package api
+
+import (
+	"log/slog"
+
+	"google.golang.org/grpc"
+
+	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/vpn"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// Services are the domain objects the services serve.
+type Services struct {
+	Controller *controller.Controller
+	// Routes is the route table; nil registers the resource services only
+	// (Network, Gateway, Endpoint, IPAM).
+	Routes *vpn.Runner
+	// Peers are the BGP peers (nil: those of Routes, none from a configuration file).
+	Peers  *vpn.Peers
+	Logger *slog.Logger
+}
+
+// Register registers the services on g.
+func (s Services) Register(g grpc.ServiceRegistrar) {
+	if s.Logger == nil {
+		s.Logger = slog.New(slog.DiscardHandler)
+	}
+	res := &resources{c: s.Controller}
+	v1.RegisterNetworkServiceServer(g, res)
+	v1.RegisterGatewayServiceServer(g, res)
+	v1.RegisterEndpointServiceServer(g, res)
+	v1.RegisterIpamServiceServer(g, res)
+	if s.Routes == nil {
+		return
+	}
+	if s.Peers == nil {
+		s.Peers = vpn.NewPeers(s.Controller.Store(), s.Routes, nil)
+	}
+	v1.RegisterAgentServiceServer(g, &agents{c: s.Controller, r: s.Routes, log: s.Logger})
+	rs := &routes{r: s.Routes, peers: s.Peers}
+	v1.RegisterPeerServiceServer(g, rs)
+	v1.RegisterRouteServiceServer(g, rs)
+}

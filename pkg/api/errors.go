@@ -1,0 +1,65 @@
+package api
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/iotfabric/iotfabric/pkg/model"
+	"github.com/iotfabric/iotfabric/pkg/store"
+)
+
+// toGRPCCode is the one table from domain errors to gRPC codes. It is read in
+// order: the first entry err wraps (errors.Is) gives the code. Context errors
+// come first, so that a cancelled request is reported as such whatever the
+// domain made of it.
+var toGRPCCode = []struct {
+	err  error
+	code codes.Code
+}{
+	{context.Canceled, codes.Canceled},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{model.ErrInvalid, codes.InvalidArgument},
+	{model.ErrNotFound, codes.NotFound},
+	{model.ErrExists, codes.AlreadyExists},
+	{model.ErrConflict, codes.FailedPrecondition},
+	{model.ErrExhausted, codes.ResourceExhausted},
+	{model.ErrAborted, codes.Aborted},
+	{model.ErrCorrupt, codes.Internal},
+	{model.ErrUnavailable, codes.Unavailable},
+	{store.ErrCompacted, codes.OutOfRange},
+	{store.ErrClosed, codes.Unavailable},
+	{store.ErrNotFound, codes.NotFound},
+}
+
+// Status converts an error of the domain into a gRPC status error whose
+// message is the error's text. nil stays nil, and a status error (from a
+// stream's Send, for instance) is returned as it is. An error of no known kind
+// becomes Unknown.
+func Status(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(Code(err), err.Error())
+}
+
+// Code returns the gRPC code for err (OK for nil).
+func Code(err error) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Code()
+	}
+	for _, m := range toGRPCCode {
+		if errors.Is(err, m.err) {
+			return m.code
+		}
+	}
+	return codes.Unknown
+}

@@ -1,0 +1,145 @@
+package api
+
+import (
+	"context"
+	"net/netip"
+
+	"google.golang.org/grpc"
+
+	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/model"
+	"github.com/iotfabric/iotfabric/pkg/vpn"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// routes serves PeerService and RouteService.
+type routes struct {
+	r     *vpn.Runner
+	peers *vpn.Peers
+	v1.UnimplementedPeerServiceServer
+	v1.UnimplementedRouteServiceServer
+}
+
+func peerSource(fromConfig bool) string {
+	if fromConfig {
+		return "config"
+	}
+	return "api"
+}
+
+func (s *routes) AddPeer(ctx context.Context, req *v1.AddPeerRequest) (*v1.PeerStatus, error) {
+	if err := s.peers.Available(); err != nil {
+		return nil, Status(err)
+	}
+	p := req.GetPeer()
+	if p == nil {
+		return nil, Status(model.Errorf(model.ErrInvalid, "peer is missing from the request"))
+	}
+	addr, err := netip.ParseAddr(p.Address)
+	if err != nil {
+		return nil, Status(model.Errorf(model.ErrInvalid, "peer address %q is not an IP address", p.Address))
+	}
+	if p.Port > 65535 {
+		return nil, Status(model.Errorf(model.ErrInvalid, "peer port %d out of range", p.Port))
+	}
+	pc, err := s.peers.Add(ctx, bgp.PeerConfig{Address: addr, ASN: p.Asn, Password: p.Password, Port: uint16(p.Port)})
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &v1.PeerStatus{Peer: &v1.Peer{Address: pc.Address.String(), Asn: pc.ASN, Port: uint32(pc.Port)}, State: string(bgp.PeerIdle), Source: peerSource(false)}, nil
+}
+
+func (s *routes) DeletePeer(ctx context.Context, req *v1.DeletePeerRequest) (*v1.DeleteResponse, error) {
+	if err := s.peers.Available(); err != nil {
+		return nil, Status(err)
+	}
+	addr, err := netip.ParseAddr(req.GetAddress())
+	if err != nil {
+		return nil, Status(model.Errorf(model.ErrInvalid, "peer address %q is not an IP address", req.GetAddress()))
+	}
+	return deleted(s.peers.Delete(ctx, addr))
+}
+
+func (s *routes) ListPeers(ctx context.Context, _ *v1.ListPeersRequest) (*v1.ListPeersResponse, error) {
+	ps, err := s.peers.List(ctx)
+	if err != nil {
+		return nil, Status(err)
+	}
+	out := &v1.ListPeersResponse{}
+	for _, p := range ps {
+		out.Peers = append(out.Peers, &v1.PeerStatus{
+			Peer:  &v1.Peer{Address: p.Address.String(), Asn: p.ASN, Port: uint32(p.Port)},
+			State: string(p.State), UptimeSeconds: int64(p.Uptime.Seconds()),
+			PrefixesSent: p.PrefixesSent, PrefixesReceived: p.PrefixesReceived, Source: peerSource(p.FromConfig),
+		})
+	}
+	return out, nil
+}
+
+// routeToAPI converts a network route.
+func routeToAPI(network string, r vpn.NetRoute) *v1.Route {
+	out := &v1.Route{Network: network, Prefix: r.Prefix.String(), RouteDistinguisher: r.RD.String(), Label: r.Label,
+		NextHop: r.NextHop.String(), Endpoint: r.Endpoint}
+	for _, t := range r.RouteTargets {
+		out.RouteTargets = append(out.RouteTargets, t.String())
+	}
+	for _, e := range r.Encaps {
+		out.Encapsulations = append(out.Encapsulations, vpn.EncapToAPI(e))
+	}
+	switch r.Origin {
+	case vpn.Local:
+		out.Origin = v1.RouteOrigin_ROUTE_ORIGIN_LOCAL
+	case vpn.Imported:
+		out.Origin = v1.RouteOrigin_ROUTE_ORIGIN_IMPORTED
+		out.Peer = r.Peer.String()
+	}
+	return out
+}
+
+func networkNotFound(n string) error {
+	return Status(model.Errorf(model.ErrNotFound, "network %q not found", n))
+}
+
+func (s *routes) ListRoutes(ctx context.Context, req *v1.ListRoutesRequest) (*v1.ListRoutesResponse, error) {
+	rs, ok := s.r.Routes(req.GetNetwork())
+	if !ok {
+		return nil, networkNotFound(req.GetNetwork())
+	}
+	out := &v1.ListRoutesResponse{}
+	for _, r := range rs {
+		out.Routes = append(out.Routes, routeToAPI(req.GetNetwork(), r))
+	}
+	return out, nil
+}
+
+func (s *routes) WatchRoutes(req *v1.WatchRoutesRequest, stream grpc.ServerStreamingServer[v1.RouteEvent]) error {
+	ctx := stream.Context()
+	n := req.GetNetwork()
+	if _, ok := s.r.Routes(n); !ok {
+		return networkNotFound(n)
+	}
+	cur, ch := s.r.WatchRoutes(ctx, n)
+	for _, r := range cur {
+		if err := stream.Send(&v1.RouteEvent{Type: v1.EventType_EVENT_TYPE_PUT, Route: routeToAPI(n, r)}); err != nil {
+			return err
+		}
+	}
+	if err := stream.Send(&v1.RouteEvent{Type: v1.EventType_EVENT_TYPE_SYNCED}); err != nil {
+		return err
+	}
+	for changes := range ch {
+		for _, c := range changes {
+			t := v1.EventType_EVENT_TYPE_PUT
+			if c.Delete {
+				t = v1.EventType_EVENT_TYPE_DELETE
+			}
+			if err := stream.Send(&v1.RouteEvent{Type: t, Route: routeToAPI(n, c.Route)}); err != nil {
+				return err
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return Status(model.Errorf(model.ErrUnavailable, "route stream ended (the reader fell behind or the controller is stopping); watch again"))
+}

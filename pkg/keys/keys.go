@@ -1,0 +1,118 @@
+// Package keys is the one list of the controller's store keys: every record,
+// index and marker the controller, IPAM and the route table keep in the store
+// (pkg/store), with the functions that build them. Every package that reads
+// or writes the store asks this package for its keys; nobody else spells a
+// prefix out or parses a key.
+//
+// It owns the key layout only; it may not import anything of iotfabric, so
+// that every layer can use it.
+package keys
+
+import (
+	"net/netip"
+	"strconv"
+)
+
+// Prefixes. Names (networks, gateways) and endpoint ids never contain '/'.
+const (
+	// Networks: networks/<name> -> v1.VirtualNetwork.
+	Networks = "networks/"
+	// NetworkIDs: netids/<id> -> network name (ids are unique).
+	NetworkIDs = "netids/"
+	// Gateways: gateways/<name> -> v1.Gateway.
+	Gateways = "gateways/"
+	// Endpoints: endpoints/<id> -> v1.Endpoint.
+	Endpoints = "endpoints/"
+	// Labels: labels/<gateway>/<label> -> endpoint id (a label is unique per gateway).
+	Labels = "labels/"
+	// RefNetworks: refs/net/<network>, rewritten by every endpoint write in
+	// the network, so that deleting the network can require it unchanged.
+	RefNetworks = "refs/net/"
+	// RefGateways: refs/gw/<gateway>, the same for a gateway.
+	RefGateways = "refs/gw/"
+	// EndpointIndex: idx/<network>/<endpoint id> -> gateway name, written in
+	// the same transaction as the endpoint, so that a network's endpoints are
+	// listed without reading the others.
+	EndpointIndex = "idx/"
+	// Pending: pending/<gateway>/<endpoint id> -> "" for an endpoint without
+	// a label. With Labels, it lists a gateway's endpoints: each has either a
+	// label key or a pending key. (A gateway's endpoints are written to keys
+	// of their gateway only once, so that an endpoint's write stays as cheap
+	// as it was without the index.)
+	Pending = "pending/"
+	// Streams: streams/<gateway>/<controller instance> -> "" while that
+	// controller streams routes to the gateway's agent.
+	Streams = "streams/"
+	// IPAM: ipam/<network>/blocks/<prefix> -> gateway name (a block lease) and
+	// ipam/<network>/addrs/<address> -> owner (an endpoint id).
+	IPAM = "ipam/"
+	// Peers: bgp/peers/<address> -> JSON of a BGP peer added through the API.
+	Peers = "bgp/peers/"
+	// Meta: meta/<name> -> markers of the store's layout version.
+	Meta = "meta/"
+)
+
+// Network is a network's record.
+func Network(name string) string { return Networks + name }
+
+// NetworkID is the key that reserves a network id.
+func NetworkID(id uint32) string { return NetworkIDs + strconv.FormatUint(uint64(id), 10) }
+
+// Gateway is a gateway's record.
+func Gateway(name string) string { return Gateways + name }
+
+// Endpoint is an endpoint's record.
+func Endpoint(id string) string { return Endpoints + id }
+
+// Label is the key that reserves an MPLS label on a gateway.
+func Label(gateway string, label uint32) string {
+	return GatewayLabels(gateway) + strconv.FormatUint(uint64(label), 10)
+}
+
+// RefNetwork is the network's reference key.
+func RefNetwork(network string) string { return RefNetworks + network }
+
+// RefGateway is the gateway's reference key.
+func RefGateway(gateway string) string { return RefGateways + gateway }
+
+// NetworkEndpoints is the index prefix of a network's endpoints.
+func NetworkEndpoints(network string) string { return EndpointIndex + network + "/" }
+
+// EndpointIndexKey is an endpoint's key in its network's index.
+func EndpointIndexKey(network, id string) string { return NetworkEndpoints(network) + id }
+
+// GatewayLabels is the prefix of the labels of a gateway's endpoints.
+func GatewayLabels(gateway string) string { return Labels + gateway + "/" }
+
+// GatewayPending is the prefix of a gateway's endpoints without a label.
+func GatewayPending(gateway string) string { return Pending + gateway + "/" }
+
+// PendingEndpoint marks an endpoint of gateway without a label.
+func PendingEndpoint(gateway, id string) string { return GatewayPending(gateway) + id }
+
+// GatewayStreams is the prefix of the markers of a gateway's route streams.
+func GatewayStreams(gateway string) string { return Streams + gateway + "/" }
+
+// GatewayStream marks that controller instance id streams routes to gateway.
+func GatewayStream(gateway, id string) string { return GatewayStreams(gateway) + id }
+
+// IPAMNetwork is the prefix of a network's IPAM state.
+func IPAMNetwork(network string) string { return IPAM + network + "/" }
+
+// IPAMBlocks is the prefix of a network's block leases.
+func IPAMBlocks(network string) string { return IPAMNetwork(network) + "blocks/" }
+
+// IPAMBlock is the lease of one block.
+func IPAMBlock(network string, p netip.Prefix) string { return IPAMBlocks(network) + p.String() }
+
+// IPAMAddrs is the prefix of a network's allocated addresses.
+func IPAMAddrs(network string) string { return IPAMNetwork(network) + "addrs/" }
+
+// IPAMAddr is the allocation of one address.
+func IPAMAddr(network string, a netip.Addr) string { return IPAMAddrs(network) + a.String() }
+
+// Peer is a BGP peer added through the API.
+func Peer(a netip.Addr) string { return Peers + a.String() }
+
+// IndexVersion records which endpoint indexes the store holds.
+const IndexVersion = Meta + "index-version"

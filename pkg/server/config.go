@@ -1,0 +1,213 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
+)
+
+// Config is the controller's configuration file (YAML). Flags override it.
+type Config struct {
+	// DataDir holds the bbolt state file (state.db). Used unless etcd endpoints are set.
+	DataDir string     `yaml:"data_dir"`
+	Etcd    EtcdConfig `yaml:"etcd"`
+	API     struct {
+		Listen string `yaml:"listen"`
+		// TLS turns on mutual TLS: clients (agents, iotfabricctl) must present a
+		// certificate signed by tls.ca.
+		TLS tlsconfig.Files `yaml:"tls"`
+	} `yaml:"api"`
+	Metrics struct {
+		// Listen is the address of /metrics and /healthz; "off" (or empty)
+		// turns them off.
+		Listen string `yaml:"listen"`
+	} `yaml:"metrics"`
+	Log struct {
+		Level  string `yaml:"level"`  // debug, info, warn, error
+		Format string `yaml:"format"` // text or json
+	} `yaml:"log"`
+	BGP BGPConfig `yaml:"bgp"`
+}
+
+// EtcdConfig selects the etcd store.
+type EtcdConfig struct {
+	Endpoints []string `yaml:"endpoints"`
+	Namespace string   `yaml:"namespace"`
+}
+
+// BGPConfig is the BGP speaker's section. The speaker runs when router_id is set.
+type BGPConfig struct {
+	ASN            uint32       `yaml:"asn"`
+	RouterID       string       `yaml:"router_id"`
+	ListenAddress  string       `yaml:"listen_address"` // default: every address
+	ListenPort     int32        `yaml:"listen_port"`    // -1: do not listen, only connect out
+	RouteReflector bool         `yaml:"route_reflector"`
+	ClusterID      string       `yaml:"cluster_id"`
+	Peers          []PeerConfig `yaml:"peers"`
+	// GracefulRestart is on by default (restarting speaker and helper, 120 s).
+	GracefulRestart struct {
+		Disabled    bool          `yaml:"disabled"`
+		RestartTime time.Duration `yaml:"restart_time"`
+	} `yaml:"graceful_restart"`
+}
+
+// PeerConfig is one BGP neighbour.
+type PeerConfig struct {
+	Address  string `yaml:"address"`
+	ASN      uint32 `yaml:"asn"`
+	Password string `yaml:"password"`
+	Port     uint16 `yaml:"port"`
+}
+
+// Enabled reports whether the BGP speaker should run.
+func (b BGPConfig) Enabled() bool { return b.RouterID != "" }
+
+// Speaker converts the section to the speaker's configuration.
+func (b BGPConfig) Speaker() (bgp.Config, error) {
+	c := bgp.Config{ASN: b.ASN, ListenPort: int(b.ListenPort), RouteReflector: b.RouteReflector}
+	c.GracefulRestart.Disabled, c.GracefulRestart.RestartTime = b.GracefulRestart.Disabled, b.GracefulRestart.RestartTime
+	var err error
+	if c.RouterID, err = netip.ParseAddr(b.RouterID); err != nil {
+		return c, fmt.Errorf("bgp.router_id %q: want an IPv4 address", b.RouterID)
+	}
+	if b.ListenAddress != "" {
+		a, err := netip.ParseAddr(b.ListenAddress)
+		if err != nil {
+			return c, fmt.Errorf("bgp.listen_address %q: want an IP address", b.ListenAddress)
+		}
+		c.ListenAddress = []netip.Addr{a}
+	}
+	if b.ClusterID != "" {
+		if c.ClusterID, err = netip.ParseAddr(b.ClusterID); err != nil {
+			return c, fmt.Errorf("bgp.cluster_id %q: want an IPv4 address", b.ClusterID)
+		}
+	}
+	for i, p := range b.Peers {
+		a, err := netip.ParseAddr(p.Address)
+		if err != nil {
+			return c, fmt.Errorf("bgp.peers[%d].address %q: want an IP address", i, p.Address)
+		}
+		c.Peers = append(c.Peers, bgp.PeerConfig{Address: a, ASN: p.ASN, Password: p.Password, Port: p.Port})
+	}
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("bgp: %w", err)
+	}
+	return c, nil
+}
+
+// Defaults: the one place where the controller's defaults are set.
+const (
+	DefaultDataDir       = "/var/lib/iotfabric"
+	DefaultAPIListen     = "127.0.0.1:50051"
+	DefaultMetricsListen = "127.0.0.1:9477"
+	DefaultASN           = controller.DefaultASN
+	DefaultBGPPort       = bgp.DefaultPort
+	// MetricsOff as metrics.listen (file or flag) turns the metrics listener off.
+	MetricsOff = "off"
+)
+
+// DefaultConfig is the configuration with every default set.
+func DefaultConfig() Config {
+	var c Config
+	c.DataDir = DefaultDataDir
+	c.API.Listen = DefaultAPIListen
+	c.Metrics.Listen = DefaultMetricsListen
+	c.Log.Level = "info"
+	c.Log.Format = "text"
+	c.BGP.ASN = DefaultASN
+	c.BGP.ListenPort = DefaultBGPPort
+	return c
+}
+
+// MetricsEnabled reports whether the metrics listener runs (metrics.listen
+// is neither empty nor "off").
+func (c *Config) MetricsEnabled() bool {
+	return c.Metrics.Listen != "" && c.Metrics.Listen != MetricsOff
+}
+
+// LoadConfig reads the YAML file path over the defaults (path "": the
+// defaults); unknown keys are errors.
+func LoadConfig(path string) (Config, error) {
+	c := DefaultConfig()
+	if path == "" {
+		return c, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("read config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate checks the whole configuration and names every problem.
+func (c *Config) Validate() error {
+	var errs []error
+	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is empty and no etcd endpoints are set: the controller needs somewhere to keep its state"))
+	}
+	for _, e := range c.Etcd.Endpoints {
+		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
+			errs = append(errs, fmt.Errorf("etcd endpoint %q: want a URL such as http://127.0.0.1:2379", e))
+		}
+	}
+	for name, addr := range map[string]string{"api.listen": c.API.Listen, "metrics.listen": c.Metrics.Listen} {
+		if name == "metrics.listen" && !c.MetricsEnabled() {
+			continue // metrics off
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want HOST:PORT such as 127.0.0.1:50051", name, addr))
+		}
+	}
+	if c.API.TLS.Enabled() {
+		if _, err := tlsconfig.Server(c.API.TLS); err != nil {
+			errs = append(errs, fmt.Errorf("api.tls: %w", err))
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level %q: use debug, info, warn or error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log.format %q: use text or json", c.Log.Format))
+	}
+	if c.BGP.ASN == 0 {
+		errs = append(errs, errors.New("bgp.asn must be set (it also forms the automatic route targets)"))
+	}
+	for i, p := range c.BGP.Peers {
+		if _, err := netip.ParseAddr(p.Address); err != nil {
+			errs = append(errs, fmt.Errorf("bgp.peers[%d].address %q: want an IP address", i, p.Address))
+		}
+		if p.ASN == 0 {
+			errs = append(errs, fmt.Errorf("bgp.peers[%d].asn must be set", i))
+		}
+	}
+	if len(errs) == 0 && c.BGP.Enabled() {
+		if _, err := c.BGP.Speaker(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if len(c.BGP.Peers) > 0 && !c.BGP.Enabled() {
+		errs = append(errs, errors.New("bgp.peers are set but bgp.router_id is not: set router_id to run the BGP speaker"))
+	}
+	return errors.Join(errs...)
+}

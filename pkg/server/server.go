@@ -1,0 +1,291 @@
+// Package server is the controller's composition root: from a Config it
+// builds a whole controller — the store (bbolt or etcd), IPAM and the
+// resource logic (pkg/controller), the route table and its BGP speaker
+// (pkg/vpn, pkg/bgp/gobgp), the seven gRPC services (pkg/api) on one gRPC
+// server, and the metrics — and runs it. cmd/controller and the test
+// harnesses (internal/fabrictest) start controllers only through Start, and
+// the defaults (ASN, addresses, ports) are set here only (config.go).
+//
+// It owns the wiring and the process-level concerns (listeners, TLS,
+// interceptors, metrics, shutdown); it may not hold resource logic, read or
+// write store keys itself, or translate API messages.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/iotfabric/iotfabric/pkg/api"
+	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
+	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/store/bolt"
+	"github.com/iotfabric/iotfabric/pkg/store/etcd"
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
+	"github.com/iotfabric/iotfabric/pkg/vpn"
+)
+
+// Options are what a program embedding a controller may add to its Config.
+type Options struct {
+	// Logger receives the controller's log (nil: discarded).
+	Logger *slog.Logger
+	// OpenStore, if set, opens the store instead of the Config's etcd or
+	// bbolt file (tests: a bbolt file without fsync, a shared etcd).
+	OpenStore func(ctx context.Context) (store.Store, error)
+	// ServerOptions are added to the gRPC server's (after the interceptors and
+	// the Config's TLS).
+	ServerOptions []grpc.ServerOption
+}
+
+// Controller is a running controller.
+type Controller struct {
+	log         *slog.Logger
+	ctx         context.Context // Start's
+	st          store.Store
+	runner      *vpn.Runner
+	gs          *grpc.Server
+	hs          *health.Server
+	hsrv        *http.Server
+	lis         net.Listener
+	metricsAddr string
+	stopRunner  context.CancelFunc
+	runErr      chan error // the runner's result
+	serveErr    chan error // gs.Serve's result
+
+	stopOnce sync.Once
+	stopped  chan struct{} // closed once stopped
+	err      error         // why it stopped, set before stopped is closed
+}
+
+// Start builds the controller cfg describes and serves its API; it runs
+// until ctx ends or Stop. cfg must be valid (Config.Validate).
+func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var cleanup []func()
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				cleanup[i]()
+			}
+		}
+	}()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := newMetrics(reg)
+
+	st, err := openStore(ctx, cfg, opts, log, m)
+	if err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, func() { st.Close() })
+
+	ctl := controller.New(st, controller.Config{ASN: cfg.BGP.ASN, Logger: log})
+	n, err := ctl.LoadNetworks(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load networks: %w", err)
+	}
+	log.Info("state loaded", "networks", n)
+
+	sp, configPeers, err := speaker(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	// The route table follows the store's watch; it drives the BGP speaker
+	// (when configured) and serves routes to the API and the agents.
+	runner := vpn.NewRunner(st, sp, cfg.BGP.ASN, log.With("component", "vpn"))
+	m.routeGauges(reg, runner)
+
+	lis, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("API listener: %w", err)
+	}
+	cleanup = append(cleanup, func() { lis.Close() })
+	gsOpts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(m.unary, recoverUnary(log)),
+		grpc.ChainStreamInterceptor(m.stream, recoverStream(log)),
+	}
+	if cfg.API.TLS.Enabled() {
+		tc, err := tlsconfig.Server(cfg.API.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("api.tls: %w", err)
+		}
+		gsOpts = append(gsOpts, grpc.Creds(credentials.NewTLS(tc)))
+		log.Info("API requires mutual TLS", "client_ca", cfg.API.TLS.CA)
+	}
+	gs := grpc.NewServer(append(gsOpts, opts.ServerOptions...)...)
+	api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Logger: log}.Register(gs)
+
+	c := &Controller{log: log, ctx: ctx, st: st, runner: runner, gs: gs, lis: lis,
+		runErr: make(chan error, 1), serveErr: make(chan error, 1), stopped: make(chan struct{})}
+	rctx, rcancel := context.WithCancel(context.Background())
+	c.stopRunner = rcancel
+	go func() { c.runErr <- runner.Run(rctx) }()
+	cleanup = append(cleanup, func() { rcancel(); <-c.runErr })
+	select {
+	case <-runner.Ready():
+	case err := <-c.runErr:
+		c.runErr <- err // for the cleanup
+		return nil, fmt.Errorf("routes: %w", err)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	c.hs = health.NewServer()
+	healthpb.RegisterHealthServer(gs, c.hs)
+	reflection.Register(gs)
+
+	if cfg.MetricsEnabled() {
+		ml, err := net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("metrics listener: %w", err)
+		}
+		c.metricsAddr = ml.Addr().String()
+		c.hsrv = &http.Server{Handler: metricsMux(reg, st), ReadHeaderTimeout: 5 * time.Second}
+		go c.hsrv.Serve(ml)
+	}
+	go func() { c.serveErr <- gs.Serve(lis) }()
+	go c.supervise()
+	log.Info("controller serving", "api", lis.Addr().String(), "metrics", c.metricsAddr)
+	return c, nil
+}
+
+func openStore(ctx context.Context, cfg Config, opts Options, log *slog.Logger, m *metrics) (store.Store, error) {
+	if opts.OpenStore != nil {
+		return opts.OpenStore(ctx)
+	}
+	if len(cfg.Etcd.Endpoints) > 0 {
+		log.Info("using etcd store", "endpoints", cfg.Etcd.Endpoints)
+		return etcd.Open(ctx, etcd.Options{Endpoints: cfg.Etcd.Endpoints, Namespace: cfg.Etcd.Namespace})
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	path := filepath.Join(cfg.DataDir, "state.db")
+	log.Info("using bbolt store", "path", path)
+	return bolt.Open(path, bolt.Options{OnCommit: func(d time.Duration, n int) {
+		m.commitSeconds.Observe(d.Seconds())
+		m.commitTxns.Observe(float64(n))
+	}})
+}
+
+// speaker builds the BGP speaker when bgp.router_id is set (else nil).
+func speaker(cfg Config, log *slog.Logger) (bgp.Speaker, []bgp.PeerConfig, error) {
+	if !cfg.BGP.Enabled() {
+		log.Info("BGP speaker disabled: set bgp.router_id to advertise endpoints to edge routers")
+		return nil, nil, nil
+	}
+	bcfg, err := cfg.BGP.Speaker()
+	if err != nil {
+		return nil, nil, err
+	}
+	sp, err := gobgp.New(bcfg, log.With("component", "bgp"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return sp, bcfg.Peers, nil
+}
+
+func metricsMux(reg *prometheus.Registry, st store.Store) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		hctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if _, _, err := st.List(hctx, keys.Networks); err != nil {
+			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// Addr is the API's address.
+func (c *Controller) Addr() string { return c.lis.Addr().String() }
+
+// MetricsAddr is the metrics listener's address ("" when off).
+func (c *Controller) MetricsAddr() string { return c.metricsAddr }
+
+// supervise stops the controller when Start's context ends (gracefully) or
+// a part of it fails.
+func (c *Controller) supervise() {
+	var err error
+	graceful := false
+	select {
+	case <-c.ctx.Done():
+		c.log.Info("shutting down")
+		graceful = true
+	case <-c.stopped:
+		return
+	case err = <-c.serveErr:
+		err = fmt.Errorf("API server: %w", err)
+	case err = <-c.runErr:
+		c.runErr <- err
+		err = fmt.Errorf("routes: %w", err)
+	}
+	c.err = err
+	c.stop(graceful)
+}
+
+// Wait returns once the controller has stopped: nil after Start's context
+// ended or Stop, else what made it fail.
+func (c *Controller) Wait() error {
+	<-c.stopped
+	return c.err
+}
+
+// Stop stops the controller at once: its connections and streams end.
+func (c *Controller) Stop() { c.stop(false) }
+
+func (c *Controller) stop(graceful bool) {
+	c.stopOnce.Do(func() {
+		c.hs.Shutdown()
+		if graceful {
+			done := make(chan struct{})
+			go func() { c.gs.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				c.log.Warn("requests still running after 10s; stopping them")
+				c.gs.Stop()
+				<-done
+			}
+		} else {
+			c.gs.Stop()
+		}
+		if c.hsrv != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			c.hsrv.Shutdown(sctx)
+			cancel()
+		}
+		c.stopRunner()
+		if err := <-c.runErr; err != nil && !errors.Is(err, context.Canceled) {
+			c.log.Warn("route table stopped", "err", err)
+		}
+		c.runErr <- nil
+		c.st.Close()
+		c.log.Info("stopped")
+		close(c.stopped)
+	})
+}
