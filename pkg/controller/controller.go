@@ -43,6 +43,10 @@ const DefaultASN = 64512
 type Config struct {
 	ASN    uint32 // for automatic route targets (0: DefaultASN)
 	Logger *slog.Logger
+	// ExclusiveStore says that no other controller instance uses the store
+	// (bbolt, locked by one process): every other instance's stream markers
+	// are then stale (liveness.go).
+	ExclusiveStore bool
 }
 
 // Controller implements the resource operations on a store.
@@ -51,6 +55,9 @@ type Controller struct {
 	ipam *ipam.Manager
 	asn  uint32
 	log  *slog.Logger
+
+	exclusive bool
+	streams   liveStreams // the route streams open at this instance
 }
 
 // New returns a Controller over st.
@@ -61,7 +68,7 @@ func New(st store.Store, cfg Config) *Controller {
 	if cfg.ASN == 0 {
 		cfg.ASN = DefaultASN
 	}
-	return &Controller{st: st, ipam: ipam.NewManager(st), asn: cfg.ASN, log: cfg.Logger}
+	return &Controller{st: st, ipam: ipam.NewManager(st), asn: cfg.ASN, log: cfg.Logger, exclusive: cfg.ExclusiveStore}
 }
 
 // Store returns the controller's store.
