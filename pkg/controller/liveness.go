@@ -130,8 +130,8 @@ func (c *Controller) fresh(kv store.KV, now time.Time) bool {
 
 // sweepGateway deletes the stream markers on gw of dead instances and, when
 // no live instance streams to gw any more, marks it down, in one transaction
-// that requires the gateway record and the liveness keys it relied on
-// unchanged. It returns the number of markers deleted.
+// that requires the gateway record, the markers it deletes and the liveness
+// keys it relied on unchanged. It returns the number of markers deleted.
 func (c *Controller) sweepGateway(ctx context.Context, gw, self, dying string) (int, error) {
 	var n int
 	err := retry(ctx, func() error {
@@ -172,6 +172,7 @@ func (c *Controller) sweepGateway(ctx context.Context, gw, self, dying string) (
 				continue
 			}
 			ops = append(ops, store.Delete(s.Key))
+			conds = append(conds, store.Unchanged(s)) // each marker is swept once
 			if !condOn[inst] {
 				condOn[inst] = true
 				conds = append(conds, k.cond)
