@@ -191,6 +191,7 @@ func TestKilledControllerMarkersSweptAtRestart(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	t.Logf("gateway down %v after the restart began", time.Since(started))
 
 	// After a clean stop, the store holds no marker and no liveness key.
 	c.Stop()
@@ -252,7 +253,9 @@ func TestGatewayDownAfterOtherControllerKilled(t *testing.T) {
 		}
 	}
 	waitDeleted("dead controller")
-	if d := time.Since(killedAt); d > (controller.DeadAfter+2)*interval {
+	d := time.Since(killedAt)
+	t.Logf("dead controller's marker swept %v after the kill (interval %v)", d, interval)
+	if d > (controller.DeadAfter+2)*interval {
 		t.Errorf("dead controller's marker swept %v after the kill; want within %v", d, (controller.DeadAfter+2)*interval)
 	}
 	if s := gatewayState(ctx, t, g2, "gw"); s != v1.GatewayState_GATEWAY_STATE_UP {
