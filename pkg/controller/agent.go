@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -168,10 +169,10 @@ func (c *Controller) LeaseBlock(ctx context.Context, gw, network string, family 
 	return p, nil
 }
 
-// OpenGatewayStream checks that gw exists, records that controller instance
-// id streams routes to it, and marks it up, in one transaction (so that a
-// stream closing at another controller sees either this marker or a changed
-// gateway record).
+// OpenGatewayStream checks that gw exists, records that a stream (id
+// <controller instance>-<n>) sends routes to it, and marks it up, in one
+// transaction (so that a stream closing at another controller sees either
+// this marker or a changed gateway record).
 func (c *Controller) OpenGatewayStream(ctx context.Context, gw, id string) error {
 	if err := model.ValidateName("gateway", gw); err != nil {
 		return model.Errorf(model.ErrInvalid, "%w", err)
@@ -186,11 +187,18 @@ func (c *Controller) OpenGatewayStream(ctx context.Context, gw, id string) error
 			[]store.Op{store.Put(kv.Key, encode(g)), store.Put(keys.GatewayStream(gw, id), nil)})
 		return err
 	})
-	return storeErr(err)
+	if err != nil {
+		return storeErr(err)
+	}
+	c.streams.add(id, gw)
+	return nil
 }
 
 // CloseGatewayStream removes the marker OpenGatewayStream wrote and, unless
-// another controller still streams routes to gw, marks the gateway down.
+// another live controller instance still streams routes to gw, marks the
+// gateway down. The markers of dead instances do not count (the sweeper
+// removes them); the transaction requires the markers that counted unchanged,
+// so that two last streams closing at once cannot both leave it up.
 func (c *Controller) CloseGatewayStream(ctx context.Context, gw, id string) error {
 	marker := keys.GatewayStream(gw, id)
 	err := retry(ctx, func() error {
@@ -206,14 +214,32 @@ func (c *Controller) CloseGatewayStream(ctx context.Context, gw, id string) erro
 		if err != nil {
 			return err
 		}
+		conds := []store.Cond{store.Unchanged(kv)}
+		live := c.newLiveness(time.Now(), keys.StreamInstance(id), "")
+		for _, s := range streams {
+			if s.Key == marker {
+				continue
+			}
+			_, other, _ := keys.StreamGateway(s.Key)
+			k, err := live.check(ctx, keys.StreamInstance(other))
+			if err != nil {
+				return err
+			}
+			if k.alive {
+				conds = append(conds, store.Unchanged(s))
+			}
+		}
 		ops := []store.Op{store.Delete(marker)}
-		others := slices.ContainsFunc(streams, func(s store.KV) bool { return s.Key != marker })
-		if !others {
+		if len(conds) == 1 { // no other live stream
 			g.State, g.LastSeen, g.Revision = v1.GatewayState_GATEWAY_STATE_DOWN, timestamppb.Now(), 0
 			ops = append(ops, store.Put(kv.Key, encode(g)))
 		}
-		_, err = c.st.Txn(ctx, []store.Cond{store.Unchanged(kv)}, ops)
+		_, err = c.st.Txn(ctx, conds, ops)
 		return err
 	})
-	return storeErr(err)
+	if err != nil {
+		return storeErr(err) // a clean shutdown sweeps the marker
+	}
+	c.streams.remove(id)
+	return nil
 }

@@ -4,7 +4,9 @@
 // share an etcd store), and what the gateways' agents ask of it (agent.go).
 //
 // It owns the records under the network, gateway, endpoint, label, reference,
-// index and stream keys of pkg/keys, and IPAM through pkg/ipam. It is the
+// index, stream and controller liveness keys of pkg/keys, and IPAM through
+// pkg/ipam. Each controller instance keeps a heartbeat and sweeps the stream
+// markers of dead instances (liveness.go). It is the
 // domain: plain Go methods that return errors of the kinds of pkg/model
 // (model.ErrNotFound...). It may not import gRPC or pkg/api (the transport
 // that serves it), nor write the keys of pkg/vpn (BGP peers).
@@ -43,6 +45,10 @@ const DefaultASN = 64512
 type Config struct {
 	ASN    uint32 // for automatic route targets (0: DefaultASN)
 	Logger *slog.Logger
+	// ExclusiveStore says that no other controller instance uses the store
+	// (bbolt, locked by one process): every other instance's stream markers
+	// are then stale (liveness.go).
+	ExclusiveStore bool
 }
 
 // Controller implements the resource operations on a store.
@@ -51,6 +57,9 @@ type Controller struct {
 	ipam *ipam.Manager
 	asn  uint32
 	log  *slog.Logger
+
+	exclusive bool
+	streams   liveStreams // the route streams open at this instance
 }
 
 // New returns a Controller over st.
@@ -61,7 +70,7 @@ func New(st store.Store, cfg Config) *Controller {
 	if cfg.ASN == 0 {
 		cfg.ASN = DefaultASN
 	}
-	return &Controller{st: st, ipam: ipam.NewManager(st), asn: cfg.ASN, log: cfg.Logger}
+	return &Controller{st: st, ipam: ipam.NewManager(st), asn: cfg.ASN, log: cfg.Logger, exclusive: cfg.ExclusiveStore}
 }
 
 // Store returns the controller's store.

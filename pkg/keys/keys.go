@@ -11,6 +11,7 @@ package keys
 import (
 	"net/netip"
 	"strconv"
+	"strings"
 )
 
 // Prefixes. Names (networks, gateways) and endpoint ids never contain '/'.
@@ -40,9 +41,15 @@ const (
 	// of their gateway only once, so that an endpoint's write stays as cheap
 	// as it was without the index.)
 	Pending = "pending/"
-	// Streams: streams/<gateway>/<controller instance> -> "" while that
-	// controller streams routes to the gateway's agent.
+	// Streams: streams/<gateway>/<stream> -> "" while a controller streams
+	// routes to the gateway's agent. A stream id is <controller instance>-<n>
+	// (StreamInstance), so that the markers of a dead controller are known.
 	Streams = "streams/"
+	// Controllers: controllers/<controller instance> -> the instance's last
+	// heartbeat (JSON: time and interval), rewritten every interval while it
+	// runs and deleted when it stops cleanly. An instance whose heartbeat is
+	// stale, or that has none, is dead: its stream markers are swept.
+	Controllers = "controllers/"
 	// IPAM: ipam/<network>/blocks/<prefix> -> gateway name (a block lease) and
 	// ipam/<network>/addrs/<address> -> owner (an endpoint id).
 	IPAM = "ipam/"
@@ -95,6 +102,36 @@ func GatewayStreams(gateway string) string { return Streams + gateway + "/" }
 
 // GatewayStream marks that controller instance id streams routes to gateway.
 func GatewayStream(gateway, id string) string { return GatewayStreams(gateway) + id }
+
+// StreamGateway returns the gateway and the stream id of a stream marker key
+// (ok false for another key).
+func StreamGateway(key string) (gateway, stream string, ok bool) {
+	rest, ok := strings.CutPrefix(key, Streams)
+	if !ok {
+		return "", "", false
+	}
+	gateway, stream, ok = strings.Cut(rest, "/")
+	return gateway, stream, ok && gateway != "" && stream != ""
+}
+
+// StreamInstance returns the controller instance of a stream id
+// (<instance>-<n>; an id without a numeric suffix is the instance itself).
+func StreamInstance(stream string) string {
+	i := strings.LastIndexByte(stream, '-')
+	if i <= 0 || i == len(stream)-1 {
+		return stream
+	}
+	if _, err := strconv.ParseUint(stream[i+1:], 10, 64); err != nil {
+		return stream
+	}
+	return stream[:i]
+}
+
+// Controller is a controller instance's liveness key.
+func Controller(instance string) string { return Controllers + instance }
+
+// ControllerInstance returns the instance of a liveness key.
+func ControllerInstance(key string) string { return strings.TrimPrefix(key, Controllers) }
 
 // IPAMNetwork is the prefix of a network's IPAM state.
 func IPAMNetwork(network string) string { return IPAM + network + "/" }

@@ -39,6 +39,12 @@ type Config struct {
 		Format string `yaml:"format"` // text or json
 	} `yaml:"log"`
 	BGP BGPConfig `yaml:"bgp"`
+	// Liveness: every interval the controller writes its heartbeat to the
+	// store and sweeps the stream markers of controllers whose heartbeat is
+	// older than three intervals (killed while streaming).
+	Liveness struct {
+		Interval time.Duration `yaml:"interval"`
+	} `yaml:"liveness"`
 }
 
 // EtcdConfig selects the etcd store.
@@ -115,6 +121,7 @@ const (
 	DefaultMetricsListen = "127.0.0.1:9477"
 	DefaultASN           = controller.DefaultASN
 	DefaultBGPPort       = bgp.DefaultPort
+	DefaultLiveness      = controller.DefaultHeartbeatInterval
 	// MetricsOff as metrics.listen (file or flag) turns the metrics listener off.
 	MetricsOff = "off"
 )
@@ -129,6 +136,7 @@ func DefaultConfig() Config {
 	c.Log.Format = "text"
 	c.BGP.ASN = DefaultASN
 	c.BGP.ListenPort = DefaultBGPPort
+	c.Liveness.Interval = DefaultLiveness
 	return c
 }
 
@@ -190,6 +198,9 @@ func (c *Config) Validate() error {
 	case "text", "json":
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q: use text or json", c.Log.Format))
+	}
+	if c.Liveness.Interval <= 0 {
+		errs = append(errs, fmt.Errorf("liveness.interval %v: want a positive duration such as 10s", c.Liveness.Interval))
 	}
 	if c.BGP.ASN == 0 {
 		errs = append(errs, errors.New("bgp.asn must be set (it also forms the automatic route targets)"))

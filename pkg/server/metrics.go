@@ -20,6 +20,7 @@ type metrics struct {
 	latency       *prometheus.HistogramVec
 	commitSeconds prometheus.Histogram
 	commitTxns    prometheus.Histogram
+	swept         prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -40,7 +41,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		Name: "iotfabric_store_commit_transactions", Help: "Transactions carried by one bbolt commit (group commit).",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
 	})
-	reg.MustRegister(m.requests, m.latency, m.commitSeconds, m.commitTxns)
+	m.swept = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "iotfabric_stream_markers_swept_total", Help: "Route stream markers of dead controllers removed by this controller.",
+	})
+	reg.MustRegister(m.requests, m.latency, m.commitSeconds, m.commitTxns, m.swept)
 	return m
 }
 

@@ -51,6 +51,10 @@ type Options struct {
 	// OpenStore, if set, opens the store instead of the Config's etcd or
 	// bbolt file (tests: a bbolt file without fsync, a shared etcd).
 	OpenStore func(ctx context.Context) (store.Store, error)
+	// ExclusiveStore says that OpenStore's store is this controller's alone
+	// (a bbolt file): the stream markers of every other controller instance
+	// are then stale. A bbolt store the Config selects is exclusive.
+	ExclusiveStore bool
 	// ServerOptions are added to the gRPC server's (after the interceptors and
 	// the Config's TLS).
 	ServerOptions []grpc.ServerOption
@@ -69,7 +73,10 @@ type Controller struct {
 	metricsAddr string
 	stopRunner  context.CancelFunc
 	runErr      chan error // the runner's result
-	serveErr    chan error // gs.Serve's result
+	sweeper     *controller.Sweeper
+	stopSweeper context.CancelFunc
+	sweeperDone chan struct{} // closed when the sweeper's Run returned
+	serveErr    chan error    // gs.Serve's result
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed once stopped
@@ -101,7 +108,8 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	}
 	cleanup = append(cleanup, func() { st.Close() })
 
-	ctl := controller.New(st, controller.Config{ASN: cfg.BGP.ASN, Logger: log})
+	exclusive := opts.ExclusiveStore || (opts.OpenStore == nil && len(cfg.Etcd.Endpoints) == 0)
+	ctl := controller.New(st, controller.Config{ASN: cfg.BGP.ASN, Logger: log, ExclusiveStore: exclusive})
 	n, err := ctl.LoadNetworks(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load networks: %w", err)
@@ -137,8 +145,20 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	gs := grpc.NewServer(append(gsOpts, opts.ServerOptions...)...)
 	api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Logger: log}.Register(gs)
 
-	c := &Controller{log: log, ctx: ctx, st: st, runner: runner, gs: gs, lis: lis,
+	// The heartbeat is written before any stream marker of this instance;
+	// the first sweep removes the markers of dead instances (of this
+	// controller's previous run, too) at once.
+	sw := ctl.NewSweeper(controller.LivenessConfig{Instance: runner.ID(), Interval: cfg.Liveness.Interval,
+		OnSwept: func(n int) { m.swept.Add(float64(n)) }})
+	if err := sw.Start(ctx); err != nil {
+		return nil, fmt.Errorf("controller liveness: %w", err)
+	}
+	c := &Controller{log: log, ctx: ctx, st: st, runner: runner, gs: gs, lis: lis, sweeper: sw, sweeperDone: make(chan struct{}),
 		runErr: make(chan error, 1), serveErr: make(chan error, 1), stopped: make(chan struct{})}
+	sctx, scancel := context.WithCancel(context.Background())
+	c.stopSweeper = scancel
+	go func() { defer close(c.sweeperDone); sw.Run(sctx) }()
+	cleanup = append(cleanup, func() { scancel(); <-c.sweeperDone })
 	rctx, rcancel := context.WithCancel(context.Background())
 	c.stopRunner = rcancel
 	go func() { c.runErr <- runner.Run(rctx) }()
@@ -284,6 +304,13 @@ func (c *Controller) stop(graceful bool) {
 			c.log.Warn("route table stopped", "err", err)
 		}
 		c.runErr <- nil
+		c.stopSweeper()
+		<-c.sweeperDone
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := c.sweeper.Stop(sctx); err != nil {
+			c.log.Warn("controller liveness key left to go stale", "err", err)
+		}
+		cancel()
 		c.st.Close()
 		c.log.Info("stopped")
 		close(c.stopped)

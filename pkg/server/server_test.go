@@ -27,8 +27,14 @@ func openEtcd(t *testing.T, endpoint string) store.Store {
 // startOnEtcd starts a controller of its own on the shared etcd.
 func startOnEtcd(t *testing.T, endpoint string) (v1.AgentServiceClient, v1.GatewayServiceClient) {
 	t.Helper()
+	return startOnEtcdEvery(t, endpoint, DefaultLiveness)
+}
+
+// startOnEtcdEvery is startOnEtcd with a liveness interval.
+func startOnEtcdEvery(t *testing.T, endpoint string, interval time.Duration) (v1.AgentServiceClient, v1.GatewayServiceClient) {
+	t.Helper()
 	cfg := DefaultConfig()
-	cfg.API.Listen, cfg.Metrics.Listen = "127.0.0.1:0", MetricsOff
+	cfg.API.Listen, cfg.Metrics.Listen, cfg.Liveness.Interval = "127.0.0.1:0", MetricsOff, interval
 	c, err := Start(context.Background(), cfg, Options{OpenStore: func(context.Context) (store.Store, error) { return openEtcd(t, endpoint), nil }})
 	if err != nil {
 		t.Fatal(err)
