@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
@@ -69,7 +69,7 @@ func (a *agents) LeaseBlock(ctx context.Context, req *v1.LeaseBlockRequest) (*v1
 func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.ServerStreamingServer[v1.GatewayRoutes]) error {
 	ctx := out.Context()
 	gw := req.GetGateway()
-	stream := fmt.Sprintf("%s-%d", a.r.ID(), a.seq.Add(1))
+	stream := keys.StreamID(a.r.ID(), a.seq.Add(1))
 	if err := a.c.OpenGatewayStream(ctx, gw, stream); err != nil {
 		return Status(err)
 	}

@@ -114,6 +114,12 @@ func StreamGateway(key string) (gateway, stream string, ok bool) {
 	return gateway, stream, ok && gateway != "" && stream != ""
 }
 
+// StreamID is the id of a controller instance's n-th route stream; StreamInstance
+// reads the instance back.
+func StreamID(instance string, n uint64) string {
+	return instance + "-" + strconv.FormatUint(n, 10)
+}
+
 // StreamInstance returns the controller instance of a stream id
 // (<instance>-<n>; an id without a numeric suffix is the instance itself).
 func StreamInstance(stream string) string {
