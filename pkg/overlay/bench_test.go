@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/internal/testenv"
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
@@ -53,9 +54,7 @@ func benchGateway(b *testing.B) *netnstest.NS {
 // plain routes via the gateway otherwise.
 func BenchmarkSetRoutes(b *testing.B) {
 	netnstest.RequireRoot(b)
-	if _, err := exec.LookPath("ip"); err != nil {
-		b.Skip("iproute2 missing")
-	}
+	testenv.RequireProgram(b, "ip", "iproute2")
 	ctx := context.Background()
 	for range b.N {
 		gw := benchGateway(b)
