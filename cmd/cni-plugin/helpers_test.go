@@ -6,20 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"testing"
-
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netns"
 )
-
-func nsHandleOf(t *testing.T, n ns.NetNS) netns.NsHandle {
-	t.Helper()
-	h, err := netns.GetFromPath(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
 
 type rawExec struct{}
 

@@ -19,12 +19,12 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/internal/testenv"
 	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
@@ -58,7 +58,7 @@ type env struct {
 	t       *testing.T
 	ctl     *fabrictest.Controller
 	api     fabrictest.Clients
-	gw      ns.NetNS
+	gw      *netnstest.NS
 	dir     string
 	sock    string
 	cni     *libcni.CNIConfig
@@ -68,8 +68,8 @@ type env struct {
 }
 
 func newEnv(t *testing.T) *env {
-	fabrictest.RequireRoot(t)
-	e := &env{t: t, ctl: fabrictest.StartController(t), gw: fabrictest.NewNS(t), dir: t.TempDir()}
+	netnstest.RequireRoot(t)
+	e := &env{t: t, ctl: fabrictest.StartController(t), gw: netnstest.New(t, "iofgw"), dir: t.TempDir()}
 	e.api = e.ctl.Dial()
 	if _, err := e.api.Net.CreateNetwork(context.Background(), &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "red", Subnets: []string{"10.1.0.0/16"}}}); err != nil {
 		t.Fatal(err)
@@ -129,11 +129,11 @@ func (e *env) conflist(extra string) *libcni.NetworkConfigList {
 	return l
 }
 
-func (e *env) rt(id string, pod ns.NetNS) *libcni.RuntimeConf {
+func (e *env) rt(id string, pod *netnstest.NS) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: "eth0"}
 }
 
-func (e *env) add(l *libcni.NetworkConfigList, id string, pod ns.NetNS) *current.Result {
+func (e *env) add(l *libcni.NetworkConfigList, id string, pod *netnstest.NS) *current.Result {
 	e.t.Helper()
 	r, err := e.cni.AddNetworkList(context.Background(), l, e.rt(id, pod))
 	if err != nil {
@@ -146,9 +146,9 @@ func (e *env) add(l *libcni.NetworkConfigList, id string, pod ns.NetNS) *current
 	return res
 }
 
-func linkIn(t *testing.T, n ns.NetNS, name string) (netlink.Link, *netlink.Handle) {
+func linkIn(t *testing.T, n *netnstest.NS, name string) (netlink.Link, *netlink.Handle) {
 	t.Helper()
-	h, err := netlink.NewHandleAt(nsHandleOf(t, n))
+	h, err := netlink.NewHandleAt(n.NsHandle())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestLibcniAddCheckDelGCStatus(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	l := e.conflist("")
-	pod1, pod2 := fabrictest.NewNS(t), fabrictest.NewNS(t)
+	pod1, pod2 := netnstest.New(t, "iofpod"), netnstest.New(t, "iofpod")
 
 	res := e.add(l, "c1", pod1)
 	if res.CNIVersion != "1.1.0" || len(res.Interfaces) != 2 || len(res.IPs) != 1 {
@@ -266,9 +266,9 @@ func TestLibcniConcurrentAdds(t *testing.T) {
 	ctx := context.Background()
 	l := e.conflist("")
 	const n = 32
-	pods := make([]ns.NetNS, n)
+	pods := make([]*netnstest.NS, n)
 	for i := range pods {
-		pods[i] = fabrictest.NewNS(t)
+		pods[i] = netnstest.New(t, "iofpod")
 	}
 	var wg sync.WaitGroup
 	results := make([]*current.Result, n)
@@ -330,7 +330,7 @@ func runPlugin(t *testing.T, command, netnsPath, conf string, env ...string) *ty
 
 func TestLibcniBadInput(t *testing.T) {
 	e := newEnv(t)
-	pod := fabrictest.NewNS(t)
+	pod := netnstest.New(t, "iofpod")
 	good := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "n", "type": "iotfabric", "socket": %q, "network": "red"}`, e.sock)
 	cases := []struct {
 		name, cmd, netns, conf string
@@ -378,7 +378,7 @@ func TestLibcniChainWithPortmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod := fabrictest.NewNS(t)
+	pod := netnstest.New(t, "iofpod")
 	rt := e.rt("chained", pod)
 	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 18080 + os.Getpid()%1000, "containerPort": 80, "protocol": "tcp"}}}
 	// portmap's rules live in the test's own namespace: removed even when
@@ -418,7 +418,7 @@ func TestLibcniChainWithPortmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod2 := fabrictest.NewNS(t)
+	pod2 := netnstest.New(t, "iofpod")
 	r, err = e.cni.AddNetworkList(ctx, l2, e.rt("after-loopback", pod2))
 	if err != nil {
 		t.Fatalf("ADD after loopback: %v", err)
@@ -445,7 +445,7 @@ func TestLibcniDualStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod := fabrictest.NewNS(t)
+	pod := netnstest.New(t, "iofpod")
 	res := e.add(l, "d1", pod)
 	var v4, v6 bool
 	for _, ip := range res.IPs {

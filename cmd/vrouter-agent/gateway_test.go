@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
-	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -34,18 +34,16 @@ func TestGatewayModeFlags(t *testing.T) {
 // TestGatewayModeServesCNI: vrouter-agent --gateway registers with the
 // controller, serves the CNI socket, and stops on SIGTERM.
 func TestGatewayModeServesCNI(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces)")
-	}
+	netnstest.RequireRoot(t)
 	ctl := fabrictest.StartController(t)
-	gw := overlaytest.NewNS(t, "iofgwmode")
+	gw := netnstest.New(t, "iofgwmode")
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "cni.sock")
 	var log syncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run([]string{"--gateway", "gw-cli", "--underlay", "192.0.2.44", "--controller", ctl.Addr,
-			"--netns", gw.Path, "--state-dir", filepath.Join(dir, "state"), "--cni-socket", sock}, &log)
+			"--netns", gw.Path(), "--state-dir", filepath.Join(dir, "state"), "--cni-socket", sock}, &log)
 	}()
 	api := ctl.Dial()
 	client := &cni.Client{Path: sock}

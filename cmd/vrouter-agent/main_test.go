@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
@@ -36,7 +37,7 @@ func TestHelpAndBadFlags(t *testing.T) {
 }
 
 func TestOnceAndCleanupInNamespace(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofagent")
+	gw := netnstest.New(t, "iofagent")
 	overlaytest.Pod(t, gw, "veth1", netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("169.254.1.1"))
 	state := filepath.Join(t.TempDir(), "state.yaml")
 	err := os.WriteFile(state, []byte(`
@@ -50,17 +51,17 @@ networks:
 		t.Fatal(err)
 	}
 	var log bytes.Buffer
-	if rc := run([]string{"--state", state, "--once", "--netns", gw.Path}, &log); rc != 0 {
+	if rc := run([]string{"--state", state, "--once", "--netns", gw.Path()}, &log); rc != 0 {
 		t.Fatalf("--once exit %d:\n%s", rc, log.String())
 	}
-	if d := gw.Dump(t); !strings.Contains(d, "route 10.1.0.1 dev veth1 table 7001 scope link") ||
+	if d := overlaytest.Dump(t, gw); !strings.Contains(d, "route 10.1.0.1 dev veth1 table 7001 scope link") ||
 		!strings.Contains(d, "rule 7000: from all iif veth1 lookup 7001 proto 165") {
 		t.Fatalf("after --once:\n%s\nlog:\n%s", d, log.String())
 	}
-	if rc := run([]string{"--cleanup", "--netns", gw.Path}, &log); rc != 0 {
+	if rc := run([]string{"--cleanup", "--netns", gw.Path()}, &log); rc != 0 {
 		t.Fatalf("--cleanup exit %d:\n%s", rc, log.String())
 	}
-	if d := gw.Dump(t); d != "" {
+	if d := overlaytest.Dump(t, gw); d != "" {
 		t.Fatalf("after --cleanup:\n%s", d)
 	}
 }
@@ -84,7 +85,7 @@ func (s *syncBuffer) String() string {
 }
 
 func TestSIGTERMLeavesDataPlane(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofagent")
+	gw := netnstest.New(t, "iofagent")
 	overlaytest.Pod(t, gw, "veth1", netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("169.254.1.1"))
 	state := filepath.Join(t.TempDir(), "state.yaml")
 	doc := "networks:\n- name: red\n  table: 7001\n  endpoints:\n  - {interface: veth1, address: 10.1.0.1, label: 1001}\n"
@@ -93,7 +94,7 @@ func TestSIGTERMLeavesDataPlane(t *testing.T) {
 	}
 	var log syncBuffer
 	rc := make(chan int, 1)
-	go func() { rc <- run([]string{"--state", state, "--netns", gw.Path}, &log) }()
+	go func() { rc <- run([]string{"--state", state, "--netns", gw.Path()}, &log) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(log.String(), "state applied") {
 		if time.Now().After(deadline) {
@@ -113,7 +114,7 @@ func TestSIGTERMLeavesDataPlane(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("agent did not stop on SIGTERM")
 	}
-	if d := gw.Dump(t); !strings.Contains(d, "route 10.1.0.1 dev veth1 table 7001 scope link") {
+	if d := overlaytest.Dump(t, gw); !strings.Contains(d, "route 10.1.0.1 dev veth1 table 7001 scope link") {
 		t.Fatalf("data plane gone after SIGTERM:\n%s", d)
 	}
 }
@@ -129,7 +130,7 @@ func TestCleanupRemovesPodVeths(t *testing.T) {
 		t.Fatalf("veth prefixes differ: cni %q/%q, overlay %q/%q/%q", cni.HostIfPrefix, cni.LegacyHostIfPrefix,
 			overlay.IfPrefix, overlay.EndpointIfPrefix, overlay.LegacyEndpointIfPrefix)
 	}
-	gw := overlaytest.NewNS(t, "iofagent")
+	gw := netnstest.New(t, "iofagent")
 	podGW := netip.MustParseAddr("169.254.1.1")
 	current, legacy := cni.HostIfName("c1:eth0"), cni.LegacyHostIfName("c2:eth0")
 	overlaytest.Pod(t, gw, current, netip.MustParseAddr("10.1.0.1"), podGW)
@@ -144,20 +145,20 @@ func TestCleanupRemovesPodVeths(t *testing.T) {
 	}
 	var log bytes.Buffer
 	for range 2 { // the second run adopts what the first made
-		if rc := run([]string{"--state", state, "--once", "--netns", gw.Path}, &log); rc != 0 {
+		if rc := run([]string{"--state", state, "--once", "--netns", gw.Path()}, &log); rc != 0 {
 			t.Fatalf("--once exit %d:\n%s", rc, log.String())
 		}
 	}
-	d := gw.Dump(t)
+	d := overlaytest.Dump(t, gw)
 	for _, want := range []string{"route 10.1.0.1 dev " + current + " table 7001 scope link", "route 10.1.0.2 dev " + legacy + " table 7001 scope link", "link " + pending} {
 		if !strings.Contains(d, want) {
 			t.Errorf("after --once, missing %q:\n%s", want, d)
 		}
 	}
-	if rc := run([]string{"--cleanup", "--netns", gw.Path}, &log); rc != 0 {
+	if rc := run([]string{"--cleanup", "--netns", gw.Path()}, &log); rc != 0 {
 		t.Fatalf("--cleanup exit %d:\n%s", rc, log.String())
 	}
-	if d := gw.Dump(t); d != "" {
+	if d := overlaytest.Dump(t, gw); d != "" {
 		t.Fatalf("after --cleanup:\n%s", d)
 	}
 	links := gw.IP(t, "-o", "link", "show")

@@ -1,10 +1,10 @@
 // Package fabrictest is the whole-fabric test harness: real controllers
 // (built by pkg/server, as cmd/controller builds them) that can be stopped
 // and started again on the same address and may share one etcd, real
-// gateways (pkg/agent with a kernel data plane in a network namespace, or
-// only recording its states), CNI plugin builds, and network namespaces that
-// clean up after themselves. The agent's, the CNI plugin's and the vrouter
-// agent's tests use it.
+// gateways (pkg/agent with a kernel data plane in a network namespace of
+// internal/netnstest, or only recording its states) and CNI plugin builds.
+// The agent's, the CNI plugin's and the vrouter agent's tests use it; their
+// pods are netnstest namespaces too.
 //
 // It may only start things the way the programs start them (server.Start,
 // agent.New); it owns no production code.
@@ -12,6 +12,7 @@ package fabrictest
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -21,9 +22,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
-	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -183,46 +181,15 @@ func (c *Controller) Dial(opts ...grpc.DialOption) Clients {
 		v1.NewRouteServiceClient(conn), v1.NewAgentServiceClient(conn)}
 }
 
-// NewNS makes a network namespace (bind-mounted under /run/netns with a random
-// name) with its loopback up, removed at the end of the test.
-func NewNS(t testing.TB) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		testutils.UnmountNS(n)
-	})
-	err = n.Do(func(ns.NetNS) error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(lo)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// RequireRoot skips t unless it runs as root.
-func RequireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces)")
-	}
-}
-
 // BuildPlugin builds cmd/cni-plugin as dir/iotfabric and returns dir.
 func BuildPlugin(dir string) (string, error) {
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..")
-	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goCmd); err != nil {
-		goCmd = "go"
+	// go test puts its own toolchain's bin first on the test's PATH, so this
+	// is the go command that builds the tests.
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("build the CNI plugin: %w", err)
 	}
 	cmd := exec.Command(goCmd, "build", "-o", filepath.Join(dir, "iotfabric"), "./cmd/cni-plugin")
 	cmd.Dir = root

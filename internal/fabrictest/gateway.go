@@ -15,10 +15,10 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
@@ -30,7 +30,7 @@ type Gateway struct {
 	t           testing.TB
 	Name        string
 	Underlay    netip.Addr
-	NS          ns.NetNS
+	NS          *netnstest.NS
 	Dir         string
 	Sock        string
 	Controllers []string
@@ -62,7 +62,7 @@ func StartGateway(t testing.TB, name string, underlay netip.Addr, controllers []
 	}
 	g.Sock = filepath.Join(g.Dir, "cni.sock")
 	if kernel {
-		g.NS = NewNS(t)
+		g.NS = netnstest.New(t, "iofgw")
 	}
 	g.Start()
 	t.Cleanup(g.Stop)
@@ -239,7 +239,7 @@ func (c *CNI) List(g *Gateway, network string) *libcni.NetworkConfigList {
 }
 
 // Add adds pod (container id) to network on gateway g.
-func (c *CNI) Add(ctx context.Context, g *Gateway, network, id string, pod ns.NetNS) (*current.Result, error) {
+func (c *CNI) Add(ctx context.Context, g *Gateway, network, id string, pod *netnstest.NS) (*current.Result, error) {
 	r, err := c.Conf.AddNetworkList(ctx, c.List(g, network), &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: "eth0"})
 	if err != nil {
 		return nil, err
@@ -248,6 +248,6 @@ func (c *CNI) Add(ctx context.Context, g *Gateway, network, id string, pod ns.Ne
 }
 
 // Del deletes pod from network on gateway g.
-func (c *CNI) Del(ctx context.Context, g *Gateway, network, id string, pod ns.NetNS) error {
+func (c *CNI) Del(ctx context.Context, g *Gateway, network, id string, pod *netnstest.NS) error {
 	return c.Conf.DelNetworkList(ctx, c.List(g, network), &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: "eth0"})
 }

@@ -12,10 +12,11 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/internal/testenv"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -28,7 +29,7 @@ func benchOnly(t *testing.T) {
 	if os.Getenv("IOTFABRIC_BENCH") == "" {
 		t.Skip("benchmark: run with IOTFABRIC_BENCH=1 (make bench-cni)")
 	}
-	fabrictest.RequireRoot(t)
+	netnstest.RequireRoot(t)
 }
 
 func pct(d []time.Duration, p float64) time.Duration {
@@ -45,7 +46,7 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Micros
 
 // addLatencies ADDs n pods (namespaces made beforehand), conc at a time, and
 // returns each ADD's latency. run performs one ADD.
-func addLatencies(t *testing.T, pods []ns.NetNS, conc int, run func(i int, pod ns.NetNS) error) []time.Duration {
+func addLatencies(t *testing.T, pods []*netnstest.NS, conc int, run func(i int, pod *netnstest.NS) error) []time.Duration {
 	lat := make([]time.Duration, len(pods))
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
@@ -74,10 +75,10 @@ func addLatencies(t *testing.T, pods []ns.NetNS, conc int, run func(i int, pod n
 	return lat
 }
 
-func newPods(t *testing.T, n int) []ns.NetNS {
-	pods := make([]ns.NetNS, n)
+func newPods(t *testing.T, n int) []*netnstest.NS {
+	pods := make([]*netnstest.NS, n)
 	for i := range pods {
-		pods[i] = fabrictest.NewNS(t)
+		pods[i] = netnstest.New(t, "iofpod")
 	}
 	return pods
 }
@@ -87,9 +88,7 @@ func newPods(t *testing.T, n int) []ns.NetNS {
 // plugins, serial and 32 at a time, measured in the same run.
 func TestBenchCNIAdd(t *testing.T) {
 	benchOnly(t)
-	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
-		t.Skip("reference plugins not installed (containernetworking-plugins)")
-	}
+	testenv.RequireFile(t, "/usr/lib/cni/bridge", "containernetworking-plugins")
 	const serialN, concN, conc = 100, 128, 32
 	ctx := context.Background()
 	ctl := fabrictest.StartController(t)
@@ -100,7 +99,7 @@ func TestBenchCNIAdd(t *testing.T) {
 
 	// The reference runs in its own namespace (the plugins are started from a
 	// thread inside it), with a bridge and host-local's files of its own.
-	refNS := fabrictest.NewNS(t)
+	refNS := netnstest.New(t, "iofref")
 	refDir := t.TempDir()
 	brName := fmt.Sprintf("cnibr%d", os.Getpid()%100000)
 	ref, err := libcni.NetworkConfFromBytes(fmt.Appendf(nil, `{"cniVersion": "1.0.0", "name": "ref", "plugins": [
@@ -110,26 +109,26 @@ func TestBenchCNIAdd(t *testing.T) {
 		t.Fatal(err)
 	}
 	refConf := libcni.NewCNIConfigWithCacheDir([]string{"/usr/lib/cni"}, filepath.Join(refDir, "cache"), fabrictest.Exec())
-	addRef := func(i int, pod ns.NetNS) error {
-		return refNS.Do(func(ns.NetNS) error {
+	addRef := func(i int, pod *netnstest.NS) error {
+		return refNS.Do(func() error {
 			_, err := refConf.AddNetworkList(ctx, ref, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("ref%d", i), NetNS: pod.Path(), IfName: "eth0"})
 			return err
 		})
 	}
-	addOurs := func(prefix string) func(int, ns.NetNS) error {
-		return func(i int, pod ns.NetNS) error {
+	addOurs := func(prefix string) func(int, *netnstest.NS) error {
+		return func(i int, pod *netnstest.NS) error {
 			_, err := c.Conf.AddNetworkList(ctx, ours, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("%s%d", prefix, i), NetNS: pod.Path(), IfName: "eth0"})
 			return err
 		}
 	}
 	// Warm up both (first exec, block lease, bridge creation).
 	addLatencies(t, newPods(t, 2), 1, addOurs("warm"))
-	addLatencies(t, newPods(t, 2), 1, func(i int, p ns.NetNS) error { return addRef(1000+i, p) })
+	addLatencies(t, newPods(t, 2), 1, func(i int, p *netnstest.NS) error { return addRef(1000+i, p) })
 
 	oursSerial := addLatencies(t, newPods(t, serialN), 1, addOurs("s"))
 	refSerial := addLatencies(t, newPods(t, serialN), 1, addRef)
 	oursConc := addLatencies(t, newPods(t, concN), conc, addOurs("c"))
-	refConc := addLatencies(t, newPods(t, concN), conc, func(i int, p ns.NetNS) error { return addRef(2000+i, p) })
+	refConc := addLatencies(t, newPods(t, concN), conc, func(i int, p *netnstest.NS) error { return addRef(2000+i, p) })
 
 	fmt.Printf("\nCNI ADD latency (fresh pod namespace each; %d serial, %d with %d at a time)\n", serialN, concN, conc)
 	fmt.Printf("%-34s %10s %10s %12s %12s\n", "", "p50", "p99", "p50 (x32)", "p99 (x32)")
@@ -137,7 +136,7 @@ func TestBenchCNIAdd(t *testing.T) {
 	fmt.Printf("%-34s %10s %10s %12s %12s\n", "reference bridge + host-local", ms(pct(refSerial, .5)), ms(pct(refSerial, .99)), ms(pct(refConc, .5)), ms(pct(refConc, .99)))
 	fmt.Printf("p99 ratio iotfabric/reference: serial %.2f, x32 %.2f\n\n",
 		float64(pct(oursSerial, .99))/float64(pct(refSerial, .99)), float64(pct(oursConc, .99))/float64(pct(refConc, .99)))
-	refNS.Do(func(ns.NetNS) error {
+	refNS.Do(func() error {
 		if l, err := netlink.LinkByName(brName); err == nil {
 			netlink.LinkDel(l)
 		}

@@ -22,11 +22,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 )
 
@@ -124,12 +122,12 @@ func faultRounds() int {
 // veth is leaked, none is held twice, and every surviving pod has the
 // address the agent holds for it.
 func TestSIGKILLDuringAdd(t *testing.T) {
-	fabrictest.RequireRoot(t)
+	netnstest.RequireRoot(t)
 	ctx := context.Background()
 	ctl := fabrictest.StartController(t)
 	api := ctl.Dial()
 	createNetwork(t, api, "red", "10.2.0.0/16")
-	gwNS := fabrictest.NewNS(t)
+	gwNS := netnstest.New(t, "iofgw")
 	dir := t.TempDir()
 	cc := childConfig{Gateway: "gw-f", Underlay: "192.0.2.9", StateDir: filepath.Join(dir, "state"), Netns: gwNS.Path(),
 		Socket: filepath.Join(dir, "cni.sock"), Controllers: []string{ctl.Addr}}
@@ -144,7 +142,7 @@ func TestSIGKILLDuringAdd(t *testing.T) {
 	}
 	type pod struct {
 		id  string
-		ns  ns.NetNS
+		ns  *netnstest.NS
 		res *current.Result
 	}
 	var valid []pod
@@ -152,7 +150,7 @@ func TestSIGKILLDuringAdd(t *testing.T) {
 	rounds := faultRounds()
 	var agentKills, pluginKills, survived int
 	for i := range rounds {
-		p := pod{id: fmt.Sprintf("f%d", i), ns: fabrictest.NewNS(t)}
+		p := pod{id: fmt.Sprintf("f%d", i), ns: netnstest.New(t, "iofpod")}
 		rt := &libcni.RuntimeConf{ContainerID: p.id, NetNS: p.ns.Path(), IfName: "eth0"}
 		delay := time.Duration(rng.IntN(25000)) * time.Microsecond
 		killAgent := rng.IntN(2) == 0
@@ -236,17 +234,7 @@ func TestSIGKILLDuringAdd(t *testing.T) {
 		t.Fatalf("after GC the agent still had %d endpoints to release and keeps %d, want 0 and %d", len(gcResp.Released), len(gcResp.Kept), len(valid))
 	}
 	// No veth is left in the gateway but the valid pods'.
-	h, err := netns.GetFromPath(gwNS.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
-	links, _ := nh.LinkList()
+	links, _ := gwNS.Handle().LinkList()
 	var left []string
 	for _, l := range links {
 		if strings.HasPrefix(l.Attrs().Name, cni.HostIfPrefix) {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/internal/testenv"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
 )
@@ -19,9 +21,7 @@ import (
 // the controller is stopped appears once it is back.
 func TestPodsRoutesAtFRR(t *testing.T) {
 	bgptest.RequireRoot(t)
-	if _, err := os.Stat("/usr/lib/frr/bgpd"); err != nil {
-		t.Skip("FRR not installed (scripts/deps/bgp.txt)")
-	}
+	testenv.RequireFile(t, "/usr/lib/frr/bgpd", "frr")
 	self := bgptest.Self(t)
 	frrNS := bgptest.NewNetns(t)
 	n := os.Getpid() % 250
@@ -70,7 +70,7 @@ func TestPodsRoutesAtFRR(t *testing.T) {
 		id string
 		u  netip.Addr
 	}{{gwA, "a1", uA}, {gwB, "b1", uB}} {
-		r, err := c.Add(ctx, p.g, "red", p.id, fabrictest.NewNS(t))
+		r, err := c.Add(ctx, p.g, "red", p.id, netnstest.New(t, "iofpod"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +80,7 @@ func TestPodsRoutesAtFRR(t *testing.T) {
 
 	ctl.Stop()
 	gwA.WaitLive(10*time.Second, 0)
-	r, err := c.Add(ctx, gwA, "red", "a2", fabrictest.NewNS(t))
+	r, err := c.Add(ctx, gwA, "red", "a2", netnstest.New(t, "iofpod"))
 	if err != nil {
 		t.Fatalf("ADD with the controller stopped: %v", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
@@ -18,7 +19,7 @@ import (
 // agents; with either of them stopped, a new pod on gateway A still reaches
 // gateway B's desired state through the other.
 func TestTwoControllersShareEtcd(t *testing.T) {
-	fabrictest.RequireRoot(t)
+	netnstest.RequireRoot(t)
 	srv := startEtcdPinned(t)
 	open := func() (store.Store, error) {
 		return etcd.Open(context.Background(), etcd.Options{Endpoints: []string{srv.Endpoint}, Namespace: "/ha/"})
@@ -32,14 +33,14 @@ func TestTwoControllersShareEtcd(t *testing.T) {
 	c := fabrictest.NewCNI(t, pluginDir)
 	gwA.WaitLive(20*time.Second, 2)
 	gwB.WaitLive(20*time.Second, 2)
-	if _, err := c.Add(ctx, gwB, "red", "b1", fabrictest.NewNS(t)); err != nil {
+	if _, err := c.Add(ctx, gwB, "red", "b1", netnstest.New(t, "iofpod")); err != nil {
 		t.Fatal(err)
 	}
 	for i, stop := range []*fabrictest.Controller{c1, c2} {
 		stop.Stop()
 		gwA.WaitLive(10*time.Second, 1)
 		gwB.WaitLive(10*time.Second, 1)
-		r, err := c.Add(ctx, gwA, "red", []string{"a1", "a2"}[i], fabrictest.NewNS(t))
+		r, err := c.Add(ctx, gwA, "red", []string{"a1", "a2"}[i], netnstest.New(t, "iofpod"))
 		if err != nil {
 			t.Fatalf("ADD with one controller stopped: %v", err)
 		}

@@ -3,7 +3,6 @@ package agent_test
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 )
 
@@ -21,11 +21,11 @@ import (
 // SIGKILLed and started again: no reply is lost, and labels and addresses
 // stay what they were.
 func TestAgentRestartKeepsLabelsAndTraffic(t *testing.T) {
-	fabrictest.RequireRoot(t)
+	netnstest.RequireRoot(t)
 	ctx := context.Background()
 	ctl := fabrictest.StartController(t)
 	createNetwork(t, ctl.Dial(), "red", "10.3.0.0/16")
-	gwNS := fabrictest.NewNS(t)
+	gwNS := netnstest.New(t, "iofgw")
 	dir := t.TempDir()
 	cc := childConfig{Gateway: "gw-r", Underlay: "192.0.2.10", StateDir: filepath.Join(dir, "state"), Netns: gwNS.Path(),
 		Socket: filepath.Join(dir, "cni.sock"), Controllers: []string{ctl.Addr}}
@@ -36,7 +36,7 @@ func TestAgentRestartKeepsLabelsAndTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod1, pod2 := fabrictest.NewNS(t), fabrictest.NewNS(t)
+	pod1, pod2 := netnstest.New(t, "iofpod"), netnstest.New(t, "iofpod")
 	var res [2]*current.Result
 	for i, p := range []string{pod1.Path(), pod2.Path()} {
 		r, err := conf.AddNetworkList(ctx, list, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("r%d", i), NetNS: p, IfName: "eth0"})
@@ -60,12 +60,12 @@ func TestAgentRestartKeepsLabelsAndTraffic(t *testing.T) {
 	before := snapshot()
 
 	dst := res[1].IPs[0].Address.IP.String()
-	ping := exec.Command("ip", "netns", "exec", filepath.Base(pod1.Path()), "ping", "-n", "-q", "-c", "150", "-i", "0.01", "-W", "1", dst)
+	ping := pod1.Command("ping", "-n", "-q", "-c", "150", "-i", "0.01", "-W", "1", dst)
 	out := make(chan string, 1)
 	go func() { b, _ := ping.CombinedOutput(); out <- string(b) }()
 	time.Sleep(300 * time.Millisecond) // the kill lands in the middle of the ping
 	proc.kill()
-	proc = startAgentProc(t, cc)
+	startAgentProc(t, cc)
 	summary := <-out
 	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(summary)
 	if m == nil || m[1] != m[2] || m[1] == "0" {
@@ -75,7 +75,7 @@ func TestAgentRestartKeepsLabelsAndTraffic(t *testing.T) {
 		t.Fatalf("endpoints changed across the restart:\nbefore %s\nafter  %s", before, after)
 	}
 	// The restarted agent still serves: a third pod gets a new label.
-	pod3 := fabrictest.NewNS(t)
+	pod3 := netnstest.New(t, "iofpod")
 	if _, err := conf.AddNetworkList(ctx, list, &libcni.RuntimeConf{ContainerID: "r2", NetNS: pod3.Path(), IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}

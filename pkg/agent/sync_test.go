@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -73,7 +74,7 @@ func endpointIDs(t *testing.T, api fabrictest.Clients, gw string) string {
 // once the controller is back, the new pod is reported and learned, and the
 // one deleted meanwhile is withdrawn.
 func TestTwoGatewaysThroughTheController(t *testing.T) {
-	fabrictest.RequireRoot(t)
+	netnstest.RequireRoot(t)
 	ctx := context.Background()
 	ctl := fabrictest.StartController(t)
 	api := ctl.Dial()
@@ -86,7 +87,7 @@ func TestTwoGatewaysThroughTheController(t *testing.T) {
 	gwB := fabrictest.StartGateway(t, "gw-b", uB, []string{ctl.Addr, dead}, true)
 	c := fabrictest.NewCNI(t, pluginDir)
 
-	podA1, podB1 := fabrictest.NewNS(t), fabrictest.NewNS(t)
+	podA1, podB1 := netnstest.New(t, "iofpod"), netnstest.New(t, "iofpod")
 	rA1, err := c.Add(ctx, gwA, "red", "a1", podA1)
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +106,7 @@ func TestTwoGatewaysThroughTheController(t *testing.T) {
 	ctl.Stop()
 	gwA.WaitLive(10*time.Second, 0)
 	gwB.WaitLive(10*time.Second, 0)
-	podA2 := fabrictest.NewNS(t)
+	podA2 := netnstest.New(t, "iofpod")
 	rA2, err := c.Add(ctx, gwA, "red", "a2", podA2)
 	if err != nil {
 		t.Fatalf("ADD while headless: %v", err)

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
 
@@ -36,10 +36,10 @@ func TestVMPodsPingOverMPLS(t *testing.T) {
 	uA, uB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	gwA := fabrictest.StartGateway(t, "gw-a", uA, []string{ctl.Addr}, true)
 	gwB := fabrictest.StartGateway(t, "gw-b", uB, []string{ctl.Addr}, true)
-	underlay(t, gwA.NS, gwB.NS, uA, uB)
+	netnstest.Connect(t, gwA.NS, gwB.NS, netip.PrefixFrom(uA, 24), netip.PrefixFrom(uB, 24))
 
 	c := fabrictest.NewCNI(t, pluginDir)
-	podA, podB := fabrictest.NewNS(t), fabrictest.NewNS(t)
+	podA, podB := netnstest.New(t, "iofpod"), netnstest.New(t, "iofpod")
 	rA, err := c.Add(ctx, gwA, "red", "pa", podA)
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +56,7 @@ func TestVMPodsPingOverMPLS(t *testing.T) {
 	// UDP echo in pod B, datagrams from pod A (retried while the last
 	// applies land).
 	var srv *net.UDPConn
-	if err := podB.Do(func(ns.NetNS) error {
+	if err := podB.Do(func() error {
 		var err error
 		srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: aB, Port: 7777})
 		return err
@@ -75,7 +75,7 @@ func TestVMPodsPingOverMPLS(t *testing.T) {
 		}
 	}()
 	var cl *net.UDPConn
-	if err := podA.Do(func(ns.NetNS) error {
+	if err := podA.Do(func() error {
 		var err error
 		cl, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: aB, Port: 7777})
 		return err
@@ -103,47 +103,14 @@ func TestVMPodsPingOverMPLS(t *testing.T) {
 	}
 	// They went through gateway A's MPLSoUDP tunnel.
 	var tx uint64
-	gwA.NS.Do(func(ns.NetNS) error {
-		links, _ := netlink.LinkList()
-		for _, l := range links {
-			if strings.HasPrefix(l.Attrs().Name, "iofu") && l.Attrs().Statistics != nil {
-				tx += l.Attrs().Statistics.TxPackets
-			}
+	links, _ := gwA.NS.Handle().LinkList()
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, "iofu") && l.Attrs().Statistics != nil {
+			tx += l.Attrs().Statistics.TxPackets
 		}
-		return nil
-	})
+	}
 	if tx < uint64(got) {
 		t.Fatalf("gateway A's MPLSoUDP tunnels sent %d packets, fewer than the %d datagrams", tx, got)
 	}
 	t.Logf("pod %s (gateway %s) and pod %s (gateway %s) exchanged %d datagrams; gateway A's MPLSoUDP tunnel sent %d packets", aA, uA, aB, uB, got, tx)
-}
-
-// underlay joins two gateway namespaces with a veth pair carrying their
-// underlay addresses.
-func underlay(t *testing.T, a, b ns.NetNS, ua, ub netip.Addr) {
-	t.Helper()
-	err := a.Do(func(ns.NetNS) error {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul0"}, PeerName: "ul0", PeerNamespace: netlink.NsFd(int(b.Fd()))}
-		if err := netlink.LinkAdd(v); err != nil {
-			return err
-		}
-		return addrUp("ul0", ua)
-	})
-	if err == nil {
-		err = b.Do(func(ns.NetNS) error { return addrUp("ul0", ub) })
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func addrUp(name string, a netip.Addr) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		return err
-	}
-	return netlink.LinkSetUp(l)
 }

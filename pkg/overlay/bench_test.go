@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/internal/testenv"
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
@@ -39,11 +41,10 @@ func benchState(n int, e encap.Encap) overlay.State {
 }
 
 // benchGateway is a namespace with an underlay link to 192.0.2.2.
-func benchGateway(b *testing.B) *overlaytest.NS {
-	gw := overlaytest.NewNS(b, "iofbench")
-	peer := overlaytest.NewNS(b, "iofbpeer")
+func benchGateway(b *testing.B) *netnstest.NS {
+	gw := netnstest.New(b, "iofbench")
+	peer := netnstest.New(b, "iofbpeer")
 	overlaytest.Underlay(b, gw, ap("192.0.2.1"), peer, ap("192.0.2.2"))
-	peer.IP(b, "link", "set", "u0", "up")
 	return gw
 }
 
@@ -52,14 +53,12 @@ func benchGateway(b *testing.B) *overlaytest.NS {
 // unchanged state. MPLS-encapsulated (MPLSoUDP) routes where the kernel can,
 // plain routes via the gateway otherwise.
 func BenchmarkSetRoutes(b *testing.B) {
-	overlaytest.RequireRoot(b)
-	if _, err := exec.LookPath("ip"); err != nil {
-		b.Skip("iproute2 missing")
-	}
+	netnstest.RequireRoot(b)
+	testenv.RequireProgram(b, "ip", "iproute2")
 	ctx := context.Background()
 	for range b.N {
 		gw := benchGateway(b)
-		m, err := overlay.New(ctx, overlay.Config{NetNS: gw.Path, VRF: overlay.VRFOff})
+		m, err := overlay.New(ctx, overlay.Config{NetNS: gw.Path(), VRF: overlay.VRFOff})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -166,7 +165,7 @@ func BenchmarkSetRoutes(b *testing.B) {
 // ratio of the same transfer over plain routing between the same gateways:
 // once on a 1500-byte underlay, once on a 9000-byte one (endpoint MTUs to match).
 func BenchmarkVMThroughput(b *testing.B) {
-	overlaytest.RequireRoot(b)
+	netnstest.RequireRoot(b)
 	for range b.N {
 		for _, underlayMTU := range []int{1500, 9000} {
 			vmThroughput(b, underlayMTU)
@@ -181,7 +180,7 @@ func vmThroughput(b *testing.B, underlayMTU int) {
 	}
 	podMTU := fmt.Sprint(underlayMTU - overlay.MaxOverhead)
 	for _, x := range []struct {
-		ns  *overlaytest.NS
+		ns  *netnstest.NS
 		ifn string
 		mtu string
 	}{{g.gwA, "u0", fmt.Sprint(underlayMTU)}, {g.gwB, "u0", fmt.Sprint(underlayMTU)},
@@ -190,7 +189,7 @@ func vmThroughput(b *testing.B, underlayMTU int) {
 	}
 	// Plain routing needs the receiving gateway to route underlay traffic
 	// into the network's table; MPLS traffic arrives through its label.
-	for _, gw := range []*overlaytest.NS{g.gwA, g.gwB} {
+	for _, gw := range []*netnstest.NS{g.gwA, g.gwB} {
 		gw.IP(b, "rule", "add", "pref", "100", "iif", "u0", "lookup", "7001")
 	}
 	const size = 64 << 20

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 )
@@ -20,7 +21,7 @@ import (
 // link dump the kernel reports as interrupted (NLM_F_DUMP_INTR) must be retried
 // where it happens, not fail the Set.
 func TestSetDuringVethChurn(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofgw")
+	gw := netnstest.New(t, "iofgw")
 	overlaytest.Pod(t, gw, "vred1", ap("10.1.0.1"), gwAddr)
 	overlaytest.Pod(t, gw, "vred2", ap("10.1.0.2"), gwAddr)
 	overlaytest.Pod(t, gw, "vblue1", ap("10.1.0.1"), gwAddr)
@@ -28,7 +29,7 @@ func TestSetDuringVethChurn(t *testing.T) {
 	// flags a dump interrupted only between its parts.
 	for i := range 100 {
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("idle%d", i)}, PeerName: fmt.Sprintf("idle%dp", i)}
-		if err := gw.NL.LinkAdd(v); err != nil {
+		if err := gw.Handle().LinkAdd(v); err != nil {
 			t.Fatalf("veth %d: %v", i, err)
 		}
 	}
@@ -40,7 +41,7 @@ func TestSetDuringVethChurn(t *testing.T) {
 	var dump time.Duration
 	for range 5 {
 		start := time.Now()
-		if _, err := gw.NL.LinkList(); err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if _, err := gw.Handle().LinkList(); err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 			t.Fatal(err)
 		}
 		dump = max(dump, time.Since(start))
@@ -52,7 +53,7 @@ func TestSetDuringVethChurn(t *testing.T) {
 	var wg sync.WaitGroup
 	churned := 0
 	wg.Go(func() {
-		h, err := netlink.NewHandleAt(gw.Handle, unix.NETLINK_ROUTE)
+		h, err := netlink.NewHandleAt(gw.NsHandle(), unix.NETLINK_ROUTE)
 		if err != nil {
 			t.Errorf("netlink handle: %v", err)
 			return

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
@@ -39,9 +40,9 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func newManager(t testing.TB, ns *overlaytest.NS, vrf overlay.VRFMode) *overlay.Manager {
+func newManager(t testing.TB, ns *netnstest.NS, vrf overlay.VRFMode) *overlay.Manager {
 	t.Helper()
-	m, err := overlay.New(context.Background(), overlay.Config{NetNS: ns.Path, Logger: testLogger(t), VRF: vrf})
+	m, err := overlay.New(context.Background(), overlay.Config{NetNS: ns.Path(), Logger: testLogger(t), VRF: vrf})
 	if err != nil {
 		t.Fatalf("overlay.New: %v", err)
 	}
@@ -56,7 +57,7 @@ func hostHasMPLS() bool {
 }
 
 func TestFeatureDetection(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofgw")
+	gw := netnstest.New(t, "iofgw")
 	m := newManager(t, gw, overlay.VRFAuto)
 	f := m.Features()
 	if f.MPLS != hostHasMPLS() {
@@ -83,7 +84,7 @@ func TestFeatureDetection(t *testing.T) {
 		t.Errorf("summary %q does not say what still works", sum)
 	}
 	// No probe interface is left behind.
-	if d := gw.Dump(t); d != "" {
+	if d := overlaytest.Dump(t, gw); d != "" {
 		t.Errorf("feature detection left state behind:\n%s", d)
 	}
 	t.Logf("features: %+v; %s", f, sum)
@@ -106,7 +107,7 @@ func localState() overlay.State {
 }
 
 func TestLocalEndpointsCarryTraffic(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofgw")
+	gw := netnstest.New(t, "iofgw")
 	red1 := overlaytest.Pod(t, gw, "vred1", ap("10.1.0.1"), gwAddr)
 	red2 := overlaytest.Pod(t, gw, "vred2", ap("10.1.0.2"), gwAddr)
 	blue1 := overlaytest.Pod(t, gw, "vblue1", ap("10.1.0.1"), gwAddr)
@@ -115,15 +116,15 @@ func TestLocalEndpointsCarryTraffic(t *testing.T) {
 		t.Fatalf("Set: %v", err)
 	}
 	srv := red2.Echo(t, ap("10.1.0.2"))
-	if err := red1.Dial(srv, "hello red"); err != nil {
-		t.Fatalf("red1 -> red2 over the network table: %v\n%s", err, gw.Dump(t))
+	if err := red1.CheckEcho(srv, "hello red"); err != nil {
+		t.Fatalf("red1 -> red2 over the network table: %v\n%s", err, overlaytest.Dump(t, gw))
 	}
 	// blue1 has the same address as red1 but lives in another table: the same
 	// destination is not reachable from blue.
-	if err := blue1.Dial(srv, "hello"); err == nil {
+	if err := blue1.CheckEcho(srv, "hello"); err == nil {
 		t.Fatalf("blue1 reached red2: networks are not isolated")
 	}
-	d := gw.Dump(t)
+	d := overlaytest.Dump(t, gw)
 	for _, want := range []string{
 		"route 10.1.0.1 dev vred1 table 7001 scope link",
 		"route 10.1.0.2 dev vred2 table 7001 scope link",
@@ -137,15 +138,15 @@ func TestLocalEndpointsCarryTraffic(t *testing.T) {
 
 // watchChanges counts notifications of changes to iotfabric's routes (protocol
 // 165) and interfaces (iof prefix) in ns while fn runs.
-func watchChanges(t *testing.T, ns *overlaytest.NS, fn func()) int {
+func watchChanges(t *testing.T, ns *netnstest.NS, fn func()) int {
 	t.Helper()
 	done := make(chan struct{})
 	routes := make(chan netlink.RouteUpdate, 1024)
 	links := make(chan netlink.LinkUpdate, 1024)
-	if err := netlink.RouteSubscribeAt(ns.Handle, routes, done); err != nil {
+	if err := netlink.RouteSubscribeAt(ns.NsHandle(), routes, done); err != nil {
 		t.Fatalf("route subscribe: %v", err)
 	}
-	if err := netlink.LinkSubscribeAt(ns.Handle, links, done); err != nil {
+	if err := netlink.LinkSubscribeAt(ns.NsHandle(), links, done); err != nil {
 		t.Fatalf("link subscribe: %v", err)
 	}
 	defer close(done)
@@ -181,7 +182,7 @@ func watchChanges(t *testing.T, ns *overlaytest.NS, fn func()) int {
 }
 
 func TestSetIsIdempotentAndAdopts(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofgw")
+	gw := netnstest.New(t, "iofgw")
 	for _, ifn := range []string{"vred1", "vred2", "vblue1"} {
 		overlaytest.Pod(t, gw, ifn, ap("10.9.9.9"), gwAddr)
 	}
@@ -191,7 +192,7 @@ func TestSetIsIdempotentAndAdopts(t *testing.T) {
 	if err := m.Set(ctx, s); err != nil {
 		t.Fatalf("Set: %v", err)
 	}
-	want := gw.Dump(t)
+	want := overlaytest.Dump(t, gw)
 	if n := watchChanges(t, gw, func() {
 		if err := m.Set(ctx, s); err != nil {
 			t.Fatalf("second Set: %v", err)
@@ -216,7 +217,7 @@ func TestSetIsIdempotentAndAdopts(t *testing.T) {
 	if n != 1 {
 		t.Errorf("adoption made %d route/link changes, want 1 (the orphan route's removal)", n)
 	}
-	if got := gw.Dump(t); got != want {
+	if got := overlaytest.Dump(t, gw); got != want {
 		t.Errorf("after adoption:\n%s\nwant:\n%s", got, want)
 	}
 	if out := gw.IP(t, "route", "show", "table", "7001"); !strings.Contains(out, "10.88.0.0/16") {
@@ -225,7 +226,7 @@ func TestSetIsIdempotentAndAdopts(t *testing.T) {
 	if err := m2.Cleanup(ctx); err != nil {
 		t.Fatalf("Cleanup: %v", err)
 	}
-	if got := gw.Dump(t); got != "" {
+	if got := overlaytest.Dump(t, gw); got != "" {
 		t.Errorf("after cleanup:\n%s", got)
 	}
 	if out := gw.IP(t, "route", "show", "table", "7001"); !strings.Contains(out, "10.88.0.0/16") {
@@ -234,7 +235,7 @@ func TestSetIsIdempotentAndAdopts(t *testing.T) {
 }
 
 func TestRemoteRoutesWithoutKernelSupport(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofgw")
+	gw := netnstest.New(t, "iofgw")
 	overlaytest.Pod(t, gw, "vred1", ap("10.1.0.1"), gwAddr)
 	gw.IP(t, "link", "add", "u0", "type", "veth", "peer", "name", "u1")
 	gw.IP(t, "link", "set", "u1", "up")
@@ -250,7 +251,7 @@ func TestRemoteRoutesWithoutKernelSupport(t *testing.T) {
 		EncapPriority: []encap.Encap{encap.MPLSoUDP, encap.MPLSoGRE, encap.Plain}}
 	err := m.Set(context.Background(), s)
 	f := m.Features()
-	d := gw.Dump(t)
+	d := overlaytest.Dump(t, gw)
 	if f.Supports(encap.MPLSoGRE) {
 		if err != nil {
 			t.Fatalf("Set: %v", err)
@@ -276,7 +277,7 @@ func TestRemoteRoutesWithoutKernelSupport(t *testing.T) {
 // TestTransitions replays desired states in random order; after each Set the
 // kernel must hold exactly the expected text, whatever came before.
 func TestTransitions(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofgw")
+	gw := netnstest.New(t, "iofgw")
 	for _, ifn := range []string{"va", "vb", "vc"} {
 		overlaytest.Pod(t, gw, ifn, ap("10.9.9.9"), gwAddr)
 	}
@@ -358,7 +359,7 @@ func TestTransitions(t *testing.T) {
 		if err := m.Set(ctx, row.state); err != nil {
 			t.Fatalf("step %d (%s): Set: %v", step, row.name, err)
 		}
-		got := gw.Dump(t)
+		got := overlaytest.Dump(t, gw)
 		want := append([]string(nil), row.want...)
 		if m.Features().MPLS {
 			want = append(want, row.mpls...)
@@ -377,7 +378,7 @@ var _ = fmt.Sprint
 // TestDriftRepair: an endpoint interface that is recreated is noticed by the
 // next Set; a route removed behind the manager's back is restored after Resync.
 func TestDriftRepair(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofgw")
+	gw := netnstest.New(t, "iofgw")
 	for _, ifn := range []string{"vred1", "vred2", "vblue1"} {
 		overlaytest.Pod(t, gw, ifn, ap("10.9.9.9"), gwAddr)
 	}
@@ -387,7 +388,7 @@ func TestDriftRepair(t *testing.T) {
 	if err := m.Set(ctx, s); err != nil {
 		t.Fatalf("Set: %v", err)
 	}
-	want := gw.Dump(t)
+	want := overlaytest.Dump(t, gw)
 
 	// The CNI plugin recreates vred2 (new interface index).
 	gw.IP(t, "link", "del", "vred2")
@@ -395,7 +396,7 @@ func TestDriftRepair(t *testing.T) {
 	if err := m.Set(ctx, s); err != nil {
 		t.Fatalf("Set after vred2 was recreated: %v", err)
 	}
-	if got := gw.Dump(t); got != want {
+	if got := overlaytest.Dump(t, gw); got != want {
 		t.Fatalf("after vred2 was recreated:\n%s\nwant:\n%s", got, want)
 	}
 
@@ -407,7 +408,7 @@ func TestDriftRepair(t *testing.T) {
 	if err := m.Set(ctx, s); err != nil {
 		t.Fatalf("Set after Resync: %v", err)
 	}
-	if got := gw.Dump(t); got != want {
+	if got := overlaytest.Dump(t, gw); got != want {
 		t.Fatalf("after Resync and Set:\n%s\nwant:\n%s", got, want)
 	}
 }
@@ -415,7 +416,7 @@ func TestDriftRepair(t *testing.T) {
 // TestBatchErrorsMapToRoutes: one route the kernel refuses in the middle of a
 // batch is reported by name, and the routes around it are programmed.
 func TestBatchErrorsMapToRoutes(t *testing.T) {
-	gw := overlaytest.NewNS(t, "iofgw")
+	gw := netnstest.New(t, "iofgw")
 	gw.IP(t, "link", "add", "u0", "type", "veth", "peer", "name", "u1")
 	gw.IP(t, "link", "set", "u1", "up")
 	gw.IP(t, "addr", "add", "192.0.2.1/24", "dev", "u0")

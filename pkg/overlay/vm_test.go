@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
@@ -31,8 +32,8 @@ func requireFullKernel(t testing.TB, m *overlay.Manager) {
 // twoGateways is the VM topology: gateways A and B joined by an underlay link,
 // one pod on each, in network red.
 type twoGateways struct {
-	gwA, gwB     *overlaytest.NS
-	podA, podB   *overlaytest.NS
+	gwA, gwB     *netnstest.NS
+	podA, podB   *netnstest.NS
 	mA, mB       *overlay.Manager
 	ulA, ulB     netip.Addr
 	addrA, addrB netip.Addr
@@ -42,10 +43,9 @@ func newTwoGateways(t *testing.T, vrf overlay.VRFMode) *twoGateways { return new
 
 func newTwoGatewaysTB(t testing.TB, vrf overlay.VRFMode) *twoGateways {
 	g := &twoGateways{ulA: ap("192.0.2.1"), ulB: ap("192.0.2.2"), addrA: ap("10.1.0.1"), addrB: ap("10.1.0.2")}
-	g.gwA = overlaytest.NewNS(t, "iofgwa")
-	g.gwB = overlaytest.NewNS(t, "iofgwb")
+	g.gwA = netnstest.New(t, "iofgwa")
+	g.gwB = netnstest.New(t, "iofgwb")
 	overlaytest.Underlay(t, g.gwA, g.ulA, g.gwB, g.ulB)
-	g.gwB.IP(t, "link", "set", "u0", "up")
 	g.podA = overlaytest.Pod(t, g.gwA, "vpoda", g.addrA, gwAddr)
 	g.podB = overlaytest.Pod(t, g.gwB, "vpodb", g.addrB, gwAddr)
 	g.mA = newManager(t, g.gwA, vrf)
@@ -76,10 +76,10 @@ func (g *twoGateways) set(t testing.TB, prio, offered []encap.Encap, routeA, rou
 	sB := gatewayState(g.ulB, g.ulA, g.addrB, g.addrA, 1002, 1001, "vpodb", prio, offered, routeB)
 	ctx := context.Background()
 	if err := g.mA.Set(ctx, sA); err != nil {
-		t.Fatalf("Set on A: %v\n%s", err, g.gwA.Dump(t))
+		t.Fatalf("Set on A: %v\n%s", err, overlaytest.Dump(t, g.gwA))
 	}
 	if err := g.mB.Set(ctx, sB); err != nil {
-		t.Fatalf("Set on B: %v\n%s", err, g.gwB.Dump(t))
+		t.Fatalf("Set on B: %v\n%s", err, overlaytest.Dump(t, g.gwB))
 	}
 	return sA, sB
 }
@@ -90,8 +90,8 @@ func (g *twoGateways) set(t testing.TB, prio, offered []encap.Encap, routeA, rou
 func (g *twoGateways) checkPath(t *testing.T, e encap.Encap, cap *overlaytest.Capture) {
 	t.Helper()
 	cap.Reset()
-	if err := g.podA.Ping(g.addrB, 10*time.Second); err != nil {
-		t.Fatalf("%s: ping pod A -> pod B: %v\nA:\n%s\nB:\n%s", e, err, g.gwA.Dump(t), g.gwB.Dump(t))
+	if err := overlaytest.Ping(g.podA, g.addrB, 10*time.Second); err != nil {
+		t.Fatalf("%s: ping pod A -> pod B: %v\nA:\n%s\nB:\n%s", e, err, overlaytest.Dump(t, g.gwA), overlaytest.Dump(t, g.gwB))
 	}
 	sink := g.podB.Sink(t, g.addrB)
 	const size = 4 << 20
@@ -139,7 +139,7 @@ func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
 	// MPLSoUDP, preferred by both.
 	sA, _ := g.set(t, both, both, true, true)
 	g.checkPath(t, encap.MPLSoUDP, cap)
-	t.Logf("gateway A kernel state:\n%s", g.gwA.Dump(t))
+	t.Logf("gateway A kernel state:\n%s", overlaytest.Dump(t, g.gwA))
 
 	// Re-applying the same state changes nothing.
 	if n := watchChanges(t, g.gwA, func() {
@@ -165,7 +165,7 @@ func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
 	// MPLSoGRE as the preferred encapsulation.
 	g.set(t, []encap.Encap{encap.MPLSoGRE, encap.MPLSoUDP}, both, true, true)
 	g.checkPath(t, encap.MPLSoGRE, cap)
-	if d := g.gwA.Dump(t); strings.Contains(d, "link iofu") {
+	if d := overlaytest.Dump(t, g.gwA); strings.Contains(d, "link iofu") {
 		t.Errorf("the unused MPLSoUDP tunnel was not removed:\n%s", d)
 	}
 
@@ -175,10 +175,10 @@ func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
 
 	// Removing the route on A stops the traffic.
 	g.set(t, both, both, false, true)
-	if err := g.podA.Ping(g.addrB, 2*time.Second); err == nil {
+	if err := overlaytest.Ping(g.podA, g.addrB, 2*time.Second); err == nil {
 		t.Fatalf("pod A still reaches pod B after its route was removed")
 	}
-	if d := g.gwA.Dump(t); strings.Contains(d, "link iofu") || strings.Contains(d, "link iofg") {
+	if d := overlaytest.Dump(t, g.gwA); strings.Contains(d, "link iofu") || strings.Contains(d, "link iofg") {
 		t.Errorf("tunnels remain without routes:\n%s", d)
 	}
 	// And putting it back restores it.
@@ -191,18 +191,18 @@ func testVMOverlay(t *testing.T, mode overlay.VRFMode) {
 	g.ulA = ap("192.0.2.11")
 	g.set(t, both, both, true, true)
 	g.checkPath(t, encap.MPLSoUDP, cap)
-	if d := g.gwB.Dump(t); strings.Contains(d, "link iofuc0000201") || !strings.Contains(d, "link iofuc000020b") {
+	if d := overlaytest.Dump(t, g.gwB); strings.Contains(d, "link iofuc0000201") || !strings.Contains(d, "link iofuc000020b") {
 		t.Errorf("B's tunnels after A's underlay change:\n%s", d)
 	}
 
 	for _, x := range []struct {
 		m  *overlay.Manager
-		ns *overlaytest.NS
+		ns *netnstest.NS
 	}{{g.mA, g.gwA}, {g.mB, g.gwB}} {
 		if err := x.m.Cleanup(context.Background()); err != nil {
 			t.Fatalf("Cleanup: %v", err)
 		}
-		if d := x.ns.Dump(t); d != "" {
+		if d := overlaytest.Dump(t, x.ns); d != "" {
 			t.Errorf("after cleanup:\n%s", d)
 		}
 	}

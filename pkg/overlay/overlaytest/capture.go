@@ -12,6 +12,8 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
+
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 )
 
 // OverlayPacket is what DecodeOverlay found in one frame of the underlay.
@@ -111,9 +113,9 @@ type Capture struct {
 func htons(v uint16) uint16 { return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)) }
 
 // StartCapture opens the capture on ifname in ns; it stops when the test ends.
-func StartCapture(t testing.TB, ns *NS, ifname string) *Capture {
+func StartCapture(t testing.TB, ns *netnstest.NS, ifname string) *Capture {
 	t.Helper()
-	l, err := ns.NL.LinkByName(ifname)
+	l, err := ns.Handle().LinkByName(ifname)
 	if err != nil {
 		t.Fatalf("capture: %v", err)
 	}

@@ -2,15 +2,13 @@ package overlaytest
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/iotfabric/iotfabric/internal/netnstest"
 )
 
 func icmpChecksum(b []byte) uint16 {
@@ -27,9 +25,9 @@ func icmpChecksum(b []byte) uint16 {
 	return ^uint16(s)
 }
 
-// Ping sends ICMP echo requests from inside the namespace to dst until one is
+// Ping sends ICMP echo requests from inside n to dst until one is
 // answered or timeout passes.
-func (n *NS) Ping(dst netip.Addr, timeout time.Duration) error {
+func Ping(n *netnstest.NS, dst netip.Addr, timeout time.Duration) error {
 	return n.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 		if err != nil {
@@ -74,75 +72,4 @@ func (n *NS) Ping(dst netip.Addr, timeout time.Duration) error {
 		}
 		return fmt.Errorf("no echo reply from %s within %s", dst, timeout)
 	})
-}
-
-// Sink starts a TCP server in the namespace that reads and discards; it answers
-// each connection with the byte count it read, when the sender closes.
-func (n *NS) Sink(t testing.TB, addr netip.Addr) netip.AddrPort {
-	t.Helper()
-	var ln net.Listener
-	err := n.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen in %s: %v", n.Name, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				k, _ := io.Copy(io.Discard, c)
-				_ = binary.Write(c, binary.BigEndian, uint64(k))
-			}()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
-}
-
-// Transfer sends size bytes over one TCP connection from inside the namespace
-// to a Sink and returns how long it took until the sink confirmed them all.
-func (n *NS) Transfer(to netip.AddrPort, size int64) (time.Duration, error) {
-	var d time.Duration
-	err := n.Do(func() error {
-		c, err := net.DialTimeout("tcp", to.String(), 3*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-		start := time.Now()
-		buf := make([]byte, 128<<10)
-		for i := range buf {
-			buf[i] = byte(i)
-		}
-		var sent int64
-		for sent < size {
-			k := min(int64(len(buf)), size-sent)
-			w, err := c.Write(buf[:k])
-			sent += int64(w)
-			if err != nil {
-				return fmt.Errorf("after %d bytes: %w", sent, err)
-			}
-		}
-		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-			return err
-		}
-		var got uint64
-		if err := binary.Read(c, binary.BigEndian, &got); err != nil {
-			return fmt.Errorf("sink confirmation: %w", err)
-		}
-		d = time.Since(start)
-		if int64(got) != size {
-			return errors.New("sink received a different byte count")
-		}
-		return nil
-	})
-	return d, err
 }
