@@ -115,14 +115,16 @@ func TestIndexedReads(t *testing.T) {
 		}
 	}
 	cs.reset()
-	eps, _, err := c.ListEndpoints(ctx, "small", "")
-	check("list by network", 3, len(eps))
-	eps, _, err = c.ListEndpoints(ctx, "", "small-gw")
-	check("list by gateway", 3, len(eps))
-	eps, _, err = c.ListEndpoints(ctx, "small", "small-gw")
-	check("list by network and gateway", 3, len(eps))
-	if err != nil {
-		t.Fatal(err)
+	for _, q := range []struct{ what, network, gateway string }{
+		{"list by network", "small", ""},
+		{"list by gateway", "", "small-gw"},
+		{"list by network and gateway", "small", "small-gw"},
+	} {
+		eps, _, err := c.ListEndpoints(ctx, q.network, q.gateway)
+		if err != nil {
+			t.Fatalf("%s: %v", q.what, err)
+		}
+		check(q.what, 3, len(eps))
 	}
 	if _, err := c.DeleteGateway(ctx, "spare-gw"); err != nil {
 		t.Fatal(err)
