@@ -1,12 +1,3 @@
-// Package vpn turns the controller's state into BGP/MPLS L3VPN routes and back.
-//
-// Table is the pure core: it holds networks, gateways and endpoints as the
-// store has them, computes each endpoint's VPN routes (pkg/bgp.EndpointRoutes),
-// and keeps the routes received from peers; it answers which routes belong to
-// a network (its own endpoints' routes, plus received routes whose route
-// targets match the network's import list). Runner (runner.go) owns a Table,
-// feeds it from the store's watch and the speaker's subscription, and sends
-// the differences to the speaker.
 package vpn
 
 import (
@@ -194,6 +185,11 @@ func (t *Table) PutEndpoint(e *v1.Endpoint) {
 		delIdx(t.byNet, old.Network, e.Id)
 		delIdx(t.byGw, old.Gateway, e.Id)
 		t.touched[old.Network] = true
+		if old.Network != e.Network {
+			// The next Flush's delta of the new network holds the old
+			// routes' withdrawal: recompute the old network instead.
+			t.full[old.Network] = true
+		}
 	}
 	t.eps[e.Id] = e
 	t.epNet[e.Id] = e.Network
@@ -248,24 +244,16 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 		if e, ok := t.eps[id]; ok {
 			cur = t.routesOf(e)
 		}
-		keep := map[bgp.RouteKey]bool{}
-		changed := false
-		for _, r := range cur {
-			keep[r.Key()] = true
-			if i := slices.IndexFunc(old, func(o bgp.Route) bool { return o.Key() == r.Key() }); i < 0 || !old[i].Equal(r) {
-				announce = append(announce, r)
-				d.Put = append(d.Put, NetRoute{Route: r, Origin: Local, Endpoint: id})
-				changed = true
-			}
+		put, del := diff(endpointRoutes{id, old}, endpointRoutes{id, cur})
+		for _, rt := range put {
+			announce = append(announce, rt.Route)
+			d.Put = append(d.Put, rt)
 		}
-		for _, r := range old {
-			if !keep[r.Key()] {
-				withdraw = append(withdraw, r.Key())
-				d.Del = append(d.Del, r.Key())
-				changed = true
-			}
+		for _, rt := range del {
+			withdraw = append(withdraw, rt.Key())
+			d.Del = append(d.Del, rt.Key())
 		}
-		if changed && n != "" {
+		if len(put)+len(del) > 0 && n != "" {
 			t.touched[n] = true // e.g. its gateway changed
 			deltas[n] = d
 		}
