@@ -59,7 +59,7 @@ type Table struct {
 	dirty    map[string]bool     // endpoints whose routes must be recomputed
 	touched  map[string]bool     // networks whose route set may have changed
 	recvDirt bool                // received routes changed (affects networks by RT)
-	epNet    map[string]string   // endpoint id -> network, kept until a delete is flushed
+	epNet    map[string]string   // endpoint id -> the network of its routes in local
 	full     map[string]bool     // networks whose every route may have changed
 	deltas   map[string]NetDelta // per network, what the last Flush changed
 }
@@ -185,14 +185,8 @@ func (t *Table) PutEndpoint(e *v1.Endpoint) {
 		delIdx(t.byNet, old.Network, e.Id)
 		delIdx(t.byGw, old.Gateway, e.Id)
 		t.touched[old.Network] = true
-		if old.Network != e.Network {
-			// The next Flush's delta of the new network holds the old
-			// routes' withdrawal: recompute the old network instead.
-			t.full[old.Network] = true
-		}
 	}
 	t.eps[e.Id] = e
-	t.epNet[e.Id] = e.Network
 	addIdx(t.byNet, e.Network, e.Id)
 	addIdx(t.byGw, e.Gateway, e.Id)
 	t.dirty[e.Id] = true
@@ -237,33 +231,42 @@ func (t *Table) routesOf(e *v1.Endpoint) []bgp.Route {
 func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []string) {
 	deltas := map[string]NetDelta{}
 	for id := range t.dirty {
-		n := t.epNet[id]
-		d := deltas[n]
+		// The old routes are of the network they were computed for, the
+		// new ones of the endpoint's network now (the two differ when the
+		// endpoint moved, or was deleted and made again in another).
+		oldNet, newNet := t.epNet[id], ""
 		old := t.local[id]
 		var cur []bgp.Route
 		if e, ok := t.eps[id]; ok {
-			cur = t.routesOf(e)
+			cur, newNet = t.routesOf(e), e.Network
 		}
 		put, del := diff(endpointRoutes{id, old}, endpointRoutes{id, cur})
 		for _, rt := range put {
 			announce = append(announce, rt.Route)
-			d.Put = append(d.Put, rt)
 		}
 		for _, rt := range del {
 			withdraw = append(withdraw, rt.Key())
-			d.Del = append(d.Del, rt.Key())
 		}
-		if len(put)+len(del) > 0 && n != "" {
-			t.touched[n] = true // e.g. its gateway changed
-			deltas[n] = d
+		if len(del) > 0 && oldNet != "" {
+			d := deltas[oldNet]
+			for _, rt := range del {
+				d.Del = append(d.Del, rt.Key())
+			}
+			deltas[oldNet] = d
+			t.touched[oldNet] = true // e.g. its gateway changed
 		}
-		if _, ok := t.eps[id]; !ok {
-			delete(t.epNet, id)
+		if len(put) > 0 && newNet != "" {
+			d := deltas[newNet]
+			d.Put = append(d.Put, put...)
+			deltas[newNet] = d
+			t.touched[newNet] = true
 		}
 		if len(cur) == 0 {
 			delete(t.local, id)
+			delete(t.epNet, id)
 		} else {
 			t.local[id] = cur
+			t.epNet[id] = newNet
 		}
 	}
 	clear(t.dirty)
