@@ -96,11 +96,12 @@ func (t *Table) follow(n string, sent routeMap, full bool) (put, del []NetRoute,
 			old[k] = o
 		}
 	}
-	for _, k := range d.Del {
+	for _, rt := range d.Del {
+		k := rt.Key()
 		if _, ok := now[k]; ok {
-			continue // another endpoint's route has the key now
+			continue // another route has the key now
 		}
-		if o, ok := sent[k]; ok && o.Origin == Local {
+		if o, ok := sent[k]; ok && o.Origin == rt.Origin {
 			old[k] = o
 		}
 	}

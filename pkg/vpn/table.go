@@ -47,30 +47,31 @@ type received struct {
 
 // Table is the route state. It is not safe for concurrent use.
 type Table struct {
-	asn      uint32
-	log      *slog.Logger
-	nets     map[string]*network
-	gws      map[string]*gateway
-	eps      map[string]*v1.Endpoint
-	byNet    map[string]map[string]bool // network -> endpoint ids
-	byGw     map[string]map[string]bool // gateway -> endpoint ids
-	local    map[string][]bgp.Route     // endpoint id -> its routes as announced
-	recv     map[bgp.RouteKey]received
-	dirty    map[string]bool     // endpoints whose routes must be recomputed
-	touched  map[string]bool     // networks whose route set may have changed
-	recvDirt bool                // received routes changed (affects networks by RT)
-	epNet    map[string]string   // endpoint id -> the network of its routes in local
-	full     map[string]bool     // networks whose every route may have changed
-	deltas   map[string]NetDelta // per network, what the last Flush changed
+	asn     uint32
+	log     *slog.Logger
+	nets    map[string]*network
+	gws     map[string]*gateway
+	eps     map[string]*v1.Endpoint
+	byNet   map[string]map[string]bool // network -> endpoint ids
+	byGw    map[string]map[string]bool // gateway -> endpoint ids
+	local   map[string][]bgp.Route     // endpoint id -> its routes as announced
+	recv    map[bgp.RouteKey]received
+	dirty   map[string]bool            // endpoints whose routes must be recomputed
+	touched map[string]bool            // networks whose route set may have changed
+	recvOld map[bgp.RouteKey]*received // received routes changed since the last Flush: their state then (nil: none)
+	epNet   map[string]string          // endpoint id -> the network of its routes in local
+	full    map[string]bool            // networks whose every route may have changed
+	deltas  map[string]NetDelta        // per network, what the last Flush changed
 }
 
-// NetDelta is what a Flush changed in a network's local routes. With Full
-// set, anything in the network may have changed (route targets, received
-// routes): recompute it.
+// NetDelta is what a Flush changed in a network's routes: its endpoints'
+// routes, and the received routes it imports. With Full set, anything in the
+// network may have changed (its route targets, the network itself):
+// recompute it.
 type NetDelta struct {
 	Full bool
 	Put  []NetRoute
-	Del  []bgp.RouteKey
+	Del  []NetRoute // only the key and Origin are meaningful
 }
 
 // NewTable returns an empty table; asn forms the automatic route targets.
@@ -80,7 +81,7 @@ func NewTable(asn uint32, log *slog.Logger) *Table {
 	}
 	return &Table{asn: asn, log: log, nets: map[string]*network{}, gws: map[string]*gateway{}, eps: map[string]*v1.Endpoint{},
 		byNet: map[string]map[string]bool{}, byGw: map[string]map[string]bool{}, local: map[string][]bgp.Route{},
-		recv: map[bgp.RouteKey]received{}, dirty: map[string]bool{}, touched: map[string]bool{},
+		recv: map[bgp.RouteKey]received{}, recvOld: map[bgp.RouteKey]*received{}, dirty: map[string]bool{}, touched: map[string]bool{},
 		epNet: map[string]string{}, full: map[string]bool{}}
 }
 
@@ -249,9 +250,7 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 		}
 		if len(del) > 0 && oldNet != "" {
 			d := deltas[oldNet]
-			for _, rt := range del {
-				d.Del = append(d.Del, rt.Key())
-			}
+			d.Del = append(d.Del, del...)
 			deltas[oldNet] = d
 			t.touched[oldNet] = true // e.g. its gateway changed
 		}
@@ -270,13 +269,7 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 		}
 	}
 	clear(t.dirty)
-	if t.recvDirt {
-		for n := range t.nets {
-			t.touched[n] = true
-			t.full[n] = true
-		}
-		t.recvDirt = false
-	}
+	t.flushReceived(deltas)
 	for n := range t.touched {
 		nets = append(nets, n)
 	}
@@ -306,13 +299,46 @@ func (t *Table) Announced() []bgp.Route {
 func (t *Table) Received(evs []bgp.RouteEvent) {
 	for _, ev := range evs {
 		k := ev.Route.Key()
+		if _, seen := t.recvOld[k]; !seen {
+			var was *received
+			if rv, ok := t.recv[k]; ok {
+				was = &rv
+			}
+			t.recvOld[k] = was
+		}
 		if ev.Withdraw {
 			delete(t.recv, k)
 		} else {
 			t.recv[k] = received{route: ev.Route, peer: ev.Peer}
 		}
-		t.recvDirt = true
 	}
+}
+
+// flushReceived adds to deltas, for every network, the received routes it
+// imports that changed since the last Flush: put when it imports the route
+// now, deleted when it imported it then and no longer does.
+func (t *Table) flushReceived(deltas map[string]NetDelta) {
+	if len(t.recvOld) == 0 {
+		return
+	}
+	for name, n := range t.nets {
+		d, changed := deltas[name], false
+		for k, was := range t.recvOld {
+			cur, ok := t.recv[k]
+			if ok && cur.route.HasAnyRouteTarget(n.imports) {
+				d.Put = append(d.Put, NetRoute{Route: cur.route, Origin: Imported, Peer: cur.peer})
+				changed = true
+			} else if was != nil && was.route.HasAnyRouteTarget(n.imports) {
+				d.Del = append(d.Del, NetRoute{Route: was.route, Origin: Imported, Peer: was.peer})
+				changed = true
+			}
+		}
+		if changed {
+			deltas[name] = d
+			t.touched[name] = true
+		}
+	}
+	clear(t.recvOld)
 }
 
 // Routes returns the routes of a network: its endpoints' routes and the

@@ -86,6 +86,7 @@ func TestTableImportsByRouteTarget(t *testing.T) {
 		return bgp.RouteEvent{Peer: netip.MustParseAddr("10.0.0.9"), Route: bgp.Route{Prefix: netip.MustParsePrefix(pfx), RD: rd, Label: 50,
 			NextHop: netip.MustParseAddr("192.0.2.9"), RouteTargets: rts}}
 	}
+	tb.Flush()
 	tb.Received([]bgp.RouteEvent{
 		mk("10.50.0.0/24", bgp.RouteTarget{ASN: 65000, Value: 5}),
 		mk("10.60.0.0/24", bgp.AutoRouteTarget(64512, 2)),
@@ -102,11 +103,26 @@ func TestTableImportsByRouteTarget(t *testing.T) {
 	if len(rb) != 1 || rb[0].Prefix.String() != "10.60.0.0/24" {
 		t.Fatalf("b imports %v (its automatic route target)", rb)
 	}
+	if d := tb.Deltas(); len(d["a"].Put) != 1 || len(d["b"].Put) != 1 || d["a"].Full || d["b"].Full {
+		t.Fatalf("deltas %+v: want each network's imported route put", d)
+	}
 	ev := mk("10.50.0.0/24")
 	ev.Withdraw = true
 	tb.Received([]bgp.RouteEvent{ev})
 	if len(tb.Routes("a")) != 0 {
 		t.Fatal("withdrawn route still imported")
+	}
+	// A route sent, changed and withdrawn between two flushes is no change;
+	// one whose route targets change moves from b to a.
+	tb.Received([]bgp.RouteEvent{mk("10.80.0.0/24", bgp.AutoRouteTarget(64512, 2)), mk("10.80.0.0/24", bgp.AutoRouteTarget(64512, 1))})
+	w := mk("10.80.0.0/24")
+	w.Withdraw = true
+	tb.Received([]bgp.RouteEvent{w, mk("10.60.0.0/24", bgp.RouteTarget{ASN: 65000, Value: 5})})
+	_, _, nets = tb.Flush()
+	d := tb.Deltas()
+	if fmt.Sprint(nets) != "[a b]" || len(d["a"].Put) != 1 || len(d["a"].Del) != 1 || len(d["b"].Del) != 1 || len(d["b"].Put) != 0 ||
+		d["a"].Put[0].Prefix.String() != "10.60.0.0/24" || d["b"].Del[0].Prefix.String() != "10.60.0.0/24" || d["b"].Del[0].Origin != Imported {
+		t.Fatalf("nets %v deltas %+v", nets, d)
 	}
 }
 

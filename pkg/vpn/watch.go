@@ -26,8 +26,8 @@ type routeWatcher struct {
 
 // WatchRoutes returns the network's current routes and a channel of later
 // changes: per batch of store or peer changes, the routes put or deleted in
-// the network (from the table's per-network deltas; a change of route
-// targets or of received routes recomputes the network).
+// the network (from the table's per-network deltas, received routes
+// included; only a change of the network itself recomputes it).
 //
 // The channel is closed when ctx ends, when the runner stops, or when the
 // reader falls behind: the runner never waits for a watcher, and one with
