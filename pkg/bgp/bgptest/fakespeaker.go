@@ -17,7 +17,7 @@ import (
 // sockets. It checks what the real speaker checks (states, route validity,
 // duplicate and unknown peers). It is safe for concurrent use.
 type FakeSpeaker struct {
-	mu        sync.Mutex
+	mu        sync.Mutex // guards the fields below
 	running   bool
 	stopped   bool
 	started   []bgp.Route
