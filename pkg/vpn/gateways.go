@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-
-	"github.com/iotfabric/iotfabric/pkg/bgp"
 )
 
 // GatewayUpdate is one message of a gateway's route stream.
@@ -22,16 +20,18 @@ type GatewayRoute struct {
 	NetRoute
 }
 
-// netRoutes is what a gateway was sent of one network.
-type netRoutes map[bgp.RouteKey]GatewayRoute
+// gatewayStreamBuffer is how many updates a gateway stream may have unread
+// before it is closed.
+const gatewayStreamBuffer = 64
 
 // gwSession is what a gateway was last sent, per network; it outlives the
 // stream so that a reconnecting agent gets only the difference.
 type gwSession struct {
 	gateway string
-	sent    map[string]netRoutes // network -> routes
+	sent    map[string]routeMap // network -> routes
 	rev     int64
 	ch      chan GatewayUpdate // nil while no stream is attached
+	ctx     context.Context    // the attached stream's
 }
 
 // ID identifies this runner instance: gateway route revisions are only
@@ -44,157 +44,136 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-// gatewayNetsLocked returns the networks with an endpoint on gw.
-func (r *Runner) gatewayNetsLocked(gw string) map[string]bool {
+// gatewayNets returns the networks with an endpoint on gw.
+func (s *state) gatewayNets(gw string) map[string]bool {
 	nets := map[string]bool{}
-	for id := range r.tbl.byGw[gw] {
-		if e := r.tbl.eps[id]; e != nil {
+	for id := range s.tbl.byGw[gw] {
+		if e := s.tbl.eps[id]; e != nil {
 			nets[e.Network] = true
 		}
 	}
 	return nets
 }
 
-func (r *Runner) netRoutesLocked(n string) netRoutes {
-	out := netRoutes{}
-	for _, rt := range r.tbl.routes(n) {
-		out[rt.Key()] = GatewayRoute{Network: n, NetRoute: rt}
+func withNetwork(out []GatewayRoute, n string, rs []NetRoute) []GatewayRoute {
+	for _, rt := range rs {
+		out = append(out, GatewayRoute{Network: n, NetRoute: rt})
 	}
 	return out
 }
 
-func diffNet(old, cur netRoutes) (put, del []GatewayRoute) {
-	for k, rt := range cur {
-		if o, ok := old[k]; !ok || !o.Equal(rt.Route) || o.Origin != rt.Origin || o.Endpoint != rt.Endpoint {
-			put = append(put, rt)
-		}
-	}
-	for k, rt := range old {
-		if _, ok := cur[k]; !ok {
-			del = append(del, rt)
-		}
-	}
-	return put, del
-}
-
 // WatchGateway streams the routes of gw's networks: a snapshot (or, when
 // fromRev is the revision this runner last sent to gw, only what changed
-// since), then changes. The channel closes when ctx ends, when another stream
-// for the same gateway replaces this one, or when the reader falls behind.
+// since), then changes, from the table's per-network deltas.
+//
+// The channel closes when ctx ends, when another stream for the same gateway
+// replaces this one, when the runner stops, or when the reader falls behind:
+// the runner never waits for a stream, and one with gatewayStreamBuffer
+// updates unread is closed and its revision forgotten, so the agent's
+// reconnection gets a snapshot.
 func (r *Runner) WatchGateway(ctx context.Context, gw string, fromRev int64, runnerID string) <-chan GatewayUpdate {
-	ch := make(chan GatewayUpdate, 64)
-	r.mu.Lock()
-	s := r.gwSessions[gw]
-	if s == nil {
-		s = &gwSession{gateway: gw}
-		r.gwSessions[gw] = s
+	ch := make(chan GatewayUpdate, gatewayStreamBuffer)
+	err := r.do(ctx, func(s *state) { s.attachGateway(ctx, gw, fromRev, runnerID, ch) })
+	if err != nil {
+		close(ch)
+		return ch
 	}
-	if s.ch != nil {
-		close(s.ch) // a newer stream for the same gateway wins
+	context.AfterFunc(ctx, func() {
+		r.do(context.Background(), func(s *state) { s.detachGateway(gw, ch) })
+	})
+	return ch
+}
+
+// attachGateway makes ch gw's stream and sends it its first update.
+func (s *state) attachGateway(ctx context.Context, gw string, fromRev int64, runnerID string, ch chan GatewayUpdate) {
+	g := s.gws[gw]
+	if g == nil {
+		g = &gwSession{gateway: gw}
+		s.gws[gw] = g
 	}
-	cur := map[string]netRoutes{}
-	for n := range r.gatewayNetsLocked(gw) {
-		cur[n] = r.netRoutesLocked(n)
+	if g.ch != nil {
+		close(g.ch) // a newer stream for the same gateway wins
 	}
-	r.seq++
-	first := GatewayUpdate{Revision: r.seq}
-	resume := runnerID == r.id && fromRev != 0 && fromRev == s.rev && s.sent != nil
+	cur := map[string]routeMap{}
+	for n := range s.gatewayNets(gw) {
+		cur[n] = s.tbl.routeMap(n)
+	}
+	s.seq++
+	first := GatewayUpdate{Revision: s.seq}
+	resume := runnerID == s.r.id && fromRev != 0 && fromRev == g.rev && g.sent != nil
 	for n, rs := range cur {
+		old := routeMap{}
 		if resume {
-			put, del := diffNet(s.sent[n], rs)
-			first.Put, first.Delete = append(first.Put, put...), append(first.Delete, del...)
-		} else {
-			for _, rt := range rs {
-				first.Put = append(first.Put, rt)
-			}
+			old = g.sent[n]
 		}
+		put, del := diff(old, rs)
+		first.Put, first.Delete = withNetwork(first.Put, n, put), withNetwork(first.Delete, n, del)
 	}
 	if resume {
-		for n, rs := range s.sent {
+		for n, rs := range g.sent {
 			if _, still := cur[n]; !still {
-				_, del := diffNet(rs, nil)
-				first.Delete = append(first.Delete, del...)
+				_, del := diff(rs, routeMap{})
+				first.Delete = withNetwork(first.Delete, n, del)
 			}
 		}
 	}
 	first.Snapshot = !resume
-	s.sent, s.rev, s.ch = cur, r.seq, ch
-	ch <- first
-	r.mu.Unlock()
-	go func() {
-		<-ctx.Done()
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if s.ch == ch {
-			close(ch)
-			s.ch = nil
-		}
-	}()
-	return ch
+	g.sent, g.rev, g.ch, g.ctx = cur, s.seq, ch, ctx
+	ch <- first // the channel is new and has room
 }
 
-// publishGatewaysLocked sends each attached gateway what changed in its
-// networks: from the last Flush's deltas (only the routes that changed), or by
-// recomputing a network when dirty is nil, the delta says so, or the gateway
-// just joined it.
-func (r *Runner) publishGatewaysLocked(dirty map[string]bool) {
-	deltas := r.tbl.Deltas()
-	for _, s := range r.gwSessions {
-		if s.ch == nil {
+// detachGateway closes ch if it is still gw's stream.
+func (s *state) detachGateway(gw string, ch chan GatewayUpdate) {
+	if g := s.gws[gw]; g != nil && g.ch == ch {
+		close(ch)
+		g.ch, g.ctx = nil, nil
+	}
+}
+
+// publishGateways sends each attached gateway what changed in its networks
+// (Table.follow: the last Flush's deltas, or a recomputation when full is
+// set, the delta says so, or the gateway just joined the network).
+func (s *state) publishGateways(full bool) {
+	for _, g := range s.gws {
+		if g.ch == nil {
 			continue
 		}
-		nets := r.gatewayNetsLocked(s.gateway)
+		if g.ctx.Err() != nil {
+			// Ended, and its detachment is on its way: send it nothing, so
+			// that a reconnection resumes from what it received.
+			s.detachGateway(g.gateway, g.ch)
+			continue
+		}
+		nets := s.gatewayNets(g.gateway)
 		var u GatewayUpdate
 		for n := range nets {
-			sent, had := s.sent[n]
-			d, changed := deltas[n]
-			switch {
-			case had && dirty != nil && (!dirty[n] || !changed):
-				continue
-			case had && dirty != nil && !d.Full:
-				for _, rt := range d.Put {
-					g := GatewayRoute{Network: n, NetRoute: rt}
-					if o, ok := sent[rt.Key()]; !ok || !o.Equal(rt.Route) || o.Endpoint != rt.Endpoint || o.Origin != rt.Origin {
-						u.Put = append(u.Put, g)
-						sent[rt.Key()] = g
-					}
-				}
-				for _, k := range d.Del {
-					if o, ok := sent[k]; ok && o.Origin == Local {
-						u.Delete = append(u.Delete, o)
-						delete(sent, k)
-					}
-				}
-				continue
-			}
-			cur := r.netRoutesLocked(n)
-			put, del := diffNet(sent, cur)
-			u.Put, u.Delete = append(u.Put, put...), append(u.Delete, del...)
-			s.sent[n] = cur
+			put, del, sent := s.tbl.follow(n, g.sent[n], full)
+			g.sent[n] = sent
+			u.Put, u.Delete = withNetwork(u.Put, n, put), withNetwork(u.Delete, n, del)
 		}
-		for n, old := range s.sent {
+		for n, old := range g.sent {
 			if !nets[n] {
-				_, del := diffNet(old, nil)
-				u.Delete = append(u.Delete, del...)
-				delete(s.sent, n)
+				_, del := diff(old, routeMap{})
+				u.Delete = withNetwork(u.Delete, n, del)
+				delete(g.sent, n)
 			}
 		}
 		if len(u.Put)+len(u.Delete) == 0 {
 			continue
 		}
-		r.seq++
-		u.Revision = r.seq
+		s.seq++
+		u.Revision = s.seq
 		select {
-		case s.ch <- u:
-			s.rev = r.seq
+		case g.ch <- u:
+			g.rev = s.seq
 		default:
-			// s.sent already holds what this update carried: a resume from
-			// s.rev would miss it, so forget the revision (the agent gets a
+			// g.sent already holds what this update carried: a resume from
+			// g.rev would miss it, so forget the revision (the agent gets a
 			// snapshot when it reconnects).
-			r.log.Warn("gateway route stream fell behind; closing it (the agent reconnects)", "gateway", s.gateway)
-			s.rev = -1
-			close(s.ch)
-			s.ch = nil
+			s.r.log.Warn("gateway route stream fell behind; closing it (the agent reconnects)", "gateway", g.gateway)
+			g.rev = -1
+			close(g.ch)
+			g.ch = nil
 		}
 	}
 }

@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"strings"
-	"sync"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -28,36 +25,40 @@ const (
 	PeerPrefix = storekeys.Peers
 )
 
-// RouteChange is a change of one route of a network, for RouteService watches.
-type RouteChange struct {
-	Delete bool
-	Route  NetRoute
-}
-
-// Runner keeps a speaker's announcements equal to the store's endpoints and
-// collects the routes peers send. It is driven by the store's watch, never by
+// Runner keeps a speaker's announcements equal to the store's endpoints,
+// collects the routes peers send, and serves each network's routes to route
+// watchers and gateway streams. It is driven by the store's watch, never by
 // polling.
+//
+// One goroutine, Run, owns the route table and every watcher; the exported
+// methods send it work and wait for the answer (they wait for Run to start
+// when called before it, and answer as for an empty table, or with a closed
+// channel, once it has returned). Calls to the speaker are made by a second
+// goroutine (speaker.go), so no speaker call holds the table.
 type Runner struct {
 	st  store.Store
 	sp  bgp.Speaker
+	asn uint32
 	log *slog.Logger
+	id  string
 
-	mu         sync.Mutex // guards the fields below
-	tbl        *Table
-	published  map[string]map[bgp.RouteKey]NetRoute // network -> last published routes
-	subs       map[*subscriber]struct{}
-	ready      chan struct{} // closed once the first full state is announced
-	peersAPI   map[netip.Addr]bool
-	gwSessions map[string]*gwSession
-	seq        int64 // revision of gateway route updates
-	id         string
+	ops   chan func(*state) // work for the owner goroutine
+	ready chan struct{}     // closed once the speaker runs with the full initial state
+	done  chan struct{}     // closed when Run returns
 }
 
-type subscriber struct {
-	network string
-	ch      chan []RouteChange
-	lost    bool // set when the subscriber fell behind; it is then closed
+// state is what the owner goroutine (Run) holds; no other goroutine touches it.
+type state struct {
+	r       *Runner
+	tbl     *Table
+	nets    map[string]*netWatch  // route watchers, by network
+	gws     map[string]*gwSession // gateway route streams, by gateway
+	seq     int64                 // revision of gateway route updates
+	speaker *speakerQueue         // work for the speaker goroutine; nil without BGP
 }
+
+// errStopped is returned to callers once Run has returned.
+var errStopped = errors.New("vpn: the route runner stopped")
 
 // NewRunner returns a runner over st; sp may be nil (no BGP: the runner then
 // only serves routes to the API and the agents).
@@ -65,78 +66,92 @@ func NewRunner(st store.Store, sp bgp.Speaker, asn uint32, log *slog.Logger) *Ru
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Runner{st: st, sp: sp, log: log, tbl: NewTable(asn, log), published: map[string]map[bgp.RouteKey]NetRoute{},
-		subs: map[*subscriber]struct{}{}, ready: make(chan struct{}), peersAPI: map[netip.Addr]bool{},
-		gwSessions: map[string]*gwSession{}, id: newID()}
+	return &Runner{st: st, sp: sp, asn: asn, log: log, id: newID(),
+		ops: make(chan func(*state)), ready: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Ready is closed once the speaker runs with the full initial state.
 func (r *Runner) Ready() <-chan struct{} { return r.ready }
 
+// do runs f on the owner goroutine and waits for it.
+func (r *Runner) do(ctx context.Context, f func(*state)) error {
+	ran := make(chan struct{})
+	select {
+	case r.ops <- func(s *state) { f(s); close(ran) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.done:
+		return errStopped
+	}
+	<-ran // the owner runs f as soon as it takes it
+	return nil
+}
+
 // Run starts the speaker with every current route, then follows the store
-// until ctx ends; it stops the speaker before returning.
+// until ctx ends; it stops the speaker before returning. Run is the owner of
+// the route table: it must be called once.
 func (r *Runner) Run(ctx context.Context) error {
+	defer close(r.done)
 	kvs, rev, err := r.st.List(ctx, "")
 	if err != nil {
 		return fmt.Errorf("load state: %w", err)
 	}
-	r.mu.Lock()
-	var peers []store.KV
-	for _, kv := range kvs {
-		if strings.HasPrefix(kv.Key, PeerPrefix) {
-			peers = append(peers, kv)
-			continue
-		}
-		r.applyLocked(store.Event{Type: store.EventPut, Key: kv.Key, Value: kv.Value, Rev: kv.ModRev})
-	}
-	r.tbl.Flush()
-	initial := r.tbl.Announced()
-	r.mu.Unlock()
+	s := &state{r: r, tbl: NewTable(r.asn, r.log), nets: map[string]*netWatch{}, gws: map[string]*gwSession{}}
+	peers := s.load(kvs)
+	s.tbl.Flush()
+	defer s.closeWatchers()
 
-	var recv <-chan []bgp.RouteEvent
+	// The speaker goroutine's channels stay nil without BGP.
+	var (
+		jobs    chan<- speakerJob
+		started <-chan (<-chan []bgp.RouteEvent)
+		spErr   <-chan error
+		recv    <-chan []bgp.RouteEvent
+	)
 	if r.sp != nil {
-		t0 := time.Now()
-		if err := r.sp.Start(ctx, initial); err != nil {
-			return fmt.Errorf("start BGP speaker: %w", err)
-		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			r.sp.Stop(sctx)
-		}()
-		r.log.Info("BGP speaker started", "routes", len(initial), "took", time.Since(t0).Round(time.Millisecond))
-		for _, kv := range peers {
-			r.peerEvent(ctx, store.Event{Type: store.EventPut, Key: kv.Key, Value: kv.Value})
-		}
-		var err error
-		if recv, err = r.sp.Subscribe(ctx); err != nil {
-			return fmt.Errorf("subscribe to received routes: %w", err)
-		}
+		sctx, cancel := context.WithCancel(ctx)
+		l := r.startSpeaker(sctx, s.tbl.Announced(), peers)
+		defer func() { cancel(); <-l.done }()
+		s.speaker = &speakerQueue{}
+		jobs, started, spErr = l.jobs, l.started, l.errc
+	} else {
+		close(r.ready)
 	}
-	r.publish(nil)
-	close(r.ready)
 
 	watch := r.st.Watch(ctx, "", rev)
 	for {
+		var out chan<- speakerJob
+		var next speakerJob
+		if s.speaker != nil && len(s.speaker.jobs) > 0 {
+			out, next = jobs, s.speaker.jobs[0]
+		}
 		select {
 		case <-ctx.Done():
-			r.closeSubs()
 			return nil
+		case op := <-r.ops:
+			op(s)
+		case out <- next:
+			s.speaker.pop()
+		case recv = <-started:
+			started = nil
+			close(r.ready)
+		case err := <-spErr:
+			return err
 		case evs, ok := <-recv:
 			if !ok {
 				if ctx.Err() != nil {
+					recv = nil
 					continue
 				}
 				return errors.New("the BGP speaker stopped")
 			}
-			r.mu.Lock()
-			r.tbl.Received(evs)
-			_, _, nets := r.tbl.Flush()
-			r.mu.Unlock()
-			r.publish(nets)
+			s.tbl.Received(evs)
+			s.tbl.Flush()
+			s.publish(false)
 		case b, ok := <-watch:
 			if !ok {
 				if ctx.Err() != nil {
+					watch = nil
 					continue
 				}
 				return errors.New("the store's change stream ended")
@@ -144,296 +159,149 @@ func (r *Runner) Run(ctx context.Context) error {
 			if b.Err != nil {
 				// Fell behind the store's memory: start over from a fresh listing.
 				r.log.Warn("store watch failed; reloading the whole state", "err", b.Err)
-				if rev, err = r.reload(ctx); err != nil {
-					return err
+				kvs, rev, err = r.st.List(ctx, "")
+				if err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return fmt.Errorf("reload state: %w", err)
 				}
-				r.publish(nil)
+				s.reload(kvs)
 				watch = r.st.Watch(ctx, "", rev)
 				continue
 			}
-			if err := r.applyBatch(ctx, b.Events); err != nil {
-				return err
-			}
+			s.applyBatch(b.Events)
 		}
 	}
 }
 
-func (r *Runner) applyBatch(ctx context.Context, evs []store.Event) error {
-	r.mu.Lock()
-	for _, ev := range evs {
-		if strings.HasPrefix(ev.Key, PeerPrefix) {
-			if r.sp != nil {
-				r.mu.Unlock()
-				r.peerEvent(ctx, ev)
-				r.mu.Lock()
-			}
+// load feeds a listing to the table and returns the stored peers.
+func (s *state) load(kvs []store.KV) (peers []store.KV) {
+	for _, kv := range kvs {
+		if strings.HasPrefix(kv.Key, PeerPrefix) {
+			peers = append(peers, kv)
 			continue
 		}
-		r.applyLocked(ev)
+		s.apply(store.Event{Type: store.EventPut, Key: kv.Key, Value: kv.Value, Rev: kv.ModRev})
 	}
-	ann, wd, nets := r.tbl.Flush()
-	r.mu.Unlock()
-	if err := r.send(ctx, ann, wd); err != nil {
-		return err
-	}
-	r.publish(nets)
-	return nil
+	return peers
 }
 
-func (r *Runner) send(ctx context.Context, ann []bgp.Route, wd []bgp.RouteKey) error {
-	if r.sp == nil {
-		return nil
-	}
-	if len(wd) > 0 {
-		if err := r.sp.Withdraw(ctx, wd); err != nil && ctx.Err() == nil {
-			return fmt.Errorf("withdraw %d routes: %w", len(wd), err)
+// applyBatch applies one batch of store changes: to the table, then the
+// differences to the speaker queue and the watchers.
+func (s *state) applyBatch(evs []store.Event) {
+	for _, ev := range evs {
+		if strings.HasPrefix(ev.Key, PeerPrefix) {
+			s.speaker.peer(ev)
+			continue
 		}
+		s.apply(ev)
 	}
-	if len(ann) > 0 {
-		if err := r.sp.Announce(ctx, ann); err != nil && ctx.Err() == nil {
-			return fmt.Errorf("announce %d routes: %w", len(ann), err)
-		}
-	}
-	if len(ann)+len(wd) > 0 {
-		r.log.Debug("routes updated", "announced", len(ann), "withdrawn", len(wd))
-	}
-	return nil
+	ann, wd, _ := s.tbl.Flush()
+	s.speaker.routes(ann, wd)
+	s.publish(false)
 }
 
-// reload rebuilds the table from a fresh listing and sends the difference.
-func (r *Runner) reload(ctx context.Context) (int64, error) {
-	kvs, rev, err := r.st.List(ctx, "")
-	if err != nil {
-		return 0, err
-	}
-	r.mu.Lock()
+// reload rebuilds the table from a fresh listing (keeping the received
+// routes) and queues the difference for the speaker.
+func (s *state) reload(kvs []store.KV) {
 	before := map[bgp.RouteKey]bool{}
-	for _, rt := range r.tbl.Announced() {
+	for _, rt := range s.tbl.Announced() {
 		before[rt.Key()] = true
 	}
-	fresh := NewTable(r.tbl.asn, r.log)
-	fresh.recv = r.tbl.recv
-	r.tbl = fresh
-	for _, kv := range kvs {
-		if !strings.HasPrefix(kv.Key, PeerPrefix) {
-			r.applyLocked(store.Event{Type: store.EventPut, Key: kv.Key, Value: kv.Value, Rev: kv.ModRev})
-		}
-	}
-	r.tbl.Flush()
-	ann := r.tbl.Announced()
+	fresh := NewTable(s.tbl.asn, s.r.log)
+	fresh.recv = s.tbl.recv
+	s.tbl = fresh
+	peers := s.load(kvs)
+	s.tbl.Flush()
+	ann := s.tbl.Announced()
 	var wd []bgp.RouteKey
-	now := map[bgp.RouteKey]bool{}
 	for _, rt := range ann {
-		now[rt.Key()] = true
+		delete(before, rt.Key())
 	}
 	for k := range before {
-		if !now[k] {
-			wd = append(wd, k)
-		}
+		wd = append(wd, k)
 	}
-	r.mu.Unlock()
-	return rev, r.send(ctx, ann, wd)
+	s.speaker.routes(ann, wd)
+	s.speaker.syncPeers(peers)
+	s.publish(true)
 }
 
-// applyLocked feeds one store change to the table.
-func (r *Runner) applyLocked(ev store.Event) {
+// apply feeds one store change to the table.
+func (s *state) apply(ev store.Event) {
 	del := ev.Type == store.EventDelete
+	log := s.r.log
 	switch {
 	case strings.HasPrefix(ev.Key, pfxNetwork):
 		name := strings.TrimPrefix(ev.Key, pfxNetwork)
 		if del {
-			r.tbl.DeleteNetwork(name)
+			s.tbl.DeleteNetwork(name)
 			return
 		}
 		n := &v1.VirtualNetwork{}
 		if err := proto.Unmarshal(ev.Value, n); err != nil {
-			r.log.Error("corrupt network record", "key", ev.Key, "err", err)
+			log.Error("corrupt network record", "key", ev.Key, "err", err)
 			return
 		}
-		r.tbl.PutNetwork(n)
+		s.tbl.PutNetwork(n)
 	case strings.HasPrefix(ev.Key, pfxGateway):
 		name := strings.TrimPrefix(ev.Key, pfxGateway)
 		if del {
-			r.tbl.DeleteGateway(name)
+			s.tbl.DeleteGateway(name)
 			return
 		}
 		g := &v1.Gateway{}
 		if err := proto.Unmarshal(ev.Value, g); err != nil {
-			r.log.Error("corrupt gateway record", "key", ev.Key, "err", err)
+			log.Error("corrupt gateway record", "key", ev.Key, "err", err)
 			return
 		}
-		r.tbl.PutGateway(g)
+		s.tbl.PutGateway(g)
 	case strings.HasPrefix(ev.Key, pfxEndpoint):
 		id := strings.TrimPrefix(ev.Key, pfxEndpoint)
 		if del {
-			r.tbl.DeleteEndpoint(id)
+			s.tbl.DeleteEndpoint(id)
 			return
 		}
 		e := &v1.Endpoint{}
 		if err := proto.Unmarshal(ev.Value, e); err != nil {
-			r.log.Error("corrupt endpoint record", "key", ev.Key, "err", err)
+			log.Error("corrupt endpoint record", "key", ev.Key, "err", err)
 			return
 		}
-		r.tbl.PutEndpoint(e)
+		s.tbl.PutEndpoint(e)
 	}
 }
 
-// ---- route subscribers ----
+// publish sends what the last Flush changed to the route watchers and the
+// gateway streams; full recomputes every network they follow.
+func (s *state) publish(full bool) {
+	s.publishGateways(full)
+	s.publishRoutes(full)
+}
+
+// closeWatchers ends every watcher's channel (Run is returning).
+func (s *state) closeWatchers() {
+	for _, g := range s.gws {
+		if g.ch != nil {
+			close(g.ch)
+			g.ch = nil
+		}
+	}
+	for n, nw := range s.nets {
+		for w := range nw.subs {
+			close(w.ch)
+		}
+		delete(s.nets, n)
+	}
+}
+
+// ---- queries ----
 
 // Routes returns a network's routes; ok is false for an unknown network.
 func (r *Runner) Routes(network string) (routes []NetRoute, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.tbl.Routes(network), r.tbl.HasNetwork(network)
-}
-
-// WatchRoutes returns the network's current routes and a channel of later
-// changes. The channel is closed when ctx ends, when the runner stops, or when
-// the reader falls too far behind (then it should list again).
-func (r *Runner) WatchRoutes(ctx context.Context, network string) ([]NetRoute, <-chan []RouteChange) {
-	s := &subscriber{network: network, ch: make(chan []RouteChange, 256)}
-	r.mu.Lock()
-	// The listing is what was last published for the network, so the next
-	// publication's changes apply to exactly it.
-	pub, ok := r.published[network]
-	if !ok {
-		pub = map[bgp.RouteKey]NetRoute{}
-		for _, rt := range r.tbl.Routes(network) {
-			pub[rt.Key()] = rt
-		}
-		r.published[network] = pub
-	}
-	cur := make([]NetRoute, 0, len(pub))
-	for _, rt := range pub {
-		cur = append(cur, rt)
-	}
-	sortRoutes(cur)
-	r.subs[s] = struct{}{}
-	r.mu.Unlock()
-	go func() {
-		<-ctx.Done()
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if _, ok := r.subs[s]; ok {
-			delete(r.subs, s)
-			close(s.ch)
-		}
-	}()
-	return cur, s.ch
-}
-
-func (r *Runner) closeSubs() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, gs := range r.gwSessions {
-		if gs.ch != nil {
-			close(gs.ch)
-			gs.ch = nil
-		}
-	}
-	for s := range r.subs {
-		delete(r.subs, s)
-		close(s.ch)
-	}
-}
-
-// publish sends the route changes of the networks in nets (nil: all) to the
-// route watchers and gateway streams that follow them.
-func (r *Runner) publish(nets []string) {
-	var dirty map[string]bool // nil: every network
-	if nets != nil {
-		dirty = make(map[string]bool, len(nets))
-		for _, n := range nets {
-			dirty[n] = true
-		}
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.publishGatewaysLocked(dirty)
-	want := map[string]bool{}
-	for s := range r.subs {
-		want[s.network] = true
-	}
-	for n := range r.published {
-		if !want[n] {
-			delete(r.published, n)
-		}
-	}
-	for n := range want {
-		if dirty != nil && !dirty[n] {
-			continue
-		}
-		cur := map[bgp.RouteKey]NetRoute{}
-		for _, rt := range r.tbl.routes(n) {
-			cur[rt.Key()] = rt
-		}
-		old := r.published[n]
-		r.published[n] = cur
-		var ch []RouteChange
-		for k, rt := range cur {
-			if o, ok := old[k]; !ok || !o.Equal(rt.Route) || o.Origin != rt.Origin {
-				ch = append(ch, RouteChange{Route: rt})
-			}
-		}
-		for k, rt := range old {
-			if _, ok := cur[k]; !ok {
-				ch = append(ch, RouteChange{Delete: true, Route: rt})
-			}
-		}
-		if len(ch) == 0 {
-			continue
-		}
-		for s := range r.subs {
-			if s.network != n {
-				continue
-			}
-			select {
-			case s.ch <- ch:
-			default:
-				r.log.Warn("route watcher fell behind; closing its stream", "network", n)
-				delete(r.subs, s)
-				close(s.ch)
-			}
-		}
-	}
-}
-
-// ---- peers ----
-
-// peerEvent applies a peer added or removed through the API (stored so that
-// every controller sharing the store peers with it, and a restart keeps it).
-func (r *Runner) peerEvent(ctx context.Context, ev store.Event) {
-	addr, err := netip.ParseAddr(strings.TrimPrefix(ev.Key, PeerPrefix))
-	if err != nil {
-		r.log.Error("corrupt peer key", "key", ev.Key)
-		return
-	}
-	if ev.Type == store.EventDelete {
-		if err := r.sp.DeletePeer(ctx, addr); err != nil {
-			r.log.Warn("delete peer", "peer", addr, "err", err)
-		}
-		r.mu.Lock()
-		delete(r.peersAPI, addr)
-		r.mu.Unlock()
-		return
-	}
-	p, err := DecodePeer(ev.Value)
-	if err != nil {
-		r.log.Error("corrupt peer record", "key", ev.Key, "err", err)
-		return
-	}
-	r.mu.Lock()
-	exists := r.peersAPI[addr]
-	r.peersAPI[addr] = true
-	r.mu.Unlock()
-	if exists {
-		r.sp.DeletePeer(ctx, addr)
-	}
-	if err := r.sp.AddPeer(ctx, p); err != nil {
-		r.log.Warn("add peer", "peer", addr, "err", err)
-		return
-	}
-	r.log.Info("peer configured", "peer", addr, "asn", p.ASN)
+	r.do(context.Background(), func(s *state) {
+		routes, ok = s.tbl.Routes(network), s.tbl.HasNetwork(network)
+	})
+	return routes, ok
 }
 
 // Peers returns the speaker's peers.
@@ -449,18 +317,19 @@ type Stats struct {
 	GatewayStreams int // gateways with a route stream attached
 }
 
-// Stats returns the current gauges.
+// Stats returns the current gauges (zero once Run has returned).
 func (r *Runner) Stats() Stats {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	st := Stats{Received: len(r.tbl.recv)}
-	for _, rs := range r.tbl.local {
-		st.Announced += len(rs)
-	}
-	for _, s := range r.gwSessions {
-		if s.ch != nil {
-			st.GatewayStreams++
+	var st Stats
+	r.do(context.Background(), func(s *state) {
+		st.Received = len(s.tbl.recv)
+		for _, rs := range s.tbl.local {
+			st.Announced += len(rs)
 		}
-	}
+		for _, g := range s.gws {
+			if g.ch != nil {
+				st.GatewayStreams++
+			}
+		}
+	})
 	return st
 }

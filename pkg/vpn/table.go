@@ -1,12 +1,3 @@
-// Package vpn turns the controller's state into BGP/MPLS L3VPN routes and back.
-//
-// Table is the pure core: it holds networks, gateways and endpoints as the
-// store has them, computes each endpoint's VPN routes (pkg/bgp.EndpointRoutes),
-// and keeps the routes received from peers; it answers which routes belong to
-// a network (its own endpoints' routes, plus received routes whose route
-// targets match the network's import list). Runner (runner.go) owns a Table,
-// feeds it from the store's watch and the speaker's subscription, and sends
-// the differences to the speaker.
 package vpn
 
 import (
@@ -56,30 +47,31 @@ type received struct {
 
 // Table is the route state. It is not safe for concurrent use.
 type Table struct {
-	asn      uint32
-	log      *slog.Logger
-	nets     map[string]*network
-	gws      map[string]*gateway
-	eps      map[string]*v1.Endpoint
-	byNet    map[string]map[string]bool // network -> endpoint ids
-	byGw     map[string]map[string]bool // gateway -> endpoint ids
-	local    map[string][]bgp.Route     // endpoint id -> its routes as announced
-	recv     map[bgp.RouteKey]received
-	dirty    map[string]bool     // endpoints whose routes must be recomputed
-	touched  map[string]bool     // networks whose route set may have changed
-	recvDirt bool                // received routes changed (affects networks by RT)
-	epNet    map[string]string   // endpoint id -> network, kept until a delete is flushed
-	full     map[string]bool     // networks whose every route may have changed
-	deltas   map[string]NetDelta // per network, what the last Flush changed
+	asn     uint32
+	log     *slog.Logger
+	nets    map[string]*network
+	gws     map[string]*gateway
+	eps     map[string]*v1.Endpoint
+	byNet   map[string]map[string]bool // network -> endpoint ids
+	byGw    map[string]map[string]bool // gateway -> endpoint ids
+	local   map[string][]bgp.Route     // endpoint id -> its routes as announced
+	recv    map[bgp.RouteKey]received
+	dirty   map[string]bool            // endpoints whose routes must be recomputed
+	touched map[string]bool            // networks whose route set may have changed
+	recvOld map[bgp.RouteKey]*received // received routes changed since the last Flush: their state then (nil: none)
+	epNet   map[string]string          // endpoint id -> the network of its routes in local
+	full    map[string]bool            // networks whose every route may have changed
+	deltas  map[string]NetDelta        // per network, what the last Flush changed
 }
 
-// NetDelta is what a Flush changed in a network's local routes. With Full
-// set, anything in the network may have changed (route targets, received
-// routes): recompute it.
+// NetDelta is what a Flush changed in a network's routes: its endpoints'
+// routes, and the received routes it imports. With Full set, anything in the
+// network may have changed (its route targets, the network itself):
+// recompute it.
 type NetDelta struct {
 	Full bool
 	Put  []NetRoute
-	Del  []bgp.RouteKey
+	Del  []NetRoute // only the key and Origin are meaningful
 }
 
 // NewTable returns an empty table; asn forms the automatic route targets.
@@ -89,7 +81,7 @@ func NewTable(asn uint32, log *slog.Logger) *Table {
 	}
 	return &Table{asn: asn, log: log, nets: map[string]*network{}, gws: map[string]*gateway{}, eps: map[string]*v1.Endpoint{},
 		byNet: map[string]map[string]bool{}, byGw: map[string]map[string]bool{}, local: map[string][]bgp.Route{},
-		recv: map[bgp.RouteKey]received{}, dirty: map[string]bool{}, touched: map[string]bool{},
+		recv: map[bgp.RouteKey]received{}, recvOld: map[bgp.RouteKey]*received{}, dirty: map[string]bool{}, touched: map[string]bool{},
 		epNet: map[string]string{}, full: map[string]bool{}}
 }
 
@@ -196,7 +188,6 @@ func (t *Table) PutEndpoint(e *v1.Endpoint) {
 		t.touched[old.Network] = true
 	}
 	t.eps[e.Id] = e
-	t.epNet[e.Id] = e.Network
 	addIdx(t.byNet, e.Network, e.Id)
 	addIdx(t.byGw, e.Gateway, e.Id)
 	t.dirty[e.Id] = true
@@ -241,51 +232,44 @@ func (t *Table) routesOf(e *v1.Endpoint) []bgp.Route {
 func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []string) {
 	deltas := map[string]NetDelta{}
 	for id := range t.dirty {
-		n := t.epNet[id]
-		d := deltas[n]
+		// The old routes are of the network they were computed for, the
+		// new ones of the endpoint's network now (the two differ when the
+		// endpoint moved, or was deleted and made again in another).
+		oldNet, newNet := t.epNet[id], ""
 		old := t.local[id]
 		var cur []bgp.Route
 		if e, ok := t.eps[id]; ok {
-			cur = t.routesOf(e)
+			cur, newNet = t.routesOf(e), e.Network
 		}
-		keep := map[bgp.RouteKey]bool{}
-		changed := false
-		for _, r := range cur {
-			keep[r.Key()] = true
-			if i := slices.IndexFunc(old, func(o bgp.Route) bool { return o.Key() == r.Key() }); i < 0 || !old[i].Equal(r) {
-				announce = append(announce, r)
-				d.Put = append(d.Put, NetRoute{Route: r, Origin: Local, Endpoint: id})
-				changed = true
-			}
+		put, del := diff(endpointRoutes{id, old}, endpointRoutes{id, cur})
+		for _, rt := range put {
+			announce = append(announce, rt.Route)
 		}
-		for _, r := range old {
-			if !keep[r.Key()] {
-				withdraw = append(withdraw, r.Key())
-				d.Del = append(d.Del, r.Key())
-				changed = true
-			}
+		for _, rt := range del {
+			withdraw = append(withdraw, rt.Key())
 		}
-		if changed && n != "" {
-			t.touched[n] = true // e.g. its gateway changed
-			deltas[n] = d
+		if len(del) > 0 && oldNet != "" {
+			d := deltas[oldNet]
+			d.Del = append(d.Del, del...)
+			deltas[oldNet] = d
+			t.touched[oldNet] = true // e.g. its gateway changed
 		}
-		if _, ok := t.eps[id]; !ok {
-			delete(t.epNet, id)
+		if len(put) > 0 && newNet != "" {
+			d := deltas[newNet]
+			d.Put = append(d.Put, put...)
+			deltas[newNet] = d
+			t.touched[newNet] = true
 		}
 		if len(cur) == 0 {
 			delete(t.local, id)
+			delete(t.epNet, id)
 		} else {
 			t.local[id] = cur
+			t.epNet[id] = newNet
 		}
 	}
 	clear(t.dirty)
-	if t.recvDirt {
-		for n := range t.nets {
-			t.touched[n] = true
-			t.full[n] = true
-		}
-		t.recvDirt = false
-	}
+	t.flushReceived(deltas)
 	for n := range t.touched {
 		nets = append(nets, n)
 	}
@@ -315,13 +299,46 @@ func (t *Table) Announced() []bgp.Route {
 func (t *Table) Received(evs []bgp.RouteEvent) {
 	for _, ev := range evs {
 		k := ev.Route.Key()
+		if _, seen := t.recvOld[k]; !seen {
+			var was *received
+			if rv, ok := t.recv[k]; ok {
+				was = &rv
+			}
+			t.recvOld[k] = was
+		}
 		if ev.Withdraw {
 			delete(t.recv, k)
 		} else {
 			t.recv[k] = received{route: ev.Route, peer: ev.Peer}
 		}
-		t.recvDirt = true
 	}
+}
+
+// flushReceived adds to deltas, for every network, the received routes it
+// imports that changed since the last Flush: put when it imports the route
+// now, deleted when it imported it then and no longer does.
+func (t *Table) flushReceived(deltas map[string]NetDelta) {
+	if len(t.recvOld) == 0 {
+		return
+	}
+	for name, n := range t.nets {
+		d, changed := deltas[name], false
+		for k, was := range t.recvOld {
+			cur, ok := t.recv[k]
+			if ok && cur.route.HasAnyRouteTarget(n.imports) {
+				d.Put = append(d.Put, NetRoute{Route: cur.route, Origin: Imported, Peer: cur.peer})
+				changed = true
+			} else if was != nil && was.route.HasAnyRouteTarget(n.imports) {
+				d.Del = append(d.Del, NetRoute{Route: was.route, Origin: Imported, Peer: was.peer})
+				changed = true
+			}
+		}
+		if changed {
+			deltas[name] = d
+			t.touched[name] = true
+		}
+	}
+	clear(t.recvOld)
 }
 
 // Routes returns the routes of a network: its endpoints' routes and the
