@@ -84,7 +84,7 @@ func routeToAPI(network string, r vpn.NetRoute) *v1.Route {
 		out.RouteTargets = append(out.RouteTargets, t.String())
 	}
 	for _, e := range r.Encaps {
-		out.Encapsulations = append(out.Encapsulations, vpn.EncapToAPI(e))
+		out.Encapsulations = append(out.Encapsulations, e.API())
 	}
 	switch r.Origin {
 	case vpn.Local:

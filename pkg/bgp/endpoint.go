@@ -44,7 +44,7 @@ func EndpointRoutes(ep Endpoint) ([]Route, error) {
 	}
 	var encaps []Encap
 	for _, e := range ep.NetworkEncaps {
-		if e.TunnelType() == 0 {
+		if TunnelType(e) == 0 {
 			return nil, fmt.Errorf("%w %d", ErrInvalidEncap, e)
 		}
 		if slices.Contains(ep.GatewayEncaps, e) && !slices.Contains(encaps, e) {

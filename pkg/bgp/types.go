@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/iotfabric/iotfabric/pkg/encap"
 )
 
 // Errors returned by parsers and validators. Callers test them with errors.Is.
@@ -153,14 +155,16 @@ func ValidateLabel(l uint32) error {
 	return nil
 }
 
-// Encap is a data-plane encapsulation between gateways and edge routers.
-type Encap uint8
+// Encap is a data-plane encapsulation between gateways and edge routers:
+// iotfabric's one encapsulation type (pkg/encap), named here for the speaker.
+// Plain has no tunnel type and is refused in routes.
+type Encap = encap.Encap
 
 // Encapsulations, in the order iotfabric lists them.
 const (
-	EncapMPLSoUDP Encap = iota + 1
-	EncapMPLSoGRE
-	EncapVXLAN
+	EncapMPLSoUDP = encap.MPLSoUDP
+	EncapMPLSoGRE = encap.MPLSoGRE
+	EncapVXLAN    = encap.VXLAN
 )
 
 // Tunnel types of the tunnel-encapsulation extended community
@@ -175,47 +179,19 @@ const (
 // MPLSoUDPPort is the UDP destination port of MPLS-in-UDP (RFC 7510).
 const MPLSoUDPPort = 6635
 
-var encapNames = map[Encap]string{EncapMPLSoUDP: "MPLSoUDP", EncapMPLSoGRE: "MPLSoGRE", EncapVXLAN: "VXLAN"}
-
-// String returns "MPLSoUDP", "MPLSoGRE" or "VXLAN".
-func (e Encap) String() string {
-	if n, ok := encapNames[e]; ok {
-		return n
-	}
-	return "Encap(" + strconv.Itoa(int(e)) + ")"
-}
-
-// ParseEncap parses an encapsulation name (case-insensitive).
+// ParseEncap parses an encapsulation name (case-insensitive; see encap.Parse).
 func ParseEncap(s string) (Encap, error) {
-	for e, n := range encapNames {
-		if strings.EqualFold(n, s) {
-			return e, nil
-		}
+	e, err := encap.Parse(s)
+	if err != nil || TunnelType(e) == 0 {
+		return 0, fmt.Errorf("%w %q: want mplsoudp, mplsogre or vxlan", ErrInvalidEncap, s)
 	}
-	return 0, fmt.Errorf("%w %q: want MPLSoUDP, MPLSoGRE or VXLAN", ErrInvalidEncap, s)
-}
-
-// MarshalText implements encoding.TextMarshaler.
-func (e Encap) MarshalText() ([]byte, error) {
-	if _, ok := encapNames[e]; !ok {
-		return nil, fmt.Errorf("%w %d", ErrInvalidEncap, e)
-	}
-	return []byte(e.String()), nil
-}
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (e *Encap) UnmarshalText(b []byte) error {
-	v, err := ParseEncap(string(b))
-	if err != nil {
-		return err
-	}
-	*e = v
-	return nil
+	return e, nil
 }
 
 // TunnelType is the value sent in the tunnel-encapsulation extended
-// community: MPLSoUDP 13, MPLSoGRE 2 (GRE), VXLAN 8.
-func (e Encap) TunnelType() uint16 {
+// community: MPLSoUDP 13, MPLSoGRE 2 (GRE), VXLAN 8; 0 for an encapsulation
+// BGP does not carry.
+func TunnelType(e Encap) uint16 {
 	switch e {
 	case EncapMPLSoUDP:
 		return TunnelTypeMPLSoUDP
@@ -290,7 +266,7 @@ func (r Route) Validate() error {
 		}
 	}
 	for _, e := range r.Encaps {
-		if e.TunnelType() == 0 {
+		if TunnelType(e) == 0 {
 			return fmt.Errorf("%w %s: %w %d", ErrInvalidRoute, r.Prefix, ErrInvalidEncap, e)
 		}
 	}

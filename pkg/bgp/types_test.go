@@ -66,7 +66,7 @@ func TestEncap(t *testing.T) {
 		e    Encap
 		sent uint16
 	}{{EncapMPLSoUDP, 13}, {EncapMPLSoGRE, 2}, {EncapVXLAN, 8}} {
-		if got := tc.e.TunnelType(); got != tc.sent {
+		if got := TunnelType(tc.e); got != tc.sent {
 			t.Errorf("%s sent as %d, want %d", tc.e, got, tc.sent)
 		}
 		back, ok := EncapFromTunnelType(tc.sent)

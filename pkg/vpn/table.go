@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -88,29 +89,11 @@ func NewTable(asn uint32, log *slog.Logger) *Table {
 func encapsOf(es []v1.Encapsulation) []bgp.Encap {
 	var out []bgp.Encap
 	for _, e := range es {
-		switch e {
-		case v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP:
-			out = append(out, bgp.EncapMPLSoUDP)
-		case v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE:
-			out = append(out, bgp.EncapMPLSoGRE)
-		case v1.Encapsulation_ENCAPSULATION_VXLAN:
-			out = append(out, bgp.EncapVXLAN)
+		if x := encap.FromAPI(e); x != encap.Unknown {
+			out = append(out, x)
 		}
 	}
 	return out
-}
-
-// EncapToAPI converts a speaker encapsulation to the API's.
-func EncapToAPI(e bgp.Encap) v1.Encapsulation {
-	switch e {
-	case bgp.EncapMPLSoUDP:
-		return v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP
-	case bgp.EncapMPLSoGRE:
-		return v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE
-	case bgp.EncapVXLAN:
-		return v1.Encapsulation_ENCAPSULATION_VXLAN
-	}
-	return v1.Encapsulation_ENCAPSULATION_UNSPECIFIED
 }
 
 func (t *Table) rts(auto bgp.RouteTarget, user []string) []bgp.RouteTarget {

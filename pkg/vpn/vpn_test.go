@@ -40,8 +40,8 @@ func TestTableFollowsState(t *testing.T) {
 	tb.PutEndpoint(&v1.Endpoint{Id: "nolabel", Network: "n", Gateway: "g", Addresses: []string{"10.0.0.2"}})
 	ann, wd, nets := tb.Flush()
 	want := []string{
-		"192.0.2.1:3:10.0.0.1/32 100 [target:64512:8000003 target:64512:100] [MPLSoGRE]",
-		"192.0.2.1:3:fd00::1/128 100 [target:64512:8000003 target:64512:100] [MPLSoGRE]",
+		"192.0.2.1:3:10.0.0.1/32 100 [target:64512:8000003 target:64512:100] [mplsogre]",
+		"192.0.2.1:3:fd00::1/128 100 [target:64512:8000003 target:64512:100] [mplsogre]",
 	}
 	if fmt.Sprint(keys(ann)) != fmt.Sprint(want) || len(wd) != 0 || fmt.Sprint(nets) != "[n]" {
 		t.Fatalf("first flush: announce %v withdraw %v nets %v", keys(ann), wd, nets)
@@ -52,7 +52,7 @@ func TestTableFollowsState(t *testing.T) {
 	// The gateway gains MPLSoUDP: the routes are re-announced with both.
 	tb.PutGateway(&v1.Gateway{Name: "g", UnderlayAddress: "192.0.2.1", Encapsulations: []v1.Encapsulation{udp, gre}})
 	ann, _, _ = tb.Flush()
-	if len(ann) != 2 || fmt.Sprint(ann[0].Encaps) != "[MPLSoUDP MPLSoGRE]" {
+	if len(ann) != 2 || fmt.Sprint(ann[0].Encaps) != "[mplsoudp mplsogre]" {
 		t.Fatalf("after the gateway change: %v", keys(ann))
 	}
 	// The label changes: same keys, re-announced.

@@ -55,7 +55,7 @@ func extCommunities(r bgp.Route) []gbgp.ExtendedCommunityInterface {
 		}
 	}
 	for _, e := range r.Encaps {
-		ecs = append(ecs, gbgp.NewEncapExtended(gbgp.TunnelType(e.TunnelType())))
+		ecs = append(ecs, gbgp.NewEncapExtended(gbgp.TunnelType(bgp.TunnelType(e))))
 	}
 	return ecs
 }
