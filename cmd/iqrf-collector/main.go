@@ -27,6 +27,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/iqrf/queue"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/spi"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/uart"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 type options struct {
@@ -151,7 +152,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, log); err != nil {
-		log.Error("iqrf-collector stopped", logErr, err)
+		log.Error("iqrf-collector stopped", logkey.Err, err)
 		os.Exit(1)
 	}
 }
@@ -195,14 +196,14 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 			return q.Append(recs...)
 		},
 		Coord:  coord.Config{Retries: o.retries},
-		Logger: log.With(logComponent, "collector"),
+		Logger: log.With(logkey.Component, logkey.ComponentCollector),
 	})
 	gstats, mstats := &graphite.Stats{}, &mqtt.Stats{}
 	var wg sync.WaitGroup
 	if o.graphite != "" {
 		wg.Go(func() {
 			graphite.Run(ctx, graphite.Config{Addr: o.graphite, Prefix: o.prefix, Reader: q.Reader("graphite"),
-				ConfirmAfter: o.graphiteConfirm, Logger: log.With(logComponent, "graphite"), Stats: gstats})
+				ConfirmAfter: o.graphiteConfirm, Logger: log.With(logkey.Component, logkey.ComponentGraphite), Stats: gstats})
 		})
 	}
 	if o.mqtt != "" {
@@ -212,7 +213,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		}
 		wg.Go(func() {
 			mqtt.Run(ctx, mqtt.Config{Broker: o.mqtt, ClientID: o.mqttClientID, TopicPrefix: o.mqttTopic,
-				Reader: q.Reader("mqtt"), Doer: doer, Logger: log.With(logComponent, "mqtt"), Stats: mstats})
+				Reader: q.Reader("mqtt"), Doer: doer, Logger: log.With(logkey.Component, logkey.ComponentMQTT), Stats: mstats})
 		})
 	}
 	if o.metrics != "" {
@@ -220,12 +221,12 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("--metrics: %w", err)
 		}
-		log.Info("serving metrics", logAddr, l.Addr().String())
+		log.Info("serving metrics", logkey.Addr, l.Addr().String())
 		srv := &http.Server{Handler: metricsHandler(col, q, gstats, mstats), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(l)
 		defer srv.Close()
 	}
-	log.Info("iqrf-collector started", logPoll, o.poll, logInterval, o.interval, logGraphite, o.graphite, logMQTT, o.mqtt, logBuffer, o.bufferDir)
+	log.Info("iqrf-collector started", logkey.Poll, o.poll, logkey.Interval, o.interval, logkey.Graphite, o.graphite, logkey.MQTT, o.mqtt, logkey.Buffer, o.bufferDir)
 	err = col.Run(ctx)
 	wg.Wait()
 	return err

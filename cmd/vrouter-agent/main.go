@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/pkg/agent"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
 
@@ -102,7 +103,7 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	base := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	log := base.With(logComponent, "vrouter-agent")
+	log := base.With(logkey.Component, logkey.ComponentVRouterAgent)
 	podGW, err := netip.ParseAddr(*podGateway)
 	if err != nil {
 		fmt.Fprintf(stderr, "vrouter-agent: --gateway-address: %v\n", err)
@@ -130,14 +131,14 @@ func run(args []string, stderr io.Writer) int {
 	defer stop()
 	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: base, PodGatewayAddr: podGW, VRF: overlay.VRFMode(*vrf)})
 	if err != nil {
-		log.Error("start", logErr, err)
+		log.Error("start", logkey.Err, err)
 		return 1
 	}
 	defer m.Close()
 
 	if *cleanup {
 		if err := m.Cleanup(ctx); err != nil {
-			log.Error("cleanup", logErr, err)
+			log.Error("cleanup", logkey.Err, err)
 			return 1
 		}
 		log.Info("cleanup done")
@@ -149,12 +150,12 @@ func run(args []string, stderr io.Writer) int {
 		gwOpts.ResyncInterval = *resync
 		a, err := agent.New(gwOpts)
 		if err != nil {
-			log.Error("start", logErr, err)
+			log.Error("start", logkey.Err, err)
 			return 1
 		}
-		log.Info("running", logGateway, gwf.Gateway, logControllers, gwf.Controllers, logFeatures, m.Features())
+		log.Info("running", logkey.Gateway, gwf.Gateway, logkey.Controllers, gwf.Controllers, logkey.Features, m.Features())
 		if err := a.Run(ctx); err != nil {
-			log.Error("stopped", logErr, err)
+			log.Error("stopped", logkey.Err, err)
 			return 1
 		}
 		log.Info("shutting down; the data plane stays in place")
@@ -169,20 +170,20 @@ func run(args []string, stderr io.Writer) int {
 			}
 		}
 		if err != nil {
-			log.Error("apply", logState, *statePath, logErr, err)
+			log.Error("apply", logkey.Path, *statePath, logkey.Err, err)
 			return 1
 		}
-		log.Info("state applied", logState, *statePath)
+		log.Info("state applied", logkey.Path, *statePath)
 		return 0
 	}
 	src, err := agent.OpenStateFile(*statePath, base)
 	if err != nil {
-		log.Error("start", logErr, err)
+		log.Error("start", logkey.Err, err)
 		return 1
 	}
-	log.Info("running", logState, *statePath, logFeatures, m.Features())
+	log.Info("running", logkey.Path, *statePath, logkey.Features, m.Features())
 	if err := agent.RunStateFile(ctx, src, m, base, *resync); err != nil {
-		log.Error("stopped", logErr, err)
+		log.Error("stopped", logkey.Err, err)
 		return 1
 	}
 	log.Info("shutting down; the data plane stays in place")

@@ -17,6 +17,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -98,7 +99,7 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{opts: opts, log: opts.Log.With(logComponent, "agent"), core: core, state: st, ready: make(chan struct{}),
+	a := &Agent{opts: opts, log: opts.Log.With(logkey.Component, logkey.ComponentAgent), core: core, state: st, ready: make(chan struct{}),
 		clients: map[string]clients{}, clientsSet: make(chan struct{}), kicks: map[string]chan struct{}{}}
 	if opts.Applier != nil {
 		a.apply = NewReconciler(coreSource{core}, opts.Applier, opts.Log, opts.ResyncInterval, opts.OnApply)
@@ -125,7 +126,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.apply != nil {
 		wg.Go(func() {
 			if err := a.apply.Run(ctx); err != nil {
-				a.log.Debug("reconcile loop stopped", logErr, err) // the core stopped; Run returns its error
+				a.log.Debug("reconcile loop stopped", logkey.Err, err) // the core stopped; Run returns its error
 			}
 		})
 	}
@@ -163,7 +164,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { srvErr <- srv.Serve(ctx, l) })
 	}
 	close(a.ready)
-	a.log.Info("running", logGateway, a.opts.Gateway, logUnderlay, a.opts.Underlay, logControllers, a.opts.Controllers, logCNISocket, a.opts.CNISocket)
+	a.log.Info("running", logkey.Gateway, a.opts.Gateway, logkey.Underlay, a.opts.Underlay, logkey.Controllers, a.opts.Controllers, logkey.CNISocket, a.opts.CNISocket)
 	select {
 	case <-ctx.Done():
 		return nil
@@ -180,13 +181,13 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) Handle(ctx context.Context, req *cni.Request) *cni.Response {
 	start := time.Now()
 	resp, err := a.handle(ctx, req)
-	a.log.Debug("cni request", logOp, req.Op, logContainer, req.ContainerID, logTook, time.Since(start))
+	a.log.Debug("cni request", logkey.Op, req.Op, logkey.Container, req.ContainerID, logkey.Took, time.Since(start))
 	if err != nil {
 		var ce *cni.Error
 		if !errors.As(err, &ce) {
 			ce = &cni.Error{Code: cni.CodeInternal, Msg: err.Error()}
 		}
-		a.log.Info("cni request refused", logOp, req.Op, logContainer, req.ContainerID, logIf, req.IfName, logCode, ce.Code, logErr, ce.Error())
+		a.log.Info("cni request refused", logkey.Op, req.Op, logkey.Container, req.ContainerID, logkey.Interface, req.IfName, logkey.Code, ce.Code, logkey.Err, ce.Error())
 		return &cni.Response{Error: ce}
 	}
 	return resp
@@ -409,10 +410,10 @@ func (a *Agent) setClient(addr string, c *clients) {
 }
 
 func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{}) {
-	log := a.log.With(logController, addr)
+	log := a.log.With(logkey.Controller, addr)
 	conn, err := grpc.NewClient(addr, a.opts.DialOptions...)
 	if err != nil {
-		log.Error("controller address", logErr, err)
+		log.Error("controller address", logkey.Err, err)
 		return
 	}
 	defer conn.Close()
@@ -432,7 +433,7 @@ func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{})
 		if time.Since(start) > 10*time.Second {
 			backoff = 100 * time.Millisecond
 		}
-		log.Warn("controller session ended; retrying", logErr, err, logRetryIn, backoff)
+		log.Warn("controller session ended; retrying", logkey.Err, err, logkey.RetryIn, backoff)
 		select {
 		case <-ctx.Done():
 			return
@@ -461,7 +462,7 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	var blocks []Block
 	for _, b := range reg.GetBlocks() {
 		if err := a.ensureNetwork(ctx, cl, b.GetNetwork()); err != nil {
-			log.Warn("network of a leased block", logNetwork, b.GetNetwork(), logErr, err)
+			log.Warn("network of a leased block", logkey.Network, b.GetNetwork(), logkey.Err, err)
 			continue
 		}
 		if p, err := netip.ParsePrefix(b.GetPrefix()); err == nil {
@@ -469,7 +470,7 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 		}
 	}
 	if err := a.core.AddBlocks(ctx, blocks); err != nil {
-		log.Warn("blocks from the controller", logErr, err)
+		log.Warn("blocks from the controller", logkey.Err, err)
 	}
 	cl.reported.Store(0)
 	rev, err := a.report(ctx, cl.agent, 0, true, log)
@@ -486,7 +487,7 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	if err != nil {
 		return fmt.Errorf("watch routes: %w", err)
 	}
-	log.Info("controller session up", logBlocks, len(blocks), logResumeFrom, from)
+	log.Info("controller session up", logkey.Blocks, len(blocks), logkey.ResumeFrom, from)
 	errc := make(chan error, 2)
 	go func() {
 		first := true
@@ -543,12 +544,12 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 	}
 	for _, r := range resp.GetResults() {
 		if r.GetError() != "" {
-			log.Warn("controller refused an endpoint", logEndpoint, r.GetId(), logReason, r.GetError())
+			log.Warn("controller refused an endpoint", logkey.Endpoint, r.GetId(), logkey.Reason, r.GetError())
 		}
 	}
 	if len(b.offline) > 0 {
 		a.core.offlineReported(ctx, len(b.offline))
 	}
-	log.Debug("endpoints reported", logCount, len(b.endpoints), logFullSync, b.fullSync, logOfflineRecords, len(b.offline), logDeleted, resp.GetDeleted(), logTook, time.Since(start))
+	log.Debug("endpoints reported", logkey.Count, len(b.endpoints), logkey.FullSync, b.fullSync, logkey.OfflineRecords, len(b.offline), logkey.Deleted, resp.GetDeleted(), logkey.Took, time.Since(start))
 	return b.rev, nil
 }

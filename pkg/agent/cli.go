@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 )
@@ -58,9 +59,9 @@ func (f listFlag) Set(s string) error {
 
 // Register adds the flags to fs.
 func (f *Flags) Register(fs *flag.FlagSet) {
-	fs.Var(listFlag{&f.Controllers}, logController, "controller API address host:port (repeatable, or comma-separated); the agent works while any one is up")
-	fs.StringVar(&f.Gateway, logGateway, "", "this gateway's name at the controller (enables the controller sessions and the CNI server)")
-	fs.StringVar(&f.Underlay, logUnderlay, "", "this gateway's IPv4 underlay (tunnel source) address")
+	fs.Var(listFlag{&f.Controllers}, logkey.Controller, "controller API address host:port (repeatable, or comma-separated); the agent works while any one is up")
+	fs.StringVar(&f.Gateway, logkey.Gateway, "", "this gateway's name at the controller (enables the controller sessions and the CNI server)")
+	fs.StringVar(&f.Underlay, logkey.Underlay, "", "this gateway's IPv4 underlay (tunnel source) address")
 	fs.StringVar(&f.StateDir, "state-dir", DefaultStateDir, "directory of the agent's state (endpoints, labels, blocks, routes)")
 	fs.StringVar(&f.CNISocket, "cni-socket", DefaultCNISocket, "unix socket the CNI plugin talks to (mode 0600)")
 	fs.StringVar(&f.TLS.Cert, "tls-cert", "", "client certificate (PEM) for the controllers' mutual TLS")
@@ -79,7 +80,7 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	flog := log.With(logComponent, "agent")
+	flog := log.With(logkey.Component, logkey.ComponentAgent)
 	var errs []error
 	u, err := netip.ParseAddr(f.Underlay)
 	if err != nil || !u.Is4() {
@@ -97,7 +98,7 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 	}
 	for _, o := range old {
 		use, _ := encap.Deprecated(o)
-		flog.Warn("deprecated encapsulation spelling in --encaps", logValue, o, logUse, use)
+		flog.Warn("deprecated encapsulation spelling in --encaps", logkey.Value, o, logkey.Use, use)
 	}
 	for _, e := range encaps {
 		if e != encap.MPLSoUDP && e != encap.MPLSoGRE && e != encap.Plain {

@@ -29,6 +29,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/ipam"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -167,7 +168,7 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 	if p.NextLabel < overlay.LabelFirst {
 		p.NextLabel = overlay.LabelFirst
 	}
-	c := &Core{cfg: cfg, log: cfg.Log.With(logComponent, "core"), ops: make(chan func(*coreState)), done: make(chan struct{}),
+	c := &Core{cfg: cfg, log: cfg.Log.With(logkey.Component, logkey.ComponentCore), ops: make(chan func(*coreState)), done: make(chan struct{}),
 		desiredCh: make(chan struct{}, 1), endpointCh: make(chan struct{}, 1), routesOut: make(chan map[string]*sessionRoutes, 1)}
 	return c, s, nil
 }
@@ -249,7 +250,7 @@ func (c *Core) persist(s *coreState) {
 			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, stateFile), data)
 		}
 		if err != nil {
-			c.log.Error("persist state", logErr, err)
+			c.log.Error("persist state", logkey.Err, err)
 		} else {
 			s.dirty = false
 		}
@@ -288,7 +289,7 @@ func (c *Core) writeRoutes(done chan<- struct{}) {
 			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, routesFile), data)
 		}
 		if err != nil {
-			c.log.Error("persist routes", logErr, err)
+			c.log.Error("persist routes", logkey.Err, err)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
 
@@ -43,7 +44,7 @@ func OpenStateFile(path string, log *slog.Logger) (*FileSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state file: %w", err)
 	}
-	f := &FileSource{path: abs, log: log.With(logComponent, "state-file"), changed: make(chan struct{}, 1)}
+	f := &FileSource{path: abs, log: log.With(logkey.Component, logkey.ComponentStateFile), changed: make(chan struct{}, 1)}
 	if err := f.load(); err != nil {
 		return nil, err
 	}
@@ -107,7 +108,7 @@ func (f *FileSource) Run(ctx context.Context) error {
 	}
 	// A change between the first read and the watch.
 	if err := f.load(); err != nil {
-		f.log.Error("state file change ignored", logPath, f.path, logErr, err)
+		f.log.Error("state file change ignored", logkey.Path, f.path, logkey.Err, err)
 	}
 	for {
 		select {
@@ -121,13 +122,13 @@ func (f *FileSource) Run(ctx context.Context) error {
 				continue
 			}
 			if err := f.load(); err != nil {
-				f.log.Error("state file change ignored", logPath, f.path, logErr, err)
+				f.log.Error("state file change ignored", logkey.Path, f.path, logkey.Err, err)
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
-			f.log.Warn("state file watch", logErr, err)
+			f.log.Warn("state file watch", logkey.Err, err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/ipam"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -131,7 +132,7 @@ func (c *Core) AddBlocks(ctx context.Context, blocks []Block) error {
 	e2 := c.doSaved(ctx, func(s *coreState) {
 		for _, b := range blocks {
 			if e := c.addBlock(s, b.Network, b.Prefix); e != nil {
-				c.log.Warn("leased block refused", logNetwork, b.Network, logBlock, b.Prefix, logErr, e)
+				c.log.Warn("leased block refused", logkey.Network, b.Network, logkey.Block, b.Prefix, logkey.Err, e)
 				err = e
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
 
@@ -64,7 +65,7 @@ func NewReconciler(src Source, a Applier, log *slog.Logger, resync time.Duration
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Reconciler{src: src, applier: a, log: log.With(logComponent, "reconcile"), resync: resync,
+	return &Reconciler{src: src, applier: a, log: log.With(logkey.Component, logkey.ComponentReconcile), resync: resync,
 		onApply: onApply, changed: make(chan struct{})}
 }
 
@@ -92,7 +93,7 @@ func (l *Reconciler) Run(ctx context.Context) error {
 			why = "resync"
 			if r, ok := l.applier.(Resyncer); ok {
 				if err := r.Resync(ctx); err != nil {
-					l.log.Warn("re-read the kernel", logErr, err)
+					l.log.Warn("re-read the kernel", logkey.Err, err)
 				}
 			}
 		}
@@ -118,13 +119,13 @@ func (l *Reconciler) Run(ctx context.Context) error {
 		}
 		retryC = nil
 		if err != nil {
-			l.log.Warn("data plane not fully programmed; retrying", logReason, why, logRetryIn, backoff, logErr, err)
+			l.log.Warn("data plane not fully programmed; retrying", logkey.Reason, why, logkey.RetryIn, backoff, logkey.Err, err)
 			retryC = time.After(backoff)
 			backoff = min(2*backoff, RetryMax)
 			continue
 		}
 		backoff = RetryMin
-		l.log.Info("state applied", logReason, why, logGeneration, gen, logNetworks, len(st.Networks), logTook, time.Since(start))
+		l.log.Info("state applied", logkey.Reason, why, logkey.Generation, gen, logkey.Networks, len(st.Networks), logkey.Took, time.Since(start))
 	}
 }
 

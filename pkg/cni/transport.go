@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"golang.org/x/sys/unix"
 )
 
@@ -80,7 +81,7 @@ func (s *Server) Serve(ctx context.Context, l *Listener) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With(logComponent, "cni")
+	log = log.With(logkey.Component, logkey.ComponentCNI)
 	timeout := s.Timeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
@@ -129,7 +130,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, timeout time.Du
 		// whose sender is already gone (killed while its request waited to
 		// be accepted) is dropped rather than acted on.
 		if peerClosed(c) {
-			log.Debug("dropped a request whose plugin is gone", logOp, req.Op, logContainer, req.ContainerID)
+			log.Debug("dropped a request whose plugin is gone", logkey.Op, req.Op, logkey.Container, req.ContainerID)
 			return
 		}
 		// A plugin that goes away while its request runs cancels it.
@@ -147,7 +148,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, timeout time.Du
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(timeout))
 	if err := json.NewEncoder(c).Encode(resp); err != nil {
-		log.Debug("write response", logErr, err)
+		log.Debug("write response", logkey.Err, err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
 
@@ -157,7 +158,7 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 		}
 	}
 	m.cur = cur
-	m.log.Info("adopted kernel state", logTunnels, len(cur.tunnels), logVRFs, len(cur.vrfs),
-		logRules, len(cur.rules), logRoutes, len(cur.routes), logNexthops, len(cur.nexthops), logFOU, cur.fou)
+	m.log.Info("adopted kernel state", logkey.Tunnels, len(cur.tunnels), logkey.VRFs, len(cur.vrfs),
+		logkey.Rules, len(cur.rules), logkey.Routes, len(cur.routes), logkey.Nexthops, len(cur.nexthops), logkey.FOU, cur.fou)
 	return errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
 
@@ -26,7 +27,7 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 		return errClosed
 	}
 	if err := m.resyncLocked(ctx); err != nil {
-		m.log.Warn("cleanup: reading kernel state", logErr, err)
+		m.log.Warn("cleanup: reading kernel state", logkey.Err, err)
 	}
 	var errs []error
 	fail := func(err error) { errs = append(errs, err) }

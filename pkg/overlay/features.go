@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
 
@@ -128,11 +129,11 @@ func (m *Manager) detectFeatures() Features {
 
 func (m *Manager) probeLink(l netlink.Link) bool {
 	if err := m.h.LinkAdd(l); err != nil {
-		m.log.Debug("probe", logInterface, l.Attrs().Name, logType, l.Type(), logErr, err)
+		m.log.Debug("probe", logkey.Interface, l.Attrs().Name, logkey.Type, l.Type(), logkey.Err, err)
 		return errors.Is(err, os.ErrExist)
 	}
 	if err := m.h.LinkDel(l); err != nil {
-		m.log.Warn("removing probe interface", logInterface, l.Attrs().Name, logErr, err)
+		m.log.Warn("removing probe interface", logkey.Interface, l.Attrs().Name, logkey.Err, err)
 	}
 	return true
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 func (m *Manager) addTunnelLocked(name string, spec tunnelSpec) (netlink.Link, error) {
@@ -36,7 +37,7 @@ func (m *Manager) addTunnelLocked(name string, spec tunnelSpec) (netlink.Link, e
 	if err := m.h.LinkSetUp(nl); err != nil {
 		return nil, fmt.Errorf("overlay: tunnel %s up: %w", name, err)
 	}
-	m.log.Info("tunnel added", logInterface, name, logEncap, spec.Encap, logRemote, spec.Remote)
+	m.log.Info("tunnel added", logkey.Interface, name, logkey.Encap, spec.Encap, logkey.Remote, spec.Remote)
 	return nl, nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
 
@@ -84,7 +85,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	default:
 		return nil, fmt.Errorf("overlay: unknown VRF mode %q", cfg.VRF)
 	}
-	m := &Manager{log: cfg.Logger.With(logComponent, "overlay"), cfg: cfg, ns: netns.None(), cur: newKstate(), nextNH: NexthopIDFirst}
+	m := &Manager{log: cfg.Logger.With(logkey.Component, logkey.ComponentOverlay), cfg: cfg, ns: netns.None(), cur: newKstate(), nextNH: NexthopIDFirst}
 	if cfg.NetNS != "" {
 		ns, err := netns.GetFromPath(cfg.NetNS)
 		if err != nil {
@@ -110,7 +111,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	m.feat = m.detectFeatures()
 	if msg := m.feat.Summary(); msg != "" {
-		m.log.Warn(""+msg, logMissing, m.feat.Missing())
+		m.log.Warn(""+msg, logkey.Missing, m.feat.Missing())
 	}
 	if cfg.VRF == VRFOn && !m.feat.VRF {
 		m.Close()

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 // DefaultEncapPriority is used when State.EncapPriority is empty.
@@ -149,7 +150,7 @@ func warnDeprecatedEncaps(js []byte, log *slog.Logger) {
 		for _, n := range names {
 			if use, old := encap.Deprecated(n); old && !seen[n] {
 				seen[n] = true
-				log.Warn("deprecated encapsulation spelling in the state file", logValue, n, logUse, use)
+				log.Warn("deprecated encapsulation spelling in the state file", logkey.Value, n, logkey.Use, use)
 			}
 		}
 	}
@@ -162,7 +163,7 @@ func warnDeprecatedEncaps(js []byte, log *slog.Logger) {
 		}
 	}
 	if oldKey {
-		log.Warn("deprecated key in the state file's routes", logValue, "gateway", logUse, "remoteUnderlay")
+		log.Warn("deprecated key in the state file's routes", logkey.Value, "gateway", logkey.Use, "remoteUnderlay")
 	}
 }
 

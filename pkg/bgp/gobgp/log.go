@@ -4,13 +4,16 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 )
 
 // logger forwards GoBGP's log lines to an injected slog.Logger.
 type logger struct{ l *slog.Logger }
 
-func newLogger(l *slog.Logger) gobgplog.Logger { return &logger{l: l.With(logComponent, "gobgp")} }
+func newLogger(l *slog.Logger) gobgplog.Logger {
+	return &logger{l: l.With(logkey.Component, logkey.ComponentGoBGP)}
+}
 
 func (g *logger) emit(level slog.Level, msg string, fields gobgplog.Fields) {
 	if !g.l.Enabled(context.Background(), level) {

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 // batchSize is the number of paths per AddPathStream message: one GoBGP
@@ -165,7 +166,7 @@ func (s *Speaker) Start(ctx context.Context, initial []bgp.Route) (err error) {
 			return err
 		}
 	}
-	s.log.Info("bgp speaker started", logASN, s.cfg.ASN, logRouterID, s.cfg.RouterID, logListenPort, s.cfg.ListenPort, logPeers, len(s.cfg.Peers), logRoutes, len(initial))
+	s.log.Info("bgp speaker started", logkey.ASN, s.cfg.ASN, logkey.RouterID, s.cfg.RouterID, logkey.ListenPort, s.cfg.ListenPort, logkey.Peers, len(s.cfg.Peers), logkey.Routes, len(initial))
 	return nil
 }
 
@@ -247,7 +248,7 @@ func (s *Speaker) addPeerLocked(ctx context.Context, p bgp.PeerConfig, restartin
 		return fmt.Errorf("bgp: add peer %s: %w", p.Address, err)
 	}
 	s.peerAddr[p.Address] = p
-	s.log.Info("bgp peer added", logPeer, p.Address, logASN, p.ASN, logMD5, p.Password != "")
+	s.log.Info("bgp peer added", logkey.Peer, p.Address, logkey.ASN, p.ASN, logkey.MD5, p.Password != "")
 	return nil
 }
 
@@ -311,7 +312,7 @@ func (s *Speaker) DeletePeer(ctx context.Context, addr netip.Addr) error {
 		return fmt.Errorf("bgp: delete peer %s: %w", addr, err)
 	}
 	delete(s.peerAddr, addr)
-	s.log.Info("bgp peer deleted", logPeer, addr)
+	s.log.Info("bgp peer deleted", logkey.Peer, addr)
 	return nil
 }
 
@@ -477,7 +478,7 @@ func (s *Speaker) onEvent(ev *api.WatchEventResponse) {
 	case *api.WatchEventResponse_Peer:
 		p := e.Peer.GetPeer()
 		if e.Peer.GetType() == api.WatchEventResponse_PeerEvent_STATE {
-			s.log.Info("bgp peer state", logPeer, p.GetState().GetNeighborAddress(), logState, sessionState(p.GetState().GetSessionState()))
+			s.log.Info("bgp peer state", logkey.Peer, p.GetState().GetNeighborAddress(), logkey.State, sessionState(p.GetState().GetSessionState()))
 		}
 	}
 }
@@ -522,7 +523,7 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent) []bgp.RouteEven
 	peer = peer.Unmap()
 	r, err := decodePath(p)
 	if err != nil {
-		s.log.Warn("ignoring received path", logPeer, peer, logErr, err)
+		s.log.Warn("ignoring received path", logkey.Peer, peer, logkey.Err, err)
 		return evs
 	}
 	k := receivedKey{peer: peer, key: r.Key()}

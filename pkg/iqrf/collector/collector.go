@@ -18,6 +18,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/iqrf/coord"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/dpa"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/sensor"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 // Reading is one sensor value.
@@ -204,7 +205,7 @@ func (c *Collector) Run(ctx context.Context) error {
 		link, err := c.cfg.Open()
 		if err != nil {
 			c.m.LinkFailures.Add(1)
-			c.log.Warn("cannot open the coordinator link", logErr, err)
+			c.log.Warn("cannot open the coordinator link", logkey.Err, err)
 		} else {
 			c.m.LinkOpens.Add(1)
 			co := coord.New(link, ccfg)
@@ -220,7 +221,7 @@ func (c *Collector) Run(ctx context.Context) error {
 				return nil
 			}
 			c.m.LinkFailures.Add(1)
-			c.log.Warn("coordinator link lost", logErr, err)
+			c.log.Warn("coordinator link lost", logkey.Err, err)
 		}
 		t := time.NewTimer(c.cfg.ReopenDelay)
 		select {
@@ -240,7 +241,7 @@ func (c *Collector) session(ctx context.Context, co *coord.Coordinator) error {
 	for {
 		if c.rescan.Load() {
 			if err := c.scan(ctx, co); err != nil {
-				c.log.Warn("cannot read the bonded nodes", logErr, err)
+				c.log.Warn("cannot read the bonded nodes", logkey.Err, err)
 			} else {
 				c.rescan.Store(false)
 			}
@@ -282,7 +283,7 @@ func (c *Collector) scan(ctx context.Context, co *coord.Coordinator) error {
 		}
 	}
 	c.nodes, c.order = nodes, addrs
-	c.log.Info("bonded nodes", logCount, len(addrs), logNodes, fmt.Sprint(addrs))
+	c.log.Info("bonded nodes", logkey.Count, len(addrs), logkey.Nodes, fmt.Sprint(addrs))
 	return nil
 }
 
@@ -336,7 +337,7 @@ func (c *Collector) enumerate(ctx context.Context, co *coord.Coordinator, n *Nod
 	c.mu.Lock()
 	n.HWPID, n.Types, n.Metrics = res.Frame.HWPID, types, metricNames(types)
 	c.mu.Unlock()
-	c.log.Info("node enumerated", logNode, n.Addr, logHWPID, n.HWPID, logSensors, len(types))
+	c.log.Info("node enumerated", logkey.Node, n.Addr, logkey.HWPID, n.HWPID, logkey.Sensors, len(types))
 	return nil
 }
 
@@ -364,7 +365,7 @@ func (c *Collector) round(ctx context.Context, co *coord.Coordinator) {
 			if err := c.enumerate(ctx, co, n); err != nil {
 				c.m.PollErrors.Add(1)
 				c.failed(n)
-				c.log.Warn("cannot enumerate sensors", logNode, n.Addr, logErr, err)
+				c.log.Warn("cannot enumerate sensors", logkey.Node, n.Addr, logkey.Err, err)
 				continue
 			}
 			c.succeeded(n)
@@ -394,21 +395,21 @@ func (c *Collector) pollNode(ctx context.Context, co *coord.Coordinator, n *Node
 	if err != nil {
 		c.m.PollErrors.Add(1)
 		c.failed(n)
-		c.log.Warn("poll failed", logNode, n.Addr, logErr, err)
+		c.log.Warn("poll failed", logkey.Node, n.Addr, logkey.Err, err)
 		return
 	}
 	c.succeeded(n)
 	vals, err := sensor.AppendReadWithTypes(nil, res.Frame.PData, bitmap)
 	if err != nil {
 		c.m.BadPayloads.Add(1)
-		c.log.Warn("bad sensor payload", logNode, n.Addr, logErr, err, logResponse, dpa.DottedHex(res.Response))
+		c.log.Warn("bad sensor payload", logkey.Node, n.Addr, logkey.Err, err, logkey.Response, dpa.DottedHex(res.Response))
 		return
 	}
 	var out []Reading
 	for _, v := range vals {
 		if v.Index >= len(n.Types) || v.Type != n.Types[v.Index] {
 			// The node's sensors changed: enumerate again next round.
-			c.log.Warn("sensor types changed", logNode, n.Addr, logIndex, v.Index, logType, v.Type)
+			c.log.Warn("sensor types changed", logkey.Node, n.Addr, logkey.Index, v.Index, logkey.Type, v.Type)
 			c.mu.Lock()
 			n.Types = nil
 			c.mu.Unlock()
@@ -428,7 +429,7 @@ func (c *Collector) deliver(out []Reading) {
 		return
 	}
 	if err := c.cfg.Deliver(out); err != nil {
-		c.log.Error("cannot store readings", logCount, len(out), logErr, err)
+		c.log.Error("cannot store readings", logkey.Count, len(out), logkey.Err, err)
 		return
 	}
 	c.m.Readings.Add(uint64(len(out)))
@@ -497,7 +498,7 @@ func (c *Collector) frcChunk(ctx context.Context, co *coord.Coordinator, cmd uin
 	}
 	pdata, err := sensor.FRCRequest(cmd, addrs, k.typ, uint8(k.nth))
 	if err != nil {
-		c.log.Error("cannot build FRC request", logErr, err)
+		c.log.Error("cannot build FRC request", logkey.Err, err)
 		return
 	}
 	c.m.Polls.Add(1)
@@ -505,18 +506,18 @@ func (c *Collector) frcChunk(ctx context.Context, co *coord.Coordinator, cmd uin
 	res, err := co.Do(ctx, dpa.Frame{NADR: dpa.AddrCoordinator, PNUM: dpa.PNUMFRC, PCMD: dpa.CmdFRCSelective, HWPID: dpa.HWPIDDoNotCheck, PData: pdata}, timeout)
 	if err != nil {
 		c.m.PollErrors.Add(1)
-		c.log.Warn("sensor FRC failed", logType, k.typ, logNth, k.nth, logErr, err)
+		c.log.Warn("sensor FRC failed", logkey.Type, k.typ, logkey.Nth, k.nth, logkey.Err, err)
 		return
 	}
 	p := res.Frame.PData
 	if len(p) != 56 {
 		c.m.BadPayloads.Add(1)
-		c.log.Warn("bad FRC response", logType, k.typ, logLength, len(p), logResponse, dpa.DottedHex(res.Response))
+		c.log.Warn("bad FRC response", logkey.Type, k.typ, logkey.Length, len(p), logkey.Response, dpa.DottedHex(res.Response))
 		return
 	}
 	if status := p[0]; status > dpa.AddrMaxNode {
 		c.m.PollErrors.Add(1)
-		c.log.Warn("sensor FRC refused", logType, k.typ, logStatus, status)
+		c.log.Warn("sensor FRC refused", logkey.Type, k.typ, logkey.Status, status)
 		return
 	}
 	var data [64]byte
@@ -534,7 +535,7 @@ func (c *Collector) frcChunk(ctx context.Context, co *coord.Coordinator, cmd uin
 		extra, err := co.Do(ctx, dpa.Frame{NADR: dpa.AddrCoordinator, PNUM: dpa.PNUMFRC, PCMD: dpa.CmdFRCExtraResult, HWPID: dpa.HWPIDDoNotCheck}, 0)
 		if err != nil || len(extra.Frame.PData) != 9 {
 			c.m.PollErrors.Add(1)
-			c.log.Warn("FRC extra result failed", logType, k.typ, logErr, err)
+			c.log.Warn("FRC extra result failed", logkey.Type, k.typ, logkey.Err, err)
 		} else {
 			copy(data[55:], extra.Frame.PData)
 		}
@@ -554,10 +555,10 @@ func (c *Collector) frcChunk(ctx context.Context, co *coord.Coordinator, cmd uin
 			out = append(out, Reading{Node: t.node.Addr, Index: t.index, Type: k.typ, Metric: metric, Value: v, Time: res.ResponseTime})
 		case sensor.FRCNoResponse:
 			c.m.PollErrors.Add(1)
-			c.log.Warn("node did not answer the FRC", logNode, t.node.Addr, logType, k.typ)
+			c.log.Warn("node did not answer the FRC", logkey.Node, t.node.Addr, logkey.Type, k.typ)
 		default:
 			c.m.NoValue.Add(1)
-			c.log.Debug("no FRC value", logNode, t.node.Addr, logType, k.typ, logStatus, st.String())
+			c.log.Debug("no FRC value", logkey.Node, t.node.Addr, logkey.Type, k.typ, logkey.Status, st.String())
 		}
 	}
 	c.deliver(out)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/pkg/iqrf/dpa"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 // Link carries whole DPA messages to and from the coordinator (UART, USB CDC
@@ -165,7 +166,7 @@ func (c *Coordinator) readLoop() {
 		if err != nil {
 			if errors.Is(err, dpa.ErrMalformed) {
 				c.stats.FrameErrors.Add(1)
-				c.log.Warn("bad frame from coordinator", logErr, err)
+				c.log.Warn("bad frame from coordinator", logkey.Err, err)
 				continue
 			}
 			c.err = fmt.Errorf("%w: %w", ErrClosed, err)
@@ -174,7 +175,7 @@ func (c *Coordinator) readLoop() {
 		}
 		if err := f.Decode(buf[:n]); err != nil {
 			c.stats.FrameErrors.Add(1)
-			c.log.Warn("bad frame from coordinator", logErr, err, logFrame, dpa.DottedHex(buf[:n]))
+			c.log.Warn("bad frame from coordinator", logkey.Err, err, logkey.Frame, dpa.DottedHex(buf[:n]))
 			continue
 		}
 		if f.Kind == dpa.KindAsync || f.Kind == dpa.KindRequest {
@@ -197,7 +198,7 @@ func (c *Coordinator) readLoop() {
 		case c.rx <- msg:
 		default:
 			c.stats.Stray.Add(1)
-			c.log.Warn("answer dropped: nobody is waiting", logFrame, dpa.DottedHex(msg))
+			c.log.Warn("answer dropped: nobody is waiting", logkey.Frame, dpa.DottedHex(msg))
 		}
 	}
 }
@@ -227,7 +228,7 @@ func (c *Coordinator) Do(ctx context.Context, req dpa.Frame, timeout time.Durati
 	for attempt := 0; attempt <= c.cfg.Retries; attempt++ {
 		if attempt > 0 {
 			c.stats.Retries.Add(1)
-			c.log.Debug("retrying", logNADR, req.NADR, logPNUM, req.PNUM, logPCMD, req.PCMD, logAttempt, attempt, logErr, err)
+			c.log.Debug("retrying", logkey.Node, req.NADR, logkey.PNUM, req.PNUM, logkey.PCMD, req.PCMD, logkey.Attempt, attempt, logkey.Err, err)
 		}
 		var res *Result
 		res, err = c.attemptLocked(ctx, &req, wire, timeout)
@@ -273,7 +274,7 @@ func (c *Coordinator) attemptLocked(ctx context.Context, req *dpa.Frame, wire []
 		select {
 		case m := <-c.rx:
 			c.stats.Stray.Add(1)
-			c.log.Debug("late answer dropped", logFrame, dpa.DottedHex(m))
+			c.log.Debug("late answer dropped", logkey.Frame, dpa.DottedHex(m))
 		case <-c.reset:
 		default:
 			drained = true
@@ -315,7 +316,7 @@ func (c *Coordinator) attemptLocked(ctx context.Context, req *dpa.Frame, wire []
 			now := time.Now()
 			if err := f.Decode(m); err != nil || !req.Matches(&f) {
 				c.stats.Stray.Add(1)
-				c.log.Debug("answer for another request dropped", logFrame, dpa.DottedHex(m))
+				c.log.Debug("answer for another request dropped", logkey.Frame, dpa.DottedHex(m))
 				continue
 			}
 			switch f.Kind {

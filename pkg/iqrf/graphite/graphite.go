@@ -27,6 +27,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/iqrf/collector"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/queue"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 // Stats counts deliveries. Fields are updated atomically.
@@ -107,7 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		if err != nil {
 			cfg.Stats.Errors.Add(1)
-			cfg.Logger.Warn("graphite delivery interrupted", logAddr, cfg.Addr, logErr, err, logRetryIn, backoff)
+			cfg.Logger.Warn("graphite delivery interrupted", logkey.Addr, cfg.Addr, logkey.Err, err, logkey.RetryIn, backoff)
 		}
 		t := time.NewTimer(backoff)
 		select {
@@ -142,7 +143,7 @@ func session(ctx context.Context, cfg *Config) error {
 	defer conn.Close()
 	cfg.Stats.Connects.Add(1)
 	cfg.Stats.Connected.Store(true)
-	cfg.Logger.Info("connected to carbon", logAddr, cfg.Addr)
+	cfg.Logger.Info("connected to carbon", logkey.Addr, cfg.Addr)
 	connCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {
@@ -187,7 +188,7 @@ func session(ctx context.Context, cfg *Config) error {
 			r, err := collector.DecodeRecord(rec)
 			if err != nil {
 				cfg.Stats.BadRecords.Add(1)
-				cfg.Logger.Error("undecodable record in the queue", logErr, err)
+				cfg.Logger.Error("undecodable record in the queue", logkey.Err, err)
 				continue
 			}
 			readings = append(readings, r)

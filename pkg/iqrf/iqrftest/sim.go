@@ -15,6 +15,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/iqrf/dpa"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/sensor"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/uart"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 // Framing selects the link layer the simulator speaks.
@@ -137,7 +138,7 @@ func (s *Sim) Serve(ctx context.Context, rw io.ReadWriter, reset bool) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With(logComponent, "iqrf-sim")
+	log = log.With(logkey.Component, logkey.ComponentIQRFSim)
 	s.wmu.Lock()
 	s.w = rw
 	s.wmu.Unlock()
@@ -174,7 +175,7 @@ func (s *Sim) Serve(ctx context.Context, rw io.ReadWriter, reset bool) error {
 			case UART:
 				m, ok, err := d.Push(c)
 				if err != nil {
-					log.Warn("bad frame from host", logErr, err)
+					log.Warn("bad frame from host", logkey.Err, err)
 				}
 				if !ok {
 					continue
@@ -183,7 +184,7 @@ func (s *Sim) Serve(ctx context.Context, rw io.ReadWriter, reset bool) error {
 			case CDC:
 				m, ok, err := p.Push(c)
 				if err != nil {
-					log.Warn("bad CDC command", logErr, err)
+					log.Warn("bad CDC command", logkey.Err, err)
 				}
 				if !ok {
 					continue
@@ -197,7 +198,7 @@ func (s *Sim) Serve(ctx context.Context, rw io.ReadWriter, reset bool) error {
 			}
 			var req dpa.Frame
 			if err := req.DecodeRequest(msg); err != nil {
-				log.Warn("not a request", logFrame, dpa.DottedHex(msg))
+				log.Warn("not a request", logkey.Frame, dpa.DottedHex(msg))
 				continue
 			}
 			req.PData = append([]byte(nil), req.PData...)

@@ -23,6 +23,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/iqrf/dpa"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/queue"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/sensor"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 // Default topics of the IQRF Gateway Daemon's MQTT messaging.
@@ -124,7 +125,7 @@ func Run(ctx context.Context, cfg Config) error {
 		SetConnectTimeout(3 * time.Second).SetOrderMatters(false).
 		SetOnConnectHandler(func(c paho.Client) {
 			cfg.Stats.Connected.Store(true)
-			log.Info("connected to the MQTT broker", logBroker, cfg.Broker)
+			log.Info("connected to the MQTT broker", logkey.Broker, cfg.Broker)
 			select {
 			case connected <- struct{}{}:
 			default:
@@ -144,7 +145,7 @@ func Run(ctx context.Context, cfg Config) error {
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			cfg.Stats.Connected.Store(false)
 			cfg.Stats.Errors.Add(1)
-			log.Warn("MQTT connection lost", logErr, err)
+			log.Warn("MQTT connection lost", logkey.Err, err)
 		})
 	client := paho.NewClient(opts)
 	client.Connect()
@@ -166,7 +167,7 @@ func Run(ctx context.Context, cfg Config) error {
 				tok := client.Publish(cfg.ResponseTopic, 1, false, resp)
 				if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 					cfg.Stats.APIErrors.Add(1)
-					log.Warn("cannot publish an API response", logErr, tok.Error())
+					log.Warn("cannot publish an API response", logkey.Err, tok.Error())
 				}
 			}
 		}
@@ -219,7 +220,7 @@ func publish(ctx context.Context, client paho.Client, connected <-chan struct{},
 		}
 		if failed != nil {
 			cfg.Stats.Errors.Add(1)
-			cfg.Logger.Warn("MQTT publish failed; will resend", logErr, failed, logRetryIn, backoff)
+			cfg.Logger.Warn("MQTT publish failed; will resend", logkey.Err, failed, logkey.RetryIn, backoff)
 			cfg.Reader.Rewind()
 			t := time.NewTimer(backoff)
 			select {

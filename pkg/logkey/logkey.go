@@ -1,0 +1,127 @@
+// Package logkey owns the names of the log fields every iotfabric component
+// uses, so that the logs of all components can be searched by the same
+// keys: the log/slog keys, and the values of the Component key that each
+// part adds with logger.With(logkey.Component, logkey.ComponentXxx).
+//
+// Keys are snake_case. A concept has one key everywhere (a gateway is
+// always "gateway", never "gw"); a list of them takes the plural.
+//
+// Code outside the generated proto/ tree passes no string literal as a log
+// key; TestNoLiteralKeys checks it.
+package logkey
+
+// Key of the part of a program that logs a line; its values are the
+// Component* constants.
+const Component = "component"
+
+// Values of the Component key.
+const (
+	ComponentAgent        = "agent"         // gateway agent: controller links, CNI socket
+	ComponentCore         = "core"          // gateway agent's core (state owner)
+	ComponentReconcile    = "reconcile"     // gateway agent's reconciler
+	ComponentStateFile    = "state-file"    // gateway agent's state file source
+	ComponentVRouterAgent = "vrouter-agent" // vrouter-agent command
+	ComponentOverlay      = "overlay"       // kernel data plane manager
+	ComponentCNI          = "cni"           // CNI request server
+	ComponentBGP          = "bgp"           // controller's BGP speaker
+	ComponentGoBGP        = "gobgp"         // lines of the GoBGP library
+	ComponentVPN          = "vpn"           // controller's VPN route runner
+	ComponentCollector    = "collector"     // IQRF collector
+	ComponentGraphite     = "graphite"      // IQRF collector's Graphite sink
+	ComponentMQTT         = "mqtt"          // IQRF collector's MQTT sink
+	ComponentIQRFSim      = "iqrf-sim"      // IQRF coordinator simulator
+)
+
+// Field keys.
+const (
+	Err = "err" // an error
+
+	// Fabric objects.
+	Controller  = "controller"  // a controller (its address or name)
+	Controllers = "controllers" // controller addresses
+	Gateway     = "gateway"     // a gateway name
+	Gateways    = "gateways"    // gateway names or a count of them
+	Network     = "network"     // a virtual network name
+	Networks    = "networks"    // virtual network names or a count of them
+	ID          = "id"          // an object's identifier
+	Endpoint    = "endpoint"    // an endpoint identifier
+	Container   = "container"   // a CNI container ID
+	Interface   = "interface"   // a network interface name
+	Addresses   = "addresses"   // an endpoint's addresses
+	Subnets     = "subnets"     // a network's subnets
+	Underlay    = "underlay"    // a gateway's underlay address
+	Block       = "block"       // an address block
+	Blocks      = "blocks"      // address blocks
+	Instance    = "instance"    // a controller instance
+	Markers     = "markers"     // liveness markers
+	Key         = "key"         // a store key
+	Event       = "event"       // an event's kind
+	Arch        = "arch"        // a gateway's architecture
+	Version     = "version"     // a software version
+	Features    = "features"    // data plane features
+
+	// Data plane.
+	Encap    = "encap"    // an encapsulation
+	FOU      = "fou"      // FOU ports
+	Remote   = "remote"   // a tunnel's remote address
+	Routes   = "routes"   // routes (a count or a list)
+	Nexthops = "nexthops" // nexthops
+	Tunnels  = "tunnels"  // tunnels
+	VRFs     = "vrfs"     // VRFs
+	Rules    = "rules"    // policy rules
+	Missing  = "missing"  // what is missing
+	Use      = "use"      // what is used instead
+	Value    = "value"    // a value (of a setting)
+
+	// BGP.
+	Peer        = "peer"        // a BGP peer address
+	Peers       = "peers"       // BGP peers
+	ASN         = "asn"         // an AS number
+	RouterID    = "router_id"   // a BGP router ID
+	ListenPort  = "listen_port" // a BGP listen port
+	MD5         = "md5"         // whether a peer uses TCP MD5
+	RouteTarget = "rt"          // a route target
+	Announced   = "announced"   // routes announced
+	Withdrawn   = "withdrawn"   // routes withdrawn
+
+	// Agent protocol and state.
+	Op             = "op"              // a CNI operation
+	Code           = "code"            // an error code
+	Reason         = "reason"          // why something happened
+	State          = "state"           // a state (of a peer, a file...)
+	Path           = "path"            // a file path
+	CNISocket      = "cni_socket"      // the CNI socket path
+	Generation     = "generation"      // a state generation
+	FullSync       = "full_sync"       // whether a sync is full
+	ResumeFrom     = "resume_from"     // the revision a stream resumes from
+	OfflineRecords = "offline_records" // records kept while offline
+	Deleted        = "deleted"         // what was deleted
+
+	// IQRF.
+	Node     = "node"     // an IQRF node address
+	Nodes    = "nodes"    // IQRF nodes
+	Frame    = "frame"    // a DPA frame
+	PNUM     = "pnum"     // a DPA peripheral number
+	PCMD     = "pcmd"     // a DPA peripheral command
+	HWPID    = "hwpid"    // a DPA hardware profile ID
+	Sensors  = "sensors"  // sensors
+	Index    = "index"    // an index
+	Type     = "type"     // a type
+	Nth      = "nth"      // the n-th of its type
+	Length   = "length"   // a length
+	Response = "response" // a response
+	Status   = "status"   // a status
+	Attempt  = "attempt"  // an attempt number
+	Poll     = "poll"     // a poll period
+	Broker   = "broker"   // an MQTT broker
+	Graphite = "graphite" // a Graphite address
+	MQTT     = "mqtt"     // an MQTT broker
+	Buffer   = "buffer"   // a buffer path or size
+
+	// Generic.
+	Addr     = "addr"     // a network address
+	Count    = "count"    // a count
+	Took     = "took"     // a duration
+	Interval = "interval" // an interval
+	RetryIn  = "retry_in" // the delay before a retry
+)
