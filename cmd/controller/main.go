@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/server"
 )
 
@@ -84,7 +85,7 @@ func run(args []string, stderr *os.File) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := serve(ctx, cfg, log, nil); err != nil {
-		log.Error("controller stopped", "err", err)
+		log.Error("controller stopped", logkey.Err, err)
 		return 1
 	}
 	return 0

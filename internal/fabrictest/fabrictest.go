@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/server"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
@@ -67,7 +68,7 @@ func StartControllerStore(t testing.TB, open func() (store.Store, error), opts .
 func StartControllerWith(t testing.TB, c *Controller, opts ...grpc.ServerOption) *Controller {
 	c.t, c.dir, c.Addr, c.opts, c.Log = t, t.TempDir(), "127.0.0.1:0", opts, slog.New(slog.DiscardHandler)
 	if os.Getenv("IOTFABRIC_TEST_LOG") != "" {
-		c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("controller", t.Name())
+		c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With(logkey.Controller, t.Name())
 	}
 	if c.Open == nil {
 		dir := c.dir

@@ -20,6 +20,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/pkg/agent"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
 
@@ -58,7 +59,7 @@ func (recorder) Set(context.Context, overlay.State) error { return nil }
 func StartGateway(t testing.TB, name string, underlay netip.Addr, controllers []string, kernel bool) *Gateway {
 	g := &Gateway{t: t, Name: name, Underlay: underlay, Dir: t.TempDir(), Controllers: controllers, changed: make(chan struct{}), Log: slog.New(slog.DiscardHandler)}
 	if os.Getenv("IOTFABRIC_TEST_LOG") != "" {
-		g.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("gw", name)
+		g.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With(logkey.Gateway, name)
 	}
 	g.Sock = filepath.Join(g.Dir, "cni.sock")
 	if kernel {

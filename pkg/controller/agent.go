@@ -12,6 +12,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -45,8 +46,8 @@ func (c *Controller) RegisterGateway(ctx context.Context, gw *v1.Gateway, agent 
 	if err != nil {
 		return nil, nil, err
 	}
-	c.log.Info("gateway registered", "gateway", g.Name, "underlay", g.UnderlayAddress, "arch", agent.Architecture,
-		"version", agent.Version, "features", agent.KernelFeatures)
+	c.log.Info("gateway registered", logkey.Gateway, g.Name, logkey.Underlay, g.UnderlayAddress, logkey.Arch, agent.Architecture,
+		logkey.Version, agent.Version, logkey.Features, agent.KernelFeatures)
 	nets, err := c.networkNames(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -72,7 +73,7 @@ func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.A
 		return nil, 0, err
 	}
 	for _, l := range offlineLog {
-		c.log.Info("gateway offline record", "gateway", gw, "event", l)
+		c.log.Info("gateway offline record", logkey.Gateway, gw, logkey.Event, l)
 	}
 	var results []ReportResult
 	listed := map[string]bool{}

@@ -26,6 +26,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -256,7 +257,7 @@ func (c *Controller) CreateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 	if err := c.ensurePool(n); err != nil {
 		return nil, err
 	}
-	c.log.Info("network created", "network", n.Name, "id", n.Id, "subnets", n.Subnets)
+	c.log.Info("network created", logkey.Network, n.Name, logkey.ID, n.Id, logkey.Subnets, n.Subnets)
 	return n, nil
 }
 
@@ -344,7 +345,7 @@ func (c *Controller) UpdateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 	if err := c.ensurePool(out); err != nil {
 		return nil, err
 	}
-	c.log.Info("network updated", "network", out.Name, "subnets", out.Subnets)
+	c.log.Info("network updated", logkey.Network, out.Name, logkey.Subnets, out.Subnets)
 	return out, nil
 }
 
@@ -379,7 +380,7 @@ func (c *Controller) DeleteNetwork(ctx context.Context, name string) (int64, err
 		return 0, storeErr(err)
 	}
 	c.ipam.Forget(name)
-	c.log.Info("network deleted", "network", name)
+	c.log.Info("network deleted", logkey.Network, name)
 	return rev, nil
 }
 

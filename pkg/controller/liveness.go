@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -122,7 +123,7 @@ func (l *liveness) check(ctx context.Context, instance string) (livenessKey, err
 func (c *Controller) fresh(kv store.KV, now time.Time) bool {
 	var hb heartbeat
 	if err := json.Unmarshal(kv.Value, &hb); err != nil || hb.IntervalMS <= 0 {
-		c.log.Warn("corrupt liveness key: the instance is taken as dead", "key", kv.Key)
+		c.log.Warn("corrupt liveness key: the instance is taken as dead", logkey.Key, kv.Key)
 		return false
 	}
 	return now.Sub(hb.Time) <= DeadAfter*time.Duration(hb.IntervalMS)*time.Millisecond
@@ -191,7 +192,7 @@ func (c *Controller) sweepGateway(ctx context.Context, gw, self, dying string) (
 		}
 		n = markers
 		if !up {
-			c.log.Info("gateway down: the controllers streaming to it are gone", "gateway", gw)
+			c.log.Info("gateway down: the controllers streaming to it are gone", logkey.Gateway, gw)
 		}
 		return nil
 	})
@@ -239,7 +240,7 @@ func (s *Sweeper) Start(ctx context.Context) error {
 		return err
 	}
 	if err := s.sweep(ctx, true); err != nil {
-		s.c.log.Warn("stream marker sweep", "err", err)
+		s.c.log.Warn("stream marker sweep", logkey.Err, err)
 	}
 	return nil
 }
@@ -258,11 +259,11 @@ func (s *Sweeper) Run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			s.c.log.Warn("controller heartbeat", "err", err)
+			s.c.log.Warn("controller heartbeat", logkey.Err, err)
 			continue
 		}
 		if err := s.sweep(ctx, false); err != nil && ctx.Err() == nil {
-			s.c.log.Warn("stream marker sweep", "err", err)
+			s.c.log.Warn("stream marker sweep", logkey.Err, err)
 		}
 	}
 }
@@ -303,7 +304,7 @@ func (s *Sweeper) beat(ctx context.Context) error {
 	}
 	rev, err := s.c.st.Txn(ctx, []store.Cond{cond}, []store.Op{store.Put(key, val)})
 	if errors.Is(err, store.ErrConflict) {
-		s.c.log.Warn("this controller was found dead by another one (heartbeat late); marking its streams again", "instance", s.cfg.Instance)
+		s.c.log.Warn("this controller was found dead by another one (heartbeat late); marking its streams again", logkey.Instance, s.cfg.Instance)
 		rev, err = s.c.st.Txn(ctx, nil, []store.Op{store.Put(key, val)})
 		if err == nil {
 			s.last = store.KV{Key: key, Value: val, ModRev: rev}
@@ -322,7 +323,7 @@ func (s *Sweeper) beat(ctx context.Context) error {
 func (s *Sweeper) remark(ctx context.Context) {
 	for stream, gw := range s.c.streams.snapshot() {
 		if err := s.c.OpenGatewayStream(ctx, gw, stream); err != nil {
-			s.c.log.Warn("mark gateway stream again", "gateway", gw, "err", err)
+			s.c.log.Warn("mark gateway stream again", logkey.Gateway, gw, logkey.Err, err)
 		}
 	}
 }
@@ -378,7 +379,7 @@ func (s *Sweeper) sweep(ctx context.Context, all bool) error {
 	}
 	s.cfg.OnSwept(swept)
 	if swept > 0 {
-		s.c.log.Info("swept stream markers of dead controllers", "markers", swept, "gateways", len(gws))
+		s.c.log.Info("swept stream markers of dead controllers", logkey.Markers, swept, logkey.Gateways, len(gws))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err // the liveness keys stay: the next sweep tries again

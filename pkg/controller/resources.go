@@ -12,6 +12,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -65,7 +66,7 @@ func (c *Controller) CreateGateway(ctx context.Context, req *v1.Gateway) (*v1.Ga
 		return nil, storeErr(err)
 	}
 	g.Revision = rev
-	c.log.Info("gateway created", "gateway", g.Name, "underlay", g.UnderlayAddress)
+	c.log.Info("gateway created", logkey.Gateway, g.Name, logkey.Underlay, g.UnderlayAddress)
 	return g, nil
 }
 
@@ -158,7 +159,7 @@ func (c *Controller) DeleteGateway(ctx context.Context, name string) (int64, err
 	for _, n := range nets {
 		c.ipam.Invalidate(n) // its blocks are gone
 	}
-	c.log.Info("gateway deleted", "gateway", name)
+	c.log.Info("gateway deleted", logkey.Gateway, name)
 	return rev, nil
 }
 
@@ -396,7 +397,7 @@ func (c *Controller) createEndpoint(ctx context.Context, req *v1.Endpoint, pa *p
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	c.log.Debug("endpoint created", "endpoint", out.Id, "network", out.Network, "gateway", out.Gateway, "addresses", out.Addresses)
+	c.log.Debug("endpoint created", logkey.Endpoint, out.Id, logkey.Network, out.Network, logkey.Gateway, out.Gateway, logkey.Addresses, out.Addresses)
 	return out, nil
 }
 
@@ -583,6 +584,6 @@ func (c *Controller) DeleteEndpoint(ctx context.Context, id string) (int64, erro
 		return 0, storeErr(err)
 	}
 	c.ipam.Released(network, freed)
-	c.log.Debug("endpoint deleted", "endpoint", id)
+	c.log.Debug("endpoint deleted", logkey.Endpoint, id)
 	return rev, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 // GatewayUpdate is one message of a gateway's route stream.
@@ -170,7 +172,7 @@ func (s *state) publishGateways(full bool) {
 			// g.sent already holds what this update carried: a resume from
 			// g.rev would miss it, so forget the revision (the agent gets a
 			// snapshot when it reconnects).
-			s.r.log.Warn("gateway route stream fell behind; closing it (the agent reconnects)", "gateway", g.gateway)
+			s.r.log.Warn("gateway route stream fell behind; closing it (the agent reconnects)", logkey.Gateway, g.gateway)
 			g.rev = -1
 			close(g.ch)
 			g.ch = nil

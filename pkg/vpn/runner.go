@@ -11,6 +11,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	storekeys "github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -158,7 +159,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 			if b.Err != nil {
 				// Fell behind the store's memory: start over from a fresh listing.
-				r.log.Warn("store watch failed; reloading the whole state", "err", b.Err)
+				r.log.Warn("store watch failed; reloading the whole state", logkey.Err, b.Err)
 				kvs, rev, err = r.st.List(ctx, "")
 				if err != nil {
 					if ctx.Err() != nil {
@@ -240,7 +241,7 @@ func (s *state) apply(ev store.Event) {
 		}
 		n := &v1.VirtualNetwork{}
 		if err := proto.Unmarshal(ev.Value, n); err != nil {
-			log.Error("corrupt network record", "key", ev.Key, "err", err)
+			log.Error("corrupt network record", logkey.Key, ev.Key, logkey.Err, err)
 			return
 		}
 		s.tbl.PutNetwork(n)
@@ -252,7 +253,7 @@ func (s *state) apply(ev store.Event) {
 		}
 		g := &v1.Gateway{}
 		if err := proto.Unmarshal(ev.Value, g); err != nil {
-			log.Error("corrupt gateway record", "key", ev.Key, "err", err)
+			log.Error("corrupt gateway record", logkey.Key, ev.Key, logkey.Err, err)
 			return
 		}
 		s.tbl.PutGateway(g)
@@ -264,7 +265,7 @@ func (s *state) apply(ev store.Event) {
 		}
 		e := &v1.Endpoint{}
 		if err := proto.Unmarshal(ev.Value, e); err != nil {
-			log.Error("corrupt endpoint record", "key", ev.Key, "err", err)
+			log.Error("corrupt endpoint record", logkey.Key, ev.Key, logkey.Err, err)
 			return
 		}
 		s.tbl.PutEndpoint(e)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/store"
 )
 
@@ -116,7 +117,7 @@ func (r *Runner) speak(ctx context.Context, l *speakerLoop, initial []bgp.Route,
 		defer cancel()
 		r.sp.Stop(sctx)
 	}()
-	r.log.Info("BGP speaker started", "routes", len(initial), "took", time.Since(t0).Round(time.Millisecond))
+	r.log.Info("BGP speaker started", logkey.Routes, len(initial), logkey.Took, time.Since(t0).Round(time.Millisecond))
 	api := map[netip.Addr]bgp.PeerConfig{} // peers configured from the store
 	for _, kv := range peers {
 		r.peerEvent(ctx, api, store.Event{Type: store.EventPut, Key: kv.Key, Value: kv.Value})
@@ -165,7 +166,7 @@ func (r *Runner) sendRoutes(ctx context.Context, b *routeBatch) error {
 			return fmt.Errorf("announce %d routes: %w", len(ann), err)
 		}
 	}
-	r.log.Debug("routes updated", "announced", len(b.ann), "withdrawn", len(b.wd))
+	r.log.Debug("routes updated", logkey.Announced, len(b.ann), logkey.Withdrawn, len(b.wd))
 	return nil
 }
 
@@ -175,19 +176,19 @@ func (r *Runner) sendRoutes(ctx context.Context, b *routeBatch) error {
 func (r *Runner) peerEvent(ctx context.Context, api map[netip.Addr]bgp.PeerConfig, ev store.Event) {
 	addr, err := netip.ParseAddr(strings.TrimPrefix(ev.Key, PeerPrefix))
 	if err != nil {
-		r.log.Error("corrupt peer key", "key", ev.Key)
+		r.log.Error("corrupt peer key", logkey.Key, ev.Key)
 		return
 	}
 	if ev.Type == store.EventDelete {
 		if err := r.sp.DeletePeer(ctx, addr); err != nil {
-			r.log.Warn("delete peer", "peer", addr, "err", err)
+			r.log.Warn("delete peer", logkey.Peer, addr, logkey.Err, err)
 		}
 		delete(api, addr)
 		return
 	}
 	p, err := DecodePeer(ev.Value)
 	if err != nil {
-		r.log.Error("corrupt peer record", "key", ev.Key, "err", err)
+		r.log.Error("corrupt peer record", logkey.Key, ev.Key, logkey.Err, err)
 		return
 	}
 	if _, exists := api[addr]; exists {
@@ -195,10 +196,10 @@ func (r *Runner) peerEvent(ctx context.Context, api map[netip.Addr]bgp.PeerConfi
 	}
 	api[addr] = p
 	if err := r.sp.AddPeer(ctx, p); err != nil {
-		r.log.Warn("add peer", "peer", addr, "err", err)
+		r.log.Warn("add peer", logkey.Peer, addr, logkey.Err, err)
 		return
 	}
-	r.log.Info("peer configured", "peer", addr, "asn", p.ASN)
+	r.log.Info("peer configured", logkey.Peer, addr, logkey.ASN, p.ASN)
 }
 
 // syncPeers makes the API peers equal to the stored ones: removed peers are

@@ -8,6 +8,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -101,7 +102,7 @@ func (t *Table) rts(auto bgp.RouteTarget, user []string) []bgp.RouteTarget {
 	for _, s := range user {
 		rt, err := model.ParseRouteTarget(s)
 		if err != nil {
-			t.log.Warn("ignoring a stored route target", "rt", s, "err", err)
+			t.log.Warn("ignoring a stored route target", logkey.RouteTarget, s, logkey.Err, err)
 			continue
 		}
 		if !slices.Contains(out, rt) {
@@ -203,7 +204,7 @@ func (t *Table) routesOf(e *v1.Endpoint) []bgp.Route {
 	rs, err := bgp.EndpointRoutes(bgp.Endpoint{Addresses: addrs, Underlay: g.underlay, NetworkID: uint16(n.id),
 		ExportRTs: n.export, Label: e.Label, NetworkEncaps: n.encaps, GatewayEncaps: g.encaps})
 	if err != nil {
-		t.log.Warn("endpoint not advertised", "endpoint", e.Id, "network", e.Network, "gateway", e.Gateway, "err", err)
+		t.log.Warn("endpoint not advertised", logkey.Endpoint, e.Id, logkey.Network, e.Network, logkey.Gateway, e.Gateway, logkey.Err, err)
 		return nil
 	}
 	return rs

@@ -2,6 +2,8 @@ package vpn
 
 import (
 	"context"
+
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
 // RouteChange is a change of one route of a network, for RouteService watches.
@@ -97,7 +99,7 @@ func (s *state) publishRoutes(full bool) {
 			select {
 			case w.ch <- batch:
 			default:
-				s.r.log.Warn("route watcher fell behind; closing its stream", "network", n)
+				s.r.log.Warn("route watcher fell behind; closing its stream", logkey.Network, n)
 				s.dropRouteWatcher(n, w)
 			}
 		}
