@@ -118,6 +118,15 @@ const (
 	MQTT     = "mqtt"     // an MQTT broker
 	Buffer   = "buffer"   // a buffer path or size
 
+	// Controller server.
+	EtcdEndpoints = "endpoints" // etcd endpoint URLs
+	API           = "api"       // the gRPC API's listen address
+	Metrics       = "metrics"   // the metrics listen address
+	ClientCA      = "client_ca" // the CA that client certificates must chain to
+	Method        = "method"    // a gRPC method
+	Panic         = "panic"     // a recovered panic's value
+	Stack         = "stack"     // a goroutine stack
+
 	// Generic.
 	Addr     = "addr"     // a network address
 	Count    = "count"    // a count
