@@ -6,8 +6,9 @@
 // Keys are snake_case. A concept has one key everywhere (a gateway is
 // always "gateway", never "gw"); a list of them takes the plural.
 //
-// Code outside the generated proto/ tree passes no string literal as a log
-// key; TestNoLiteralKeys checks it.
+// Non-test code passes no string literal as a log key; TestNoLiteralKeys
+// checks every file but the generated proto/ tree (and, for now, pkg/api
+// and pkg/server).
 package logkey
 
 // Key of the part of a program that logs a line; its values are the
@@ -70,8 +71,8 @@ const (
 	VRFs     = "vrfs"     // VRFs
 	Rules    = "rules"    // policy rules
 	Missing  = "missing"  // what is missing
-	Use      = "use"      // what is used instead
-	Value    = "value"    // a value (of a setting)
+	Use      = "use"      // the spelling to use instead
+	Value    = "value"    // a deprecated spelling found
 
 	// BGP.
 	Peer        = "peer"        // a BGP peer address
@@ -114,9 +115,9 @@ const (
 	Attempt  = "attempt"  // an attempt number
 	Poll     = "poll"     // a poll period
 	Broker   = "broker"   // an MQTT broker
-	Graphite = "graphite" // a Graphite address
-	MQTT     = "mqtt"     // an MQTT broker
-	Buffer   = "buffer"   // a buffer path or size
+	Graphite = "graphite" // a Graphite (carbon) address
+	MQTT     = "mqtt"     // an MQTT broker URL
+	Buffer   = "buffer"   // a buffer directory
 
 	// Controller server.
 	EtcdEndpoints = "endpoints" // etcd endpoint URLs
