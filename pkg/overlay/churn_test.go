@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,7 +52,7 @@ func TestSetDuringVethChurn(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	churned := 0
+	var churned atomic.Int64
 	wg.Go(func() {
 		h, err := netlink.NewHandleAt(gw.NsHandle(), unix.NETLINK_ROUTE)
 		if err != nil {
@@ -70,15 +71,20 @@ func TestSetDuringVethChurn(t *testing.T) {
 				t.Errorf("delete veth %s: %v", name, err)
 				return
 			}
-			churned++
+			churned.Add(1)
 			time.Sleep(pause)
 		}
 	})
 	full, less := localState(), localState()
 	less.Networks = less.Networks[:1]
 	sets := 0
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) || sets < 50 {
+	// At least 3 s, 50 Sets and 10 churned veths, whichever comes last (a slow
+	// VM churns slowly), but never more than 2 minutes.
+	start, deadline := time.Now(), time.Now().Add(3*time.Second)
+	for time.Now().Before(deadline) || sets < 50 || churned.Load() < 10 {
+		if time.Since(start) > 2*time.Minute {
+			break
+		}
 		// Alternate states so every Set reads the links (no fast path).
 		s := full
 		if sets%2 == 1 {
@@ -93,8 +99,8 @@ func TestSetDuringVethChurn(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
-	t.Logf("%d Sets while %d veths were added and removed", sets, churned)
-	if churned < 10 {
-		t.Fatalf("only %d veths churned: the test did not exercise concurrent changes", churned)
+	t.Logf("%d Sets while %d veths were added and removed", sets, churned.Load())
+	if n := churned.Load(); n < 10 {
+		t.Fatalf("only %d veths churned: the test did not exercise concurrent changes", n)
 	}
 }
