@@ -80,13 +80,15 @@ var methods = map[string]rule{
 	v1.GatewayService_DeleteGateway_FullMethodName: {roles: admin, mutates: true, object: nameObject},
 	v1.GatewayService_WatchGateways_FullMethodName: {roles: admin | viewer},
 
-	v1.EndpointService_CreateEndpoint_FullMethodName:  {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.CreateEndpointRequest).GetEndpoint().GetId() }},
-	v1.EndpointService_CreateEndpoints_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return strconv.Itoa(len(r.(*v1.CreateEndpointsRequest).GetEndpoints())) + " endpoints" }},
-	v1.EndpointService_GetEndpoint_FullMethodName:     {roles: admin | viewer},
-	v1.EndpointService_ListEndpoints_FullMethodName:   {roles: admin | viewer},
-	v1.EndpointService_UpdateEndpoint_FullMethodName:  {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.UpdateEndpointRequest).GetEndpoint().GetId() }},
-	v1.EndpointService_DeleteEndpoint_FullMethodName:  {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.GetEndpointRequest).GetId() }},
-	v1.EndpointService_WatchEndpoints_FullMethodName:  {roles: admin | viewer},
+	v1.EndpointService_CreateEndpoint_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.CreateEndpointRequest).GetEndpoint().GetId() }},
+	v1.EndpointService_CreateEndpoints_FullMethodName: {roles: admin, mutates: true, object: func(r any) string {
+		return strconv.Itoa(len(r.(*v1.CreateEndpointsRequest).GetEndpoints())) + " endpoints"
+	}},
+	v1.EndpointService_GetEndpoint_FullMethodName:    {roles: admin | viewer},
+	v1.EndpointService_ListEndpoints_FullMethodName:  {roles: admin | viewer},
+	v1.EndpointService_UpdateEndpoint_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.UpdateEndpointRequest).GetEndpoint().GetId() }},
+	v1.EndpointService_DeleteEndpoint_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.GetEndpointRequest).GetId() }},
+	v1.EndpointService_WatchEndpoints_FullMethodName: {roles: admin | viewer},
 
 	v1.IpamService_GetIpam_FullMethodName: {roles: admin | viewer},
 
