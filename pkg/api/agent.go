@@ -37,7 +37,7 @@ func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.Reg
 	}
 	if perr == nil && prev.GetUnderlayAddress() != g.GetUnderlayAddress() {
 		who := "unknown"
-		if id, ok := IdentityFrom(ctx); ok {
+		if id, ok := identityFrom(ctx); ok {
 			who = id.String()
 		}
 		a.log.Warn("gateway underlay changed", "gateway", g.GetName(), "from", prev.GetUnderlayAddress(), "to", g.GetUnderlayAddress(), "identity", who)

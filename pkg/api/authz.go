@@ -125,18 +125,11 @@ var methods = map[string]rule{
 
 func nameObject(r any) string { return r.(*v1.NameRequest).GetName() }
 
-// Allowed reports whether the table lets role call method (the full gRPC
-// method name, /package.Service/Method), before the gateway restriction.
-func Allowed(role tlsconfig.Role, method string) bool {
-	r, ok := methods[method]
-	return ok && r.roles.has(role)
-}
-
 type identityKey struct{}
 
-// IdentityFrom returns the caller's identity the Authorizer put in a unary
+// identityFrom returns the caller's identity the Authorizer put in a unary
 // call's context (false: none, the Authorizer is not installed).
-func IdentityFrom(ctx context.Context) (tlsconfig.Identity, bool) {
+func identityFrom(ctx context.Context) (tlsconfig.Identity, bool) {
 	id, ok := ctx.Value(identityKey{}).(tlsconfig.Identity)
 	return id, ok
 }
