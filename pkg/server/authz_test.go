@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -365,7 +366,14 @@ func TestInsecureListen(t *testing.T) {
 		}
 		t.Fatalf("a non-loopback API without TLS started: %v", err)
 	}
-	cfg.API.Insecure = true
+	path := filepath.Join(t.TempDir(), "controller.yaml")
+	if err := os.WriteFile(path, []byte("data_dir: "+cfg.DataDir+"\napi:\n  listen: 0.0.0.0:0\n  insecure: true\nmetrics:\n  listen: \"off\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
