@@ -43,6 +43,7 @@ func run(args []string, stderr *os.File) int {
 	dataDir := fs.String("data-dir", "", "directory of the bbolt state file (default "+DefaultDataDir+")")
 	etcdEndpoints := fs.String("etcd-endpoints", "", "comma-separated etcd URLs; when set, state is kept in etcd instead of bbolt")
 	apiListen := fs.String("api-listen", "", "gRPC API address (default "+DefaultAPIListen+")")
+	apiInsecure := fs.Bool("api-insecure", false, "allow --api-listen on a non-loopback address without api.tls (every caller that reaches it is an admin)")
 	metricsListen := fs.String("metrics-listen", "", "Prometheus /metrics and /healthz address (default "+DefaultMetricsListen+"; \"off\" disables)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	asn := fs.Uint("asn", 0, fmt.Sprintf("BGP AS number, also used in automatic route targets (default %d)", DefaultASN))
@@ -69,6 +70,8 @@ func run(args []string, stderr *os.File) int {
 			cfg.Etcd.Endpoints = splitList(*etcdEndpoints)
 		case "api-listen":
 			cfg.API.Listen = *apiListen
+		case "api-insecure":
+			cfg.API.Insecure = *apiInsecure
 		case "metrics-listen":
 			cfg.Metrics.Listen = *metricsListen
 		case "log-level":

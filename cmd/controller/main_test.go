@@ -78,6 +78,9 @@ func TestRunFlagsAndHelp(t *testing.T) {
 	if rc := run([]string{"--log-level", "loud"}, devnull); rc != 2 {
 		t.Fatalf("bad config exit %d, want 2", rc)
 	}
+	if rc := run([]string{"--api-listen", "0.0.0.0:0", "--data-dir", t.TempDir()}, devnull); rc != 2 {
+		t.Fatalf("non-loopback API without TLS nor --api-insecure: exit %d, want 2", rc)
+	}
 }
 
 // The daemon serves, answers /healthz and /metrics, stops cleanly when its

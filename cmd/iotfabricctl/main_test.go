@@ -108,15 +108,20 @@ func TestMutualTLS(t *testing.T) {
 	}
 	st, _ := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
 	defer st.Close()
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(sc)))
+	authz := &api.Authorizer{}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(sc)), grpc.UnaryInterceptor(authz.Unary), grpc.StreamInterceptor(authz.Stream))
 	api.Services{Controller: controller.New(st, controller.Config{})}.Register(gs)
 	lis, _ := net.Listen("tcp", "127.0.0.1:0")
 	go gs.Serve(lis)
 	defer gs.Stop()
-	f := ca.Issue("operator")
+	f := ca.Admin("operator")
 	out, errs, rc := ctl(t, lis.Addr().String(), "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA, "network", "list")
 	if rc != 0 || !strings.Contains(out, "NAME") {
 		t.Fatalf("with a certificate: rc %d %q %q", rc, out, errs)
+	}
+	v := ca.Viewer("auditor")
+	if _, errs, rc := ctl(t, lis.Addr().String(), "--tls-cert", v.Cert, "--tls-key", v.Key, "--tls-ca", v.CA, "network", "delete", "red"); rc == 0 || !strings.Contains(errs, "viewer") {
+		t.Fatalf("a viewer deleted a network: rc %d %q", rc, errs)
 	}
 	if _, _, rc := ctl(t, lis.Addr().String(), "network", "list"); rc == 0 {
 		t.Fatal("plaintext accepted by a mutual-TLS controller")

@@ -26,7 +26,7 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctl := fabrictest.StartController(t, grpc.Creds(credentials.NewTLS(stc)))
-	admin, err := tlsconfig.Client(ca.Issue("admin"))
+	admin, err := tlsconfig.Client(ca.Admin("admin"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,14 +67,14 @@ func TestMutualTLS(t *testing.T) {
 		t.Cleanup(stop)
 		return live, stop
 	}
-	good, _ := run("gw-good", ca.Issue("gw-good"))
+	good, _ := run("gw-good", ca.Gateway("gw-good"))
 	select {
 	case <-good:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent with a certificate of the controller's CA got no route stream")
 	}
 	other := tlstest.NewCA(t, "another-ca")
-	bad := other.Issue("gw-bad")
+	bad := other.Gateway("gw-bad")
 	bad.CA = ca.Path // it trusts the controller; the controller does not trust it
 	badLive, stopBad := run("gw-bad", bad)
 	select {

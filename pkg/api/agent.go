@@ -27,10 +27,20 @@ type agents struct {
 }
 
 func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.RegisterResponse, error) {
+	// A registration may move the gateway to another underlay address (a
+	// gateway's routes follow it): say so, and who did it.
+	prev, perr := a.c.GetGateway(ctx, req.GetGateway().GetName())
 	g, blocks, err := a.c.RegisterGateway(ctx, req.GetGateway(), controller.Agent{
 		Architecture: req.GetArchitecture(), Version: req.GetAgentVersion(), KernelFeatures: req.GetKernelFeatures()})
 	if err != nil {
 		return nil, Status(err)
+	}
+	if perr == nil && prev.GetUnderlayAddress() != g.GetUnderlayAddress() {
+		who := "unknown"
+		if id, ok := identityFrom(ctx); ok {
+			who = id.String()
+		}
+		a.log.Warn("gateway underlay changed", "gateway", g.GetName(), "from", prev.GetUnderlayAddress(), "to", g.GetUnderlayAddress(), "identity", who)
 	}
 	resp := &v1.RegisterResponse{Gateway: g}
 	for _, b := range blocks {

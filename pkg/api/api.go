@@ -3,7 +3,10 @@
 // domain (pkg/controller for resources and agents, pkg/vpn for routes and
 // peers). It translates requests and responses between protobuf and the
 // domain's calls, and the domain's errors into gRPC status codes, in one
-// table (errors.go).
+// table (errors.go). It authorizes every call in one place, Authorizer
+// (authz.go): the caller's identity from its client certificate, one table
+// of role x service x method, gateways restricted to their own gateway, and
+// the audit log (docs/security.md).
 //
 // It owns no state and no store key: it may not read or write the store, nor
 // decide anything the domain decides; the domain packages may not import it.

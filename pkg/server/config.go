@@ -26,8 +26,12 @@ type Config struct {
 	API     struct {
 		Listen string `yaml:"listen"`
 		// TLS turns on mutual TLS: clients (agents, iotfabricctl) must present a
-		// certificate signed by tls.ca.
+		// certificate signed by tls.ca, whose subject gives their role
+		// (docs/security.md).
 		TLS tlsconfig.Files `yaml:"tls"`
+		// Insecure lets the API listen on an address other than loopback
+		// without TLS: every caller that can reach it is then an admin.
+		Insecure bool `yaml:"insecure"`
 	} `yaml:"api"`
 	Metrics struct {
 		// Listen is the address of /metrics and /healthz; "off" (or empty)
@@ -184,6 +188,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %q: want HOST:PORT such as 127.0.0.1:50051", name, addr))
 		}
 	}
+	if err := c.checkInsecure(c.API.Listen); err != nil {
+		errs = append(errs, err)
+	}
 	if c.API.TLS.Enabled() {
 		if _, err := tlsconfig.Server(c.API.TLS); err != nil {
 			errs = append(errs, fmt.Errorf("api.tls: %w", err))
@@ -221,4 +228,29 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("bgp.peers are set but bgp.router_id is not: set router_id to run the BGP speaker"))
 	}
 	return errors.Join(errs...)
+}
+
+// checkInsecure refuses an API address other than loopback without TLS,
+// unless api.insecure is set. A host name other than localhost is checked
+// once bound (Start).
+func (c *Config) checkInsecure(addr string) error {
+	if c.API.TLS.Enabled() || c.API.Insecure {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil // reported as a bad address
+	}
+	ip, perr := netip.ParseAddr(host)
+	if host == "localhost" || perr == nil && ip.IsLoopback() || perr != nil && host != "" {
+		return nil
+	}
+	return fmt.Errorf("api.listen %q is not a loopback address and api.tls is not set: every caller that can reach it would be an admin; "+
+		"set api.tls (mutual TLS), listen on 127.0.0.1, or set api.insecure: true (--api-insecure) to accept that", addr)
+}
+
+// loopback reports whether a is a loopback address (a bound listener's).
+func loopback(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t.IP.IsLoopback()
 }

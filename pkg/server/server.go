@@ -7,7 +7,10 @@
 // the defaults (ASN, addresses, ports) are set here only (config.go).
 //
 // It owns the wiring and the process-level concerns (listeners, TLS,
-// interceptors, metrics, shutdown); it may not hold resource logic, read or
+// interceptors — among them the API's authorization, pkg/api's Authorizer,
+// with its audit log under component=audit — metrics, shutdown); it refuses
+// to serve the API without TLS on a non-loopback address unless api.insecure
+// is set; it may not hold resource logic, read or
 // write store keys itself, or translate API messages.
 package server
 
@@ -130,9 +133,21 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		return nil, fmt.Errorf("API listener: %w", err)
 	}
 	cleanup = append(cleanup, func() { lis.Close() })
+	// Callers without TLS are the local operator, trusted as admin, on a
+	// loopback listener; elsewhere only with api.insecure.
+	authz := &api.Authorizer{Audit: log.With("component", "audit")}
+	if !cfg.API.TLS.Enabled() {
+		if !loopback(lis.Addr()) {
+			if !cfg.API.Insecure {
+				return nil, fmt.Errorf("API listener %s: not a loopback address and api.tls is not set; set api.tls, or api.insecure: true (--api-insecure) to serve every caller as admin", lis.Addr())
+			}
+			log.Warn("API serves without TLS on a non-loopback address (api.insecure): every caller that reaches it is an admin", "api", lis.Addr().String())
+		}
+		authz.Anonymous = tlsconfig.Admin
+	}
 	gsOpts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(m.unary, recoverUnary(log)),
-		grpc.ChainStreamInterceptor(m.stream, recoverStream(log)),
+		grpc.ChainUnaryInterceptor(m.unary, authz.Unary, recoverUnary(log)),
+		grpc.ChainStreamInterceptor(m.stream, authz.Stream, recoverStream(log)),
 	}
 	if cfg.API.TLS.Enabled() {
 		tc, err := tlsconfig.Server(cfg.API.TLS)

@@ -1,4 +1,6 @@
-// Package tlstest writes a throwaway CA and certificates signed by it, for tests.
+// Package tlstest writes a throwaway CA and certificates signed by it, for
+// tests: without a role (Issue), or with the identities tlsconfig encodes
+// (Admin, Viewer, Gateway).
 package tlstest
 
 import (
@@ -12,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,7 +30,7 @@ type CA struct {
 	Path string // the CA certificate (PEM)
 }
 
-var serial int64
+var serial atomic.Int64
 
 func write(t testing.TB, path, typ string, der []byte) {
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
@@ -38,8 +41,7 @@ func write(t testing.TB, path, typ string, der []byte) {
 // NewCA makes a CA named name.
 func NewCA(t testing.TB, name string) *CA {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	serial++
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -53,12 +55,34 @@ func NewCA(t testing.TB, name string) *CA {
 	return ca
 }
 
-// Issue writes a certificate for name (client and server use; valid for
-// 127.0.0.1 and localhost) and returns the files to use it with this CA.
+// Issue writes a certificate for name with no role (client and server use;
+// valid for 127.0.0.1 and localhost) and returns the files to use it with
+// this CA. A controller's own certificate needs no role.
 func (ca *CA) Issue(name string) tlsconfig.Files {
+	return ca.IssueFor(name, pkix.Name{CommonName: name})
+}
+
+// Admin writes a certificate of the admin role (O=iotfabric:admins).
+func (ca *CA) Admin(name string) tlsconfig.Files {
+	return ca.IssueFor(name, tlsconfig.Identity{Role: tlsconfig.RoleAdmin, Name: name}.Subject())
+}
+
+// Viewer writes a certificate of the viewer role (O=iotfabric:viewers).
+func (ca *CA) Viewer(name string) tlsconfig.Files {
+	return ca.IssueFor(name, tlsconfig.Identity{Role: tlsconfig.RoleViewer, Name: name}.Subject())
+}
+
+// Gateway writes the certificate of the gateway gw's agent
+// (O=iotfabric:gateways, CN=gateway:<gw>).
+func (ca *CA) Gateway(gw string) tlsconfig.Files {
+	return ca.IssueFor("gateway-"+gw, tlsconfig.Identity{Role: tlsconfig.RoleGateway, Gateway: gw}.Subject())
+}
+
+// IssueFor writes a certificate with subject into files named after file.
+func (ca *CA) IssueFor(file string, subject pkix.Name) tlsconfig.Files {
+	name := file
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	serial++
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial.Add(1)), Subject: subject,
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},

@@ -1,0 +1,256 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
+	"google.golang.org/grpc/status"
+
+	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// Authorizer is the API's one authorization point: its interceptors (Unary,
+// Stream) decide every call from the caller's identity (tlsconfig.IdentityOf
+// of the verified client certificate) and the table of methods per role
+// (methods, below), restrict a gateway to its own gateway, and write the
+// audit log. A method the table does not know is denied to everyone.
+//
+// pkg/server installs it; a program that registers Services on a gRPC
+// server of its own must install it too, or nothing is checked.
+type Authorizer struct {
+	// Anonymous is the identity of a caller on a connection without TLS
+	// (tlsconfig.Admin on a loopback listener without TLS; the zero
+	// identity, which may call nothing but the health check, otherwise).
+	Anonymous tlsconfig.Identity
+	// Audit receives one line per mutating call and per denied call (nil:
+	// discarded).
+	Audit *slog.Logger
+}
+
+// roles is a set of roles.
+type roles uint8
+
+func (r roles) has(x tlsconfig.Role) bool { return r&(1<<x) != 0 }
+
+const (
+	viewer  roles = 1 << tlsconfig.RoleViewer
+	admin   roles = 1 << tlsconfig.RoleAdmin
+	gateway roles = 1 << tlsconfig.RoleGateway
+	anyone  roles = 1<<tlsconfig.RoleNone | viewer | admin | gateway
+)
+
+// rule is one method's row of the table.
+type rule struct {
+	roles roles
+	// mutates: the call changes state; it is audited.
+	mutates bool
+	// gateway, when set, returns the gateway the request acts for: a gateway
+	// identity may act for its own only.
+	gateway func(req any) string
+	// object names what a mutating request acts on, for the audit log.
+	object func(req any) string
+}
+
+// methods is the table: role x service x method. Viewers read (get, list,
+// watch), admins do everything, a gateway calls the agent service for its own
+// gateway and reads networks (its agent learns a network's subnets and block
+// sizes with GetNetwork). The health check is open to every caller.
+var methods = map[string]rule{
+	v1.NetworkService_CreateNetwork_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.CreateNetworkRequest).GetNetwork().GetName() }},
+	v1.NetworkService_GetNetwork_FullMethodName:    {roles: admin | viewer | gateway},
+	v1.NetworkService_ListNetworks_FullMethodName:  {roles: admin | viewer},
+	v1.NetworkService_UpdateNetwork_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.UpdateNetworkRequest).GetNetwork().GetName() }},
+	v1.NetworkService_DeleteNetwork_FullMethodName: {roles: admin, mutates: true, object: nameObject},
+	v1.NetworkService_WatchNetworks_FullMethodName: {roles: admin | viewer},
+
+	v1.GatewayService_CreateGateway_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.CreateGatewayRequest).GetGateway().GetName() }},
+	v1.GatewayService_GetGateway_FullMethodName:    {roles: admin | viewer},
+	v1.GatewayService_ListGateways_FullMethodName:  {roles: admin | viewer},
+	v1.GatewayService_UpdateGateway_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.UpdateGatewayRequest).GetGateway().GetName() }},
+	v1.GatewayService_DeleteGateway_FullMethodName: {roles: admin, mutates: true, object: nameObject},
+	v1.GatewayService_WatchGateways_FullMethodName: {roles: admin | viewer},
+
+	v1.EndpointService_CreateEndpoint_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.CreateEndpointRequest).GetEndpoint().GetId() }},
+	v1.EndpointService_CreateEndpoints_FullMethodName: {roles: admin, mutates: true, object: func(r any) string {
+		return strconv.Itoa(len(r.(*v1.CreateEndpointsRequest).GetEndpoints())) + " endpoints"
+	}},
+	v1.EndpointService_GetEndpoint_FullMethodName:    {roles: admin | viewer},
+	v1.EndpointService_ListEndpoints_FullMethodName:  {roles: admin | viewer},
+	v1.EndpointService_UpdateEndpoint_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.UpdateEndpointRequest).GetEndpoint().GetId() }},
+	v1.EndpointService_DeleteEndpoint_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.GetEndpointRequest).GetId() }},
+	v1.EndpointService_WatchEndpoints_FullMethodName: {roles: admin | viewer},
+
+	v1.IpamService_GetIpam_FullMethodName: {roles: admin | viewer},
+
+	v1.AgentService_Register_FullMethodName: {roles: admin | gateway, mutates: true,
+		gateway: func(r any) string { return r.(*v1.RegisterRequest).GetGateway().GetName() }},
+	v1.AgentService_ReportEndpoints_FullMethodName: {roles: admin | gateway, mutates: true,
+		gateway: func(r any) string { return r.(*v1.ReportEndpointsRequest).GetGateway() },
+		object: func(r any) string {
+			q := r.(*v1.ReportEndpointsRequest)
+			return fmt.Sprintf("%s: %d endpoints, full sync %t", q.GetGateway(), len(q.GetEndpoints()), q.GetFullSync())
+		}},
+	v1.AgentService_LeaseBlock_FullMethodName: {roles: admin | gateway, mutates: true,
+		gateway: func(r any) string { return r.(*v1.LeaseBlockRequest).GetGateway() },
+		object: func(r any) string {
+			q := r.(*v1.LeaseBlockRequest)
+			return fmt.Sprintf("%s: %s IPv%d", q.GetGateway(), q.GetNetwork(), q.GetFamily())
+		}},
+	v1.AgentService_WatchGatewayRoutes_FullMethodName: {roles: admin | gateway,
+		gateway: func(r any) string { return r.(*v1.WatchGatewayRoutesRequest).GetGateway() }},
+
+	v1.PeerService_AddPeer_FullMethodName:    {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.AddPeerRequest).GetPeer().GetAddress() }},
+	v1.PeerService_DeletePeer_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.DeletePeerRequest).GetAddress() }},
+	v1.PeerService_ListPeers_FullMethodName:  {roles: admin | viewer},
+
+	v1.RouteService_ListRoutes_FullMethodName:  {roles: admin | viewer},
+	v1.RouteService_WatchRoutes_FullMethodName: {roles: admin | viewer},
+
+	healthpb.Health_Check_FullMethodName: {roles: anyone},
+	healthpb.Health_Watch_FullMethodName: {roles: anyone},
+	// Reflection describes the API (grpcurl); it changes nothing.
+	reflectionv1.ServerReflection_ServerReflectionInfo_FullMethodName:      {roles: admin | viewer},
+	reflectionv1alpha.ServerReflection_ServerReflectionInfo_FullMethodName: {roles: admin | viewer},
+}
+
+func nameObject(r any) string { return r.(*v1.NameRequest).GetName() }
+
+type identityKey struct{}
+
+// identityFrom returns the caller's identity the Authorizer put in a unary
+// call's context (false: none, the Authorizer is not installed).
+func identityFrom(ctx context.Context) (tlsconfig.Identity, bool) {
+	id, ok := ctx.Value(identityKey{}).(tlsconfig.Identity)
+	return id, ok
+}
+
+// identify returns the identity of the caller: that of its verified client
+// certificate on a TLS connection, Anonymous otherwise.
+func (a *Authorizer) identify(ctx context.Context) tlsconfig.Identity {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return a.Anonymous
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return a.Anonymous
+	}
+	if len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
+		return tlsconfig.Identity{} // TLS without a verified client certificate
+	}
+	return tlsconfig.IdentityOf(ti.State.VerifiedChains[0][0])
+}
+
+// mayDo says what id may do, for the messages of denials.
+func mayDo(id tlsconfig.Identity) string {
+	switch id.Role {
+	case tlsconfig.RoleViewer:
+		return "a viewer may only read (get, list, watch)"
+	case tlsconfig.RoleGateway:
+		return fmt.Sprintf("a gateway may only register, report endpoints, lease blocks and watch routes for itself (gateway %q), and read networks", id.Gateway)
+	case tlsconfig.RoleAdmin:
+		return "an admin may call every known method"
+	default:
+		return fmt.Sprintf("a certificate without an iotfabric role may only call the health check (roles are given by the subject's organization %s, %s or %s; see docs/security.md)",
+			tlsconfig.OrgAdmins, tlsconfig.OrgViewers, tlsconfig.OrgGateways)
+	}
+}
+
+// check decides the call of method with req by id (req nil: not read yet).
+func check(id tlsconfig.Identity, method string, r rule, known bool, req any) error {
+	if !known {
+		return status.Errorf(codes.PermissionDenied, "%s may not call %s: unknown method", id, method)
+	}
+	if !r.roles.has(id.Role) {
+		return status.Errorf(codes.PermissionDenied, "%s may not call %s: %s", id, method, mayDo(id))
+	}
+	if req != nil && id.Role == tlsconfig.RoleGateway && r.gateway != nil {
+		if gw := r.gateway(req); gw != id.Gateway {
+			return status.Errorf(codes.PermissionDenied, "%s may not call %s for gateway %q: %s", id, method, gw, mayDo(id))
+		}
+	}
+	return nil
+}
+
+// Unary is the interceptor of unary calls.
+func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	id := a.identify(ctx)
+	r, known := methods[info.FullMethod]
+	if err := check(id, info.FullMethod, r, known, req); err != nil {
+		a.denied(ctx, id, info.FullMethod, r.objectOf(req), err)
+		return nil, err
+	}
+	resp, err := handler(context.WithValue(ctx, identityKey{}, id), req)
+	if r.mutates && a.Audit != nil {
+		a.Audit.LogAttrs(ctx, slog.LevelInfo, "call", slog.String("identity", id.String()), slog.String("method", info.FullMethod),
+			slog.String("object", r.objectOf(req)), slog.String("code", Code(err).String()))
+	}
+	return resp, err
+}
+
+// objectOf names what req acts on ("" for a read).
+func (r rule) objectOf(req any) string {
+	switch {
+	case !r.mutates || req == nil:
+		return ""
+	case r.object != nil:
+		return r.object(req)
+	case r.gateway != nil:
+		return r.gateway(req)
+	}
+	return ""
+}
+
+// Stream is the interceptor of streaming calls. The gateway a gateway's
+// stream acts for is checked on its request, when the handler reads it.
+func (a *Authorizer) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx := ss.Context()
+	id := a.identify(ctx)
+	r, known := methods[info.FullMethod]
+	if err := check(id, info.FullMethod, r, known, nil); err != nil {
+		a.denied(ctx, id, info.FullMethod, "", err)
+		return err
+	}
+	if id.Role == tlsconfig.RoleGateway && r.gateway != nil {
+		ss = &restrictedStream{ServerStream: ss, a: a, id: id, method: info.FullMethod, r: r}
+	}
+	return handler(srv, ss)
+}
+
+// restrictedStream checks the requests a gateway sends on a stream.
+type restrictedStream struct {
+	grpc.ServerStream
+	a      *Authorizer
+	id     tlsconfig.Identity
+	method string
+	r      rule
+}
+
+func (s *restrictedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if err := check(s.id, s.method, s.r, true, m); err != nil {
+		s.a.denied(s.Context(), s.id, s.method, s.r.gateway(m), err)
+		return err
+	}
+	return nil
+}
+
+func (a *Authorizer) denied(ctx context.Context, id tlsconfig.Identity, method, object string, err error) {
+	if a.Audit == nil {
+		return
+	}
+	a.Audit.LogAttrs(ctx, slog.LevelWarn, "denied", slog.String("identity", id.String()), slog.String("method", method),
+		slog.String("object", object), slog.String("code", codes.PermissionDenied.String()), slog.String("reason", status.Convert(err).Message()))
+}
