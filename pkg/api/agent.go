@@ -11,6 +11,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
@@ -40,7 +41,7 @@ func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.Reg
 		if id, ok := identityFrom(ctx); ok {
 			who = id.String()
 		}
-		a.log.Warn("gateway underlay changed", "gateway", g.GetName(), "from", prev.GetUnderlayAddress(), "to", g.GetUnderlayAddress(), "identity", who)
+		a.log.Warn("gateway underlay changed", logkey.Gateway, g.GetName(), logkey.From, prev.GetUnderlayAddress(), logkey.To, g.GetUnderlayAddress(), logkey.Identity, who)
 	}
 	resp := &v1.RegisterResponse{Gateway: g}
 	for _, b := range blocks {
@@ -112,6 +113,6 @@ func (a *agents) closeStream(gw, stream string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := a.c.CloseGatewayStream(ctx, gw, stream); err != nil && !errors.Is(err, store.ErrClosed) {
-		a.log.Debug("close gateway stream", "gateway", gw, "err", err)
+		a.log.Debug("close gateway stream", logkey.Gateway, gw, logkey.Err, err)
 	}
 }

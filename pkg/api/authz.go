@@ -15,6 +15,7 @@ import (
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -192,8 +193,8 @@ func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerI
 	}
 	resp, err := handler(context.WithValue(ctx, identityKey{}, id), req)
 	if r.mutates && a.Audit != nil {
-		a.Audit.LogAttrs(ctx, slog.LevelInfo, "call", slog.String("identity", id.String()), slog.String("method", info.FullMethod),
-			slog.String("object", r.objectOf(req)), slog.String("code", Code(err).String()))
+		a.Audit.LogAttrs(ctx, slog.LevelInfo, "call", slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, info.FullMethod),
+			slog.String(logkey.Object, r.objectOf(req)), slog.String(logkey.Code, Code(err).String()))
 	}
 	return resp, err
 }
@@ -251,6 +252,6 @@ func (a *Authorizer) denied(ctx context.Context, id tlsconfig.Identity, method, 
 	if a.Audit == nil {
 		return
 	}
-	a.Audit.LogAttrs(ctx, slog.LevelWarn, "denied", slog.String("identity", id.String()), slog.String("method", method),
-		slog.String("object", object), slog.String("code", codes.PermissionDenied.String()), slog.String("reason", status.Convert(err).Message()))
+	a.Audit.LogAttrs(ctx, slog.LevelWarn, "denied", slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, method),
+		slog.String(logkey.Object, object), slog.String(logkey.Code, codes.PermissionDenied.String()), slog.String(logkey.Reason, status.Convert(err).Message()))
 }

@@ -25,8 +25,8 @@ const (
 	ComponentOverlay      = "overlay"       // kernel data plane manager
 	ComponentCNI          = "cni"           // CNI request server
 	ComponentBGP          = "bgp"           // controller's BGP speaker
-	ComponentGoBGP        = "gobgp"         // lines of the GoBGP library
 	ComponentVPN          = "vpn"           // controller's VPN route runner
+	ComponentAudit        = "audit"         // controller's audit log of API calls
 	ComponentCollector    = "collector"     // IQRF collector
 	ComponentGraphite     = "graphite"      // IQRF collector's Graphite sink
 	ComponentMQTT         = "mqtt"          // IQRF collector's MQTT sink
@@ -125,6 +125,11 @@ const (
 	Metrics       = "metrics"   // the metrics listen address
 	ClientCA      = "client_ca" // the CA that client certificates must chain to
 	Method        = "method"    // a gRPC method
+	Library       = "library"   // a library whose own lines these are, within a component (gobgp within bgp)
+	Identity      = "identity"  // who called: admin, viewer, gateway:<name>
+	Object        = "object"    // what a call was about (a name or id)
+	From          = "from"      // a value before a change
+	To            = "to"        // a value after a change
 	Panic         = "panic"     // a recovered panic's value
 	Stack         = "stack"     // a goroutine stack
 

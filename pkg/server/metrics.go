@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 )
 
@@ -86,7 +87,7 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
 		defer func() {
 			if r := recover(); r != nil {
-				log.Error("panic in API handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+				log.Error("panic in API handler", logkey.Method, info.FullMethod, logkey.Panic, r, logkey.Stack, string(debug.Stack()))
 				err = status.Errorf(codes.Internal, "internal error in %s; the controller logged the details", shortMethod(info.FullMethod))
 			}
 		}()
@@ -98,7 +99,7 @@ func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
 		defer func() {
 			if r := recover(); r != nil {
-				log.Error("panic in API stream", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+				log.Error("panic in API stream", logkey.Method, info.FullMethod, logkey.Panic, r, logkey.Stack, string(debug.Stack()))
 				err = status.Errorf(codes.Internal, "internal error in %s", shortMethod(info.FullMethod))
 			}
 		}()

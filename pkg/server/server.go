@@ -40,6 +40,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
@@ -117,7 +118,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	if err != nil {
 		return nil, fmt.Errorf("load networks: %w", err)
 	}
-	log.Info("state loaded", "networks", n)
+	log.Info("state loaded", logkey.Networks, n)
 
 	sp, configPeers, err := speaker(cfg, log)
 	if err != nil {
@@ -125,7 +126,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	}
 	// The route table follows the store's watch; it drives the BGP speaker
 	// (when configured) and serves routes to the API and the agents.
-	runner := vpn.NewRunner(st, sp, cfg.BGP.ASN, log.With("component", "vpn"))
+	runner := vpn.NewRunner(st, sp, cfg.BGP.ASN, log.With(logkey.Component, logkey.ComponentVPN))
 	m.routeGauges(reg, runner)
 
 	lis, err := net.Listen("tcp", cfg.API.Listen)
@@ -135,13 +136,13 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	cleanup = append(cleanup, func() { lis.Close() })
 	// Callers without TLS are the local operator, trusted as admin, on a
 	// loopback listener; elsewhere only with api.insecure.
-	authz := &api.Authorizer{Audit: log.With("component", "audit")}
+	authz := &api.Authorizer{Audit: log.With(logkey.Component, logkey.ComponentAudit)}
 	if !cfg.API.TLS.Enabled() {
 		if !loopback(lis.Addr()) {
 			if !cfg.API.Insecure {
 				return nil, fmt.Errorf("API listener %s: not a loopback address and api.tls is not set; set api.tls, or api.insecure: true (--api-insecure) to serve every caller as admin", lis.Addr())
 			}
-			log.Warn("API serves without TLS on a non-loopback address (api.insecure): every caller that reaches it is an admin", "api", lis.Addr().String())
+			log.Warn("API serves without TLS on a non-loopback address (api.insecure): every caller that reaches it is an admin", logkey.API, lis.Addr().String())
 		}
 		authz.Anonymous = tlsconfig.Admin
 	}
@@ -155,7 +156,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 			return nil, fmt.Errorf("api.tls: %w", err)
 		}
 		gsOpts = append(gsOpts, grpc.Creds(credentials.NewTLS(tc)))
-		log.Info("API requires mutual TLS", "client_ca", cfg.API.TLS.CA)
+		log.Info("API requires mutual TLS", logkey.ClientCA, cfg.API.TLS.CA)
 	}
 	gs := grpc.NewServer(append(gsOpts, opts.ServerOptions...)...)
 	api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Logger: log}.Register(gs)
@@ -201,7 +202,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	}
 	go func() { c.serveErr <- gs.Serve(lis) }()
 	go c.supervise()
-	log.Info("controller serving", "api", lis.Addr().String(), "metrics", c.metricsAddr)
+	log.Info("controller serving", logkey.API, lis.Addr().String(), logkey.Metrics, c.metricsAddr)
 	return c, nil
 }
 
@@ -210,14 +211,14 @@ func openStore(ctx context.Context, cfg Config, opts Options, log *slog.Logger, 
 		return opts.OpenStore(ctx)
 	}
 	if len(cfg.Etcd.Endpoints) > 0 {
-		log.Info("using etcd store", "endpoints", cfg.Etcd.Endpoints)
+		log.Info("using etcd store", logkey.EtcdEndpoints, cfg.Etcd.Endpoints)
 		return etcd.Open(ctx, etcd.Options{Endpoints: cfg.Etcd.Endpoints, Namespace: cfg.Etcd.Namespace})
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	path := filepath.Join(cfg.DataDir, "state.db")
-	log.Info("using bbolt store", "path", path)
+	log.Info("using bbolt store", logkey.Path, path)
 	return bolt.Open(path, bolt.Options{OnCommit: func(d time.Duration, n int) {
 		m.commitSeconds.Observe(d.Seconds())
 		m.commitTxns.Observe(float64(n))
@@ -234,7 +235,7 @@ func speaker(cfg Config, log *slog.Logger) (bgp.Speaker, []bgp.PeerConfig, error
 	if err != nil {
 		return nil, nil, err
 	}
-	sp, err := gobgp.New(bcfg, log.With("component", "bgp"))
+	sp, err := gobgp.New(bcfg, log.With(logkey.Component, logkey.ComponentBGP))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -316,14 +317,14 @@ func (c *Controller) stop(graceful bool) {
 		}
 		c.stopRunner()
 		if err := <-c.runErr; err != nil && !errors.Is(err, context.Canceled) {
-			c.log.Warn("route table stopped", "err", err)
+			c.log.Warn("route table stopped", logkey.Err, err)
 		}
 		c.runErr <- nil
 		c.stopSweeper()
 		<-c.sweeperDone
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := c.sweeper.Stop(sctx); err != nil {
-			c.log.Warn("controller liveness key left to go stale", "err", err)
+			c.log.Warn("controller liveness key left to go stale", logkey.Err, err)
 		}
 		cancel()
 		c.st.Close()

@@ -12,7 +12,7 @@ import (
 type logger struct{ l *slog.Logger }
 
 func newLogger(l *slog.Logger) gobgplog.Logger {
-	return &logger{l: l.With(logkey.Component, logkey.ComponentGoBGP)}
+	return &logger{l: l.With(logkey.Library, "gobgp")}
 }
 
 func (g *logger) emit(level slog.Level, msg string, fields gobgplog.Fields) {
