@@ -68,11 +68,13 @@ suite=${FRESH_ROOT_SUITE:-bookworm}
 arch=$(dpkg --print-architecture)
 cache=${FRESH_ROOT_CACHE:-/var/cache/iotfabric/fresh-root}
 [ -x /usr/local/go/bin/go ] || die "no Go in /usr/local/go (the README's precondition)"
-for t in debootstrap unshare chroot; do
-  command -v "$t" >/dev/null && continue
+# unshare and chroot come with every Debian (util-linux, coreutils); debootstrap may not.
+if ! command -v debootstrap >/dev/null; then
   echo "fresh-root: installing debootstrap on this machine" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null || die "apt-get install debootstrap failed"
-done
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } ||
+    die "apt-get install debootstrap failed"
+fi
 
 # The mirror and the other archives (updates, security) this machine's apt reads.
 targets=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 2>/dev/null | sort -u)
