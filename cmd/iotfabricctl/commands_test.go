@@ -21,7 +21,15 @@ func TestMain(m *testing.M) {
 	if os.Getenv("IOTFABRICCTL_TEST_MAIN") == "1" {
 		main()
 	}
-	os.Exit(m.Run())
+	// No test reads the config file of whoever runs them; those that want one set their own.
+	dir, err := os.MkdirTemp("", "iotfabricctl-test")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv(configEnv, filepath.Join(dir, "config.yaml"))
+	rc := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(rc)
 }
 
 // tree builds the command tree with cobra's own help and completion commands added.
@@ -188,7 +196,7 @@ func TestCompletion(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{""}, []string{"network", "gateway", "endpoint", "ipam", "peer", "route", "completion", "help"}},
+		{[]string{""}, []string{"network", "gateway", "endpoint", "ipam", "peer", "route", "config", "completion", "help"}},
 		{[]string{"netw"}, []string{"network"}},
 		{[]string{"network", ""}, []string{"create", "update", "list", "show", "delete"}},
 		{[]string{"-o", ""}, []string{"table", "json"}},

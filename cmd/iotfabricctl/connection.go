@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -20,6 +22,9 @@ func (c *cli) connect() (*grpc.ClientConn, error) {
 	if c.conn != nil {
 		return c.conn, nil
 	}
+	if err := c.settle(); err != nil {
+		return nil, err
+	}
 	creds := insecure.NewCredentials()
 	if c.tls.Enabled() {
 		tc, err := tlsconfig.Client(c.tls)
@@ -34,6 +39,40 @@ func (c *cli) connect() (*grpc.ClientConn, error) {
 	}
 	c.conn = conn
 	return conn, nil
+}
+
+// settle replaces the global flags' values with the settings resolved from
+// the flags given, $IOTFABRIC_SERVER, the config file's context and the defaults.
+func (c *cli) settle() error {
+	if c.settled {
+		return nil
+	}
+	path, err := configPath()
+	if err != nil {
+		return err
+	}
+	cf, err := loadConfig(path)
+	if err != nil {
+		return err
+	}
+	x, err := selectContext(cf, c.context)
+	if err != nil {
+		return err
+	}
+	var g given
+	changed := func(name string) bool { return c.flags != nil && c.flags.Changed(name) }
+	if changed("server") {
+		g.server = c.server
+	}
+	g.envServer = os.Getenv(serverEnv)
+	if changed("timeout") {
+		g.timeout = c.timeout
+	}
+	g.tls = c.tls
+	s := resolve(g, x, filepath.Dir(path))
+	c.server, c.timeout, c.tls = s.server, s.timeout, s.tls
+	c.settled = true
+	return nil
 }
 
 // call runs one exchange with the controller within --timeout.

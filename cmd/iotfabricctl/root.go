@@ -21,6 +21,9 @@ const defaultServer = "127.0.0.1:50051"
 // serverEnv names the environment variable that sets the default of --server.
 const serverEnv = "IOTFABRIC_SERVER"
 
+// defaultTimeout is --timeout when neither the flag nor the context sets it.
+const defaultTimeout = 30 * time.Second
+
 // cli holds the global flags and the connection shared by every command.
 type cli struct {
 	out     io.Writer
@@ -28,6 +31,9 @@ type cli struct {
 	server  string
 	timeout time.Duration
 	tls     tlsconfig.Files
+	context string         // --context
+	flags   *pflag.FlagSet // the global flags, to tell which were given
+	settled bool           // server, timeout and tls hold the resolved settings
 	conn    *grpc.ClientConn
 }
 
@@ -46,8 +52,13 @@ networks, gateways, endpoints, address management (IPAM), BGP peers and VPN rout
 
 Route targets are written target:<asn>:<number> (with a 4-byte AS number, the
 number is 0-65535). Encapsulations are mplsoudp, mplsogre and vxlan, given as a
-comma-separated list in order of preference. The controller address defaults to
-$IOTFABRIC_SERVER, else 127.0.0.1:50051.
+comma-separated list in order of preference.
+
+The controller, the TLS files and the timeout come from the flags, else (the
+address) $IOTFABRIC_SERVER, else the current context of the config file
+($IOTFABRIC_CONFIG, else $XDG_CONFIG_HOME/iotfabric/config.yaml, else
+~/.config/iotfabric/config.yaml; see "iotfabricctl config"), else the
+defaults: 127.0.0.1:50051, no TLS, 30s.
 
 Exit status: 0 on success, 1 when the controller refused the request or could
 not be reached, 2 when the command line is wrong.`
@@ -80,17 +91,21 @@ func (c *cli) rootCommand() *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&c.server, "server", server, "controller gRPC API `ADDR` (host:port); $"+serverEnv+" sets the default")
 	pf.StringVarP(&c.format, "output", "o", "table", "output `FORMAT`: table or json")
-	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "give up on the controller after this `DURATION`")
+	pf.DurationVar(&c.timeout, "timeout", defaultTimeout, "give up on the controller after this `DURATION`")
 	pf.StringVar(&c.tls.Cert, "tls-cert", "", "client certificate `FILE` (PEM) for a controller with mutual TLS")
 	pf.StringVar(&c.tls.Key, "tls-key", "", "private key `FILE` (PEM) of --tls-cert")
 	pf.StringVar(&c.tls.CA, "tls-ca", "", "CA certificate `FILE` (PEM) that signed the controller's certificate")
+	pf.StringVar(&c.context, "context", "", "use the config file's context `NAME` rather than its current context")
+	c.flags = pf
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	root.RegisterFlagCompletionFunc("server", cobra.NoFileCompletions)
 	root.RegisterFlagCompletionFunc("timeout", cobra.NoFileCompletions)
+	root.RegisterFlagCompletionFunc("context", completeContexts)
 
 	root.AddGroup(
 		&cobra.Group{ID: "resources", Title: "Resources:"},
 		&cobra.Group{ID: "bgp", Title: "BGP:"},
+		&cobra.Group{ID: "cli", Title: "This CLI:"},
 	)
 	for _, n := range []struct {
 		group string
@@ -102,6 +117,7 @@ func (c *cli) rootCommand() *cobra.Command {
 		{"resources", c.ipamCommand()},
 		{"bgp", c.peerCommand()},
 		{"bgp", c.routeCommand()},
+		{"cli", c.configCommand()},
 	} {
 		n.cmd.GroupID = n.group
 		root.AddCommand(n.cmd)
