@@ -134,9 +134,10 @@ func (c *cli) configView(*cobra.Command, []string) error {
 	}
 	if c.format == "json" {
 		b, err := json.MarshalIndent(struct {
-			Path string `json:"path"`
-			*configFile
-		}{path, cf}, "", "  ")
+			Path           string        `json:"path"`
+			CurrentContext string        `json:"current-context,omitempty"`
+			Contexts       []jsonContext `json:"contexts"`
+		}{path, cf.CurrentContext, jsonContexts(cf.Contexts)}, "", "  ")
 		if err != nil {
 			return err
 		}
@@ -178,12 +179,9 @@ func (c *cli) configGetContexts(*cobra.Command, []string) error {
 		return err
 	}
 	if c.format == "json" {
-		b, err := json.MarshalIndent(cf.Contexts, "", "  ")
+		b, err := json.MarshalIndent(jsonContexts(cf.Contexts), "", "  ")
 		if err != nil {
 			return err
-		}
-		if cf.Contexts == nil {
-			b = []byte("[]")
 		}
 		_, err = fmt.Fprintln(c.out, string(b))
 		return err
@@ -287,4 +285,25 @@ func (c *cli) configDeleteContext(_ *cobra.Command, args []string) error {
 	}
 	_, err = fmt.Fprintf(c.out, "context %s deleted\n", args[0])
 	return err
+}
+
+// jsonContext is a context as -o json prints it: the timeout written as in the file.
+type jsonContext struct {
+	Name    string `json:"name"`
+	Server  string `json:"server,omitempty"`
+	TLSCert string `json:"tls-cert,omitempty"`
+	TLSKey  string `json:"tls-key,omitempty"`
+	TLSCA   string `json:"tls-ca,omitempty"`
+	Timeout string `json:"timeout,omitempty"`
+}
+
+func jsonContexts(xs []configContext) []jsonContext {
+	out := make([]jsonContext, len(xs))
+	for i, x := range xs {
+		out[i] = jsonContext{Name: x.Name, Server: x.Server, TLSCert: x.TLSCert, TLSKey: x.TLSKey, TLSCA: x.TLSCA}
+		if x.Timeout > 0 {
+			out[i].Timeout = x.Timeout.String()
+		}
+	}
+	return out
 }

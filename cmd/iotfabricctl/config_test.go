@@ -121,6 +121,14 @@ func TestConfigRoundTrip(t *testing.T) {
 			t.Errorf("%v: rc %d (want %d), stdout %q, stderr %q (want one line with %q)", tc.args, rc, tc.rc, out, errs, tc.want)
 		}
 	}
+	if out, _, rc := cfgRun(t, "-o", "json", "config", "get-contexts"); rc != 0 || !strings.Contains(out, `"timeout": "1m0s"`) || !strings.Contains(out, `"name": "lab"`) {
+		t.Errorf("get-contexts -o json:\n%s", out)
+	}
+	for _, args := range [][]string{{"--context", ""}, {"config", "use-context", ""}} {
+		if got := complete(t, args...); !sameSet(got, []string{"prod", "lab"}) {
+			t.Errorf("complete %q: got %q, want prod and lab", args, got)
+		}
+	}
 	if out, errs, rc := cfgRun(t, "config", "delete-context", "prod"); rc != 0 || !strings.Contains(out, "context prod deleted") {
 		t.Fatalf("delete-context: rc %d %q %q", rc, out, errs)
 	}

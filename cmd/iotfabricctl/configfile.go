@@ -23,18 +23,18 @@ const configEnv = "IOTFABRIC_CONFIG"
 // configFile is the CLI's config file: named contexts, each a controller and
 // the files to reach it with, and the context used when --context is not given.
 type configFile struct {
-	CurrentContext string          `yaml:"current-context,omitempty" json:"current-context,omitempty"`
-	Contexts       []configContext `yaml:"contexts" json:"contexts"`
+	CurrentContext string          `yaml:"current-context,omitempty"`
+	Contexts       []configContext `yaml:"contexts"`
 }
 
 // configContext is one controller. Relative paths are relative to the file's directory.
 type configContext struct {
-	Name    string        `yaml:"name" json:"name"`
-	Server  string        `yaml:"server,omitempty" json:"server,omitempty"`
-	TLSCert string        `yaml:"tls-cert,omitempty" json:"tls-cert,omitempty"`
-	TLSKey  string        `yaml:"tls-key,omitempty" json:"tls-key,omitempty"`
-	TLSCA   string        `yaml:"tls-ca,omitempty" json:"tls-ca,omitempty"`
-	Timeout time.Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+	Name    string        `yaml:"name"`
+	Server  string        `yaml:"server,omitempty"`
+	TLSCert string        `yaml:"tls-cert,omitempty"`
+	TLSKey  string        `yaml:"tls-key,omitempty"`
+	TLSCA   string        `yaml:"tls-ca,omitempty"`
+	Timeout time.Duration `yaml:"timeout,omitempty"`
 }
 
 // configPath is where the config file is: $IOTFABRIC_CONFIG, else

@@ -47,13 +47,12 @@ func (c *cli) settle() error {
 	if c.settled {
 		return nil
 	}
-	path, err := configPath()
-	if err != nil {
-		return err
-	}
-	cf, err := loadConfig(path)
-	if err != nil {
-		return err
+	cf, path := &configFile{}, ""
+	if p, err := configPath(); err == nil { // no $HOME and nothing else: no config file
+		path = p
+		if cf, err = loadConfig(path); err != nil {
+			return err
+		}
 	}
 	x, err := selectContext(cf, c.context)
 	if err != nil {
@@ -94,7 +93,7 @@ func (c *cli) describe(err error) string {
 	}
 	switch st.Code() {
 	case codes.Unavailable:
-		return fmt.Sprintf("cannot reach the controller at %s: %s (is it running? use --server or $%s)", c.server, st.Message(), serverEnv)
+		return fmt.Sprintf("cannot reach the controller at %s: %s (is it running? use --server, $%s or a config context)", c.server, st.Message(), serverEnv)
 	case codes.DeadlineExceeded:
 		return fmt.Sprintf("no answer from the controller at %s within %s", c.server, c.timeout)
 	}
