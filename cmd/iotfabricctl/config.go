@@ -2,7 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -153,7 +156,11 @@ func (c *cli) configView(*cobra.Command, []string) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(c.out, "# %s\n%s", path, b)
+	note := ""
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		note = " (no such file: the defaults apply)"
+	}
+	_, err = fmt.Fprintf(c.out, "# %s%s\n%s", path, note, b)
 	return err
 }
 

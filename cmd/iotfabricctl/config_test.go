@@ -30,11 +30,11 @@ func TestResolvePrecedence(t *testing.T) {
 		want settings
 	}{
 		{"defaults", given{}, nil, settings{server: defaultServer, timeout: defaultTimeout}},
-		{"context", given{}, ctx, settings{server: "ctx:1", timeout: 5 * time.Second, tls: fromCtx}},
+		{"context", given{}, ctx, settings{server: "ctx:1", timeout: 5 * time.Second, tls: fromCtx, tlsContext: "prod"}},
 		{"context without server or timeout", given{}, &configContext{Name: "x"}, settings{server: defaultServer, timeout: defaultTimeout}},
-		{"env over context", given{envServer: "env:2"}, ctx, settings{server: "env:2", timeout: 5 * time.Second, tls: fromCtx}},
+		{"env over context", given{envServer: "env:2"}, ctx, settings{server: "env:2", timeout: 5 * time.Second, tls: fromCtx, tlsContext: "prod"}},
 		{"env over default", given{envServer: "env:2"}, nil, settings{server: "env:2", timeout: defaultTimeout}},
-		{"flag over env and context", given{server: "flag:3", envServer: "env:2", timeout: time.Minute}, ctx, settings{server: "flag:3", timeout: time.Minute, tls: fromCtx}},
+		{"flag over env and context", given{server: "flag:3", envServer: "env:2", timeout: time.Minute}, ctx, settings{server: "flag:3", timeout: time.Minute, tls: fromCtx, tlsContext: "prod"}},
 		{"one TLS flag replaces the three files", given{tls: flagTLS}, ctx, settings{server: "ctx:1", timeout: 5 * time.Second, tls: flagTLS}},
 	} {
 		if got := resolve(tc.g, tc.x, "/etc/x"); got != tc.want {
@@ -219,6 +219,13 @@ func TestContextMutualTLS(t *testing.T) {
 	}
 	if out, errs, rc := cfgRun(t, "network", "list"); rc != 0 || !strings.Contains(out, "10.1.0.0/24") {
 		t.Fatalf("network list through the context: rc %d %q %q", rc, out, errs)
+	}
+	// A context whose files are missing: the config file is wrong (exit 1), and the error names the context.
+	if err := os.WriteFile(path, []byte(file+"  - name: gone\n    server: 127.0.0.1:1\n    tls-cert: gone.crt\n    tls-key: gone.key\n    tls-ca: gone-ca.crt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, errs, rc := cfgRun(t, "--context", "gone", "network", "list"); rc != 1 || !strings.Contains(errs, "context gone: load certificate "+filepath.Join(dir, "gone.crt")) {
+		t.Errorf("--context gone: rc %d %q", rc, errs)
 	}
 	// --context selects the other context for one command: plaintext, refused.
 	if _, _, rc := cfgRun(t, "--context", "plain", "network", "list"); rc != 1 {

@@ -158,6 +158,8 @@ type settings struct {
 	server  string
 	timeout time.Duration
 	tls     tlsconfig.Files
+	// tlsContext names the context the TLS files come from ("" for the flags).
+	tlsContext string
 }
 
 // given is what the command line and the environment say; an empty field or a
@@ -182,6 +184,9 @@ func resolve(g given, x *configContext, dir string) settings {
 			s.timeout = x.Timeout
 		}
 		s.tls = tlsconfig.Files{Cert: inDir(dir, x.TLSCert), Key: inDir(dir, x.TLSKey), CA: inDir(dir, x.TLSCA)}
+		if s.tls.Enabled() {
+			s.tlsContext = x.Name
+		}
 	}
 	if g.envServer != "" {
 		s.server = g.envServer
@@ -193,7 +198,7 @@ func resolve(g given, x *configContext, dir string) settings {
 		s.timeout = g.timeout
 	}
 	if g.tls.Enabled() {
-		s.tls = g.tls
+		s.tls, s.tlsContext = g.tls, ""
 	}
 	return s
 }

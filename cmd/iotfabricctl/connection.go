@@ -28,6 +28,9 @@ func (c *cli) connect() (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
 	if c.tls.Enabled() {
 		tc, err := tlsconfig.Client(c.tls)
+		if err != nil && c.tlsContext != "" { // the config file is wrong, not the command line
+			return nil, fmt.Errorf("context %s: %w", c.tlsContext, err)
+		}
 		if err != nil {
 			return nil, usagef("%v", err)
 		}
@@ -69,7 +72,7 @@ func (c *cli) settle() error {
 	}
 	g.tls = c.tls
 	s := resolve(g, x, filepath.Dir(path))
-	c.server, c.timeout, c.tls = s.server, s.timeout, s.tls
+	c.server, c.timeout, c.tls, c.tlsContext = s.server, s.timeout, s.tls, s.tlsContext
 	c.settled = true
 	return nil
 }

@@ -26,15 +26,16 @@ const defaultTimeout = 30 * time.Second
 
 // cli holds the global flags and the connection shared by every command.
 type cli struct {
-	out     io.Writer
-	format  string
-	server  string
-	timeout time.Duration
-	tls     tlsconfig.Files
-	context string         // --context
-	flags   *pflag.FlagSet // the global flags, to tell which were given
-	settled bool           // server, timeout and tls hold the resolved settings
-	conn    *grpc.ClientConn
+	out        io.Writer
+	format     string
+	server     string
+	timeout    time.Duration
+	tls        tlsconfig.Files
+	tlsContext string         // the config context the TLS files come from, once settled
+	context    string         // --context
+	flags      *pflag.FlagSet // the global flags, to tell which were given
+	settled    bool           // server, timeout and tls hold the resolved settings
+	conn       *grpc.ClientConn
 }
 
 func newCLI(out io.Writer) *cli {
@@ -89,10 +90,10 @@ func (c *cli) rootCommand() *cobra.Command {
 		server = defaultServer
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&c.server, "server", server, "controller gRPC API `ADDR` (host:port); $"+serverEnv+" sets the default")
+	pf.StringVar(&c.server, "server", server, "controller gRPC API `ADDR` (host:port); $"+serverEnv+" sets the default, else the config context's server")
 	pf.StringVarP(&c.format, "output", "o", "table", "output `FORMAT`: table or json")
-	pf.DurationVar(&c.timeout, "timeout", defaultTimeout, "give up on the controller after this `DURATION`")
-	pf.StringVar(&c.tls.Cert, "tls-cert", "", "client certificate `FILE` (PEM) for a controller with mutual TLS")
+	pf.DurationVar(&c.timeout, "timeout", defaultTimeout, "give up on the controller after this `DURATION` (default: the config context's timeout, else 30s)")
+	pf.StringVar(&c.tls.Cert, "tls-cert", "", "client certificate `FILE` (PEM) for a controller with mutual TLS; any --tls-* flag replaces the config context's three files")
 	pf.StringVar(&c.tls.Key, "tls-key", "", "private key `FILE` (PEM) of --tls-cert")
 	pf.StringVar(&c.tls.CA, "tls-ca", "", "CA certificate `FILE` (PEM) that signed the controller's certificate")
 	pf.StringVar(&c.context, "context", "", "use the config file's context `NAME` rather than its current context")
