@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,14 @@ type Options struct {
 	Controllers []string
 	// DialOptions for the controllers (credentials: TLS or insecure).
 	DialOptions []grpc.DialOption
+	// Keepalive is how long a controller connection may be idle before the
+	// agent pings the controller (0: DefaultKeepalive; negative: no pings,
+	// a half-open connection is then noticed only by the kernel's TCP
+	// keepalive, after hours). gRPC pings no more often than every 10 s.
+	Keepalive time.Duration
+	// KeepaliveTimeout is how long the agent waits for a ping's answer
+	// before it closes the connection and reconnects (0: DefaultKeepaliveTimeout).
+	KeepaliveTimeout time.Duration
 	// Applier programs the data plane (nil: nothing is programmed).
 	Applier Applier
 	// HostNetns is the namespace the host-side veths go to ("" = the plugin's).
@@ -411,14 +420,18 @@ func (a *Agent) setClient(addr string, c *clients) {
 
 func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{}) {
 	log := a.log.With(logkey.Controller, addr)
-	conn, err := grpc.NewClient(addr, a.opts.DialOptions...)
+	dopts := a.opts.DialOptions
+	if kp, ok := a.opts.keepalive(); ok {
+		dopts = append(slices.Clip(dopts), grpc.WithKeepaliveParams(kp))
+	}
+	conn, err := grpc.NewClient(addr, dopts...)
 	if err != nil {
 		log.Error("controller address", logkey.Err, err)
 		return
 	}
 	defer conn.Close()
 	cl := clients{agent: v1.NewAgentServiceClient(conn), net: v1.NewNetworkServiceClient(conn), reported: new(atomic.Uint64)}
-	backoff := 100 * time.Millisecond
+	bo := newBackoff(sessionRetryMin, sessionRetryMax)
 	for ctx.Err() == nil {
 		start := time.Now()
 		err := a.sessionOnce(ctx, addr, cl, kick, log)
@@ -431,15 +444,15 @@ func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{})
 			return
 		}
 		if time.Since(start) > 10*time.Second {
-			backoff = 100 * time.Millisecond
+			bo.reset()
 		}
-		log.Warn("controller session ended; retrying", logkey.Err, err, logkey.RetryIn, backoff)
+		wait := bo.next()
+		log.Warn("controller session ended; retrying", logkey.Err, err, logkey.RetryIn, wait)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 

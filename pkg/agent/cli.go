@@ -37,6 +37,8 @@ type Flags struct {
 	TLS               tlsconfig.Files
 	NamespaceNetworks string
 	Encaps            string
+	Keepalive         time.Duration
+	KeepaliveTimeout  time.Duration
 }
 
 type listFlag struct{ l *[]string }
@@ -68,6 +70,8 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.TLS.Key, "tls-key", "", "its private key (PEM)")
 	fs.StringVar(&f.TLS.CA, "tls-ca", "", "CA (PEM) that signs the controllers' certificates")
 	fs.StringVar(&f.NamespaceNetworks, "namespace-networks", "", "pod namespace to network mapping, ns=network,... (default: the network named like the namespace)")
+	fs.DurationVar(&f.Keepalive, "keepalive", DefaultKeepalive, "ping a controller after this long without traffic to notice a dead connection (0: off; at least 10s)")
+	fs.DurationVar(&f.KeepaliveTimeout, "keepalive-timeout", DefaultKeepaliveTimeout, "close and reconnect when a ping is not answered within this (0: the default)")
 	fs.StringVar(&f.Encaps, "encaps", "mplsoudp,mplsogre", "encapsulations this gateway uses, most preferred first: mplsoudp, mplsogre, plain")
 }
 
@@ -117,6 +121,15 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 		}
 		nsMap[k] = v
 	}
+	ka := f.Keepalive
+	switch {
+	case ka < 0 || f.KeepaliveTimeout < 0:
+		errs = append(errs, fmt.Errorf("--keepalive %v --keepalive-timeout %v: want durations >= 0", f.Keepalive, f.KeepaliveTimeout))
+	case ka == 0:
+		ka = -1 // off
+	case ka < 10*time.Second:
+		flog.Warn("--keepalive below 10s: gRPC pings at most every 10s", logkey.Value, ka)
+	}
 	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
 	if f.TLS.Enabled() {
 		tc, err := tlsconfig.Client(f.TLS)
@@ -131,7 +144,7 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 	}
 	return Options{
 		Config:      Config{Gateway: f.Gateway, Underlay: u, StateDir: f.StateDir, Encaps: encaps, Log: log},
-		Controllers: f.Controllers, DialOptions: []grpc.DialOption{creds},
+		Controllers: f.Controllers, DialOptions: []grpc.DialOption{creds}, Keepalive: ka, KeepaliveTimeout: f.KeepaliveTimeout,
 		CNISocket: f.CNISocket, NamespaceNetworks: nsMap, ResyncInterval: 5 * time.Minute,
 	}, nil
 }
