@@ -32,6 +32,9 @@ type Config struct {
 		// Insecure lets the API listen on an address other than loopback
 		// without TLS: every caller that can reach it is then an admin.
 		Insecure bool `yaml:"insecure"`
+		// Keepalive: the pings the API permits (agents ping every 30 s by
+		// default) and the controller's own pings to notice dead clients.
+		Keepalive KeepaliveConfig `yaml:"keepalive"`
 	} `yaml:"api"`
 	Metrics struct {
 		// Listen is the address of /metrics and /healthz; "off" (or empty)
@@ -49,6 +52,17 @@ type Config struct {
 	Liveness struct {
 		Interval time.Duration `yaml:"interval"`
 	} `yaml:"liveness"`
+}
+
+// KeepaliveConfig is the API's gRPC keepalive section.
+type KeepaliveConfig struct {
+	// MinTime: a client pinging more often than this is closed (GOAWAY
+	// too_many_pings); below the agents' --keepalive.
+	MinTime time.Duration `yaml:"min_time"`
+	// Time: the controller pings a client connection idle this long, and
+	// closes it when the ping is not answered within Timeout.
+	Time    time.Duration `yaml:"time"`
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // EtcdConfig selects the etcd store.
@@ -126,6 +140,10 @@ const (
 	DefaultASN           = controller.DefaultASN
 	DefaultBGPPort       = bgp.DefaultPort
 	DefaultLiveness      = controller.DefaultHeartbeatInterval
+	// API keepalive: agents ping every 30 s by default (pkg/agent).
+	DefaultKeepaliveMinTime = 10 * time.Second
+	DefaultKeepaliveTime    = 60 * time.Second
+	DefaultKeepaliveTimeout = 20 * time.Second
 	// MetricsOff as metrics.listen (file or flag) turns the metrics listener off.
 	MetricsOff = "off"
 )
@@ -141,6 +159,7 @@ func DefaultConfig() Config {
 	c.BGP.ASN = DefaultASN
 	c.BGP.ListenPort = DefaultBGPPort
 	c.Liveness.Interval = DefaultLiveness
+	c.API.Keepalive = KeepaliveConfig{MinTime: DefaultKeepaliveMinTime, Time: DefaultKeepaliveTime, Timeout: DefaultKeepaliveTimeout}
 	return c
 }
 
@@ -208,6 +227,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Liveness.Interval <= 0 {
 		errs = append(errs, fmt.Errorf("liveness.interval %v: want a positive duration such as 10s", c.Liveness.Interval))
+	}
+	if k := c.API.Keepalive; k.MinTime <= 0 || k.Time <= 0 || k.Timeout <= 0 {
+		errs = append(errs, fmt.Errorf("api.keepalive min_time %v, time %v, timeout %v: want positive durations such as 10s, 60s, 20s", k.MinTime, k.Time, k.Timeout))
 	}
 	if c.BGP.ASN == 0 {
 		errs = append(errs, errors.New("bgp.asn must be set (it also forms the automatic route targets)"))

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/iotfabric/iotfabric/pkg/api"
@@ -149,6 +150,10 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	gsOpts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(m.unary, authz.Unary, recoverUnary(log)),
 		grpc.ChainStreamInterceptor(m.stream, authz.Stream, recoverStream(log)),
+		// Agents ping to notice a dead path (pkg/agent's --keepalive): permit
+		// it, also between streams; ping idle clients to notice dead ones.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.API.Keepalive.MinTime, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.API.Keepalive.Time, Timeout: cfg.API.Keepalive.Timeout}),
 	}
 	if cfg.API.TLS.Enabled() {
 		tc, err := tlsconfig.Server(cfg.API.TLS)
