@@ -38,6 +38,8 @@ type Gateway struct {
 	Log         *slog.Logger
 	// OnState, if set before the state changes, sees every applied state.
 	OnState func(overlay.State)
+	// Options, if set, adjusts the agent's options at each Start.
+	Options func(*agent.Options)
 
 	mu      sync.Mutex
 	agent   *agent.Agent
@@ -55,9 +57,17 @@ type recorder struct{}
 func (recorder) Set(context.Context, overlay.State) error { return nil }
 
 // StartGateway starts a gateway's agent; kernel selects a namespace with a
-// real overlay.Manager (else states are only recorded).
-func StartGateway(t testing.TB, name string, underlay netip.Addr, controllers []string, kernel bool) *Gateway {
+// real overlay.Manager (else states are only recorded); opts, if given,
+// adjusts the agent's options (Gateway.Options).
+func StartGateway(t testing.TB, name string, underlay netip.Addr, controllers []string, kernel bool, opts ...func(*agent.Options)) *Gateway {
 	g := &Gateway{t: t, Name: name, Underlay: underlay, Dir: t.TempDir(), Controllers: controllers, changed: make(chan struct{}), Log: slog.New(slog.DiscardHandler)}
+	if len(opts) > 0 {
+		g.Options = func(o *agent.Options) {
+			for _, f := range opts {
+				f(o)
+			}
+		}
+	}
 	if os.Getenv("IOTFABRIC_TEST_LOG") != "" {
 		g.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With(logkey.Gateway, name)
 	}
@@ -90,7 +100,7 @@ func (g *Gateway) Start() {
 		}
 		applier, hostNS = m, g.NS.Path()
 	}
-	a, err := agent.New(agent.Options{
+	o := agent.Options{
 		Config:      agent.Config{Gateway: g.Name, Underlay: g.Underlay, StateDir: filepath.Join(g.Dir, "state"), Log: g.Log},
 		Controllers: g.Controllers, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		Applier: applier, HostNetns: hostNS, CNISocket: g.Sock,
@@ -113,7 +123,11 @@ func (g *Gateway) Start() {
 			g.notifyLocked()
 			g.mu.Unlock()
 		},
-	})
+	}
+	if g.Options != nil {
+		g.Options(&o)
+	}
+	a, err := agent.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,125 @@
+package agent_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/iotfabric/iotfabric/internal/fabrictest"
+	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/pkg/agent"
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// The agent's side of the controller connection comes from this loopback
+// address, so that only its packets are dropped (the test's API client and
+// everything else on the host keep working).
+const deadPathSource = "127.0.0.3"
+
+// blackhole silently drops the TCP packets between deadPathSource and the
+// controller's port (no RST, no ICMP: an LTE outage). The returned restore
+// removes the rules; it is also called at the end of the test.
+func blackhole(t *testing.T, port int) (restore func()) {
+	t.Helper()
+	p := strconv.Itoa(port)
+	rules := [][]string{
+		{"INPUT", "-i", "lo", "-p", "tcp", "-s", deadPathSource, "--dport", p, "-j", "DROP"},
+		{"INPUT", "-i", "lo", "-p", "tcp", "-d", deadPathSource, "--sport", p, "-j", "DROP"},
+	}
+	var added [][]string
+	restore = func() {
+		for _, r := range added {
+			if out, err := exec.Command("iptables", append([]string{"-w", "-D"}, r...)...).CombinedOutput(); err != nil {
+				t.Errorf("iptables -D %s: %v: %s", strings.Join(r, " "), err, out)
+			}
+		}
+		added = nil
+	}
+	t.Cleanup(restore)
+	for _, r := range rules {
+		if out, err := exec.Command("iptables", append([]string{"-w", "-I"}, r...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables -I %s: %v: %s", strings.Join(r, " "), err, out)
+		}
+		added = append(added, r)
+	}
+	return restore
+}
+
+// TestDeadPathNoticedByKeepalive: the path between a gateway and its
+// controller drops every packet for longer than the agent's keepalive time
+// and timeout. The agent's pings go unanswered, the route stream fails and
+// the session ends while the path is still down; once it is back the agent
+// reconnects and an endpoint created at the controller during the outage
+// reaches it within seconds. Without keepalive the connection stays
+// half-open: the session never ends and the endpoint arrives only when TCP
+// retransmits the update, long after the path is back.
+func TestDeadPathNoticedByKeepalive(t *testing.T) {
+	netnstest.RequireRoot(t)
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Skip("no iptables")
+	}
+	ctx := context.Background()
+	// The controller permits the test's pings (gRPC's client pings at
+	// most every 10 s) and does not ping itself within the test.
+	ctl := fabrictest.StartController(t, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))
+	api := ctl.Dial()
+	createNetwork(t, api, "red", "10.7.0.0/16")
+	_, portS, _ := net.SplitHostPort(ctl.Addr)
+	port, _ := strconv.Atoi(portS)
+
+	const kaTime, kaTimeout = 10 * time.Second, time.Second
+	uA, uX := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.9")
+	gwA := fabrictest.StartGateway(t, "gw-a", uA, []string{ctl.Addr}, true, func(o *agent.Options) {
+		o.Keepalive, o.KeepaliveTimeout = kaTime, kaTimeout
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(deadPathSource)}}
+		o.DialOptions = append(o.DialOptions,
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }),
+			// Reconnect promptly once the path is back (the SYNs sent
+			// while it is down are lost).
+			grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: time.Second,
+				Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}}))
+	})
+	c := fabrictest.NewCNI(t, pluginDir)
+	if _, err := c.Add(ctx, gwA, "red", "a1", netnstest.New(t, "iofpod")); err != nil {
+		t.Fatal(err) // gw-a has an endpoint in red: it gets red's routes
+	}
+	gwA.WaitLive(20*time.Second, 1)
+	if _, err := api.GW.CreateGateway(ctx, &v1.CreateGatewayRequest{Gateway: &v1.Gateway{Name: "gw-x", UnderlayAddress: uX.String(),
+		Encapsulations: []v1.Encapsulation{v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	restore := blackhole(t, port)
+	down := time.Now()
+	ep, err := api.EP.CreateEndpoint(ctx, &v1.CreateEndpointRequest{Endpoint: &v1.Endpoint{Id: "x1", Network: "red", Gateway: "gw-x", Label: 1001}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x1 := netip.PrefixFrom(netip.MustParseAddr(ep.Addresses[0]), 32)
+	// The session ends while the path is still down: keepalive time +
+	// timeout after the last frame received, plus slack.
+	gwA.WaitLive(kaTime+kaTimeout+3*time.Second, 0)
+	detected := time.Since(down)
+	if st, _, err := gwA.Agent().Core().Desired(ctx); err == nil && fabrictest.HasRoute(st, "red", x1, uX, 1001) {
+		t.Fatal("x1 reached gw-a through a dropped path")
+	}
+	// Keep the path down a little longer than keepalive time + timeout.
+	time.Sleep(time.Until(down.Add(kaTime + kaTimeout + 2*time.Second)))
+	restore()
+	up := time.Now()
+	gwA.WaitState(5*time.Second, "x1, created during the outage, after the path is back", func(s overlay.State) bool {
+		return fabrictest.HasRoute(s, "red", x1, uX, 1001)
+	})
+	t.Logf("outage %v; session down %v after the path died; x1 at gw-a %v after it came back",
+		up.Sub(down).Round(time.Millisecond), detected.Round(time.Millisecond), time.Since(up).Round(time.Millisecond))
+}
