@@ -60,9 +60,11 @@ func blackhole(t *testing.T, port int) (restore func()) {
 // and timeout. The agent's pings go unanswered, the route stream fails and
 // the session ends while the path is still down; once it is back the agent
 // reconnects and an endpoint created at the controller during the outage
-// reaches it within seconds. Without keepalive the connection stays
-// half-open: the session never ends and the endpoint arrives only when TCP
-// retransmits the update, long after the path is back.
+// reaches it within seconds. Without keepalive (Keepalive -1) the test
+// fails: the connection stays half-open and the session never ends, so the
+// agent depends on the controller's TCP retransmissions (or, once the
+// controller has given the connection up, on the kernel's TCP keepalive
+// after two hours) to hear anything again.
 func TestDeadPathNoticedByKeepalive(t *testing.T) {
 	netnstest.RequireRoot(t)
 	if _, err := exec.LookPath("iptables"); err != nil {
