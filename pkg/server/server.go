@@ -148,8 +148,10 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		authz.Anonymous = tlsconfig.Admin
 	}
 	gsOpts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(m.unary, authz.Unary, recoverUnary(log)),
-		grpc.ChainStreamInterceptor(m.stream, authz.Stream, recoverStream(log)),
+		// Metrics see every outcome; a panic in authorization or in a handler
+		// becomes an Internal error, counted as such.
+		grpc.ChainUnaryInterceptor(m.unary, recoverUnary(log), authz.Unary),
+		grpc.ChainStreamInterceptor(m.stream, recoverStream(log), authz.Stream),
 		// Agents ping to notice a dead path (pkg/agent's --keepalive): permit
 		// it, also between streams; ping idle clients to notice dead ones.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.API.Keepalive.MinTime, PermitWithoutStream: true}),
