@@ -1,23 +1,20 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/internal/proctest"
 	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -34,62 +31,18 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type proc struct {
-	cmd  *exec.Cmd
-	api  string
-	done chan struct{}
-}
-
 var servingRE = regexp.MustCompile(`msg="controller serving" api=(\S+)`)
 
-func startProcess(t *testing.T, args ...string) *proc {
+// startProcess starts the controller binary's main with args in a process of
+// its own; its Ready is the API address.
+func startProcess(t *testing.T, args ...string) *proctest.Proc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "IOTFABRIC_CONTROLLER_ARGS="+strings.Join(args, "\n"))
-	// Pdeathsig fires when the forking thread exits: fork from a thread held
-	// for the child's whole life.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
-	apiCh := make(chan string, 1)
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer close(p.done)
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
+	return proctest.Start(t, []string{"IOTFABRIC_CONTROLLER_ARGS=" + strings.Join(args, "\n")}, true, func(line string) (string, bool) {
+		if m := servingRE.FindStringSubmatch(line); m != nil {
+			return m[1], true
 		}
-		started <- nil
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if m := servingRE.FindStringSubmatch(sc.Text()); m != nil {
-				apiCh <- m[1]
-			}
-		}
-		cmd.Wait()
-	}()
-	if err := <-started; err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.kill() })
-	select {
-	case p.api = <-apiCh:
-	case <-p.done:
-		t.Fatal("controller process exited before serving")
-	case <-time.After(30 * time.Second):
-		t.Fatal("controller process did not start serving")
-	}
-	return p
-}
-
-func (p *proc) kill() {
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+		return "", false
+	})
 }
 
 // TestGracefulRestartSIGKILL: the controller process is killed with SIGKILL;
@@ -120,7 +73,7 @@ bgp:
 `, filepath.Join(dir, "data"), local.Addr(), peer.Addr())), 0o600)
 
 	first := startProcess(t, "--config", conf)
-	conn, err := grpc.NewClient(first.api, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(first.Ready, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +114,7 @@ bgp:
 		}
 	}
 	waitStale(false, "first announcement")
-	first.kill()
+	first.Kill()
 	waitStale(true, "after SIGKILL")
 	startProcess(t, "--config", conf)
 	waitStale(false, "after the restart")

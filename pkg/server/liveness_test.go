@@ -1,22 +1,19 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/internal/proctest"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/store"
@@ -65,62 +62,14 @@ func runChild(v string) int {
 	return map[bool]int{true: 1}[c.Wait() != nil]
 }
 
-type child struct {
-	cmd  *exec.Cmd
-	api  string
-	done chan struct{}
-}
-
-// startChild starts a controller in a process of its own.
-func startChild(t *testing.T, cc childConfig) *child {
+// startChild starts a controller in a process of its own; its Ready is the
+// API address.
+func startChild(t *testing.T, cc childConfig) *proctest.Proc {
 	t.Helper()
 	conf, _ := json.Marshal(cc)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+string(conf))
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &child{cmd: cmd, done: make(chan struct{})}
-	apiCh, started := make(chan string, 1), make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the forking thread exits: hold it.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer close(p.done)
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "api="); ok {
-				apiCh <- a
-			}
-		}
-		cmd.Wait()
-	}()
-	if err := <-started; err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.kill)
-	select {
-	case p.api = <-apiCh:
-	case <-p.done:
-		t.Fatal("controller process exited before serving")
-	case <-time.After(30 * time.Second):
-		t.Fatal("controller process did not start serving")
-	}
-	return p
-}
-
-// kill kills the controller with SIGKILL: it cleans nothing up.
-func (p *child) kill() {
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+	return proctest.Start(t, []string{childEnv + "=" + string(conf)}, false, func(line string) (string, bool) {
+		return strings.CutPrefix(line, "api=")
+	})
 }
 
 func clients(t *testing.T, addr string) (v1.AgentServiceClient, v1.GatewayServiceClient) {
@@ -166,7 +115,7 @@ func TestKilledControllerMarkersSweptAtRestart(t *testing.T) {
 	dir := t.TempDir()
 	const interval = time.Second
 	first := startChild(t, childConfig{DataDir: dir, Interval: interval})
-	a, g := clients(t, first.api)
+	a, g := clients(t, first.Ready)
 	if _, err := a.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.1"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +123,7 @@ func TestKilledControllerMarkersSweptAtRestart(t *testing.T) {
 	if s := gatewayState(ctx, t, g, "gw"); s != v1.GatewayState_GATEWAY_STATE_UP {
 		t.Fatalf("gateway %v with a stream open", s)
 	}
-	first.kill()
+	first.Kill()
 
 	cfg := DefaultConfig()
 	cfg.DataDir, cfg.API.Listen, cfg.Metrics.Listen, cfg.Liveness.Interval = dir, "127.0.0.1:0", MetricsOff, interval
@@ -216,7 +165,7 @@ func TestGatewayDownAfterOtherControllerKilled(t *testing.T) {
 	defer cancel()
 	const interval = 200 * time.Millisecond
 	killed := startChild(t, childConfig{EtcdEndpoint: srv.Endpoint, EtcdNamespace: "/down/", Interval: interval})
-	a1, _ := clients(t, killed.api)
+	a1, _ := clients(t, killed.Ready)
 	a2, g2 := startOnEtcdEvery(t, srv.Endpoint, interval)
 	if _, err := a1.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.1"}}); err != nil {
 		t.Fatal(err)
@@ -231,7 +180,7 @@ func TestGatewayDownAfterOtherControllerKilled(t *testing.T) {
 	if err != nil || len(markers) != 2 {
 		t.Fatalf("stream markers %v, %v; want one per controller", markers, err)
 	}
-	killed.kill()
+	killed.Kill()
 	killedAt := time.Now()
 
 	// The surviving controller sweeps the dead one's marker once its
