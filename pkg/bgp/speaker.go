@@ -27,6 +27,12 @@ type Config struct {
 	ConnectRetry time.Duration `json:"connect_retry,omitempty" yaml:"connect_retry,omitempty"`
 	// HoldTime is the proposed hold time (default 90 s, keepalive a third of it).
 	HoldTime time.Duration `json:"hold_time,omitempty" yaml:"hold_time,omitempty"`
+	// MaxPrefixes is the maximum number of routes a peer may send per
+	// address family (VPNv4, VPNv6) for peers that set none of their own
+	// (default DefaultMaxPrefixes). A peer that sends more gets a Cease
+	// NOTIFICATION (maximum number of prefixes reached) and its session
+	// stays idle until the peer is configured again.
+	MaxPrefixes uint32 `json:"max_prefixes,omitempty" yaml:"max_prefixes,omitempty"`
 }
 
 // GracefulRestartConfig configures RFC 4724 graceful restart. It is on by
@@ -44,11 +50,15 @@ type GracefulRestartConfig struct {
 
 // Defaults for the configuration.
 const (
-	DefaultPort            = 179
-	DefaultRestartTime     = 120 * time.Second
-	DefaultDeferralTime    = 60 * time.Second
-	DefaultConnectRetry    = 5 * time.Second
-	DefaultHoldTime        = 90 * time.Second
+	DefaultPort         = 179
+	DefaultRestartTime  = 120 * time.Second
+	DefaultDeferralTime = 60 * time.Second
+	DefaultConnectRetry = 5 * time.Second
+	DefaultHoldTime     = 90 * time.Second
+	DefaultMaxPrefixes  = 100000
+	// PrefixLimitWarnPct is the share of MaxPrefixes past which a warning
+	// is logged (GoBGP's shutdown-threshold-pct).
+	PrefixLimitWarnPct     = 80
 	maxGracefulRestartTime = 4095 * time.Second
 )
 
@@ -60,6 +70,9 @@ type PeerConfig struct {
 	// Port is the peer's TCP port (default 179).
 	Port        uint16 `json:"port,omitempty" yaml:"port,omitempty"`
 	Description string `json:"description,omitempty" yaml:"description,omitempty"`
+	// MaxPrefixes is the maximum number of routes the peer may send per
+	// address family; 0 takes the speaker's Config.MaxPrefixes.
+	MaxPrefixes uint32 `json:"max_prefixes,omitempty" yaml:"max_prefixes,omitempty"`
 }
 
 // Validate checks a peer's configuration.
@@ -92,6 +105,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.ListenPort == 0 {
 		c.ListenPort = DefaultPort
+	}
+	if c.MaxPrefixes == 0 {
+		c.MaxPrefixes = DefaultMaxPrefixes
 	}
 	if c.RouteReflector && !c.ClusterID.IsValid() {
 		c.ClusterID = c.RouterID
@@ -159,7 +175,52 @@ type PeerStatus struct {
 	Uptime           time.Duration
 	PrefixesSent     uint64
 	PrefixesReceived uint64
+	// MaxPrefixes is the limit in force for the peer (per address family).
+	MaxPrefixes uint32
+	// Reason says why the session is held down by the speaker ("" when it
+	// is not): e.g. the peer sent more than MaxPrefixes routes.
+	Reason string
+	// PrefixLimitHits counts the sessions shut down for exceeding MaxPrefixes.
+	PrefixLimitHits uint64
 }
+
+// Counters are a speaker's cumulative counts and current session states,
+// for metrics. Reading them takes no server-wide lock.
+type Counters struct {
+	// Peers is each configured peer's session state, as last reported.
+	Peers map[netip.Addr]PeerState
+	// PrefixLimitHits counts, per peer, the sessions shut down because the
+	// peer sent more than its maximum number of prefixes.
+	PrefixLimitHits map[netip.Addr]uint64
+	// NotAdvertised counts routes Announce refused (see NotAdvertisedError).
+	NotAdvertised uint64
+	// Filtered counts received routes dropped because no network imports
+	// any of their route targets (see SetImportFilter).
+	Filtered uint64
+}
+
+// RouteError is one route Announce could not advertise, and why.
+type RouteError struct {
+	Key RouteKey
+	Err error
+}
+
+// NotAdvertisedError is returned by Announce when some routes could not be
+// advertised (e.g. their UPDATE would exceed the BGP message size); every
+// other route of the call was announced. It matches ErrNotAdvertised.
+type NotAdvertisedError struct {
+	Routes []RouteError
+}
+
+func (e *NotAdvertisedError) Error() string {
+	if len(e.Routes) == 0 {
+		return ErrNotAdvertised.Error()
+	}
+	return fmt.Sprintf("%d routes not advertised, first %s: %v", len(e.Routes), e.Routes[0].Key, e.Routes[0].Err)
+}
+
+// Unwrap makes the error match ErrNotAdvertised.
+func (e *NotAdvertisedError) Unwrap() error { return ErrNotAdvertised }
 
 // RouteEvent is a route received from a peer (or its withdrawal).
 type RouteEvent struct {
@@ -197,4 +258,14 @@ type Speaker interface {
 	// refreshes them or its restart time runs out. The channel is closed when ctx ends or the speaker stops.
 	// A slow reader does not block the speaker: events queue for it.
 	Subscribe(ctx context.Context) (<-chan []RouteEvent, error)
+
+	// SetImportFilter sets the route targets of which a received route must
+	// carry at least one to be kept (the union of every network's import
+	// route targets); nil keeps nothing. Routes already held that the new
+	// filter refuses are withdrawn on the subscription, routes it now
+	// accepts are delivered. Until it is first called every route is kept.
+	SetImportFilter(ctx context.Context, rts []RouteTarget) error
+
+	// Counters returns the speaker's counters and session states.
+	Counters() Counters
 }

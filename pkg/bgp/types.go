@@ -31,6 +31,8 @@ var (
 	ErrNotRunning         = errors.New("speaker not running")
 	ErrAlreadyRunning     = errors.New("speaker already running")
 	ErrSubscriptionClosed = errors.New("subscription closed")
+	ErrNotAdvertised      = errors.New("route not advertised")
+	ErrRouteTooLarge      = errors.New("route does not fit in a BGP UPDATE message")
 )
 
 // RD is a type 1 route distinguisher: <IPv4 address>:<index>. iotfabric uses

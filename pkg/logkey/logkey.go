@@ -84,6 +84,8 @@ const (
 	RouteTarget = "rt"          // a route target
 	Announced   = "announced"   // routes announced
 	Withdrawn   = "withdrawn"   // routes withdrawn
+	Limit       = "limit"       // a configured maximum (prefixes, routes)
+	Suppressed  = "suppressed"  // like lines not written since the last one (rate limit)
 
 	// Agent protocol and state.
 	Op             = "op"              // a CNI operation

@@ -98,7 +98,7 @@ func (s *state) attachGateway(ctx context.Context, gw string, fromRev int64, run
 	}
 	cur := map[string]routeMap{}
 	for n := range s.gatewayNets(gw) {
-		cur[n] = s.tbl.routeMap(n)
+		cur[n] = s.gatewayRoutes(n)
 	}
 	s.seq++
 	first := GatewayUpdate{Revision: s.seq}
@@ -149,7 +149,7 @@ func (s *state) publishGateways(full bool) {
 		nets := s.gatewayNets(g.gateway)
 		var u GatewayUpdate
 		for n := range nets {
-			put, del, sent := s.tbl.follow(n, g.sent[n], full)
+			put, del, sent := s.gatewayFollow(n, g.sent[n], full)
 			g.sent[n] = sent
 			u.Put, u.Delete = withNetwork(u.Put, n, put), withNetwork(u.Delete, n, del)
 		}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -43,6 +45,8 @@ type Runner struct {
 	log *slog.Logger
 	id  string
 
+	limits Limits
+
 	ops   chan func(*state) // work for the owner goroutine
 	ready chan struct{}     // closed once the speaker runs with the full initial state
 	done  chan struct{}     // closed when Run returns
@@ -56,6 +60,10 @@ type state struct {
 	gws     map[string]*gwSession // gateway route streams, by gateway
 	seq     int64                 // revision of gateway route updates
 	speaker *speakerQueue         // work for the speaker goroutine; nil without BGP
+	filter  []bgp.RouteTarget     // the import filter last queued for the speaker
+	frozen  map[string]*frozenNet // networks over Limits.MaxNetworkRoutes
+	capLog  map[string]time.Time  // when each network's cap was last logged
+	thawed  map[string]bool       // networks back within the limit since the last publication
 }
 
 // errStopped is returned to callers once Run has returned.
@@ -70,6 +78,21 @@ func NewRunner(st store.Store, sp bgp.Speaker, asn uint32, log *slog.Logger) *Ru
 	return &Runner{st: st, sp: sp, asn: asn, log: log, id: newID(),
 		ops: make(chan func(*state)), ready: make(chan struct{}), done: make(chan struct{})}
 }
+
+// Limits bound what the runner hands on.
+type Limits struct {
+	// MaxNetworkRoutes is the most routes a network may have (its
+	// endpoints' and the ones it imports) for its gateways to follow it;
+	// beyond it the network's gateways keep the last set they were sent
+	// (frozen) until it is back within the limit. 0: no limit.
+	MaxNetworkRoutes int
+}
+
+// DefaultMaxNetworkRoutes is the controller's default Limits.MaxNetworkRoutes.
+const DefaultMaxNetworkRoutes = 50000
+
+// SetLimits sets the limits; call it before Run.
+func (r *Runner) SetLimits(l Limits) { r.limits = l }
 
 // Ready is closed once the speaker runs with the full initial state.
 func (r *Runner) Ready() <-chan struct{} { return r.ready }
@@ -97,9 +120,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load state: %w", err)
 	}
-	s := &state{r: r, tbl: NewTable(r.asn, r.log), nets: map[string]*netWatch{}, gws: map[string]*gwSession{}}
+	s := &state{r: r, tbl: NewTable(r.asn, r.log), nets: map[string]*netWatch{}, gws: map[string]*gwSession{},
+		frozen: map[string]*frozenNet{}, capLog: map[string]time.Time{}, thawed: map[string]bool{}}
 	peers := s.load(kvs)
 	s.tbl.Flush()
+	s.checkCaps(s.tbl.Deltas())
 	defer s.closeWatchers()
 
 	// The speaker goroutine's channels stay nil without BGP.
@@ -108,13 +133,15 @@ func (r *Runner) Run(ctx context.Context) error {
 		started <-chan (<-chan []bgp.RouteEvent)
 		spErr   <-chan error
 		recv    <-chan []bgp.RouteEvent
+		refused <-chan []RefusedRoute
 	)
 	if r.sp != nil {
 		sctx, cancel := context.WithCancel(ctx)
-		l := r.startSpeaker(sctx, s.tbl.Announced(), peers)
+		s.filter = s.tbl.ImportFilter()
+		l := r.startSpeaker(sctx, s.tbl.Announced(), s.filter, peers)
 		defer func() { cancel(); <-l.done }()
 		s.speaker = &speakerQueue{}
-		jobs, started, spErr = l.jobs, l.started, l.errc
+		jobs, started, spErr, refused = l.jobs, l.started, l.errc, l.refused
 	} else {
 		close(r.ready)
 	}
@@ -138,6 +165,8 @@ func (r *Runner) Run(ctx context.Context) error {
 			close(r.ready)
 		case err := <-spErr:
 			return err
+		case rs := <-refused:
+			s.tbl.Refused(rs)
 		case evs, ok := <-recv:
 			if !ok {
 				if ctx.Err() != nil {
@@ -191,16 +220,31 @@ func (s *state) load(kvs []store.KV) (peers []store.KV) {
 // applyBatch applies one batch of store changes: to the table, then the
 // differences to the speaker queue and the watchers.
 func (s *state) applyBatch(evs []store.Event) {
+	nets := false
 	for _, ev := range evs {
 		if strings.HasPrefix(ev.Key, PeerPrefix) {
 			s.speaker.peer(ev)
 			continue
 		}
+		nets = nets || strings.HasPrefix(ev.Key, pfxNetwork)
 		s.apply(ev)
 	}
 	ann, wd, _ := s.tbl.Flush()
 	s.speaker.routes(ann, wd)
+	if nets {
+		s.syncFilter()
+	}
 	s.publish(false)
+}
+
+// syncFilter queues the import filter for the speaker if the networks'
+// import route targets changed.
+func (s *state) syncFilter() {
+	f := s.tbl.ImportFilter()
+	if !slices.Equal(f, s.filter) {
+		s.filter = f
+		s.speaker.filter(f)
+	}
 }
 
 // reload rebuilds the table from a fresh listing (keeping the received
@@ -225,6 +269,7 @@ func (s *state) reload(kvs []store.KV) {
 	}
 	s.speaker.routes(ann, wd)
 	s.speaker.syncPeers(peers)
+	s.syncFilter()
 	s.publish(true)
 }
 
@@ -275,8 +320,10 @@ func (s *state) apply(ev store.Event) {
 // publish sends what the last Flush changed to the route watchers and the
 // gateway streams; full recomputes every network they follow.
 func (s *state) publish(full bool) {
+	s.checkCaps(s.tbl.Deltas())
 	s.publishGateways(full)
 	s.publishRoutes(full)
+	clear(s.thawed)
 }
 
 // closeWatchers ends every watcher's channel (Run is returning).
@@ -311,11 +358,15 @@ func (r *Runner) Peers(ctx context.Context) ([]bgp.PeerStatus, error) { return r
 // HasSpeaker reports whether BGP runs.
 func (r *Runner) HasSpeaker() bool { return r.sp != nil }
 
-// Stats are the runner's gauges.
+// Stats are the runner's gauges and the speaker's counters.
 type Stats struct {
 	Announced      int // local routes (sent to the speaker when BGP runs)
 	Received       int // routes received from peers
 	GatewayStreams int // gateways with a route stream attached
+	NotAdvertised  int // endpoints whose routes are not advertised
+	NetworksFrozen int // networks over the route limit (their gateways frozen)
+	// Speaker are the speaker's counters (zero without BGP).
+	Speaker bgp.Counters
 }
 
 // Stats returns the current gauges (zero once Run has returned).
@@ -331,6 +382,37 @@ func (r *Runner) Stats() Stats {
 				st.GatewayStreams++
 			}
 		}
+		st.NotAdvertised = len(s.tbl.notAdv)
+		st.NetworksFrozen = len(s.frozen)
 	})
+	if r.sp != nil {
+		st.Speaker = r.sp.Counters()
+	}
 	return st
+}
+
+// EndpointStatus returns, for each of ids that has one, why its routes are
+// not advertised ("not advertised: ...").
+func (r *Runner) EndpointStatus(ids []string) map[string]string {
+	out := map[string]string{}
+	r.do(context.Background(), func(s *state) {
+		for _, id := range ids {
+			if why := s.tbl.NotAdvertised(id); why != "" {
+				out[id] = why
+			}
+		}
+	})
+	return out
+}
+
+// NetworkStatus returns the conditions of a network the route table knows
+// of (none when all is well).
+func (r *Runner) NetworkStatus(network string) []Condition {
+	var out []Condition
+	r.do(context.Background(), func(s *state) {
+		if f := s.frozen[network]; f != nil {
+			out = append(out, Condition{Type: ConditionRouteLimit, Message: f.message(s.tbl.RouteCount(network), s.r.limits.MaxNetworkRoutes)})
+		}
+	})
+	return out
 }

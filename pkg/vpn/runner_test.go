@@ -100,6 +100,12 @@ func TestDiff(t *testing.T) {
 // startRunner runs a runner over a fresh store until the test ends.
 func startRunner(t *testing.T, sp bgp.Speaker) (*Runner, store.Store, context.Context) {
 	t.Helper()
+	return startRunnerWith(t, sp, Limits{})
+}
+
+// startRunnerWith is startRunner with limits.
+func startRunnerWith(t *testing.T, sp bgp.Speaker, lim Limits) (*Runner, store.Store, context.Context) {
+	t.Helper()
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -112,6 +118,7 @@ func startRunner(t *testing.T, sp bgp.Speaker) (*Runner, store.Store, context.Co
 		put(t, st, fmt.Sprint("gateways/g", i), &v1.Gateway{Name: fmt.Sprint("g", i), UnderlayAddress: fmt.Sprintf("192.0.2.%d", i+1), Encapsulations: []v1.Encapsulation{udp}})
 	}
 	r := NewRunner(st, sp, 64512, nil)
+	r.SetLimits(lim)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()

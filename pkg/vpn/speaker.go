@@ -2,6 +2,7 @@ package vpn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -21,10 +22,11 @@ import (
 
 // speakerJob is one unit of work for the speaker goroutine.
 type speakerJob struct {
-	routes *routeBatch  // withdraw, then announce
-	peer   *store.Event // a peer put or deleted through the API
-	sync   bool         // make the API peers equal to peers (after a reload)
-	peers  []store.KV   // for sync
+	routes *routeBatch        // withdraw, then announce
+	peer   *store.Event       // a peer put or deleted through the API
+	sync   bool               // make the API peers equal to peers (after a reload)
+	peers  []store.KV         // for sync
+	filter *[]bgp.RouteTarget // the import filter to set
 }
 
 // routeBatch is a set of route changes, the latest per key.
@@ -79,6 +81,20 @@ func (q *speakerQueue) syncPeers(peers []store.KV) {
 	}
 }
 
+// filter queues a new import filter; a filter still queued is replaced.
+func (q *speakerQueue) filter(rts []bgp.RouteTarget) {
+	if q == nil {
+		return
+	}
+	for i := range q.jobs {
+		if q.jobs[i].filter != nil {
+			q.jobs[i].filter = &rts
+			return
+		}
+	}
+	q.jobs = append(q.jobs, speakerJob{filter: &rts})
+}
+
 func (q *speakerQueue) pop() {
 	q.jobs[0] = speakerJob{}
 	q.jobs = q.jobs[1:]
@@ -89,25 +105,26 @@ type speakerLoop struct {
 	jobs    chan speakerJob                // unbuffered: taken only when idle
 	started chan (<-chan []bgp.RouteEvent) // the subscription, once started
 	errc    chan error                     // a failure that ends Run
+	refused chan []RefusedRoute            // routes the speaker would not advertise
 	done    chan struct{}
 }
 
 // startSpeaker starts the speaker goroutine: it starts the speaker with
 // initial, configures the stored peers, subscribes to received routes, then
 // runs jobs until ctx ends, and stops the speaker.
-func (r *Runner) startSpeaker(ctx context.Context, initial []bgp.Route, peers []store.KV) *speakerLoop {
+func (r *Runner) startSpeaker(ctx context.Context, initial []bgp.Route, filter []bgp.RouteTarget, peers []store.KV) *speakerLoop {
 	l := &speakerLoop{jobs: make(chan speakerJob), started: make(chan (<-chan []bgp.RouteEvent), 1),
-		errc: make(chan error, 1), done: make(chan struct{})}
+		errc: make(chan error, 1), refused: make(chan []RefusedRoute), done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
-		if err := r.speak(ctx, l, initial, peers); err != nil && ctx.Err() == nil {
+		if err := r.speak(ctx, l, initial, filter, peers); err != nil && ctx.Err() == nil {
 			l.errc <- err
 		}
 	}()
 	return l
 }
 
-func (r *Runner) speak(ctx context.Context, l *speakerLoop, initial []bgp.Route, peers []store.KV) error {
+func (r *Runner) speak(ctx context.Context, l *speakerLoop, initial []bgp.Route, filter []bgp.RouteTarget, peers []store.KV) error {
 	t0 := time.Now()
 	if err := r.sp.Start(ctx, initial); err != nil {
 		return fmt.Errorf("start BGP speaker: %w", err)
@@ -122,6 +139,10 @@ func (r *Runner) speak(ctx context.Context, l *speakerLoop, initial []bgp.Route,
 	for _, kv := range peers {
 		r.peerEvent(ctx, api, store.Event{Type: store.EventPut, Key: kv.Key, Value: kv.Value})
 	}
+	// The filter is in force before the first received route is delivered.
+	if err := r.sp.SetImportFilter(ctx, filter); err != nil {
+		return fmt.Errorf("set the import filter: %w", err)
+	}
 	recv, err := r.sp.Subscribe(ctx)
 	if err != nil {
 		return fmt.Errorf("subscribe to received routes: %w", err)
@@ -134,8 +155,20 @@ func (r *Runner) speak(ctx context.Context, l *speakerLoop, initial []bgp.Route,
 		case j := <-l.jobs:
 			switch {
 			case j.routes != nil:
-				if err := r.sendRoutes(ctx, j.routes); err != nil {
+				refused, err := r.sendRoutes(ctx, j.routes)
+				if err != nil {
 					return err
+				}
+				if len(refused) > 0 {
+					select {
+					case l.refused <- refused:
+					case <-ctx.Done():
+						return nil
+					}
+				}
+			case j.filter != nil:
+				if err := r.sp.SetImportFilter(ctx, *j.filter); err != nil && ctx.Err() == nil {
+					return fmt.Errorf("set the import filter: %w", err)
 				}
 			case j.peer != nil:
 				r.peerEvent(ctx, api, *j.peer)
@@ -146,28 +179,48 @@ func (r *Runner) speak(ctx context.Context, l *speakerLoop, initial []bgp.Route,
 	}
 }
 
-// sendRoutes withdraws, then announces, one batch.
-func (r *Runner) sendRoutes(ctx context.Context, b *routeBatch) error {
+// sendRoutes withdraws, then announces, one batch. Routes the speaker
+// refuses (bgp.NotAdvertisedError) are returned, not an error: the others
+// went out, and the refused ones are reported on their endpoints.
+func (r *Runner) sendRoutes(ctx context.Context, b *routeBatch) ([]RefusedRoute, error) {
 	if len(b.wd) > 0 {
 		wd := make([]bgp.RouteKey, 0, len(b.wd))
 		for k := range b.wd {
 			wd = append(wd, k)
 		}
 		if err := r.sp.Withdraw(ctx, wd); err != nil && ctx.Err() == nil {
-			return fmt.Errorf("withdraw %d routes: %w", len(wd), err)
+			return nil, fmt.Errorf("withdraw %d routes: %w", len(wd), err)
 		}
 	}
+	var refused []RefusedRoute
 	if len(b.ann) > 0 {
 		ann := make([]bgp.Route, 0, len(b.ann))
 		for _, rt := range b.ann {
 			ann = append(ann, rt)
 		}
-		if err := r.sp.Announce(ctx, ann); err != nil && ctx.Err() == nil {
-			return fmt.Errorf("announce %d routes: %w", len(ann), err)
+		err := r.sp.Announce(ctx, ann)
+		var na *bgp.NotAdvertisedError
+		switch {
+		case errors.As(err, &na):
+			for _, re := range na.Routes {
+				refused = append(refused, RefusedRoute{Route: b.ann[re.Key], Reason: "not advertised: " + re.Err.Error()})
+			}
+			r.log.Error("routes not advertised: the BGP speaker refused them", logkey.Count, len(na.Routes), logkey.Routes, firstKeys(na.Routes, 3), logkey.Err, na.Routes[0].Err)
+		case err != nil && ctx.Err() == nil:
+			return nil, fmt.Errorf("announce %d routes: %w", len(ann), err)
 		}
 	}
 	r.log.Debug("routes updated", logkey.Announced, len(b.ann), logkey.Withdrawn, len(b.wd))
-	return nil
+	return refused, nil
+}
+
+// firstKeys names the first n refused routes (a log line stays short).
+func firstKeys(rs []bgp.RouteError, n int) []string {
+	out := make([]string, 0, min(n, len(rs)))
+	for _, r := range rs[:min(n, len(rs))] {
+		out = append(out, r.Key.String())
+	}
+	return out
 }
 
 // peerEvent applies a peer added or removed through the API (stored so that

@@ -64,6 +64,11 @@ type Table struct {
 	epNet   map[string]string          // endpoint id -> the network of its routes in local
 	full    map[string]bool            // networks whose every route may have changed
 	deltas  map[string]NetDelta        // per network, what the last Flush changed
+	nLocal  map[string]int             // per network, its endpoints' routes
+	nImport map[string]int             // per network, the received routes it imports
+	// notAdv says, per endpoint, why its routes are not advertised (no
+	// route could be made, or the speaker refused them).
+	notAdv map[string]string
 }
 
 // NetDelta is what a Flush changed in a network's routes: its endpoints'
@@ -84,7 +89,7 @@ func NewTable(asn uint32, log *slog.Logger) *Table {
 	return &Table{asn: asn, log: log, nets: map[string]*network{}, gws: map[string]*gateway{}, eps: map[string]*v1.Endpoint{},
 		byNet: map[string]map[string]bool{}, byGw: map[string]map[string]bool{}, local: map[string][]bgp.Route{},
 		recv: map[bgp.RouteKey]received{}, recvOld: map[bgp.RouteKey]*received{}, dirty: map[string]bool{}, touched: map[string]bool{},
-		epNet: map[string]string{}, full: map[string]bool{}}
+		epNet: map[string]string{}, full: map[string]bool{}, nLocal: map[string]int{}, nImport: map[string]int{}, notAdv: map[string]string{}}
 }
 
 func encapsOf(es []v1.Encapsulation) []bgp.Encap {
@@ -190,7 +195,9 @@ func (t *Table) DeleteEndpoint(id string) {
 }
 
 // routesOf computes an endpoint's routes from the current state.
-func (t *Table) routesOf(e *v1.Endpoint) []bgp.Route {
+// A route that cannot be made is recorded in notAdv (and logged unless
+// prev, the reason known before, says the same).
+func (t *Table) routesOf(e *v1.Endpoint, prev string) []bgp.Route {
 	n, g := t.nets[e.Network], t.gws[e.Gateway]
 	if n == nil || g == nil || e.Label == 0 {
 		return nil
@@ -204,7 +211,10 @@ func (t *Table) routesOf(e *v1.Endpoint) []bgp.Route {
 	rs, err := bgp.EndpointRoutes(bgp.Endpoint{Addresses: addrs, Underlay: g.underlay, NetworkID: uint16(n.id),
 		ExportRTs: n.export, Label: e.Label, NetworkEncaps: n.encaps, GatewayEncaps: g.encaps})
 	if err != nil {
-		t.log.Warn("endpoint not advertised", logkey.Endpoint, e.Id, logkey.Network, e.Network, logkey.Gateway, e.Gateway, logkey.Err, err)
+		if prev != err.Error() {
+			t.log.Warn("endpoint not advertised", logkey.Endpoint, e.Id, logkey.Network, e.Network, logkey.Gateway, e.Gateway, logkey.Err, err)
+		}
+		t.notAdv[e.Id] = err.Error()
 		return nil
 	}
 	return rs
@@ -222,8 +232,10 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 		oldNet, newNet := t.epNet[id], ""
 		old := t.local[id]
 		var cur []bgp.Route
+		prevReason, hadReason := t.notAdv[id]
+		delete(t.notAdv, id)
 		if e, ok := t.eps[id]; ok {
-			cur, newNet = t.routesOf(e), e.Network
+			cur, newNet = t.routesOf(e, prevReason), e.Network
 		}
 		put, del := diff(endpointRoutes{id, old}, endpointRoutes{id, cur})
 		for _, rt := range put {
@@ -244,6 +256,15 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 			deltas[newNet] = d
 			t.touched[newNet] = true
 		}
+		if oldNet != "" {
+			t.nLocal[oldNet] -= len(old)
+		}
+		if len(cur) > 0 {
+			t.nLocal[newNet] += len(cur)
+		}
+		if _, now := t.notAdv[id]; !now && hadReason && len(cur) > 0 && len(put)+len(del) == 0 {
+			t.notAdv[id] = prevReason // the same routes the speaker refused
+		}
 		if len(cur) == 0 {
 			delete(t.local, id)
 			delete(t.epNet, id)
@@ -259,6 +280,7 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 	}
 	for n := range t.full {
 		deltas[n] = NetDelta{Full: true}
+		t.countImported(n)
 	}
 	sort.Strings(nets)
 	clear(t.touched)
@@ -309,12 +331,17 @@ func (t *Table) flushReceived(deltas map[string]NetDelta) {
 		d, changed := deltas[name], false
 		for k, was := range t.recvOld {
 			cur, ok := t.recv[k]
+			wasIn := was != nil && was.route.HasAnyRouteTarget(n.imports)
 			if ok && cur.route.HasAnyRouteTarget(n.imports) {
 				d.Put = append(d.Put, NetRoute{Route: cur.route, Origin: Imported, Peer: cur.peer})
 				changed = true
-			} else if was != nil && was.route.HasAnyRouteTarget(n.imports) {
+				if !wasIn {
+					t.nImport[name]++
+				}
+			} else if wasIn {
 				d.Del = append(d.Del, NetRoute{Route: was.route, Origin: Imported, Peer: was.peer})
 				changed = true
+				t.nImport[name]--
 			}
 		}
 		if changed {
@@ -324,6 +351,77 @@ func (t *Table) flushReceived(deltas map[string]NetDelta) {
 	}
 	clear(t.recvOld)
 }
+
+// countImported counts again the received routes network n imports (its
+// import route targets changed, or it was made or deleted).
+func (t *Table) countImported(n string) {
+	nw := t.nets[n]
+	if nw == nil {
+		delete(t.nImport, n)
+		delete(t.nLocal, n)
+		return
+	}
+	c := 0
+	for _, rv := range t.recv {
+		if rv.route.HasAnyRouteTarget(nw.imports) {
+			c++
+		}
+	}
+	t.nImport[n] = c
+}
+
+// RouteCount returns the number of routes of a network (its endpoints'
+// and the received routes it imports).
+func (t *Table) RouteCount(n string) int { return t.nLocal[n] + t.nImport[n] }
+
+// ImportFilter returns every route target some network imports, sorted:
+// what the speaker keeps of the routes peers send.
+func (t *Table) ImportFilter() []bgp.RouteTarget {
+	seen := map[bgp.RouteTarget]bool{}
+	var out []bgp.RouteTarget
+	for _, n := range t.nets {
+		for _, rt := range n.imports {
+			if !seen[rt] {
+				seen[rt] = true
+				out = append(out, rt)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ASN != out[j].ASN {
+			return out[i].ASN < out[j].ASN
+		}
+		return out[i].Value < out[j].Value
+	})
+	return out
+}
+
+// Refused records routes the speaker refused: the endpoint whose current
+// route it is gets the reason (a refusal of an older version is ignored).
+func (t *Table) Refused(rs []RefusedRoute) {
+	byKey := make(map[bgp.RouteKey]RefusedRoute, len(rs))
+	for _, r := range rs {
+		byKey[r.Route.Key()] = r
+	}
+	for id, routes := range t.local {
+		for _, rt := range routes {
+			if r, ok := byKey[rt.Key()]; ok && r.Route.Equal(rt) {
+				t.notAdv[id] = r.Reason
+				break
+			}
+		}
+	}
+}
+
+// RefusedRoute is a route the speaker refused, and why.
+type RefusedRoute struct {
+	Route  bgp.Route
+	Reason string
+}
+
+// NotAdvertised returns why an endpoint's routes are not advertised ("" if
+// nothing is known against them).
+func (t *Table) NotAdvertised(id string) string { return t.notAdv[id] }
 
 // Routes returns the routes of a network: its endpoints' routes and the
 // received routes it imports, sorted by prefix then RD.

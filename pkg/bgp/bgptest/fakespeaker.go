@@ -26,8 +26,10 @@ type FakeSpeaker struct {
 	peers     map[netip.Addr]bgp.PeerConfig
 	recv      map[recvKey]bgp.RouteEvent
 	subs      map[*fakeSub]struct{}
-	changed   chan struct{} // closed and replaced on every change
-	hold      chan struct{} // non-nil: Announce and Withdraw wait for it to close
+	changed   chan struct{}              // closed and replaced on every change
+	hold      chan struct{}              // non-nil: Announce and Withdraw wait for it to close
+	filter    []bgp.RouteTarget          // nil: no import filter yet
+	all       map[recvKey]bgp.RouteEvent // everything received, filtered or not (an Adj-RIB-In)
 }
 
 type recvKey struct {
@@ -49,7 +51,7 @@ var _ bgp.Speaker = (*FakeSpeaker)(nil)
 // NewFakeSpeaker returns a speaker that is not started.
 func NewFakeSpeaker() *FakeSpeaker {
 	return &FakeSpeaker{announced: map[bgp.RouteKey]bgp.Route{}, peers: map[netip.Addr]bgp.PeerConfig{},
-		recv: map[recvKey]bgp.RouteEvent{}, subs: map[*fakeSub]struct{}{}, changed: make(chan struct{})}
+		recv: map[recvKey]bgp.RouteEvent{}, all: map[recvKey]bgp.RouteEvent{}, subs: map[*fakeSub]struct{}{}, changed: make(chan struct{})}
 }
 
 // changedLocked wakes the waiters of WaitFor.
@@ -127,6 +129,11 @@ func (f *FakeSpeaker) DeletePeer(_ context.Context, addr netip.Addr) error {
 		return fmt.Errorf("%w: %s", bgp.ErrPeerNotFound, addr)
 	}
 	delete(f.peers, addr)
+	for k := range f.all {
+		if k.peer == addr {
+			delete(f.all, k)
+		}
+	}
 	var wd []bgp.RouteEvent
 	for k, ev := range f.recv {
 		if k.peer == addr {
@@ -293,16 +300,30 @@ func (f *FakeSpeaker) publishLocked(evs []bgp.RouteEvent) {
 func (f *FakeSpeaker) Receive(evs ...bgp.RouteEvent) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	var out []bgp.RouteEvent
 	for _, ev := range evs {
 		k := recvKey{ev.Peer, ev.Route.Key()}
 		if ev.Withdraw {
-			delete(f.recv, k)
+			delete(f.all, k)
 		} else {
+			f.all[k] = ev
+		}
+		_, held := f.recv[k]
+		switch {
+		case !ev.Withdraw && f.accept(ev.Route):
 			f.recv[k] = ev
+			out = append(out, ev)
+		case held:
+			delete(f.recv, k)
+			out = append(out, bgp.RouteEvent{Peer: ev.Peer, Withdraw: true, Route: ev.Route})
 		}
 	}
-	f.publishLocked(slices.Clone(evs))
+	f.publishLocked(out)
 	f.changedLocked()
+}
+
+func (f *FakeSpeaker) accept(r bgp.Route) bool {
+	return f.filter == nil || r.HasAnyRouteTarget(f.filter)
 }
 
 // Hold makes Announce and Withdraw wait (for release, or their context)
@@ -370,4 +391,51 @@ func (f *FakeSpeaker) WaitFor(ctx context.Context, cond func(announced map[bgp.R
 			return fmt.Errorf("bgptest: fake speaker: %w", ctx.Err())
 		}
 	}
+}
+
+// SetImportFilter implements bgp.Speaker: received routes (Receive) that
+// carry none of rts are dropped from then on, held ones are withdrawn.
+func (f *FakeSpeaker) SetImportFilter(_ context.Context, rts []bgp.RouteTarget) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.running {
+		return bgp.ErrNotRunning
+	}
+	f.filter = slices.Clone(rts)
+	if f.filter == nil {
+		f.filter = []bgp.RouteTarget{}
+	}
+	var out []bgp.RouteEvent
+	for k, ev := range f.all {
+		_, held := f.recv[k]
+		switch ok := f.accept(ev.Route); {
+		case ok && !held:
+			f.recv[k] = ev
+			out = append(out, ev)
+		case !ok && held:
+			delete(f.recv, k)
+			out = append(out, bgp.RouteEvent{Peer: k.peer, Withdraw: true, Route: ev.Route})
+		}
+	}
+	f.publishLocked(out)
+	f.changedLocked()
+	return nil
+}
+
+// ImportFilter returns the last filter set (nil: none yet).
+func (f *FakeSpeaker) ImportFilter() []bgp.RouteTarget {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.filter)
+}
+
+// Counters implements bgp.Speaker: every peer is established.
+func (f *FakeSpeaker) Counters() bgp.Counters {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := bgp.Counters{Peers: map[netip.Addr]bgp.PeerState{}, PrefixLimitHits: map[netip.Addr]uint64{}}
+	for a := range f.peers {
+		c.Peers[a] = bgp.PeerEstablished
+	}
+	return c
 }

@@ -62,6 +62,18 @@ type Speaker struct {
 	rxSignal chan struct{}
 	received map[receivedKey]bgp.Route
 	subs     map[*subscriber]struct{}
+	// filter holds the route targets a received route needs one of to be
+	// kept (SetImportFilter); nil: keep every route.
+	filter map[bgp.RouteTarget]struct{}
+
+	// stMu guards the counters and the session states.
+	stMu          sync.Mutex
+	peerState     map[netip.Addr]bgp.PeerState
+	prefixLimited map[netip.Addr]bool // held idle for exceeding its maximum prefixes
+	prefixHits    map[netip.Addr]uint64
+	limits        map[netip.Addr]uint32 // each configured peer's prefix limit
+	notAdvertised uint64
+	filtered      uint64
 }
 
 // receivedKey is one peer's route for one RD and prefix.
@@ -89,6 +101,11 @@ func New(cfg bgp.Config, logger *slog.Logger) (*Speaker, error) {
 		rxSignal: make(chan struct{}, 1),
 		received: map[receivedKey]bgp.Route{},
 		subs:     map[*subscriber]struct{}{},
+
+		peerState:     map[netip.Addr]bgp.PeerState{},
+		prefixLimited: map[netip.Addr]bool{},
+		prefixHits:    map[netip.Addr]uint64{},
+		limits:        map[netip.Addr]uint32{},
 	}, nil
 }
 
@@ -248,6 +265,10 @@ func (s *Speaker) addPeerLocked(ctx context.Context, p bgp.PeerConfig, restartin
 		return fmt.Errorf("bgp: add peer %s: %w", p.Address, err)
 	}
 	s.peerAddr[p.Address] = p
+	s.stMu.Lock()
+	s.limits[p.Address] = s.maxPrefixes(p)
+	s.peerState[p.Address] = bgp.PeerIdle
+	s.stMu.Unlock()
 	s.log.Info("bgp peer added", logkey.Peer, p.Address, logkey.ASN, p.ASN, logkey.MD5, p.Password != "")
 	return nil
 }
@@ -273,8 +294,12 @@ func (s *Speaker) apiPeer(p bgp.PeerConfig, restarting bool) *api.Peer {
 		}},
 	}
 	gr := !s.cfg.GracefulRestart.Disabled
+	limit := s.maxPrefixes(p)
 	for _, f := range []*api.Family{familyVPNv4, familyVPNv6} {
-		af := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}}
+		af := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true},
+			// More than limit routes of the family: Cease NOTIFICATION,
+			// and the session stays idle (GoBGP's admin state PFX_CT).
+			PrefixLimits: &api.PrefixLimit{Family: f, MaxPrefixes: limit, ShutdownThresholdPct: bgp.PrefixLimitWarnPct}}
 		if gr {
 			af.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 		}
@@ -297,6 +322,14 @@ func (s *Speaker) apiPeer(p bgp.PeerConfig, restarting bool) *api.Peer {
 	return peer
 }
 
+// maxPrefixes is the prefix limit in force for p.
+func (s *Speaker) maxPrefixes(p bgp.PeerConfig) uint32 {
+	if p.MaxPrefixes != 0 {
+		return p.MaxPrefixes
+	}
+	return s.cfg.MaxPrefixes
+}
+
 // DeletePeer implements bgp.Speaker. The session is closed with a Cease
 // NOTIFICATION and the peer's routes are withdrawn.
 func (s *Speaker) DeletePeer(ctx context.Context, addr netip.Addr) error {
@@ -312,6 +345,11 @@ func (s *Speaker) DeletePeer(ctx context.Context, addr netip.Addr) error {
 		return fmt.Errorf("bgp: delete peer %s: %w", addr, err)
 	}
 	delete(s.peerAddr, addr)
+	s.stMu.Lock()
+	delete(s.peerState, addr)
+	delete(s.prefixLimited, addr)
+	delete(s.limits, addr)
+	s.stMu.Unlock()
 	s.log.Info("bgp peer deleted", logkey.Peer, addr)
 	return nil
 }
@@ -348,12 +386,40 @@ func (s *Speaker) ListPeers(ctx context.Context) ([]bgp.PeerStatus, error) {
 			st.PrefixesSent += af.GetState().GetAdvertised()
 			st.PrefixesReceived += af.GetState().GetReceived()
 		}
+		st.MaxPrefixes = s.maxPrefixes(st.PeerConfig)
+		if p.GetState().GetAdminState() == api.PeerState_PFX_CT {
+			st.Reason = prefixLimitReason(st.MaxPrefixes)
+		}
+		s.stMu.Lock()
+		st.PrefixLimitHits = s.prefixHits[addr]
+		s.stMu.Unlock()
 		out = append(out, st)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bgp: list peers: %w", err)
 	}
 	return out, nil
+}
+
+// prefixLimitReason is what ListPeers says of a session held idle for
+// exceeding its prefix limit.
+func prefixLimitReason(limit uint32) string {
+	return fmt.Sprintf("maximum prefixes exceeded: the peer sent more than %d routes of one address family; the session stays idle until the peer is configured again (iotfabricctl peer add, or a controller restart for a configuration-file peer)", limit)
+}
+
+// Counters implements bgp.Speaker.
+func (s *Speaker) Counters() bgp.Counters {
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	c := bgp.Counters{Peers: make(map[netip.Addr]bgp.PeerState, len(s.peerState)), PrefixLimitHits: make(map[netip.Addr]uint64, len(s.prefixHits)),
+		NotAdvertised: s.notAdvertised, Filtered: s.filtered}
+	for a, st := range s.peerState {
+		c.Peers[a] = st
+	}
+	for a, n := range s.prefixHits {
+		c.PrefixLimitHits[a] = n
+	}
+	return c
 }
 
 func sessionState(st api.PeerState_SessionState) bgp.PeerState {
@@ -430,8 +496,15 @@ func (s *Speaker) addPathsLocked(ctx context.Context, routes []bgp.Route, withdr
 		batch = batch[:0]
 		return nil
 	}
+	var refused []bgp.RouteError
 	for _, r := range routes {
 		p, err := cache.apiPath(r)
+		if errors.Is(err, bgp.ErrRouteTooLarge) {
+			// No UPDATE can carry it: withdraw what an earlier version of
+			// the route may have announced, and report it.
+			refused = append(refused, bgp.RouteError{Key: r.Key(), Err: err})
+			p, err = apiWithdrawal(r.Key())
+		}
 		if err != nil {
 			return fmt.Errorf("bgp: announce: %w", err)
 		}
@@ -458,6 +531,12 @@ func (s *Speaker) addPathsLocked(ctx context.Context, routes []bgp.Route, withdr
 	if _, err := stream.CloseAndRecv(); err != nil {
 		return fmt.Errorf("bgp: add path stream: %w", err)
 	}
+	if len(refused) > 0 {
+		s.stMu.Lock()
+		s.notAdvertised += uint64(len(refused))
+		s.stMu.Unlock()
+		return &bgp.NotAdvertisedError{Routes: refused}
+	}
 	return nil
 }
 
@@ -476,11 +555,39 @@ func (s *Speaker) onEvent(ev *api.WatchEventResponse) {
 		default:
 		}
 	case *api.WatchEventResponse_Peer:
-		p := e.Peer.GetPeer()
 		if e.Peer.GetType() == api.WatchEventResponse_PeerEvent_STATE {
-			s.log.Info("bgp peer state", logkey.Peer, p.GetState().GetNeighborAddress(), logkey.State, sessionState(p.GetState().GetSessionState()))
+			s.peerStateEvent(e.Peer.GetPeer().GetState())
 		}
 	}
+}
+
+// peerStateEvent records a session state change; a session shut down for
+// exceeding its prefix limit is logged with the reason and counted.
+func (s *Speaker) peerStateEvent(ps *api.PeerState) {
+	addr, err := netip.ParseAddr(ps.GetNeighborAddress())
+	if err != nil {
+		return
+	}
+	addr = addr.Unmap()
+	st := sessionState(ps.GetSessionState())
+	limited := ps.GetAdminState() == api.PeerState_PFX_CT
+	s.stMu.Lock()
+	newly := limited && !s.prefixLimited[addr]
+	s.prefixLimited[addr] = limited
+	if newly {
+		s.prefixHits[addr]++
+	}
+	if _, known := s.peerState[addr]; known {
+		s.peerState[addr] = st
+	}
+	s.stMu.Unlock()
+	limit := s.limits[addr]
+	s.stMu.Unlock()
+	if newly {
+		s.log.Error("bgp session shut down: the peer sent more routes than its maximum prefixes", logkey.Peer, addr, logkey.Limit, limit, logkey.State, st)
+		return
+	}
+	s.log.Info("bgp peer state", logkey.Peer, addr, logkey.State, st)
 }
 
 // dispatch turns queued Adj-RIB-In changes into received-route events.
@@ -528,6 +635,17 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent) []bgp.RouteEven
 	}
 	k := receivedKey{peer: peer, key: r.Key()}
 	old, had := s.received[k]
+	if !p.GetIsWithdraw() && !s.acceptLocked(r) {
+		// No network imports it: not kept (a route that was, is withdrawn).
+		s.stMu.Lock()
+		s.filtered++
+		s.stMu.Unlock()
+		if had {
+			delete(s.received, k)
+			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old})
+		}
+		return evs
+	}
 	if p.GetIsWithdraw() {
 		if had {
 			delete(s.received, k)
@@ -540,6 +658,79 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent) []bgp.RouteEven
 	}
 	s.received[k] = r
 	return append(evs, bgp.RouteEvent{Peer: peer, Route: r})
+}
+
+// acceptLocked reports whether the import filter keeps r.
+func (s *Speaker) acceptLocked(r bgp.Route) bool {
+	if s.filter == nil {
+		return true
+	}
+	for _, t := range r.RouteTargets {
+		if _, ok := s.filter[t]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// SetImportFilter implements bgp.Speaker. The filter applies where
+// received paths enter the speaker (the dispatcher): a refused route is not
+// decoded into the table of received routes nor delivered. GoBGP itself
+// still holds every path a peer sent in its Adj-RIB-In (it needs them for
+// the prefix limit and to re-evaluate them): when the filter accepts more
+// than before, its paths are run through again (a soft reset inbound of
+// every peer), so routes refused earlier arrive.
+func (s *Speaker) SetImportFilter(ctx context.Context, rts []bgp.RouteTarget) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.runningLocked(); err != nil {
+		return err
+	}
+	f := make(map[bgp.RouteTarget]struct{}, len(rts))
+	for _, t := range rts {
+		f[t] = struct{}{}
+	}
+	s.rxMu.Lock()
+	widened := false // before the first call everything was kept
+	if s.filter != nil {
+		for t := range f {
+			if _, ok := s.filter[t]; !ok {
+				widened = true
+				break
+			}
+		}
+	}
+	s.filter = f
+	// Withdraw what the new filter refuses.
+	var evs []bgp.RouteEvent
+	var dropped uint64
+	for k, r := range s.received {
+		if !s.acceptLocked(r) {
+			delete(s.received, k)
+			evs = append(evs, bgp.RouteEvent{Peer: k.peer, Withdraw: true, Route: r})
+			dropped++
+		}
+	}
+	if len(evs) > 0 {
+		for sub := range s.subs {
+			sub.push(evs)
+		}
+	}
+	s.rxMu.Unlock()
+	if dropped > 0 {
+		s.stMu.Lock()
+		s.filtered += dropped
+		s.stMu.Unlock()
+	}
+	if !widened || len(s.peerAddr) == 0 {
+		return nil
+	}
+	// Run every peer's Adj-RIB-In through again (an empty address is every
+	// peer): the routes the new filter accepts reach the dispatcher.
+	if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Soft: true, Direction: api.ResetPeerRequest_IN}); err != nil {
+		return fmt.Errorf("bgp: soft reset inbound: %w", err)
+	}
+	return nil
 }
 
 // Subscribe implements bgp.Speaker.

@@ -67,9 +67,55 @@ func extCommunities(r bgp.Route) []gbgp.ExtendedCommunityInterface {
 // MP_REACH_NLRI from it and the NLRI when the path enters its table (an
 // IPv4 next hop of a VPNv6 route becomes IPv4-mapped, RFC 4659). LOCAL_PREF
 // is left to GoBGP, which adds 100 toward iBGP peers.
-type attrCache map[string][][]byte
+type attrCache map[string]*attrEntry
+
+// attrEntry is one distinct attribute set: its wire form, and the size of
+// the UPDATE that carries it to an iBGP peer, NLRI excepted (or the reason
+// no UPDATE can carry it).
+type attrEntry struct {
+	attrs   [][]byte
+	size    int
+	tooLong error
+}
+
+// maxMessage is the largest BGP message (RFC 4271; GoBGP v3 negotiates no
+// extended messages, RFC 8654).
+const maxMessage = gbgp.BGP_MAX_MESSAGE_LENGTH
+
+// updateSize returns the size of the UPDATE GoBGP sends an iBGP peer for r
+// (ORIGIN, empty AS_PATH, LOCAL_PREF, MP_REACH_NLRI with the next hop and
+// nlri, EXTENDED_COMMUNITIES), header included.
+func updateSize(r bgp.Route, nlri gbgp.AddrPrefixInterface) (int, error) {
+	nh := r.NextHop.String()
+	if r.IsIPv6() && r.NextHop.Is4() {
+		nh = "::ffff:" + nh
+	}
+	attrs := []gbgp.PathAttributeInterface{
+		gbgp.NewPathAttributeOrigin(gbgp.BGP_ORIGIN_ATTR_TYPE_IGP),
+		gbgp.NewPathAttributeAsPath(nil),
+		gbgp.NewPathAttributeLocalPref(100),
+		gbgp.NewPathAttributeMpReachNLRI(nh, []gbgp.AddrPrefixInterface{nlri}),
+	}
+	if ecs := extCommunities(r); len(ecs) > 0 {
+		attrs = append(attrs, gbgp.NewPathAttributeExtendedCommunities(ecs))
+	}
+	b, err := gbgp.NewBGPUpdateMessage(nil, attrs, nil).Body.Serialize()
+	if err != nil {
+		return 0, err
+	}
+	return gbgp.BGP_HEADER_LENGTH + len(b), nil
+}
 
 func (c attrCache) attrs(r bgp.Route) ([][]byte, error) {
+	e, err := c.entry(r, nil)
+	if err != nil {
+		return nil, err
+	}
+	return e.attrs, nil
+}
+
+// entry returns the attribute set of r; nlri (if given) sizes the UPDATE.
+func (c attrCache) entry(r bgp.Route, nlri gbgp.AddrPrefixInterface) (*attrEntry, error) {
 	var kb strings.Builder
 	kb.WriteString(r.NextHop.String())
 	for _, t := range r.RouteTargets {
@@ -80,9 +126,12 @@ func (c attrCache) attrs(r bgp.Route) ([][]byte, error) {
 		kb.WriteByte(' ')
 		kb.WriteString(e.String())
 	}
+	if r.IsIPv6() {
+		kb.WriteString(" v6")
+	}
 	key := kb.String()
-	if b, ok := c[key]; ok {
-		return b, nil
+	if e, ok := c[key]; ok {
+		return e, nil
 	}
 	attrs := []gbgp.PathAttributeInterface{
 		gbgp.NewPathAttributeNextHop(r.NextHop.String()),
@@ -99,8 +148,17 @@ func (c attrCache) attrs(r bgp.Route) ([][]byte, error) {
 		}
 		out = append(out, b)
 	}
-	c[key] = out
-	return out, nil
+	e := &attrEntry{attrs: out}
+	if nlri != nil {
+		n, err := updateSize(r, nlri)
+		if err != nil {
+			e.tooLong = fmt.Errorf("%w: %d extended communities: %v", bgp.ErrRouteTooLarge, len(r.RouteTargets)+len(r.Encaps), err)
+		} else {
+			e.size = n - nlri.Len()
+		}
+	}
+	c[key] = e
+	return e, nil
 }
 
 // apiPath converts a route into a GoBGP API path in the binary encoding
@@ -117,10 +175,17 @@ func (c attrCache) apiPath(r bgp.Route) (*api.Path, error) {
 	if err != nil {
 		return nil, fmt.Errorf("serialize NLRI %s: %w", r.Key(), err)
 	}
-	attrs, err := c.attrs(r)
+	e, err := c.entry(r, nlri)
 	if err != nil {
 		return nil, err
 	}
+	if e.tooLong != nil {
+		return nil, e.tooLong
+	}
+	if n := e.size + len(nb); n > maxMessage {
+		return nil, fmt.Errorf("%w: its UPDATE would take %d bytes (at most %d; %d extended communities)", bgp.ErrRouteTooLarge, n, maxMessage, len(r.RouteTargets)+len(r.Encaps))
+	}
+	attrs := e.attrs
 	fam := familyVPNv4
 	if r.IsIPv6() {
 		fam = familyVPNv6

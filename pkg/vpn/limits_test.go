@@ -1,0 +1,160 @@
+package vpn
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+var peerA = netip.MustParseAddr("10.9.0.1")
+
+// peerRoute is a received route for 10.50.<i>/32 with the given route targets.
+func peerRoute(i int, rts ...bgp.RouteTarget) bgp.RouteEvent {
+	return bgp.RouteEvent{Peer: peerA, Route: bgp.Route{
+		Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 50, byte(i >> 8), byte(i)}), 32),
+		RD:     bgp.RD{Addr: netip.MustParseAddr("192.0.2.200"), Index: 1}, Label: uint32(100 + i),
+		NextHop: netip.MustParseAddr("192.0.2.200"), RouteTargets: rts, Encaps: []bgp.Encap{bgp.EncapMPLSoUDP}}}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func importedCount(r *Runner, n string) int {
+	rs, _ := r.Routes(n)
+	c := 0
+	for _, rt := range rs {
+		if rt.Origin == Imported {
+			c++
+		}
+	}
+	return c
+}
+
+// TestImportFilter: the speaker is told the route targets the networks
+// import; a received route with none of them is not kept, one with an
+// imported target is; a network that starts importing a target gets the
+// routes the filter refused before.
+func TestImportFilter(t *testing.T) {
+	sp := bgptest.NewFakeSpeaker()
+	r, st, _ := startRunner(t, sp)
+	want := []bgp.RouteTarget{bgp.AutoRouteTarget(64512, 1), bgp.AutoRouteTarget(64512, 2)}
+	waitFor(t, "the initial import filter", func() bool { return slices.Equal(sp.ImportFilter(), want) })
+
+	foreign := bgp.RouteTarget{ASN: 65000, Value: 7}
+	sp.Receive(peerRoute(1, foreign), peerRoute(2, bgp.AutoRouteTarget(64512, 1)))
+	waitFor(t, "the imported route", func() bool { return importedCount(r, "n1") == 1 })
+	if st := r.Stats(); st.Received != 1 {
+		t.Fatalf("the table holds %d received routes, want 1 (the foreign one is filtered)", st.Received)
+	}
+
+	put(t, st, "networks/n2", &v1.VirtualNetwork{Name: "n2", Id: 2, Encapsulations: []v1.Encapsulation{udp}, ImportRouteTargets: []string{"target:65000:7"}})
+	waitFor(t, "the route with the newly imported target", func() bool { return importedCount(r, "n2") == 1 })
+	if got := sp.ImportFilter(); !slices.Contains(got, foreign) {
+		t.Fatalf("filter %v lacks %v", got, foreign)
+	}
+	// And back: n2 stops importing it, the route goes.
+	put(t, st, "networks/n2", &v1.VirtualNetwork{Name: "n2", Id: 2, Encapsulations: []v1.Encapsulation{udp}})
+	waitFor(t, "the route to go", func() bool { return importedCount(r, "n2") == 0 && r.Stats().Received == 1 })
+}
+
+// TestNetworkRouteLimit: past the limit a network's gateways keep the set
+// they had and get no changes; a gateway that joins gets the frozen set;
+// the network reports the condition; back within the limit the gateways
+// get the difference.
+func TestNetworkRouteLimit(t *testing.T) {
+	sp := bgptest.NewFakeSpeaker()
+	r, st, ctx := startRunnerWith(t, sp, Limits{MaxNetworkRoutes: 5})
+	put(t, st, "endpoints/e0", &v1.Endpoint{Id: "e0", Network: "n1", Gateway: "g0", Addresses: []string{"10.1.0.1"}, Label: 20})
+	put(t, st, "endpoints/e1", &v1.Endpoint{Id: "e1", Network: "n1", Gateway: "g1", Addresses: []string{"10.1.0.2"}, Label: 21})
+	ch := r.WatchGateway(ctx, "g0", 0, "")
+	have := map[bgp.RouteKey]bool{}
+	read := func(want int) {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for len(have) != want {
+			select {
+			case u := <-ch:
+				for _, p := range u.Put {
+					have[p.Key()] = true
+				}
+				for _, d := range u.Delete {
+					delete(have, d.Key())
+				}
+			case <-deadline:
+				t.Fatalf("gateway has %d routes, want %d", len(have), want)
+			}
+		}
+	}
+	read(2)
+	rt := bgp.AutoRouteTarget(64512, 1)
+	sp.Receive(peerRoute(1, rt), peerRoute(2, rt), peerRoute(3, rt))
+	read(5)
+	if c := r.NetworkStatus("n1"); len(c) != 0 {
+		t.Fatalf("conditions %v at the limit", c)
+	}
+	sp.Receive(peerRoute(4, rt), peerRoute(5, rt))
+	waitFor(t, "the condition", func() bool { return len(r.NetworkStatus("n1")) == 1 })
+	c := r.NetworkStatus("n1")[0]
+	if c.Type != ConditionRouteLimit || !strings.Contains(c.Message, "7 routes, more than the limit of 5") {
+		t.Fatalf("condition %+v", c)
+	}
+	if st := r.Stats(); st.NetworksFrozen != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	// Changes while frozen do not reach the gateway, nor does the rest.
+	sp.Receive(bgp.RouteEvent{Peer: peerA, Withdraw: true, Route: peerRoute(1, rt).Route})
+	put(t, st, "endpoints/e2", &v1.Endpoint{Id: "e2", Network: "n1", Gateway: "g2", Addresses: []string{"10.1.0.3"}, Label: 22})
+	waitFor(t, "the table to take the changes", func() bool { rs, _ := r.Routes("n1"); return len(rs) == 7 })
+	select {
+	case u := <-ch:
+		t.Fatalf("a frozen network's gateway got %+v", u)
+	case <-time.After(100 * time.Millisecond):
+	}
+	// A gateway joining gets the frozen set (the 5 of before).
+	g1 := r.WatchGateway(ctx, "g1", 0, "")
+	first := <-g1
+	if !first.Snapshot || len(first.Put) != 5 {
+		t.Fatalf("joining gateway got %d routes (snapshot %v), want the frozen 5", len(first.Put), first.Snapshot)
+	}
+	// Back within the limit: the difference arrives at once.
+	sp.Receive(bgp.RouteEvent{Peer: peerA, Withdraw: true, Route: peerRoute(2, rt).Route},
+		bgp.RouteEvent{Peer: peerA, Withdraw: true, Route: peerRoute(3, rt).Route})
+	waitFor(t, "the condition to clear", func() bool { return len(r.NetworkStatus("n1")) == 0 })
+	want := map[bgp.RouteKey]bool{}
+	rs, _ := r.Routes("n1")
+	for _, rt := range rs {
+		want[rt.Key()] = true
+	}
+	if len(want) != 5 {
+		t.Fatalf("table has %d routes, want 5", len(want))
+	}
+	select {
+	case u := <-ch:
+		for _, p := range u.Put {
+			have[p.Key()] = true
+		}
+		for _, d := range u.Delete {
+			delete(have, d.Key())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no update after the network came back within the limit")
+	}
+	if fmt.Sprint(want) != fmt.Sprint(have) {
+		t.Fatalf("gateway has %v, table %v", have, want)
+	}
+}
