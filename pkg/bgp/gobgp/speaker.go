@@ -580,7 +580,6 @@ func (s *Speaker) peerStateEvent(ps *api.PeerState) {
 	if _, known := s.peerState[addr]; known {
 		s.peerState[addr] = st
 	}
-	s.stMu.Unlock()
 	limit := s.limits[addr]
 	s.stMu.Unlock()
 	if newly {
