@@ -81,7 +81,26 @@ func (c *cli) printNetworks(ns ...*v1.VirtualNetwork) error {
 			orDash(strings.Join(n.ImportRouteTargets, ",")), orDash(strings.Join(n.ExportRouteTargets, ",")),
 			model.FormatEncaps(n.Encapsulations), fmt.Sprintf("/%d,/%d", n.Ipv4BlockSize, n.Ipv6BlockSize)})
 	}
-	return c.table("NAME\tID\tSUBNETS\tAUTO-RT\tIMPORT-RT\tEXPORT-RT\tENCAP\tBLOCKS", rows)
+	if err := c.table("NAME\tID\tSUBNETS\tAUTO-RT\tIMPORT-RT\tEXPORT-RT\tENCAP\tBLOCKS", rows); err != nil {
+		return err
+	}
+	var conds [][]string
+	for _, n := range ns {
+		for _, cd := range n.Conditions {
+			conds = append(conds, []string{n.Name, cd.Type, cd.Message})
+		}
+	}
+	return c.conditions("NETWORK", conds)
+}
+
+// conditions prints the conditions reported on the objects just listed
+// (nothing when there are none).
+func (c *cli) conditions(noun string, rows [][]string) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(c.out)
+	return c.table(noun+"\tCONDITION\tMESSAGE", rows)
 }
 
 func (c *cli) printGateways(gs ...*v1.Gateway) error {
@@ -114,7 +133,16 @@ func (c *cli) printEndpoints(es ...*v1.Endpoint) error {
 		rows = append(rows, []string{e.Id, e.Network, e.Gateway, strings.Join(e.Addresses, ","), orDash(e.Mac), label,
 			stateName(e.State, v1.EndpointState_name, "ENDPOINT_STATE_")})
 	}
-	return c.table("ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE", rows)
+	if err := c.table("ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE", rows); err != nil {
+		return err
+	}
+	var conds [][]string
+	for _, e := range es {
+		for _, cd := range e.Conditions {
+			conds = append(conds, []string{e.Id, cd.Type, cd.Message})
+		}
+	}
+	return c.conditions("ENDPOINT", conds)
 }
 
 func (c *cli) printIpam(st *v1.IpamStatus) error {
@@ -152,10 +180,14 @@ func (c *cli) printPeers(ps ...*v1.PeerStatus) error {
 		if p.UptimeSeconds > 0 {
 			up = (time.Duration(p.UptimeSeconds) * time.Second).String()
 		}
+		limit := "-"
+		if p.MaxPrefixes != 0 {
+			limit = strconv.FormatUint(uint64(p.MaxPrefixes), 10)
+		}
 		rows = append(rows, []string{p.Peer.GetAddress(), strconv.Itoa(int(p.Peer.GetAsn())), p.State, up,
-			strconv.FormatUint(p.PrefixesSent, 10), strconv.FormatUint(p.PrefixesReceived, 10), p.Source})
+			strconv.FormatUint(p.PrefixesSent, 10), strconv.FormatUint(p.PrefixesReceived, 10), limit, p.Source, orDash(p.Reason)})
 	}
-	return c.table("PEER\tASN\tSTATE\tUPTIME\tSENT\tRECEIVED\tSOURCE", rows)
+	return c.table("PEER\tASN\tSTATE\tUPTIME\tSENT\tRECEIVED\tMAX-PREFIXES\tSOURCE\tREASON", rows)
 }
 
 func (c *cli) printRoutes(rs []*v1.Route) error {

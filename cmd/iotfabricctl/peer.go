@@ -47,6 +47,7 @@ func (c *cli) peerAdd() verb {
 			fs.Uint32Var(&p.Asn, "asn", 0, "AS number `N` of the peer (required; the controller's own for iBGP)")
 			fs.StringVar(&p.Password, "password", "", "TCP MD5 `PASSWORD` of the session (RFC 2385); never shown by list")
 			fs.Uint32Var(&p.Port, "port", 0, "TCP `PORT` of the peer (0: 179)")
+			fs.Uint32Var(&p.MaxPrefixes, "max-prefixes", 0, "most routes `N` the peer may send per address family; more shut the session down until the peer is added again (0: the controller's bgp.max_prefixes)")
 		},
 		check: func(_ *cobra.Command, args []string) error {
 			if p.Asn == 0 {

@@ -38,7 +38,7 @@ func (s Services) Register(g grpc.ServiceRegistrar) {
 	if s.Logger == nil {
 		s.Logger = slog.New(slog.DiscardHandler)
 	}
-	res := &resources{c: s.Controller}
+	res := &resources{c: s.Controller, r: s.Routes}
 	v1.RegisterNetworkServiceServer(g, res)
 	v1.RegisterGatewayServiceServer(g, res)
 	v1.RegisterEndpointServiceServer(g, res)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/model"
+	"github.com/iotfabric/iotfabric/pkg/vpn"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -14,6 +15,7 @@ import (
 // IpamService.
 type resources struct {
 	c *controller.Controller
+	r *vpn.Runner // for the route table's conditions; may be nil
 	v1.UnimplementedNetworkServiceServer
 	v1.UnimplementedGatewayServiceServer
 	v1.UnimplementedEndpointServiceServer
@@ -55,7 +57,9 @@ func (s *resources) CreateNetwork(ctx context.Context, r *v1.CreateNetworkReques
 }
 
 func (s *resources) GetNetwork(ctx context.Context, r *v1.NameRequest) (*v1.VirtualNetwork, error) {
-	return reply(s.c.GetNetwork(ctx, r.GetName()))
+	n, err := s.c.GetNetwork(ctx, r.GetName())
+	withNetworkConditions(s.r, n)
+	return reply(n, err)
 }
 
 func (s *resources) ListNetworks(ctx context.Context, _ *v1.ListNetworksRequest) (*v1.ListNetworksResponse, error) {
@@ -63,6 +67,7 @@ func (s *resources) ListNetworks(ctx context.Context, _ *v1.ListNetworksRequest)
 	if err != nil {
 		return nil, Status(err)
 	}
+	withNetworkConditions(s.r, ns...)
 	return &v1.ListNetworksResponse{Networks: ns, Revision: rev}, nil
 }
 
@@ -149,7 +154,9 @@ func (s *resources) CreateEndpoints(ctx context.Context, r *v1.CreateEndpointsRe
 }
 
 func (s *resources) GetEndpoint(ctx context.Context, r *v1.GetEndpointRequest) (*v1.Endpoint, error) {
-	return reply(s.c.GetEndpoint(ctx, r.GetId()))
+	e, err := s.c.GetEndpoint(ctx, r.GetId())
+	withEndpointConditions(s.r, e)
+	return reply(e, err)
 }
 
 func (s *resources) ListEndpoints(ctx context.Context, r *v1.ListEndpointsRequest) (*v1.ListEndpointsResponse, error) {
@@ -157,6 +164,7 @@ func (s *resources) ListEndpoints(ctx context.Context, r *v1.ListEndpointsReques
 	if err != nil {
 		return nil, Status(err)
 	}
+	withEndpointConditions(s.r, eps...)
 	return &v1.ListEndpointsResponse{Endpoints: eps, Revision: rev}, nil
 }
 

@@ -42,11 +42,11 @@ func (s *routes) AddPeer(ctx context.Context, req *v1.AddPeerRequest) (*v1.PeerS
 	if p.Port > 65535 {
 		return nil, Status(model.Errorf(model.ErrInvalid, "peer port %d out of range", p.Port))
 	}
-	pc, err := s.peers.Add(ctx, bgp.PeerConfig{Address: addr, ASN: p.Asn, Password: p.Password, Port: uint16(p.Port)})
+	pc, err := s.peers.Add(ctx, bgp.PeerConfig{Address: addr, ASN: p.Asn, Password: p.Password, Port: uint16(p.Port), MaxPrefixes: p.MaxPrefixes})
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &v1.PeerStatus{Peer: &v1.Peer{Address: pc.Address.String(), Asn: pc.ASN, Port: uint32(pc.Port)}, State: string(bgp.PeerIdle), Source: peerSource(false)}, nil
+	return &v1.PeerStatus{Peer: &v1.Peer{Address: pc.Address.String(), Asn: pc.ASN, Port: uint32(pc.Port), MaxPrefixes: pc.MaxPrefixes}, State: string(bgp.PeerIdle), Source: peerSource(false)}, nil
 }
 
 func (s *routes) DeletePeer(ctx context.Context, req *v1.DeletePeerRequest) (*v1.DeleteResponse, error) {
@@ -68,9 +68,10 @@ func (s *routes) ListPeers(ctx context.Context, _ *v1.ListPeersRequest) (*v1.Lis
 	out := &v1.ListPeersResponse{}
 	for _, p := range ps {
 		out.Peers = append(out.Peers, &v1.PeerStatus{
-			Peer:  &v1.Peer{Address: p.Address.String(), Asn: p.ASN, Port: uint32(p.Port)},
+			Peer:  &v1.Peer{Address: p.Address.String(), Asn: p.ASN, Port: uint32(p.Port), MaxPrefixes: p.PeerConfig.MaxPrefixes},
 			State: string(p.State), UptimeSeconds: int64(p.Uptime.Seconds()),
 			PrefixesSent: p.PrefixesSent, PrefixesReceived: p.PrefixesReceived, Source: peerSource(p.FromConfig),
+			MaxPrefixes: p.PeerStatus.MaxPrefixes, Reason: p.Reason, PrefixLimitHits: p.PrefixLimitHits,
 		})
 	}
 	return out, nil

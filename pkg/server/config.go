@@ -16,6 +16,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
+	"github.com/iotfabric/iotfabric/pkg/vpn"
 )
 
 // Config is the controller's configuration file (YAML). Flags override it.
@@ -52,6 +53,13 @@ type Config struct {
 	Liveness struct {
 		Interval time.Duration `yaml:"interval"`
 	} `yaml:"liveness"`
+	// Routes bounds what the route table hands the gateways.
+	Routes struct {
+		// MaxPerNetwork: past this many routes (endpoints' and imported) a
+		// network's gateways keep the routes they have and get no changes of
+		// it until it is back within the limit (-1: no limit).
+		MaxPerNetwork int `yaml:"max_per_network"`
+	} `yaml:"routes"`
 }
 
 // KeepaliveConfig is the API's gRPC keepalive section.
@@ -80,6 +88,9 @@ type BGPConfig struct {
 	RouteReflector bool         `yaml:"route_reflector"`
 	ClusterID      string       `yaml:"cluster_id"`
 	Peers          []PeerConfig `yaml:"peers"`
+	// MaxPrefixes is the most routes a peer may send per address family,
+	// for peers that set none (default bgp.DefaultMaxPrefixes).
+	MaxPrefixes uint32 `yaml:"max_prefixes"`
 	// GracefulRestart is on by default (restarting speaker and helper, 120 s).
 	GracefulRestart struct {
 		Disabled    bool          `yaml:"disabled"`
@@ -93,6 +104,8 @@ type PeerConfig struct {
 	ASN      uint32 `yaml:"asn"`
 	Password string `yaml:"password"`
 	Port     uint16 `yaml:"port"`
+	// MaxPrefixes overrides bgp.max_prefixes for this peer.
+	MaxPrefixes uint32 `yaml:"max_prefixes"`
 }
 
 // Enabled reports whether the BGP speaker should run.
@@ -100,7 +113,7 @@ func (b BGPConfig) Enabled() bool { return b.RouterID != "" }
 
 // Speaker converts the section to the speaker's configuration.
 func (b BGPConfig) Speaker() (bgp.Config, error) {
-	c := bgp.Config{ASN: b.ASN, ListenPort: int(b.ListenPort), RouteReflector: b.RouteReflector}
+	c := bgp.Config{ASN: b.ASN, ListenPort: int(b.ListenPort), RouteReflector: b.RouteReflector, MaxPrefixes: b.MaxPrefixes}
 	c.GracefulRestart.Disabled, c.GracefulRestart.RestartTime = b.GracefulRestart.Disabled, b.GracefulRestart.RestartTime
 	var err error
 	if c.RouterID, err = netip.ParseAddr(b.RouterID); err != nil {
@@ -123,7 +136,7 @@ func (b BGPConfig) Speaker() (bgp.Config, error) {
 		if err != nil {
 			return c, fmt.Errorf("bgp.peers[%d].address %q: want an IP address", i, p.Address)
 		}
-		c.Peers = append(c.Peers, bgp.PeerConfig{Address: a, ASN: p.ASN, Password: p.Password, Port: p.Port})
+		c.Peers = append(c.Peers, bgp.PeerConfig{Address: a, ASN: p.ASN, Password: p.Password, Port: p.Port, MaxPrefixes: p.MaxPrefixes})
 	}
 	c = c.WithDefaults()
 	if err := c.Validate(); err != nil {
@@ -159,6 +172,7 @@ func DefaultConfig() Config {
 	c.BGP.ASN = DefaultASN
 	c.BGP.ListenPort = DefaultBGPPort
 	c.Liveness.Interval = DefaultLiveness
+	c.Routes.MaxPerNetwork = vpn.DefaultMaxNetworkRoutes
 	c.API.Keepalive = KeepaliveConfig{MinTime: DefaultKeepaliveMinTime, Time: DefaultKeepaliveTime, Timeout: DefaultKeepaliveTimeout}
 	return c
 }
@@ -224,6 +238,9 @@ func (c *Config) Validate() error {
 	case "text", "json":
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q: use text or json", c.Log.Format))
+	}
+	if c.Routes.MaxPerNetwork < -1 || c.Routes.MaxPerNetwork == 0 {
+		errs = append(errs, fmt.Errorf("routes.max_per_network %d: want a positive number, or -1 for no limit", c.Routes.MaxPerNetwork))
 	}
 	if c.Liveness.Interval <= 0 {
 		errs = append(errs, fmt.Errorf("liveness.interval %v: want a positive duration such as 10s", c.Liveness.Interval))

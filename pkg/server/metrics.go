@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 )
@@ -58,10 +59,53 @@ func (m *metrics) routeGauges(reg *prometheus.Registry, runner *vpn.Runner) {
 		{"iotfabric_routes_local", "VPN routes of the endpoints (announced to BGP peers when BGP runs).", func(s vpn.Stats) int { return s.Announced }},
 		{"iotfabric_routes_received", "VPN routes received from BGP peers.", func(s vpn.Stats) int { return s.Received }},
 		{"iotfabric_gateway_streams", "Gateways whose agent has a route stream open.", func(s vpn.Stats) int { return s.GatewayStreams }},
+		{"iotfabric_endpoints_not_advertised", "Endpoints whose routes are not advertised (no route could be made, or the BGP speaker refused it).", func(s vpn.Stats) int { return s.NotAdvertised }},
+		{"iotfabric_networks_route_limited", "Networks over routes.max_per_network: their gateways keep their last routes and get no changes.", func(s vpn.Stats) int { return s.NetworksFrozen }},
 	} {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.name, Help: g.help},
 			func() float64 { return float64(g.get(runner.Stats())) }))
 	}
+	reg.MustRegister(importCollector{runner})
+}
+
+// importCollector exports the BGP speaker's import limits and drops.
+type importCollector struct{ r *vpn.Runner }
+
+var (
+	descPeerUp = prometheus.NewDesc("iotfabric_bgp_peer_established",
+		"1 when the BGP session with the peer is established, else 0.", []string{"peer", "state"}, nil)
+	descPrefixLimit = prometheus.NewDesc("iotfabric_bgp_prefix_limit_exceeded_total",
+		"BGP sessions shut down because the peer sent more routes than its max_prefixes.", []string{"peer"}, nil)
+	descNotAdvertised = prometheus.NewDesc("iotfabric_bgp_routes_not_advertised_total",
+		"Routes the BGP speaker refused to advertise (their UPDATE would exceed the BGP message size).", nil, nil)
+	descFiltered = prometheus.NewDesc("iotfabric_bgp_routes_filtered_total",
+		"Received routes dropped because no network imports any of their route targets.", nil, nil)
+)
+
+func (c importCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descPeerUp
+	ch <- descPrefixLimit
+	ch <- descNotAdvertised
+	ch <- descFiltered
+}
+
+func (c importCollector) Collect(ch chan<- prometheus.Metric) {
+	if !c.r.HasSpeaker() {
+		return
+	}
+	sp := c.r.Stats().Speaker
+	for a, st := range sp.Peers {
+		up := 0.0
+		if st == bgp.PeerEstablished {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descPeerUp, prometheus.GaugeValue, up, a.String(), string(st))
+	}
+	for a, n := range sp.PrefixLimitHits {
+		ch <- prometheus.MustNewConstMetric(descPrefixLimit, prometheus.CounterValue, float64(n), a.String())
+	}
+	ch <- prometheus.MustNewConstMetric(descNotAdvertised, prometheus.CounterValue, float64(sp.NotAdvertised))
+	ch <- prometheus.MustNewConstMetric(descFiltered, prometheus.CounterValue, float64(sp.Filtered))
 }
 
 func shortMethod(full string) string { return full[strings.LastIndexByte(full, '/')+1:] }

@@ -128,6 +128,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	// The route table follows the store's watch; it drives the BGP speaker
 	// (when configured) and serves routes to the API and the agents.
 	runner := vpn.NewRunner(st, sp, cfg.BGP.ASN, log.With(logkey.Component, logkey.ComponentVPN))
+	runner.SetLimits(vpn.Limits{MaxNetworkRoutes: max(cfg.Routes.MaxPerNetwork, 0)})
 	m.routeGauges(reg, runner)
 
 	lis, err := net.Listen("tcp", cfg.API.Listen)

@@ -78,7 +78,11 @@ type Peer struct {
 	// TCP MD5 password (RFC 2385); never returned by List.
 	Password string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
 	// TCP port of the peer (default 179).
-	Port          uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	Port uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	// Import limits. The most routes the peer may send per address family
+	// (VPNv4, VPNv6); 0: the controller's bgp.max_prefixes. More: the session
+	// is shut down and stays idle until the peer is added again.
+	MaxPrefixes   uint32 `protobuf:"varint,5,opt,name=max_prefixes,json=maxPrefixes,proto3" json:"max_prefixes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -141,6 +145,13 @@ func (x *Peer) GetPort() uint32 {
 	return 0
 }
 
+func (x *Peer) GetMaxPrefixes() uint32 {
+	if x != nil {
+		return x.MaxPrefixes
+	}
+	return 0
+}
+
 type PeerStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Peer  *Peer                  `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
@@ -151,9 +162,15 @@ type PeerStatus struct {
 	PrefixesSent     uint64 `protobuf:"varint,4,opt,name=prefixes_sent,json=prefixesSent,proto3" json:"prefixes_sent,omitempty"`
 	PrefixesReceived uint64 `protobuf:"varint,5,opt,name=prefixes_received,json=prefixesReceived,proto3" json:"prefixes_received,omitempty"`
 	// "config" (from the controller's configuration file) or "api".
-	Source        string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Source string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	// Import limits. The limit in force (per address family); why the speaker
+	// holds the session down ("" when it does not); how many times the peer
+	// passed its limit.
+	MaxPrefixes     uint32 `protobuf:"varint,7,opt,name=max_prefixes,json=maxPrefixes,proto3" json:"max_prefixes,omitempty"`
+	Reason          string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	PrefixLimitHits uint64 `protobuf:"varint,9,opt,name=prefix_limit_hits,json=prefixLimitHits,proto3" json:"prefix_limit_hits,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PeerStatus) Reset() {
@@ -226,6 +243,27 @@ func (x *PeerStatus) GetSource() string {
 		return x.Source
 	}
 	return ""
+}
+
+func (x *PeerStatus) GetMaxPrefixes() uint32 {
+	if x != nil {
+		return x.MaxPrefixes
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PeerStatus) GetPrefixLimitHits() uint64 {
+	if x != nil {
+		return x.PrefixLimitHits
+	}
+	return 0
 }
 
 type AddPeerRequest struct {
@@ -701,12 +739,13 @@ var File_iotfabric_v1_bgp_proto protoreflect.FileDescriptor
 
 const file_iotfabric_v1_bgp_proto_rawDesc = "" +
 	"\n" +
-	"\x16iotfabric/v1/bgp.proto\x12\fiotfabric.v1\x1a\x1ciotfabric/v1/resources.proto\x1a\x1biotfabric/v1/services.proto\"b\n" +
+	"\x16iotfabric/v1/bgp.proto\x12\fiotfabric.v1\x1a\x1ciotfabric/v1/resources.proto\x1a\x1biotfabric/v1/services.proto\"\x85\x01\n" +
 	"\x04Peer\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x10\n" +
 	"\x03asn\x18\x02 \x01(\rR\x03asn\x12\x1a\n" +
 	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x12\n" +
-	"\x04port\x18\x04 \x01(\rR\x04port\"\xdb\x01\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12!\n" +
+	"\fmax_prefixes\x18\x05 \x01(\rR\vmaxPrefixes\"\xc2\x02\n" +
 	"\n" +
 	"PeerStatus\x12&\n" +
 	"\x04peer\x18\x01 \x01(\v2\x12.iotfabric.v1.PeerR\x04peer\x12\x14\n" +
@@ -714,7 +753,10 @@ const file_iotfabric_v1_bgp_proto_rawDesc = "" +
 	"\x0euptime_seconds\x18\x03 \x01(\x03R\ruptimeSeconds\x12#\n" +
 	"\rprefixes_sent\x18\x04 \x01(\x04R\fprefixesSent\x12+\n" +
 	"\x11prefixes_received\x18\x05 \x01(\x04R\x10prefixesReceived\x12\x16\n" +
-	"\x06source\x18\x06 \x01(\tR\x06source\"8\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\x12!\n" +
+	"\fmax_prefixes\x18\a \x01(\rR\vmaxPrefixes\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12*\n" +
+	"\x11prefix_limit_hits\x18\t \x01(\x04R\x0fprefixLimitHits\"8\n" +
 	"\x0eAddPeerRequest\x12&\n" +
 	"\x04peer\x18\x01 \x01(\v2\x12.iotfabric.v1.PeerR\x04peer\"-\n" +
 	"\x11DeletePeerRequest\x12\x18\n" +

@@ -248,7 +248,10 @@ type VirtualNetwork struct {
 	Ipv4BlockSize uint32 `protobuf:"varint,8,opt,name=ipv4_block_size,json=ipv4BlockSize,proto3" json:"ipv4_block_size,omitempty"`
 	Ipv6BlockSize uint32 `protobuf:"varint,9,opt,name=ipv6_block_size,json=ipv6BlockSize,proto3" json:"ipv6_block_size,omitempty"`
 	// Store revision of the last change. Output only.
-	Revision      int64 `protobuf:"varint,10,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,10,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Import limits. Problems the route table reports on the network, e.g.
+	// RouteLimitExceeded. Output only.
+	Conditions    []*Condition `protobuf:"bytes,11,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -353,6 +356,67 @@ func (x *VirtualNetwork) GetRevision() int64 {
 	return 0
 }
 
+func (x *VirtualNetwork) GetConditions() []*Condition {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
+// Condition is a problem reported on an object.
+type Condition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// e.g. RouteLimitExceeded, NotAdvertised.
+	Type          string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Condition) Reset() {
+	*x = Condition{}
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Condition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Condition) ProtoMessage() {}
+
+func (x *Condition) ProtoReflect() protoreflect.Message {
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Condition.ProtoReflect.Descriptor instead.
+func (*Condition) Descriptor() ([]byte, []int) {
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Condition) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Condition) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // Gateway is a machine running the vrouter agent.
 type Gateway struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -370,7 +434,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[1]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +446,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[1]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +459,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{1}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Gateway) GetName() string {
@@ -451,16 +515,19 @@ type Endpoint struct {
 	Addresses []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	Mac       string   `protobuf:"bytes,5,opt,name=mac,proto3" json:"mac,omitempty"`
 	// MPLS label (16..1048575) given by the gateway's agent or through the API; 0 = none yet.
-	Label         uint32        `protobuf:"varint,6,opt,name=label,proto3" json:"label,omitempty"`
-	State         EndpointState `protobuf:"varint,7,opt,name=state,proto3,enum=iotfabric.v1.EndpointState" json:"state,omitempty"`
-	Revision      int64         `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	Label    uint32        `protobuf:"varint,6,opt,name=label,proto3" json:"label,omitempty"`
+	State    EndpointState `protobuf:"varint,7,opt,name=state,proto3,enum=iotfabric.v1.EndpointState" json:"state,omitempty"`
+	Revision int64         `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Import limits. Problems the route table reports on the endpoint, e.g.
+	// NotAdvertised ("not advertised: <reason>"). Output only.
+	Conditions    []*Condition `protobuf:"bytes,9,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[2]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +539,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[2]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +552,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{2}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Endpoint) GetId() string {
@@ -544,6 +611,13 @@ func (x *Endpoint) GetRevision() int64 {
 	return 0
 }
 
+func (x *Endpoint) GetConditions() []*Condition {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
 // IpamBlock is an address block leased to a gateway.
 type IpamBlock struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -557,7 +631,7 @@ type IpamBlock struct {
 
 func (x *IpamBlock) Reset() {
 	*x = IpamBlock{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[3]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +643,7 @@ func (x *IpamBlock) String() string {
 func (*IpamBlock) ProtoMessage() {}
 
 func (x *IpamBlock) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[3]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +656,7 @@ func (x *IpamBlock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpamBlock.ProtoReflect.Descriptor instead.
 func (*IpamBlock) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{3}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *IpamBlock) GetPrefix() string {
@@ -629,7 +703,7 @@ type IpamSubnet struct {
 
 func (x *IpamSubnet) Reset() {
 	*x = IpamSubnet{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +715,7 @@ func (x *IpamSubnet) String() string {
 func (*IpamSubnet) ProtoMessage() {}
 
 func (x *IpamSubnet) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +728,7 @@ func (x *IpamSubnet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpamSubnet.ProtoReflect.Descriptor instead.
 func (*IpamSubnet) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{4}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *IpamSubnet) GetSubnet() string {
@@ -710,7 +784,7 @@ type IpamStatus struct {
 
 func (x *IpamStatus) Reset() {
 	*x = IpamStatus{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +796,7 @@ func (x *IpamStatus) String() string {
 func (*IpamStatus) ProtoMessage() {}
 
 func (x *IpamStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +809,7 @@ func (x *IpamStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpamStatus.ProtoReflect.Descriptor instead.
 func (*IpamStatus) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{5}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IpamStatus) GetNetwork() string {
@@ -763,7 +837,7 @@ var File_iotfabric_v1_resources_proto protoreflect.FileDescriptor
 
 const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"\x1ciotfabric/v1/resources.proto\x12\fiotfabric.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x03\n" +
+	"\x1ciotfabric/v1/resources.proto\x12\fiotfabric.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x03\n" +
 	"\x0eVirtualNetwork\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x18\n" +
@@ -775,14 +849,20 @@ const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"\x0fipv4_block_size\x18\b \x01(\rR\ripv4BlockSize\x12&\n" +
 	"\x0fipv6_block_size\x18\t \x01(\rR\ripv6BlockSize\x12\x1a\n" +
 	"\brevision\x18\n" +
-	" \x01(\x03R\brevision\"\x94\x02\n" +
+	" \x01(\x03R\brevision\x127\n" +
+	"\n" +
+	"conditions\x18\v \x03(\v2\x17.iotfabric.v1.ConditionR\n" +
+	"conditions\"9\n" +
+	"\tCondition\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x94\x02\n" +
 	"\aGateway\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x10underlay_address\x18\x02 \x01(\tR\x0funderlayAddress\x12C\n" +
 	"\x0eencapsulations\x18\x03 \x03(\x0e2\x1b.iotfabric.v1.EncapsulationR\x0eencapsulations\x120\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x1a.iotfabric.v1.GatewayStateR\x05state\x127\n" +
 	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x1a\n" +
-	"\brevision\x18\x06 \x01(\x03R\brevision\"\xe3\x01\n" +
+	"\brevision\x18\x06 \x01(\x03R\brevision\"\x9c\x02\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x18\n" +
@@ -791,7 +871,10 @@ const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"\x03mac\x18\x05 \x01(\tR\x03mac\x12\x14\n" +
 	"\x05label\x18\x06 \x01(\rR\x05label\x121\n" +
 	"\x05state\x18\a \x01(\x0e2\x1b.iotfabric.v1.EndpointStateR\x05state\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x03R\brevision\"e\n" +
+	"\brevision\x18\b \x01(\x03R\brevision\x127\n" +
+	"\n" +
+	"conditions\x18\t \x03(\v2\x17.iotfabric.v1.ConditionR\n" +
+	"conditions\"e\n" +
 	"\tIpamBlock\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x12\n" +
@@ -844,33 +927,36 @@ func file_iotfabric_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_iotfabric_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_iotfabric_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_iotfabric_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_iotfabric_v1_resources_proto_goTypes = []any{
 	(Encapsulation)(0),            // 0: iotfabric.v1.Encapsulation
 	(GatewayState)(0),             // 1: iotfabric.v1.GatewayState
 	(EndpointState)(0),            // 2: iotfabric.v1.EndpointState
 	(EventType)(0),                // 3: iotfabric.v1.EventType
 	(*VirtualNetwork)(nil),        // 4: iotfabric.v1.VirtualNetwork
-	(*Gateway)(nil),               // 5: iotfabric.v1.Gateway
-	(*Endpoint)(nil),              // 6: iotfabric.v1.Endpoint
-	(*IpamBlock)(nil),             // 7: iotfabric.v1.IpamBlock
-	(*IpamSubnet)(nil),            // 8: iotfabric.v1.IpamSubnet
-	(*IpamStatus)(nil),            // 9: iotfabric.v1.IpamStatus
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*Condition)(nil),             // 5: iotfabric.v1.Condition
+	(*Gateway)(nil),               // 6: iotfabric.v1.Gateway
+	(*Endpoint)(nil),              // 7: iotfabric.v1.Endpoint
+	(*IpamBlock)(nil),             // 8: iotfabric.v1.IpamBlock
+	(*IpamSubnet)(nil),            // 9: iotfabric.v1.IpamSubnet
+	(*IpamStatus)(nil),            // 10: iotfabric.v1.IpamStatus
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_iotfabric_v1_resources_proto_depIdxs = []int32{
 	0,  // 0: iotfabric.v1.VirtualNetwork.encapsulations:type_name -> iotfabric.v1.Encapsulation
-	0,  // 1: iotfabric.v1.Gateway.encapsulations:type_name -> iotfabric.v1.Encapsulation
-	1,  // 2: iotfabric.v1.Gateway.state:type_name -> iotfabric.v1.GatewayState
-	10, // 3: iotfabric.v1.Gateway.last_seen:type_name -> google.protobuf.Timestamp
-	2,  // 4: iotfabric.v1.Endpoint.state:type_name -> iotfabric.v1.EndpointState
-	7,  // 5: iotfabric.v1.IpamSubnet.blocks:type_name -> iotfabric.v1.IpamBlock
-	8,  // 6: iotfabric.v1.IpamStatus.subnets:type_name -> iotfabric.v1.IpamSubnet
-	7,  // [7:7] is the sub-list for method output_type
-	7,  // [7:7] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	5,  // 1: iotfabric.v1.VirtualNetwork.conditions:type_name -> iotfabric.v1.Condition
+	0,  // 2: iotfabric.v1.Gateway.encapsulations:type_name -> iotfabric.v1.Encapsulation
+	1,  // 3: iotfabric.v1.Gateway.state:type_name -> iotfabric.v1.GatewayState
+	11, // 4: iotfabric.v1.Gateway.last_seen:type_name -> google.protobuf.Timestamp
+	2,  // 5: iotfabric.v1.Endpoint.state:type_name -> iotfabric.v1.EndpointState
+	5,  // 6: iotfabric.v1.Endpoint.conditions:type_name -> iotfabric.v1.Condition
+	8,  // 7: iotfabric.v1.IpamSubnet.blocks:type_name -> iotfabric.v1.IpamBlock
+	9,  // 8: iotfabric.v1.IpamStatus.subnets:type_name -> iotfabric.v1.IpamSubnet
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_iotfabric_v1_resources_proto_init() }
@@ -884,7 +970,7 @@ func file_iotfabric_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_iotfabric_v1_resources_proto_rawDesc), len(file_iotfabric_v1_resources_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
