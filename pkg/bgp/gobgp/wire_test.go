@@ -148,7 +148,7 @@ func TestApplyReceived(t *testing.T) {
 		{&api.Path{Family: familyVPNv4, NeighborIp: "10.0.0.2", NlriBinary: []byte{1, 2, 3}}, ""},
 	}
 	for i, st := range steps {
-		evs := s.applyLocked(st.p, nil)
+		evs := s.applyLocked(st.p, nil, map[netip.Addr]uint32{})
 		got := ""
 		if len(evs) == 1 {
 			got = "add"
