@@ -42,9 +42,35 @@ type gateway struct {
 	encaps   []bgp.Encap
 }
 
+// received is a route received from a peer, without its key (the map's):
+// what a received route costs the table per route matters at 100,000s.
+// The route targets and encapsulations are the speaker's slices, shared.
 type received struct {
-	route bgp.Route
-	peer  netip.Addr
+	nextHop netip.Addr
+	peer    netip.Addr
+	rts     []bgp.RouteTarget
+	encaps  []bgp.Encap
+	label   uint32
+}
+
+func newReceived(ev bgp.RouteEvent) received {
+	r := ev.Route
+	return received{nextHop: r.NextHop, peer: ev.Peer, rts: r.RouteTargets, encaps: r.Encaps, label: r.Label}
+}
+
+// route rebuilds the route of key k.
+func (rv received) route(k bgp.RouteKey) bgp.Route {
+	return bgp.Route{Prefix: k.Prefix, RD: k.RD, Label: rv.label, NextHop: rv.nextHop, RouteTargets: rv.rts, Encaps: rv.encaps}
+}
+
+// imported reports whether a network importing rts imports it.
+func (rv received) imported(rts []bgp.RouteTarget) bool {
+	for _, t := range rv.rts {
+		if slices.Contains(rts, t) {
+			return true
+		}
+	}
+	return false
 }
 
 // Table is the route state. It is not safe for concurrent use.
@@ -315,7 +341,7 @@ func (t *Table) Received(evs []bgp.RouteEvent) {
 		if ev.Withdraw {
 			delete(t.recv, k)
 		} else {
-			t.recv[k] = received{route: ev.Route, peer: ev.Peer}
+			t.recv[k] = newReceived(ev)
 		}
 	}
 }
@@ -331,15 +357,15 @@ func (t *Table) flushReceived(deltas map[string]NetDelta) {
 		d, changed := deltas[name], false
 		for k, was := range t.recvOld {
 			cur, ok := t.recv[k]
-			wasIn := was != nil && was.route.HasAnyRouteTarget(n.imports)
-			if ok && cur.route.HasAnyRouteTarget(n.imports) {
-				d.Put = append(d.Put, NetRoute{Route: cur.route, Origin: Imported, Peer: cur.peer})
+			wasIn := was != nil && was.imported(n.imports)
+			if ok && cur.imported(n.imports) {
+				d.Put = append(d.Put, NetRoute{Route: cur.route(k), Origin: Imported, Peer: cur.peer})
 				changed = true
 				if !wasIn {
 					t.nImport[name]++
 				}
 			} else if wasIn {
-				d.Del = append(d.Del, NetRoute{Route: was.route, Origin: Imported, Peer: was.peer})
+				d.Del = append(d.Del, NetRoute{Route: was.route(k), Origin: Imported, Peer: was.peer})
 				changed = true
 				t.nImport[name]--
 			}
@@ -363,7 +389,7 @@ func (t *Table) countImported(n string) {
 	}
 	c := 0
 	for _, rv := range t.recv {
-		if rv.route.HasAnyRouteTarget(nw.imports) {
+		if rv.imported(nw.imports) {
 			c++
 		}
 	}
@@ -443,9 +469,9 @@ func (t *Table) routes(network string) []NetRoute {
 			out = append(out, NetRoute{Route: r, Origin: Local, Endpoint: id})
 		}
 	}
-	for _, rv := range t.recv {
-		if rv.route.HasAnyRouteTarget(n.imports) {
-			out = append(out, NetRoute{Route: rv.route, Origin: Imported, Peer: rv.peer})
+	for k, rv := range t.recv {
+		if rv.imported(n.imports) {
+			out = append(out, NetRoute{Route: rv.route(k), Origin: Imported, Peer: rv.peer})
 		}
 	}
 	return out

@@ -55,6 +55,9 @@ func TestBenchImport(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv(importBenchEnv)); err == nil && v > 0 {
 		n = v
 	}
+	if os.Getenv("IOTFABRIC_BGP_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 1 // every allocation: the profile says what holds the heap
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

@@ -60,7 +60,8 @@ type Speaker struct {
 	rxMu     sync.Mutex
 	rxQueue  [][]*api.Path
 	rxSignal chan struct{}
-	received map[receivedKey]bgp.Route
+	received map[receivedKey]held
+	attrs    interner
 	subs     map[*subscriber]struct{}
 	// filter holds the route targets a received route needs one of to be
 	// kept (SetImportFilter); nil: keep every route.
@@ -110,7 +111,8 @@ func New(cfg bgp.Config, logger *slog.Logger) (*Speaker, error) {
 		log:      logger,
 		peerAddr: map[netip.Addr]bgp.PeerConfig{},
 		rxSignal: make(chan struct{}, 1),
-		received: map[receivedKey]bgp.Route{},
+		received: map[receivedKey]held{},
+		attrs:    interner{},
 		subs:     map[*subscriber]struct{}{},
 		refused:  map[receivedKey]struct{}{},
 		count:    map[peerFamily]uint32{},
@@ -700,8 +702,8 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 		}
 		delete(s.refused, k)
 		if had {
-			delete(s.received, k)
-			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old})
+			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old.route(k.key)})
+			s.dropLocked(k, old)
 		}
 		return evs
 	}
@@ -717,17 +719,27 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 		s.stMu.Unlock()
 		s.refused[k] = struct{}{}
 		if had {
-			delete(s.received, k)
-			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old})
+			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old.route(k.key)})
+			s.dropLocked(k, old)
 		}
 		return evs
 	}
 	delete(s.refused, k)
-	if had && old.Equal(r) {
+	if had && old.same(r) {
 		return evs // e.g. marked stale, or refreshed after a graceful restart
 	}
-	s.received[k] = r
-	return append(evs, bgp.RouteEvent{Peer: peer, Route: r})
+	h := held{nextHop: r.NextHop, label: r.Label, attrs: s.attrs.get(r.RouteTargets, r.Encaps)}
+	if had {
+		s.attrs.put(old.attrs)
+	}
+	s.received[k] = h
+	return append(evs, bgp.RouteEvent{Peer: peer, Route: h.route(k.key)})
+}
+
+// dropLocked forgets a held route.
+func (s *Speaker) dropLocked(k receivedKey, h held) {
+	delete(s.received, k)
+	s.attrs.put(h.attrs)
 }
 
 // acceptLocked reports whether the import filter keeps r.
@@ -774,9 +786,9 @@ func (s *Speaker) SetImportFilter(ctx context.Context, rts []bgp.RouteTarget) er
 	// Withdraw what the new filter refuses.
 	var evs []bgp.RouteEvent
 	var dropped uint64
-	for k, r := range s.received {
-		if !s.acceptLocked(r) {
-			delete(s.received, k)
+	for k, h := range s.received {
+		if r := h.route(k.key); !s.acceptLocked(r) {
+			s.dropLocked(k, h)
 			s.refused[k] = struct{}{}
 			evs = append(evs, bgp.RouteEvent{Peer: k.peer, Withdraw: true, Route: r})
 			dropped++
@@ -814,8 +826,8 @@ func (s *Speaker) Subscribe(ctx context.Context) (<-chan []bgp.RouteEvent, error
 	sub := &subscriber{signal: make(chan struct{}, 1), out: make(chan []bgp.RouteEvent), done: make(chan struct{})}
 	s.rxMu.Lock()
 	snap := make([]bgp.RouteEvent, 0, len(s.received))
-	for k, r := range s.received {
-		snap = append(snap, bgp.RouteEvent{Peer: k.peer, Route: r})
+	for k, h := range s.received {
+		snap = append(snap, bgp.RouteEvent{Peer: k.peer, Route: h.route(k.key)})
 	}
 	sub.queue = [][]bgp.RouteEvent{snap}
 	s.subs[sub] = struct{}{}

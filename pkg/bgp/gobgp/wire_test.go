@@ -162,11 +162,11 @@ func TestApplyReceived(t *testing.T) {
 			t.Errorf("step %d: events %v, want %q", i, evs, st.want)
 		}
 	}
-	if len(s.received) != 1 {
-		t.Errorf("table holds %d routes, want 1 (peer 10.0.0.3's)", len(s.received))
+	if len(s.received) != 1 || len(s.attrs) != 1 {
+		t.Errorf("table holds %d routes and %d attribute sets, want 1 and 1 (peer 10.0.0.3's)", len(s.received), len(s.attrs))
 	}
 	for k, got := range s.received {
-		if k.peer != netip.MustParseAddr("10.0.0.3") || !got.Equal(r) {
+		if k.peer != netip.MustParseAddr("10.0.0.3") || !got.route(k.key).Equal(r) {
 			t.Errorf("table holds %v from %s", got, k.peer)
 		}
 	}
