@@ -87,3 +87,36 @@ func (h held) route(k bgp.RouteKey) bgp.Route {
 func (h held) same(r bgp.Route) bool {
 	return h.nextHop == r.NextHop && h.label == r.Label && h.attrs != nil && h.attrs.key == attrsKey(r.RouteTargets, r.Encaps)
 }
+
+// receivedKey is one peer's route for one RD and prefix, in 26 bytes
+// rather than bgp.RouteKey's 64 and a netip.Addr's 24: the peer by its
+// index (Speaker.peerList), the type 1 RD and the prefix as plain bytes.
+type receivedKey struct {
+	peer    uint16
+	rdIndex uint16
+	rdAddr  [4]byte
+	addr    [16]byte
+	bits    uint8
+	v6      bool
+}
+
+// keyLocked returns the key of peer's route k (rxMu held).
+func (s *Speaker) keyLocked(peer netip.Addr, k bgp.RouteKey) receivedKey {
+	i, ok := s.peerIdx[peer]
+	if !ok {
+		i = uint16(len(s.peerList))
+		s.peerIdx[peer] = i
+		s.peerList = append(s.peerList, peer)
+	}
+	a := k.Prefix.Addr()
+	return receivedKey{peer: i, rdIndex: k.RD.Index, rdAddr: k.RD.Addr.As4(), addr: a.As16(), bits: uint8(k.Prefix.Bits()), v6: !a.Is4()}
+}
+
+// routeKey returns the RD and prefix of k.
+func (k receivedKey) routeKey() bgp.RouteKey {
+	a := netip.AddrFrom16(k.addr)
+	if !k.v6 {
+		a = a.Unmap()
+	}
+	return bgp.RouteKey{RD: bgp.RD{Addr: netip.AddrFrom4(k.rdAddr), Index: k.rdIndex}, Prefix: netip.PrefixFrom(a, int(k.bits))}
+}

@@ -71,6 +71,9 @@ type Speaker struct {
 	// Adj-RIB-In) stays exact.
 	refused map[receivedKey]struct{}
 	count   map[peerFamily]uint32
+	// peerIdx numbers the peers routes were received from (receivedKey.peer).
+	peerIdx  map[netip.Addr]uint16
+	peerList []netip.Addr
 
 	// stMu guards the counters and the session states.
 	stMu          sync.Mutex
@@ -88,11 +91,6 @@ type peerFamily struct {
 	v6   bool
 }
 
-// receivedKey is one peer's route for one RD and prefix.
-type receivedKey struct {
-	peer netip.Addr
-	key  bgp.RouteKey
-}
 
 var _ bgp.Speaker = (*Speaker)(nil)
 
@@ -115,6 +113,7 @@ func New(cfg bgp.Config, logger *slog.Logger) (*Speaker, error) {
 		attrs:    interner{},
 		subs:     map[*subscriber]struct{}{},
 		refused:  map[receivedKey]struct{}{},
+		peerIdx:  map[netip.Addr]uint16{},
 		count:    map[peerFamily]uint32{},
 
 		peerState:     map[netip.Addr]bgp.PeerState{},
@@ -692,7 +691,7 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 		s.log.Warn("ignoring received path", logkey.Peer, peer, logkey.Err, err)
 		return evs
 	}
-	k := receivedKey{peer: peer, key: r.Key()}
+	k := s.keyLocked(peer, r.Key())
 	pf := peerFamily{peer: peer, v6: r.IsIPv6()}
 	old, had := s.received[k]
 	_, wasRefused := s.refused[k]
@@ -702,7 +701,7 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 		}
 		delete(s.refused, k)
 		if had {
-			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old.route(k.key)})
+			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old.route(k.routeKey())})
 			s.dropLocked(k, old)
 		}
 		return evs
@@ -719,7 +718,7 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 		s.stMu.Unlock()
 		s.refused[k] = struct{}{}
 		if had {
-			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old.route(k.key)})
+			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old.route(k.routeKey())})
 			s.dropLocked(k, old)
 		}
 		return evs
@@ -733,7 +732,7 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 		s.attrs.put(old.attrs)
 	}
 	s.received[k] = h
-	return append(evs, bgp.RouteEvent{Peer: peer, Route: h.route(k.key)})
+	return append(evs, bgp.RouteEvent{Peer: peer, Route: h.route(k.routeKey())})
 }
 
 // dropLocked forgets a held route.
@@ -787,10 +786,10 @@ func (s *Speaker) SetImportFilter(ctx context.Context, rts []bgp.RouteTarget) er
 	var evs []bgp.RouteEvent
 	var dropped uint64
 	for k, h := range s.received {
-		if r := h.route(k.key); !s.acceptLocked(r) {
+		if r := h.route(k.routeKey()); !s.acceptLocked(r) {
 			s.dropLocked(k, h)
 			s.refused[k] = struct{}{}
-			evs = append(evs, bgp.RouteEvent{Peer: k.peer, Withdraw: true, Route: r})
+			evs = append(evs, bgp.RouteEvent{Peer: s.peerList[k.peer], Withdraw: true, Route: r})
 			dropped++
 		}
 	}
@@ -827,7 +826,7 @@ func (s *Speaker) Subscribe(ctx context.Context) (<-chan []bgp.RouteEvent, error
 	s.rxMu.Lock()
 	snap := make([]bgp.RouteEvent, 0, len(s.received))
 	for k, h := range s.received {
-		snap = append(snap, bgp.RouteEvent{Peer: k.peer, Route: h.route(k.key)})
+		snap = append(snap, bgp.RouteEvent{Peer: s.peerList[k.peer], Route: h.route(k.routeKey())})
 	}
 	sub.queue = [][]bgp.RouteEvent{snap}
 	s.subs[sub] = struct{}{}

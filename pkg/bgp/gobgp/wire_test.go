@@ -166,8 +166,31 @@ func TestApplyReceived(t *testing.T) {
 		t.Errorf("table holds %d routes and %d attribute sets, want 1 and 1 (peer 10.0.0.3's)", len(s.received), len(s.attrs))
 	}
 	for k, got := range s.received {
-		if k.peer != netip.MustParseAddr("10.0.0.3") || !got.route(k.key).Equal(r) {
-			t.Errorf("table holds %v from %s", got, k.peer)
+		if s.peerList[k.peer] != netip.MustParseAddr("10.0.0.3") || !got.route(k.routeKey()).Equal(r) {
+			t.Errorf("table holds %v from %s", got, s.peerList[k.peer])
+		}
+	}
+}
+
+func TestReceivedKeyRoundTrip(t *testing.T) {
+	s, err := New(bgp.Config{ASN: 64512, RouterID: netip.MustParseAddr("10.0.0.1")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ peer, rd, prefix string }{
+		{"10.0.0.2", "192.0.2.1:7", "10.1.2.3/32"},
+		{"10.0.0.3", "192.0.2.1:65535", "10.1.0.0/16"},
+		{"fd00::1", "203.0.113.9:0", "fd00:1::5/128"},
+		{"10.0.0.2", "192.0.2.1:7", "::ffff:10.1.2.3/128"},
+	} {
+		rd, err := bgp.ParseRD(c.rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := bgp.RouteKey{RD: rd, Prefix: netip.MustParsePrefix(c.prefix)}
+		rk := s.keyLocked(netip.MustParseAddr(c.peer), k)
+		if got := rk.routeKey(); got != k || s.peerList[rk.peer] != netip.MustParseAddr(c.peer) {
+			t.Errorf("%v from %s: back as %v from %s", k, c.peer, got, s.peerList[rk.peer])
 		}
 	}
 }
