@@ -91,7 +91,6 @@ type peerFamily struct {
 	v6   bool
 }
 
-
 var _ bgp.Speaker = (*Speaker)(nil)
 
 // New returns a speaker for cfg (defaults filled in, then validated). A nil
