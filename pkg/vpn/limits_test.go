@@ -158,3 +158,41 @@ func TestNetworkRouteLimit(t *testing.T) {
 		t.Fatalf("gateway has %v, table %v", have, want)
 	}
 }
+
+// TestNotAdvertised: an endpoint whose route the speaker refuses (a network
+// with more export route targets than an UPDATE carries, written to the
+// store past any API check) says why; the count and the reason go when the
+// network is fixed. An endpoint with no route at all (no common
+// encapsulation) says so too.
+func TestNotAdvertised(t *testing.T) {
+	sp := bgptest.NewFakeSpeaker()
+	sp.RefuseOver(100)
+	r, st, _ := startRunner(t, sp)
+	var rts []string
+	for i := range 200 {
+		rts = append(rts, fmt.Sprint("target:64512:", 1000+i))
+	}
+	put(t, st, "networks/n1", &v1.VirtualNetwork{Name: "n1", Id: 1, Encapsulations: []v1.Encapsulation{udp, gre}, ExportRouteTargets: rts})
+	put(t, st, "endpoints/big", &v1.Endpoint{Id: "big", Network: "n1", Gateway: "g0", Addresses: []string{"10.1.0.1"}, Label: 20})
+	put(t, st, "endpoints/ok", &v1.Endpoint{Id: "ok", Network: "n2", Gateway: "g0", Addresses: []string{"10.2.0.1"}, Label: 21})
+	waitFor(t, "the refusal", func() bool { return r.EndpointStatus([]string{"big"})["big"] != "" })
+	why := r.EndpointStatus([]string{"big", "ok"})
+	if len(why) != 1 || !strings.HasPrefix(why["big"], "not advertised: ") || !strings.Contains(why["big"], "does not fit in a BGP UPDATE") {
+		t.Fatalf("status %q", why)
+	}
+	if s := r.Stats(); s.NotAdvertised != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	// Fixed: advertised, and the reason goes.
+	put(t, st, "networks/n1", &v1.VirtualNetwork{Name: "n1", Id: 1, Encapsulations: []v1.Encapsulation{udp, gre}, ExportRouteTargets: rts[:10]})
+	waitFor(t, "the route to be advertised", func() bool { return len(sp.Announced()) == 2 })
+	waitFor(t, "the reason to go", func() bool { return len(r.EndpointStatus([]string{"big"})) == 0 })
+
+	// No encapsulation common to network (MPLSoGRE only) and gateway (MPLSoUDP only).
+	put(t, st, "networks/n3", &v1.VirtualNetwork{Name: "n3", Id: 3, Encapsulations: []v1.Encapsulation{gre}})
+	put(t, st, "endpoints/noenc", &v1.Endpoint{Id: "noenc", Network: "n3", Gateway: "g0", Addresses: []string{"10.3.0.1"}, Label: 22})
+	waitFor(t, "the reason", func() bool { return r.EndpointStatus([]string{"noenc"})["noenc"] != "" })
+	if why := r.EndpointStatus([]string{"noenc"})["noenc"]; !strings.HasPrefix(why, "not advertised: ") || !strings.Contains(why, "no encapsulation common") {
+		t.Fatalf("status %q", why)
+	}
+}

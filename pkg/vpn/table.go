@@ -237,10 +237,11 @@ func (t *Table) routesOf(e *v1.Endpoint, prev string) []bgp.Route {
 	rs, err := bgp.EndpointRoutes(bgp.Endpoint{Addresses: addrs, Underlay: g.underlay, NetworkID: uint16(n.id),
 		ExportRTs: n.export, Label: e.Label, NetworkEncaps: n.encaps, GatewayEncaps: g.encaps})
 	if err != nil {
-		if prev != err.Error() {
+		why := "not advertised: " + err.Error()
+		if prev != why {
 			t.log.Warn("endpoint not advertised", logkey.Endpoint, e.Id, logkey.Network, e.Network, logkey.Gateway, e.Gateway, logkey.Err, err)
 		}
-		t.notAdv[e.Id] = err.Error()
+		t.notAdv[e.Id] = why
 		return nil
 	}
 	return rs

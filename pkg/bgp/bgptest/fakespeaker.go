@@ -30,6 +30,7 @@ type FakeSpeaker struct {
 	hold      chan struct{}              // non-nil: Announce and Withdraw wait for it to close
 	filter    []bgp.RouteTarget          // nil: no import filter yet
 	all       map[recvKey]bgp.RouteEvent // everything received, filtered or not (an Adj-RIB-In)
+	maxRTs    int                        // RefuseOver
 }
 
 type recvKey struct {
@@ -199,12 +200,31 @@ func (f *FakeSpeaker) Announce(ctx context.Context, routes []bgp.Route) error {
 	if !f.running {
 		return bgp.ErrNotRunning
 	}
+	var refused []bgp.RouteError
 	for _, r := range routes {
+		if f.maxRTs > 0 && len(r.RouteTargets) > f.maxRTs {
+			// As the real speaker: refused, an earlier version withdrawn.
+			refused = append(refused, bgp.RouteError{Key: r.Key(),
+				Err: fmt.Errorf("%w: %d route targets (at most %d)", bgp.ErrRouteTooLarge, len(r.RouteTargets), f.maxRTs)})
+			delete(f.announced, r.Key())
+			continue
+		}
 		f.announced[r.Key()] = r
 	}
 	f.calls++
 	f.changedLocked()
+	if len(refused) > 0 {
+		return &bgp.NotAdvertisedError{Routes: refused}
+	}
 	return nil
+}
+
+// RefuseOver makes Announce refuse, as too large for a BGP UPDATE, every
+// route with more than n route targets (0: refuse none).
+func (f *FakeSpeaker) RefuseOver(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.maxRTs = n
 }
 
 // Withdraw implements bgp.Speaker.
