@@ -106,14 +106,6 @@ func updateSize(r bgp.Route, nlri gbgp.AddrPrefixInterface) (int, error) {
 	return gbgp.BGP_HEADER_LENGTH + len(b), nil
 }
 
-func (c attrCache) attrs(r bgp.Route) ([][]byte, error) {
-	e, err := c.entry(r, nil)
-	if err != nil {
-		return nil, err
-	}
-	return e.attrs, nil
-}
-
 // entry returns the attribute set of r; nlri (if given) sizes the UPDATE.
 func (c attrCache) entry(r bgp.Route, nlri gbgp.AddrPrefixInterface) (*attrEntry, error) {
 	var kb strings.Builder
