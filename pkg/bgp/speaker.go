@@ -29,9 +29,9 @@ type Config struct {
 	HoldTime time.Duration `json:"hold_time,omitempty" yaml:"hold_time,omitempty"`
 	// MaxPrefixes is the maximum number of routes a peer may send per
 	// address family (VPNv4, VPNv6) for peers that set none of their own
-	// (default DefaultMaxPrefixes). A peer that sends more gets a Cease
-	// NOTIFICATION (maximum number of prefixes reached) and its session
-	// stays idle until the peer is configured again.
+	// (default DefaultMaxPrefixes). The session of a peer that sends more
+	// is shut down (Cease NOTIFICATION, administrative shutdown with the
+	// reason) and stays idle until the peer is configured again.
 	MaxPrefixes uint32 `json:"max_prefixes,omitempty" yaml:"max_prefixes,omitempty"`
 }
 
@@ -56,8 +56,8 @@ const (
 	DefaultConnectRetry = 5 * time.Second
 	DefaultHoldTime     = 90 * time.Second
 	DefaultMaxPrefixes  = 100000
-	// PrefixLimitWarnPct is the share of MaxPrefixes past which a warning
-	// is logged (GoBGP's shutdown-threshold-pct).
+	// PrefixLimitWarnPct is the share of MaxPrefixes at which a warning
+	// is logged.
 	PrefixLimitWarnPct     = 80
 	maxGracefulRestartTime = 4095 * time.Second
 )
