@@ -20,6 +20,10 @@
 //     meanwhile are merged into one batch.
 //   - NetRoute.Equal and diff (routes.go): the one route comparison and the
 //     one route-set difference used by every path above.
+//   - The import limits (limits.go): the import filter handed to the speaker
+//     (every route target a network imports), the per-network route limit
+//     past which a network's gateways keep their last set (frozen), and the
+//     endpoints whose routes are not advertised, with the reason.
 //
 // What it may not touch: it only reads the store's networks/, gateways/,
 // endpoints/ and bgp/peers/ keys (pkg/controller and the PeerService write

@@ -9,7 +9,11 @@
 // own routes cost nothing there) whose callback only queues and signals; a
 // dispatcher goroutine decodes them and keeps the table of received routes
 // that subscriptions are served from. ListPath is never used, and ListPeer
-// only by ListPeers (an operator's call, not the update path).
+// only by ListPeers (an operator's call, not the update path). The
+// dispatcher also applies the import filter (SetImportFilter) and counts
+// each peer's routes for its prefix limit; the received routes are kept
+// compactly (held.go). Announce refuses, and reports, routes no UPDATE can
+// carry.
 package gobgp
 
 import (
