@@ -14,7 +14,7 @@ import (
 // they were last sent — a consistent table, never one half programmed —
 // and get no change of that network until it is back within the limit;
 // then they get the difference to the whole current set at once. A gateway
-// that joins a frozen network gets the frozen set. Route watches
+// that joins a frozen network gets the frozen set (lastSent). Route watches
 // (RouteService) and the BGP speaker are not limited: the operator sees
 // every route. The network's status carries a RouteLimit condition, a
 // gauge counts frozen networks, and an error is logged when a network
@@ -61,14 +61,14 @@ func (s *state) checkCaps(deltas map[string]NetDelta) {
 	if limit == 0 {
 		return
 	}
-	for n := range deltas {
+	for n, d := range deltas {
 		count := s.tbl.RouteCount(n)
 		f := s.frozen[n]
 		if count <= limit || !s.tbl.HasNetwork(n) {
 			continue
 		}
 		if f == nil {
-			f = &frozenNet{routes: s.lastSent(n), since: time.Now()}
+			f = &frozenNet{routes: s.lastSent(n, d), since: time.Now()}
 			s.frozen[n] = f
 			delete(s.thawed, n)
 		}
@@ -83,10 +83,12 @@ func (s *state) checkCaps(deltas map[string]NetDelta) {
 	}
 }
 
-// lastSent is what the network's followers were last sent, before the
-// Flush being published: an attached gateway's set, else a route watch's
-// (all of them follow the same deltas); empty when nobody follows it.
-func (s *state) lastSent(n string) routeMap {
+// lastSent is the network's routes before the Flush that passed the limit:
+// what an attached gateway was last sent, else a route watch (all of them
+// follow the same deltas), else the table now with the Flush's delta
+// undone; empty when the delta cannot be undone (the network itself
+// changed) or there was no earlier state (over the limit at start).
+func (s *state) lastSent(n string, d NetDelta) routeMap {
 	for _, g := range s.gws {
 		if g.ch != nil && g.sent[n] != nil {
 			return maps.Clone(g.sent[n])
@@ -95,7 +97,20 @@ func (s *state) lastSent(n string) routeMap {
 	if nw := s.nets[n]; nw != nil {
 		return maps.Clone(nw.sent)
 	}
-	return routeMap{}
+	if d.Full {
+		return routeMap{}
+	}
+	prev := s.tbl.routeMap(n)
+	for _, rt := range d.Put {
+		delete(prev, rt.Key())
+	}
+	for _, rt := range d.Del {
+		prev[rt.Key()] = rt
+	}
+	for _, rt := range d.Was {
+		prev[rt.Key()] = rt
+	}
+	return prev
 }
 
 // gatewayFollow is Table.follow for a gateway, under the limit: a frozen

@@ -196,3 +196,29 @@ func TestNotAdvertised(t *testing.T) {
 		t.Fatalf("status %q", why)
 	}
 }
+
+// TestNetworkRouteLimitNobodyFollowing: a network passes the limit while no
+// gateway follows it; a gateway that joins gets the set from before the
+// change that passed the limit (a route changed by it in its earlier
+// version), not the table's current routes.
+func TestNetworkRouteLimitNobodyFollowing(t *testing.T) {
+	sp := bgptest.NewFakeSpeaker()
+	r, st, ctx := startRunnerWith(t, sp, Limits{MaxNetworkRoutes: 3})
+	put(t, st, "endpoints/e0", &v1.Endpoint{Id: "e0", Network: "n1", Gateway: "g0", Addresses: []string{"10.1.0.1"}, Label: 20})
+	rt := bgp.AutoRouteTarget(64512, 1)
+	sp.Receive(peerRoute(1, rt), peerRoute(2, rt))
+	waitFor(t, "three routes", func() bool { rs, _ := r.Routes("n1"); return len(rs) == 3 })
+	changed := peerRoute(1, rt)
+	changed.Route.Label = 999
+	sp.Receive(changed, peerRoute(3, rt))
+	waitFor(t, "the condition", func() bool { return len(r.NetworkStatus("n1")) == 1 })
+	first := <-r.WatchGateway(ctx, "g0", 0, "")
+	got := map[string]uint32{}
+	for _, p := range first.Put {
+		got[p.Prefix.String()] = p.Label
+	}
+	want := map[string]uint32{"10.1.0.1/32": 20, "10.50.0.1/32": 101, "10.50.0.2/32": 102}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("joining gateway got %v, want the set before the limit %v", got, want)
+	}
+}

@@ -105,6 +105,9 @@ type NetDelta struct {
 	Full bool
 	Put  []NetRoute
 	Del  []NetRoute // only the key and Origin are meaningful
+	// Was holds the earlier versions of the routes Put replaced: with Put
+	// and Del, what the network held before the Flush.
+	Was []NetRoute
 }
 
 // NewTable returns an empty table; asn forms the automatic route targets.
@@ -280,6 +283,13 @@ func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []s
 		if len(put) > 0 && newNet != "" {
 			d := deltas[newNet]
 			d.Put = append(d.Put, put...)
+			if newNet == oldNet {
+				for _, rt := range put {
+					if o, ok := (endpointRoutes{id, old}).get(rt.Key()); ok {
+						d.Was = append(d.Was, o)
+					}
+				}
+			}
 			deltas[newNet] = d
 			t.touched[newNet] = true
 		}
@@ -364,6 +374,8 @@ func (t *Table) flushReceived(deltas map[string]NetDelta) {
 				changed = true
 				if !wasIn {
 					t.nImport[name]++
+				} else {
+					d.Was = append(d.Was, NetRoute{Route: was.route(k), Origin: Imported, Peer: was.peer})
 				}
 			} else if wasIn {
 				d.Del = append(d.Del, NetRoute{Route: was.route(k), Origin: Imported, Peer: was.peer})
