@@ -15,6 +15,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -175,8 +176,8 @@ func (c *Controller) LeaseBlock(ctx context.Context, gw, network string, family 
 // transaction (so that a stream closing at another controller sees either
 // this marker or a changed gateway record).
 func (c *Controller) OpenGatewayStream(ctx context.Context, gw, id string) error {
-	if err := model.ValidateName("gateway", gw); err != nil {
-		return model.Errorf(model.ErrInvalid, "%w", err)
+	if err := validate.Name("gateway", gw); err != nil {
+		return model.Invalid(err)
 	}
 	err := retry(ctx, func() error {
 		kv, g, err := c.getGatewayKV(ctx, gw)

@@ -29,6 +29,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -139,8 +140,11 @@ func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
 	if n == nil {
 		return model.Errorf(model.ErrInvalid, "network is missing from the request")
 	}
-	if err := model.ValidateName("network", n.Name); err != nil {
-		return model.Errorf(model.ErrInvalid, "%w", err)
+	if err := validate.Name("network", n.Name); err != nil {
+		return model.Invalid(err)
+	}
+	if _, err := validate.Subnets(n.Subnets); err != nil {
+		return model.Errorf(model.ErrInvalid, "network %s: %w", n.Name, err)
 	}
 	if n.Ipv4BlockSize == 0 {
 		n.Ipv4BlockSize = ipam.DefaultBlockV4
@@ -156,18 +160,21 @@ func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
 	for _, p := range cfg.Subnets {
 		n.Subnets = append(n.Subnets, p.String())
 	}
-	for _, list := range []*[]string{&n.ImportRouteTargets, &n.ExportRouteTargets} {
-		var out []string
-		for _, s := range *list {
-			rt, err := model.ParseRouteTarget(strings.TrimSpace(s))
-			if err != nil {
-				return model.Errorf(model.ErrInvalid, "network %s: %w", n.Name, err)
-			}
-			if !slices.Contains(out, rt.String()) {
-				out = append(out, rt.String())
-			}
+	for _, list := range []struct {
+		kind string
+		l    *[]string
+	}{{"import", &n.ImportRouteTargets}, {"export", &n.ExportRouteTargets}} {
+		out, err := validate.RouteTargets(list.kind, *list.l)
+		if err != nil {
+			return model.Errorf(model.ErrInvalid, "network %s: %w", n.Name, err)
 		}
-		*list = out
+		if len(out) == 0 {
+			out = nil
+		}
+		*list.l = out
+	}
+	if len(n.Encapsulations) > validate.MaxEncapsulations {
+		return model.Errorf(model.ErrInvalid, "network %s: %d encapsulations: the limit is %d", n.Name, len(n.Encapsulations), validate.MaxEncapsulations)
 	}
 	if len(n.Encapsulations) == 0 {
 		n.Encapsulations = slices.Clone(model.DefaultEncapsulations)
