@@ -17,10 +17,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -105,21 +107,39 @@ func encode(m proto.Message) []byte {
 	return b
 }
 
-// retry runs fn until it does not return store.ErrConflict.
+// retry runs fn until it does not return store.ErrConflict. A conflict
+// means another writer (another request, or another controller sharing
+// etcd) changed what fn read: fn runs again after a jittered backoff that
+// doubles from retryBackoffMin up to retryBackoffMax, at most maxRetries
+// times; only then does the caller see ErrAborted. (Requests of one
+// controller do not conflict with each other over IPAM: see
+// ipam.Manager.Reserve.)
 func retry(ctx context.Context, fn func() error) error {
+	wait := retryBackoffMin
 	for i := 0; ; i++ {
 		err := fn()
 		if !errors.Is(err, store.ErrConflict) {
 			return err
 		}
 		if i >= maxRetries {
-			return model.Errorf(model.ErrAborted, "too much concurrent change; try again")
+			return model.Errorf(model.ErrAborted, "too much concurrent change (%d attempts); try again", i+1)
 		}
-		if ctx.Err() != nil {
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
+		case <-t.C:
 		}
+		wait = min(2*wait, retryBackoffMax)
 	}
 }
+
+// Backoff between retries of a conflicting transaction.
+const (
+	retryBackoffMin = time.Millisecond
+	retryBackoffMax = 100 * time.Millisecond
+)
 
 // ---- networks ----
 
