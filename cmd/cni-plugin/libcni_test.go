@@ -356,6 +356,19 @@ func TestLibcniBadInput(t *testing.T) {
 			t.Errorf("%s: got %+v, want code %d saying %q", c.name, te, c.code, c.says)
 		}
 	}
+	// Hostile input gets a short error: a 100 MB network name is quoted by
+	// its first 64 bytes, and nothing reaches the agent.
+	huge := strings.Repeat("n", 100<<20)
+	te := runPlugin(t, "ADD", pod.Path(), strings.Replace(good, `"red"`, `"`+huge+`"`, 1))
+	if te == nil || te.Code != types.ErrInvalidNetworkConfig || len(te.Msg)+len(te.Details) > 512 || !strings.Contains(te.Msg, "(104857600 bytes)") {
+		t.Errorf("100 MB network name: code %v, %d bytes of message", te, len(te.Msg)+len(te.Details))
+	}
+	for _, ifn := range []string{"eth@0", "eth%d", "a:b", "..", "e\u00e9"} {
+		te := runPlugin(t, "ADD", pod.Path(), good, "CNI_IFNAME="+ifn)
+		if te == nil || te.Code != types.ErrInvalidEnvironmentVariables {
+			t.Errorf("interface %q: %+v", ifn, te)
+		}
+	}
 	// Nothing was left behind by the refused ADDs.
 	if eps, _ := e.agent.Core().Endpoints(context.Background()); len(eps) != 0 {
 		t.Fatalf("refused ADDs left endpoints: %+v", eps)

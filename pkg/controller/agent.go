@@ -65,10 +65,16 @@ type ReportResult struct {
 	ID       string
 	Endpoint *v1.Endpoint // may be set with Err (the endpoint as the controller has it)
 	Err      error
+	// InUse lists, when Err is ErrExists, the reported addresses another
+	// endpoint holds.
+	InUse []string
 }
 
 // ReportEndpoints records the endpoints a gateway hosts; with fullSync, the
-// gateway's endpoints it did not list are deleted (their number is returned).
+// gateway's endpoints it did not list are deleted first (their number is
+// returned): for its own pods the agent is the source of truth, so an
+// address it admitted while no controller was reachable wins over an
+// endpoint created meanwhile on the gateway through the API.
 func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.AgentEndpoint, fullSync bool, offlineLog []string) ([]ReportResult, int, error) {
 	if _, err := c.GetGateway(ctx, gw); err != nil {
 		return nil, 0, err
@@ -76,12 +82,9 @@ func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.A
 	for _, l := range offlineLog {
 		c.log.Info("gateway offline record", logkey.Gateway, gw, logkey.Event, l)
 	}
-	var results []ReportResult
 	listed := map[string]bool{}
 	for _, e := range eps {
 		listed[e.GetId()] = true
-		ep, err := c.reportOne(ctx, gw, e)
-		results = append(results, ReportResult{ID: e.GetId(), Endpoint: ep, Err: err})
 	}
 	deleted := 0
 	if fullSync {
@@ -99,7 +102,31 @@ func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.A
 			deleted++
 		}
 	}
+	var results []ReportResult
+	for _, e := range eps {
+		ep, err := c.reportOne(ctx, gw, e)
+		res := ReportResult{ID: e.GetId(), Endpoint: ep, Err: err}
+		if errors.Is(err, model.ErrExists) {
+			res.InUse = c.addrsInUse(ctx, e)
+		}
+		results = append(results, res)
+	}
 	return results, deleted, nil
+}
+
+// addrsInUse returns the addresses of e that another endpoint holds.
+func (c *Controller) addrsInUse(ctx context.Context, e *v1.AgentEndpoint) []string {
+	var out []string
+	for _, s := range e.GetAddresses() {
+		a, err := netip.ParseAddr(s)
+		if err != nil || validate.Name("network", e.GetNetwork()) != nil {
+			continue
+		}
+		if kv, err := c.st.Get(ctx, keys.IPAMAddr(e.GetNetwork(), a.Unmap())); err == nil && string(kv.Value) != e.GetId() {
+			out = append(out, a.Unmap().String())
+		}
+	}
+	return out
 }
 
 func (c *Controller) reportOne(ctx context.Context, gw string, e *v1.AgentEndpoint) (*v1.Endpoint, error) {
