@@ -18,6 +18,22 @@ import (
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
+// conflistNet is the plugin's configuration for network.
+func (e *env) conflistNet(network string) *libcni.NetworkConfigList {
+	e.t.Helper()
+	js := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "iotfabric", "plugins": [
+	  {"type": "iotfabric", "socket": %q, "network": %q}]}`, e.sock, network)
+	l, err := libcni.NetworkConfFromBytes([]byte(js))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l
+}
+
+func (e *env) rtIf(id, ifName string, pod *netnstest.NS) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: ifName}
+}
+
 // addIf runs ADD for container id with interface ifName in pod.
 func (e *env) addIf(id, ifName string, pod *netnstest.NS) (*current.Result, error) {
 	r, err := e.cni.AddNetworkList(context.Background(), e.conflist(""), &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: ifName})

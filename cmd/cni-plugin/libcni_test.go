@@ -67,9 +67,9 @@ type env struct {
 	stopped chan struct{}
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, opts ...grpc.ServerOption) *env {
 	netnstest.RequireRoot(t)
-	e := &env{t: t, ctl: fabrictest.StartController(t), gw: netnstest.New(t, "iofgw"), dir: t.TempDir()}
+	e := &env{t: t, ctl: fabrictest.StartController(t, opts...), gw: netnstest.New(t, "iofgw"), dir: t.TempDir()}
 	e.api = e.ctl.Dial()
 	if _, err := e.api.Net.CreateNetwork(context.Background(), &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "red", Subnets: []string{"10.1.0.0/16"}}}); err != nil {
 		t.Fatal(err)
