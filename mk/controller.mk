@@ -1,5 +1,5 @@
 # Controller core (pkg/ipam, pkg/controller): benchmarks.
-.PHONY: bench-ipam bench-controller bench-controller-bulk
+.PHONY: bench-ipam bench-controller bench-controller-bulk fuzz-validate
 
 BENCH_TARGETS += bench-ipam bench-controller bench-controller-bulk
 
@@ -12,3 +12,9 @@ bench-controller: ## Controller: endpoints/s created in one bulk call (store, IP
 
 bench-controller-bulk: ## Controller: 150,000 endpoints by one client in CreateEndpoints calls of 1,000 (bbolt): endpoints/s, never Aborted
 	IOTFABRIC_BULK_ENDPOINTS=150000 $(GO) test -count=1 -run 'TestBulkCreateNeverAborted' -v -timeout 30m ./pkg/controller/ | grep -E 'endpoints/s|FAIL|ok'
+
+##@ test
+VALIDATE_FUZZTIME ?= 10s
+fuzz-validate: ## Validation (pkg/validate): run each fuzzer of names, ids, subnets, underlay, route targets and RDs for VALIDATE_FUZZTIME (default 10s)
+	@set -e; for fn in FuzzName FuzzEndpointIDOf FuzzSubnet FuzzUnderlay FuzzRouteTarget FuzzRouteDistinguisher; do \
+	  echo "== $$fn"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(VALIDATE_FUZZTIME) ./pkg/validate/; done
