@@ -240,7 +240,7 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 			err = a.record(ctx, ep)
 			var rf *refusal
 			if err != nil {
-				if _, derr := a.core.Refuse(context.WithoutCancel(ctx), ep.ID, inUseOf(rf, err)); derr != nil {
+				if _, derr := a.core.Refuse(context.WithoutCancel(ctx), ep.ID, ep.Addresses, inUseOf(rf, err)); derr != nil {
 					a.log.Error("roll back a refused endpoint", logkey.Endpoint, ep.ID, logkey.Err, derr)
 				}
 			}
@@ -698,6 +698,14 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 	if err != nil {
 		return rev, fmt.Errorf("report endpoints: %w", err)
 	}
+	sent := map[string][]netip.Addr{}
+	for _, e := range b.endpoints {
+		for _, s := range e.GetAddresses() {
+			if x, err := netip.ParseAddr(s); err == nil {
+				sent[e.GetId()] = append(sent[e.GetId()], x)
+			}
+		}
+	}
 	for _, r := range resp.GetResults() {
 		if r.GetError() == "" {
 			continue
@@ -714,7 +722,7 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 				inUse = append(inUse, x)
 			}
 		}
-		if ok, err := a.core.Refuse(ctx, r.GetId(), inUse); err != nil {
+		if ok, err := a.core.Refuse(ctx, r.GetId(), sent[r.GetId()], inUse); err != nil {
 			return rev, err
 		} else if ok {
 			log.Warn("controller refused an endpoint; released", logkey.Endpoint, r.GetId(), logkey.Reason, r.GetError())

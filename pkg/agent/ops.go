@@ -86,15 +86,20 @@ func (c *Core) Del(ctx context.Context, id string) (cni.Endpoint, bool, error) {
 }
 
 // Refuse removes an endpoint the controller refused (releasing its
-// addresses and label); the addresses in inUse, which the controller says
+// addresses and label) if it still has the addresses the refused report
+// gave (a refusal of an earlier report does not touch an endpoint given
+// other addresses since); the addresses in inUse, which the controller says
 // another endpoint holds, are not given to pods any more. It reports
-// whether the endpoint was there.
-func (c *Core) Refuse(ctx context.Context, id string, inUse []netip.Addr) (bool, error) {
+// whether the endpoint was removed.
+func (c *Core) Refuse(ctx context.Context, id string, reported, inUse []netip.Addr) (bool, error) {
 	var ok bool
 	err := c.doSaved(ctx, func(s *coreState) {
+		if e, found := s.eps[id]; !found || !sameAddrSet(e.Addresses, reported) {
+			return
+		}
 		e := c.remove(s, id)
-		ok = e != nil
-		if e == nil || len(inUse) == 0 {
+		ok = true
+		if len(inUse) == 0 {
 			return
 		}
 		if s.foreign[e.Network] == nil {
@@ -108,6 +113,18 @@ func (c *Core) Refuse(ctx context.Context, id string, inUse []netip.Addr) (bool,
 		}
 	})
 	return ok, err
+}
+
+func sameAddrSet(a, b []netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
 }
 
 // clearForeign forgets the addresses the controller said were held in the
@@ -324,13 +341,16 @@ func (c *Core) report(ctx context.Context, rev uint64, full bool, network string
 			}
 			label, mac := e.Label, e.MAC
 			if !e.Attached {
-				// Reported without a label until attached: the addresses are
-				// recorded (a full sync must not delete the endpoint of an
-				// ADD in flight), the route is advertised once the pod is
-				// wired.
+				// Reported without a label until attached (the route is
+				// advertised once the pod is wired), and only by full syncs
+				// and before a lease: the ADD records it itself (Agent.record),
+				// and a full sync must not delete the endpoint of an ADD in
+				// flight.
 				label, mac = 0, ""
 			}
 			switch {
+			case network == "" && !e.Attached && !b.fullSync:
+				continue
 			case network != "" && !e.Attached:
 				// Before a lease: the controller must count the addresses of
 				// ADDs in flight, or it returns the block it thinks has room.

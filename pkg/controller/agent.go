@@ -142,6 +142,12 @@ func (c *Controller) reportOne(ctx context.Context, gw string, e *v1.AgentEndpoi
 		if cur.Label == e.GetLabel() && cur.Mac == e.GetMac() {
 			return cur, nil
 		}
+		if e.GetLabel() == 0 && cur.Label != 0 {
+			// Reported before its attach (an ADD in flight, or a report
+			// overtaken by a later one through another controller): the
+			// endpoint keeps the label it was given when attached.
+			return cur, nil
+		}
 		upd := proto.Clone(cur).(*v1.Endpoint)
 		upd.Label, upd.Mac = e.GetLabel(), e.GetMac()
 		return c.UpdateEndpoint(ctx, upd)
