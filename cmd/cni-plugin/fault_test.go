@@ -43,10 +43,6 @@ func (e *env) addIf(id, ifName string, pod *netnstest.NS) (*current.Result, erro
 	return current.NewResultFromResult(r)
 }
 
-func (e *env) delIf(id, ifName string, pod *netnstest.NS) error {
-	return e.cni.DelNetworkList(context.Background(), e.conflist(""), &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: ifName})
-}
-
 // invariant checks that every address the agent holds is recorded at the
 // controller, for the same endpoint, exactly once; that no two endpoints at
 // the controller share an address; and that the controller's IPAM counts as
