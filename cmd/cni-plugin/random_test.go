@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,14 +26,14 @@ import (
 // controller (UNAVAILABLE, which the agent takes for headless operation).
 type refuser struct {
 	on      atomic.Bool
-	rnd     *rand.Rand
 	refused atomic.Int64
+
+	mu  sync.Mutex // guards rnd (calls are concurrent)
+	rnd *rand.Rand
 }
 
 func (r *refuser) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	if q, ok := req.(*v1.ReportEndpointsRequest); ok && r.on.Load() && len(q.GetEndpoints()) == 1 && !q.GetFullSync() {
-		// The handler's goroutines share r.rnd only here, under the lock of the
-		// atomic decision below (one draw per call).
 		n := r.draw()
 		switch {
 		case n < 8:
@@ -49,11 +50,9 @@ func (r *refuser) intercept(ctx context.Context, req any, info *grpc.UnaryServer
 	return h(ctx, req)
 }
 
-var drawMu = make(chan struct{}, 1)
-
 func (r *refuser) draw() int {
-	drawMu <- struct{}{}
-	defer func() { <-drawMu }()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	return r.rnd.IntN(100)
 }
 
