@@ -4,12 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/iotfabric/iotfabric/pkg/validate"
 )
 
 // DefaultSocket is where the vrouter agent listens for the plugin.
@@ -31,7 +32,11 @@ type NetConf struct {
 	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+// Limits of the configuration.
+const (
+	maxSocketPath        = 107 // sun_path
+	maxNamespaceNetworks = 10000
+)
 
 // parseConfig decodes the configuration, applies defaults, then validates it.
 // Errors are CNI errors that say what to fix.
@@ -50,17 +55,25 @@ func parseConfig(data []byte) (*NetConf, error) {
 	case conf.CNIVersion == "":
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, `"cniVersion" is missing: use "1.1.0"`, "")
 	case !filepath.IsAbs(conf.Socket):
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(`"socket" %q must be an absolute path`, conf.Socket), "")
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(`"socket" %s must be an absolute path`, validate.Quote(conf.Socket)), "")
 	case conf.MTU != 0 && (conf.MTU < 576 || conf.MTU > 65535):
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(`"mtu" %d: use 576 to 65535, or leave it out`, conf.MTU), "")
 	case conf.TimeoutSeconds < 1 || conf.TimeoutSeconds > 600:
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(`"timeoutSeconds" %d: use 1 to 600`, conf.TimeoutSeconds), "")
-	case conf.Network != "" && !nameRE.MatchString(conf.Network):
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(`"network" %q is not a valid network name (1-63 letters, digits, dash, underscore, dot)`, conf.Network), "")
+	case len(conf.Socket) > maxSocketPath:
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(`"socket" %s is too long for a unix socket path (at most %d bytes)`, validate.Quote(conf.Socket), maxSocketPath), "")
+	}
+	if conf.Network != "" {
+		if err := validate.Name("network", conf.Network); err != nil {
+			return nil, types.NewError(types.ErrInvalidNetworkConfig, `"network": `+err.Error(), "")
+		}
+	}
+	if len(conf.NamespaceNetworks) > maxNamespaceNetworks {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(`"namespaceNetworks" has %d entries: the limit is %d`, len(conf.NamespaceNetworks), maxNamespaceNetworks), "")
 	}
 	for ns, n := range conf.NamespaceNetworks {
-		if !nameRE.MatchString(n) {
-			return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(`"namespaceNetworks": namespace %q maps to %q, which is not a valid network name`, ns, n), "")
+		if err := validate.Name("network", n); err != nil {
+			return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(`"namespaceNetworks": namespace %s: %v`, validate.Quote(ns), err), "")
 		}
 	}
 	if conf.RawPrevResult != nil {

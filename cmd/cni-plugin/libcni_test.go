@@ -67,9 +67,9 @@ type env struct {
 	stopped chan struct{}
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, opts ...grpc.ServerOption) *env {
 	netnstest.RequireRoot(t)
-	e := &env{t: t, ctl: fabrictest.StartController(t), gw: netnstest.New(t, "iofgw"), dir: t.TempDir()}
+	e := &env{t: t, ctl: fabrictest.StartController(t, opts...), gw: netnstest.New(t, "iofgw"), dir: t.TempDir()}
 	e.api = e.ctl.Dial()
 	if _, err := e.api.Net.CreateNetwork(context.Background(), &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "red", Subnets: []string{"10.1.0.0/16"}}}); err != nil {
 		t.Fatal(err)
@@ -354,6 +354,19 @@ func TestLibcniBadInput(t *testing.T) {
 		te := runPlugin(t, c.cmd, c.netns, c.conf, c.env...)
 		if te == nil || te.Code != c.code || !strings.Contains(te.Msg+te.Details, c.says) {
 			t.Errorf("%s: got %+v, want code %d saying %q", c.name, te, c.code, c.says)
+		}
+	}
+	// Hostile input gets a short error: a 100 MB network name is quoted by
+	// its first 64 bytes, and nothing reaches the agent.
+	huge := strings.Repeat("n", 100<<20)
+	te := runPlugin(t, "ADD", pod.Path(), strings.Replace(good, `"red"`, `"`+huge+`"`, 1))
+	if te == nil || te.Code != types.ErrInvalidNetworkConfig || len(te.Msg)+len(te.Details) > 512 || !strings.Contains(te.Msg, "(104857600 bytes)") {
+		t.Errorf("100 MB network name: code %v, %d bytes of message", te, len(te.Msg)+len(te.Details))
+	}
+	for _, ifn := range []string{"eth@0", "eth%d", "a:b", "..", "e\u00e9"} {
+		te := runPlugin(t, "ADD", pod.Path(), good, "CNI_IFNAME="+ifn)
+		if te == nil || te.Code != types.ErrInvalidEnvironmentVariables {
+			t.Errorf("interface %q: %+v", ifn, te)
 		}
 	}
 	// Nothing was left behind by the refused ADDs.

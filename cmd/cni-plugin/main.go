@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 )
 
 func init() {
@@ -77,18 +77,19 @@ func handleAt(ns netns.NsHandle) (*netlink.Handle, error) {
 	return netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 }
 
-// checkArgs validates CNI_CONTAINERID and CNI_IFNAME.
+// checkArgs validates CNI_CONTAINERID and CNI_IFNAME with the rules the
+// agent and the controller apply to the endpoint id they make
+// (pkg/validate), so that an ADD the plugin lets through is never refused
+// for its id further on.
 func checkArgs(args *skel.CmdArgs) error {
-	if !containerIDRE.MatchString(args.ContainerID) {
-		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_CONTAINERID %q: use 1-200 letters, digits, '_', '.', '-'", args.ContainerID), "")
+	if err := validate.ContainerID(args.ContainerID); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID: "+err.Error(), "")
 	}
-	if n := args.IfName; n == "" || len(n) > 15 || strings.ContainsAny(n, "/: \t\n") || n == "." || n == ".." {
-		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME %q is not a valid interface name (1-15 characters, no '/', ':' or spaces)", n), "")
+	if err := validate.InterfaceName(args.IfName); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: "+err.Error(), "")
 	}
 	return nil
 }
-
-var containerIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$`)
 
 func cmdAdd(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
@@ -105,7 +106,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	podNS, err := netns.GetFromPath(args.Netns)
 	if err != nil {
-		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("network namespace %q cannot be opened: give the path of the pod's namespace in CNI_NETNS", args.Netns), err.Error())
+		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("network namespace %s cannot be opened: give the path of the pod's namespace in CNI_NETNS", validate.Quote(args.Netns)), err.Error())
 	}
 	defer podNS.Close()
 	network := conf.Network
@@ -326,7 +327,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	podNS, err := netns.GetFromPath(args.Netns)
 	if err != nil {
-		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("network namespace %q cannot be opened", args.Netns), err.Error())
+		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("network namespace %s cannot be opened", validate.Quote(args.Netns)), err.Error())
 	}
 	defer podNS.Close()
 	ph, err := handleAt(podNS)

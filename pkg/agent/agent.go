@@ -20,6 +20,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -215,10 +216,17 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 				req.Network = n
 			}
 		}
-		for range 8 {
+		if err := validate.Name("network", req.Network); err != nil {
+			return nil, cni.Errorf(cni.CodeInvalidNetworkConf, "%v", err)
+		}
+		leases := 0
+		for range maxAddAttempts {
 			ep, err := a.core.Add(ctx, req)
 			var nb *errNeedBlock
 			if errors.As(err, &nb) {
+				if leases++; leases > 8 {
+					break
+				}
 				if err := a.leaseBlock(ctx, nb); err != nil {
 					return nil, err
 				}
@@ -227,11 +235,29 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 			if err != nil {
 				return nil, err
 			}
+			// The controller records the endpoint before the pod gets its
+			// addresses; what it refuses is rolled back here.
+			err = a.record(ctx, ep)
+			var rf *refusal
+			if err != nil {
+				if _, derr := a.core.Refuse(context.WithoutCancel(ctx), ep.ID, ep.Addresses, inUseOf(rf, err)); derr != nil {
+					a.log.Error("roll back a refused endpoint", logkey.Endpoint, ep.ID, logkey.Err, derr)
+				}
+			}
+			if errors.As(err, &rf) {
+				if rf.code == codes.AlreadyExists && len(rf.inUse) > 0 {
+					continue // those addresses are taken: pick others
+				}
+				return nil, cni.Errorf(rf.cniCode(), "the controller refused endpoint %s in network %s: %s", ep.ID, ep.Network, rf.msg)
+			}
+			if err != nil {
+				return nil, err
+			}
 			r := base()
 			r.Endpoint = &ep
 			return r, nil
 		}
-		return nil, cni.Errorf(cni.CodeTryAgainLater, "network %s: could not get an address after leasing blocks", req.Network)
+		return nil, cni.Errorf(cni.CodeTryAgainLater, "network %s: could not get an address the controller accepts after leasing blocks", req.Network)
 	case cni.OpAttach:
 		ep, gen, err := a.core.Attach(ctx, id, req.MAC)
 		if err != nil {
@@ -288,6 +314,118 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 		return r, nil
 	}
 	return nil, cni.Errorf(cni.CodeDecodingFailure, "unknown operation %q", req.Op)
+}
+
+// maxAddAttempts bounds the allocations of one ADD (block leases, and
+// addresses the controller says are taken).
+const maxAddAttempts = 32
+
+// refusal is the controller's refusal of an endpoint.
+type refusal struct {
+	code  codes.Code
+	msg   string
+	inUse []netip.Addr
+}
+
+func (r *refusal) Error() string { return r.msg }
+
+// cniCode is the CNI error code of a refusal: 11 (try again later) when the
+// same ADD may succeed later, 7 when the request or the network is wrong.
+func (r *refusal) cniCode() uint {
+	switch r.code {
+	case codes.ResourceExhausted, codes.Aborted, codes.Unavailable, codes.DeadlineExceeded:
+		return cni.CodeTryAgainLater
+	case codes.InvalidArgument, codes.NotFound, codes.AlreadyExists, codes.FailedPrecondition, codes.OutOfRange:
+		return cni.CodeInvalidNetworkConf
+	}
+	return cni.CodeInternal
+}
+
+func inUseOf(rf *refusal, err error) []netip.Addr {
+	if errors.As(err, &rf) {
+		return rf.inUse
+	}
+	return nil
+}
+
+// definitive reports whether a refusal stands (the same report would be
+// refused again), so that the endpoint is released.
+func definitive(c codes.Code) bool {
+	switch c {
+	case codes.InvalidArgument, codes.NotFound, codes.AlreadyExists, codes.FailedPrecondition, codes.OutOfRange:
+		return true
+	}
+	return false
+}
+
+// registered returns the clients of the sessions registered now.
+func (a *Agent) registered() []clients {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var cls []clients
+	for _, addr := range a.opts.Controllers {
+		if c, ok := a.clients[addr]; ok {
+			cls = append(cls, c)
+		}
+	}
+	return cls
+}
+
+// record has a controller record ep (its id, network and addresses; the
+// label follows at attach) before the pod gets it. It returns nil when a
+// controller recorded it, and also when none is reachable (the pod is then
+// admitted headless from the gateway's blocks, and reported when a
+// session comes up); a *refusal when the controller refused it.
+func (a *Agent) record(ctx context.Context, ep cni.Endpoint) error {
+	cls := a.registered()
+	ae := &v1.AgentEndpoint{Id: ep.ID, Network: ep.Network}
+	for _, ad := range ep.Addresses {
+		ae.Addresses = append(ae.Addresses, ad.String())
+	}
+	var lastErr error
+	for _, cl := range cls {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := cl.agent.ReportEndpoints(rctx, &v1.ReportEndpointsRequest{Gateway: a.opts.Gateway, Endpoints: []*v1.AgentEndpoint{ae}})
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			lastErr = err
+			continue
+		}
+		for _, r := range resp.GetResults() {
+			if r.GetId() == ep.ID && r.GetError() != "" {
+				rf := &refusal{code: codes.Code(r.GetCode()), msg: bounded(r.GetError())}
+				if rf.code == codes.OK {
+					rf.code = codes.Unknown
+				}
+				for _, s := range r.GetAddressesInUse() {
+					if x, err := netip.ParseAddr(s); err == nil {
+						rf.inUse = append(rf.inUse, x)
+					}
+				}
+				return rf
+			}
+		}
+		return nil
+	}
+	switch status.Code(lastErr) {
+	case codes.OK, codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		if lastErr != nil {
+			a.log.Warn("no controller answered; endpoint admitted from the gateway's blocks", logkey.Endpoint, ep.ID, logkey.Err, lastErr)
+		}
+		return nil
+	}
+	return &refusal{code: status.Code(lastErr), msg: bounded(status.Convert(lastErr).Message())}
+}
+
+// bounded cuts a message from the controller to at most 1 KiB.
+func bounded(s string) string {
+	if len(s) <= 1024 {
+		return s
+	}
+	return s[:1024] + "…"
 }
 
 type clients struct {
@@ -391,6 +529,11 @@ func (a *Agent) leaseBlock(ctx context.Context, nb *errNeedBlock) error {
 				var p netip.Prefix
 				if p, err = netip.ParsePrefix(r.GetBlock().GetPrefix()); err == nil {
 					cancel()
+					// The controller counts the block's addresses again:
+					// forget those it said were taken (they may be free now).
+					if err := a.core.clearForeign(ctx, nb.network); err != nil {
+						return err
+					}
 					return a.core.AddBlocks(ctx, []Block{{Network: nb.network, Prefix: p}})
 				}
 			}
@@ -555,9 +698,34 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 	if err != nil {
 		return rev, fmt.Errorf("report endpoints: %w", err)
 	}
+	sent := map[string][]netip.Addr{}
+	for _, e := range b.endpoints {
+		for _, s := range e.GetAddresses() {
+			if x, err := netip.ParseAddr(s); err == nil {
+				sent[e.GetId()] = append(sent[e.GetId()], x)
+			}
+		}
+	}
 	for _, r := range resp.GetResults() {
-		if r.GetError() != "" {
-			log.Warn("controller refused an endpoint", logkey.Endpoint, r.GetId(), logkey.Reason, r.GetError())
+		if r.GetError() == "" {
+			continue
+		}
+		if !definitive(codes.Code(r.GetCode())) {
+			log.Warn("controller refused an endpoint for now", logkey.Endpoint, r.GetId(), logkey.Reason, r.GetError())
+			continue
+		}
+		// The agent keeps no address the controller has not recorded: the
+		// endpoint is released (its pod loses the address).
+		var inUse []netip.Addr
+		for _, s := range r.GetAddressesInUse() {
+			if x, err := netip.ParseAddr(s); err == nil {
+				inUse = append(inUse, x)
+			}
+		}
+		if ok, err := a.core.Refuse(ctx, r.GetId(), sent[r.GetId()], inUse); err != nil {
+			return rev, err
+		} else if ok {
+			log.Warn("controller refused an endpoint; released", logkey.Endpoint, r.GetId(), logkey.Reason, r.GetError())
 		}
 	}
 	if len(b.offline) > 0 {

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 )
 
 // DefaultStateDir and DefaultCNISocket are where the agent keeps its state
@@ -86,9 +86,12 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 	}
 	flog := log.With(logkey.Component, logkey.ComponentAgent)
 	var errs []error
-	u, err := netip.ParseAddr(f.Underlay)
-	if err != nil || !u.Is4() {
-		errs = append(errs, fmt.Errorf("--underlay %q: give this gateway's IPv4 underlay address", f.Underlay))
+	if err := validate.Name("gateway", f.Gateway); err != nil {
+		errs = append(errs, fmt.Errorf("--gateway: %w", err))
+	}
+	u, err := validate.Underlay(f.Underlay)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--underlay: %w", err))
 	}
 	if len(f.Controllers) == 0 {
 		flog.Warn("no --controller: the gateway runs headless from its state directory")

@@ -93,15 +93,20 @@ type sessionRoutes struct {
 
 // coreState is owned by the core goroutine.
 type coreState struct {
-	p           *persisted
-	eps         map[string]*Endpoint
-	labels      map[uint32]string
-	pools       map[string]*ipam.Pool
-	sessions    map[string]*sessionRoutes
-	frozen      map[routeKey]*route // the routes in force while no controller is live
-	rev         uint64              // change counter of endpoints
-	delRev      uint64              // rev of the last removal
-	dirty       bool                // stateFile needs writing
+	p        *persisted
+	eps      map[string]*Endpoint
+	labels   map[uint32]string
+	pools    map[string]*ipam.Pool
+	sessions map[string]*sessionRoutes
+	frozen   map[routeKey]*route // the routes in force while no controller is live
+	// foreign are addresses of the gateway's blocks that the controller said
+	// another endpoint holds (an endpoint created through the API on this
+	// gateway): never given to a pod. Not persisted; cleared when the
+	// controller hands out a block the agent already has.
+	foreign     map[string]map[netip.Addr]bool
+	rev         uint64 // change counter of endpoints
+	delRev      uint64 // rev of the last removal
+	dirty       bool   // stateFile needs writing
 	routesDirty bool
 	desiredGen  uint64
 	afterSave   []func(error)
@@ -150,7 +155,7 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	s := &coreState{p: p, eps: map[string]*Endpoint{}, labels: map[uint32]string{}, pools: map[string]*ipam.Pool{},
-		sessions: sessions, frozen: map[routeKey]*route{}}
+		sessions: sessions, frozen: map[routeKey]*route{}, foreign: map[string]map[netip.Addr]bool{}}
 	for _, sr := range sessions {
 		maps.Copy(s.frozen, sr.routes)
 	}
@@ -199,10 +204,17 @@ func (s *coreState) rebuildPools(gw string) error {
 				}
 			}
 		}
+		for a := range s.foreign[n] {
+			_ = pool.LoadAddr(a, foreignOwner) // outside the blocks: nothing to avoid
+		}
 		s.pools[n] = pool
 	}
 	return nil
 }
+
+// foreignOwner owns, in the agent's pools, the addresses another endpoint
+// holds at the controller.
+const foreignOwner = "\x00controller"
 
 // Run owns the state until ctx ends.
 func (c *Core) Run(ctx context.Context, s *coreState) error {

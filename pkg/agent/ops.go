@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"maps"
+	"net/netip"
 	"slices"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -82,6 +83,62 @@ func (c *Core) Del(ctx context.Context, id string) (cni.Endpoint, bool, error) {
 		}
 	})
 	return out, ok, err
+}
+
+// Refuse removes an endpoint the controller refused (releasing its
+// addresses and label) if it still has the addresses the refused report
+// gave (a refusal of an earlier report does not touch an endpoint given
+// other addresses since); the addresses in inUse, which the controller says
+// another endpoint holds, are not given to pods any more. It reports
+// whether the endpoint was removed.
+func (c *Core) Refuse(ctx context.Context, id string, reported, inUse []netip.Addr) (bool, error) {
+	var ok bool
+	err := c.doSaved(ctx, func(s *coreState) {
+		if e, found := s.eps[id]; !found || !sameAddrSet(e.Addresses, reported) {
+			return
+		}
+		e := c.remove(s, id)
+		ok = true
+		if len(inUse) == 0 {
+			return
+		}
+		if s.foreign[e.Network] == nil {
+			s.foreign[e.Network] = map[netip.Addr]bool{}
+		}
+		for _, a := range inUse {
+			s.foreign[e.Network][a] = true
+			if pool := s.pools[e.Network]; pool != nil {
+				_ = pool.LoadAddr(a, foreignOwner)
+			}
+		}
+	})
+	return ok, err
+}
+
+func sameAddrSet(a, b []netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
+}
+
+// clearForeign forgets the addresses the controller said were held in the
+// network (they may have been freed since).
+func (c *Core) clearForeign(ctx context.Context, network string) error {
+	return c.doSaved(ctx, func(s *coreState) {
+		if len(s.foreign[network]) == 0 {
+			return
+		}
+		delete(s.foreign, network)
+		if err := s.rebuildPools(c.cfg.Gateway); err != nil {
+			c.log.Error("rebuild address pools", logkey.Network, network, logkey.Err, err)
+		}
+	})
 }
 
 // Get returns the endpoint.
@@ -282,10 +339,17 @@ func (c *Core) report(ctx context.Context, rev uint64, full bool, network string
 			if network != "" && e.Network != network {
 				continue
 			}
+			label, mac := e.Label, e.MAC
+			if !e.Attached {
+				// Reported without a label until attached (the route is
+				// advertised once the pod is wired), and only by full syncs
+				// and before a lease: the ADD records it itself (Agent.record),
+				// and a full sync must not delete the endpoint of an ADD in
+				// flight.
+				label, mac = 0, ""
+			}
 			switch {
-			case network == "" && !e.Attached:
-				// Reported once attached: the route is advertised when the
-				// pod is wired, and the controller's work is halved.
+			case network == "" && !e.Attached && !b.fullSync:
 				continue
 			case network != "" && !e.Attached:
 				// Before a lease: the controller must count the addresses of
@@ -293,7 +357,7 @@ func (c *Core) report(ctx context.Context, rev uint64, full bool, network string
 			case !b.fullSync && e.rev <= rev && rev != 0:
 				continue
 			}
-			ae := &v1.AgentEndpoint{Id: e.ID, Network: e.Network, Mac: e.MAC, Label: e.Label, Created: timestamppb.New(e.Created)}
+			ae := &v1.AgentEndpoint{Id: e.ID, Network: e.Network, Mac: mac, Label: label, Created: timestamppb.New(e.Created)}
 			for _, a := range e.Addresses {
 				ae.Addresses = append(ae.Addresses, a.String())
 			}

@@ -57,9 +57,9 @@ func (a *agents) ReportEndpoints(ctx context.Context, req *v1.ReportEndpointsReq
 	}
 	resp := &v1.ReportEndpointsResponse{Deleted: int64(deleted)}
 	for _, r := range results {
-		res := &v1.EndpointResult{Id: r.ID, Endpoint: r.Endpoint}
+		res := &v1.EndpointResult{Id: r.ID, Endpoint: r.Endpoint, AddressesInUse: r.InUse}
 		if r.Err != nil {
-			res.Error = r.Err.Error()
+			res.Error, res.Code = r.Err.Error(), int32(Code(r.Err))
 		}
 		resp.Results = append(resp.Results, res)
 	}

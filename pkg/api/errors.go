@@ -9,6 +9,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 )
 
 // toGRPCCode is the one table from domain errors to gRPC codes. It is read in
@@ -22,6 +23,8 @@ var toGRPCCode = []struct {
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{model.ErrInvalid, codes.InvalidArgument},
+	{validate.ErrInvalid, codes.InvalidArgument},
+	{validate.ErrLimit, codes.InvalidArgument},
 	{model.ErrNotFound, codes.NotFound},
 	{model.ErrExists, codes.AlreadyExists},
 	{model.ErrConflict, codes.FailedPrecondition},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 )
 
 func TestStatus(t *testing.T) {
@@ -36,6 +38,9 @@ func TestStatus(t *testing.T) {
 		{fmt.Errorf("list: %w", context.DeadlineExceeded), codes.DeadlineExceeded, "list: context deadline exceeded"},
 		{fmt.Errorf("%w; restart the watch with from_revision 0", store.ErrCompacted), codes.OutOfRange, "revision compacted; restart the watch with from_revision 0"},
 		{store.ErrClosed, codes.Unavailable, "store closed"},
+		// pkg/validate's errors, marked or not: the value is quoted short.
+		{validate.Name("network", strings.Repeat("n", 1000)), codes.InvalidArgument, `network name "` + strings.Repeat("n", 64) + `"… (1000 bytes) is too long: the limit is 63 characters`},
+		{model.Invalid(validate.Bulk(1001)), codes.InvalidArgument, "1001 endpoints in one call: the limit is 1000; split the request"},
 		{errors.New("something else"), codes.Unknown, "something else"},
 		{grpcErr, codes.PermissionDenied, "from a stream"},
 	} {

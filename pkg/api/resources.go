@@ -7,6 +7,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/model"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -135,6 +136,9 @@ func (s *resources) CreateEndpoint(ctx context.Context, r *v1.CreateEndpointRequ
 }
 
 func (s *resources) CreateEndpoints(ctx context.Context, r *v1.CreateEndpointsRequest) (*v1.CreateEndpointsResponse, error) {
+	if err := validate.Bulk(len(r.GetEndpoints())); err != nil {
+		return nil, Status(model.Invalid(err))
+	}
 	for i, e := range r.GetEndpoints() {
 		if e == nil {
 			return nil, Status(model.Errorf(model.ErrInvalid, "endpoint %d is empty", i))

@@ -17,6 +17,8 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+
+	"github.com/iotfabric/iotfabric/pkg/validate"
 )
 
 // Operations.
@@ -164,11 +166,8 @@ func DecodeRequest(r io.Reader) (*Request, error) {
 // Validate checks the fields the operation needs.
 func (r *Request) Validate() error {
 	needID := func() error {
-		if r.ContainerID == "" || r.IfName == "" {
-			return fmt.Errorf("%s: containerID and ifName are required", r.Op)
-		}
-		if len(r.ContainerID) > 200 || len(r.IfName) > 15 {
-			return fmt.Errorf("%s: containerID (at most 200 characters) or ifName (at most 15) too long", r.Op)
+		if _, err := validate.EndpointIDOf(r.ContainerID, r.IfName); err != nil {
+			return fmt.Errorf("%s: %w", r.Op, err)
 		}
 		return nil
 	}
@@ -180,11 +179,16 @@ func (r *Request) Validate() error {
 		if r.Network == "" && r.PodNamespace == "" {
 			return errors.New("add: a network (or the pod's namespace to map) is required")
 		}
+		if r.Network != "" {
+			if err := validate.Name("network", r.Network); err != nil {
+				return fmt.Errorf("add: %w", err)
+			}
+		}
 	case OpAttach, OpDel, OpCheck:
 		return needID()
 	case OpGC, OpStatus:
 	default:
-		return fmt.Errorf("unknown operation %q", r.Op)
+		return fmt.Errorf("unknown operation %s", validate.Quote(r.Op))
 	}
 	return nil
 }

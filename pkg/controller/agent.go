@@ -15,6 +15,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -64,10 +65,16 @@ type ReportResult struct {
 	ID       string
 	Endpoint *v1.Endpoint // may be set with Err (the endpoint as the controller has it)
 	Err      error
+	// InUse lists, when Err is ErrExists, the reported addresses another
+	// endpoint holds.
+	InUse []string
 }
 
 // ReportEndpoints records the endpoints a gateway hosts; with fullSync, the
-// gateway's endpoints it did not list are deleted (their number is returned).
+// gateway's endpoints it did not list are deleted first (their number is
+// returned): for its own pods the agent is the source of truth, so an
+// address it admitted while no controller was reachable wins over an
+// endpoint created meanwhile on the gateway through the API.
 func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.AgentEndpoint, fullSync bool, offlineLog []string) ([]ReportResult, int, error) {
 	if _, err := c.GetGateway(ctx, gw); err != nil {
 		return nil, 0, err
@@ -75,12 +82,9 @@ func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.A
 	for _, l := range offlineLog {
 		c.log.Info("gateway offline record", logkey.Gateway, gw, logkey.Event, l)
 	}
-	var results []ReportResult
 	listed := map[string]bool{}
 	for _, e := range eps {
 		listed[e.GetId()] = true
-		ep, err := c.reportOne(ctx, gw, e)
-		results = append(results, ReportResult{ID: e.GetId(), Endpoint: ep, Err: err})
 	}
 	deleted := 0
 	if fullSync {
@@ -98,7 +102,31 @@ func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.A
 			deleted++
 		}
 	}
+	var results []ReportResult
+	for _, e := range eps {
+		ep, err := c.reportOne(ctx, gw, e)
+		res := ReportResult{ID: e.GetId(), Endpoint: ep, Err: err}
+		if errors.Is(err, model.ErrExists) {
+			res.InUse = c.addrsInUse(ctx, e)
+		}
+		results = append(results, res)
+	}
 	return results, deleted, nil
+}
+
+// addrsInUse returns the addresses of e that another endpoint holds.
+func (c *Controller) addrsInUse(ctx context.Context, e *v1.AgentEndpoint) []string {
+	var out []string
+	for _, s := range e.GetAddresses() {
+		a, err := netip.ParseAddr(s)
+		if err != nil || validate.Name("network", e.GetNetwork()) != nil {
+			continue
+		}
+		if kv, err := c.st.Get(ctx, keys.IPAMAddr(e.GetNetwork(), a.Unmap())); err == nil && string(kv.Value) != e.GetId() {
+			out = append(out, a.Unmap().String())
+		}
+	}
+	return out
 }
 
 func (c *Controller) reportOne(ctx context.Context, gw string, e *v1.AgentEndpoint) (*v1.Endpoint, error) {
@@ -112,6 +140,12 @@ func (c *Controller) reportOne(ctx context.Context, gw string, e *v1.AgentEndpoi
 			return cur, model.Errorf(model.ErrConflict, "endpoint %s has addresses %v at the controller, the gateway reports %v", e.GetId(), cur.Addresses, e.GetAddresses())
 		}
 		if cur.Label == e.GetLabel() && cur.Mac == e.GetMac() {
+			return cur, nil
+		}
+		if e.GetLabel() == 0 && cur.Label != 0 {
+			// Reported before its attach (an ADD in flight, or a report
+			// overtaken by a later one through another controller): the
+			// endpoint keeps the label it was given when attached.
 			return cur, nil
 		}
 		upd := proto.Clone(cur).(*v1.Endpoint)
@@ -175,8 +209,8 @@ func (c *Controller) LeaseBlock(ctx context.Context, gw, network string, family 
 // transaction (so that a stream closing at another controller sees either
 // this marker or a changed gateway record).
 func (c *Controller) OpenGatewayStream(ctx context.Context, gw, id string) error {
-	if err := model.ValidateName("gateway", gw); err != nil {
-		return model.Errorf(model.ErrInvalid, "%w", err)
+	if err := validate.Name("gateway", gw); err != nil {
+		return model.Invalid(err)
 	}
 	err := retry(ctx, func() error {
 		kv, g, err := c.getGatewayKV(ctx, gw)

@@ -17,10 +17,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -29,6 +31,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -104,21 +107,39 @@ func encode(m proto.Message) []byte {
 	return b
 }
 
-// retry runs fn until it does not return store.ErrConflict.
+// retry runs fn until it does not return store.ErrConflict. A conflict
+// means another writer (another request, or another controller sharing
+// etcd) changed what fn read: fn runs again after a jittered backoff that
+// doubles from retryBackoffMin up to retryBackoffMax, at most maxRetries
+// times; only then does the caller see ErrAborted. (Requests of one
+// controller do not conflict with each other over IPAM: see
+// ipam.Manager.Reserve.)
 func retry(ctx context.Context, fn func() error) error {
+	wait := retryBackoffMin
 	for i := 0; ; i++ {
 		err := fn()
 		if !errors.Is(err, store.ErrConflict) {
 			return err
 		}
 		if i >= maxRetries {
-			return model.Errorf(model.ErrAborted, "too much concurrent change; try again")
+			return model.Errorf(model.ErrAborted, "too much concurrent change (%d attempts); try again", i+1)
 		}
-		if ctx.Err() != nil {
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
+		case <-t.C:
 		}
+		wait = min(2*wait, retryBackoffMax)
 	}
 }
+
+// Backoff between retries of a conflicting transaction.
+const (
+	retryBackoffMin = time.Millisecond
+	retryBackoffMax = 100 * time.Millisecond
+)
 
 // ---- networks ----
 
@@ -139,8 +160,11 @@ func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
 	if n == nil {
 		return model.Errorf(model.ErrInvalid, "network is missing from the request")
 	}
-	if err := model.ValidateName("network", n.Name); err != nil {
-		return model.Errorf(model.ErrInvalid, "%w", err)
+	if err := validate.Name("network", n.Name); err != nil {
+		return model.Invalid(err)
+	}
+	if _, err := validate.Subnets(n.Subnets); err != nil {
+		return model.Errorf(model.ErrInvalid, "network %s: %w", n.Name, err)
 	}
 	if n.Ipv4BlockSize == 0 {
 		n.Ipv4BlockSize = ipam.DefaultBlockV4
@@ -156,18 +180,21 @@ func (c *Controller) normaliseNetwork(n *v1.VirtualNetwork) error {
 	for _, p := range cfg.Subnets {
 		n.Subnets = append(n.Subnets, p.String())
 	}
-	for _, list := range []*[]string{&n.ImportRouteTargets, &n.ExportRouteTargets} {
-		var out []string
-		for _, s := range *list {
-			rt, err := model.ParseRouteTarget(strings.TrimSpace(s))
-			if err != nil {
-				return model.Errorf(model.ErrInvalid, "network %s: %w", n.Name, err)
-			}
-			if !slices.Contains(out, rt.String()) {
-				out = append(out, rt.String())
-			}
+	for _, list := range []struct {
+		kind string
+		l    *[]string
+	}{{"import", &n.ImportRouteTargets}, {"export", &n.ExportRouteTargets}} {
+		out, err := validate.RouteTargets(list.kind, *list.l)
+		if err != nil {
+			return model.Errorf(model.ErrInvalid, "network %s: %w", n.Name, err)
 		}
-		*list = out
+		if len(out) == 0 {
+			out = nil
+		}
+		*list.l = out
+	}
+	if len(n.Encapsulations) > validate.MaxEncapsulations {
+		return model.Errorf(model.ErrInvalid, "network %s: %d encapsulations: the limit is %d", n.Name, len(n.Encapsulations), validate.MaxEncapsulations)
 	}
 	if len(n.Encapsulations) == 0 {
 		n.Encapsulations = slices.Clone(model.DefaultEncapsulations)

@@ -15,6 +15,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -24,14 +25,17 @@ func normaliseGateway(g *v1.Gateway) error {
 	if g == nil {
 		return model.Errorf(model.ErrInvalid, "gateway is missing from the request")
 	}
-	if err := model.ValidateName("gateway", g.Name); err != nil {
-		return model.Errorf(model.ErrInvalid, "%w", err)
+	if err := validate.Name("gateway", g.Name); err != nil {
+		return model.Invalid(err)
 	}
-	a, err := netip.ParseAddr(strings.TrimSpace(g.UnderlayAddress))
-	if err != nil || !a.Is4() {
-		return model.Errorf(model.ErrInvalid, "gateway %s: underlay address %q must be an IPv4 address (it is the tunnel endpoint and the route distinguisher's administrator)", g.Name, g.UnderlayAddress)
+	a, err := validate.Underlay(g.UnderlayAddress)
+	if err != nil {
+		return model.Errorf(model.ErrInvalid, "gateway %s: %w", g.Name, err)
 	}
 	g.UnderlayAddress = a.String()
+	if len(g.Encapsulations) > validate.MaxEncapsulations {
+		return model.Errorf(model.ErrInvalid, "gateway %s: %d encapsulations: the limit is %d", g.Name, len(g.Encapsulations), validate.MaxEncapsulations)
+	}
 	if len(g.Encapsulations) == 0 {
 		g.Encapsulations = slices.Clone(model.DefaultEncapsulations)
 	}
@@ -295,23 +299,32 @@ func (c *Controller) endpointParents(ctx context.Context, e *v1.Endpoint, pa *pa
 }
 
 func validateNewEndpoint(e *v1.Endpoint) ([]netip.Addr, error) {
-	if err := model.ValidateEndpointID(e.Id); err != nil {
-		return nil, model.Errorf(model.ErrInvalid, "%w", err)
+	if err := validate.EndpointID(e.Id); err != nil {
+		return nil, model.Invalid(err)
 	}
 	if e.Network == "" || e.Gateway == "" {
 		return nil, model.Errorf(model.ErrInvalid, "endpoint %s: network and gateway are required", e.Id)
 	}
-	if err := model.ValidateLabel(e.Label); err != nil {
+	if err := validate.Name("network", e.Network); err != nil {
 		return nil, model.Errorf(model.ErrInvalid, "endpoint %s: %w", e.Id, err)
 	}
-	if err := model.ValidateMAC(e.Mac); err != nil {
+	if err := validate.Name("gateway", e.Gateway); err != nil {
 		return nil, model.Errorf(model.ErrInvalid, "endpoint %s: %w", e.Id, err)
+	}
+	if err := validate.Label(e.Label); err != nil {
+		return nil, model.Errorf(model.ErrInvalid, "endpoint %s: %w", e.Id, err)
+	}
+	if err := validate.MAC(e.Mac); err != nil {
+		return nil, model.Errorf(model.ErrInvalid, "endpoint %s: %w", e.Id, err)
+	}
+	if len(e.Addresses) > 2 {
+		return nil, model.Errorf(model.ErrInvalid, "endpoint %s: %d addresses: at most one per family", e.Id, len(e.Addresses))
 	}
 	var requested []netip.Addr
 	for _, s := range e.Addresses {
 		a, err := netip.ParseAddr(strings.TrimSpace(s))
 		if err != nil {
-			return nil, model.Errorf(model.ErrInvalid, "endpoint %s: address %q is not an IP address", e.Id, s)
+			return nil, model.Errorf(model.ErrInvalid, "endpoint %s: address %s is not an IP address", e.Id, validate.Quote(s))
 		}
 		for _, r := range requested {
 			if r.Is4() == a.Is4() {
@@ -498,10 +511,13 @@ func (c *Controller) UpdateEndpoint(ctx context.Context, req *v1.Endpoint) (*v1.
 	if req == nil {
 		return nil, model.Errorf(model.ErrInvalid, "endpoint is missing from the request")
 	}
-	if err := model.ValidateLabel(req.Label); err != nil {
+	if err := validate.EndpointID(req.Id); err != nil {
+		return nil, model.Invalid(err)
+	}
+	if err := validate.Label(req.Label); err != nil {
 		return nil, model.Errorf(model.ErrInvalid, "endpoint %s: %w", req.Id, err)
 	}
-	if err := model.ValidateMAC(req.Mac); err != nil {
+	if err := validate.MAC(req.Mac); err != nil {
 		return nil, model.Errorf(model.ErrInvalid, "endpoint %s: %w", req.Id, err)
 	}
 	var out *v1.Endpoint

@@ -66,6 +66,9 @@ type Manager struct {
 
 	mu    sync.Mutex // guards pools and every Pool in it
 	pools map[string]*poolEntry
+
+	leaseMu sync.Mutex // guards leasing
+	leasing map[string]*leaseLock
 }
 
 type poolEntry struct {
@@ -76,7 +79,7 @@ type poolEntry struct {
 
 // NewManager returns a Manager over st.
 func NewManager(st store.Store) *Manager {
-	return &Manager{st: st, pools: map[string]*poolEntry{}}
+	return &Manager{st: st, pools: map[string]*poolEntry{}, leasing: map[string]*leaseLock{}}
 }
 
 // Configure declares (or re-declares) a network's address space. State is
@@ -266,7 +269,80 @@ func (r *Reservation) Addrs() []netip.Addr {
 
 // Reserve reserves addresses for owner on gateway: the requested ones, or else
 // one of every family the network has.
+//
+// Without requested addresses, the addresses come from blocks whose lease is
+// already stored: when the gateway's blocks are full, Reserve first leases a
+// block on its own (LeaseBlock, one lease at a time per network, gateway and
+// family), then reserves again. So concurrent reservations never share the
+// write of a new block, and one writer's transactions never conflict with
+// each other.
 func (m *Manager) Reserve(ctx context.Context, network, owner, gateway string, requested []netip.Addr) (*Reservation, error) {
+	for attempt := 0; ; attempt++ {
+		r, err := m.reserve(ctx, network, owner, gateway, requested)
+		var nb *needBlockError
+		if !errors.As(err, &nb) {
+			return r, err
+		}
+		if attempt >= maxBlockLeases {
+			return nil, fmt.Errorf("IPv%d: %w", nb.family, ErrBusy)
+		}
+		if _, err := m.leaseBlockOnce(ctx, network, gateway, nb.family); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// maxBlockLeases bounds the blocks one Reserve leases (each is taken by
+// concurrent reservations of the same gateway before this one retries).
+const maxBlockLeases = 64
+
+type needBlockError struct{ family Family }
+
+func (e *needBlockError) Error() string { return fmt.Sprintf("IPv%d: %v", e.family, ErrNeedBlock) }
+func (e *needBlockError) Unwrap() error { return ErrNeedBlock }
+
+// leaseBlockOnce is LeaseBlock, one at a time per network, gateway and
+// family: callers that wait find the block the first one leased.
+func (m *Manager) leaseBlockOnce(ctx context.Context, network, gateway string, f Family) (netip.Prefix, error) {
+	key := fmt.Sprintf("%s\x00%s\x00%d", network, gateway, f)
+	m.leaseMu.Lock()
+	mu, ok := m.leasing[key]
+	if !ok {
+		mu = &leaseLock{c: make(chan struct{}, 1)}
+		m.leasing[key] = mu
+	}
+	mu.users++
+	m.leaseMu.Unlock()
+	defer func() {
+		m.leaseMu.Lock()
+		if mu.users--; mu.users == 0 {
+			delete(m.leasing, key)
+		}
+		m.leaseMu.Unlock()
+	}()
+	select {
+	case mu.c <- struct{}{}:
+	case <-ctx.Done():
+		return netip.Prefix{}, ctx.Err()
+	}
+	defer func() { <-mu.c }()
+	m.leaseMu.Lock()
+	waiting := mu.users
+	m.leaseMu.Unlock()
+	// Those waiting need addresses too: lease for them in the same write.
+	return m.leaseBlocks(ctx, network, gateway, f, min(1+waiting/8, maxBlocksPerLease))
+}
+
+// maxBlocksPerLease bounds the blocks leased in one write for waiting reservations.
+const maxBlocksPerLease = 16
+
+// leaseLock is a mutex that a waiter can give up on (a channel of one).
+type leaseLock struct {
+	c     chan struct{}
+	users int // guarded by Manager.leaseMu
+}
+
+func (m *Manager) reserve(ctx context.Context, network, owner, gateway string, requested []netip.Addr) (*Reservation, error) {
 	r := &Reservation{Network: network}
 	err := m.withPool(ctx, network, func(p *Pool) error {
 		var err error
@@ -281,7 +357,10 @@ func (m *Manager) Reserve(ctx context.Context, network, owner, gateway string, r
 		} else {
 			for _, f := range p.Families() {
 				var l Lease
-				if l, err = p.Reserve(owner, gateway, f); err != nil {
+				if l, err = p.ReserveLeased(owner, gateway, f); err != nil {
+					if errors.Is(err, ErrNeedBlock) {
+						err = &needBlockError{family: f}
+					}
 					break
 				}
 				r.Leases = append(r.Leases, l)
@@ -413,6 +492,66 @@ func (m *Manager) Release(ctx context.Context, network string, a netip.Addr) err
 	}
 	m.Released(network, []netip.Addr{a})
 	return nil
+}
+
+// leaseBlocks is LeaseBlock leasing up to n new blocks in one write (when
+// the gateway holds none with a free address); it returns the first.
+func (m *Manager) leaseBlocks(ctx context.Context, network, gateway string, f Family, n int) (netip.Prefix, error) {
+	if n <= 1 {
+		return m.LeaseBlock(ctx, network, gateway, f)
+	}
+	for attempt := 0; ; attempt++ {
+		var ls []Lease
+		err := m.withPool(ctx, network, func(p *Pool) error {
+			for range n {
+				l, err := p.ReserveBlock(gateway, f)
+				if err != nil {
+					if len(ls) > 0 && errors.Is(err, ErrExhausted) {
+						return nil // fewer blocks left than asked for
+					}
+					return err
+				}
+				if l.Existing {
+					if len(ls) == 0 {
+						ls = append(ls, l)
+					}
+					return nil
+				}
+				ls = append(ls, l)
+			}
+			return nil
+		})
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		if ls[0].Existing {
+			return ls[0].NewBlock, nil
+		}
+		var conds []store.Cond
+		var ops []store.Op
+		for _, l := range ls {
+			k := BlockKey(network, l.NewBlock)
+			conds = append(conds, store.Absent(k))
+			ops = append(ops, store.Put(k, []byte(gateway)))
+		}
+		_, err = m.st.Txn(ctx, conds, ops)
+		m.apply(network, func(p *Pool) {
+			for _, l := range ls {
+				if err == nil {
+					p.CommitBlock(l)
+				} else {
+					p.AbortBlock(l)
+				}
+			}
+		})
+		if err == nil {
+			return ls[0].NewBlock, nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= 20 {
+			return netip.Prefix{}, fmt.Errorf("lease blocks of %s to %s: %w", network, gateway, err)
+		}
+		m.Invalidate(network)
+	}
 }
 
 // LeaseBlock leases a block of family f to gateway in network (or returns a

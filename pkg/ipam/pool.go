@@ -39,6 +39,8 @@ var (
 	ErrOutOfRange = errors.New("address is not in any subnet of the network")
 	// ErrBlockTaken means the requested address lies in a block leased to another gateway.
 	ErrBlockTaken = errors.New("address is in a block leased to another gateway")
+	// ErrNeedBlock means the gateway's leased blocks are full (ReserveLeased).
+	ErrNeedBlock = errors.New("no free address in the blocks leased to the gateway")
 )
 
 // Family selects IPv4 or IPv6.
@@ -272,6 +274,19 @@ func (p *Pool) find(a netip.Addr) (*subnet, *block, uint64) {
 // Reserve picks an address of family f for owner on gateway. If owner already
 // holds one of that family, it is returned with Existing set.
 func (p *Pool) Reserve(owner, gateway string, f Family) (Lease, error) {
+	return p.reserve(owner, gateway, f, true)
+}
+
+// ReserveLeased is Reserve limited to the blocks whose lease to gateway is
+// committed: when they are full it returns ErrNeedBlock (and leases nothing),
+// so that the caller leases a block on its own first (Manager.Reserve).
+// Reservations made this way never write a block lease, so concurrent ones
+// never conflict with each other over a block.
+func (p *Pool) ReserveLeased(owner, gateway string, f Family) (Lease, error) {
+	return p.reserve(owner, gateway, f, false)
+}
+
+func (p *Pool) reserve(owner, gateway string, f Family, newBlock bool) (Lease, error) {
 	for _, a := range p.byOwner[owner] {
 		if familyOf(a) == f {
 			return Lease{Owner: owner, Gateway: gateway, Addr: a, Existing: true}, nil
@@ -288,12 +303,15 @@ func (p *Pool) Reserve(owner, gateway string, f Family) (Lease, error) {
 			continue
 		}
 		allFull = false
-		if familyOf(b.prefix.Addr()) != f {
+		if familyOf(b.prefix.Addr()) != f || (b.pending && !newBlock) {
 			continue
 		}
 		if off, ok := b.firstFree(); ok {
 			return p.take(owner, gateway, b, off, pendingPrefix(b)), nil
 		}
+	}
+	if !newBlock {
+		return Lease{}, fmt.Errorf("IPv%d: %w", f, ErrNeedBlock)
 	}
 	b := p.leaseNewBlock(gateway, f)
 	if b == nil {

@@ -48,6 +48,14 @@ func Errorf(kind error, format string, args ...any) error {
 	return &kindError{kind: kind, err: fmt.Errorf(format, args...)}
 }
 
+// Invalid marks an error of pkg/validate (or any other message) as ErrInvalid.
+func Invalid(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &kindError{kind: ErrInvalid, err: err}
+}
+
 // HasKind reports whether err wraps one of the kinds above.
 func HasKind(err error) bool {
 	for _, k := range kinds {

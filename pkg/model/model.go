@@ -3,17 +3,20 @@
 // and the kinds of the domain's errors (errors.go), which pkg/api maps to gRPC
 // codes.
 //
+// The validation of names, addresses and identifiers is pkg/validate's, shared
+// with the CNI plugin and the agent; the Validate functions here delegate to it.
+//
 // It owns vocabulary only: it does no I/O and may not import the store, the
 // transport or any package that uses it.
 package model
 
 import (
 	"fmt"
-	"net"
 	"strings"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/validate"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -23,35 +26,17 @@ const (
 	MaxLabel = bgp.MaxLabel
 )
 
-// ValidateName checks a network or gateway name: 1-63 characters of letters,
-// digits, '-', '_' and '.', starting with a letter or digit.
-func ValidateName(kind, name string) error {
-	return validateID(kind+" name", name, 63)
-}
+// ValidateName checks a network or gateway name (pkg/validate's Name): 1-63
+// characters of letters, digits, '-', '_' and '.', starting with a letter or
+// digit.
+func ValidateName(kind, name string) error { return validate.Name(kind, name) }
 
-// ValidateEndpointID checks an endpoint id (1-253 characters, same alphabet plus ':').
-func ValidateEndpointID(id string) error {
-	return validateID("endpoint id", id, 253)
-}
+// ValidateEndpointID checks an endpoint id (pkg/validate's EndpointID).
+func ValidateEndpointID(id string) error { return validate.EndpointID(id) }
 
-func validateID(what, s string, max int) error {
-	if s == "" {
-		return fmt.Errorf("%s is empty", what)
-	}
-	if len(s) > max {
-		return fmt.Errorf("%s %.20q... is %d characters long, the limit is %d", what, s, len(s), max)
-	}
-	for i, r := range s {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || (i > 0 && strings.ContainsRune("-_.:", r))
-		if !ok {
-			return fmt.Errorf("%s %q: character %q at position %d is not allowed (use letters, digits, '-', '_', '.', ':', starting with a letter or digit)", what, s, r, i+1)
-		}
-	}
-	return nil
-}
-
-// ParseRouteTarget parses and validates a route target: "target:<asn>:<n>"
-// (the "target:" prefix is optional). The wire form is pkg/bgp's.
+// ParseRouteTarget parses a route target: "target:<asn>:<n>" (the "target:"
+// prefix is optional). The wire form is pkg/bgp's. It reads stored records;
+// what users give is checked by pkg/validate's RouteTarget, which is stricter.
 func ParseRouteTarget(s string) (bgp.RouteTarget, error) {
 	rt, err := bgp.ParseRouteTarget(s)
 	if err != nil {
@@ -119,21 +104,7 @@ func FormatEncaps(es []v1.Encapsulation) string {
 }
 
 // ValidateLabel checks an MPLS label given for an endpoint (0 means none yet).
-func ValidateLabel(l uint32) error {
-	if l != 0 && (l < MinLabel || l > MaxLabel) {
-		return fmt.Errorf("MPLS label %d out of range: use %d-%d (0-15 are reserved)", l, MinLabel, MaxLabel)
-	}
-	return nil
-}
+func ValidateLabel(l uint32) error { return validate.Label(l) }
 
 // ValidateMAC checks a MAC address (empty is allowed).
-func ValidateMAC(s string) error {
-	if s == "" {
-		return nil
-	}
-	hw, err := net.ParseMAC(s)
-	if err != nil || len(hw) != 6 {
-		return fmt.Errorf("MAC address %q: want six hexadecimal bytes such as 02:00:00:00:00:01", s)
-	}
-	return nil
-}
+func ValidateMAC(s string) error { return validate.MAC(s) }

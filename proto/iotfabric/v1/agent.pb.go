@@ -400,12 +400,19 @@ func (x *ReportEndpointsRequest) GetOfflineLog() []string {
 }
 
 type EndpointResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Endpoint      *Endpoint              `protobuf:"bytes,2,opt,name=endpoint,proto3" json:"endpoint,omitempty"` // as stored
-	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`       // why it was refused (e.g. address conflict)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Endpoint *Endpoint              `protobuf:"bytes,2,opt,name=endpoint,proto3" json:"endpoint,omitempty"` // as stored
+	Error    string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`       // why it was refused (e.g. address conflict)
+	// The gRPC status code of error (google.rpc.Code: 6 ALREADY_EXISTS for an
+	// address or id another endpoint holds, 3 INVALID_ARGUMENT, 8
+	// RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION...); 0 when it was recorded.
+	Code int32 `protobuf:"varint,4,opt,name=code,proto3" json:"code,omitempty"`
+	// With ALREADY_EXISTS: the reported addresses another endpoint holds (the
+	// agent then gives the pod other addresses).
+	AddressesInUse []string `protobuf:"bytes,5,rep,name=addresses_in_use,json=addressesInUse,proto3" json:"addresses_in_use,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *EndpointResult) Reset() {
@@ -457,6 +464,20 @@ func (x *EndpointResult) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *EndpointResult) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *EndpointResult) GetAddressesInUse() []string {
+	if x != nil {
+		return x.AddressesInUse
+	}
+	return nil
 }
 
 type ReportEndpointsResponse struct {
@@ -781,11 +802,13 @@ const file_iotfabric_v1_agent_proto_rawDesc = "" +
 	"\tendpoints\x18\x02 \x03(\v2\x1b.iotfabric.v1.AgentEndpointR\tendpoints\x12\x1b\n" +
 	"\tfull_sync\x18\x03 \x01(\bR\bfullSync\x12\x1f\n" +
 	"\voffline_log\x18\x04 \x03(\tR\n" +
-	"offlineLog\"j\n" +
+	"offlineLog\"\xa8\x01\n" +
 	"\x0eEndpointResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x122\n" +
 	"\bendpoint\x18\x02 \x01(\v2\x16.iotfabric.v1.EndpointR\bendpoint\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"k\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x12\n" +
+	"\x04code\x18\x04 \x01(\x05R\x04code\x12(\n" +
+	"\x10addresses_in_use\x18\x05 \x03(\tR\x0eaddressesInUse\"k\n" +
 	"\x17ReportEndpointsResponse\x126\n" +
 	"\aresults\x18\x01 \x03(\v2\x1c.iotfabric.v1.EndpointResultR\aresults\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\x03R\adeleted\"_\n" +
