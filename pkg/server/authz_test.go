@@ -135,6 +135,13 @@ var allowedRoles = map[string]string{
 	"PeerService/ListPeers":           "admin viewer",
 	"RouteService/ListRoutes":         "admin viewer",
 	"RouteService/WatchRoutes":        "admin viewer",
+	"EnrollmentService/Join":          "admin viewer gateway none",
+	"EnrollmentService/Renew":         "admin viewer gateway",
+	"EnrollmentService/CreateToken":   "admin",
+	"EnrollmentService/ListTokens":    "admin",
+	"EnrollmentService/DeleteToken":   "admin",
+	"EnrollmentService/RevokeGateway": "admin",
+	"EnrollmentService/ListRevoked":   "admin",
 }
 
 // request is an empty request of md's input type, acting for gateway gw

@@ -15,7 +15,9 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,6 +42,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/store"
@@ -81,6 +84,8 @@ type Controller struct {
 	sweeper     *controller.Sweeper
 	stopSweeper context.CancelFunc
 	sweeperDone chan struct{} // closed when the sweeper's Run returned
+	stopRevs    context.CancelFunc
+	revsDone    chan struct{} // closed when the revocation set's Run returned
 	serveErr    chan error    // gs.Serve's result
 
 	stopOnce sync.Once
@@ -137,7 +142,23 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	cleanup = append(cleanup, func() { lis.Close() })
 	// Callers without TLS are the local operator, trusted as admin, on a
 	// loopback listener; elsewhere only with api.insecure.
-	authz := &api.Authorizer{Audit: log.With(logkey.Component, logkey.ComponentAudit)}
+	// The revoked certificates, kept current from the store: refused at the
+	// handshake and on every call, their streams ended.
+	revs := enroll.NewRevocations(st, log.With(logkey.Component, logkey.ComponentEnroll))
+	revsCtx, stopRevs := context.WithCancel(context.Background())
+	revsDone := make(chan struct{})
+	go func() { defer close(revsDone); revs.Run(revsCtx) }()
+	cleanup = append(cleanup, func() { stopRevs(); <-revsDone })
+	select {
+	case <-revs.Ready():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	enroller, err := newEnroller(cfg, st, log)
+	if err != nil {
+		return nil, err
+	}
+	authz := &api.Authorizer{Audit: log.With(logkey.Component, logkey.ComponentAudit), Revocations: revs}
 	if !cfg.API.TLS.Enabled() {
 		if !loopback(lis.Addr()) {
 			if !cfg.API.Insecure {
@@ -158,15 +179,16 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.API.Keepalive.Time, Timeout: cfg.API.Keepalive.Timeout}),
 	}
 	if cfg.API.TLS.Enabled() {
-		tc, err := tlsconfig.Server(cfg.API.TLS)
+		tc, err := serverTLS(cfg, enroller, revs)
 		if err != nil {
 			return nil, fmt.Errorf("api.tls: %w", err)
 		}
+		authz.PeerVerified = enroller.CA() != nil
 		gsOpts = append(gsOpts, grpc.Creds(credentials.NewTLS(tc)))
-		log.Info("API requires mutual TLS", logkey.ClientCA, cfg.API.TLS.CA)
+		log.Info("API requires mutual TLS", logkey.ClientCA, cfg.API.TLS.CA, logkey.Enrollment, enroller.CA() != nil)
 	}
 	gs := grpc.NewServer(append(gsOpts, opts.ServerOptions...)...)
-	api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Logger: log}.Register(gs)
+	api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Enroller: enroller, Logger: log}.Register(gs)
 
 	// The heartbeat is written before any stream marker of this instance;
 	// the first sweep removes the markers of dead instances (of this
@@ -177,6 +199,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		return nil, fmt.Errorf("controller liveness: %w", err)
 	}
 	c := &Controller{log: log, ctx: ctx, st: st, runner: runner, gs: gs, lis: lis, sweeper: sw, sweeperDone: make(chan struct{}),
+		stopRevs: stopRevs, revsDone: revsDone,
 		runErr: make(chan error, 1), serveErr: make(chan error, 1), stopped: make(chan struct{})}
 	sctx, scancel := context.WithCancel(context.Background())
 	c.stopSweeper = scancel
@@ -211,6 +234,55 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	go c.supervise()
 	log.Info("controller serving", logkey.API, lis.Addr().String(), logkey.Metrics, c.metricsAddr)
 	return c, nil
+}
+
+// newEnroller builds the enrollment authority: with api.enrollment.ca_key,
+// it signs with that CA; else an external CA issues the certificates.
+func newEnroller(cfg Config, st store.Store, log *slog.Logger) (*enroll.Enroller, error) {
+	e := cfg.API.Enrollment
+	ecfg := enroll.Config{Lifetime: e.CertLifetime, Grace: e.RenewGrace, Logger: log.With(logkey.Component, logkey.ComponentEnroll)}
+	if ecfg.Grace == 0 {
+		ecfg.Grace = -1 // none
+	}
+	if e.Enabled() && cfg.API.TLS.Enabled() {
+		ca, err := enroll.LoadCA(cfg.enrollCACert(), e.CAKey)
+		if err != nil {
+			return nil, fmt.Errorf("api.enrollment: %w", err)
+		}
+		ecfg.CA = ca
+	}
+	return enroll.New(st, ecfg), nil
+}
+
+// serverTLS is the API's TLS configuration. With enrollment, the controller
+// verifies client certificates itself: a client without one may join, one
+// expired within the renewal grace may renew; and it sends its CA with its
+// certificate, so that a joining agent finds the CA it pins. Revoked
+// certificates are refused at the handshake either way.
+func serverTLS(cfg Config, e *enroll.Enroller, revs *enroll.Revocations) (*tls.Config, error) {
+	if e.CA() == nil {
+		tc, err := tlsconfig.Server(cfg.API.TLS)
+		if err != nil {
+			return nil, err
+		}
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) > 0 && revs.Revoked(cs.PeerCertificates[0].SerialNumber) {
+				return fmt.Errorf("tls: client certificate %s is revoked", cs.PeerCertificates[0].SerialNumber.Text(16))
+			}
+			return nil
+		}
+		return tc, nil
+	}
+	tc, err := tlsconfig.ServerWith(cfg.API.TLS, tlsconfig.Verify{Anonymous: true, Grace: e.Grace(), Revoked: revs.Revoked})
+	if err != nil {
+		return nil, err
+	}
+	chain := tc.Certificates[0].Certificate
+	ca := e.CA().Certificate().Raw
+	if !bytes.Equal(chain[len(chain)-1], ca) {
+		tc.Certificates[0].Certificate = append(chain[:len(chain):len(chain)], ca)
+	}
+	return tc, nil
 }
 
 func openStore(ctx context.Context, cfg Config, opts Options, log *slog.Logger, m *metrics) (store.Store, error) {
@@ -329,6 +401,8 @@ func (c *Controller) stop(graceful bool) {
 		c.runErr <- nil
 		c.stopSweeper()
 		<-c.sweeperDone
+		c.stopRevs()
+		<-c.revsDone
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := c.sweeper.Stop(sctx); err != nil {
 			c.log.Warn("controller liveness key left to go stale", logkey.Err, err)
