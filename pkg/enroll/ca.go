@@ -109,8 +109,9 @@ func (ca *CA) sign(csr *x509.CertificateRequest, id tlsconfig.Identity, now time
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      id.Subject(),
-		// A minute back, for gateways whose clocks run a little behind.
-		NotBefore:   now.Add(-time.Minute),
+		// A little back (a minute, a tenth of a short lifetime), for
+		// clients whose clocks run a little behind.
+		NotBefore:   now.Add(-min(time.Minute, lifetime/10)),
 		NotAfter:    notAfter,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},

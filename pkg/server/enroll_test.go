@@ -18,6 +18,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/enrollclient"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
+	"github.com/iotfabric/iotfabric/pkg/store/etcd/etcdtest"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig/tlstest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -218,5 +219,198 @@ func mustPEM(t *testing.T, path string) []byte {
 	return id.Raw
 }
 
+// A revoked gateway is cut off: its open route stream ends within a second,
+// its next calls and connections are refused, on both controllers sharing
+// etcd; --purge removes its endpoints; enrolling again with a new token
+// works.
+func TestRevokeGateway(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ca := tlstest.NewCA(t, "iotfabric-ca")
+	cfg := enrollConfig(ca, DefaultCertLifetime, DefaultRenewGrace)
+	onEtcd := func(context.Context) (store.Store, error) { return openEtcd(t, srv.Endpoint), nil }
+	c1, c2 := startEnroll(t, ca, cfg, onEtcd), startEnroll(t, ca, cfg, onEtcd)
+	ctx := context.Background()
+	adm := ec1Admin(t, c1)
+	if _, err := v1.NewNetworkServiceClient(c1.dial(t, ca.Admin("alice"))).CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "red", Subnets: []string{"10.9.0.0/16"}}}); err != nil {
+		t.Fatal(err)
+	}
+	id := join(t, c1.c.Addr(), c1.token(t, v1.TokenKind_TOKEN_KIND_GATEWAY, "gw-7", "", time.Hour), c1.fp)
+	r := renewer(t, id, c1.c.Addr(), c2.c.Addr())
+	a1, a2 := v1.NewAgentServiceClient(dialAs(t, c1.c.Addr(), r)), v1.NewAgentServiceClient(dialAs(t, c2.c.Addr(), r))
+	if _, err := a1.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}}); err != nil {
+		t.Fatal(err)
+	}
+	if rr, err := a1.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw-7", Endpoints: []*v1.AgentEndpoint{{Id: "ep-1", Network: "red"}}}); err != nil || rr.Results[0].Error != "" {
+		t.Fatal(rr, err)
+	}
+	streams := map[string]v1.AgentService_WatchGatewayRoutesClient{}
+	for name, a := range map[string]v1.AgentServiceClient{"controller 1": a1, "controller 2": a2} {
+		s, err := a.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw-7"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil { // the snapshot: the stream is up
+			t.Fatalf("%s: %v", name, err)
+		}
+		streams[name] = s
+	}
+	ended := make(chan string, 2)
+	for name, s := range streams {
+		go func() {
+			for {
+				if _, err := s.Recv(); err != nil {
+					if status.Code(err) != codes.PermissionDenied {
+						t.Errorf("%s: stream ended with %v, want PermissionDenied", name, err)
+					}
+					ended <- name
+					return
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	resp, err := adm.RevokeGateway(ctx, &v1.RevokeGatewayRequest{Gateway: "gw-7"})
+	if err != nil || len(resp.Serials) != 1 || resp.Serials[0] != enroll.Serial(id.Cert.SerialNumber) {
+		t.Fatalf("revoke: %v %v", resp, err)
+	}
+	for range 2 {
+		select {
+		case name := <-ended:
+			t.Logf("%s: stream closed %v after the revocation", name, time.Since(start))
+		case <-time.After(time.Second):
+			t.Fatal("a revoked gateway's stream is still open after 1 s")
+		}
+	}
+	for name, a := range map[string]v1.AgentServiceClient{"controller 1": a1, "controller 2": a2} {
+		if _, err := a.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}}); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("%s: revoked gateway's call on its open connection: %v", name, err)
+		}
+		// A new connection: refused at the handshake.
+		conn := dialAs(t, map[string]string{"controller 1": c1.c.Addr(), "controller 2": c2.c.Addr()}[name], r)
+		if _, err := v1.NewAgentServiceClient(conn).Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}}); err == nil {
+			t.Fatalf("%s: revoked certificate on a new connection accepted", name)
+		}
+	}
+	if err := r.RenewNow(ctx); err == nil {
+		t.Fatal("a revoked certificate renewed itself")
+	}
+	lr, err := adm.ListRevoked(ctx, &v1.ListRevokedRequest{})
+	if err != nil || len(lr.Certificates) != 1 || lr.Certificates[0].Identity != "gateway:gw-7" {
+		t.Fatalf("revoked list: %v %v", lr, err)
+	}
+	// The endpoints stayed (no purge).
+	eps := v1.NewEndpointServiceClient(c2.dial(t, ca.Admin("alice")))
+	if l, err := eps.ListEndpoints(ctx, &v1.ListEndpointsRequest{Gateway: "gw-7"}); err != nil || len(l.Endpoints) != 1 {
+		t.Fatalf("endpoints after revoke without purge: %v %v", l, err)
+	}
 
+	// Enrolled again with a new token, on the other controller: works.
+	id2 := join(t, c2.c.Addr(), c2.token(t, v1.TokenKind_TOKEN_KIND_GATEWAY, "gw-7", "", time.Hour), c2.fp)
+	a := v1.NewAgentServiceClient(dialAs(t, c1.c.Addr(), renewer(t, id2, c1.c.Addr())))
+	if _, err := a.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}}); err != nil {
+		t.Fatalf("re-enrolled gateway: %v", err)
+	}
+	// Revoked with purge: its endpoints go.
+	resp, err = adm.RevokeGateway(ctx, &v1.RevokeGatewayRequest{Gateway: "gw-7", Purge: true})
+	if err != nil || resp.EndpointsDeleted != 1 {
+		t.Fatalf("revoke --purge: %v %v", resp, err)
+	}
+	if l, err := eps.ListEndpoints(ctx, &v1.ListEndpointsRequest{Gateway: "gw-7"}); err != nil || len(l.Endpoints) != 0 {
+		t.Fatalf("endpoints after revoke --purge: %v %v", l, err)
+	}
+}
 
+func ec1Admin(t *testing.T, ec *enrollController) v1.EnrollmentServiceClient {
+	return v1.NewEnrollmentServiceClient(ec.dial(t, ec.ca.Admin("alice")))
+}
+
+// Certificates renew over their own identity before they expire, with no
+// restart of the client: a connection made after a renewal presents the new
+// certificate; calls go on across renewals. Across a controller restart
+// (the same store) and on a second controller sharing etcd, too.
+func TestRenew(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ca := tlstest.NewCA(t, "iotfabric-ca")
+	cfg := enrollConfig(ca, 3*time.Second, time.Hour)
+	onEtcd := func(context.Context) (store.Store, error) { return openEtcd(t, srv.Endpoint), nil }
+	c1, c2 := startEnroll(t, ca, cfg, onEtcd), startEnroll(t, ca, cfg, onEtcd)
+	id := join(t, c1.c.Addr(), c1.token(t, v1.TokenKind_TOKEN_KIND_GATEWAY, "gw-7", "", time.Hour), c1.fp)
+	dir := t.TempDir()
+	if err := id.Save(dir); err != nil {
+		t.Fatal(err)
+	}
+	r, err := enrollclient.NewRenewer(id, dir, []string{c2.c.Addr(), c1.c.Addr()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := make(chan enrollclient.Identity, 10)
+	r.OnRenew = func(id enrollclient.Identity) { renewed <- id }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	agent := v1.NewAgentServiceClient(dialAs(t, c1.c.Addr(), r))
+	serials := map[string]bool{enroll.Serial(id.Cert.SerialNumber): true}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(serials) < 4 && time.Now().Before(deadline) {
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := agent.Register(cctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}})
+		ccancel()
+		if err != nil {
+			t.Fatalf("call with %d certificates so far: %v", len(serials), err)
+		}
+		select {
+		case id := <-renewed:
+			serials[enroll.Serial(id.Cert.SerialNumber)] = true
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if len(serials) < 4 {
+		t.Fatalf("%d certificates in 20 s with a lifetime of 3 s", len(serials))
+	}
+	saved, err := enrollclient.Load(dir)
+	if err != nil || !saved.Cert.Equal(r.Identity().Cert) {
+		t.Fatalf("the renewed certificate is not the one saved: %v", err)
+	}
+	if !saved.Key.Equal(id.Key) {
+		t.Fatal("the key changed")
+	}
+}
+
+// A certificate expired within the renewal grace may renew, and nothing
+// else; beyond the grace it is refused at the handshake. Renewal also works
+// after the controller restarted on its store.
+func TestRenewGrace(t *testing.T) {
+	ca := tlstest.NewCA(t, "iotfabric-ca")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.db")
+	open := func(context.Context) (store.Store, error) { return bolt.Open(path, bolt.Options{NoSync: true}) }
+	cfg := enrollConfig(ca, 2*time.Second, time.Hour)
+	c := startEnroll(t, ca, cfg, open)
+	id := join(t, c.c.Addr(), c.token(t, v1.TokenKind_TOKEN_KIND_GATEWAY, "gw-7", "", time.Hour), c.fp)
+	ctx := context.Background()
+	c.c.Stop()
+	time.Sleep(time.Until(id.Cert.NotAfter) + 200*time.Millisecond) // expired
+	c = startEnroll(t, ca, cfg, open)                               // restarted
+	r := renewer(t, id, c.c.Addr())
+	agent := v1.NewAgentServiceClient(dialAs(t, c.c.Addr(), r))
+	_, err := agent.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("call with an expired certificate: %v", err)
+	}
+	if err := r.RenewNow(ctx); err != nil {
+		t.Fatalf("renewal within the grace: %v", err)
+	}
+	if _, err := agent.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}}); err != nil {
+		t.Fatalf("call after the renewal, same client connection: %v", err)
+	}
+
+	// Beyond the grace: refused.
+	c.c.Stop()
+	cfg.API.Enrollment.RenewGrace = time.Second
+	c = startEnroll(t, ca, cfg, open)
+	id2 := join(t, c.c.Addr(), c.token(t, v1.TokenKind_TOKEN_KIND_GATEWAY, "gw-8", "", time.Hour), c.fp)
+	time.Sleep(time.Until(id2.Cert.NotAfter.Add(time.Second)) + 200*time.Millisecond)
+	if err := renewer(t, id2, c.c.Addr()).RenewNow(ctx); err == nil {
+		t.Fatal("a certificate expired beyond the grace renewed")
+	}
+}
