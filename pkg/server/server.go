@@ -66,6 +66,10 @@ type Options struct {
 	// ServerOptions are added to the gRPC server's (after the interceptors and
 	// the Config's TLS).
 	ServerOptions []grpc.ServerOption
+	// NoAuthorization installs no Authorizer: every caller may call every
+	// method and nothing is audited. For benchmarks that measure what
+	// authorization costs (make bench-cni); cmd/controller never sets it.
+	NoAuthorization bool
 }
 
 // Controller is a running controller.
@@ -168,11 +172,17 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		}
 		authz.Anonymous = tlsconfig.Admin
 	}
+	unary := []grpc.UnaryServerInterceptor{m.unary, recoverUnary(log), authz.Unary}
+	stream := []grpc.StreamServerInterceptor{m.stream, recoverStream(log), authz.Stream}
+	if opts.NoAuthorization {
+		unary, stream = unary[:2], stream[:2]
+		log.Warn("API authorization is off (benchmark): every caller may call every method")
+	}
 	gsOpts := []grpc.ServerOption{
 		// Metrics see every outcome; a panic in authorization or in a handler
 		// becomes an Internal error, counted as such.
-		grpc.ChainUnaryInterceptor(m.unary, recoverUnary(log), authz.Unary),
-		grpc.ChainStreamInterceptor(m.stream, recoverStream(log), authz.Stream),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 		// Agents ping to notice a dead path (pkg/agent's --keepalive): permit
 		// it, also between streams; ping idle clients to notice dead ones.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.API.Keepalive.MinTime, PermitWithoutStream: true}),
@@ -273,7 +283,11 @@ func serverTLS(cfg Config, e *enroll.Enroller, revs *enroll.Revocations) (*tls.C
 		}
 		return tc, nil
 	}
-	tc, err := tlsconfig.ServerWith(cfg.API.TLS, tlsconfig.Verify{Anonymous: true, Grace: e.Grace(), Revoked: revs.Revoked})
+	v := tlsconfig.Verify{Anonymous: true, Grace: e.Grace()}
+	if revs != nil {
+		v.Revoked = revs.Revoked
+	}
+	tc, err := tlsconfig.ServerWith(cfg.API.TLS, v)
 	if err != nil {
 		return nil, err
 	}
