@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/iotfabric/iotfabric/pkg/enroll"
@@ -413,4 +415,30 @@ func TestRenewGrace(t *testing.T) {
 	if err := renewer(t, id2, c.c.Addr()).RenewNow(ctx); err == nil {
 		t.Fatal("a certificate expired beyond the grace renewed")
 	}
+}
+
+// The whole role table again, on a controller with enrollment on (it
+// verifies client certificates itself), with certificates made by the
+// enrollment flow: an admin and a viewer by user tokens, a gateway by a
+// gateway token; "none" is a client without any certificate.
+func TestRoleTableEnrolled(t *testing.T) {
+	ec := startEnroll(t, nil, Config{}, nil)
+	addr := ec.c.Addr()
+	dial := func(kind v1.TokenKind, name, role string) *grpc.ClientConn {
+		id := join(t, addr, ec.token(t, kind, name, role, time.Hour), ec.fp)
+		return dialAs(t, addr, renewer(t, id, addr))
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(mustPEMFile(t, ec.ca.Path))
+	anon, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { anon.Close() })
+	checkRoleTable(t, map[string]*grpc.ClientConn{
+		"admin":   dial(v1.TokenKind_TOKEN_KIND_USER, "alice", "admin"),
+		"viewer":  dial(v1.TokenKind_TOKEN_KIND_USER, "victor", "viewer"),
+		"gateway": dial(v1.TokenKind_TOKEN_KIND_GATEWAY, "gw-1", ""),
+		"none":    anon,
+	})
 }
