@@ -24,7 +24,7 @@ import (
 // each with its own gateway certificate; serial ADDs in alternating rounds.
 func TestBenchCNIAddAuthz(t *testing.T) {
 	benchOnly(t)
-	const rounds, perRound = 4, 25
+	const rounds, perRound = 4, 50
 	ctx := context.Background()
 	ca := tlstest.NewCA(t, "iotfabric-ca")
 	stc, err := tlsconfig.Server(ca.Issue("controller"))

@@ -1,9 +1,9 @@
 // Package api is the controller's transport: the eight iotfabric.v1 gRPC
 // services (Network, Gateway, Endpoint, IPAM, Agent, Peer, Route,
 // Enrollment) over the domain (pkg/controller for resources and agents,
-// pkg/vpn for routes and peers, pkg/enroll for certificates). It translates requests and responses between protobuf and the
-// domain's calls, and the domain's errors into gRPC status codes, in one
-// table (errors.go). It authorizes every call in one place, Authorizer
+// pkg/vpn for routes and peers, pkg/enroll for certificates). It translates
+// requests and responses between protobuf and the domain's calls, and the
+// domain's errors into gRPC status codes, in one table (errors.go). It authorizes every call in one place, Authorizer
 // (authz.go): the caller's identity from its client certificate, one table
 // of role x service x method, gateways restricted to their own gateway, and
 // the audit log (docs/security.md).

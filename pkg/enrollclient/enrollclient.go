@@ -48,11 +48,12 @@ func Enrolled(dir string) bool {
 	return err == nil
 }
 
-// Identity is an enrolled identity: its key, certificate and the CA.
+// Identity is an enrolled identity: its key, certificate and the CAs it
+// trusts (the one that signed it; during a CA rotation, the new one too).
 type Identity struct {
 	Key  *ecdsa.PrivateKey
 	Cert *x509.Certificate
-	CA   *x509.Certificate
+	CAs  []*x509.Certificate
 }
 
 // TLS is the certificate for a tls.Config.
@@ -103,27 +104,33 @@ func Join(ctx context.Context, addr, token, fingerprint string) (Identity, error
 	if err != nil {
 		return Identity{}, fmt.Errorf("join %s: %w", addr, err)
 	}
-	return identityFrom(resp, key, pinned)
+	if pinned == nil {
+		return Identity{}, errors.New("no CA to check the issued certificate against")
+	}
+	return identityFrom(resp, key, []*x509.Certificate{pinned})
 }
 
 // identityFrom checks what the controller answered: a certificate for key,
-// signed by the CA the connection trusted.
-func identityFrom(resp *v1.CertificateResponse, key *ecdsa.PrivateKey, ca *x509.Certificate) (Identity, error) {
+// signed by one of the CAs the connection trusted.
+func identityFrom(resp *v1.CertificateResponse, key *ecdsa.PrivateKey, cas []*x509.Certificate) (Identity, error) {
 	cert, err := x509.ParseCertificate(resp.GetCertificate())
 	if err != nil {
 		return Identity{}, fmt.Errorf("issued certificate: %w", err)
 	}
-	if ca == nil {
-		return Identity{}, errors.New("no CA to check the issued certificate against")
+	signed := false
+	for _, ca := range cas {
+		if cert.CheckSignatureFrom(ca) == nil {
+			signed = true
+		}
 	}
-	if err := cert.CheckSignatureFrom(ca); err != nil {
-		return Identity{}, fmt.Errorf("issued certificate is not signed by the pinned CA: %w", err)
+	if !signed {
+		return Identity{}, errors.New("issued certificate is not signed by a trusted CA")
 	}
 	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
 	if !ok || !pub.Equal(&key.PublicKey) {
 		return Identity{}, errors.New("issued certificate is not for this key")
 	}
-	return Identity{Key: key, Cert: cert, CA: ca}, nil
+	return Identity{Key: key, Cert: cert, CAs: cas}, nil
 }
 
 // Save writes the identity to dir (created 0700): the key 0600, each file
@@ -137,11 +144,19 @@ func (id Identity) Save(dir string) error {
 		return err
 	}
 	p := Paths(dir)
+	var cas []byte
+	for _, ca := range id.CAs {
+		cas = append(cas, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})...)
+	}
 	for _, f := range []struct {
-		path, typ string
-		der       []byte
-	}{{p.Key, "EC PRIVATE KEY", kder}, {p.CA, "CERTIFICATE", id.CA.Raw}, {p.Cert, "CERTIFICATE", id.Cert.Raw}} {
-		if err := writeAtomic(f.path, pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der})); err != nil {
+		path string
+		data []byte
+	}{
+		{p.Key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})},
+		{p.CA, cas},
+		{p.Cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.Cert.Raw})},
+	} {
+		if err := writeAtomic(f.path, f.data); err != nil {
 			return err
 		}
 	}
@@ -187,15 +202,18 @@ func Load(dir string) (Identity, error) {
 	if err != nil {
 		return Identity{}, fmt.Errorf("enrolled identity in %s: %w", dir, err)
 	}
-	b, _ := pem.Decode(capem)
-	if b == nil {
+	var cas []*x509.Certificate
+	for b, rest := pem.Decode(capem); b != nil; b, rest = pem.Decode(rest) {
+		ca, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return Identity{}, fmt.Errorf("%s: %w", p.CA, err)
+		}
+		cas = append(cas, ca)
+	}
+	if len(cas) == 0 {
 		return Identity{}, fmt.Errorf("%s holds no PEM certificate", p.CA)
 	}
-	ca, err := x509.ParseCertificate(b.Bytes)
-	if err != nil {
-		return Identity{}, fmt.Errorf("%s: %w", p.CA, err)
-	}
-	return Identity{Key: key, Cert: cert, CA: ca}, nil
+	return Identity{Key: key, Cert: cert, CAs: cas}, nil
 }
 
 // RenewAt is when a certificate is renewed: at two thirds of its lifetime.

@@ -48,7 +48,9 @@ func NewRenewer(id Identity, dir string, controllers []string, log *slog.Logger)
 		return nil, err
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(id.CA)
+	for _, ca := range id.CAs {
+		roots.AddCert(ca)
+	}
 	return &Renewer{dir: dir, controllers: controllers, log: log, holder: h, roots: roots, id: id, conns: map[*expiringConn]struct{}{}}, nil
 }
 
@@ -144,7 +146,7 @@ func (r *Renewer) renewAt(ctx context.Context, addr string, cur Identity, csr []
 	if err != nil {
 		return Identity{}, fmt.Errorf("renew at %s: %w", addr, err)
 	}
-	return identityFrom(resp, cur.Key, cur.CA)
+	return identityFrom(resp, cur.Key, cur.CAs)
 }
 
 // closeExpired closes the connections that present an expired certificate

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -441,4 +442,71 @@ func TestRoleTableEnrolled(t *testing.T) {
 		"gateway": dial(v1.TokenKind_TOKEN_KIND_GATEWAY, "gw-1", ""),
 		"none":    anon,
 	})
+}
+
+// CA rotation as docs/security.md describes it: the controllers trust both
+// CAs and sign with the new one; an enrolled gateway given both CAs renews
+// into the new CA with no new token; once the old CA is dropped, only the
+// renewed certificate works.
+func TestCARotation(t *testing.T) {
+	old := tlstest.NewCA(t, "ca-2025")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.db")
+	open := func(context.Context) (store.Store, error) { return bolt.Open(path, bolt.Options{NoSync: true}) }
+	c := startEnroll(t, old, enrollConfig(old, DefaultCertLifetime, DefaultRenewGrace), open)
+	id := join(t, c.c.Addr(), c.token(t, v1.TokenKind_TOKEN_KIND_GATEWAY, "gw-7", "", time.Hour), c.fp)
+	idDir := filepath.Join(dir, "gw-7")
+	if err := id.Save(idDir); err != nil {
+		t.Fatal(err)
+	}
+	c.c.Stop()
+
+	// Steps 1-3: both CAs trusted, the new one signs, the controller's
+	// certificate from the new one; the gateway's ca.pem holds both.
+	next := tlstest.NewCA(t, "ca-2026")
+	both := filepath.Join(dir, "both.pem")
+	if err := os.WriteFile(both, append(mustPEMFile(t, old.Path), mustPEMFile(t, next.Path)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := enrollConfig(next, DefaultCertLifetime, DefaultRenewGrace)
+	cfg.API.TLS.CA = both
+	cfg.API.Enrollment.CACert = next.Path
+	c = startEnroll(t, next, cfg, open)
+	if err := os.WriteFile(filepath.Join(idDir, enrollclient.CAFile), mustPEMFile(t, both), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id, err := enrollclient.Load(idDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := enrollclient.NewRenewer(id, idDir, []string{c.c.Addr()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	register := func(conn *grpc.ClientConn) error {
+		_, err := v1.NewAgentServiceClient(conn).Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}})
+		return err
+	}
+	if err := register(dialAs(t, c.c.Addr(), r)); err != nil {
+		t.Fatalf("old CA's certificate while both are trusted: %v", err)
+	}
+	if err := r.RenewNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nextCert, _ := x509.ParseCertificate(mustPEM(t, next.Path))
+	if err := r.Identity().Cert.CheckSignatureFrom(nextCert); err != nil {
+		t.Fatalf("renewed certificate not signed by the new CA: %v", err)
+	}
+	c.c.Stop()
+
+	// Step 4: the old CA dropped.
+	cfg.API.TLS.CA = next.Path
+	c = startEnroll(t, next, cfg, open)
+	if err := register(dialAs(t, c.c.Addr(), r)); err != nil {
+		t.Fatalf("renewed certificate after the old CA was dropped: %v", err)
+	}
+	if err := register(dialAs(t, c.c.Addr(), renewer(t, id, c.c.Addr()))); err == nil {
+		t.Fatal("the old CA's certificate is still accepted")
+	}
 }

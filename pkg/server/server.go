@@ -1,7 +1,8 @@
 // Package server is the controller's composition root: from a Config it
 // builds a whole controller — the store (bbolt or etcd), IPAM and the
 // resource logic (pkg/controller), the route table and its BGP speaker
-// (pkg/vpn, pkg/bgp/gobgp), the seven gRPC services (pkg/api) on one gRPC
+// (pkg/vpn, pkg/bgp/gobgp), the enrollment authority and the set of revoked
+// certificates (pkg/enroll), the eight gRPC services (pkg/api) on one gRPC
 // server, and the metrics — and runs it. cmd/controller and the test
 // harnesses (internal/fabrictest) start controllers only through Start, and
 // the defaults (ASN, addresses, ports) are set here only (config.go).
@@ -10,8 +11,11 @@
 // interceptors — among them the API's authorization, pkg/api's Authorizer,
 // with its audit log under component=audit — metrics, shutdown); it refuses
 // to serve the API without TLS on a non-loopback address unless api.insecure
-// is set; it may not hold resource logic, read or
-// write store keys itself, or translate API messages.
+// is set. With api.enrollment.ca_key it verifies client certificates itself
+// (clients without one may join; one expired within the renewal grace may
+// renew) and sends its CA after its certificate, for joining agents that pin
+// it. It may not hold resource logic, read or write store keys itself, or
+// translate API messages.
 package server
 
 import (
