@@ -4,7 +4,7 @@
 BENCH_TARGETS += bench-ipam bench-controller bench-tls
 
 # Endpoints per bulk call of bench-controller's authorization on/off figure.
-AUTHZ_BENCH_ENDPOINTS ?= 20000
+AUTHZ_BENCH_ENDPOINTS ?= 10000
 # Gateways reconnecting in bench-tls.
 TLS_BENCH_GATEWAYS ?= 1000
 

@@ -54,8 +54,10 @@ type Config struct {
 	// (0: DefaultGrace; negative: none).
 	Grace time.Duration
 	// Now is the clock (nil: time.Now).
-	Now    func() time.Time
-	Logger *slog.Logger
+	Now func() time.Time
+	// Revocations, if set, learns this controller's revocations at once.
+	Revocations *Revocations
+	Logger      *slog.Logger
 }
 
 // Enroller issues tokens and certificates, and revokes them.
@@ -362,6 +364,9 @@ func (e *Enroller) Revoke(ctx context.Context, identity string) ([]string, error
 		}
 		if _, err := e.st.Txn(ctx, nil, ops); err != nil {
 			return serials, storeErr(err)
+		}
+		if e.cfg.Revocations != nil {
+			e.cfg.Revocations.Add(serials...)
 		}
 		e.log.Warn("certificates revoked", logkey.Identity, identity, logkey.Count, len(kvs))
 	}

@@ -12,14 +12,19 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/store"
 )
 
-// Revocations is the set of revoked certificate serials, kept current from
-// the store (a listing, then a watch of keys.Revoked), so that every
-// controller sharing the store refuses the same certificates. Run owns the
-// updates; Revoked and Watch are safe for concurrent use.
+// Revocations is the set of revoked certificate serials, loaded from the
+// store and kept current: by the Enroller's revocations on this controller
+// (Add), and, when the store is shared (etcd), by a watch of keys.Revoked,
+// so that every controller sharing the store refuses the same
+// certificates. A controller alone on its bbolt file does not watch: every
+// revocation is its own, and a watcher of a bbolt store re-reads the change
+// log at every commit. Run owns the store reads; Revoked, Watch and Add are
+// safe for concurrent use.
 type Revocations struct {
-	st    store.Store
-	log   *slog.Logger
-	ready chan struct{}
+	st     store.Store
+	log    *slog.Logger
+	follow bool
+	ready  chan struct{}
 
 	mu      sync.RWMutex
 	serials map[string]struct{}
@@ -29,12 +34,13 @@ type Revocations struct {
 type waiter struct{ ch chan struct{} }
 
 // NewRevocations returns the set over st; it is empty until Run has listed
-// the store (Ready).
-func NewRevocations(st store.Store, log *slog.Logger) *Revocations {
+// the store (Ready). With follow, Run watches the store for revocations made
+// by other controllers.
+func NewRevocations(st store.Store, follow bool, log *slog.Logger) *Revocations {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Revocations{st: st, log: log, ready: make(chan struct{}),
+	return &Revocations{st: st, log: log, follow: follow, ready: make(chan struct{}),
 		serials: map[string]struct{}{}, waiters: map[string]map[*waiter]struct{}{}}
 }
 
@@ -79,8 +85,16 @@ func (r *Revocations) Watch(serial *big.Int) (<-chan struct{}, func()) {
 	}
 }
 
-// Run follows the store until ctx ends, listing again after a compaction or
-// a broken watch.
+// Add adds revoked serials (hex) at once, for the revocations this
+// controller commits.
+func (r *Revocations) Add(serials ...string) {
+	for _, s := range serials {
+		r.add(s)
+	}
+}
+
+// Run lists the store and, with follow, follows it until ctx ends, listing
+// again after a compaction or a broken watch.
 func (r *Revocations) Run(ctx context.Context) {
 	first := true
 	for ctx.Err() == nil {
@@ -100,6 +114,9 @@ func (r *Revocations) Run(ctx context.Context) {
 		if first {
 			close(r.ready)
 			first = false
+		}
+		if !r.follow {
+			return
 		}
 		for b := range r.st.Watch(ctx, keys.Revoked, rev) {
 			if b.Err != nil {
@@ -129,9 +146,14 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
+// replace sets the set to what the store holds (and what was added
+// meanwhile: a serial is never unrevoked by a stale listing).
 func (r *Revocations) replace(set map[string]struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for s := range r.serials {
+		set[s] = struct{}{}
+	}
 	r.serials = set
 	for s := range set {
 		r.wakeLocked(s)

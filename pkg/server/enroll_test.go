@@ -49,6 +49,7 @@ func startEnroll(t *testing.T, ca *tlstest.CA, cfg Config, open func(context.Con
 		cfg = enrollConfig(ca, DefaultCertLifetime, DefaultRenewGrace)
 	}
 	var st store.Store
+	exclusive := open == nil
 	if open == nil {
 		var err error
 		if st, err = bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true}); err != nil {
@@ -60,7 +61,7 @@ func startEnroll(t *testing.T, ca *tlstest.CA, cfg Config, open func(context.Con
 		t.Fatal(err)
 	}
 	lb := &logBuffer{}
-	c, err := Start(context.Background(), cfg, Options{Logger: slog.New(slog.NewTextHandler(lb, nil)), OpenStore: open})
+	c, err := Start(context.Background(), cfg, Options{Logger: slog.New(slog.NewTextHandler(lb, nil)), OpenStore: open, ExclusiveStore: exclusive})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -508,5 +509,48 @@ func TestCARotation(t *testing.T) {
 	}
 	if err := register(dialAs(t, c.c.Addr(), renewer(t, id, c.c.Addr()))); err == nil {
 		t.Fatal("the old CA's certificate is still accepted")
+	}
+}
+
+// A controller alone on its bbolt file does not watch its store for
+// revocations: its own take effect at once (stream ended within a second,
+// next call refused).
+func TestRevokeAlone(t *testing.T) {
+	ec := startEnroll(t, nil, Config{}, nil)
+	ctx := context.Background()
+	id := join(t, ec.c.Addr(), ec.token(t, v1.TokenKind_TOKEN_KIND_GATEWAY, "gw-7", "", time.Hour), ec.fp)
+	a := v1.NewAgentServiceClient(dialAs(t, ec.c.Addr(), renewer(t, id, ec.c.Addr())))
+	if _, err := a.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := a.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := s.Recv(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	if _, err := ec1Admin(t, ec).RevokeGateway(ctx, &v1.RevokeGatewayRequest{Gateway: "gw-7"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("stream ended with %v", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("stream still open 1 s after the revocation")
+	}
+	if _, err := a.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-7", UnderlayAddress: "192.0.2.7"}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("call after the revocation: %v", err)
 	}
 }

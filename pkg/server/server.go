@@ -152,7 +152,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	// loopback listener; elsewhere only with api.insecure.
 	// The revoked certificates, kept current from the store: refused at the
 	// handshake and on every call, their streams ended.
-	revs := enroll.NewRevocations(st, log.With(logkey.Component, logkey.ComponentEnroll))
+	revs := enroll.NewRevocations(st, !exclusive, log.With(logkey.Component, logkey.ComponentEnroll))
 	revsCtx, stopRevs := context.WithCancel(context.Background())
 	revsDone := make(chan struct{})
 	go func() { defer close(revsDone); revs.Run(revsCtx) }()
@@ -162,7 +162,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	enroller, err := newEnroller(cfg, st, log)
+	enroller, err := newEnroller(cfg, st, revs, log)
 	if err != nil {
 		return nil, err
 	}
@@ -252,9 +252,9 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 
 // newEnroller builds the enrollment authority: with api.enrollment.ca_key,
 // it signs with that CA; else an external CA issues the certificates.
-func newEnroller(cfg Config, st store.Store, log *slog.Logger) (*enroll.Enroller, error) {
+func newEnroller(cfg Config, st store.Store, revs *enroll.Revocations, log *slog.Logger) (*enroll.Enroller, error) {
 	e := cfg.API.Enrollment
-	ecfg := enroll.Config{Lifetime: e.CertLifetime, Grace: e.RenewGrace, Logger: log.With(logkey.Component, logkey.ComponentEnroll)}
+	ecfg := enroll.Config{Lifetime: e.CertLifetime, Grace: e.RenewGrace, Revocations: revs, Logger: log.With(logkey.Component, logkey.ComponentEnroll)}
 	if ecfg.Grace == 0 {
 		ecfg.Grace = -1 // none
 	}

@@ -123,7 +123,7 @@ func TestBenchTLSReconnect(t *testing.T) {
 
 // newTestEnroller is an enrollment authority with ca's key, over no store.
 func newTestEnroller(t *testing.T, ca *tlstest.CA) *enroll.Enroller {
-	e, err := newEnroller(enrollConfig(ca, DefaultCertLifetime, DefaultRenewGrace), nil, slog.New(slog.DiscardHandler))
+	e, err := newEnroller(enrollConfig(ca, DefaultCertLifetime, DefaultRenewGrace), nil, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
