@@ -72,8 +72,8 @@ func (c *cli) tokenCreate(kind v1.TokenKind, noun string) verb {
 			}
 		},
 		check: func(*cobra.Command, []string) error {
-			if ttl <= 0 {
-				return usagef("--ttl %s: want a positive duration such as 1h", ttl)
+			if ttl < time.Second {
+				return usagef("--ttl %s: want a duration of a second or more, such as 1h", ttl)
 			}
 			if kind == v1.TokenKind_TOKEN_KIND_USER && role != "admin" && role != "viewer" {
 				return usagef("user token create needs --role admin or --role viewer")
@@ -194,7 +194,10 @@ afterwards. "iotfabricctl renew" renews the certificate before it expires.`,
 			if err != nil {
 				return err
 			}
-			dir := filepath.Join(filepath.Dir(path), strings.ReplaceAll(name, "/", "_"))
+			dir, err := filepath.Abs(filepath.Join(filepath.Dir(path), strings.ReplaceAll(name, "/", "_")))
+			if err != nil {
+				return err
+			}
 			if err := id.Save(dir); err != nil {
 				return err
 			}
