@@ -173,22 +173,33 @@ func tokenID(tok string) string {
 	return parts[1]
 }
 
-type identityKey struct{}
+// callerKey keys the caller (a *caller) in a unary call's context.
+type callerKey struct{}
 
-type certKey struct{}
+// caller is who called: the identity, and the certificate it comes from
+// (nil without one).
+type caller struct {
+	id   tlsconfig.Identity
+	cert *x509.Certificate
+}
 
 // identityFrom returns the caller's identity the Authorizer put in a unary
 // call's context (false: none, the Authorizer is not installed).
 func identityFrom(ctx context.Context) (tlsconfig.Identity, bool) {
-	id, ok := ctx.Value(identityKey{}).(tlsconfig.Identity)
-	return id, ok
+	c, ok := ctx.Value(callerKey{}).(*caller)
+	if !ok {
+		return tlsconfig.Identity{}, false
+	}
+	return c.id, true
 }
 
 // certFrom returns the caller's verified certificate the Authorizer put in
 // a unary call's context (nil: none).
 func certFrom(ctx context.Context) *x509.Certificate {
-	c, _ := ctx.Value(certKey{}).(*x509.Certificate)
-	return c
+	if c, ok := ctx.Value(callerKey{}).(*caller); ok {
+		return c.cert
+	}
+	return nil
 }
 
 // identify returns the identity of the caller, and its certificate: that of
@@ -273,11 +284,7 @@ func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerI
 		a.denied(ctx, id, info.FullMethod, r.objectOf(req), err)
 		return nil, err
 	}
-	ctx = context.WithValue(ctx, identityKey{}, id)
-	if cert != nil {
-		ctx = context.WithValue(ctx, certKey{}, cert)
-	}
-	resp, err := handler(ctx, req)
+	resp, err := handler(context.WithValue(ctx, callerKey{}, &caller{id: id, cert: cert}), req)
 	if r.mutates && a.Audit != nil {
 		a.Audit.LogAttrs(ctx, slog.LevelInfo, "call", slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, info.FullMethod),
 			slog.String(logkey.Object, r.objectOf(req)), slog.String(logkey.Code, Code(err).String()))

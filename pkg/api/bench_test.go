@@ -198,7 +198,8 @@ func BenchmarkUnaryAuthz(b *testing.B) {
 }
 
 // BenchmarkAuthorizerUnary is the interceptor alone: a gateway's verified
-// certificate, a mutating call checked against its gateway and audited.
+// certificate, checked for expiry and revocation, a mutating call checked
+// against its gateway and audited.
 func BenchmarkAuthorizerUnary(b *testing.B) {
 	ca := tlstest.NewCA(b, "ca")
 	f := ca.Gateway("gw-1")
@@ -212,14 +213,27 @@ func BenchmarkAuthorizerUnary(b *testing.B) {
 	}
 	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{},
 		AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf}}}}})
-	a := &Authorizer{Audit: slog.New(slog.NewTextHandler(discard{}, nil)).With("component", "audit")}
+	st, err := bolt.Open(filepath.Join(b.TempDir(), "state.db"), bolt.Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	revs := enroll.NewRevocations(st, false, nil)
+	revs.Run(context.Background()) // lists, then returns (no watch)
 	info := &grpc.UnaryServerInfo{FullMethod: v1.AgentService_LeaseBlock_FullMethodName}
 	req := &v1.LeaseBlockRequest{Gateway: "gw-1", Network: "n", Family: 4}
 	handler := func(context.Context, any) (any, error) { return nil, nil }
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := a.Unary(ctx, req, info, handler); err != nil {
-			b.Fatal(err)
-		}
+	for _, withRevs := range []bool{false, true} {
+		b.Run(fmt.Sprintf("revocations=%t", withRevs), func(b *testing.B) {
+			a := &Authorizer{Audit: slog.New(slog.NewTextHandler(discard{}, nil)).With("component", "audit")}
+			if withRevs {
+				a.Revocations = revs
+			}
+			for i := 0; i < b.N; i++ {
+				if _, err := a.Unary(ctx, req, info, handler); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
