@@ -1,17 +1,27 @@
 # Controller core (pkg/ipam, pkg/controller): benchmarks.
-.PHONY: bench-ipam bench-controller bench-controller-bulk fuzz-validate
+.PHONY: bench-ipam bench-controller bench-controller-bulk bench-tls fuzz-validate
 
-BENCH_TARGETS += bench-ipam bench-controller bench-controller-bulk
+BENCH_TARGETS += bench-ipam bench-controller bench-controller-bulk bench-tls
+
+# Endpoints per bulk call of bench-controller's authorization on/off figure.
+AUTHZ_BENCH_ENDPOINTS ?= 10000
+# Gateways reconnecting in bench-tls.
+TLS_BENCH_GATEWAYS ?= 1000
 
 ##@ bench
 bench-ipam: ## IPAM: persisted allocations/s and p50/p99 latency (bbolt, fsync on) against one-transaction-per-allocation
 	$(GO) test -run '^$$' -bench 'BenchmarkAllocate' -benchtime 50000x ./pkg/ipam/
 
-bench-controller: ## Controller: endpoints/s created in one bulk call (store, IPAM, bbolt with fsync)
+bench-controller: ## Controller: endpoints/s created in one bulk call (store, IPAM, bbolt with fsync); API authorization on vs off: endpoints/s and CNI ADD p99 (root)
 	$(GO) test -run '^$$' -bench 'BenchmarkCreateEndpoints' -benchtime 50000x ./pkg/controller/
+	IOTFABRIC_BENCH_AUTHZ=$(AUTHZ_BENCH_ENDPOINTS) $(GO) test -count=1 -timeout 20m -run '^TestBenchCreateEndpointsAuthz$$' -v ./pkg/api/ 2>&1 | grep -E '^(bench-|--- |ok|FAIL|PASS)'; exit $${PIPESTATUS[0]}
+	IOTFABRIC_BENCH=1 $(GO) test -count=1 -timeout 10m -run '^TestBenchCNIAddAuthz$$' -v ./pkg/agent/ 2>&1 | grep -vE '^(=== RUN|time=)'; exit $${PIPESTATUS[0]}
 
 bench-controller-bulk: ## Controller: 150,000 endpoints by one client in CreateEndpoints calls of 1,000 (bbolt): endpoints/s, never Aborted
 	IOTFABRIC_BULK_ENDPOINTS=150000 $(GO) test -count=1 -run 'TestBulkCreateNeverAborted' -v -timeout 30m ./pkg/controller/ | grep -E 'endpoints/s|FAIL|ok'
+
+bench-tls: ## 1,000 gateways reconnecting with mutual TLS: controller handshakes/s, full vs resumed (session tickets), and their ratio
+	IOTFABRIC_BENCH_TLS=$(TLS_BENCH_GATEWAYS) $(GO) test -count=1 -timeout 20m -run '^TestBenchTLSReconnect$$' -v ./pkg/server/ 2>&1 | grep -E '^(bench-|  |--- |ok|FAIL|PASS)'; exit $${PIPESTATUS[0]}
 
 ##@ test
 VALIDATE_FUZZTIME ?= 10s

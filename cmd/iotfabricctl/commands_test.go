@@ -196,7 +196,7 @@ func TestCompletion(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{""}, []string{"network", "gateway", "endpoint", "ipam", "peer", "route", "config", "completion", "help"}},
+		{[]string{""}, []string{"network", "gateway", "endpoint", "ipam", "peer", "route", "user", "login", "renew", "config", "completion", "help"}},
 		{[]string{"netw"}, []string{"network"}},
 		{[]string{"network", ""}, []string{"create", "update", "list", "show", "delete"}},
 		{[]string{"-o", ""}, []string{"table", "json"}},

@@ -11,7 +11,7 @@ import (
 )
 
 func (c *cli) gatewayCommand() *cobra.Command {
-	return c.noun("gateway", "Gateways: the machines that run a vrouter agent",
+	cmd := c.noun("gateway", "Gateways: the machines that run a vrouter agent",
 		`A gateway is a machine running the vrouter agent. Tunnels from other gateways
 and edge routers are addressed to its underlay IPv4 address, which is also the
 administrator part of the route distinguisher of its endpoints' routes.`,
@@ -41,7 +41,11 @@ administrator part of the route distinguisher of its endpoints' routes.`,
 				}
 				return c.deleted("gateway", args[0])
 			}},
+		c.gatewayRevoke(),
+		c.gatewayRevoked(),
 	)
+	cmd.AddCommand(c.tokenCommand(v1.TokenKind_TOKEN_KIND_GATEWAY))
+	return cmd
 }
 
 func (c *cli) gatewayCreate() verb {

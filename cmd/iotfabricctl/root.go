@@ -106,6 +106,7 @@ func (c *cli) rootCommand() *cobra.Command {
 	root.AddGroup(
 		&cobra.Group{ID: "resources", Title: "Resources:"},
 		&cobra.Group{ID: "bgp", Title: "BGP:"},
+		&cobra.Group{ID: "access", Title: "Access:"},
 		&cobra.Group{ID: "cli", Title: "This CLI:"},
 	)
 	for _, n := range []struct {
@@ -118,6 +119,9 @@ func (c *cli) rootCommand() *cobra.Command {
 		{"resources", c.ipamCommand()},
 		{"bgp", c.peerCommand()},
 		{"bgp", c.routeCommand()},
+		{"access", c.userCommand()},
+		{"access", c.loginCommand()},
+		{"access", c.renewCommand()},
 		{"cli", c.configCommand()},
 	} {
 		n.cmd.GroupID = n.group

@@ -42,6 +42,9 @@ Usage:
   vrouter-agent --gateway NAME --underlay IP --controller ADDR [flags]
                                        follow the controllers: register the gateway, serve the CNI
                                        plugin, report its pods and program the routes (docs/agent.md)
+  vrouter-agent --join TOKEN --ca-fingerprint SHA256 --underlay IP --controller ADDR [flags]
+                                       the same, enrolled first: generate a key, get a certificate for
+                                       the token's gateway, keep and renew it in --state-dir/tls
   vrouter-agent --state FILE [flags]   apply FILE (YAML or JSON) and re-apply it whenever it changes
   vrouter-agent --cleanup [flags]      remove everything iotfabric created in the kernel (the pods' veths
                                        included), then exit
@@ -116,19 +119,22 @@ func run(args []string, stderr io.Writer) int {
 		}
 	}
 	if modes != 1 {
-		fmt.Fprintln(stderr, "vrouter-agent: give exactly one of --gateway NAME, --state FILE or --cleanup (see --help)")
+		fmt.Fprintln(stderr, "vrouter-agent: give exactly one of --gateway NAME (or --join TOKEN), --state FILE or --cleanup (see --help)")
 		return 2
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	var gwOpts agent.Options
 	if gwf.Enabled() {
+		if err := gwf.Enroll(ctx, log); err != nil {
+			log.Error("enroll", logkey.Err, err)
+			return 1
+		}
 		if gwOpts, err = gwf.Options(base); err != nil {
 			fmt.Fprintf(stderr, "vrouter-agent: %v\n", err)
 			return 2
 		}
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: base, PodGatewayAddr: podGW, VRF: overlay.VRFMode(*vrf)})
 	if err != nil {
 		log.Error("start", logkey.Err, err)
@@ -153,7 +159,7 @@ func run(args []string, stderr io.Writer) int {
 			log.Error("start", logkey.Err, err)
 			return 1
 		}
-		log.Info("running", logkey.Gateway, gwf.Gateway, logkey.Controllers, gwf.Controllers, logkey.Features, m.Features())
+		log.Info("running", logkey.Gateway, gwOpts.Gateway, logkey.Controllers, gwf.Controllers, logkey.Features, m.Features())
 		if err := a.Run(ctx); err != nil {
 			log.Error("stopped", logkey.Err, err)
 			return 1

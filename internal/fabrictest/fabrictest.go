@@ -48,6 +48,9 @@ type Controller struct {
 	BGP *bgp.Config
 	// Config is the configuration it was last started with.
 	Config server.Config
+	// NoAuthorization, if set before Start, serves the API without its
+	// authorization (benchmarks of its cost).
+	NoAuthorization bool
 
 	mu  sync.Mutex
 	srv *server.Controller
@@ -130,7 +133,7 @@ func (c *Controller) Start() {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.Start(context.Background(), cfg, server.Options{Logger: c.Log, ServerOptions: c.opts,
+	srv, err := server.Start(context.Background(), cfg, server.Options{Logger: c.Log, ServerOptions: c.opts, NoAuthorization: c.NoAuthorization,
 		OpenStore: func(context.Context) (store.Store, error) { return c.Open() }})
 	if err != nil {
 		t.Fatal(err)

@@ -67,6 +67,9 @@ type Options struct {
 	// OnSession, if set, is called when the route stream of a controller
 	// becomes live (first message received) and when it ends.
 	OnSession func(controller string, live bool)
+	// Renewer, if set, runs beside the sessions: it renews the enrolled
+	// certificate the DialOptions present (pkg/enrollclient).
+	Renewer interface{ Run(context.Context) error }
 }
 
 // Agent is the vrouter agent: core, data-plane loop, controller sessions and
@@ -139,6 +142,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Debug("reconcile loop stopped", logkey.Err, err) // the core stopped; Run returns its error
 			}
 		})
+	}
+	if a.opts.Renewer != nil {
+		wg.Go(func() { a.opts.Renewer.Run(ctx) })
 	}
 	for _, addr := range a.opts.Controllers {
 		kick := make(chan struct{}, 1)

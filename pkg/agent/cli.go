@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/enrollclient"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
@@ -39,6 +41,10 @@ type Flags struct {
 	Encaps            string
 	Keepalive         time.Duration
 	KeepaliveTimeout  time.Duration
+	// Join is a bootstrap token: enroll (Enroll) when the state directory
+	// holds no identity yet.
+	Join          string
+	CAFingerprint string
 }
 
 type listFlag struct{ l *[]string }
@@ -72,11 +78,60 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.NamespaceNetworks, "namespace-networks", "", "pod namespace to network mapping, ns=network,... (default: the network named like the namespace)")
 	fs.DurationVar(&f.Keepalive, "keepalive", DefaultKeepalive, "ping a controller after this long without traffic to notice a dead connection (0: off; at least 10s)")
 	fs.DurationVar(&f.KeepaliveTimeout, "keepalive-timeout", DefaultKeepaliveTimeout, "close and reconnect when a ping is not answered within this (0: the default)")
+	fs.StringVar(&f.Join, "join", "", "bootstrap token (iotfabricctl gateway token create): enroll with the first --controller that answers, unless the state directory holds an identity already; the gateway's name comes from the token")
+	fs.StringVar(&f.CAFingerprint, "ca-fingerprint", "", "with --join: SHA-256 fingerprint of the controller's CA (sha256:<hex>, printed with the token)")
 	fs.StringVar(&f.Encaps, "encaps", "mplsoudp,mplsogre", "encapsulations this gateway uses, most preferred first: mplsoudp, mplsogre, plain")
 }
 
 // Enabled reports whether the controller-driven agent was asked for.
-func (f *Flags) Enabled() bool { return f.Gateway != "" }
+func (f *Flags) Enabled() bool { return f.Gateway != "" || f.Join != "" }
+
+// IdentityDir is where an enrolled agent keeps its key (0600), certificate
+// and CA: the tls directory of its state directory.
+func (f *Flags) IdentityDir() string { return filepath.Join(f.StateDir, "tls") }
+
+// Enroll joins with the --join token when the state directory holds no
+// identity yet: the key is generated here and written 0600 to IdentityDir,
+// with the certificate the controller issued and its CA. The controllers
+// are tried in turn.
+func (f *Flags) Enroll(ctx context.Context, log *slog.Logger) error {
+	if f.Join == "" {
+		return nil
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir := f.IdentityDir()
+	if enrollclient.Enrolled(dir) {
+		log.Info("already enrolled; --join ignored", logkey.Path, dir)
+		return nil
+	}
+	if f.CAFingerprint == "" || len(f.Controllers) == 0 {
+		return errors.New("--join needs --ca-fingerprint and a --controller")
+	}
+	if f.TLS.Enabled() {
+		return errors.New("--join and --tls-* exclude each other: an enrolled agent keeps its certificate in its state directory")
+	}
+	var errs []error
+	for _, addr := range f.Controllers {
+		jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		id, err := enrollclient.Join(jctx, addr, f.Join, f.CAFingerprint)
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if gw := id.Name().Gateway; id.Name().Role != tlsconfig.RoleGateway || (f.Gateway != "" && gw != f.Gateway) {
+			return fmt.Errorf("the token enrolls %s, not gateway %q", id.Name(), f.Gateway)
+		}
+		if err := id.Save(dir); err != nil {
+			return fmt.Errorf("save the enrolled identity: %w", err)
+		}
+		log.Info("enrolled", logkey.Identity, id.Name().String(), logkey.Controller, addr, logkey.NotAfter, id.Cert.NotAfter, logkey.Path, dir)
+		return nil
+	}
+	return fmt.Errorf("enroll: %w", errors.Join(errs...))
+}
 
 // Options validates the flags and returns the agent's options (Applier and
 // HostNetns are the caller's).
@@ -134,6 +189,24 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 		flog.Warn("--keepalive below 10s: gRPC pings at most every 10s", logkey.Value, ka)
 	}
 	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	var renewer *enrollclient.Renewer
+	if dir := f.IdentityDir(); !f.TLS.Enabled() && enrollclient.Enrolled(dir) {
+		// Enrolled: the certificate of the state directory, renewed by the
+		// agent itself.
+		id, err := enrollclient.Load(dir)
+		if err != nil {
+			errs = append(errs, err)
+		} else if n := id.Name(); n.Role != tlsconfig.RoleGateway || (f.Gateway != "" && n.Gateway != f.Gateway) {
+			errs = append(errs, fmt.Errorf("the identity in %s is %s, not gateway %q", dir, n, f.Gateway))
+		} else if renewer, err = enrollclient.NewRenewer(id, dir, f.Controllers, log.With(logkey.Component, logkey.ComponentRenew)); err != nil {
+			errs = append(errs, err)
+		} else {
+			f.Gateway = n.Gateway
+			creds = grpc.WithTransportCredentials(renewer.Credentials())
+		}
+	} else if f.Join != "" {
+		errs = append(errs, errors.New("--join: not enrolled yet (call Enroll first)"))
+	}
 	if f.TLS.Enabled() {
 		tc, err := tlsconfig.Client(f.TLS)
 		if err != nil {
@@ -142,14 +215,21 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 			creds = grpc.WithTransportCredentials(credentials.NewTLS(tc))
 		}
 	}
+	if f.Gateway == "" {
+		errs = append(errs, errors.New("--gateway: give this gateway's name (or --join a token)"))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return Options{}, err
 	}
-	return Options{
+	opts := Options{
 		Config:      Config{Gateway: f.Gateway, Underlay: u, StateDir: f.StateDir, Encaps: encaps, Log: log},
 		Controllers: f.Controllers, DialOptions: []grpc.DialOption{creds}, Keepalive: ka, KeepaliveTimeout: f.KeepaliveTimeout,
 		CNISocket: f.CNISocket, NamespaceNetworks: nsMap, ResyncInterval: 5 * time.Minute,
-	}, nil
+	}
+	if renewer != nil {
+		opts.Renewer = renewer
+	}
+	return opts, nil
 }
 
 // KernelFeatures names the kernel features the data plane detected, for

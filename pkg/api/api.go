@@ -1,9 +1,9 @@
-// Package api is the controller's transport: the seven iotfabric.v1 gRPC
-// services (Network, Gateway, Endpoint, IPAM, Agent, Peer, Route) over the
-// domain (pkg/controller for resources and agents, pkg/vpn for routes and
-// peers). It translates requests and responses between protobuf and the
-// domain's calls, and the domain's errors into gRPC status codes, in one
-// table (errors.go). It authorizes every call in one place, Authorizer
+// Package api is the controller's transport: the eight iotfabric.v1 gRPC
+// services (Network, Gateway, Endpoint, IPAM, Agent, Peer, Route,
+// Enrollment) over the domain (pkg/controller for resources and agents,
+// pkg/vpn for routes and peers, pkg/enroll for certificates). It translates
+// requests and responses between protobuf and the domain's calls, and the
+// domain's errors into gRPC status codes, in one table (errors.go). It authorizes every call in one place, Authorizer
 // (authz.go): the caller's identity from its client certificate, one table
 // of role x service x method, gateways restricted to their own gateway, and
 // the audit log (docs/security.md).
@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -29,8 +30,10 @@ type Services struct {
 	// (Network, Gateway, Endpoint, IPAM).
 	Routes *vpn.Runner
 	// Peers are the BGP peers (nil: those of Routes, none from a configuration file).
-	Peers  *vpn.Peers
-	Logger *slog.Logger
+	Peers *vpn.Peers
+	// Enroller is the enrollment authority (nil: no EnrollmentService).
+	Enroller *enroll.Enroller
+	Logger   *slog.Logger
 }
 
 // Register registers the services on g.
@@ -43,6 +46,9 @@ func (s Services) Register(g grpc.ServiceRegistrar) {
 	v1.RegisterGatewayServiceServer(g, res)
 	v1.RegisterEndpointServiceServer(g, res)
 	v1.RegisterIpamServiceServer(g, res)
+	if s.Enroller != nil {
+		v1.RegisterEnrollmentServiceServer(g, &enrollment{e: s.Enroller, c: s.Controller})
+	}
 	if s.Routes == nil {
 		return
 	}

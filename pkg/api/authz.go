@@ -2,9 +2,13 @@ package api
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"strconv"
+	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,6 +40,23 @@ type Authorizer struct {
 	// Audit receives one line per mutating call and per denied call (nil:
 	// discarded).
 	Audit *slog.Logger
+	// PeerVerified says that the server's TLS configuration verifies client
+	// certificates itself (tlsconfig.ServerWith) and leaves VerifiedChains
+	// empty: a peer certificate on a connection has then passed it. A
+	// certificate that has expired (accepted within the renewal grace) may
+	// then only renew.
+	PeerVerified bool
+	// Revocations, when set, refuses revoked certificates on every call, and
+	// ends a stream when its certificate is revoked.
+	Revocations Revocations
+}
+
+// Revocations is the set of revoked certificate serials (pkg/enroll's).
+type Revocations interface {
+	Revoked(serial *big.Int) bool
+	// Watch returns a channel closed when serial is revoked, and a function
+	// to call when no longer interested.
+	Watch(serial *big.Int) (<-chan struct{}, func())
 }
 
 // roles is a set of roles.
@@ -60,6 +81,8 @@ type rule struct {
 	gateway func(req any) string
 	// object names what a mutating request acts on, for the audit log.
 	object func(req any) string
+	// expiredOK: a certificate accepted within the renewal grace may call it.
+	expiredOK bool
 }
 
 // methods is the table: role x service x method. Viewers read (get, list,
@@ -117,6 +140,20 @@ var methods = map[string]rule{
 	v1.RouteService_ListRoutes_FullMethodName:  {roles: admin | viewer},
 	v1.RouteService_WatchRoutes_FullMethodName: {roles: admin | viewer},
 
+	// Join's credential is its bootstrap token: callers without a
+	// certificate make it. Renew is for the caller's own identity (the
+	// certificate it presents), also expired within the renewal grace.
+	v1.EnrollmentService_Join_FullMethodName:  {roles: anyone, mutates: true, object: func(r any) string { return "token " + tokenID(r.(*v1.JoinRequest).GetToken()) }},
+	v1.EnrollmentService_Renew_FullMethodName: {roles: admin | viewer | gateway, mutates: true, expiredOK: true},
+	v1.EnrollmentService_CreateToken_FullMethodName: {roles: admin, mutates: true, object: func(r any) string {
+		q := r.(*v1.CreateTokenRequest)
+		return q.GetKind().String() + " " + q.GetName()
+	}},
+	v1.EnrollmentService_ListTokens_FullMethodName:    {roles: admin},
+	v1.EnrollmentService_DeleteToken_FullMethodName:   {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.DeleteTokenRequest).GetId() }},
+	v1.EnrollmentService_RevokeGateway_FullMethodName: {roles: admin, mutates: true, object: func(r any) string { return r.(*v1.RevokeGatewayRequest).GetGateway() }},
+	v1.EnrollmentService_ListRevoked_FullMethodName:   {roles: admin},
+
 	healthpb.Health_Check_FullMethodName: {roles: anyone},
 	healthpb.Health_Watch_FullMethodName: {roles: anyone},
 	// Reflection describes the API (grpcurl); it changes nothing.
@@ -126,30 +163,82 @@ var methods = map[string]rule{
 
 func nameObject(r any) string { return r.(*v1.NameRequest).GetName() }
 
-type identityKey struct{}
+// tokenID is the public part of a bootstrap token (iof1.<id>.<secret>), for
+// the audit log; the secret is never logged.
+func tokenID(tok string) string {
+	parts := strings.SplitN(tok, ".", 3)
+	if len(parts) < 2 {
+		return "(malformed)"
+	}
+	return parts[1]
+}
+
+// callerKey keys the caller (a *caller) in a unary call's context.
+type callerKey struct{}
+
+// caller is who called: the identity, and the certificate it comes from
+// (nil without one).
+type caller struct {
+	id   tlsconfig.Identity
+	cert *x509.Certificate
+}
 
 // identityFrom returns the caller's identity the Authorizer put in a unary
 // call's context (false: none, the Authorizer is not installed).
 func identityFrom(ctx context.Context) (tlsconfig.Identity, bool) {
-	id, ok := ctx.Value(identityKey{}).(tlsconfig.Identity)
-	return id, ok
+	c, ok := ctx.Value(callerKey{}).(*caller)
+	if !ok {
+		return tlsconfig.Identity{}, false
+	}
+	return c.id, true
 }
 
-// identify returns the identity of the caller: that of its verified client
-// certificate on a TLS connection, Anonymous otherwise.
-func (a *Authorizer) identify(ctx context.Context) tlsconfig.Identity {
+// certFrom returns the caller's verified certificate the Authorizer put in
+// a unary call's context (nil: none).
+func certFrom(ctx context.Context) *x509.Certificate {
+	if c, ok := ctx.Value(callerKey{}).(*caller); ok {
+		return c.cert
+	}
+	return nil
+}
+
+// identify returns the identity of the caller, and its certificate: that of
+// its verified client certificate on a TLS connection, Anonymous otherwise.
+func (a *Authorizer) identify(ctx context.Context) (tlsconfig.Identity, *x509.Certificate) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return a.Anonymous
+		return a.Anonymous, nil
 	}
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok {
-		return a.Anonymous
+		return a.Anonymous, nil
 	}
-	if len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
-		return tlsconfig.Identity{} // TLS without a verified client certificate
+	var leaf *x509.Certificate
+	switch {
+	case len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0:
+		leaf = ti.State.VerifiedChains[0][0]
+	case a.PeerVerified && len(ti.State.PeerCertificates) > 0:
+		leaf = ti.State.PeerCertificates[0]
+	default:
+		return tlsconfig.Identity{}, nil // TLS without a verified client certificate
 	}
-	return tlsconfig.IdentityOf(ti.State.VerifiedChains[0][0])
+	return tlsconfig.IdentityOf(leaf), leaf
+}
+
+// admit checks what the certificate alone decides: revoked, or expired (a
+// certificate accepted within the renewal grace may only renew).
+func (a *Authorizer) admit(id tlsconfig.Identity, cert *x509.Certificate, method string, r rule) error {
+	if cert == nil {
+		return nil
+	}
+	if a.Revocations != nil && a.Revocations.Revoked(cert.SerialNumber) {
+		return status.Errorf(codes.PermissionDenied, "%s may not call %s: its certificate (serial %s) is revoked", id, method, cert.SerialNumber.Text(16))
+	}
+	if !r.expiredOK && time.Now().After(cert.NotAfter) {
+		return status.Errorf(codes.PermissionDenied, "%s may not call %s: its certificate expired at %s; it may only renew (EnrollmentService/Renew)",
+			id, method, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // mayDo says what id may do, for the messages of denials.
@@ -158,7 +247,7 @@ func mayDo(id tlsconfig.Identity) string {
 	case tlsconfig.RoleViewer:
 		return "a viewer may only read (get, list, watch)"
 	case tlsconfig.RoleGateway:
-		return fmt.Sprintf("a gateway may only register, report endpoints, lease blocks and watch routes for itself (gateway %q), and read networks", id.Gateway)
+		return fmt.Sprintf("a gateway may only register, report endpoints, lease blocks and watch routes for itself (gateway %q), read networks and renew its certificate", id.Gateway)
 	case tlsconfig.RoleAdmin:
 		return "an admin may call every known method"
 	default:
@@ -185,13 +274,17 @@ func check(id tlsconfig.Identity, method string, r rule, known bool, req any) er
 
 // Unary is the interceptor of unary calls.
 func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	id := a.identify(ctx)
+	id, cert := a.identify(ctx)
 	r, known := methods[info.FullMethod]
-	if err := check(id, info.FullMethod, r, known, req); err != nil {
+	err := check(id, info.FullMethod, r, known, req)
+	if err == nil {
+		err = a.admit(id, cert, info.FullMethod, r)
+	}
+	if err != nil {
 		a.denied(ctx, id, info.FullMethod, r.objectOf(req), err)
 		return nil, err
 	}
-	resp, err := handler(context.WithValue(ctx, identityKey{}, id), req)
+	resp, err := handler(context.WithValue(ctx, callerKey{}, &caller{id: id, cert: cert}), req)
 	if r.mutates && a.Audit != nil {
 		a.Audit.LogAttrs(ctx, slog.LevelInfo, "call", slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, info.FullMethod),
 			slog.String(logkey.Object, r.objectOf(req)), slog.String(logkey.Code, Code(err).String()))
@@ -216,17 +309,51 @@ func (r rule) objectOf(req any) string {
 // stream acts for is checked on its request, when the handler reads it.
 func (a *Authorizer) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx := ss.Context()
-	id := a.identify(ctx)
+	id, cert := a.identify(ctx)
 	r, known := methods[info.FullMethod]
-	if err := check(id, info.FullMethod, r, known, nil); err != nil {
+	err := check(id, info.FullMethod, r, known, nil)
+	if err == nil {
+		err = a.admit(id, cert, info.FullMethod, r)
+	}
+	if err != nil {
 		a.denied(ctx, id, info.FullMethod, "", err)
 		return err
 	}
 	if id.Role == tlsconfig.RoleGateway && r.gateway != nil {
 		ss = &restrictedStream{ServerStream: ss, a: a, id: id, method: info.FullMethod, r: r}
 	}
-	return handler(srv, ss)
+	if a.Revocations == nil || cert == nil {
+		return handler(srv, ss)
+	}
+	// The stream ends when its certificate is revoked.
+	revoked, stop := a.Revocations.Watch(cert.SerialNumber)
+	defer stop()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-revoked:
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	err = handler(srv, &ctxStream{ServerStream: ss, ctx: sctx})
+	select {
+	case <-revoked:
+		err = status.Errorf(codes.PermissionDenied, "%s: its certificate (serial %s) was revoked", id, cert.SerialNumber.Text(16))
+		a.denied(ctx, id, info.FullMethod, "", err)
+	default:
+	}
+	return err
 }
+
+// ctxStream is a stream whose context ends earlier than its connection's.
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *ctxStream) Context() context.Context { return s.ctx }
 
 // restrictedStream checks the requests a gateway sends on a stream.
 type restrictedStream struct {

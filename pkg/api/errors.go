@@ -31,6 +31,7 @@ var toGRPCCode = []struct {
 	{model.ErrExhausted, codes.ResourceExhausted},
 	{model.ErrAborted, codes.Aborted},
 	{model.ErrCorrupt, codes.Internal},
+	{model.ErrUnauthenticated, codes.Unauthenticated},
 	{model.ErrUnavailable, codes.Unavailable},
 	{store.ErrCompacted, codes.OutOfRange},
 	{store.ErrClosed, codes.Unavailable},

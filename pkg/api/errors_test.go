@@ -31,6 +31,7 @@ func TestStatus(t *testing.T) {
 		{model.Errorf(model.ErrAborted, "try again"), codes.Aborted, "try again"},
 		{model.Errorf(model.ErrUnavailable, "store: %w", errors.New("down")), codes.Unavailable, "store: down"},
 		{model.Errorf(model.ErrCorrupt, "corrupt record k"), codes.Internal, "corrupt record k"},
+		{model.Errorf(model.ErrUnauthenticated, "token used"), codes.Unauthenticated, "token used"},
 		// Wrapped further, the kind is still found; the message is the whole text.
 		{fmt.Errorf("request 7: %w", model.Errorf(model.ErrNotFound, "endpoint x not found")), codes.NotFound, "request 7: endpoint x not found"},
 		// A kind wrapping a context error: the cancellation wins.

@@ -57,6 +57,17 @@ const (
 	Peers = "bgp/peers/"
 	// Meta: meta/<name> -> markers of the store's layout version.
 	Meta = "meta/"
+	// Tokens: enroll/tokens/<token id> -> JSON of a one-time bootstrap token
+	// (its secret's SHA-256, what it enrolls, when it expires); deleted when
+	// used.
+	Tokens = "enroll/tokens/"
+	// Certs: enroll/certs/<identity>/<serial> -> JSON of a certificate the
+	// controller's CA issued (serial in hex; identity gateway:<name>,
+	// admin:<name> or viewer:<name>).
+	Certs = "enroll/certs/"
+	// Revoked: enroll/revoked/<serial> -> JSON of a revoked certificate
+	// (identity, when); every controller refuses these serials.
+	Revoked = "enroll/revoked/"
 )
 
 // Network is a network's record.
@@ -156,6 +167,21 @@ func IPAMAddr(network string, a netip.Addr) string { return IPAMAddrs(network) +
 
 // Peer is a BGP peer added through the API.
 func Peer(a netip.Addr) string { return Peers + a.String() }
+
+// Token is a bootstrap token's record.
+func Token(id string) string { return Tokens + id }
+
+// IdentityCerts is the prefix of the certificates issued to an identity.
+func IdentityCerts(identity string) string { return Certs + identity + "/" }
+
+// Cert is the record of a certificate issued to identity.
+func Cert(identity, serial string) string { return IdentityCerts(identity) + serial }
+
+// RevokedCert is a revoked certificate's record.
+func RevokedCert(serial string) string { return Revoked + serial }
+
+// RevokedSerial returns the serial of a revoked certificate's key.
+func RevokedSerial(key string) string { return strings.TrimPrefix(key, Revoked) }
 
 // IndexVersion records which endpoint indexes the store holds.
 const IndexVersion = Meta + "index-version"

@@ -27,6 +27,8 @@ const (
 	ComponentBGP          = "bgp"           // controller's BGP speaker
 	ComponentVPN          = "vpn"           // controller's VPN route runner
 	ComponentAudit        = "audit"         // controller's audit log of API calls
+	ComponentEnroll       = "enroll"        // controller's enrollment authority (tokens, certificates, revocation)
+	ComponentRenew        = "renew"         // a client's certificate renewal
 	ComponentCollector    = "collector"     // IQRF collector
 	ComponentGraphite     = "graphite"      // IQRF collector's Graphite sink
 	ComponentMQTT         = "mqtt"          // IQRF collector's MQTT sink
@@ -122,18 +124,22 @@ const (
 	Buffer   = "buffer"   // a buffer directory
 
 	// Controller server.
-	EtcdEndpoints = "endpoints" // etcd endpoint URLs
-	API           = "api"       // the gRPC API's listen address
-	Metrics       = "metrics"   // the metrics listen address
-	ClientCA      = "client_ca" // the CA that client certificates must chain to
-	Method        = "method"    // a gRPC method
-	Library       = "library"   // a library whose own lines these are, within a component (gobgp within bgp)
-	Identity      = "identity"  // who called: admin, viewer, gateway:<name>
-	Object        = "object"    // what a call was about (a name or id)
-	From          = "from"      // a value before a change
-	To            = "to"        // a value after a change
-	Panic         = "panic"     // a recovered panic's value
-	Stack         = "stack"     // a goroutine stack
+	EtcdEndpoints = "endpoints"  // etcd endpoint URLs
+	API           = "api"        // the gRPC API's listen address
+	Metrics       = "metrics"    // the metrics listen address
+	ClientCA      = "client_ca"  // the CA that client certificates must chain to
+	Method        = "method"     // a gRPC method
+	Library       = "library"    // a library whose own lines these are, within a component (gobgp within bgp)
+	Identity      = "identity"   // who called: admin, viewer, gateway:<name>
+	Object        = "object"     // what a call was about (a name or id)
+	From          = "from"       // a value before a change
+	To            = "to"         // a value after a change
+	Panic         = "panic"      // a recovered panic's value
+	Stack         = "stack"      // a goroutine stack
+	Serial        = "serial"     // a certificate serial (hex)
+	Via           = "via"        // how a certificate was issued: join or renew
+	NotAfter      = "not_after"  // a certificate's expiry
+	Enrollment    = "enrollment" // whether the controller signs certificates
 
 	// Generic.
 	Addr     = "addr"     // a network address

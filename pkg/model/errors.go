@@ -29,6 +29,9 @@ var (
 	ErrUnavailable = errors.New("unavailable")
 	// ErrCorrupt: a stored record cannot be decoded.
 	ErrCorrupt = errors.New("corrupt record")
+	// ErrUnauthenticated: a credential the request carries (a bootstrap
+	// token) is unknown, used, expired or wrong.
+	ErrUnauthenticated = errors.New("unauthenticated")
 )
 
 // kindError is a message of one kind. Its text is the message alone, so that
@@ -66,4 +69,4 @@ func HasKind(err error) bool {
 	return false
 }
 
-var kinds = []error{ErrInvalid, ErrNotFound, ErrExists, ErrConflict, ErrExhausted, ErrAborted, ErrUnavailable, ErrCorrupt}
+var kinds = []error{ErrInvalid, ErrNotFound, ErrExists, ErrConflict, ErrExhausted, ErrAborted, ErrUnavailable, ErrCorrupt, ErrUnauthenticated}

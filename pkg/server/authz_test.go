@@ -135,6 +135,13 @@ var allowedRoles = map[string]string{
 	"PeerService/ListPeers":           "admin viewer",
 	"RouteService/ListRoutes":         "admin viewer",
 	"RouteService/WatchRoutes":        "admin viewer",
+	"EnrollmentService/Join":          "admin viewer gateway none",
+	"EnrollmentService/Renew":         "admin viewer gateway",
+	"EnrollmentService/CreateToken":   "admin",
+	"EnrollmentService/ListTokens":    "admin",
+	"EnrollmentService/DeleteToken":   "admin",
+	"EnrollmentService/RevokeGateway": "admin",
+	"EnrollmentService/ListRevoked":   "admin",
 }
 
 // request is an empty request of md's input type, acting for gateway gw
@@ -191,12 +198,18 @@ func call(conn *grpc.ClientConn, md protoreflect.MethodDescriptor, method string
 // without a row in the table fails the test.
 func TestRoleTable(t *testing.T) {
 	tc := startTLS(t)
-	conns := map[string]*grpc.ClientConn{
+	checkRoleTable(t, map[string]*grpc.ClientConn{
 		"admin":   tc.dial(t, tc.ca.Admin("alice")),
 		"viewer":  tc.dial(t, tc.ca.Viewer("victor")),
 		"gateway": tc.dial(t, tc.ca.Gateway("gw-1")),
 		"none":    tc.dial(t, tc.ca.Issue("nobody")),
-	}
+	})
+}
+
+// checkRoleTable calls every method of every iotfabric.v1 service with the
+// connection of each role and compares with allowedRoles.
+func checkRoleTable(t *testing.T, conns map[string]*grpc.ClientConn) {
+	t.Helper()
 	n := 0
 	protoregistry.GlobalFiles.RangeFilesByPackage("iotfabric.v1", func(fd protoreflect.FileDescriptor) bool {
 		for i := 0; i < fd.Services().Len(); i++ {
@@ -212,7 +225,11 @@ func TestRoleTable(t *testing.T) {
 				}
 				n++
 				for _, role := range []string{"none", "viewer", "gateway", "admin"} {
-					code := call(conns[role], md, method, request(t, md, "gw-1"))
+					gw := "gw-1"
+					if md.Name() == "RevokeGateway" {
+						gw = "gw-elsewhere" // the walk goes on with gw-1's certificate
+					}
+					code := call(conns[role], md, method, request(t, md, gw))
 					allowed := slices.Contains(strings.Fields(want), role)
 					if denied := code == codes.PermissionDenied; denied == allowed {
 						t.Errorf("%s as %s: %v, want allowed=%t", key, role, code, allowed)
@@ -238,13 +255,32 @@ func TestRoleTable(t *testing.T) {
 // gw-2, delete a network, add a BGP peer, create endpoints on gw-2 and delete
 // gw-2's endpoints by a full sync. Each is refused and the store is unchanged.
 func TestGatewayNodeRestriction(t *testing.T) {
-	tc := startTLS(t)
+	t.Run("certificates from files", func(t *testing.T) {
+		tc := startTLS(t)
+		gatewayNodeRestriction(t, tc, func(name string) *grpc.ClientConn { return tc.dial(t, tc.ca.Gateway(name)) })
+	})
+	t.Run("certificates from enrollment", func(t *testing.T) {
+		ec := startEnroll(t, nil, Config{}, nil)
+		// The gateways' certificates come from tokens; the store's
+		// enrollment records are then part of what must not change.
+		rs := map[string]*grpc.ClientConn{}
+		for _, name := range []string{"gw-1", "gw-2"} {
+			id := join(t, ec.c.Addr(), ec.token(t, v1.TokenKind_TOKEN_KIND_GATEWAY, name, "", time.Hour), ec.fp)
+			rs[name] = dialAs(t, ec.c.Addr(), renewer(t, id, ec.c.Addr()))
+		}
+		gatewayNodeRestriction(t, ec.tlsController, func(name string) *grpc.ClientConn { return rs[name] })
+	})
+}
+
+// gatewayNodeRestriction is TestGatewayNodeRestriction on tc, with dialGW
+// connecting as a gateway.
+func gatewayNodeRestriction(t *testing.T, tc *tlsController, dialGW func(name string) *grpc.ClientConn) {
 	ctx := context.Background()
 	adm := tc.dial(t, tc.ca.Admin("alice"))
 	if _, err := v1.NewNetworkServiceClient(adm).CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "red", Subnets: []string{"10.9.0.0/16"}}}); err != nil {
 		t.Fatal(err)
 	}
-	gw1, gw2 := v1.NewAgentServiceClient(tc.dial(t, tc.ca.Gateway("gw-1"))), v1.NewAgentServiceClient(tc.dial(t, tc.ca.Gateway("gw-2")))
+	gw1, gw2 := v1.NewAgentServiceClient(dialGW("gw-1")), v1.NewAgentServiceClient(dialGW("gw-2"))
 	for name, a := range map[string]v1.AgentServiceClient{"gw-1": gw1, "gw-2": gw2} {
 		if _, err := a.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: name, UnderlayAddress: "192.0.2." + name[3:]}}); err != nil {
 			t.Fatalf("%s registers itself: %v", name, err)
@@ -259,7 +295,7 @@ func TestGatewayNodeRestriction(t *testing.T) {
 	}
 	before := tc.dump(t)
 
-	conn1 := tc.dial(t, tc.ca.Gateway("gw-1"))
+	conn1 := dialGW("gw-1")
 	attacks := map[string]func() error{
 		"register as gw-2": func() error {
 			_, err := gw1.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-2", UnderlayAddress: "198.51.100.66"}})

@@ -15,6 +15,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 )
@@ -36,6 +37,9 @@ type Config struct {
 		// Keepalive: the pings the API permits (agents ping every 30 s by
 		// default) and the controller's own pings to notice dead clients.
 		Keepalive KeepaliveConfig `yaml:"keepalive"`
+		// Enrollment: the CA that signs the certificates of enrolled
+		// gateways and operators (docs/security.md).
+		Enrollment EnrollmentConfig `yaml:"enrollment"`
 	} `yaml:"api"`
 	Metrics struct {
 		// Listen is the address of /metrics and /healthz; "off" (or empty)
@@ -72,6 +76,25 @@ type KeepaliveConfig struct {
 	Time    time.Duration `yaml:"time"`
 	Timeout time.Duration `yaml:"timeout"`
 }
+
+// EnrollmentConfig is the API's enrollment section. With ca_key set (and
+// api.tls), the controller signs certificates for bootstrap tokens (Join)
+// and renews them; without it an external CA issues the certificates and
+// Join is refused.
+type EnrollmentConfig struct {
+	// CACert is the CA certificate that signs (default: api.tls.ca).
+	CACert string `yaml:"ca_cert"`
+	// CAKey is its private key (PEM).
+	CAKey string `yaml:"ca_key"`
+	// CertLifetime of issued certificates.
+	CertLifetime time.Duration `yaml:"cert_lifetime"`
+	// RenewGrace: a certificate expired for less than this may still renew
+	// itself (not any other call); 0: none.
+	RenewGrace time.Duration `yaml:"renew_grace"`
+}
+
+// Enabled reports whether the controller signs certificates.
+func (e EnrollmentConfig) Enabled() bool { return e.CAKey != "" }
 
 // EtcdConfig selects the etcd store.
 type EtcdConfig struct {
@@ -157,6 +180,10 @@ const (
 	DefaultKeepaliveMinTime = 10 * time.Second
 	DefaultKeepaliveTime    = 60 * time.Second
 	DefaultKeepaliveTimeout = 20 * time.Second
+	// Enrollment: certificates live 30 days and may renew up to 30 days
+	// after they expired (a gateway offline that long).
+	DefaultCertLifetime = enroll.DefaultLifetime
+	DefaultRenewGrace   = enroll.DefaultGrace
 	// MetricsOff as metrics.listen (file or flag) turns the metrics listener off.
 	MetricsOff = "off"
 )
@@ -173,6 +200,7 @@ func DefaultConfig() Config {
 	c.BGP.ListenPort = DefaultBGPPort
 	c.Liveness.Interval = DefaultLiveness
 	c.Routes.MaxPerNetwork = vpn.DefaultMaxNetworkRoutes
+	c.API.Enrollment.CertLifetime, c.API.Enrollment.RenewGrace = DefaultCertLifetime, DefaultRenewGrace
 	c.API.Keepalive = KeepaliveConfig{MinTime: DefaultKeepaliveMinTime, Time: DefaultKeepaliveTime, Timeout: DefaultKeepaliveTimeout}
 	return c
 }
@@ -229,6 +257,16 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("api.tls: %w", err))
 		}
 	}
+	if e := c.API.Enrollment; e.Enabled() {
+		if !c.API.TLS.Enabled() {
+			errs = append(errs, errors.New("api.enrollment.ca_key is set but api.tls is not: enrollment issues certificates for mutual TLS; set api.tls"))
+		} else if _, err := enroll.LoadCA(c.enrollCACert(), e.CAKey); err != nil {
+			errs = append(errs, fmt.Errorf("api.enrollment: %w", err))
+		}
+		if e.CertLifetime <= 0 || e.RenewGrace < 0 {
+			errs = append(errs, fmt.Errorf("api.enrollment cert_lifetime %v, renew_grace %v: want a positive lifetime such as 720h and a grace >= 0", e.CertLifetime, e.RenewGrace))
+		}
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -267,6 +305,14 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("bgp.peers are set but bgp.router_id is not: set router_id to run the BGP speaker"))
 	}
 	return errors.Join(errs...)
+}
+
+// enrollCACert is the CA certificate enrollment signs with.
+func (c *Config) enrollCACert() string {
+	if c.API.Enrollment.CACert != "" {
+		return c.API.Enrollment.CACert
+	}
+	return c.API.TLS.CA
 }
 
 // checkInsecure refuses an API address other than loopback without TLS,

@@ -1,7 +1,8 @@
 // Package server is the controller's composition root: from a Config it
 // builds a whole controller — the store (bbolt or etcd), IPAM and the
 // resource logic (pkg/controller), the route table and its BGP speaker
-// (pkg/vpn, pkg/bgp/gobgp), the seven gRPC services (pkg/api) on one gRPC
+// (pkg/vpn, pkg/bgp/gobgp), the enrollment authority and the set of revoked
+// certificates (pkg/enroll), the eight gRPC services (pkg/api) on one gRPC
 // server, and the metrics — and runs it. cmd/controller and the test
 // harnesses (internal/fabrictest) start controllers only through Start, and
 // the defaults (ASN, addresses, ports) are set here only (config.go).
@@ -10,12 +11,17 @@
 // interceptors — among them the API's authorization, pkg/api's Authorizer,
 // with its audit log under component=audit — metrics, shutdown); it refuses
 // to serve the API without TLS on a non-loopback address unless api.insecure
-// is set; it may not hold resource logic, read or
-// write store keys itself, or translate API messages.
+// is set. With api.enrollment.ca_key it verifies client certificates itself
+// (clients without one may join; one expired within the renewal grace may
+// renew) and sends its CA after its certificate, for joining agents that pin
+// it. It may not hold resource logic, read or write store keys itself, or
+// translate API messages.
 package server
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,6 +46,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/store"
@@ -63,6 +70,10 @@ type Options struct {
 	// ServerOptions are added to the gRPC server's (after the interceptors and
 	// the Config's TLS).
 	ServerOptions []grpc.ServerOption
+	// NoAuthorization installs no Authorizer: every caller may call every
+	// method and nothing is audited. For benchmarks that measure what
+	// authorization costs (make bench-cni); cmd/controller never sets it.
+	NoAuthorization bool
 }
 
 // Controller is a running controller.
@@ -81,6 +92,8 @@ type Controller struct {
 	sweeper     *controller.Sweeper
 	stopSweeper context.CancelFunc
 	sweeperDone chan struct{} // closed when the sweeper's Run returned
+	stopRevs    context.CancelFunc
+	revsDone    chan struct{} // closed when the revocation set's Run returned
 	serveErr    chan error    // gs.Serve's result
 
 	stopOnce sync.Once
@@ -138,7 +151,23 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	cleanup = append(cleanup, func() { lis.Close() })
 	// Callers without TLS are the local operator, trusted as admin, on a
 	// loopback listener; elsewhere only with api.insecure.
-	authz := &api.Authorizer{Audit: log.With(logkey.Component, logkey.ComponentAudit)}
+	// The revoked certificates, kept current from the store: refused at the
+	// handshake and on every call, their streams ended.
+	revs := enroll.NewRevocations(st, !exclusive, log.With(logkey.Component, logkey.ComponentEnroll))
+	revsCtx, stopRevs := context.WithCancel(context.Background())
+	revsDone := make(chan struct{})
+	go func() { defer close(revsDone); revs.Run(revsCtx) }()
+	cleanup = append(cleanup, func() { stopRevs(); <-revsDone })
+	select {
+	case <-revs.Ready():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	enroller, err := newEnroller(cfg, st, revs, log)
+	if err != nil {
+		return nil, err
+	}
+	authz := &api.Authorizer{Audit: log.With(logkey.Component, logkey.ComponentAudit), Revocations: revs}
 	if !cfg.API.TLS.Enabled() {
 		if !loopback(lis.Addr()) {
 			if !cfg.API.Insecure {
@@ -148,26 +177,33 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		}
 		authz.Anonymous = tlsconfig.Admin
 	}
+	unary := []grpc.UnaryServerInterceptor{m.unary, recoverUnary(log), authz.Unary}
+	stream := []grpc.StreamServerInterceptor{m.stream, recoverStream(log), authz.Stream}
+	if opts.NoAuthorization {
+		unary, stream = unary[:2], stream[:2]
+		log.Warn("API authorization is off (benchmark): every caller may call every method")
+	}
 	gsOpts := []grpc.ServerOption{
 		// Metrics see every outcome; a panic in authorization or in a handler
 		// becomes an Internal error, counted as such.
-		grpc.ChainUnaryInterceptor(m.unary, recoverUnary(log), authz.Unary),
-		grpc.ChainStreamInterceptor(m.stream, recoverStream(log), authz.Stream),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 		// Agents ping to notice a dead path (pkg/agent's --keepalive): permit
 		// it, also between streams; ping idle clients to notice dead ones.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.API.Keepalive.MinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.API.Keepalive.Time, Timeout: cfg.API.Keepalive.Timeout}),
 	}
 	if cfg.API.TLS.Enabled() {
-		tc, err := tlsconfig.Server(cfg.API.TLS)
+		tc, err := serverTLS(cfg, enroller, revs)
 		if err != nil {
 			return nil, fmt.Errorf("api.tls: %w", err)
 		}
+		authz.PeerVerified = enroller.CA() != nil
 		gsOpts = append(gsOpts, grpc.Creds(credentials.NewTLS(tc)))
-		log.Info("API requires mutual TLS", logkey.ClientCA, cfg.API.TLS.CA)
+		log.Info("API requires mutual TLS", logkey.ClientCA, cfg.API.TLS.CA, logkey.Enrollment, enroller.CA() != nil)
 	}
 	gs := grpc.NewServer(append(gsOpts, opts.ServerOptions...)...)
-	api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Logger: log}.Register(gs)
+	api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Enroller: enroller, Logger: log}.Register(gs)
 
 	// The heartbeat is written before any stream marker of this instance;
 	// the first sweep removes the markers of dead instances (of this
@@ -178,6 +214,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		return nil, fmt.Errorf("controller liveness: %w", err)
 	}
 	c := &Controller{log: log, ctx: ctx, st: st, runner: runner, gs: gs, lis: lis, sweeper: sw, sweeperDone: make(chan struct{}),
+		stopRevs: stopRevs, revsDone: revsDone,
 		runErr: make(chan error, 1), serveErr: make(chan error, 1), stopped: make(chan struct{})}
 	sctx, scancel := context.WithCancel(context.Background())
 	c.stopSweeper = scancel
@@ -212,6 +249,59 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	go c.supervise()
 	log.Info("controller serving", logkey.API, lis.Addr().String(), logkey.Metrics, c.metricsAddr)
 	return c, nil
+}
+
+// newEnroller builds the enrollment authority: with api.enrollment.ca_key,
+// it signs with that CA; else an external CA issues the certificates.
+func newEnroller(cfg Config, st store.Store, revs *enroll.Revocations, log *slog.Logger) (*enroll.Enroller, error) {
+	e := cfg.API.Enrollment
+	ecfg := enroll.Config{Lifetime: e.CertLifetime, Grace: e.RenewGrace, Revocations: revs, Logger: log.With(logkey.Component, logkey.ComponentEnroll)}
+	if ecfg.Grace == 0 {
+		ecfg.Grace = -1 // none
+	}
+	if e.Enabled() && cfg.API.TLS.Enabled() {
+		ca, err := enroll.LoadCA(cfg.enrollCACert(), e.CAKey)
+		if err != nil {
+			return nil, fmt.Errorf("api.enrollment: %w", err)
+		}
+		ecfg.CA = ca
+	}
+	return enroll.New(st, ecfg), nil
+}
+
+// serverTLS is the API's TLS configuration. With enrollment, the controller
+// verifies client certificates itself: a client without one may join, one
+// expired within the renewal grace may renew; and it sends its CA with its
+// certificate, so that a joining agent finds the CA it pins. Revoked
+// certificates are refused at the handshake either way.
+func serverTLS(cfg Config, e *enroll.Enroller, revs *enroll.Revocations) (*tls.Config, error) {
+	if e.CA() == nil {
+		tc, err := tlsconfig.Server(cfg.API.TLS)
+		if err != nil {
+			return nil, err
+		}
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) > 0 && revs.Revoked(cs.PeerCertificates[0].SerialNumber) {
+				return fmt.Errorf("tls: client certificate %s is revoked", cs.PeerCertificates[0].SerialNumber.Text(16))
+			}
+			return nil
+		}
+		return tc, nil
+	}
+	v := tlsconfig.Verify{Anonymous: true, Grace: e.Grace()}
+	if revs != nil {
+		v.Revoked = revs.Revoked
+	}
+	tc, err := tlsconfig.ServerWith(cfg.API.TLS, v)
+	if err != nil {
+		return nil, err
+	}
+	chain := tc.Certificates[0].Certificate
+	ca := e.CA().Certificate().Raw
+	if !bytes.Equal(chain[len(chain)-1], ca) {
+		tc.Certificates[0].Certificate = append(chain[:len(chain):len(chain)], ca)
+	}
+	return tc, nil
 }
 
 func openStore(ctx context.Context, cfg Config, opts Options, log *slog.Logger, m *metrics) (store.Store, error) {
@@ -330,6 +420,8 @@ func (c *Controller) stop(graceful bool) {
 		c.runErr <- nil
 		c.stopSweeper()
 		<-c.sweeperDone
+		c.stopRevs()
+		<-c.revsDone
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := c.sweeper.Stop(sctx); err != nil {
 			c.log.Warn("controller liveness key left to go stale", logkey.Err, err)

@@ -1,5 +1,10 @@
 // Package tlsconfig builds the mutual-TLS configurations of the controller's
-// API and of its clients (agents, iotfabricctl) from PEM files.
+// API and of its clients (agents, iotfabricctl) from PEM files, reads the
+// identity a client certificate encodes (identity.go), and serves
+// enrollment: the server's own verification of client certificates (none,
+// expired within a renewal grace, revoked: ServerWith), a client trusting a
+// CA pinned by its fingerprint (Pinned) and a client certificate replaced
+// atomically when renewed (CertHolder).
 package tlsconfig
 
 import (

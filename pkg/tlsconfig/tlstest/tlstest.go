@@ -42,7 +42,7 @@ func write(t testing.TB, path, typ string, der []byte) {
 func NewCA(t testing.TB, name string) *CA {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -96,4 +96,16 @@ func (ca *CA) IssueFor(file string, subject pkix.Name) tlsconfig.Files {
 	write(ca.t, f.Cert, "CERTIFICATE", der)
 	write(ca.t, f.Key, "EC PRIVATE KEY", kder)
 	return f
+}
+
+// KeyFile writes the CA's private key (PEM) and returns its path, for a
+// controller that signs with this CA (api.enrollment.ca_key).
+func (ca *CA) KeyFile() string {
+	kder, err := x509.MarshalECPrivateKey(ca.key)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	p := filepath.Join(ca.dir, "ca-key.pem")
+	write(ca.t, p, "EC PRIVATE KEY", kder)
+	return p
 }
