@@ -31,6 +31,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/routedigest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -54,9 +55,18 @@ func keyOf(r *v1.Route) routeKey {
 
 // route is a route from a controller, parsed once for the desired state.
 type route struct {
-	raw *v1.Route
-	rr  overlay.RemoteRoute
-	ok  bool // usable: valid prefix, IPv4 next hop, label in range
+	raw  *v1.Route
+	rr   overlay.RemoteRoute
+	ok   bool   // usable: valid prefix, IPv4 next hop, label in range
+	hash uint64 // routedigest.Hash of raw, 0 until needed (core goroutine only)
+}
+
+// digest returns the route's routedigest.Hash.
+func (r *route) digest() uint64 {
+	if r.hash == 0 {
+		r.hash = routedigest.Hash(r.raw)
+	}
+	return r.hash
 }
 
 func newRoute(r *v1.Route) *route {

@@ -11,6 +11,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/routedigest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -200,22 +201,49 @@ func (c *Core) DesiredChanged() <-chan struct{} { return c.desiredCh }
 // EndpointsChanged is signalled whenever an endpoint changed (for reporting).
 func (c *Core) EndpointsChanged() <-chan struct{} { return c.endpointCh }
 
-// resume returns where the stream of the controller at addr resumes from.
-func (c *Core) resume(ctx context.Context, addr string) (ctlID string, rev int64, err error) {
+// resume returns where the stream of the controller at addr resumes from,
+// and the digests of the routes held from it, per network (for when the
+// controller cannot resume from that revision).
+func (c *Core) resume(ctx context.Context, addr string) (ctlID string, rev int64, digests []*v1.RouteDigest, err error) {
 	err = c.do(ctx, func(s *coreState) {
-		if sr := s.sessions[addr]; sr != nil {
-			ctlID, rev = sr.controllerID, sr.revision
+		sr := s.sessions[addr]
+		if sr == nil {
+			return
+		}
+		ctlID, rev = sr.controllerID, sr.revision
+		byNet := map[string][]*route{}
+		for k, r := range sr.routes {
+			byNet[k.network] = append(byNet[k.network], r)
+		}
+		for _, n := range slices.Sorted(maps.Keys(byNet)) {
+			rs := byNet[n]
+			d := routedigest.New(routedigest.BucketsFor(len(rs)))
+			for _, r := range rs {
+				d.Add(r.raw.GetPrefix(), r.raw.GetRouteDistinguisher(), r.digest(), 1)
+			}
+			digests = append(digests, &v1.RouteDigest{Network: n, Count: uint64(d.Count), Buckets: d.Buckets})
 		}
 	})
 	return
 }
 
-// applyRoutes applies one message of the controller at addr's route stream.
+// applyRoutes applies one update of the controller at addr's route stream
+// (its chunks joined): a snapshot replaces the routes held from it, except
+// those in its keep scopes; then deletes, then puts.
 func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes) error {
 	return c.do(ctx, func(s *coreState) {
 		sr := s.sessions[addr]
-		if sr == nil || m.GetKind() == v1.GatewayRoutes_KIND_SNAPSHOT {
-			sr = &sessionRoutes{routes: map[routeKey]*route{}}
+		if m.GetKind() == v1.GatewayRoutes_KIND_SNAPSHOT || sr == nil {
+			next := &sessionRoutes{routes: map[routeKey]*route{}}
+			if sr != nil && len(m.GetKeep()) > 0 {
+				keep := keepScopes(m.GetKeep())
+				for k, r := range sr.routes {
+					if keep(k) {
+						next.routes[k] = r
+					}
+				}
+			}
+			sr = next
 			s.sessions[addr] = sr
 		}
 		sr.live = true
@@ -230,6 +258,34 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 		s.desiredGen++
 		c.signal(c.desiredCh)
 	})
+}
+
+// keepScopes returns whether a route key is in one of the scopes.
+func keepScopes(scopes []*v1.RouteScope) func(routeKey) bool {
+	type bucketSet struct {
+		n       int
+		buckets map[int]bool // nil: the whole network
+	}
+	byNet := map[string]bucketSet{}
+	for _, sc := range scopes {
+		n := int(sc.GetBucketCount())
+		if n == 0 || !routedigest.Valid(n) {
+			byNet[sc.GetNetwork()] = bucketSet{}
+			continue
+		}
+		bs := bucketSet{n: n, buckets: map[int]bool{}}
+		for _, b := range sc.GetBuckets() {
+			bs.buckets[int(b)] = true
+		}
+		byNet[sc.GetNetwork()] = bs
+	}
+	return func(k routeKey) bool {
+		bs, ok := byNet[k.network]
+		if !ok {
+			return false
+		}
+		return bs.buckets == nil || bs.buckets[routedigest.Bucket(k.prefix, k.rd, bs.n)]
+	}
 }
 
 // sessionDown records that the stream of the controller at addr ended: its

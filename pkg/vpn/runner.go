@@ -50,12 +50,15 @@ type Runner struct {
 
 // state is what the owner goroutine (Run) holds; no other goroutine touches it.
 type state struct {
-	r       *Runner
-	tbl     *Table
-	nets    map[string]*netWatch  // route watchers, by network
-	gws     map[string]*gwSession // gateway route streams, by gateway
-	seq     int64                 // revision of gateway route updates
-	speaker *speakerQueue         // work for the speaker goroutine; nil without BGP
+	r        *Runner
+	tbl      *Table
+	nets     map[string]*netWatch  // route watchers, by network
+	gws      map[string]*gwSession // gateway route streams, by gateway
+	gnets    map[string]*netState  // the routes of the networks gateways follow
+	gwDirty  map[string]bool       // gateways whose endpoints changed since the last publication
+	rev      int64                 // revision of gateway route updates (nextRev)
+	storeRev int64                 // the store revision the table is at
+	speaker  *speakerQueue         // work for the speaker goroutine; nil without BGP
 }
 
 // errStopped is returned to callers once Run has returned.
@@ -97,7 +100,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load state: %w", err)
 	}
-	s := &state{r: r, tbl: NewTable(r.asn, r.log), nets: map[string]*netWatch{}, gws: map[string]*gwSession{}}
+	s := &state{r: r, tbl: NewTable(r.asn, r.log), nets: map[string]*netWatch{}, gws: map[string]*gwSession{},
+		gnets: map[string]*netState{}, gwDirty: map[string]bool{}, storeRev: rev}
+	s.rev = s.storeRev << 16
 	peers := s.load(kvs)
 	s.tbl.Flush()
 	defer s.closeWatchers()
@@ -167,6 +172,7 @@ func (r *Runner) Run(ctx context.Context) error {
 					}
 					return fmt.Errorf("reload state: %w", err)
 				}
+				s.storeRev = rev
 				s.reload(kvs)
 				watch = r.st.Watch(ctx, "", rev)
 				continue
@@ -192,6 +198,7 @@ func (s *state) load(kvs []store.KV) (peers []store.KV) {
 // differences to the speaker queue and the watchers.
 func (s *state) applyBatch(evs []store.Event) {
 	for _, ev := range evs {
+		s.storeRev = max(s.storeRev, ev.Rev)
 		if strings.HasPrefix(ev.Key, PeerPrefix) {
 			s.speaker.peer(ev)
 			continue
@@ -259,6 +266,9 @@ func (s *state) apply(ev store.Event) {
 		s.tbl.PutGateway(g)
 	case strings.HasPrefix(ev.Key, pfxEndpoint):
 		id := strings.TrimPrefix(ev.Key, pfxEndpoint)
+		if old := s.tbl.eps[id]; old != nil {
+			s.gwDirty[old.Gateway] = true
+		}
 		if del {
 			s.tbl.DeleteEndpoint(id)
 			return
@@ -268,6 +278,7 @@ func (s *state) apply(ev store.Event) {
 			log.Error("corrupt endpoint record", logkey.Key, ev.Key, logkey.Err, err)
 			return
 		}
+		s.gwDirty[e.Gateway] = true
 		s.tbl.PutEndpoint(e)
 	}
 }
@@ -281,10 +292,9 @@ func (s *state) publish(full bool) {
 
 // closeWatchers ends every watcher's channel (Run is returning).
 func (s *state) closeWatchers() {
-	for _, g := range s.gws {
+	for gw, g := range s.gws {
 		if g.ch != nil {
-			close(g.ch)
-			g.ch = nil
+			s.detachGateway(gw, g.ch)
 		}
 	}
 	for n, nw := range s.nets {
