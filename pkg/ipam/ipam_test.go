@@ -348,7 +348,8 @@ func TestCrashBetweenReserveAndCommitLeaksNothing(t *testing.T) {
 	m := NewManager(st)
 	m.Configure("net", cfg)
 	r, err := m.Reserve(ctx, "net", "ep", "gw", nil)
-	if err != nil || len(r.Ops) != 2 {
+	// The address, the block and the gateway's index entry of the block.
+	if err != nil || len(r.Ops) != 3 {
 		t.Fatalf("%+v %v", r, err)
 	}
 	// The process dies here: the reservation was never written.
