@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
@@ -233,11 +234,16 @@ func (c *Core) resume(ctx context.Context, addr string) (ctlID string, rev int64
 func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes) error {
 	return c.do(ctx, func(s *coreState) {
 		sr := s.sessions[addr]
-		if m.GetKind() == v1.GatewayRoutes_KIND_SNAPSHOT || sr == nil {
+		prev := map[routeKey]*route{}
+		if sr != nil {
+			prev = sr.routes
+		}
+		snapshot := m.GetKind() == v1.GatewayRoutes_KIND_SNAPSHOT || sr == nil
+		if snapshot {
 			next := &sessionRoutes{routes: map[routeKey]*route{}}
-			if sr != nil && len(m.GetKeep()) > 0 {
+			if len(m.GetKeep()) > 0 {
 				keep := keepScopes(m.GetKeep())
-				for k, r := range sr.routes {
+				for k, r := range prev {
 					if keep(k) {
 						next.routes[k] = r
 					}
@@ -248,13 +254,48 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 		}
 		sr.live = true
 		sr.controllerID, sr.revision = m.GetControllerId(), m.GetRevision()
+		d := s.routesPending[addr]
+		if d == nil {
+			d = &routeDelta{routes: map[routeKey]*route{}}
+			s.routesPending[addr] = d
+		}
+		d.controllerID, d.revision = sr.controllerID, sr.revision
 		for _, r := range m.GetDelete() {
-			delete(sr.routes, keyOf(r))
+			k := keyOf(r)
+			if _, ok := sr.routes[k]; ok {
+				delete(sr.routes, k)
+				if !snapshot {
+					d.routes[k] = nil
+				}
+			}
 		}
 		for _, r := range m.GetPut() {
-			sr.routes[keyOf(r)] = newRoute(r)
+			k := keyOf(r)
+			if old, ok := prev[k]; ok && proto.Equal(old.raw, r) {
+				sr.routes[k] = old // unchanged: nothing to persist
+				if !snapshot {
+					continue
+				}
+			} else {
+				sr.routes[k] = newRoute(r)
+			}
+			if !snapshot {
+				d.routes[k] = sr.routes[k]
+			}
 		}
-		s.routesDirty = true
+		if snapshot {
+			// Persist the difference from what was held, not the snapshot.
+			for k := range prev {
+				if _, ok := sr.routes[k]; !ok {
+					d.routes[k] = nil
+				}
+			}
+			for k, r := range sr.routes {
+				if prev[k] != r {
+					d.routes[k] = r
+				}
+			}
+		}
 		s.desiredGen++
 		c.signal(c.desiredCh)
 	})
