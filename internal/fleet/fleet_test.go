@@ -177,7 +177,7 @@ func runScenario(t *testing.T, sc scenario) result {
 	nNets := (sc.gateways + sc.perNetwork - 1) / sc.perNetwork
 	for i := range nNets {
 		if _, err := nets.CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: fmt.Sprintf("fleet-%d", i),
-			Subnets: []string{fmt.Sprintf("10.%d.%d.0/22", i>>6, (i&63)<<2)}}}); err != nil {
+			Subnets: []string{fmt.Sprintf("10.%d.%d.0/20", i>>4, (i&15)<<4)}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -219,7 +219,7 @@ func runScenario(t *testing.T, sc scenario) result {
 	var probes []netip.Prefix
 	var req v1.CreateEndpointsRequest
 	for i := range nNets {
-		a := netip.AddrFrom4([4]byte{10, byte(i >> 6), byte((i&63)<<2 + 3), 250})
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 4), byte((i&15)<<4 + 15), 250})
 		probes = append(probes, netip.PrefixFrom(a, 32))
 		req.Endpoints = append(req.Endpoints, &v1.Endpoint{Id: fmt.Sprintf("probe-%d", i), Network: fmt.Sprintf("fleet-%d", i),
 			Gateway: "probe", Addresses: []string{a.String()}, Label: uint32(16 + i)})
