@@ -12,3 +12,8 @@ bench-fleet: ## Fleets of simulated gateways (real agents) against a controller 
 	IOTFABRIC_BENCH_FLEET=$(FLEET_SIZES) IOTFABRIC_BENCH_FLEET_IDLE=$(FLEET_IDLE) $(GO) test -count=1 -timeout 60m -run '^TestBenchFleet$$' -v ./internal/fleet/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
 	IOTFABRIC_BENCH_GATEWAYS=10000 $(GO) test -count=1 -timeout 30m -run '^TestSharedRouteStateMemory$$' -v ./pkg/vpn/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
 	IOTFABRIC_BIG_ROUTES=$(FLEET_BIG_ROUTES) $(GO) test -count=1 -timeout 20m -run '^TestBigRouteTable$$' -v ./pkg/agent/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
+
+.PHONY: test-deadpath-2m
+##@ test
+test-deadpath-2m: ## One real agent in a namespace: the path to the controller dropped 2 minutes while 30 endpoints are created; every route within 90 s of its return (root)
+	IOTFABRIC_DEADPATH_OUTAGE=2m $(GO) test -count=1 -timeout 10m -run '^TestDeadPathNoticedByKeepalive$$' -v ./pkg/agent/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}

@@ -238,6 +238,11 @@ func (f *Fleet) AddEndpoints(ctx context.Context, n, conc int) error {
 				g.attached++
 				req := &cni.Request{Op: cni.OpAdd, ContainerID: id, IfName: "eth0", Network: f.cfg.Network(i)}
 				resp := g.Agent.Handle(ctx, req)
+				for try := 0; resp.Error != nil && resp.Error.Code == cni.CodeTryAgainLater && try < 5; try++ {
+					// As a container runtime does: the controller was busy.
+					time.Sleep(time.Second)
+					resp = g.Agent.Handle(ctx, req)
+				}
 				if resp.Error == nil {
 					resp = g.Agent.Handle(ctx, &cni.Request{Op: cni.OpAttach, ContainerID: id, IfName: "eth0", MAC: "02:00:00:00:00:01"})
 				}
