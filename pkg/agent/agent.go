@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -596,6 +598,11 @@ func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{})
 			bo.reset()
 		}
 		wait := bo.next()
+		if d, ok := retryDelay(err); ok {
+			// The controller sheds load: wait what it asks, plus up to as
+			// much again, so that the refused gateways do not return together.
+			wait = max(wait, d+rand.N(d+1))
+		}
 		log.Warn("controller session ended; retrying", logkey.Err, err, logkey.RetryIn, wait)
 		select {
 		case <-ctx.Done():
@@ -641,11 +648,12 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	}
 	cl.reported.Store(rev)
 	a.setClient(addr, &cl)
-	ctlID, from, err := a.core.resume(ctx, addr)
+	ctlID, from, digests, err := a.core.resume(ctx, addr)
 	if err != nil {
 		return err
 	}
-	stream, err := cl.agent.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: a.opts.Gateway, FromRevision: from, ControllerId: ctlID})
+	stream, err := cl.agent.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: a.opts.Gateway, FromRevision: from, ControllerId: ctlID,
+		MaxMessageBytes: MaxRouteMessage, Digests: digests})
 	if err != nil {
 		return fmt.Errorf("watch routes: %w", err)
 	}
@@ -654,7 +662,7 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	go func() {
 		first := true
 		for {
-			m, err := stream.Recv()
+			m, err := recvUpdate(stream)
 			if err != nil {
 				errc <- fmt.Errorf("route stream: %w", err)
 				return
@@ -740,3 +748,54 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 	log.Debug("endpoints reported", logkey.Count, len(b.endpoints), logkey.FullSync, b.fullSync, logkey.OfflineRecords, len(b.offline), logkey.Deleted, resp.GetDeleted(), logkey.Took, time.Since(start))
 	return b.rev, nil
 }
+
+// MaxRouteMessage is the largest route stream message the agent asks for
+// (the controller sends at most 1 MiB in any case); larger updates come in
+// chunks.
+const MaxRouteMessage = 1 << 20
+
+// maxUpdateChunks bounds the chunks of one route stream update (with 1 MiB
+// chunks, 4 GiB): past it the stream is broken, not merely large.
+const maxUpdateChunks = 4096
+
+// recvUpdate receives one update of a route stream, joining its chunks: it
+// returns only once the last chunk (more unset) arrived, so that a snapshot
+// is applied whole or not at all.
+func recvUpdate(stream grpc.ServerStreamingClient[v1.GatewayRoutes]) (*v1.GatewayRoutes, error) {
+	m, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	for n := 1; m.GetMore(); n++ {
+		next, err := stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if next.GetKind() != m.GetKind() || next.GetRevision() != m.GetRevision() || n >= maxUpdateChunks {
+			return nil, fmt.Errorf("chunk %d of update %d: kind %v revision %d (a broken chunk sequence)", n, m.GetRevision(), next.GetKind(), next.GetRevision())
+		}
+		m.Put = append(m.Put, next.GetPut()...)
+		m.Delete = append(m.Delete, next.GetDelete()...)
+		m.Keep = append(m.Keep, next.GetKeep()...)
+		m.More = next.GetMore()
+	}
+	return m, nil
+}
+
+// retryDelay returns the delay a controller asked for in a RESOURCE_EXHAUSTED
+// error (google.rpc.RetryInfo).
+func retryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err) // err may wrap the status
+	if !ok || st.Code() != codes.ResourceExhausted {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			return min(ri.GetRetryDelay().AsDuration(), maxRetryDelay), true
+		}
+	}
+	return 0, false
+}
+
+// maxRetryDelay caps the delay a controller may ask for.
+const maxRetryDelay = 5 * time.Minute

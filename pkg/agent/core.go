@@ -31,6 +31,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/routedigest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -54,9 +55,18 @@ func keyOf(r *v1.Route) routeKey {
 
 // route is a route from a controller, parsed once for the desired state.
 type route struct {
-	raw *v1.Route
-	rr  overlay.RemoteRoute
-	ok  bool // usable: valid prefix, IPv4 next hop, label in range
+	raw  *v1.Route
+	rr   overlay.RemoteRoute
+	ok   bool   // usable: valid prefix, IPv4 next hop, label in range
+	hash uint64 // routedigest.Hash of raw, 0 until needed (core goroutine only)
+}
+
+// digest returns the route's routedigest.Hash.
+func (r *route) digest() uint64 {
+	if r.hash == 0 {
+		r.hash = routedigest.Hash(r.raw)
+	}
+	return r.hash
 }
 
 func newRoute(r *v1.Route) *route {
@@ -103,13 +113,15 @@ type coreState struct {
 	// another endpoint holds (an endpoint created through the API on this
 	// gateway): never given to a pod. Not persisted; cleared when the
 	// controller hands out a block the agent already has.
-	foreign     map[string]map[netip.Addr]bool
-	rev         uint64 // change counter of endpoints
-	delRev      uint64 // rev of the last removal
-	dirty       bool   // stateFile needs writing
-	routesDirty bool
-	desiredGen  uint64
-	afterSave   []func(error)
+	foreign map[string]map[netip.Addr]bool
+	rev     uint64 // change counter of endpoints
+	delRev  uint64 // rev of the last removal
+	dirty   bool   // stateFile needs writing
+	// routesPending is what changed in the routes since the last flush to
+	// the route log, per controller.
+	routesPending map[string]*routeDelta
+	desiredGen    uint64
+	afterSave     []func(error)
 }
 
 // Core owns the agent state.
@@ -122,7 +134,8 @@ type Core struct {
 	// notifications (non-blocking sends; readers then ask the core)
 	desiredCh  chan struct{}
 	endpointCh chan struct{}
-	routesOut  chan map[string]*sessionRoutes // to the routes writer (latest wins)
+	routesOut  chan map[string]*routeDelta // to the route log's writer
+	rlog       *routeLog
 }
 
 // NewCore loads the state directory.
@@ -150,12 +163,13 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 		return nil, nil, fmt.Errorf("agent: the state directory %s belongs to gateway %q, not %q", cfg.StateDir, p.Gateway, cfg.Gateway)
 	}
 	p.Gateway = cfg.Gateway
-	sessions, err := loadRoutes(cfg.StateDir)
+	sessions, rlog, err := openRouteLog(cfg.StateDir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	s := &coreState{p: p, eps: map[string]*Endpoint{}, labels: map[uint32]string{}, pools: map[string]*ipam.Pool{},
-		sessions: sessions, frozen: map[routeKey]*route{}, foreign: map[string]map[netip.Addr]bool{}}
+		sessions: sessions, frozen: map[routeKey]*route{}, foreign: map[string]map[netip.Addr]bool{},
+		routesPending: map[string]*routeDelta{}}
 	for _, sr := range sessions {
 		maps.Copy(s.frozen, sr.routes)
 	}
@@ -174,7 +188,7 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 		p.NextLabel = overlay.LabelFirst
 	}
 	c := &Core{cfg: cfg, log: cfg.Log.With(logkey.Component, logkey.ComponentCore), ops: make(chan func(*coreState)), done: make(chan struct{}),
-		desiredCh: make(chan struct{}, 1), endpointCh: make(chan struct{}, 1), routesOut: make(chan map[string]*sessionRoutes, 1)}
+		desiredCh: make(chan struct{}, 1), endpointCh: make(chan struct{}, 1), routesOut: make(chan map[string]*routeDelta, 1), rlog: rlog}
 	return c, s, nil
 }
 
@@ -228,7 +242,9 @@ func (c *Core) Run(ctx context.Context, s *coreState) error {
 	for {
 		select {
 		case <-ctx.Done():
-			c.flushRoutes(s)
+			if len(s.routesPending) > 0 {
+				c.routesOut <- s.routesPending // the writer is draining: wait for it
+			}
 			return nil
 		case op := <-c.ops:
 			op(s)
@@ -273,36 +289,32 @@ func (c *Core) persist(s *coreState) {
 	s.afterSave = s.afterSave[:0]
 }
 
-// flushRoutes hands a copy of the route sets to the routes writer: encoding
-// thousands of routes is kept off the core goroutine. Routes are never
-// changed in place, so the copy shares them.
+// flushRoutes hands what changed in the routes to the route log's writer
+// (encoding is kept off the core goroutine); while the writer is busy the
+// changes keep accumulating. Routes are never changed in place, so the
+// writer shares them.
 func (c *Core) flushRoutes(s *coreState) {
-	if !s.routesDirty {
+	if len(s.routesPending) == 0 {
 		return
 	}
-	snap := make(map[string]*sessionRoutes, len(s.sessions))
-	for addr, sr := range s.sessions {
-		snap[addr] = &sessionRoutes{controllerID: sr.controllerID, revision: sr.revision, routes: maps.Clone(sr.routes)}
-	}
 	select {
-	case <-c.routesOut: // drop the older snapshot not written yet
+	case c.routesOut <- s.routesPending:
+		s.routesPending = map[string]*routeDelta{}
 	default:
 	}
-	c.routesOut <- snap
-	s.routesDirty = false
 }
 
-// writeRoutes writes route snapshots until routesOut is closed.
+// writeRoutes appends route changes to the route log until routesOut is
+// closed, then closes the log.
 func (c *Core) writeRoutes(done chan<- struct{}) {
 	defer close(done)
-	for snap := range c.routesOut {
-		data, err := encodeRoutes(snap)
-		if err == nil {
-			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, routesFile), data)
-		}
-		if err != nil {
+	for d := range c.routesOut {
+		if err := c.rlog.append(d); err != nil {
 			c.log.Error("persist routes", logkey.Err, err)
 		}
+	}
+	if err := c.rlog.close(); err != nil {
+		c.log.Error("persist routes", logkey.Err, err)
 	}
 }
 

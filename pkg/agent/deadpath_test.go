@@ -2,8 +2,10 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -59,8 +61,11 @@ func blackhole(t *testing.T, port int) (restore func()) {
 // controller drops every packet for longer than the agent's keepalive time
 // and timeout. The agent's pings go unanswered, the route stream fails and
 // the session ends while the path is still down; once it is back the agent
-// reconnects and an endpoint created at the controller during the outage
-// reaches it within seconds. Without keepalive (Keepalive -1) the test
+// reconnects and the 30 endpoints created at the controller during the
+// outage reach it, with no local change, well within 90 s (about a second).
+// The outage is shortened to keepalive + timeout + 2 s (13 s) in the tests;
+// IOTFABRIC_DEADPATH_OUTAGE=2m runs the 2-minute outage (make
+// test-deadpath-2m). Without keepalive (Keepalive -1) the test
 // fails: the connection stays half-open and the session never ends, so the
 // agent depends on the controller's TCP retransmissions (or, once the
 // controller has given the connection up, on the kernel's TCP keepalive
@@ -101,27 +106,51 @@ func TestDeadPathNoticedByKeepalive(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The outage: a little longer than keepalive time + timeout by default;
+	// IOTFABRIC_DEADPATH_OUTAGE=2m for the 2-minute LTE outage.
+	outage := kaTime + kaTimeout + 2*time.Second
+	if v := os.Getenv("IOTFABRIC_DEADPATH_OUTAGE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < outage {
+			t.Fatalf("IOTFABRIC_DEADPATH_OUTAGE=%q: want a duration of at least %v", v, outage)
+		}
+		outage = d
+	}
 	restore := blackhole(t, port)
 	down := time.Now()
-	ep, err := api.EP.CreateEndpoint(ctx, &v1.CreateEndpointRequest{Endpoint: &v1.Endpoint{Id: "x1", Network: "red", Gateway: "gw-x", Label: 1001}})
-	if err != nil {
-		t.Fatal(err)
+	// 30 endpoints are created during the outage: half before the agent
+	// notices it, half after.
+	var made []netip.Prefix
+	create := func(from, to int) {
+		for i := from; i < to; i++ {
+			ep, err := api.EP.CreateEndpoint(ctx, &v1.CreateEndpointRequest{Endpoint: &v1.Endpoint{Id: fmt.Sprint("x", i), Network: "red", Gateway: "gw-x", Label: uint32(1001 + i)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			made = append(made, netip.PrefixFrom(netip.MustParseAddr(ep.Addresses[0]), 32))
+		}
 	}
-	x1 := netip.PrefixFrom(netip.MustParseAddr(ep.Addresses[0]), 32)
+	create(0, 15)
 	// The session ends while the path is still down: keepalive time +
 	// timeout after the last frame received, plus slack.
 	gwA.WaitLive(kaTime+kaTimeout+3*time.Second, 0)
 	detected := time.Since(down)
-	if st, _, err := gwA.Agent().Core().Desired(ctx); err == nil && fabrictest.HasRoute(st, "red", x1, uX, 1001) {
-		t.Fatal("x1 reached gw-a through a dropped path")
+	if st, _, err := gwA.Agent().Core().Desired(ctx); err == nil && fabrictest.HasRoute(st, "red", made[0], uX, 1001) {
+		t.Fatal("x0 reached gw-a through a dropped path")
 	}
-	// Keep the path down a little longer than keepalive time + timeout.
-	time.Sleep(time.Until(down.Add(kaTime + kaTimeout + 2*time.Second)))
+	create(15, 30)
+	time.Sleep(time.Until(down.Add(outage)))
 	restore()
 	up := time.Now()
-	gwA.WaitState(5*time.Second, "x1, created during the outage, after the path is back", func(s overlay.State) bool {
-		return fabrictest.HasRoute(s, "red", x1, uX, 1001)
+	// Every route within 90 s of the path's return, with no local change.
+	gwA.WaitState(90*time.Second, "the 30 endpoints created during the outage, after the path is back", func(s overlay.State) bool {
+		for i, p := range made {
+			if !fabrictest.HasRoute(s, "red", p, uX, uint32(1001+i)) {
+				return false
+			}
+		}
+		return true
 	})
-	t.Logf("outage %v; session down %v after the path died; x1 at gw-a %v after it came back",
+	t.Logf("outage %v; session down %v after the path died; the 30 routes made meanwhile at gw-a %v after it came back",
 		up.Sub(down).Round(time.Millisecond), detected.Round(time.Millisecond), time.Since(up).Round(time.Millisecond))
 }

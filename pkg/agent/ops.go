@@ -6,12 +6,14 @@ import (
 	"net/netip"
 	"slices"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/routedigest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -257,36 +259,131 @@ func (c *Core) DesiredChanged() <-chan struct{} { return c.desiredCh }
 // EndpointsChanged is signalled whenever an endpoint changed (for reporting).
 func (c *Core) EndpointsChanged() <-chan struct{} { return c.endpointCh }
 
-// resume returns where the stream of the controller at addr resumes from.
-func (c *Core) resume(ctx context.Context, addr string) (ctlID string, rev int64, err error) {
+// resume returns where the stream of the controller at addr resumes from,
+// and the digests of the routes held from it, per network (for when the
+// controller cannot resume from that revision).
+func (c *Core) resume(ctx context.Context, addr string) (ctlID string, rev int64, digests []*v1.RouteDigest, err error) {
 	err = c.do(ctx, func(s *coreState) {
-		if sr := s.sessions[addr]; sr != nil {
-			ctlID, rev = sr.controllerID, sr.revision
+		sr := s.sessions[addr]
+		if sr == nil {
+			return
+		}
+		ctlID, rev = sr.controllerID, sr.revision
+		byNet := map[string][]*route{}
+		for k, r := range sr.routes {
+			byNet[k.network] = append(byNet[k.network], r)
+		}
+		for _, n := range slices.Sorted(maps.Keys(byNet)) {
+			rs := byNet[n]
+			d := routedigest.New(routedigest.BucketsFor(len(rs)))
+			for _, r := range rs {
+				d.Add(r.raw.GetPrefix(), r.raw.GetRouteDistinguisher(), r.digest(), 1)
+			}
+			digests = append(digests, &v1.RouteDigest{Network: n, Count: uint64(d.Count), Buckets: d.Buckets})
 		}
 	})
 	return
 }
 
-// applyRoutes applies one message of the controller at addr's route stream.
+// applyRoutes applies one update of the controller at addr's route stream
+// (its chunks joined): a snapshot replaces the routes held from it, except
+// those in its keep scopes; then deletes, then puts.
 func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes) error {
 	return c.do(ctx, func(s *coreState) {
 		sr := s.sessions[addr]
-		if sr == nil || m.GetKind() == v1.GatewayRoutes_KIND_SNAPSHOT {
-			sr = &sessionRoutes{routes: map[routeKey]*route{}}
+		prev := map[routeKey]*route{}
+		if sr != nil {
+			prev = sr.routes
+		}
+		snapshot := m.GetKind() == v1.GatewayRoutes_KIND_SNAPSHOT || sr == nil
+		if snapshot {
+			next := &sessionRoutes{routes: map[routeKey]*route{}}
+			if len(m.GetKeep()) > 0 {
+				keep := keepScopes(m.GetKeep())
+				for k, r := range prev {
+					if keep(k) {
+						next.routes[k] = r
+					}
+				}
+			}
+			sr = next
 			s.sessions[addr] = sr
 		}
 		sr.live = true
 		sr.controllerID, sr.revision = m.GetControllerId(), m.GetRevision()
+		d := s.routesPending[addr]
+		if d == nil {
+			d = &routeDelta{routes: map[routeKey]*route{}}
+			s.routesPending[addr] = d
+		}
+		d.controllerID, d.revision = sr.controllerID, sr.revision
 		for _, r := range m.GetDelete() {
-			delete(sr.routes, keyOf(r))
+			k := keyOf(r)
+			if _, ok := sr.routes[k]; ok {
+				delete(sr.routes, k)
+				if !snapshot {
+					d.routes[k] = nil
+				}
+			}
 		}
 		for _, r := range m.GetPut() {
-			sr.routes[keyOf(r)] = newRoute(r)
+			k := keyOf(r)
+			if old, ok := prev[k]; ok && proto.Equal(old.raw, r) {
+				sr.routes[k] = old // unchanged: nothing to persist
+				if !snapshot {
+					continue
+				}
+			} else {
+				sr.routes[k] = newRoute(r)
+			}
+			if !snapshot {
+				d.routes[k] = sr.routes[k]
+			}
 		}
-		s.routesDirty = true
+		if snapshot {
+			// Persist the difference from what was held, not the snapshot.
+			for k := range prev {
+				if _, ok := sr.routes[k]; !ok {
+					d.routes[k] = nil
+				}
+			}
+			for k, r := range sr.routes {
+				if prev[k] != r {
+					d.routes[k] = r
+				}
+			}
+		}
 		s.desiredGen++
 		c.signal(c.desiredCh)
 	})
+}
+
+// keepScopes returns whether a route key is in one of the scopes.
+func keepScopes(scopes []*v1.RouteScope) func(routeKey) bool {
+	type bucketSet struct {
+		n       int
+		buckets map[int]bool // nil: the whole network
+	}
+	byNet := map[string]bucketSet{}
+	for _, sc := range scopes {
+		n := int(sc.GetBucketCount())
+		if n == 0 || !routedigest.Valid(n) {
+			byNet[sc.GetNetwork()] = bucketSet{}
+			continue
+		}
+		bs := bucketSet{n: n, buckets: map[int]bool{}}
+		for _, b := range sc.GetBuckets() {
+			bs.buckets[int(b)] = true
+		}
+		byNet[sc.GetNetwork()] = bs
+	}
+	return func(k routeKey) bool {
+		bs, ok := byNet[k.network]
+		if !ok {
+			return false
+		}
+		return bs.buckets == nil || bs.buckets[routedigest.Bucket(k.prefix, k.rd, bs.n)]
+	}
 }
 
 // sessionDown records that the stream of the controller at addr ended: its

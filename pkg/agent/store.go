@@ -17,7 +17,7 @@ import (
 // File names under the state directory.
 const (
 	stateFile  = "endpoints.json" // endpoints, labels, blocks, tables, offline log
-	routesFile = "routes.json"    // routes per controller, with the revision to resume from
+	routesFile = "routes.json"    // older versions' routes per controller (read once, then routes.log)
 )
 
 // Block is an address block leased to this gateway.
@@ -139,20 +139,4 @@ func loadRoutes(dir string) (map[string]*sessionRoutes, error) {
 		out[addr] = sr
 	}
 	return out, nil
-}
-
-func encodeRoutes(sessions map[string]*sessionRoutes) ([]byte, error) {
-	p := persistedRoutes{Controllers: map[string]persistedSession{}}
-	for addr, s := range sessions {
-		ps := persistedSession{ControllerID: s.controllerID, Revision: s.revision}
-		for _, r := range s.routes {
-			b, err := protojson.Marshal(r.raw)
-			if err != nil {
-				return nil, err
-			}
-			ps.Routes = append(ps.Routes, b)
-		}
-		p.Controllers[addr] = ps
-	}
-	return json.Marshal(p)
 }

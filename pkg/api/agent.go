@@ -20,11 +20,19 @@ import (
 
 // agents serves AgentService: the vrouter agents' side of the controller.
 type agents struct {
-	c   *controller.Controller
-	r   *vpn.Runner
-	log *slog.Logger
-	seq atomic.Uint64 // numbers this controller's route streams
+	c    *controller.Controller
+	r    *vpn.Runner
+	log  *slog.Logger
+	seq  atomic.Uint64 // numbers this controller's route streams
+	full *admission    // full syncs served at once
 	v1.UnimplementedAgentServiceServer
+}
+
+func newAgents(c *controller.Controller, r *vpn.Runner, log *slog.Logger, maxFull int) *agents {
+	if maxFull <= 0 {
+		maxFull = DefaultMaxFullSyncs
+	}
+	return &agents{c: c, r: r, log: log, full: newAdmission(maxFull)}
 }
 
 func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.RegisterResponse, error) {
@@ -51,6 +59,13 @@ func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.Reg
 }
 
 func (a *agents) ReportEndpoints(ctx context.Context, req *v1.ReportEndpointsRequest) (*v1.ReportEndpointsResponse, error) {
+	if req.GetFullSync() {
+		release, err := a.full.acquire()
+		if err != nil {
+			return nil, Status(err)
+		}
+		defer release()
+	}
 	results, deleted, err := a.c.ReportEndpoints(ctx, req.GetGateway(), req.GetEndpoints(), req.GetFullSync(), req.GetOfflineLog())
 	if err != nil {
 		return nil, Status(err)
@@ -77,29 +92,41 @@ func (a *agents) LeaseBlock(ctx context.Context, req *v1.LeaseBlockRequest) (*v1
 // WatchGatewayRoutes streams the routes of the gateway's networks. While it
 // runs the gateway is up; when the last stream to it ends, at whichever
 // controller sharing the store, it is down.
+//
+// A stream that cannot resume from the change logs (a snapshot, a digest
+// comparison) is a full sync: it is admitted only while fewer than
+// MaxFullSyncs are served, until its first update is sent.
 func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.ServerStreamingServer[v1.GatewayRoutes]) error {
 	ctx := out.Context()
 	gw := req.GetGateway()
+	limit := int(req.GetMaxMessageBytes())
+	from := vpn.Resume{Revision: req.GetFromRevision(), RunnerID: req.GetControllerId(), Digests: req.GetDigests()}
+	if limit == 0 {
+		// An agent that takes no chunks and no scopes: one message per update,
+		// and a resume that is not plain changes is a whole snapshot.
+		from.Digests, from.NoScopes = nil, true
+	}
+	limit = min(max(limit, minRouteMessage), MaxRouteMessage)
+	release := func() {}
+	if !a.r.Resumable(from.Revision, from.RunnerID) {
+		var err error
+		if release, err = a.full.acquire(); err != nil {
+			return Status(err)
+		}
+	}
+	defer func() { release() }()
 	stream := keys.StreamID(a.r.ID(), a.seq.Add(1))
 	if err := a.c.OpenGatewayStream(ctx, gw, stream); err != nil {
 		return Status(err)
 	}
-	ch := a.r.WatchGateway(ctx, gw, req.GetFromRevision(), req.GetControllerId())
+	ch := a.r.WatchGateway(ctx, gw, from)
 	defer a.closeStream(gw, stream)
 	for u := range ch {
-		msg := &v1.GatewayRoutes{Kind: v1.GatewayRoutes_KIND_CHANGES, Revision: u.Revision, ControllerId: a.r.ID()}
-		if u.Snapshot {
-			msg.Kind = v1.GatewayRoutes_KIND_SNAPSHOT
-		}
-		for _, rt := range u.Put {
-			msg.Put = append(msg.Put, routeToAPI(rt.Network, rt.NetRoute))
-		}
-		for _, rt := range u.Delete {
-			msg.Delete = append(msg.Delete, &v1.Route{Network: rt.Network, Prefix: rt.Prefix.String(), RouteDistinguisher: rt.RD.String()})
-		}
-		if err := out.Send(msg); err != nil {
+		if err := sendChunks(out, u, a.r.ID(), limit, req.GetMaxMessageBytes() != 0); err != nil {
 			return err
 		}
+		release()
+		release = func() {}
 	}
 	if ctx.Err() != nil {
 		return nil

@@ -34,6 +34,11 @@ type Services struct {
 	// Enroller is the enrollment authority (nil: no EnrollmentService).
 	Enroller *enroll.Enroller
 	Logger   *slog.Logger
+	// MaxFullSyncs bounds the gateways' full syncs served at once (full
+	// endpoint reports, route streams that start with a snapshot or a digest
+	// comparison); past it they are refused with RESOURCE_EXHAUSTED and a
+	// retry delay (0: DefaultMaxFullSyncs).
+	MaxFullSyncs int
 }
 
 // Register registers the services on g.
@@ -55,7 +60,7 @@ func (s Services) Register(g grpc.ServiceRegistrar) {
 	if s.Peers == nil {
 		s.Peers = vpn.NewPeers(s.Controller.Store(), s.Routes, nil)
 	}
-	v1.RegisterAgentServiceServer(g, &agents{c: s.Controller, r: s.Routes, log: s.Logger})
+	v1.RegisterAgentServiceServer(g, newAgents(s.Controller, s.Routes, s.Logger, s.MaxFullSyncs))
 	rs := &routes{r: s.Routes, peers: s.Peers}
 	v1.RegisterPeerServiceServer(g, rs)
 	v1.RegisterRouteServiceServer(g, rs)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
@@ -49,7 +51,14 @@ func Status(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	return status.Error(Code(err), err.Error())
+	st := status.New(Code(err), err.Error())
+	var ra *model.RetryAfter
+	if errors.As(err, &ra) {
+		if d, derr := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(ra.After)}); derr == nil {
+			st = d
+		}
+	}
+	return st.Err()
 }
 
 // Code returns the gRPC code for err (OK for nil).

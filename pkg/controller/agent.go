@@ -49,11 +49,7 @@ func (c *Controller) RegisterGateway(ctx context.Context, gw *v1.Gateway, agent 
 	}
 	c.log.Info("gateway registered", logkey.Gateway, g.Name, logkey.Underlay, g.UnderlayAddress, logkey.Arch, agent.Architecture,
 		logkey.Version, agent.Version, logkey.Features, agent.KernelFeatures)
-	nets, err := c.networkNames(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	blocks, err := ipam.GatewayBlocks(ctx, c.st, nets, g.Name)
+	blocks, err := ipam.IndexedGatewayBlocks(ctx, c.st, g.Name)
 	if err != nil {
 		return nil, nil, storeErr(err)
 	}

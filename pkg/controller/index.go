@@ -13,7 +13,7 @@ import (
 
 // indexVersion is the layout of the endpoint indexes (keys.EndpointIndex,
 // keys.Pending) this version writes with every endpoint.
-const indexVersion = "1"
+const indexVersion = "2" // 2: keys.GatewayBlockIndex
 
 // indexBatch bounds the endpoints indexed by one transaction.
 const indexBatch = 256
@@ -62,7 +62,25 @@ func (c *Controller) indexAll(ctx context.Context) error {
 		}
 		kvs = kvs[n:]
 	}
-	if _, err := c.st.Txn(ctx, nil, []store.Op{store.Put(keys.IndexVersion, []byte(indexVersion))}); err != nil {
+	// The gateways' block indexes (entries are idempotent: no condition).
+	blocks, _, err := c.st.List(ctx, keys.IPAM)
+	if err != nil {
+		return storeErr(err)
+	}
+	var ops []store.Op
+	for _, kv := range blocks {
+		if n, p, ok := keys.BlockOf(kv.Key); ok {
+			ops = append(ops, store.Put(keys.GatewayBlock(string(kv.Value), n, p), nil))
+		}
+		if len(ops) == indexBatch {
+			if _, err := c.st.Txn(ctx, nil, ops); err != nil {
+				return storeErr(err)
+			}
+			ops = nil
+		}
+	}
+	ops = append(ops, store.Put(keys.IndexVersion, []byte(indexVersion)))
+	if _, err := c.st.Txn(ctx, nil, ops); err != nil {
 		return fmt.Errorf("record the index version: %w", storeErr(err))
 	}
 	c.log.Info("endpoint index written")

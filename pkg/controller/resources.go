@@ -149,6 +149,13 @@ func (c *Controller) DeleteGateway(ctx context.Context, name string) (int64, err
 		for _, m := range streams {
 			ops = append(ops, store.Delete(m.Key)) // markers left by stopped controllers
 		}
+		idx, _, err := c.st.List(ctx, keys.GatewayBlocks(name))
+		if err != nil {
+			return storeErr(err)
+		}
+		for _, b := range idx {
+			ops = append(ops, store.Delete(b.Key))
+		}
 		conds := []store.Cond{store.Unchanged(kv), ref}
 		for _, b := range blocks {
 			ops = append(ops, store.Delete(b.KV.Key))

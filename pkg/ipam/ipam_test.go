@@ -404,3 +404,48 @@ func TestLeaseBlock(t *testing.T) {
 		t.Fatalf("leasing past the last block: %v", err)
 	}
 }
+
+// TestBlockIndexFollowsEveryLease: blocks leased one at a time and several
+// at once (many concurrent requests of one gateway) are all in the
+// gateway's block index, which Register reads instead of every block.
+func TestBlockIndexFollowsEveryLease(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, filepath.Join(t.TempDir(), "ipam.db"))
+	defer st.Close()
+	m := NewManager(st)
+	if err := m.Configure("net", Config{Subnets: mustPrefixes("10.9.0.0/20"), BlockV4: 29}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 8 {
+				if _, err := m.Allocate(ctx, "net", fmt.Sprintf("w%d-%d", w, i), "gw"); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	all, err := GatewayBlocks(ctx, st, []string{"net"}, "gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := IndexedGatewayBlocks(ctx, st, "gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(bs []GatewayBlock) map[string]bool {
+		out := map[string]bool{}
+		for _, b := range bs {
+			out[b.Network+" "+b.Prefix.String()] = true
+		}
+		return out
+	}
+	if a, i := set(all), set(idx); len(a) < 64 || fmt.Sprint(a) != fmt.Sprint(i) {
+		t.Fatalf("blocks %d %v, index %d %v", len(a), a, len(i), i)
+	}
+}

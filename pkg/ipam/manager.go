@@ -55,6 +55,34 @@ func GatewayBlocks(ctx context.Context, st store.Store, networks []string, gatew
 	return out, nil
 }
 
+// IndexedGatewayBlocks returns the blocks leased to gateway, from its block
+// index (keys.GatewayBlocks): it reads the gateway's own keys only. Index
+// entries whose block is gone or leased to another are skipped.
+func IndexedGatewayBlocks(ctx context.Context, st store.Store, gateway string) ([]GatewayBlock, error) {
+	idx, _, err := st.List(ctx, keys.GatewayBlocks(gateway))
+	if err != nil {
+		return nil, fmt.Errorf("list the blocks of %s: %w", gateway, err)
+	}
+	var out []GatewayBlock
+	for _, kv := range idx {
+		n, p, ok := keys.GatewayBlockOf(gateway, kv.Key)
+		if !ok {
+			return nil, fmt.Errorf("corrupt key %s", kv.Key)
+		}
+		b, err := st.Get(ctx, BlockKey(n, p))
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if string(b.Value) == gateway {
+			out = append(out, GatewayBlock{Network: n, Prefix: p, KV: b})
+		}
+	}
+	return out, nil
+}
+
 // ErrBusy means another request for the same owner is being persisted; retry.
 var ErrBusy = errors.New("an allocation for this owner is in progress")
 
@@ -392,7 +420,7 @@ func (m *Manager) reserve(ctx context.Context, network, owner, gateway string, r
 		if l.NewBlock.IsValid() {
 			bk := BlockKey(network, l.NewBlock)
 			r.Conds = append(r.Conds, store.Absent(bk))
-			r.Ops = append(r.Ops, store.Put(bk, []byte(gateway)))
+			r.Ops = append(r.Ops, store.Put(bk, []byte(gateway)), store.Put(keys.GatewayBlock(gateway, network, l.NewBlock), nil))
 		}
 	}
 	return r, nil
@@ -532,7 +560,7 @@ func (m *Manager) leaseBlocks(ctx context.Context, network, gateway string, f Fa
 		for _, l := range ls {
 			k := BlockKey(network, l.NewBlock)
 			conds = append(conds, store.Absent(k))
-			ops = append(ops, store.Put(k, []byte(gateway)))
+			ops = append(ops, store.Put(k, []byte(gateway)), store.Put(keys.GatewayBlock(gateway, network, l.NewBlock), nil))
 		}
 		_, err = m.st.Txn(ctx, conds, ops)
 		m.apply(network, func(p *Pool) {
@@ -571,7 +599,7 @@ func (m *Manager) LeaseBlock(ctx context.Context, network, gateway string, f Fam
 			return l.NewBlock, nil
 		}
 		k := BlockKey(network, l.NewBlock)
-		_, err = m.st.Txn(ctx, []store.Cond{store.Absent(k)}, []store.Op{store.Put(k, []byte(gateway))})
+		_, err = m.st.Txn(ctx, []store.Cond{store.Absent(k)}, []store.Op{store.Put(k, []byte(gateway)), store.Put(keys.GatewayBlock(gateway, network, l.NewBlock), nil)})
 		if err == nil {
 			m.apply(network, func(p *Pool) { p.CommitBlock(l) })
 			return l.NewBlock, nil

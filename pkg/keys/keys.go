@@ -53,6 +53,11 @@ const (
 	// IPAM: ipam/<network>/blocks/<prefix> -> gateway name (a block lease) and
 	// ipam/<network>/addrs/<address> -> owner (an endpoint id).
 	IPAM = "ipam/"
+	// GatewayBlockIndex: gwblocks/<gateway>/<network>/<prefix> -> "", written
+	// with every block lease, so that a gateway's blocks are found without
+	// reading every network's. Entries of blocks dropped since (a subnet or
+	// network removed) may remain: readers check the block key.
+	GatewayBlockIndex = "gwblocks/"
 	// Peers: bgp/peers/<address> -> JSON of a BGP peer added through the API.
 	Peers = "bgp/peers/"
 	// Meta: meta/<name> -> markers of the store's layout version.
@@ -165,7 +170,43 @@ func IPAMAddrs(network string) string { return IPAMNetwork(network) + "addrs/" }
 // IPAMAddr is the allocation of one address.
 func IPAMAddr(network string, a netip.Addr) string { return IPAMAddrs(network) + a.String() }
 
-// Peer is a BGP peer added through the API.
+// BlockOf parses an IPAMBlock key.
+func BlockOf(key string) (network string, p netip.Prefix, ok bool) {
+	rest, found := strings.CutPrefix(key, IPAM)
+	if !found {
+		return "", netip.Prefix{}, false
+	}
+	network, pfx, found := strings.Cut(rest, "/blocks/")
+	if !found || strings.Contains(network, "/") {
+		return "", netip.Prefix{}, false
+	}
+	p, err := netip.ParsePrefix(pfx)
+	return network, p, err == nil
+}
+
+// GatewayBlocks is the prefix of a gateway's block index.
+func GatewayBlocks(gateway string) string { return GatewayBlockIndex + gateway + "/" }
+
+// GatewayBlock is the index key of gateway's block p of network.
+func GatewayBlock(gateway, network string, p netip.Prefix) string {
+	return GatewayBlocks(gateway) + network + "/" + p.String()
+}
+
+// GatewayBlockOf parses a GatewayBlock key of gateway.
+func GatewayBlockOf(gateway, key string) (network string, p netip.Prefix, ok bool) {
+	rest, found := strings.CutPrefix(key, GatewayBlocks(gateway))
+	if !found {
+		return "", netip.Prefix{}, false
+	}
+	network, pfx, found := strings.Cut(rest, "/")
+	if !found {
+		return "", netip.Prefix{}, false
+	}
+	p, err := netip.ParsePrefix(pfx)
+	return network, p, err == nil
+}
+
+// Peer is the key of a BGP peer added through the API.
 func Peer(a netip.Addr) string { return Peers + a.String() }
 
 // Token is a bootstrap token's record.

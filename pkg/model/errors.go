@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Error kinds of the domain (pkg/controller, pkg/vpn). Domain code returns
@@ -70,3 +71,19 @@ func HasKind(err error) bool {
 }
 
 var kinds = []error{ErrInvalid, ErrNotFound, ErrExists, ErrConflict, ErrExhausted, ErrAborted, ErrUnavailable, ErrCorrupt, ErrUnauthenticated}
+
+// RetryAfter marks an error of kind ErrExhausted caused by load: the same
+// request may succeed after the delay (the transport passes it on to the
+// caller, who adds jitter).
+type RetryAfter struct {
+	Err   error
+	After time.Duration
+}
+
+func (e *RetryAfter) Error() string { return e.Err.Error() }
+func (e *RetryAfter) Unwrap() error { return e.Err }
+
+// Busy returns an ErrExhausted error saying what is busy, to be retried after d.
+func Busy(d time.Duration, format string, args ...any) error {
+	return &RetryAfter{Err: Errorf(ErrExhausted, format, args...), After: d}
+}

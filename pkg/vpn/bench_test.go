@@ -55,7 +55,7 @@ func BenchmarkPropagation(b *testing.B) {
 			mu.Unlock()
 		}
 		for g := range gateways {
-			ch := r.WatchGateway(ctx, fmt.Sprint("g", g), 0, "")
+			ch := r.WatchGateway(ctx, fmt.Sprint("g", g), Resume{})
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -63,7 +63,7 @@ func BenchmarkPropagation(b *testing.B) {
 				for u := range ch {
 					for _, rt := range u.Put {
 						if rt.Endpoint[0] == 'e' {
-							seen(rt.Prefix.String())
+							seen(rt.Prefix)
 							n++
 						}
 					}

@@ -11,7 +11,9 @@
 //     It does no I/O and is not safe for concurrent use.
 //   - Runner (runner.go), the one goroutine (Run) that owns a Table and
 //     everything derived from it: route watchers (watch.go) and gateway
-//     sessions (gateways.go). Store events, received routes, subscriptions and
+//     sessions (gateways.go: each followed network's routes held once, with
+//     a change log and digests, so that gateways resume from a revision or
+//     from pkg/routedigest digests). Store events, received routes, subscriptions and
 //     queries all reach it as messages; watchers are fed by it through bounded
 //     channels and a watcher that falls behind is dropped, never waited for.
 //   - The speaker queue (speaker.go): a second goroutine makes every call to

@@ -89,10 +89,8 @@ func (s *state) checkCaps(deltas map[string]NetDelta) {
 // undone; empty when the delta cannot be undone (the network itself
 // changed) or there was no earlier state (over the limit at start).
 func (s *state) lastSent(n string, d NetDelta) routeMap {
-	for _, g := range s.gws {
-		if g.ch != nil && g.sent[n] != nil {
-			return maps.Clone(g.sent[n])
-		}
+	if ns := s.gnets[n]; ns != nil && len(ns.followers) > 0 {
+		return maps.Clone(ns.routes)
 	}
 	if nw := s.nets[n]; nw != nil {
 		return maps.Clone(nw.sent)

@@ -81,8 +81,8 @@ func TestNetworkRouteLimit(t *testing.T) {
 	r, st, ctx := startRunnerWith(t, sp, Limits{MaxNetworkRoutes: 5})
 	put(t, st, "endpoints/e0", &v1.Endpoint{Id: "e0", Network: "n1", Gateway: "g0", Addresses: []string{"10.1.0.1"}, Label: 20})
 	put(t, st, "endpoints/e1", &v1.Endpoint{Id: "e1", Network: "n1", Gateway: "g1", Addresses: []string{"10.1.0.2"}, Label: 21})
-	ch := r.WatchGateway(ctx, "g0", 0, "")
-	have := map[bgp.RouteKey]bool{}
+	ch := r.WatchGateway(ctx, "g0", Resume{})
+	have := map[string]bool{} // by prefix: unique in this network
 	read := func(want int) {
 		t.Helper()
 		deadline := time.After(5 * time.Second)
@@ -90,10 +90,10 @@ func TestNetworkRouteLimit(t *testing.T) {
 			select {
 			case u := <-ch:
 				for _, p := range u.Put {
-					have[p.Key()] = true
+					have[p.Prefix] = true
 				}
 				for _, d := range u.Delete {
-					delete(have, d.Key())
+					delete(have, d.Prefix)
 				}
 			case <-deadline:
 				t.Fatalf("gateway has %d routes, want %d", len(have), want)
@@ -126,7 +126,7 @@ func TestNetworkRouteLimit(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 	// A gateway joining gets the frozen set (the 5 of before).
-	g1 := r.WatchGateway(ctx, "g1", 0, "")
+	g1 := r.WatchGateway(ctx, "g1", Resume{})
 	first := <-g1
 	if !first.Snapshot || len(first.Put) != 5 {
 		t.Fatalf("joining gateway got %d routes (snapshot %v), want the frozen 5", len(first.Put), first.Snapshot)
@@ -135,10 +135,10 @@ func TestNetworkRouteLimit(t *testing.T) {
 	sp.Receive(bgp.RouteEvent{Peer: peerA, Withdraw: true, Route: peerRoute(2, rt).Route},
 		bgp.RouteEvent{Peer: peerA, Withdraw: true, Route: peerRoute(3, rt).Route})
 	waitFor(t, "the condition to clear", func() bool { return len(r.NetworkStatus("n1")) == 0 })
-	want := map[bgp.RouteKey]bool{}
+	want := map[string]bool{}
 	rs, _ := r.Routes("n1")
 	for _, rt := range rs {
-		want[rt.Key()] = true
+		want[rt.Prefix.String()] = true
 	}
 	if len(want) != 5 {
 		t.Fatalf("table has %d routes, want 5", len(want))
@@ -146,10 +146,10 @@ func TestNetworkRouteLimit(t *testing.T) {
 	select {
 	case u := <-ch:
 		for _, p := range u.Put {
-			have[p.Key()] = true
+			have[p.Prefix] = true
 		}
 		for _, d := range u.Delete {
-			delete(have, d.Key())
+			delete(have, d.Prefix)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no update after the network came back within the limit")
@@ -212,10 +212,10 @@ func TestNetworkRouteLimitNobodyFollowing(t *testing.T) {
 	changed.Route.Label = 999
 	sp.Receive(changed, peerRoute(3, rt))
 	waitFor(t, "the condition", func() bool { return len(r.NetworkStatus("n1")) == 1 })
-	first := <-r.WatchGateway(ctx, "g0", 0, "")
+	first := <-r.WatchGateway(ctx, "g0", Resume{})
 	got := map[string]uint32{}
 	for _, p := range first.Put {
-		got[p.Prefix.String()] = p.Label
+		got[p.Prefix] = p.Label
 	}
 	want := map[string]uint32{"10.1.0.1/32": 20, "10.50.0.1/32": 101, "10.50.0.2/32": 102}
 	if fmt.Sprint(got) != fmt.Sprint(want) {

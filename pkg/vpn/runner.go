@@ -54,16 +54,19 @@ type Runner struct {
 
 // state is what the owner goroutine (Run) holds; no other goroutine touches it.
 type state struct {
-	r       *Runner
-	tbl     *Table
-	nets    map[string]*netWatch  // route watchers, by network
-	gws     map[string]*gwSession // gateway route streams, by gateway
-	seq     int64                 // revision of gateway route updates
-	speaker *speakerQueue         // work for the speaker goroutine; nil without BGP
-	filter  []bgp.RouteTarget     // the import filter last queued for the speaker
-	frozen  map[string]*frozenNet // networks over Limits.MaxNetworkRoutes
-	capLog  map[string]time.Time  // when each network's cap was last logged
-	thawed  map[string]bool       // networks back within the limit since the last publication
+	r        *Runner
+	tbl      *Table
+	nets     map[string]*netWatch  // route watchers, by network
+	gws      map[string]*gwSession // gateway route streams, by gateway
+	gnets    map[string]*netState  // the routes of the networks gateways follow
+	gwDirty  map[string]bool       // gateways whose endpoints changed since the last publication
+	rev      int64                 // revision of gateway route updates (nextRev)
+	storeRev int64                 // the store revision the table is at
+	speaker  *speakerQueue         // work for the speaker goroutine; nil without BGP
+	filter   []bgp.RouteTarget     // the import filter last queued for the speaker
+	frozen   map[string]*frozenNet // networks over Limits.MaxNetworkRoutes
+	capLog   map[string]time.Time  // when each network's cap was last logged
+	thawed   map[string]bool       // networks back within the limit since the last publication
 }
 
 // errStopped is returned to callers once Run has returned.
@@ -121,7 +124,9 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("load state: %w", err)
 	}
 	s := &state{r: r, tbl: NewTable(r.asn, r.log), nets: map[string]*netWatch{}, gws: map[string]*gwSession{},
+		gnets: map[string]*netState{}, gwDirty: map[string]bool{}, storeRev: rev,
 		frozen: map[string]*frozenNet{}, capLog: map[string]time.Time{}, thawed: map[string]bool{}}
+	s.rev = s.storeRev << 16
 	peers := s.load(kvs)
 	s.tbl.Flush()
 	s.checkCaps(s.tbl.Deltas())
@@ -196,6 +201,7 @@ func (r *Runner) Run(ctx context.Context) error {
 					}
 					return fmt.Errorf("reload state: %w", err)
 				}
+				s.storeRev = rev
 				s.reload(kvs)
 				watch = r.st.Watch(ctx, "", rev)
 				continue
@@ -222,6 +228,7 @@ func (s *state) load(kvs []store.KV) (peers []store.KV) {
 func (s *state) applyBatch(evs []store.Event) {
 	nets := false
 	for _, ev := range evs {
+		s.storeRev = max(s.storeRev, ev.Rev)
 		if strings.HasPrefix(ev.Key, PeerPrefix) {
 			s.speaker.peer(ev)
 			continue
@@ -304,6 +311,9 @@ func (s *state) apply(ev store.Event) {
 		s.tbl.PutGateway(g)
 	case strings.HasPrefix(ev.Key, pfxEndpoint):
 		id := strings.TrimPrefix(ev.Key, pfxEndpoint)
+		if old := s.tbl.eps[id]; old != nil {
+			s.gwDirty[old.Gateway] = true
+		}
 		if del {
 			s.tbl.DeleteEndpoint(id)
 			return
@@ -313,6 +323,7 @@ func (s *state) apply(ev store.Event) {
 			log.Error("corrupt endpoint record", logkey.Key, ev.Key, logkey.Err, err)
 			return
 		}
+		s.gwDirty[e.Gateway] = true
 		s.tbl.PutEndpoint(e)
 	}
 }
@@ -328,10 +339,9 @@ func (s *state) publish(full bool) {
 
 // closeWatchers ends every watcher's channel (Run is returning).
 func (s *state) closeWatchers() {
-	for _, g := range s.gws {
+	for gw, g := range s.gws {
 		if g.ch != nil {
-			close(g.ch)
-			g.ch = nil
+			s.detachGateway(gw, g.ch)
 		}
 	}
 	for n, nw := range s.nets {

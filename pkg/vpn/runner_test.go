@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
+	"github.com/iotfabric/iotfabric/pkg/routedigest"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -364,8 +366,8 @@ func TestRouteWatchMatchesSnapshot(t *testing.T) {
 func TestGatewayStreamMatchesSnapshot(t *testing.T) {
 	sp := bgptest.NewFakeSpeaker()
 	r, st, ctx := startRunner(t, sp)
-	ch := r.WatchGateway(ctx, "g0", 0, "")
-	have := map[string]NetRoute{}
+	ch := r.WatchGateway(ctx, "g0", Resume{})
+	have := map[string]*v1.Route{}
 	read := func(block bool) bool {
 		var u GatewayUpdate
 		var ok bool
@@ -385,23 +387,16 @@ func TestGatewayStreamMatchesSnapshot(t *testing.T) {
 		if !ok {
 			t.Fatal("stream closed")
 		}
-		if u.Snapshot {
-			clear(have)
-		}
-		for _, rt := range u.Put {
-			have[rt.Network+" "+rt.Key().String()] = rt.NetRoute
-		}
-		for _, rt := range u.Delete {
-			delete(have, rt.Network+" "+rt.Key().String())
-		}
+		applyUpdate(have, u)
 		return true
 	}
-	snapshot := func() map[string]NetRoute {
-		out := map[string]NetRoute{}
+	snapshot := func() map[string]*v1.Route {
+		out := map[string]*v1.Route{}
 		r.do(ctx, func(s *state) {
 			for n := range s.gatewayNets("g0") {
-				for k, rt := range s.tbl.routeMap(n) {
-					out[n+" "+k.String()] = rt
+				for _, rt := range s.tbl.routeMap(n) {
+					a := apiRoute(n, rt)
+					out[gwKey(a)] = a
 				}
 			}
 		})
@@ -410,11 +405,63 @@ func TestGatewayStreamMatchesSnapshot(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	for step := 0; step < 300; step++ {
 		randomChange(t, ctx, st, sp, rng, step)
-		converge(t, fmt.Sprintf("step %d", step), read, have, snapshot)
+		convergeAPI(t, fmt.Sprintf("step %d", step), read, have, snapshot)
 	}
 	barrier(t, r, st, sp, 300)
-	converge(t, "at the end", read, have, snapshot)
+	convergeAPI(t, "at the end", read, have, snapshot)
 	t.Logf("%d routes followed through 300 random changes", len(have))
+}
+
+func gwKey(r *v1.Route) string { return r.Network + " " + r.RouteDistinguisher + ":" + r.Prefix }
+
+// applyUpdate applies a gateway update as the agent does: a snapshot keeps
+// only the routes of its scopes, then deletes, then puts.
+func applyUpdate(have map[string]*v1.Route, u GatewayUpdate) {
+	if u.Snapshot {
+		for k, r := range have {
+			kept := false
+			for _, sc := range u.Keep {
+				if sc.Network == r.Network && (sc.BucketCount == 0 || slices.Contains(sc.Buckets, routedigest.Bucket(r.Prefix, r.RouteDistinguisher, sc.BucketCount))) {
+					kept = true
+				}
+			}
+			if !kept {
+				delete(have, k)
+			}
+		}
+	}
+	for _, r := range u.Delete {
+		delete(have, gwKey(r))
+	}
+	for _, r := range u.Put {
+		have[gwKey(r)] = r
+	}
+}
+
+func convergeAPI(t *testing.T, what string, read func(bool) bool, have map[string]*v1.Route, snapshot func() map[string]*v1.Route) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		want := snapshot()
+		for read(false) {
+		}
+		if len(want) == len(have) {
+			same := true
+			for k, w := range want {
+				if h, ok := have[k]; !ok || !proto.Equal(h, w) {
+					same = false
+					break
+				}
+			}
+			if same {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the stream holds %d routes, a snapshot has %d", what, len(have), len(want))
+		}
+		read(true)
+	}
 }
 
 // TestSlowWatchersAreDropped: a route watcher or gateway stream that does not
@@ -427,7 +474,7 @@ func TestSlowWatchersAreDropped(t *testing.T) {
 	barrier(t, r, st, nil, 0)
 	_, slow := r.WatchRoutes(ctx, "n1")
 	_, fast := r.WatchRoutes(ctx, "n1")
-	gslow := r.WatchGateway(ctx, "g0", 0, "")
+	gslow := r.WatchGateway(ctx, "g0", Resume{})
 	first := <-gslow
 	// Every endpoint put is its own store transaction, hence its own batch.
 	n := routeWatchBuffer + 10
@@ -453,17 +500,32 @@ func TestSlowWatchersAreDropped(t *testing.T) {
 		t.Fatalf("the slow route watcher had %d batches before it was closed, want %d", batches, routeWatchBuffer)
 	}
 	updates := 0
-	for range gslow {
+	var last int64
+	for u := range gslow {
 		updates++
+		last = u.Revision
 	}
 	if updates != gatewayStreamBuffer {
 		t.Fatalf("the slow gateway stream had %d updates after its first before it was closed, want %d", updates, gatewayStreamBuffer)
 	}
-	// Its revision is forgotten: a resume gets a snapshot.
-	again := r.WatchGateway(ctx, "g0", first.Revision+int64(updates), r.ID())
-	// n1 has the n endpoints, g0, g1 and the barrier's marker.
-	if u := <-again; !u.Snapshot || len(u.Put) != n+3 {
-		t.Fatalf("after being dropped the gateway got snapshot=%v with %d routes, want a snapshot of %d", u.Snapshot, len(u.Put), n+3)
+	// The changes are logged once for the network: the agent resumes from
+	// the last revision it read and gets what it missed, and from its first
+	// revision every change since.
+	again := r.WatchGateway(ctx, "g0", Resume{Revision: last, RunnerID: r.ID()})
+	u := <-again
+	if u.Snapshot || len(u.Put) != n-gatewayStreamBuffer || len(u.Delete) != 0 {
+		t.Fatalf("resuming from the last revision read: snapshot=%v keep=%v with %d puts and %d deletes, want changes with %d puts",
+			u.Snapshot, u.Keep, len(u.Put), len(u.Delete), n-gatewayStreamBuffer)
+	}
+	again = r.WatchGateway(ctx, "g0", Resume{Revision: first.Revision, RunnerID: r.ID()})
+	// The n endpoints changed since.
+	if u := <-again; u.Snapshot || len(u.Put) != n {
+		t.Fatalf("resuming from the first revision: snapshot=%v keep=%v with %d puts, want %d", u.Snapshot, u.Keep, len(u.Put), n)
+	}
+	// Another runner's revision: a snapshot (no digests given).
+	again = r.WatchGateway(ctx, "g0", Resume{Revision: last, RunnerID: "another"})
+	if u := <-again; !u.Snapshot || len(u.Keep) != 0 || len(u.Put) != n+3 {
+		t.Fatalf("from another runner's revision the gateway got snapshot=%v keep=%v with %d routes, want a snapshot of %d", u.Snapshot, u.Keep, len(u.Put), n+3)
 	}
 	if rs, ok := r.Routes("n1"); !ok || len(rs) != n+3 {
 		t.Fatalf("Routes: %d routes", len(rs))
@@ -579,7 +641,7 @@ func TestRunnerStops(t *testing.T) {
 	<-r.Ready()
 	wctx, wcancel := context.WithCancel(context.Background())
 	_, rch := r.WatchRoutes(wctx, "n1")
-	gch := r.WatchGateway(wctx, "g0", 0, "")
+	gch := r.WatchGateway(wctx, "g0", Resume{})
 	<-gch
 	cancel()
 	if err := <-done; err != nil {

@@ -642,7 +642,16 @@ type WatchGatewayRoutesRequest struct {
 	// The revision of the last GatewayRoutes received; 0 for a snapshot.
 	FromRevision int64 `protobuf:"varint,2,opt,name=from_revision,json=fromRevision,proto3" json:"from_revision,omitempty"`
 	// The controller instance that revision came from (revisions are per instance).
-	ControllerId  string `protobuf:"bytes,3,opt,name=controller_id,json=controllerId,proto3" json:"controller_id,omitempty"`
+	ControllerId string `protobuf:"bytes,3,opt,name=controller_id,json=controllerId,proto3" json:"controller_id,omitempty"`
+	// The largest message the agent accepts. Set: every GatewayRoutes is at
+	// most this size (and at most the controller's own 1 MiB), an update too
+	// large for one message being sent in chunks (see GatewayRoutes.more).
+	// 0 (older agents): each update is one message.
+	MaxMessageBytes uint32 `protobuf:"varint,4,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
+	// When from_revision cannot be resumed from (another controller, a
+	// restart), the digests of the routes the agent holds, per network: the
+	// controller then keeps what matches (GatewayRoutes.keep) and sends the rest.
+	Digests       []*RouteDigest `protobuf:"bytes,5,rep,name=digests,proto3" json:"digests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -698,13 +707,34 @@ func (x *WatchGatewayRoutesRequest) GetControllerId() string {
 	return ""
 }
 
+func (x *WatchGatewayRoutesRequest) GetMaxMessageBytes() uint32 {
+	if x != nil {
+		return x.MaxMessageBytes
+	}
+	return 0
+}
+
+func (x *WatchGatewayRoutesRequest) GetDigests() []*RouteDigest {
+	if x != nil {
+		return x.Digests
+	}
+	return nil
+}
+
 type GatewayRoutes struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          GatewayRoutes_Kind     `protobuf:"varint,1,opt,name=kind,proto3,enum=iotfabric.v1.GatewayRoutes_Kind" json:"kind,omitempty"`
-	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	ControllerId  string                 `protobuf:"bytes,3,opt,name=controller_id,json=controllerId,proto3" json:"controller_id,omitempty"`
-	Put           []*Route               `protobuf:"bytes,4,rep,name=put,proto3" json:"put,omitempty"`
-	Delete        []*Route               `protobuf:"bytes,5,rep,name=delete,proto3" json:"delete,omitempty"` // network, prefix and route_distinguisher set
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Kind         GatewayRoutes_Kind     `protobuf:"varint,1,opt,name=kind,proto3,enum=iotfabric.v1.GatewayRoutes_Kind" json:"kind,omitempty"`
+	Revision     int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	ControllerId string                 `protobuf:"bytes,3,opt,name=controller_id,json=controllerId,proto3" json:"controller_id,omitempty"`
+	Put          []*Route               `protobuf:"bytes,4,rep,name=put,proto3" json:"put,omitempty"`
+	Delete       []*Route               `protobuf:"bytes,5,rep,name=delete,proto3" json:"delete,omitempty"` // network, prefix and route_distinguisher set
+	// True on every message of a chunked update but the last: the agent
+	// collects the chunks (same kind and revision) and applies the update only
+	// when the last one arrives, so a snapshot is never half applied.
+	More bool `protobuf:"varint,6,opt,name=more,proto3" json:"more,omitempty"`
+	// With KIND_SNAPSHOT: the routes the agent holds in these scopes stay (a
+	// resume); the update is then keep, minus delete, plus put.
+	Keep          []*RouteScope `protobuf:"bytes,7,rep,name=keep,proto3" json:"keep,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -774,6 +804,144 @@ func (x *GatewayRoutes) GetDelete() []*Route {
 	return nil
 }
 
+func (x *GatewayRoutes) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *GatewayRoutes) GetKeep() []*RouteScope {
+	if x != nil {
+		return x.Keep
+	}
+	return nil
+}
+
+// RouteDigest is the digest of the routes held for one network (see
+// pkg/routedigest): the routes split into buckets by prefix and route
+// distinguisher, each bucket the XOR of its routes' hashes.
+type RouteDigest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	Buckets       []uint64               `protobuf:"fixed64,3,rep,packed,name=buckets,proto3" json:"buckets,omitempty"` // a power of two of them, at most 4096
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteDigest) Reset() {
+	*x = RouteDigest{}
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteDigest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteDigest) ProtoMessage() {}
+
+func (x *RouteDigest) ProtoReflect() protoreflect.Message {
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteDigest.ProtoReflect.Descriptor instead.
+func (*RouteDigest) Descriptor() ([]byte, []int) {
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RouteDigest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *RouteDigest) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *RouteDigest) GetBuckets() []uint64 {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+// RouteScope is a network's routes, or those of some of its buckets.
+type RouteScope struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	BucketCount   uint32                 `protobuf:"varint,2,opt,name=bucket_count,json=bucketCount,proto3" json:"bucket_count,omitempty"` // 0: the whole network
+	Buckets       []uint32               `protobuf:"varint,3,rep,packed,name=buckets,proto3" json:"buckets,omitempty"`                     // with bucket_count: the buckets kept
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteScope) Reset() {
+	*x = RouteScope{}
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteScope) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteScope) ProtoMessage() {}
+
+func (x *RouteScope) ProtoReflect() protoreflect.Message {
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteScope.ProtoReflect.Descriptor instead.
+func (*RouteScope) Descriptor() ([]byte, []int) {
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RouteScope) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *RouteScope) GetBucketCount() uint32 {
+	if x != nil {
+		return x.BucketCount
+	}
+	return 0
+}
+
+func (x *RouteScope) GetBuckets() []uint32 {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
 var File_iotfabric_v1_agent_proto protoreflect.FileDescriptor
 
 const file_iotfabric_v1_agent_proto_rawDesc = "" +
@@ -817,21 +985,34 @@ const file_iotfabric_v1_agent_proto_rawDesc = "" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x16\n" +
 	"\x06family\x18\x03 \x01(\rR\x06family\"F\n" +
 	"\x12LeaseBlockResponse\x120\n" +
-	"\x05block\x18\x01 \x01(\v2\x1a.iotfabric.v1.GatewayBlockR\x05block\"\x7f\n" +
+	"\x05block\x18\x01 \x01(\v2\x1a.iotfabric.v1.GatewayBlockR\x05block\"\xe0\x01\n" +
 	"\x19WatchGatewayRoutesRequest\x12\x18\n" +
 	"\agateway\x18\x01 \x01(\tR\agateway\x12#\n" +
 	"\rfrom_revision\x18\x02 \x01(\x03R\ffromRevision\x12#\n" +
-	"\rcontroller_id\x18\x03 \x01(\tR\fcontrollerId\"\x9d\x02\n" +
+	"\rcontroller_id\x18\x03 \x01(\tR\fcontrollerId\x12*\n" +
+	"\x11max_message_bytes\x18\x04 \x01(\rR\x0fmaxMessageBytes\x123\n" +
+	"\adigests\x18\x05 \x03(\v2\x19.iotfabric.v1.RouteDigestR\adigests\"\xdf\x02\n" +
 	"\rGatewayRoutes\x124\n" +
 	"\x04kind\x18\x01 \x01(\x0e2 .iotfabric.v1.GatewayRoutes.KindR\x04kind\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12#\n" +
 	"\rcontroller_id\x18\x03 \x01(\tR\fcontrollerId\x12%\n" +
 	"\x03put\x18\x04 \x03(\v2\x13.iotfabric.v1.RouteR\x03put\x12+\n" +
-	"\x06delete\x18\x05 \x03(\v2\x13.iotfabric.v1.RouteR\x06delete\"A\n" +
+	"\x06delete\x18\x05 \x03(\v2\x13.iotfabric.v1.RouteR\x06delete\x12\x12\n" +
+	"\x04more\x18\x06 \x01(\bR\x04more\x12,\n" +
+	"\x04keep\x18\a \x03(\v2\x18.iotfabric.v1.RouteScopeR\x04keep\"A\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rKIND_SNAPSHOT\x10\x01\x12\x10\n" +
-	"\fKIND_CHANGES\x10\x022\xe8\x02\n" +
+	"\fKIND_CHANGES\x10\x02\"W\n" +
+	"\vRouteDigest\x12\x18\n" +
+	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\x12\x18\n" +
+	"\abuckets\x18\x03 \x03(\x06R\abuckets\"c\n" +
+	"\n" +
+	"RouteScope\x12\x18\n" +
+	"\anetwork\x18\x01 \x01(\tR\anetwork\x12!\n" +
+	"\fbucket_count\x18\x02 \x01(\rR\vbucketCount\x12\x18\n" +
+	"\abuckets\x18\x03 \x03(\rR\abuckets2\xe8\x02\n" +
 	"\fAgentService\x12I\n" +
 	"\bRegister\x12\x1d.iotfabric.v1.RegisterRequest\x1a\x1e.iotfabric.v1.RegisterResponse\x12^\n" +
 	"\x0fReportEndpoints\x12$.iotfabric.v1.ReportEndpointsRequest\x1a%.iotfabric.v1.ReportEndpointsResponse\x12O\n" +
@@ -852,7 +1033,7 @@ func file_iotfabric_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_iotfabric_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_iotfabric_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_iotfabric_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_iotfabric_v1_agent_proto_goTypes = []any{
 	(GatewayRoutes_Kind)(0),           // 0: iotfabric.v1.GatewayRoutes.Kind
 	(*RegisterRequest)(nil),           // 1: iotfabric.v1.RegisterRequest
@@ -866,36 +1047,40 @@ var file_iotfabric_v1_agent_proto_goTypes = []any{
 	(*LeaseBlockResponse)(nil),        // 9: iotfabric.v1.LeaseBlockResponse
 	(*WatchGatewayRoutesRequest)(nil), // 10: iotfabric.v1.WatchGatewayRoutesRequest
 	(*GatewayRoutes)(nil),             // 11: iotfabric.v1.GatewayRoutes
-	(*Gateway)(nil),                   // 12: iotfabric.v1.Gateway
-	(*timestamppb.Timestamp)(nil),     // 13: google.protobuf.Timestamp
-	(*Endpoint)(nil),                  // 14: iotfabric.v1.Endpoint
-	(*Route)(nil),                     // 15: iotfabric.v1.Route
+	(*RouteDigest)(nil),               // 12: iotfabric.v1.RouteDigest
+	(*RouteScope)(nil),                // 13: iotfabric.v1.RouteScope
+	(*Gateway)(nil),                   // 14: iotfabric.v1.Gateway
+	(*timestamppb.Timestamp)(nil),     // 15: google.protobuf.Timestamp
+	(*Endpoint)(nil),                  // 16: iotfabric.v1.Endpoint
+	(*Route)(nil),                     // 17: iotfabric.v1.Route
 }
 var file_iotfabric_v1_agent_proto_depIdxs = []int32{
-	12, // 0: iotfabric.v1.RegisterRequest.gateway:type_name -> iotfabric.v1.Gateway
-	12, // 1: iotfabric.v1.RegisterResponse.gateway:type_name -> iotfabric.v1.Gateway
+	14, // 0: iotfabric.v1.RegisterRequest.gateway:type_name -> iotfabric.v1.Gateway
+	14, // 1: iotfabric.v1.RegisterResponse.gateway:type_name -> iotfabric.v1.Gateway
 	3,  // 2: iotfabric.v1.RegisterResponse.blocks:type_name -> iotfabric.v1.GatewayBlock
-	13, // 3: iotfabric.v1.AgentEndpoint.created:type_name -> google.protobuf.Timestamp
+	15, // 3: iotfabric.v1.AgentEndpoint.created:type_name -> google.protobuf.Timestamp
 	4,  // 4: iotfabric.v1.ReportEndpointsRequest.endpoints:type_name -> iotfabric.v1.AgentEndpoint
-	14, // 5: iotfabric.v1.EndpointResult.endpoint:type_name -> iotfabric.v1.Endpoint
+	16, // 5: iotfabric.v1.EndpointResult.endpoint:type_name -> iotfabric.v1.Endpoint
 	6,  // 6: iotfabric.v1.ReportEndpointsResponse.results:type_name -> iotfabric.v1.EndpointResult
 	3,  // 7: iotfabric.v1.LeaseBlockResponse.block:type_name -> iotfabric.v1.GatewayBlock
-	0,  // 8: iotfabric.v1.GatewayRoutes.kind:type_name -> iotfabric.v1.GatewayRoutes.Kind
-	15, // 9: iotfabric.v1.GatewayRoutes.put:type_name -> iotfabric.v1.Route
-	15, // 10: iotfabric.v1.GatewayRoutes.delete:type_name -> iotfabric.v1.Route
-	1,  // 11: iotfabric.v1.AgentService.Register:input_type -> iotfabric.v1.RegisterRequest
-	5,  // 12: iotfabric.v1.AgentService.ReportEndpoints:input_type -> iotfabric.v1.ReportEndpointsRequest
-	8,  // 13: iotfabric.v1.AgentService.LeaseBlock:input_type -> iotfabric.v1.LeaseBlockRequest
-	10, // 14: iotfabric.v1.AgentService.WatchGatewayRoutes:input_type -> iotfabric.v1.WatchGatewayRoutesRequest
-	2,  // 15: iotfabric.v1.AgentService.Register:output_type -> iotfabric.v1.RegisterResponse
-	7,  // 16: iotfabric.v1.AgentService.ReportEndpoints:output_type -> iotfabric.v1.ReportEndpointsResponse
-	9,  // 17: iotfabric.v1.AgentService.LeaseBlock:output_type -> iotfabric.v1.LeaseBlockResponse
-	11, // 18: iotfabric.v1.AgentService.WatchGatewayRoutes:output_type -> iotfabric.v1.GatewayRoutes
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	12, // 8: iotfabric.v1.WatchGatewayRoutesRequest.digests:type_name -> iotfabric.v1.RouteDigest
+	0,  // 9: iotfabric.v1.GatewayRoutes.kind:type_name -> iotfabric.v1.GatewayRoutes.Kind
+	17, // 10: iotfabric.v1.GatewayRoutes.put:type_name -> iotfabric.v1.Route
+	17, // 11: iotfabric.v1.GatewayRoutes.delete:type_name -> iotfabric.v1.Route
+	13, // 12: iotfabric.v1.GatewayRoutes.keep:type_name -> iotfabric.v1.RouteScope
+	1,  // 13: iotfabric.v1.AgentService.Register:input_type -> iotfabric.v1.RegisterRequest
+	5,  // 14: iotfabric.v1.AgentService.ReportEndpoints:input_type -> iotfabric.v1.ReportEndpointsRequest
+	8,  // 15: iotfabric.v1.AgentService.LeaseBlock:input_type -> iotfabric.v1.LeaseBlockRequest
+	10, // 16: iotfabric.v1.AgentService.WatchGatewayRoutes:input_type -> iotfabric.v1.WatchGatewayRoutesRequest
+	2,  // 17: iotfabric.v1.AgentService.Register:output_type -> iotfabric.v1.RegisterResponse
+	7,  // 18: iotfabric.v1.AgentService.ReportEndpoints:output_type -> iotfabric.v1.ReportEndpointsResponse
+	9,  // 19: iotfabric.v1.AgentService.LeaseBlock:output_type -> iotfabric.v1.LeaseBlockResponse
+	11, // 20: iotfabric.v1.AgentService.WatchGatewayRoutes:output_type -> iotfabric.v1.GatewayRoutes
+	17, // [17:21] is the sub-list for method output_type
+	13, // [13:17] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_iotfabric_v1_agent_proto_init() }
@@ -911,7 +1096,7 @@ func file_iotfabric_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_iotfabric_v1_agent_proto_rawDesc), len(file_iotfabric_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,352 @@
+// Package fleet is a load generator for capacity planning: a fleet of
+// simulated gateways, each a real vrouter agent (pkg/agent: its core, its
+// controller sessions with keepalive, backoff and the route stream) with its
+// own gRPC connection to each controller, its own state directory and a
+// data plane that programs nothing. Endpoints are admitted through the
+// agent's CNI handler, as the plugin would. The fleet counts the bytes its
+// connections carry and records when each gateway's sessions are live and
+// when a probe route reaches it, which is what `make bench-fleet` prints.
+//
+// It starts only agents; the controllers are the caller's.
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/iotfabric/iotfabric/pkg/agent"
+	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+)
+
+// Config describes a fleet.
+type Config struct {
+	// Controllers are the controllers' API addresses (plaintext gRPC).
+	Controllers []string
+	// Gateways is the number of simulated gateways.
+	Gateways int
+	// EndpointsPerGateway are admitted on each gateway once it runs.
+	EndpointsPerGateway int
+	// Network returns the network of gateway i's endpoints.
+	Network func(i int) string
+	// Dir holds the gateways' state directories.
+	Dir string
+	// StartRate bounds how many gateways start per second (0: 500).
+	StartRate int
+	// Keepalive is the agents' keepalive (0: the agent's default).
+	Keepalive time.Duration
+	Log       *slog.Logger
+}
+
+// Fleet is a running fleet.
+type Fleet struct {
+	cfg Config
+	gws []*Gateway
+	wg  sync.WaitGroup
+
+	// BytesIn and BytesOut count what the fleet's connections received
+	// from and sent to the controllers.
+	BytesIn, BytesOut atomic.Int64
+
+	probeMu sync.Mutex
+	probe   map[netip.Prefix]bool // routes whose arrival is being timed
+	probeT0 time.Time
+}
+
+// Gateway is one simulated gateway.
+type Gateway struct {
+	Name  string
+	Agent *agent.Agent
+	f     *Fleet
+
+	mu       sync.Mutex
+	live     map[string]bool
+	liveAt   time.Time // when the last session became live
+	routes   int       // remote routes in the last applied state
+	probeAt  time.Time
+	cancel   context.CancelFunc
+	done     chan struct{}
+	attached int
+}
+
+type nopApplier struct{}
+
+func (nopApplier) Set(context.Context, overlay.State) error { return nil }
+
+// countConn counts the bytes of a connection.
+type countConn struct {
+	net.Conn
+	in, out *atomic.Int64
+}
+
+func (c *countConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+// Underlay is gateway i's underlay address (100.64.0.0/10).
+func Underlay(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{100, byte(64 + i>>16), byte(i >> 8), byte(i)})
+}
+
+// Start starts the fleet's agents, StartRate per second, and returns once
+// all run (their sessions connect on their own).
+func Start(ctx context.Context, cfg Config) (*Fleet, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.StartRate <= 0 {
+		cfg.StartRate = 500
+	}
+	f := &Fleet{cfg: cfg, probe: map[netip.Prefix]bool{}}
+	dial := grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return &countConn{Conn: c, in: &f.BytesIn, out: &f.BytesOut}, nil
+	})
+	tick := time.NewTicker(time.Second / time.Duration(cfg.StartRate))
+	defer tick.Stop()
+	for i := range cfg.Gateways {
+		g := &Gateway{Name: fmt.Sprintf("fleet-gw-%05d", i), f: f, live: map[string]bool{}, done: make(chan struct{})}
+		dir := filepath.Join(cfg.Dir, g.Name)
+		a, err := agent.New(agent.Options{
+			Config:      agent.Config{Gateway: g.Name, Underlay: Underlay(i), StateDir: dir, Log: cfg.Log},
+			Controllers: cfg.Controllers,
+			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), dial},
+			Keepalive:   cfg.Keepalive,
+			Applier:     nopApplier{},
+			OnApply:     g.onApply,
+			OnSession:   g.onSession,
+		})
+		if err != nil {
+			f.Stop()
+			return nil, fmt.Errorf("gateway %d: %w", i, err)
+		}
+		g.Agent = a
+		actx, cancel := context.WithCancel(context.Background())
+		g.cancel = cancel
+		f.gws = append(f.gws, g)
+		f.wg.Go(func() {
+			defer close(g.done)
+			if err := a.Run(actx); err != nil {
+				cfg.Log.Error("fleet gateway stopped", logkey.Gateway, g.Name, logkey.Err, err)
+			}
+		})
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			f.Stop()
+			return nil, ctx.Err()
+		}
+	}
+	return f, nil
+}
+
+// Gateways returns the fleet's gateways.
+func (f *Fleet) Gateways() []*Gateway { return f.gws }
+
+func (g *Gateway) onSession(ctl string, live bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.live[ctl] = live
+	if live {
+		g.liveAt = time.Now()
+	}
+}
+
+func (g *Gateway) onApply(st overlay.State, err error) {
+	if err != nil {
+		return
+	}
+	n := 0
+	var hit bool
+	g.f.probeMu.Lock()
+	probe := g.f.probe
+	g.f.probeMu.Unlock()
+	for _, nw := range st.Networks {
+		n += len(nw.Routes)
+		if len(probe) > 0 {
+			for _, r := range nw.Routes {
+				if probe[r.Prefix] {
+					hit = true
+				}
+			}
+		}
+	}
+	g.mu.Lock()
+	g.routes = n
+	if hit && g.probeAt.IsZero() {
+		g.probeAt = time.Now()
+	}
+	g.mu.Unlock()
+}
+
+// Live reports how many of its controllers' sessions are live.
+func (g *Gateway) Live() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, l := range g.live {
+		if l {
+			n++
+		}
+	}
+	return n
+}
+
+// Routes is the number of remote routes in the gateway's last applied state.
+func (g *Gateway) Routes() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.routes
+}
+
+// AddEndpoints admits n more endpoints on every gateway through the agent's
+// CNI handler (ADD then attach), conc gateways at a time.
+func (f *Fleet) AddEndpoints(ctx context.Context, n, conc int) error {
+	sem := make(chan struct{}, max(conc, 1))
+	var mu sync.Mutex
+	var first error
+	var wg sync.WaitGroup
+	for i, g := range f.gws {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			for range n {
+				id := fmt.Sprintf("%s-c%d", g.Name, g.attached)
+				g.attached++
+				req := &cni.Request{Op: cni.OpAdd, ContainerID: id, IfName: "eth0", Network: f.cfg.Network(i)}
+				resp := g.Agent.Handle(ctx, req)
+				for try := 0; resp.Error != nil && resp.Error.Code == cni.CodeTryAgainLater && try < 5; try++ {
+					// As a container runtime does: the controller was busy.
+					time.Sleep(time.Second)
+					resp = g.Agent.Handle(ctx, req)
+				}
+				if resp.Error == nil {
+					resp = g.Agent.Handle(ctx, &cni.Request{Op: cni.OpAttach, ContainerID: id, IfName: "eth0", MAC: "02:00:00:00:00:01"})
+				}
+				if resp.Error != nil {
+					mu.Lock()
+					if first == nil {
+						first = fmt.Errorf("gateway %s: %s", g.Name, resp.Error.Error())
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// WaitAll waits until every gateway satisfies ok, polling; it returns how
+// long that took, or an error saying how many did not by timeout.
+func (f *Fleet) WaitAll(ctx context.Context, timeout time.Duration, what string, ok func(*Gateway) bool) (time.Duration, error) {
+	start := time.Now()
+	deadline := start.Add(timeout)
+	for {
+		missing := 0
+		var example string
+		for _, g := range f.gws {
+			if !ok(g) {
+				if missing == 0 {
+					example = g.Name
+				}
+				missing++
+			}
+		}
+		if missing == 0 {
+			return time.Since(start), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%s: %d of %d gateways not within %v (e.g. %s)", what, missing, len(f.gws), timeout, example)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Probe times the arrival of routes to the given prefixes (host routes):
+// call before the change that makes them; ProbeLatencies then returns, per
+// gateway that got one of them, the time from the call.
+func (f *Fleet) Probe(prefixes []netip.Prefix) {
+	f.probeMu.Lock()
+	defer f.probeMu.Unlock()
+	f.probe = map[netip.Prefix]bool{}
+	for _, p := range prefixes {
+		f.probe[p] = true
+	}
+	f.probeT0 = time.Now()
+	for _, g := range f.gws {
+		g.mu.Lock()
+		g.probeAt = time.Time{}
+		g.mu.Unlock()
+	}
+}
+
+// ProbeLatencies returns the arrival latencies recorded since Probe.
+func (f *Fleet) ProbeLatencies() []time.Duration {
+	f.probeMu.Lock()
+	t0 := f.probeT0
+	f.probeMu.Unlock()
+	var out []time.Duration
+	for _, g := range f.gws {
+		g.mu.Lock()
+		if !g.probeAt.IsZero() {
+			out = append(out, g.probeAt.Sub(t0))
+		}
+		g.mu.Unlock()
+	}
+	return out
+}
+
+// Probed reports whether the gateway got a probe route.
+func (g *Gateway) Probed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.probeAt.IsZero()
+}
+
+// Stop stops every agent and waits for them.
+func (f *Fleet) Stop() {
+	for _, g := range f.gws {
+		if g.cancel != nil {
+			g.cancel()
+		}
+	}
+	f.wg.Wait()
+}
+
+// ShmDir returns a directory for the fleet's state under /dev/shm when it
+// exists (thousands of agents fsync their state), else under base.
+func ShmDir(base string) (string, error) {
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		return os.MkdirTemp("/dev/shm", "iotfabric-fleet-")
+	}
+	return os.MkdirTemp(base, "fleet-")
+}

@@ -1,0 +1,19 @@
+# Gateway fleets (internal/fleet): capacity planning.
+.PHONY: bench-fleet
+
+BENCH_TARGETS += bench-fleet
+
+FLEET_SIZES ?= 1000,5000,10000
+FLEET_IDLE ?= 1m
+FLEET_BIG_ROUTES ?= 200000
+
+##@ bench
+bench-fleet: ## Fleets of simulated gateways (real agents) against a controller process: memory/gw, sync time, change p50/p99, restart, idle bytes; route state of 10,000 gateways in one network; a 200,000-route resync
+	IOTFABRIC_BENCH_FLEET=$(FLEET_SIZES) IOTFABRIC_BENCH_FLEET_IDLE=$(FLEET_IDLE) $(GO) test -count=1 -timeout 60m -run '^TestBenchFleet$$' -v ./internal/fleet/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
+	IOTFABRIC_BENCH_GATEWAYS=10000 $(GO) test -count=1 -timeout 30m -run '^TestSharedRouteStateMemory$$' -v ./pkg/vpn/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
+	IOTFABRIC_BIG_ROUTES=$(FLEET_BIG_ROUTES) $(GO) test -count=1 -timeout 20m -run '^TestBigRouteTable$$' -v ./pkg/agent/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
+
+.PHONY: test-deadpath-2m
+##@ test
+test-deadpath-2m: ## One real agent in a namespace: the path to the controller dropped 2 minutes while 30 endpoints are created; every route within 90 s of its return (root)
+	IOTFABRIC_DEADPATH_OUTAGE=2m $(GO) test -count=1 -timeout 10m -run '^TestDeadPathNoticedByKeepalive$$' -v ./pkg/agent/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}

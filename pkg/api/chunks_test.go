@@ -1,0 +1,143 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/iotfabric/iotfabric/pkg/controller"
+	"github.com/iotfabric/iotfabric/pkg/store/bolt"
+	"github.com/iotfabric/iotfabric/pkg/vpn"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// sink is a route stream that keeps what is sent.
+type sink struct {
+	grpc.ServerStream
+	msgs []*v1.GatewayRoutes
+}
+
+func (s *sink) Send(m *v1.GatewayRoutes) error {
+	s.msgs = append(s.msgs, proto.Clone(m).(*v1.GatewayRoutes))
+	return nil
+}
+
+// TestChunks: an update of 20,000 routes to an agent that takes 64 KiB
+// messages goes as messages of at most 64 KiB, all of its kind and
+// revision, all but the last with more set, together the whole update; an
+// agent that takes no chunks gets one message.
+func TestChunks(t *testing.T) {
+	u := vpn.GatewayUpdate{Snapshot: true, Revision: 7, Keep: []vpn.Scope{{Network: "a", BucketCount: 4, Buckets: []int{1, 3}}}}
+	for i := range 20000 {
+		u.Put = append(u.Put, &v1.Route{Network: "n", Prefix: fmt.Sprintf("10.%d.%d.%d/32", i>>16, byte(i>>8), byte(i)), RouteDistinguisher: "192.0.2.1:1",
+			Label: uint32(16 + i), NextHop: "192.0.2.1", RouteTargets: []string{"target:64512:1"}, Endpoint: fmt.Sprint("ep-", i)})
+	}
+	for i := range 100 {
+		u.Delete = append(u.Delete, &v1.Route{Network: "n", Prefix: fmt.Sprintf("10.200.0.%d/32", i), RouteDistinguisher: "192.0.2.1:1"})
+	}
+	s := &sink{}
+	const limit = 64 << 10
+	if err := sendChunks(s, u, "ctl", limit, true); err != nil {
+		t.Fatal(err)
+	}
+	puts, dels, keeps := 0, 0, 0
+	for i, m := range s.msgs {
+		if sz := proto.Size(m); sz > limit {
+			t.Fatalf("message %d is %d bytes, over %d", i, sz, limit)
+		}
+		if m.Kind != v1.GatewayRoutes_KIND_SNAPSHOT || m.Revision != 7 || m.ControllerId != "ctl" || m.More != (i < len(s.msgs)-1) {
+			t.Fatalf("message %d of %d: kind %v revision %d more %v", i, len(s.msgs), m.Kind, m.Revision, m.More)
+		}
+		puts, dels, keeps = puts+len(m.Put), dels+len(m.Delete), keeps+len(m.Keep)
+	}
+	if puts != len(u.Put) || dels != len(u.Delete) || keeps != 1 || len(s.msgs) < 2 {
+		t.Fatalf("%d messages carried %d puts, %d deletes, %d scopes", len(s.msgs), puts, dels, keeps)
+	}
+	whole := &sink{}
+	if err := sendChunks(whole, u, "ctl", limit, false); err != nil || len(whole.msgs) != 1 || len(whole.msgs[0].Put) != len(u.Put) {
+		t.Fatalf("unchunked: %d messages, %v", len(whole.msgs), err)
+	}
+}
+
+func retryInfo(err error) (time.Duration, bool) {
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
+}
+
+// TestFullSyncAdmission: with every full-sync slot taken, a full report and
+// a route stream that needs a snapshot are refused at once with
+// RESOURCE_EXHAUSTED and a retry delay; a stream resumable from the log
+// and an incremental report are not; once a slot is free, the full report
+// passes.
+func TestFullSyncAdmission(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c := controller.New(st, controller.Config{})
+	r := vpn.NewRunner(st, nil, 64512, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-r.Ready()
+	a := newAgents(c, r, nil, 1)
+	conn := serveGRPC(t, func(gs *grpc.Server) { v1.RegisterAgentServiceServer(gs, a) })
+	cl := v1.NewAgentServiceClient(conn)
+	if _, err := cl.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	// A resume point of this runner, taken while a slot is free.
+	s, err := cl.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw", MaxMessageBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	release, err := a.full.acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", FullSync: true})
+	if d, ok := retryInfo(err); status.Code(err) != codes.ResourceExhausted || !ok || d < fullSyncRetry || d > 2*fullSyncRetry {
+		t.Fatalf("full report with no slot: %v (retry %v %v)", err, d, ok)
+	}
+	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw"}); err != nil {
+		t.Fatalf("incremental report with no slot: %v", err)
+	}
+	s2, err := cl.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw", MaxMessageBytes: 1 << 20})
+	if err == nil {
+		_, err = s2.Recv()
+	}
+	if _, ok := retryInfo(err); status.Code(err) != codes.ResourceExhausted || !ok {
+		t.Fatalf("snapshot stream with no slot: %v", err)
+	}
+	s3, err := cl.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw", MaxMessageBytes: 1 << 20,
+		FromRevision: first.Revision, ControllerId: first.ControllerId})
+	if err == nil {
+		_, err = s3.Recv()
+	}
+	if err != nil {
+		t.Fatalf("resumable stream with no slot: %v", err)
+	}
+	release()
+	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", FullSync: true}); err != nil {
+		t.Fatalf("full report with a free slot: %v", err)
+	}
+}
