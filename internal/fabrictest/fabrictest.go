@@ -48,6 +48,9 @@ type Controller struct {
 	BGP *bgp.Config
 	// Config is the configuration it was last started with.
 	Config server.Config
+	// Tune, if set before Start, changes the configuration the controller
+	// starts with (after the defaults and the fields above).
+	Tune func(*server.Config)
 	// NoAuthorization, if set before Start, serves the API without its
 	// authorization (benchmarks of its cost).
 	NoAuthorization bool
@@ -67,7 +70,7 @@ func StartControllerStore(t testing.TB, open func() (store.Store, error), opts .
 	return StartControllerWith(t, &Controller{Open: open}, opts...)
 }
 
-// StartControllerWith starts the controller c describes (Open, BGP).
+// StartControllerWith starts the controller c describes (Open, BGP, Tune).
 func StartControllerWith(t testing.TB, c *Controller, opts ...grpc.ServerOption) *Controller {
 	c.t, c.dir, c.Addr, c.opts, c.Log = t, t.TempDir(), "127.0.0.1:0", opts, slog.New(slog.DiscardHandler)
 	if os.Getenv("IOTFABRIC_TEST_LOG") != "" {
@@ -93,6 +96,9 @@ func (c *Controller) config() server.Config {
 	cfg.Metrics.Listen = server.MetricsOff
 	if b := c.BGP; b != nil {
 		cfg.BGP = BGPSection(*b)
+	}
+	if c.Tune != nil {
+		c.Tune(&cfg)
 	}
 	return cfg
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/server"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -43,7 +44,9 @@ func TestBigRouteTable(t *testing.T) {
 	}
 	dbPath := filepath.Join(t.TempDir(), "state.db")
 	open := func() (store.Store, error) { return bolt.Open(dbPath, bolt.Options{NoSync: true}) }
-	ctl := fabrictest.StartControllerStore(t, open)
+	// Past the default per-network route limit for gateways: lifted here.
+	ctl := fabrictest.StartControllerWith(t, &fabrictest.Controller{Open: open,
+		Tune: func(c *server.Config) { c.Routes.MaxPerNetwork = -1 }})
 	api := ctl.Dial()
 	ctx := context.Background()
 	createNetwork(t, api, "big", "10.64.0.0/10")

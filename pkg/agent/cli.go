@@ -141,8 +141,10 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 	}
 	flog := log.With(logkey.Component, logkey.ComponentAgent)
 	var errs []error
-	if err := validate.Name("gateway", f.Gateway); err != nil {
-		errs = append(errs, fmt.Errorf("--gateway: %w", err))
+	if f.Gateway != "" { // else from the enrolled identity, or refused below
+		if err := validate.Name("gateway", f.Gateway); err != nil {
+			errs = append(errs, fmt.Errorf("--gateway: %w", err))
+		}
 	}
 	u, err := validate.Underlay(f.Underlay)
 	if err != nil {

@@ -146,16 +146,16 @@ func TestBenchImport(t *testing.T) {
 
 	// 2. One gateway stream attached and drained.
 	gctx, gcancel := context.WithCancel(ctx)
-	ch := r.WatchGateway(gctx, "g0", 0, "")
+	ch := r.WatchGateway(gctx, "g0", vpn.Resume{})
 	got := make(chan int, 1)
 	go func() {
-		have := map[bgp.RouteKey]bool{}
+		have := map[string]bool{}
 		for u := range ch {
 			for _, p := range u.Put {
-				have[p.Key()] = true
+				have[p.RouteDistinguisher+" "+p.Prefix] = true
 			}
 			for _, d := range u.Delete {
-				delete(have, d.Key())
+				delete(have, d.RouteDistinguisher+" "+d.Prefix)
 			}
 			if len(have) == n+1 {
 				got <- len(have)
