@@ -71,23 +71,35 @@ func stateName[T ~int32](v T, names map[int32]string, prefix string) string {
 	return strings.ToLower(strings.TrimPrefix(names[int32(v)], prefix))
 }
 
+const networkHeader = "NAME\tID\tSUBNETS\tAUTO-RT\tIMPORT-RT\tEXPORT-RT\tENCAP\tBLOCKS"
+
 func (c *cli) printNetworks(ns ...*v1.VirtualNetwork) error {
 	if c.format == "json" {
 		return c.printJSON(toMsgs(ns), len(ns) == 1)
 	}
+	return c.table(networkHeader, networkRows(ns))
+}
+
+func networkRows(ns []*v1.VirtualNetwork) [][]string {
 	var rows [][]string
 	for _, n := range ns {
 		rows = append(rows, []string{n.Name, strconv.Itoa(int(n.Id)), strings.Join(n.Subnets, ","), n.AutoRouteTarget,
 			orDash(strings.Join(n.ImportRouteTargets, ",")), orDash(strings.Join(n.ExportRouteTargets, ",")),
 			model.FormatEncaps(n.Encapsulations), fmt.Sprintf("/%d,/%d", n.Ipv4BlockSize, n.Ipv6BlockSize)})
 	}
-	return c.table("NAME\tID\tSUBNETS\tAUTO-RT\tIMPORT-RT\tEXPORT-RT\tENCAP\tBLOCKS", rows)
+	return rows
 }
+
+const gatewayHeader = "NAME\tUNDERLAY\tENCAP\tSTATE\tLAST-SEEN"
 
 func (c *cli) printGateways(gs ...*v1.Gateway) error {
 	if c.format == "json" {
 		return c.printJSON(toMsgs(gs), len(gs) == 1)
 	}
+	return c.table(gatewayHeader, gatewayRows(gs))
+}
+
+func gatewayRows(gs []*v1.Gateway) [][]string {
 	var rows [][]string
 	for _, g := range gs {
 		seen := "-"
@@ -97,14 +109,20 @@ func (c *cli) printGateways(gs ...*v1.Gateway) error {
 		rows = append(rows, []string{g.Name, g.UnderlayAddress, model.FormatEncaps(g.Encapsulations),
 			stateName(g.State, v1.GatewayState_name, "GATEWAY_STATE_"), seen})
 	}
-	return c.table("NAME\tUNDERLAY\tENCAP\tSTATE\tLAST-SEEN", rows)
+	return rows
 }
+
+const endpointHeader = "ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE"
 
 func (c *cli) printEndpoints(es ...*v1.Endpoint) error {
 	if c.format == "json" {
 		return c.printJSON(toMsgs(es), len(es) == 1)
 	}
 	sort.SliceStable(es, func(i, j int) bool { return es[i].Id < es[j].Id })
+	return c.table(endpointHeader, endpointRows(es))
+}
+
+func endpointRows(es []*v1.Endpoint) [][]string {
 	var rows [][]string
 	for _, e := range es {
 		label := "-"
@@ -114,7 +132,7 @@ func (c *cli) printEndpoints(es ...*v1.Endpoint) error {
 		rows = append(rows, []string{e.Id, e.Network, e.Gateway, strings.Join(e.Addresses, ","), orDash(e.Mac), label,
 			stateName(e.State, v1.EndpointState_name, "ENDPOINT_STATE_")})
 	}
-	return c.table("ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE", rows)
+	return rows
 }
 
 func (c *cli) printIpam(st *v1.IpamStatus) error {
@@ -142,10 +160,16 @@ func (c *cli) printIpam(st *v1.IpamStatus) error {
 	return c.table("BLOCK\tGATEWAY\tUSED", brows)
 }
 
+const peerHeader = "PEER\tASN\tSTATE\tUPTIME\tSENT\tRECEIVED\tSOURCE"
+
 func (c *cli) printPeers(ps ...*v1.PeerStatus) error {
 	if c.format == "json" {
 		return c.printJSON(toMsgs(ps), len(ps) == 1)
 	}
+	return c.table(peerHeader, peerRows(ps))
+}
+
+func peerRows(ps []*v1.PeerStatus) [][]string {
 	var rows [][]string
 	for _, p := range ps {
 		up := "-"
@@ -155,13 +179,12 @@ func (c *cli) printPeers(ps ...*v1.PeerStatus) error {
 		rows = append(rows, []string{p.Peer.GetAddress(), strconv.Itoa(int(p.Peer.GetAsn())), p.State, up,
 			strconv.FormatUint(p.PrefixesSent, 10), strconv.FormatUint(p.PrefixesReceived, 10), p.Source})
 	}
-	return c.table("PEER\tASN\tSTATE\tUPTIME\tSENT\tRECEIVED\tSOURCE", rows)
+	return rows
 }
 
-func (c *cli) printRoutes(rs []*v1.Route) error {
-	if c.format == "json" {
-		return c.printJSON(toMsgs(rs), false)
-	}
+const routeHeader = "PREFIX\tRD\tLABEL\tNEXT-HOP\tROUTE-TARGETS\tENCAP\tORIGIN\tFROM"
+
+func routeRows(rs []*v1.Route) [][]string {
 	var rows [][]string
 	for _, rt := range rs {
 		from := rt.Endpoint
@@ -172,11 +195,23 @@ func (c *cli) printRoutes(rs []*v1.Route) error {
 			strings.Join(rt.RouteTargets, ","), model.FormatEncaps(rt.Encapsulations),
 			stateName(rt.Origin, v1.RouteOrigin_name, "ROUTE_ORIGIN_"), from})
 	}
-	return c.table("PREFIX\tRD\tLABEL\tNEXT-HOP\tROUTE-TARGETS\tENCAP\tORIGIN\tFROM", rows)
+	return rows
 }
 
 // deleted confirms a deletion; the same line whatever the output format.
 func (c *cli) deleted(noun, name string) error {
 	_, err := fmt.Fprintf(c.out, "%s %s deleted\n", noun, name)
 	return err
+}
+
+// listed prints a listing page by page: show is called for each page.
+func listed[T proto.Message](c *cli, header string, rows func([]T) [][]string) (show func([]T) error, end func() error) {
+	s := c.stream(header)
+	show = func(page []T) error {
+		if c.format == "json" {
+			return s.msgs(toMsgs(page))
+		}
+		return s.rows(rows(page))
+	}
+	return show, s.end
 }
