@@ -1,7 +1,7 @@
 # Controller core (pkg/ipam, pkg/controller): benchmarks.
-.PHONY: bench-ipam bench-controller
+.PHONY: bench-ipam bench-controller bench-list
 
-BENCH_TARGETS += bench-ipam bench-controller
+BENCH_TARGETS += bench-ipam bench-controller bench-list
 
 ##@ bench
 bench-ipam: ## IPAM: persisted allocations/s and p50/p99 latency (bbolt, fsync on) against one-transaction-per-allocation
@@ -9,3 +9,6 @@ bench-ipam: ## IPAM: persisted allocations/s and p50/p99 latency (bbolt, fsync o
 
 bench-controller: ## Controller: endpoints/s created in one bulk call (store, IPAM, bbolt with fsync)
 	$(GO) test -run '^$$' -bench 'BenchmarkCreateEndpoints' -benchtime 50000x ./pkg/controller/
+
+bench-list: ## Lists at scale: 300,000 endpoints and 200,000 routes paged through gRPC and iotfabricctl (time, peak heap; about 6 min)
+	$(GO) test -run '^$$' -bench 'BenchmarkListAtScale' -benchtime 1x -timeout 30m ./cmd/iotfabricctl/

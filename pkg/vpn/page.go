@@ -1,10 +1,10 @@
 package vpn
 
 import (
-	"container/heap"
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -108,53 +108,104 @@ func (t *Table) routesPage(network string, after *RouteCursor, limit int) ([]Net
 	}
 	h := &routeHeap{}
 	more := false
-	offer := func(nr NetRoute) {
-		c := nr.Cursor()
+	// offer keeps r if it belongs on the page. Most routes of a big table
+	// do not: they are told apart by prefix before anything is built.
+	offer := func(r *bgp.Route, origin Origin, peer netip.Addr, endpoint string) {
+		if after != nil && r.Prefix.Addr().Less(after.Prefix.Addr()) {
+			return
+		}
+		full := len(h.idx) == limit
+		if full && h.top().Prefix.Addr().Less(r.Prefix.Addr()) {
+			more = true
+			return
+		}
+		c := RouteCursor{Prefix: r.Prefix, RD: r.RD, Origin: origin, Peer: peer, Endpoint: endpoint}
 		if after != nil && !after.Less(c) {
 			return
 		}
-		if h.Len() < limit {
-			heap.Push(h, pagedRoute{c, nr})
+		if !full {
+			h.push(c, r, origin, peer, endpoint)
 			return
 		}
 		more = true
-		if c.Less((*h)[0].c) {
-			(*h)[0] = pagedRoute{c, nr}
-			heap.Fix(h, 0)
+		if c.Less(*h.top()) {
+			h.replaceTop(c, r, origin, peer, endpoint)
 		}
 	}
 	for id := range t.byNet[network] {
-		for _, rt := range t.local[id] {
-			offer(NetRoute{Route: rt, Origin: Local, Endpoint: id})
+		rs := t.local[id]
+		for i := range rs {
+			offer(&rs[i], Local, netip.Addr{}, id)
 		}
 	}
 	for _, rv := range t.recv {
 		if rv.route.HasAnyRouteTarget(n.imports) {
-			offer(NetRoute{Route: rv.route, Origin: Imported, Peer: rv.peer})
+			offer(&rv.route, Imported, rv.peer, "")
 		}
 	}
-	out := make([]NetRoute, h.Len())
-	for i := len(out) - 1; i >= 0; i-- {
-		out[i] = heap.Pop(h).(pagedRoute).r
+	return h.sorted(), more
+}
+
+// routeHeap keeps the page: a max-heap (by cursor) of indexes into its
+// cursors and routes, so that reordering moves integers, not routes.
+type routeHeap struct {
+	cs  []RouteCursor
+	rs  []bgp.Route
+	idx []int32
+}
+
+func (h *routeHeap) top() *RouteCursor { return &h.cs[h.idx[0]] }
+
+func (h *routeHeap) less(i, j int) bool { return h.cs[h.idx[j]].Less(h.cs[h.idx[i]]) }
+
+func (h *routeHeap) push(c RouteCursor, r *bgp.Route, _ Origin, _ netip.Addr, _ string) {
+	h.cs, h.rs = append(h.cs, c), append(h.rs, *r)
+	h.idx = append(h.idx, int32(len(h.cs)-1))
+	for i := len(h.idx) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !h.less(i, p) {
+			break
+		}
+		h.idx[i], h.idx[p] = h.idx[p], h.idx[i]
+		i = p
 	}
-	return out, more
 }
 
-type pagedRoute struct {
-	c RouteCursor
-	r NetRoute
+func (h *routeHeap) replaceTop(c RouteCursor, r *bgp.Route, _ Origin, _ netip.Addr, _ string) {
+	slot := h.idx[0]
+	h.cs[slot], h.rs[slot] = c, *r
+	for i := 0; ; {
+		l := 2*i + 1
+		if l >= len(h.idx) {
+			return
+		}
+		m := l
+		if r := l + 1; r < len(h.idx) && h.less(r, l) {
+			m = r
+		}
+		if !h.less(m, i) {
+			return
+		}
+		h.idx[i], h.idx[m] = h.idx[m], h.idx[i]
+		i = m
+	}
 }
 
-// routeHeap is a max-heap by cursor: its top is the last route of the page.
-type routeHeap []pagedRoute
-
-func (h routeHeap) Len() int           { return len(h) }
-func (h routeHeap) Less(i, j int) bool { return h[j].c.Less(h[i].c) }
-func (h routeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *routeHeap) Push(x any)        { *h = append(*h, x.(pagedRoute)) }
-func (h *routeHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+// sorted returns the page in cursor order.
+func (h *routeHeap) sorted() []NetRoute {
+	slices.SortFunc(h.idx, func(a, b int32) int {
+		switch {
+		case h.cs[a].Less(h.cs[b]):
+			return -1
+		case h.cs[b].Less(h.cs[a]):
+			return 1
+		}
+		return 0
+	})
+	out := make([]NetRoute, len(h.idx))
+	for i, j := range h.idx {
+		c := &h.cs[j]
+		out[i] = NetRoute{Route: h.rs[j], Origin: c.Origin, Peer: c.Peer, Endpoint: c.Endpoint}
+	}
+	return out
 }
