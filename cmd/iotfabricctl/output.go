@@ -141,8 +141,8 @@ func (c *cli) printIpam(st *v1.IpamStatus) error {
 	}
 	var rows [][]string
 	for _, s := range st.Subnets {
-		rows = append(rows, []string{s.Subnet, fmt.Sprintf("%d/%d", s.Used, s.Size), fmt.Sprintf("/%d", s.BlockSize),
-			fmt.Sprintf("%d/%d", len(s.Blocks), s.BlocksTotal)})
+		rows = append(rows, []string{s.Subnet, fmt.Sprintf("%d/%s", s.Used, exact(s.SizeDecimal, s.Size)), fmt.Sprintf("/%d", s.BlockSize),
+			fmt.Sprintf("%d/%s", len(s.Blocks), exact(s.BlocksTotalDecimal, s.BlocksTotal))})
 	}
 	if err := c.table("SUBNET\tUSED\tBLOCK\tBLOCKS-LEASED", rows); err != nil {
 		return err
@@ -214,4 +214,14 @@ func listed[T proto.Message](c *cli, header string, rows func([]T) [][]string) (
 		return s.rows(rows(page))
 	}
 	return show, s.end
+}
+
+// exact returns a count from its decimal field (exact), else from its
+// uint64 field (which saturates at 2^64-1; a controller of an earlier version
+// sends only that one).
+func exact(decimal string, n uint64) string {
+	if decimal != "" {
+		return decimal
+	}
+	return strconv.FormatUint(n, 10)
 }
