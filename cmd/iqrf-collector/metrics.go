@@ -39,7 +39,7 @@ func metricsHandler(col *collector.Collector, q *queue.Queue, g *graphite.Stats,
 				depth = append(depth, fmt.Sprintf("{sink=%q}", name), rd.Pending())
 			}
 		}
-		metric("iqrf_buffer_depth", "gauge", "Readings stored and not yet delivered.", depth...)
+		metric("iqrf_buffer_depth", "gauge", "Readings stored and not yet released to the sink.", depth...)
 		metric("iqrf_buffer_bytes", "gauge", "Size of the store-and-forward queue on disk.", "", q.Bytes())
 		metric("iqrf_buffer_dropped_total", "counter", "Readings dropped because the queue was full.", "", q.Dropped())
 		metric("iqrf_sent_total", "counter", "Readings sent to the sink, resends included (Graphite: written, and the bytes acknowledged by carbon's TCP stack; MQTT: published).",

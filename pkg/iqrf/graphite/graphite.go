@@ -50,10 +50,10 @@ type Stats struct {
 	// afterwards. Each reading once. Not proof that carbon stored them (see
 	// the package comment).
 	TCPAcknowledged atomic.Uint64
-	Connects   atomic.Uint64
-	Errors     atomic.Uint64 // failed dials and lost connections
-	BadRecords atomic.Uint64
-	Connected  atomic.Bool
+	Connects        atomic.Uint64
+	Errors          atomic.Uint64 // failed dials and lost connections
+	BadRecords      atomic.Uint64
+	Connected       atomic.Bool
 }
 
 // Config configures the sink.

@@ -3,8 +3,8 @@ package graphite
 import (
 	"context"
 	"io"
-	"net"
 	"log/slog"
+	"net"
 	"os"
 	"testing"
 	"time"

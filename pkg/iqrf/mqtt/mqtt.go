@@ -49,11 +49,11 @@ type Stats struct {
 	// the message; it says nothing of subscribers (with none, the broker
 	// drops it).
 	Acknowledged atomic.Uint64
-	Errors      atomic.Uint64 // failed publishes and connections
-	BadRecords  atomic.Uint64
-	APIRequests atomic.Uint64
-	APIErrors   atomic.Uint64
-	Connected   atomic.Bool
+	Errors       atomic.Uint64 // failed publishes and connections
+	BadRecords   atomic.Uint64
+	APIRequests  atomic.Uint64
+	APIErrors    atomic.Uint64
+	Connected    atomic.Bool
 }
 
 // Config configures the client.
