@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/iotfabric/iotfabric/internal/logbound"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/server"
 )
@@ -108,10 +109,13 @@ func newLogger(cfg Config, w *os.File) *slog.Logger {
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(cfg.Log.Level))
 	opts := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.Log.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	// Bounded: long values cut; a line repeated by one caller (the audit
+	// log's identity) or one component summarised per interval.
+	return slog.New(logbound.NewHandler(h, logbound.Options{KeyAttrs: []string{logkey.Identity}}))
 }
 
 // serve runs the controller until ctx ends. ready, if not nil, receives the

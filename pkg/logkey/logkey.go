@@ -139,4 +139,9 @@ const (
 	Took     = "took"     // a duration
 	Interval = "interval" // an interval
 	RetryIn  = "retry_in" // the delay before a retry
+
+	// Bounded logs (internal/logbound).
+	Suppressed = "suppressed" // lines like this one left out during the interval
+	Examples   = "examples"   // the first few values of the lines left out
+	Failures   = "failures"   // how many things failed (the err field lists the first few)
 )
