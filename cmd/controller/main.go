@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/iotfabric/iotfabric/internal/logbound"
+	"github.com/iotfabric/iotfabric/pkg/api"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/server"
 )
@@ -113,9 +114,10 @@ func newLogger(cfg Config, w *os.File) *slog.Logger {
 	if cfg.Log.Format == "json" {
 		h = slog.NewJSONHandler(w, opts)
 	}
-	// Bounded: long values cut; a line repeated by one caller (the audit
-	// log's identity) or one component summarised per interval.
-	return slog.New(logbound.NewHandler(h, logbound.Options{KeyAttrs: []string{logkey.Identity}}))
+	// Bounded: long values cut; a line repeated by one component, or in
+	// the audit log by one caller with one outcome, summarised per interval.
+	// The audit lines of calls that succeeded are all kept.
+	return slog.New(logbound.NewHandler(h, logbound.Options{KeyAttrs: []string{logkey.Identity, logkey.Code}, Never: api.AuditSucceeded}))
 }
 
 // serve runs the controller until ctx ends. ready, if not nil, receives the

@@ -51,7 +51,11 @@ type Options struct {
 	// ExampleAttrs are the attributes whose values the summary shows
 	// (default logkey.Err and logkey.Reason).
 	ExampleAttrs []string
-	// OnSuppress, if set, is called for every record left out (for a metric).
+	// Never, if set, says which records are never left out (their values
+	// are still cut): an audit log's successful calls, say.
+	Never func(r slog.Record) bool
+	// OnSuppress, if set, is called for every record left out (for a
+	// metric), with the handler's lock held: it must not log.
 	OnSuppress func(r slog.Record)
 }
 
@@ -146,7 +150,7 @@ func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
 		}
 		return true
 	})
-	if !h.st.admit(h, out, keyAttrs, example) {
+	if (o.Never == nil || !o.Never(out)) && !h.st.admit(h, out, keyAttrs, example) {
 		return nil
 	}
 	return h.next.Handle(ctx, out)

@@ -99,3 +99,21 @@ func TestErrorsSummary(t *testing.T) {
 	}
 	_ = context.Background()
 }
+
+func TestNeverLeavesOut(t *testing.T) {
+	var buf syncBuf
+	h := NewHandler(slog.NewTextHandler(&buf, nil), Options{Burst: 1, Never: func(r slog.Record) bool { return r.Level == slog.LevelInfo }})
+	log := slog.New(h)
+	for i := 0; i < 50; i++ {
+		log.Info("call", logkey.Code, "OK")
+		log.Warn("denied")
+	}
+	h.Flush()
+	out := buf.String()
+	if n := strings.Count(out, "msg=call"); n != 50 {
+		t.Errorf("%d of 50 exempt lines kept", n)
+	}
+	if n := strings.Count(out, "msg=denied"); n != 2 || !strings.Contains(out, "suppressed=49") {
+		t.Errorf("limited lines: %d (want 1 and a summary)\n%s", n, out)
+	}
+}
