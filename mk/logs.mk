@@ -12,4 +12,4 @@ hostile-logs: ## Logs: a hostile run of HOSTILE_SECONDS (default 600) at once: s
 	done; rc=0; wait $$(jobs -p) || rc=1; \
 	grep -h -E 'bytes/minute|^(--- |FAIL|ok)' $$dir/*.out; \
 	awk '/bytes\/minute/ { for (i = 1; i <= NF; i++) if ($$i == "bytes/minute,") s += $$(i-1) } END { printf "hostile run, all three: %.0f bytes/minute, %.2f MB per 10 minutes (bound 10 MB)\n", s, s*10/1e6 }' $$dir/*.out; \
-	rm -rf $$dir; for f in $$dir; do :; done; exit $$rc
+	rm -rf $$dir; exit $$rc
