@@ -27,12 +27,12 @@ import (
 )
 
 // hostileSeconds is how long a hostile run lasts: $IOTFABRIC_HOSTILE_SECONDS
-// (make hostile-logs: 600), else 15.
+// (make hostile-logs: 600), else 10.
 func hostileSeconds() time.Duration {
 	if n, err := strconv.Atoi(os.Getenv("IOTFABRIC_HOSTILE_SECONDS")); err == nil && n > 0 {
 		return time.Duration(n) * time.Second
 	}
-	return 15 * time.Second
+	return 10 * time.Second
 }
 
 var servingMetricsRE = regexp.MustCompile(`msg="controller serving" api=(\S+) metrics=(\S+)`)

@@ -17,12 +17,12 @@ import (
 )
 
 // hostileSeconds is how long a hostile run lasts: $IOTFABRIC_HOSTILE_SECONDS
-// (make hostile-logs: 600), else 15.
+// (make hostile-logs: 600), else 10.
 func hostileSeconds() time.Duration {
 	if n, err := strconv.Atoi(os.Getenv("IOTFABRIC_HOSTILE_SECONDS")); err == nil && n > 0 {
 		return time.Duration(n) * time.Second
 	}
-	return 15 * time.Second
+	return 10 * time.Second
 }
 
 // An agent whose desired state holds 5,000 routes it cannot program (their
