@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -101,11 +102,55 @@ func (r *Runner) RoutesPage(network string, after *RouteCursor, limit int) (rout
 	return routes, more, ok
 }
 
+// routePages is a network's routes sorted in cursor order, kept while a
+// listing pages through them. The first page of a listing walks the table
+// keeping only the page (a listing of one page, or an abandoned one, costs
+// no more); the second sorts the network's routes once, and the next ones
+// find their place by binary search, so a listing of n routes costs
+// O(n log n), not O(n) per page. Any change to the table (Flush) drops it,
+// and so does the listing's last page.
+type routePages struct {
+	network string
+	routes  []NetRoute // in cursor order
+}
+
 func (t *Table) routesPage(network string, after *RouteCursor, limit int) ([]NetRoute, bool) {
 	n := t.nets[network]
 	if n == nil || limit <= 0 {
 		return nil, false
 	}
+	if after == nil {
+		t.pages = nil
+		return t.walkPage(n, network, after, limit)
+	}
+	if t.pages == nil || t.pages.network != network {
+		rs := t.routes(network)
+		slices.SortFunc(rs, func(a, b NetRoute) int { return compareCursors(a.Cursor(), b.Cursor()) })
+		t.pages = &routePages{network: network, routes: rs}
+	}
+	rs := t.pages.routes
+	i := sort.Search(len(rs), func(i int) bool { return after.Less(rs[i].Cursor()) })
+	end := min(i+limit, len(rs))
+	out := slices.Clone(rs[i:end])
+	more := end < len(rs)
+	if !more {
+		t.pages = nil
+	}
+	return out, more
+}
+
+func compareCursors(a, b RouteCursor) int {
+	switch {
+	case a.Less(b):
+		return -1
+	case b.Less(a):
+		return 1
+	}
+	return 0
+}
+
+// walkPage walks the network's routes once, keeping the page in a heap.
+func (t *Table) walkPage(n *network, network string, after *RouteCursor, limit int) ([]NetRoute, bool) {
 	h := &routeHeap{}
 	more := false
 	// offer keeps r if it belongs on the page. Most routes of a big table
@@ -193,15 +238,7 @@ func (h *routeHeap) replaceTop(c RouteCursor, r *bgp.Route, _ Origin, _ netip.Ad
 
 // sorted returns the page in cursor order.
 func (h *routeHeap) sorted() []NetRoute {
-	slices.SortFunc(h.idx, func(a, b int32) int {
-		switch {
-		case h.cs[a].Less(h.cs[b]):
-			return -1
-		case h.cs[b].Less(h.cs[a]):
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(h.idx, func(a, b int32) int { return compareCursors(h.cs[a], h.cs[b]) })
 	out := make([]NetRoute, len(h.idx))
 	for i, j := range h.idx {
 		c := &h.cs[j]

@@ -64,6 +64,7 @@ type Table struct {
 	epNet   map[string]string          // endpoint id -> the network of its routes in local
 	full    map[string]bool            // networks whose every route may have changed
 	deltas  map[string]NetDelta        // per network, what the last Flush changed
+	pages   *routePages                // a paged listing's sorted routes (page.go); dropped by Flush
 }
 
 // NetDelta is what a Flush changed in a network's routes: its endpoints'
@@ -214,6 +215,7 @@ func (t *Table) routesOf(e *v1.Endpoint) []bgp.Route {
 // and returns what to announce and withdraw, and the networks whose route set
 // may have changed.
 func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []string) {
+	t.pages = nil
 	deltas := map[string]NetDelta{}
 	for id := range t.dirty {
 		// The old routes are of the network they were computed for, the
