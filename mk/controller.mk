@@ -1,7 +1,7 @@
 # Controller core (pkg/ipam, pkg/controller): benchmarks.
-.PHONY: bench-ipam bench-controller bench-controller-bulk bench-tls fuzz-validate
+.PHONY: bench-ipam bench-controller bench-controller-bulk bench-tls bench-list fuzz-validate
 
-BENCH_TARGETS += bench-ipam bench-controller bench-controller-bulk bench-tls
+BENCH_TARGETS += bench-ipam bench-controller bench-controller-bulk bench-tls bench-list
 
 # Endpoints per bulk call of bench-controller's authorization on/off figure.
 AUTHZ_BENCH_ENDPOINTS ?= 10000
@@ -22,6 +22,9 @@ bench-controller-bulk: ## Controller: 150,000 endpoints by one client in CreateE
 
 bench-tls: ## 1,000 gateways reconnecting with mutual TLS: controller handshakes/s, full vs resumed (session tickets), and their ratio
 	IOTFABRIC_BENCH_TLS=$(TLS_BENCH_GATEWAYS) $(GO) test -count=1 -timeout 20m -run '^TestBenchTLSReconnect$$' -v ./pkg/server/ 2>&1 | grep -E '^(bench-|  |--- |ok|FAIL|PASS)'; exit $${PIPESTATUS[0]}
+
+bench-list: ## Lists at scale: 300,000 endpoints and 200,000 routes paged through gRPC and iotfabricctl (time, peak live heap; about 5 min)
+	$(GO) test -run '^$$' -bench 'BenchmarkListAtScale' -benchtime 1x -timeout 30m ./cmd/iotfabricctl/
 
 ##@ test
 VALIDATE_FUZZTIME ?= 10s

@@ -105,7 +105,7 @@ cat "$D/api.txt"; echo
 grep -q '"statusStr":"ok"' "$D/api.txt" || fail "no answer to the JSON API request"
 
 metrics=$(sed -n 's/.*msg="serving metrics" addr=\([^ ]*\).*/\1/p' "$D/collector.log")
-say "curl -s http://$metrics/metrics | grep -E '^iqrf_(polls|readings|timeouts|buffer_depth|delivered)'"
-curl -s "http://$metrics/metrics" | grep -E '^iqrf_(polls|readings|timeouts|buffer_depth|delivered)'
+say "curl -s http://$metrics/metrics | grep -E '^iqrf_(polls|readings|timeouts|buffer_depth|sent|acknowledged|tcp_acknowledged)'"
+curl -s "http://$metrics/metrics" | grep -E '^iqrf_(polls|readings|timeouts|buffer_depth|sent|acknowledged|tcp_acknowledged)'
 echo
 echo "IQRF readings arrived in carbon ($points points of node 2's temperature) and on MQTT; the JSON API answered."

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/iotfabric/iotfabric/internal/logbound"
+	"github.com/iotfabric/iotfabric/pkg/api"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/server"
 )
@@ -108,10 +110,14 @@ func newLogger(cfg Config, w *os.File) *slog.Logger {
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(cfg.Log.Level))
 	opts := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.Log.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	// Bounded: long values cut; a line repeated by one component, or in
+	// the audit log by one caller with one outcome, summarised per interval.
+	// The audit lines of calls that succeeded are all kept.
+	return slog.New(logbound.NewHandler(h, logbound.Options{KeyAttrs: []string{logkey.Identity, logkey.Code}, Never: api.AuditSucceeded}))
 }
 
 // serve runs the controller until ctx ends. ready, if not nil, receives the

@@ -451,3 +451,37 @@ func TestSingleDashLongFlags(t *testing.T) {
 		}
 	}
 }
+
+// ipam show gives used/total exactly for IPv6 subnets of a /64 and a /48.
+func TestIpamShowLargeIPv6(t *testing.T) {
+	srv := startController(t)
+	for _, args := range [][]string{
+		{"network", "create", "v6", "--subnet", "fd00:1::/64", "--subnet", "fd00:2::/48", "--subnet", "10.9.0.0/24"},
+		{"gateway", "create", "gw", "--address", "192.0.2.1"},
+		{"endpoint", "create", "--network", "v6", "--gateway", "gw", "--name", "a"},
+		{"endpoint", "create", "--network", "v6", "--gateway", "gw", "--name", "b"},
+	} {
+		if out, errs, rc := ctl(t, srv, args...); rc != 0 {
+			t.Fatalf("%v: %d %s %s", args, rc, out, errs)
+		}
+	}
+	out, errs, rc := ctl(t, srv, "ipam", "show", "v6")
+	if rc != 0 {
+		t.Fatalf("ipam show: %d %s", rc, errs)
+	}
+	used := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 4 && strings.Contains(f[0], "::/") {
+			used[f[0]] = f[1] + " " + f[3]
+		}
+	}
+	// Each endpoint gets one IPv6 address, from the first IPv6 subnet.
+	for subnet, want := range map[string]string{
+		"fd00:1::/64": "2/18446744073709551615 1/1152921504606846976",
+		"fd00:2::/48": "0/1208925819614629174706175 0/75557863725914323419136",
+	} {
+		if used[subnet] != want {
+			t.Errorf("%s: %q, want %q\n%s", subnet, used[subnet], want, out)
+		}
+	}
+}

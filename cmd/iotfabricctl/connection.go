@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 )
 
@@ -36,7 +37,8 @@ func (c *cli) connect() (*grpc.ClientConn, error) {
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	conn, err := grpc.NewClient(c.server, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(c.server, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(model.MaxMsgSize), grpc.MaxCallSendMsgSize(model.MaxMsgSize)))
 	if err != nil {
 		return nil, fmt.Errorf("controller address %q: %w", c.server, err)
 	}
@@ -78,10 +80,13 @@ func (c *cli) settle() error {
 }
 
 // call runs one exchange with the controller within --timeout.
-func (c *cli) call(cmd *cobra.Command, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+func (c *cli) call(cmd *cobra.Command, paged bool, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
 	conn, err := c.connect()
 	if err != nil {
 		return err
+	}
+	if paged { // each page has its own timeout (listPages)
+		return fn(cmd.Context(), conn)
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()

@@ -155,13 +155,20 @@ func (c *cli) endpointList() verb {
 			cmd.Flags().StringVar(&filter.Gateway, "gateway", "", "only the endpoints on the gateway `NAME`")
 			cmd.RegisterFlagCompletionFunc("network", c.completeValue(networkNames))
 			cmd.RegisterFlagCompletionFunc("gateway", c.completeValue(gatewayNames))
+			c.listFlags(cmd)
 		},
+		paged: true,
 		call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, _ []string) error {
-			r, err := v1.NewEndpointServiceClient(conn).ListEndpoints(ctx, &filter)
+			show, end := listed(c, endpointHeader, endpointRows)
+			err := listPages(ctx, c, func(ctx context.Context, token string, size int32) ([]*v1.Endpoint, string, error) {
+				r, err := v1.NewEndpointServiceClient(conn).ListEndpoints(ctx, &v1.ListEndpointsRequest{
+					Network: filter.Network, Gateway: filter.Gateway, PageToken: token, PageSize: size})
+				return r.GetEndpoints(), r.GetNextPageToken(), err
+			}, show)
 			if err != nil {
 				return err
 			}
-			return c.printEndpoints(r.Endpoints...)
+			return end()
 		},
 	}
 }

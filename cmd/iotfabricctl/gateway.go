@@ -17,13 +17,17 @@ and edge routers are addressed to its underlay IPv4 address, which is also the
 administrator part of the route distinguisher of its endpoints' routes.`,
 		[]string{"gateways", "gw"},
 		c.gatewayCreate(),
-		verb{use: "list", short: "List the gateways with their state and when their agent was last seen",
+		verb{use: "list", short: "List the gateways with their state and when their agent was last seen", paged: true, flags: c.listFlags,
 			call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, _ []string) error {
-				r, err := v1.NewGatewayServiceClient(conn).ListGateways(ctx, &v1.ListGatewaysRequest{})
+				show, end := listed(c, gatewayHeader, gatewayRows)
+				err := listPages(ctx, c, func(ctx context.Context, token string, size int32) ([]*v1.Gateway, string, error) {
+					r, err := v1.NewGatewayServiceClient(conn).ListGateways(ctx, &v1.ListGatewaysRequest{PageToken: token, PageSize: size})
+					return r.GetGateways(), r.GetNextPageToken(), err
+				}, show)
 				if err != nil {
 					return err
 				}
-				return c.printGateways(r.Gateways...)
+				return end()
 			}},
 		verb{use: "show NAME", aliases: []string{"get"}, short: "Show one gateway", args: oneName, names: gatewayNames,
 			call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, args []string) error {

@@ -20,13 +20,17 @@ subnets are cut into address blocks leased to gateways.`,
 		[]string{"networks", "net"},
 		c.networkCreate(),
 		c.networkUpdate(),
-		verb{use: "list", short: "List the virtual networks",
+		verb{use: "list", short: "List the virtual networks", paged: true, flags: c.listFlags,
 			call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, _ []string) error {
-				r, err := v1.NewNetworkServiceClient(conn).ListNetworks(ctx, &v1.ListNetworksRequest{})
+				show, end := listed(c, networkHeader, networkRows)
+				err := listPages(ctx, c, func(ctx context.Context, token string, size int32) ([]*v1.VirtualNetwork, string, error) {
+					r, err := v1.NewNetworkServiceClient(conn).ListNetworks(ctx, &v1.ListNetworksRequest{PageToken: token, PageSize: size})
+					return r.GetNetworks(), r.GetNextPageToken(), err
+				}, show)
 				if err != nil {
 					return err
 				}
-				return c.printNetworks(r.Networks...)
+				return end()
 			}},
 		verb{use: "show NAME", aliases: []string{"get"}, short: "Show one virtual network", args: oneName, names: networkNames,
 			call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, args []string) error {

@@ -71,17 +71,13 @@ func stateName[T ~int32](v T, names map[int32]string, prefix string) string {
 	return strings.ToLower(strings.TrimPrefix(names[int32(v)], prefix))
 }
 
+const networkHeader = "NAME\tID\tSUBNETS\tAUTO-RT\tIMPORT-RT\tEXPORT-RT\tENCAP\tBLOCKS\tCONDITIONS"
+
 func (c *cli) printNetworks(ns ...*v1.VirtualNetwork) error {
 	if c.format == "json" {
 		return c.printJSON(toMsgs(ns), len(ns) == 1)
 	}
-	var rows [][]string
-	for _, n := range ns {
-		rows = append(rows, []string{n.Name, strconv.Itoa(int(n.Id)), strings.Join(n.Subnets, ","), n.AutoRouteTarget,
-			orDash(strings.Join(n.ImportRouteTargets, ",")), orDash(strings.Join(n.ExportRouteTargets, ",")),
-			model.FormatEncaps(n.Encapsulations), fmt.Sprintf("/%d,/%d", n.Ipv4BlockSize, n.Ipv6BlockSize)})
-	}
-	if err := c.table("NAME\tID\tSUBNETS\tAUTO-RT\tIMPORT-RT\tEXPORT-RT\tENCAP\tBLOCKS", rows); err != nil {
+	if err := c.table(networkHeader, networkRows(ns)); err != nil {
 		return err
 	}
 	var conds [][]string
@@ -93,8 +89,27 @@ func (c *cli) printNetworks(ns ...*v1.VirtualNetwork) error {
 	return c.conditions("NETWORK", conds)
 }
 
-// conditions prints the conditions reported on the objects just listed
-// (nothing when there are none).
+// conditionTypes is the CONDITIONS column of a listing: the types, or "-".
+func conditionTypes(cs []*v1.Condition) string {
+	var ts []string
+	for _, cd := range cs {
+		ts = append(ts, cd.Type)
+	}
+	return orDash(strings.Join(ts, ","))
+}
+
+func networkRows(ns []*v1.VirtualNetwork) [][]string {
+	var rows [][]string
+	for _, n := range ns {
+		rows = append(rows, []string{n.Name, strconv.Itoa(int(n.Id)), strings.Join(n.Subnets, ","), n.AutoRouteTarget,
+			orDash(strings.Join(n.ImportRouteTargets, ",")), orDash(strings.Join(n.ExportRouteTargets, ",")),
+			model.FormatEncaps(n.Encapsulations), fmt.Sprintf("/%d,/%d", n.Ipv4BlockSize, n.Ipv6BlockSize), conditionTypes(n.Conditions)})
+	}
+	return rows
+}
+
+// conditions prints the conditions reported on the objects shown (nothing
+// when there are none).
 func (c *cli) conditions(noun string, rows [][]string) error {
 	if len(rows) == 0 {
 		return nil
@@ -103,10 +118,16 @@ func (c *cli) conditions(noun string, rows [][]string) error {
 	return c.table(noun+"\tCONDITION\tMESSAGE", rows)
 }
 
+const gatewayHeader = "NAME\tUNDERLAY\tENCAP\tSTATE\tLAST-SEEN"
+
 func (c *cli) printGateways(gs ...*v1.Gateway) error {
 	if c.format == "json" {
 		return c.printJSON(toMsgs(gs), len(gs) == 1)
 	}
+	return c.table(gatewayHeader, gatewayRows(gs))
+}
+
+func gatewayRows(gs []*v1.Gateway) [][]string {
 	var rows [][]string
 	for _, g := range gs {
 		seen := "-"
@@ -116,24 +137,17 @@ func (c *cli) printGateways(gs ...*v1.Gateway) error {
 		rows = append(rows, []string{g.Name, g.UnderlayAddress, model.FormatEncaps(g.Encapsulations),
 			stateName(g.State, v1.GatewayState_name, "GATEWAY_STATE_"), seen})
 	}
-	return c.table("NAME\tUNDERLAY\tENCAP\tSTATE\tLAST-SEEN", rows)
+	return rows
 }
+
+const endpointHeader = "ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE\tCONDITIONS"
 
 func (c *cli) printEndpoints(es ...*v1.Endpoint) error {
 	if c.format == "json" {
 		return c.printJSON(toMsgs(es), len(es) == 1)
 	}
 	sort.SliceStable(es, func(i, j int) bool { return es[i].Id < es[j].Id })
-	var rows [][]string
-	for _, e := range es {
-		label := "-"
-		if e.Label != 0 {
-			label = strconv.Itoa(int(e.Label))
-		}
-		rows = append(rows, []string{e.Id, e.Network, e.Gateway, strings.Join(e.Addresses, ","), orDash(e.Mac), label,
-			stateName(e.State, v1.EndpointState_name, "ENDPOINT_STATE_")})
-	}
-	if err := c.table("ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE", rows); err != nil {
+	if err := c.table(endpointHeader, endpointRows(es)); err != nil {
 		return err
 	}
 	var conds [][]string
@@ -145,14 +159,27 @@ func (c *cli) printEndpoints(es ...*v1.Endpoint) error {
 	return c.conditions("ENDPOINT", conds)
 }
 
+func endpointRows(es []*v1.Endpoint) [][]string {
+	var rows [][]string
+	for _, e := range es {
+		label := "-"
+		if e.Label != 0 {
+			label = strconv.Itoa(int(e.Label))
+		}
+		rows = append(rows, []string{e.Id, e.Network, e.Gateway, strings.Join(e.Addresses, ","), orDash(e.Mac), label,
+			stateName(e.State, v1.EndpointState_name, "ENDPOINT_STATE_"), conditionTypes(e.Conditions)})
+	}
+	return rows
+}
+
 func (c *cli) printIpam(st *v1.IpamStatus) error {
 	if c.format == "json" {
 		return c.printJSON([]proto.Message{st}, true)
 	}
 	var rows [][]string
 	for _, s := range st.Subnets {
-		rows = append(rows, []string{s.Subnet, fmt.Sprintf("%d/%d", s.Used, s.Size), fmt.Sprintf("/%d", s.BlockSize),
-			fmt.Sprintf("%d/%d", len(s.Blocks), s.BlocksTotal)})
+		rows = append(rows, []string{s.Subnet, fmt.Sprintf("%d/%s", s.Used, exact(s.SizeDecimal, s.Size)), fmt.Sprintf("/%d", s.BlockSize),
+			fmt.Sprintf("%d/%s", len(s.Blocks), exact(s.BlocksTotalDecimal, s.BlocksTotal))})
 	}
 	if err := c.table("SUBNET\tUSED\tBLOCK\tBLOCKS-LEASED", rows); err != nil {
 		return err
@@ -170,10 +197,16 @@ func (c *cli) printIpam(st *v1.IpamStatus) error {
 	return c.table("BLOCK\tGATEWAY\tUSED", brows)
 }
 
+const peerHeader = "PEER\tASN\tSTATE\tUPTIME\tSENT\tRECEIVED\tMAX-PREFIXES\tSOURCE\tREASON"
+
 func (c *cli) printPeers(ps ...*v1.PeerStatus) error {
 	if c.format == "json" {
 		return c.printJSON(toMsgs(ps), len(ps) == 1)
 	}
+	return c.table(peerHeader, peerRows(ps))
+}
+
+func peerRows(ps []*v1.PeerStatus) [][]string {
 	var rows [][]string
 	for _, p := range ps {
 		up := "-"
@@ -187,13 +220,12 @@ func (c *cli) printPeers(ps ...*v1.PeerStatus) error {
 		rows = append(rows, []string{p.Peer.GetAddress(), strconv.Itoa(int(p.Peer.GetAsn())), p.State, up,
 			strconv.FormatUint(p.PrefixesSent, 10), strconv.FormatUint(p.PrefixesReceived, 10), limit, p.Source, orDash(p.Reason)})
 	}
-	return c.table("PEER\tASN\tSTATE\tUPTIME\tSENT\tRECEIVED\tMAX-PREFIXES\tSOURCE\tREASON", rows)
+	return rows
 }
 
-func (c *cli) printRoutes(rs []*v1.Route) error {
-	if c.format == "json" {
-		return c.printJSON(toMsgs(rs), false)
-	}
+const routeHeader = "PREFIX\tRD\tLABEL\tNEXT-HOP\tROUTE-TARGETS\tENCAP\tORIGIN\tFROM"
+
+func routeRows(rs []*v1.Route) [][]string {
 	var rows [][]string
 	for _, rt := range rs {
 		from := rt.Endpoint
@@ -204,11 +236,33 @@ func (c *cli) printRoutes(rs []*v1.Route) error {
 			strings.Join(rt.RouteTargets, ","), model.FormatEncaps(rt.Encapsulations),
 			stateName(rt.Origin, v1.RouteOrigin_name, "ROUTE_ORIGIN_"), from})
 	}
-	return c.table("PREFIX\tRD\tLABEL\tNEXT-HOP\tROUTE-TARGETS\tENCAP\tORIGIN\tFROM", rows)
+	return rows
 }
 
 // deleted confirms a deletion; the same line whatever the output format.
 func (c *cli) deleted(noun, name string) error {
 	_, err := fmt.Fprintf(c.out, "%s %s deleted\n", noun, name)
 	return err
+}
+
+// listed prints a listing page by page: show is called for each page.
+func listed[T proto.Message](c *cli, header string, rows func([]T) [][]string) (show func([]T) error, end func() error) {
+	s := c.stream(header)
+	show = func(page []T) error {
+		if c.format == "json" {
+			return s.msgs(toMsgs(page))
+		}
+		return s.rows(rows(page))
+	}
+	return show, s.end
+}
+
+// exact returns a count from its decimal field (exact), else from its
+// uint64 field (which saturates at 2^64-1; a controller of an earlier version
+// sends only that one).
+func exact(decimal string, n uint64) string {
+	if decimal != "" {
+		return decimal
+	}
+	return strconv.FormatUint(n, 10)
 }

@@ -17,13 +17,17 @@ survive restarts and every controller sharing the store peers with them; peers
 from the configuration file are listed with source "config".`,
 		[]string{"peers"},
 		c.peerAdd(),
-		verb{use: "list", short: "List the BGP peers with session state and prefix counts",
+		verb{use: "list", short: "List the BGP peers with session state and prefix counts", paged: true, flags: c.listFlags,
 			call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, _ []string) error {
-				r, err := v1.NewPeerServiceClient(conn).ListPeers(ctx, &v1.ListPeersRequest{})
+				show, end := listed(c, peerHeader, peerRows)
+				err := listPages(ctx, c, func(ctx context.Context, token string, size int32) ([]*v1.PeerStatus, string, error) {
+					r, err := v1.NewPeerServiceClient(conn).ListPeers(ctx, &v1.ListPeersRequest{PageToken: token, PageSize: size})
+					return r.GetPeers(), r.GetNextPageToken(), err
+				}, show)
 				if err != nil {
 					return err
 				}
-				return c.printPeers(r.Peers...)
+				return end()
 			}},
 		verb{use: "delete ADDRESS", short: "Delete a BGP peer added through the API", args: oneName, names: peerAddresses,
 			call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, args []string) error {

@@ -36,6 +36,7 @@ type cli struct {
 	flags      *pflag.FlagSet // the global flags, to tell which were given
 	settled    bool           // server, timeout and tls hold the resolved settings
 	conn       *grpc.ClientConn
+	limit      int // --limit of list commands
 }
 
 func newCLI(out io.Writer) *cli {
@@ -207,6 +208,8 @@ type verb struct {
 	flags                     func(*cobra.Command) // registers the verb's flags and their completions
 	// check validates the command line before anything is sent.
 	check func(cmd *cobra.Command, args []string) error
+	// paged: call pages through a listing, each page within --timeout (not the whole listing).
+	paged bool
 	// call does the work with the controller.
 	call func(ctx context.Context, conn *grpc.ClientConn, cmd *cobra.Command, args []string) error
 }
@@ -245,7 +248,7 @@ func (c *cli) verbCommand(v verb) *cobra.Command {
 					return err
 				}
 			}
-			return c.call(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			return c.call(cmd, v.paged, func(ctx context.Context, conn *grpc.ClientConn) error {
 				return v.call(ctx, conn, cmd, args)
 			})
 		},

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/logbound"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/cdc"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/collector"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/coord"
@@ -148,7 +149,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "iqrf-collector: --log-level:", err)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// Bounded: a noisy serial line's bad frames (and any other repeated
+	// warning) are summarised per interval with their count and first
+	// reasons; long values are cut.
+	log := slog.New(logbound.NewHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}), logbound.Options{}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, log); err != nil {

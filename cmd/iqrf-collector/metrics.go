@@ -39,11 +39,15 @@ func metricsHandler(col *collector.Collector, q *queue.Queue, g *graphite.Stats,
 				depth = append(depth, fmt.Sprintf("{sink=%q}", name), rd.Pending())
 			}
 		}
-		metric("iqrf_buffer_depth", "gauge", "Readings stored and not yet delivered.", depth...)
+		metric("iqrf_buffer_depth", "gauge", "Readings stored and not yet released to the sink.", depth...)
 		metric("iqrf_buffer_bytes", "gauge", "Size of the store-and-forward queue on disk.", "", q.Bytes())
 		metric("iqrf_buffer_dropped_total", "counter", "Readings dropped because the queue was full.", "", q.Dropped())
-		metric("iqrf_delivered_total", "counter", "Readings delivered (Graphite: confirmed; MQTT: acknowledged by the broker).",
-			`{sink="graphite"}`, g.Confirmed.Load(), `{sink="mqtt"}`, m.Published.Load())
+		metric("iqrf_sent_total", "counter", "Readings sent to the sink, resends included (Graphite: written, and the bytes acknowledged by carbon's TCP stack; MQTT: published).",
+			`{sink="graphite"}`, g.Sent.Load(), `{sink="mqtt"}`, m.Sent.Load())
+		metric("iqrf_acknowledged_total", "counter", "Readings the MQTT broker acknowledged (QoS 1 PUBACK), each once; they leave the queue.",
+			`{sink="mqtt"}`, m.Acknowledged.Load())
+		metric("iqrf_tcp_acknowledged_total", "counter", "Readings released to Graphite, each once: carbon's TCP stack acknowledged them and the connection stayed up for --graphite-confirm. Carbon's plaintext protocol has no acknowledgement: not proof of storage.",
+			`{sink="graphite"}`, g.TCPAcknowledged.Load())
 		metric("iqrf_sink_errors_total", "counter", "Failed connections and deliveries.",
 			`{sink="graphite"}`, g.Errors.Load(), `{sink="mqtt"}`, m.Errors.Load())
 		metric("iqrf_api_requests_total", "counter", "JSON API requests answered.", "", m.APIRequests.Load())

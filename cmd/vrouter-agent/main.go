@@ -31,6 +31,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/logbound"
 	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
@@ -105,7 +106,8 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vrouter-agent: --log-level: %v\n", err)
 		return 2
 	}
-	base := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	// Bounded: long values cut, repeated lines summarised per interval.
+	base := slog.New(logbound.NewHandler(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}), logbound.Options{}))
 	log := base.With(logkey.Component, logkey.ComponentVRouterAgent)
 	podGW, err := netip.ParseAddr(*podGateway)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/logbound"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
@@ -57,6 +58,9 @@ type Reconciler struct {
 	lastErr error         // its result
 	changed chan struct{} // closed and replaced after every attempt
 }
+
+// retryErrors is how many of the failures of an attempt its retry line shows.
+const retryErrors = 3
 
 // NewReconciler returns a loop that applies src's states through a. resync
 // is the period of the kernel re-read (0: never); onApply, if set, is called
@@ -119,7 +123,9 @@ func (l *Reconciler) Run(ctx context.Context) error {
 		}
 		retryC = nil
 		if err != nil {
-			l.log.Warn("data plane not fully programmed; retrying", logkey.Reason, why, logkey.RetryIn, backoff, logkey.Err, err)
+			// One line however much failed: how many, and the first few.
+			n, first := logbound.Errors(err, retryErrors)
+			l.log.Warn("data plane not fully programmed; retrying", logkey.Reason, why, logkey.RetryIn, backoff, logkey.Failures, n, logkey.Err, first)
 			retryC = time.After(backoff)
 			backoff = min(2*backoff, RetryMax)
 			continue

@@ -32,6 +32,9 @@ func newAgents(c *controller.Controller, r *vpn.Runner, log *slog.Logger, maxFul
 	if maxFull <= 0 {
 		maxFull = DefaultMaxFullSyncs
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &agents{c: c, r: r, log: log, full: newAdmission(maxFull)}
 }
 

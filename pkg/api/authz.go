@@ -241,6 +241,32 @@ func (a *Authorizer) admit(id tlsconfig.Identity, cert *x509.Certificate, method
 	return nil
 }
 
+// AuditSucceeded reports whether r is the audit line of a call that
+// succeeded. A bounded log (internal/logbound) keeps every such line and
+// limits the others, refusals and failures, per caller: a flood of refused
+// calls cannot fill the disk, and every call is still counted in the API's
+// request metric (by method and code).
+func AuditSucceeded(r slog.Record) bool {
+	if r.Message != auditCall {
+		return false
+	}
+	ok := false
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == logkey.Code {
+			ok = a.Value.String() == codes.OK.String()
+			return false
+		}
+		return true
+	})
+	return ok
+}
+
+// The audit log's messages.
+const (
+	auditCall   = "call"
+	auditDenied = "denied"
+)
+
 // mayDo says what id may do, for the messages of denials.
 func mayDo(id tlsconfig.Identity) string {
 	switch id.Role {
@@ -286,7 +312,7 @@ func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerI
 	}
 	resp, err := handler(context.WithValue(ctx, callerKey{}, &caller{id: id, cert: cert}), req)
 	if r.mutates && a.Audit != nil {
-		a.Audit.LogAttrs(ctx, slog.LevelInfo, "call", slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, info.FullMethod),
+		a.Audit.LogAttrs(ctx, slog.LevelInfo, auditCall, slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, info.FullMethod),
 			slog.String(logkey.Object, r.objectOf(req)), slog.String(logkey.Code, Code(err).String()))
 	}
 	return resp, err
@@ -379,6 +405,6 @@ func (a *Authorizer) denied(ctx context.Context, id tlsconfig.Identity, method, 
 	if a.Audit == nil {
 		return
 	}
-	a.Audit.LogAttrs(ctx, slog.LevelWarn, "denied", slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, method),
+	a.Audit.LogAttrs(ctx, slog.LevelWarn, auditDenied, slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, method),
 		slog.String(logkey.Object, object), slog.String(logkey.Code, codes.PermissionDenied.String()), slog.String(logkey.Reason, status.Convert(err).Message()))
 }

@@ -63,13 +63,18 @@ func (s *resources) GetNetwork(ctx context.Context, r *v1.NameRequest) (*v1.Virt
 	return reply(n, err)
 }
 
-func (s *resources) ListNetworks(ctx context.Context, _ *v1.ListNetworksRequest) (*v1.ListNetworksResponse, error) {
-	ns, rev, err := s.c.ListNetworks(ctx)
+func (s *resources) ListNetworks(ctx context.Context, r *v1.ListNetworksRequest) (*v1.ListNetworksResponse, error) {
+	sc := scope("networks")
+	p, err := page(sc, r.GetPageSize(), r.GetPageToken())
+	if err != nil {
+		return nil, Status(err)
+	}
+	ns, res, err := s.c.ListNetworksPage(ctx, p)
 	if err != nil {
 		return nil, Status(err)
 	}
 	withNetworkConditions(s.r, ns...)
-	return &v1.ListNetworksResponse{Networks: ns, Revision: rev}, nil
+	return &v1.ListNetworksResponse{Networks: ns, Revision: res.Revision, NextPageToken: pageToken(sc, res.Next)}, nil
 }
 
 func (s *resources) UpdateNetwork(ctx context.Context, r *v1.UpdateNetworkRequest) (*v1.VirtualNetwork, error) {
@@ -100,12 +105,17 @@ func (s *resources) GetGateway(ctx context.Context, r *v1.NameRequest) (*v1.Gate
 	return reply(s.c.GetGateway(ctx, r.GetName()))
 }
 
-func (s *resources) ListGateways(ctx context.Context, _ *v1.ListGatewaysRequest) (*v1.ListGatewaysResponse, error) {
-	gs, rev, err := s.c.ListGateways(ctx)
+func (s *resources) ListGateways(ctx context.Context, r *v1.ListGatewaysRequest) (*v1.ListGatewaysResponse, error) {
+	sc := scope("gateways")
+	p, err := page(sc, r.GetPageSize(), r.GetPageToken())
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &v1.ListGatewaysResponse{Gateways: gs, Revision: rev}, nil
+	gs, res, err := s.c.ListGatewaysPage(ctx, p)
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &v1.ListGatewaysResponse{Gateways: gs, Revision: res.Revision, NextPageToken: pageToken(sc, res.Next)}, nil
 }
 
 func (s *resources) UpdateGateway(ctx context.Context, r *v1.UpdateGatewayRequest) (*v1.Gateway, error) {
@@ -164,12 +174,17 @@ func (s *resources) GetEndpoint(ctx context.Context, r *v1.GetEndpointRequest) (
 }
 
 func (s *resources) ListEndpoints(ctx context.Context, r *v1.ListEndpointsRequest) (*v1.ListEndpointsResponse, error) {
-	eps, rev, err := s.c.ListEndpoints(ctx, r.GetNetwork(), r.GetGateway())
+	sc := scope("endpoints", r.GetNetwork(), r.GetGateway())
+	p, err := page(sc, r.GetPageSize(), r.GetPageToken())
+	if err != nil {
+		return nil, Status(err)
+	}
+	eps, res, err := s.c.ListEndpointsPage(ctx, r.GetNetwork(), r.GetGateway(), p)
 	if err != nil {
 		return nil, Status(err)
 	}
 	withEndpointConditions(s.r, eps...)
-	return &v1.ListEndpointsResponse{Endpoints: eps, Revision: rev}, nil
+	return &v1.ListEndpointsResponse{Endpoints: eps, Revision: res.Revision, NextPageToken: pageToken(sc, res.Next)}, nil
 }
 
 func (s *resources) UpdateEndpoint(ctx context.Context, r *v1.UpdateEndpointRequest) (*v1.Endpoint, error) {

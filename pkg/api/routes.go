@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/netip"
+	"slices"
 
 	"google.golang.org/grpc"
 
@@ -60,12 +61,38 @@ func (s *routes) DeletePeer(ctx context.Context, req *v1.DeletePeerRequest) (*v1
 	return deleted(s.peers.Delete(ctx, addr))
 }
 
-func (s *routes) ListPeers(ctx context.Context, _ *v1.ListPeersRequest) (*v1.ListPeersResponse, error) {
+// ListPeers pages through the peers in address order. The peers are few (a
+// controller has a handful of BGP neighbours), so a page is cut from the
+// speaker's list rather than scanned from the store.
+func (s *routes) ListPeers(ctx context.Context, req *v1.ListPeersRequest) (*v1.ListPeersResponse, error) {
+	sc := scope("peers")
+	pg, err := page(sc, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, Status(err)
+	}
+	var after netip.Addr
+	if pg.After != "" {
+		if after, err = netip.ParseAddr(pg.After); err != nil {
+			return nil, Status(model.Errorf(model.ErrInvalid, "page_token is not one this listing returned"))
+		}
+	}
 	ps, err := s.peers.List(ctx)
 	if err != nil {
 		return nil, Status(err)
 	}
+	slices.SortFunc(ps, func(a, b vpn.PeerInfo) int { return a.Address.Compare(b.Address) })
+	if after.IsValid() {
+		i, _ := slices.BinarySearchFunc(ps, after, func(p vpn.PeerInfo, a netip.Addr) int { return p.Address.Compare(a) })
+		for i < len(ps) && ps[i].Address == after {
+			i++
+		}
+		ps = ps[i:]
+	}
 	out := &v1.ListPeersResponse{}
+	if len(ps) > pg.Size {
+		ps = ps[:pg.Size]
+		out.NextPageToken = pageToken(sc, ps[len(ps)-1].Address.String())
+	}
 	for _, p := range ps {
 		out.Peers = append(out.Peers, &v1.PeerStatus{
 			Peer:  &v1.Peer{Address: p.Address.String(), Asn: p.ASN, Port: uint32(p.Port), MaxPrefixes: p.PeerConfig.MaxPrefixes},
@@ -101,14 +128,32 @@ func networkNotFound(n string) error {
 	return Status(model.Errorf(model.ErrNotFound, "network %q not found", n))
 }
 
+// ListRoutes pages through a network's routes in the order of
+// vpn.RouteCursor; a page token holds the cursor of the page's last route.
 func (s *routes) ListRoutes(ctx context.Context, req *v1.ListRoutesRequest) (*v1.ListRoutesResponse, error) {
-	rs, ok := s.r.Routes(req.GetNetwork())
+	sc := scope("routes", req.GetNetwork())
+	pg, err := page(sc, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, Status(err)
+	}
+	var after *vpn.RouteCursor
+	if pg.After != "" {
+		c, err := vpn.ParseRouteCursor(pg.After)
+		if err != nil {
+			return nil, Status(model.Errorf(model.ErrInvalid, "page_token is not one this listing returned"))
+		}
+		after = &c
+	}
+	rs, more, ok := s.r.RoutesPage(req.GetNetwork(), after, pg.Size)
 	if !ok {
 		return nil, networkNotFound(req.GetNetwork())
 	}
-	out := &v1.ListRoutesResponse{}
+	out := &v1.ListRoutesResponse{Routes: make([]*v1.Route, 0, len(rs))}
 	for _, r := range rs {
 		out.Routes = append(out.Routes, routeToAPI(req.GetNetwork(), r))
+	}
+	if more && len(rs) > 0 {
+		out.NextPageToken = pageToken(sc, rs[len(rs)-1].Cursor().String())
 	}
 	return out, nil
 }

@@ -438,7 +438,8 @@ func (c *Controller) IpamStatus(ctx context.Context, name string) (*v1.IpamStatu
 	}
 	out := &v1.IpamStatus{Network: name, Revision: n.Revision}
 	for _, s := range stat {
-		is := &v1.IpamSubnet{Subnet: s.Prefix.String(), Size: s.Size, Used: s.Used, BlockSize: uint32(s.BlockLen), BlocksTotal: s.BlocksTotal}
+		is := &v1.IpamSubnet{Subnet: s.Prefix.String(), Size: s.SizeUint64(), Used: s.Used, BlockSize: uint32(s.BlockLen), BlocksTotal: s.BlocksTotalUint64(),
+			SizeDecimal: s.Size.String(), BlocksTotalDecimal: s.BlocksTotal.String()}
 		for _, b := range s.Blocks {
 			is.Blocks = append(is.Blocks, &v1.IpamBlock{Prefix: b.Prefix.String(), Gateway: b.Gateway, Used: uint32(b.Used), Size: uint32(b.Size)})
 		}

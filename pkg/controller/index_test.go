@@ -44,6 +44,15 @@ func (s *countingStore) List(ctx context.Context, prefix string) ([]store.KV, in
 	return kvs, rev, err
 }
 
+func (s *countingStore) ListPage(ctx context.Context, prefix, after string, limit int) ([]store.KV, int64, bool, error) {
+	kvs, rev, more, err := s.Store.ListPage(ctx, prefix, after, limit)
+	s.mu.Lock()
+	s.read += len(kvs)
+	s.lists = append(s.lists, prefix)
+	s.mu.Unlock()
+	return kvs, rev, more, err
+}
+
 func (s *countingStore) reset() (read int, gets map[string]int, lists []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -78,20 +79,16 @@ func watch(ctx context.Context, st store.Store, prefix string, from int64, send 
 	if from < 0 {
 		return model.Errorf(model.ErrInvalid, "from_revision %d is negative", from)
 	}
+	var snap *snapshot
 	if from == 0 {
-		kvs, rev, err := st.List(ctx, prefix)
-		if err != nil {
-			return storeErr(err)
-		}
-		for _, kv := range kvs {
-			if err := send(kv, EventPut, kv.ModRev); err != nil {
-				return err
-			}
-		}
-		if err := send(store.KV{Key: prefix}, EventSynced, rev); err != nil {
+		var err error
+		if snap, err = sendSnapshot(ctx, st, prefix, send); err != nil {
 			return err
 		}
-		from = rev
+		if err := send(store.KV{Key: prefix}, EventSynced, snap.rev()); err != nil {
+			return err
+		}
+		from = snap.rev()
 	}
 	ch := st.Watch(ctx, prefix, from)
 	for {
@@ -112,6 +109,10 @@ func watch(ctx context.Context, st store.Store, prefix string, from int64, send 
 				return storeErr(b.Err)
 			}
 			for _, ev := range b.Events {
+				if snap.seen(ev) {
+					from = ev.Rev
+					continue
+				}
 				t := EventPut
 				kv := store.KV{Key: ev.Key, Value: ev.Value, ModRev: ev.Rev}
 				if ev.Type == store.EventDelete {
@@ -124,6 +125,57 @@ func watch(ctx context.Context, st store.Store, prefix string, from int64, send 
 				}
 				from = ev.Rev
 			}
+		}
+	}
+}
+
+// snapshotPage is how many records one read of a watch's snapshot holds: the
+// snapshot is read and sent in pages, so that its size bounds neither the
+// controller's memory nor a message (each record is an event of its own).
+const snapshotPage = 1000
+
+// snapshot remembers, for a snapshot read in pages, the key range and the
+// store revision of each page: page i holds the keys after page i-1's last
+// key up to its own last key. The changes are then watched from the first
+// page's revision; a change to a key whose page was read at a later revision
+// is already in the snapshot, and is skipped. So every record is sent once
+// with its latest state, and the changes after the snapshot follow in order.
+type snapshot struct {
+	last []string // each page's last key (the last page's is unused)
+	revs []int64  // each page's store revision
+}
+
+// rev is the revision the watch resumes from: the first page's.
+func (s *snapshot) rev() int64 { return s.revs[0] }
+
+// seen reports whether the snapshot already holds the change ev.
+func (s *snapshot) seen(ev store.Event) bool {
+	if s == nil {
+		return false
+	}
+	i := sort.SearchStrings(s.last[:len(s.last)-1], ev.Key)
+	return ev.Rev <= s.revs[i]
+}
+
+func sendSnapshot(ctx context.Context, st store.Store, prefix string, send func(store.KV, EventType, int64) error) (*snapshot, error) {
+	snap := &snapshot{}
+	after := ""
+	for {
+		kvs, rev, more, err := st.ListPage(ctx, prefix, after, snapshotPage)
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		for _, kv := range kvs {
+			if err := send(kv, EventPut, kv.ModRev); err != nil {
+				return nil, err
+			}
+		}
+		if len(kvs) > 0 {
+			after = kvs[len(kvs)-1].Key
+		}
+		snap.last, snap.revs = append(snap.last, after), append(snap.revs, rev)
+		if !more || len(kvs) == 0 {
+			return snap, nil
 		}
 	}
 }

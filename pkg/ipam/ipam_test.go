@@ -449,3 +449,29 @@ func TestBlockIndexFollowsEveryLease(t *testing.T) {
 		t.Fatalf("blocks %d %v, index %d %v", len(a), a, len(i), i)
 	}
 }
+
+// Subnet sizes and block counts are exact for IPv6 subnets of any size.
+func TestStatusCountsDoNotSaturate(t *testing.T) {
+	cfg := Config{Subnets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fd00:1::/64"), netip.MustParsePrefix("fd00:2::/48")}}
+	p, err := NewPool(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ size, blocks string }{
+		{"254", "16"}, // /24 in /28 blocks; network and broadcast never given out
+		{"18446744073709551615", "1152921504606846976"},          // 2^64-1, 2^60 blocks of /124
+		{"1208925819614629174706175", "75557863725914323419136"}, // 2^80-1, 2^76
+	}
+	st := p.Status()
+	for i, w := range want {
+		if got := st[i].Size.String(); got != w.size {
+			t.Errorf("%s: size %s, want %s", st[i].Prefix, got, w.size)
+		}
+		if got := st[i].BlocksTotal.String(); got != w.blocks {
+			t.Errorf("%s: blocks %s, want %s", st[i].Prefix, got, w.blocks)
+		}
+	}
+	if st[2].SizeUint64() != ^uint64(0) || st[0].SizeUint64() != 254 || st[1].BlocksTotalUint64() != 1<<60 {
+		t.Errorf("saturated values: %d %d %d", st[2].SizeUint64(), st[0].SizeUint64(), st[1].BlocksTotalUint64())
+	}
+}

@@ -19,6 +19,7 @@ package ipam
 import (
 	"errors"
 	"fmt"
+	"math/big"
 	"math/bits"
 	"net/netip"
 	"slices"
@@ -629,26 +630,49 @@ type BlockInfo struct {
 
 // SubnetInfo describes a subnet's use.
 type SubnetInfo struct {
-	Prefix      netip.Prefix
-	Size        uint64 // assignable addresses
+	Prefix netip.Prefix
+	// Size is the number of assignable addresses, exact for any subnet (an
+	// IPv6 /48 has 2^80-1); SizeUint64 is it saturated at 2^64-1.
+	Size        *big.Int
 	Used        uint64
 	BlockLen    int
-	BlocksTotal uint64
+	BlocksTotal *big.Int // exact: 2^(block length - prefix length)
 	Blocks      []BlockInfo
+}
+
+// SizeUint64 is Size, saturated at 2^64-1.
+func (si SubnetInfo) SizeUint64() uint64 { return saturate(si.Size) }
+
+// BlocksTotalUint64 is BlocksTotal, saturated at 2^64-1.
+func (si SubnetInfo) BlocksTotalUint64() uint64 { return saturate(si.BlocksTotal) }
+
+func saturate(x *big.Int) uint64 {
+	if x == nil {
+		return 0
+	}
+	if !x.IsUint64() {
+		return ^uint64(0)
+	}
+	return x.Uint64()
+}
+
+// subnetSize is the number of assignable addresses of p: all but the first
+// (never given out) and, for IPv4, the broadcast address.
+func subnetSize(p netip.Prefix) *big.Int {
+	n := new(big.Int).Lsh(big.NewInt(1), uint(p.Addr().BitLen()-p.Bits()))
+	n.Sub(n, big.NewInt(1))
+	if p.Addr().Is4() && n.Sign() > 0 {
+		n.Sub(n, big.NewInt(1))
+	}
+	return n
 }
 
 // Status summarises the pool, committed state only.
 func (p *Pool) Status() []SubnetInfo {
 	var out []SubnetInfo
 	for _, s := range p.subnets {
-		si := SubnetInfo{Prefix: s.prefix, BlockLen: s.blockLen, BlocksTotal: s.nblocks}
-		si.Size = ^uint64(0) // saturates for IPv6 subnets of /64 and larger
-		if hostBits := s.prefix.Addr().BitLen() - s.prefix.Bits(); hostBits < 64 {
-			si.Size = 1<<hostBits - 1 // the first address is never given out
-			if s.prefix.Addr().Is4() {
-				si.Size-- // nor the broadcast address
-			}
-		}
+		si := SubnetInfo{Prefix: s.prefix, BlockLen: s.blockLen, Size: subnetSize(s.prefix),
+			BlocksTotal: new(big.Int).Lsh(big.NewInt(1), uint(s.blockLen-s.prefix.Bits()))}
 		idx := make([]uint64, 0, len(s.leased))
 		for i, b := range s.leased {
 			if !b.pending {

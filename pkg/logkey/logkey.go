@@ -147,4 +147,8 @@ const (
 	Took     = "took"     // a duration
 	Interval = "interval" // an interval
 	RetryIn  = "retry_in" // the delay before a retry
+
+	// Bounded logs (internal/logbound).
+	Examples = "examples" // the first few values of the lines left out
+	Failures = "failures" // how many things failed (the err field lists the first few)
 )

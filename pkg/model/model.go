@@ -108,3 +108,10 @@ func ValidateLabel(l uint32) error { return validate.Label(l) }
 
 // ValidateMAC checks a MAC address (empty is allowed).
 func ValidateMAC(s string) error { return validate.MAC(s) }
+
+// MaxMsgSize is the largest gRPC message of the iotfabric.v1 API, in bytes,
+// at both ends: the controller receives and sends no larger message, and
+// iotfabricctl accepts none (gRPC's default receive limit, 4 MiB). Lists
+// come in pages (at most 5,000 records) and watches send one record per
+// message, so no message grows with the size of the tables.
+const MaxMsgSize = 4 << 20

@@ -49,6 +49,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
+	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
@@ -192,6 +193,8 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		// it, also between streams; ping idle clients to notice dead ones.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.API.Keepalive.MinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.API.Keepalive.Time, Timeout: cfg.API.Keepalive.Timeout}),
+		// Every message stays below model.MaxMsgSize: lists come in pages, watches one record per message.
+		grpc.MaxRecvMsgSize(model.MaxMsgSize), grpc.MaxSendMsgSize(model.MaxMsgSize),
 	}
 	if cfg.API.TLS.Enabled() {
 		tc, err := serverTLS(cfg, enroller, revs)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 var (
@@ -100,6 +101,13 @@ type Store interface {
 	// List returns every key with the prefix, in key order, and the store
 	// revision the listing is consistent with.
 	List(ctx context.Context, prefix string) ([]KV, int64, error)
+	// ListPage is a bounded range scan: at most limit keys with the prefix
+	// that sort strictly after the key after ("" starts at the prefix), in key
+	// order, the store revision the page is consistent with, and whether more
+	// keys with the prefix follow. It reads only what it returns (plus one key
+	// to tell whether more follow), whatever the prefix holds. limit must be
+	// positive.
+	ListPage(ctx context.Context, prefix, after string, limit int) (kvs []KV, rev int64, more bool, err error)
 	// Txn applies ops atomically if every cond holds, and returns the new
 	// revision. When a condition fails it returns ErrConflict and writes nothing.
 	Txn(ctx context.Context, conds []Cond, ops []Op) (int64, error)
@@ -108,6 +116,17 @@ type Store interface {
 	Watch(ctx context.Context, prefix string, after int64) <-chan WatchBatch
 	// Close releases the store. Watches end.
 	Close() error
+}
+
+// ValidatePage checks the arguments of ListPage.
+func ValidatePage(prefix, after string, limit int) error {
+	if limit <= 0 {
+		return fmt.Errorf("page limit %d is not positive", limit)
+	}
+	if after != "" && !strings.HasPrefix(after, prefix) {
+		return fmt.Errorf("page start %.64q is outside the prefix %.64q", after, prefix)
+	}
+	return nil
 }
 
 // ValidateOps checks keys before anything is written.

@@ -95,6 +95,7 @@ type Table struct {
 	// notAdv says, per endpoint, why its routes are not advertised (no
 	// route could be made, or the speaker refused them).
 	notAdv map[string]string
+	pages  *routePages // a paged listing's sorted routes (page.go); dropped by Flush
 }
 
 // NetDelta is what a Flush changed in a network's routes: its endpoints'
@@ -254,6 +255,7 @@ func (t *Table) routesOf(e *v1.Endpoint, prev string) []bgp.Route {
 // and returns what to announce and withdraw, and the networks whose route set
 // may have changed.
 func (t *Table) Flush() (announce []bgp.Route, withdraw []bgp.RouteKey, nets []string) {
+	t.pages = nil
 	deltas := map[string]NetDelta{}
 	for id := range t.dirty {
 		// The old routes are of the network they were computed for, the

@@ -1,16 +1,26 @@
-// Package graphite delivers readings from the on-disk queue to carbon with
-// the plaintext protocol, one line per reading:
+// Package graphite sends readings from the on-disk queue to carbon with the
+// plaintext protocol, one line per reading:
 //
 //	<prefix>.node<address>.<metric> <value> <unix time of the reading>
 //
-// Carbon's plaintext protocol has no acknowledgement, and carbon-cache keeps
-// received points in memory for up to a second before writing them (and
-// drops that cache when it is stopped). A batch therefore counts as
-// delivered only when carbon's TCP stack has acknowledged every byte and the
-// connection then stayed up for ConfirmAfter; when the connection drops
-// first, everything not yet confirmed is sent again after reconnecting.
-// Resending a point is harmless: carbon stores the same value at the same
-// timestamp.
+// What the plaintext protocol can confirm: nothing. Carbon never writes on
+// the connection; there is no acknowledgement, no error, no way to learn
+// whether a line was parsed, cached or written to a whisper file (carbon-cache
+// keeps points in memory before writing them, for a second or, under load,
+// much longer, and drops that cache when it is stopped). A successful write(2)
+// says only that the bytes are in our own socket buffer.
+//
+// What the sink uses instead, the strongest evidence TCP gives: a batch is
+// released from the queue when carbon's TCP stack has acknowledged every byte
+// (the socket's unacknowledged send queue, SIOCOUTQ, is empty: the bytes
+// reached carbon's host) and the connection then stayed up for ConfirmAfter
+// (carbon did not crash or close it meanwhile). That is counted as
+// TCPAcknowledged, never as "stored": a carbon that dies later, or drops a
+// line it cannot parse, is not seen. When the connection drops first,
+// everything not yet released is sent again after reconnecting. Resending a
+// point is harmless: carbon stores the same value at the same timestamp. The
+// only proof of storage is reading the point back (the tests do, with
+// whisper-fetch).
 package graphite
 
 import (
@@ -30,14 +40,20 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
-// Stats counts deliveries. Fields are updated atomically.
+// Stats counts what the sink did. Fields are updated atomically.
 type Stats struct {
-	Lines      atomic.Uint64 // lines accepted by carbon's TCP stack (resends included)
-	Confirmed  atomic.Uint64 // records confirmed delivered
-	Connects   atomic.Uint64
-	Errors     atomic.Uint64 // failed dials and lost connections
-	BadRecords atomic.Uint64
-	Connected  atomic.Bool
+	// Sent counts lines written to carbon whose bytes carbon's TCP stack
+	// acknowledged (resends included).
+	Sent atomic.Uint64
+	// TCPAcknowledged counts readings released from the queue: acknowledged
+	// by carbon's TCP stack, and the connection stayed up for ConfirmAfter
+	// afterwards. Each reading once. Not proof that carbon stored them (see
+	// the package comment).
+	TCPAcknowledged atomic.Uint64
+	Connects        atomic.Uint64
+	Errors          atomic.Uint64 // failed dials and lost connections
+	BadRecords      atomic.Uint64
+	Connected       atomic.Bool
 }
 
 // Config configures the sink.
@@ -163,7 +179,7 @@ func session(ctx context.Context, cfg *Config) error {
 		now := time.Now()
 		for len(pending) > 0 && now.Sub(pending[0].at) >= cfg.ConfirmAfter {
 			cfg.Reader.Ack(pending[0].end)
-			cfg.Stats.Confirmed.Add(pending[0].n)
+			cfg.Stats.TCPAcknowledged.Add(pending[0].n)
 			pending = pending[1:]
 		}
 		waitCtx := connCtx
@@ -204,7 +220,7 @@ func session(ctx context.Context, cfg *Config) error {
 			}
 		}
 		at := time.Now()
-		cfg.Stats.Lines.Add(uint64(len(readings)))
+		cfg.Stats.Sent.Add(uint64(len(readings)))
 		if cfg.OnAccepted != nil {
 			for _, r := range readings {
 				cfg.OnAccepted(r, at)

@@ -2,7 +2,9 @@ package graphite
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -98,5 +100,83 @@ func TestStoreAndForwardThroughCarbonRestart(t *testing.T) {
 			t.Fatalf("still %d pending", q.Reader("graphite").Pending())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// Each reading was released once; some were sent more than once.
+	if a, s := stats.TCPAcknowledged.Load(), stats.Sent.Load(); a != 30 || s < 30 {
+		t.Errorf("tcp-acknowledged %d (want 30), sent %d (want at least 30)", a, s)
+	}
+}
+
+// What the sink counts, against peers that are not carbon: a peer that
+// closes the connection soon after reading gets the lines sent (its TCP
+// stack acknowledged them) but never released, and they are sent again;
+// a peer that reads and discards everything while keeping the connection
+// open gets them released as tcp-acknowledged, though nothing was stored:
+// the plaintext protocol cannot tell, which is why the counter is not called
+// "stored" or "delivered".
+func TestSentAndTCPAcknowledgedAreNotStored(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		holdOpen bool
+	}{{"closes early", false}, {"black hole", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lis.Close()
+			go func() {
+				for {
+					c, err := lis.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						if !tc.holdOpen {
+							c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+						}
+						io.Copy(io.Discard, c)
+					}()
+				}
+			}()
+			q, err := queue.Open(t.TempDir(), queue.Options{}, "graphite")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer q.Close()
+			for i := range 5 {
+				r := collector.Reading{Node: 2, Metric: "temperature", Value: float64(i), Time: time.Now().Add(time.Duration(i) * time.Second)}
+				if err := q.Append(r.AppendRecord(nil)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			stats := &Stats{}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				Run(ctx, Config{Addr: lis.Addr().String(), Reader: q.Reader("graphite"), ConfirmAfter: time.Second,
+					MinBackoff: 50 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Stats: stats})
+			}()
+			defer func() { cancel(); <-done }()
+			deadline := time.Now().Add(15 * time.Second)
+			for {
+				sent, acked := stats.Sent.Load(), stats.TCPAcknowledged.Load()
+				if tc.holdOpen && acked == 5 && q.Reader("graphite").Pending() == 0 {
+					return // released on TCP evidence alone; nothing was stored
+				}
+				if !tc.holdOpen && sent >= 10 { // sent twice at least, never released
+					if acked != 0 || q.Reader("graphite").Pending() != 5 {
+						t.Fatalf("closed within --graphite-confirm: tcp-acknowledged %d, pending %d", acked, q.Reader("graphite").Pending())
+					}
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("sent %d, tcp-acknowledged %d, pending %d", sent, acked, q.Reader("graphite").Pending())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
 	}
 }

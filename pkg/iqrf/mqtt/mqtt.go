@@ -41,12 +41,19 @@ type Doer interface {
 
 // Stats counts what the client did. Fields are updated atomically.
 type Stats struct {
-	Published   atomic.Uint64 // readings acknowledged by the broker
-	Errors      atomic.Uint64 // failed publishes and connections
-	BadRecords  atomic.Uint64
-	APIRequests atomic.Uint64
-	APIErrors   atomic.Uint64
-	Connected   atomic.Bool
+	// Sent counts readings published (handed to the broker connection),
+	// resends included.
+	Sent atomic.Uint64
+	// Acknowledged counts readings the broker acknowledged (QoS 1 PUBACK),
+	// each once: they leave the queue. A PUBACK says the broker accepted
+	// the message; it says nothing of subscribers (with none, the broker
+	// drops it).
+	Acknowledged atomic.Uint64
+	Errors       atomic.Uint64 // failed publishes and connections
+	BadRecords   atomic.Uint64
+	APIRequests  atomic.Uint64
+	APIErrors    atomic.Uint64
+	Connected    atomic.Bool
 }
 
 // Config configures the client.
@@ -209,6 +216,7 @@ func publish(ctx context.Context, client paho.Client, connected <-chan struct{},
 			}
 			body, _ := json.Marshal(Message(r))
 			toks = append(toks, client.Publish(Topic(cfg.TopicPrefix, r), 1, false, body))
+			cfg.Stats.Sent.Add(1)
 		}
 		var failed error
 		for _, tok := range toks {
@@ -233,7 +241,7 @@ func publish(ctx context.Context, client paho.Client, connected <-chan struct{},
 		}
 		backoff = 200 * time.Millisecond
 		cfg.Reader.Ack(first + uint64(len(recs)))
-		cfg.Stats.Published.Add(uint64(len(toks)))
+		cfg.Stats.Acknowledged.Add(uint64(len(toks)))
 	}
 }
 

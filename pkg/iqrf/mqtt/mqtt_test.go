@@ -97,7 +97,7 @@ func TestReadingsAndJSONAPIThroughMosquitto(t *testing.T) {
 			}
 			seen[m.Topic()] = rm
 		case <-deadline:
-			t.Fatalf("only %d topics: %v; published %d errors %d pending %d", len(seen), seen, stats.Published.Load(), stats.Errors.Load(), q.Reader("mqtt").Pending())
+			t.Fatalf("only %d topics: %v; published %d errors %d pending %d", len(seen), seen, stats.Acknowledged.Load(), stats.Errors.Load(), q.Reader("mqtt").Pending())
 		}
 	}
 	if m := seen["site1/2/temperature"]; m.Value != 28.5 || m.Unit != "°C" || m.Node != 2 || m.UnixTime == 0 {
@@ -190,7 +190,7 @@ func TestReadingsAndJSONAPIThroughMosquitto(t *testing.T) {
 	if resp.Data.Status != statusBadRequest {
 		t.Errorf("unsupported mType: %+v", resp.Data)
 	}
-	if stats.Published.Load() == 0 {
+	if stats.Acknowledged.Load() == 0 {
 		t.Error("nothing counted as published")
 	}
 }
@@ -316,4 +316,14 @@ func TestBrokerOutageLosesNothing(t *testing.T) {
 	}
 	broker.Start()
 	waitAll(30)
+	// Each reading is counted acknowledged once (on its PUBACK), however
+	// often it was sent.
+	for deadline := time.Now().Add(10 * time.Second); q.Reader("mqtt").Pending() != 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pending", q.Reader("mqtt").Pending())
+		}
+	}
+	if a, s := stats.Acknowledged.Load(), stats.Sent.Load(); a != 30 || s < 30 {
+		t.Errorf("acknowledged %d (want 30), sent %d (want at least 30)", a, s)
+	}
 }

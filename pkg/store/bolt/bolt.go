@@ -168,6 +168,40 @@ func (s *Store) List(ctx context.Context, prefix string) ([]store.KV, int64, err
 	return out, rev, err
 }
 
+// ListPage implements store.Store.
+func (s *Store) ListPage(ctx context.Context, prefix, after string, limit int) ([]store.KV, int64, bool, error) {
+	if err := store.ValidatePage(prefix, after, limit); err != nil {
+		return nil, 0, false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, 0, false, err
+	}
+	var out []store.KV
+	var rev int64
+	var more bool
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		rev = decRev(tx.Bucket(bucketMeta).Get(keyRev))
+		c := tx.Bucket(bucketKV).Cursor()
+		p := []byte(prefix)
+		k, v := c.Seek(p)
+		if after != "" {
+			k, v = c.Seek([]byte(after))
+			if k != nil && string(k) == after {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			if len(out) == limit {
+				more = true
+				break
+			}
+			out = append(out, store.KV{Key: string(k), ModRev: decRev(v), Value: bytes.Clone(v[8:])})
+		}
+		return nil
+	})
+	return out, rev, more, err
+}
+
 // Txn implements store.Store.
 func (s *Store) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (int64, error) {
 	if err := store.ValidateOps(conds, ops); err != nil {

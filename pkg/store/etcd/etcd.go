@@ -87,6 +87,28 @@ func (s *Store) List(ctx context.Context, prefix string) ([]store.KV, int64, err
 	return out, resp.Header.Revision, nil
 }
 
+// ListPage implements store.Store: one range request from just after the key
+// after to the end of the prefix, limited to limit keys.
+func (s *Store) ListPage(ctx context.Context, prefix, after string, limit int) ([]store.KV, int64, bool, error) {
+	if err := store.ValidatePage(prefix, after, limit); err != nil {
+		return nil, 0, false, err
+	}
+	start := s.ns + prefix
+	if after != "" {
+		start = s.ns + after + "\x00" // the first key after it
+	}
+	resp, err := s.cli.Get(ctx, start, clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.ns+prefix)),
+		clientv3.WithLimit(int64(limit)), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("etcd list: %w", err)
+	}
+	out := make([]store.KV, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, store.KV{Key: strings.TrimPrefix(string(kv.Key), s.ns), Value: kv.Value, ModRev: kv.ModRevision})
+	}
+	return out, resp.Header.Revision, resp.More, nil
+}
+
 // Txn implements store.Store.
 func (s *Store) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (int64, error) {
 	if err := store.ValidateOps(conds, ops); err != nil {

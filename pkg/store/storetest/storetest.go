@@ -23,6 +23,7 @@ func Run(t *testing.T, open Opener) {
 	}{
 		{"GetPutDelete", testGetPutDelete},
 		{"ListPrefix", testListPrefix},
+		{"ListPage", testListPage},
 		{"Conditions", testConditions},
 		{"ConcurrentCreateOneWins", testConcurrentCreate},
 		{"InvalidOpsWriteNothing", testInvalidOps},
@@ -102,6 +103,66 @@ func testListPrefix(t *testing.T, s store.Store) {
 	empty, _, err := s.List(c, "nothing/")
 	if err != nil || len(empty) != 0 {
 		t.Fatalf("List of empty prefix = %v, %v", empty, err)
+	}
+}
+
+func testListPage(t *testing.T, s store.Store) {
+	c := ctx(t)
+	var want []string
+	for i := 0; i < 25; i++ {
+		want = append(want, fmt.Sprintf("p/%02d", i))
+	}
+	for _, k := range append([]string{"o", "p", "p0", "q/00"}, want...) {
+		if _, err := s.Txn(c, nil, []store.Op{store.Put(k, []byte(k))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, limit := range []int{1, 7, 25, 100} {
+		var got []string
+		after, pages := "", 0
+		for {
+			kvs, rev, more, err := s.ListPage(c, "p/", after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pages++
+			if len(kvs) > limit {
+				t.Fatalf("limit %d: page of %d keys", limit, len(kvs))
+			}
+			for _, kv := range kvs {
+				if string(kv.Value) != kv.Key || kv.ModRev == 0 || kv.ModRev > rev {
+					t.Fatalf("limit %d: %+v at list revision %d", limit, kv, rev)
+				}
+				got = append(got, kv.Key)
+			}
+			if !more {
+				break
+			}
+			if len(kvs) == 0 {
+				t.Fatalf("limit %d: empty page with more set", limit)
+			}
+			after = kvs[len(kvs)-1].Key
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("limit %d: paged listing %v, want %v", limit, got, want)
+		}
+		if wantPages := (len(want) + limit - 1) / limit; pages != wantPages && pages != wantPages+1 {
+			t.Fatalf("limit %d: %d pages for %d keys", limit, pages, len(want))
+		}
+	}
+	// A start key that no longer exists still resumes after it.
+	kvs, _, more, err := s.ListPage(c, "p/", "p/10x", 2)
+	if err != nil || len(kvs) != 2 || kvs[0].Key != "p/11" || !more {
+		t.Fatalf("ListPage after a missing key = %v, more %v, %v", kvs, more, err)
+	}
+	if kvs, _, more, err := s.ListPage(c, "p/", "p/24", 5); err != nil || len(kvs) != 0 || more {
+		t.Fatalf("ListPage after the last key = %v, more %v, %v", kvs, more, err)
+	}
+	if _, _, _, err := s.ListPage(c, "p/", "q/00", 5); err == nil {
+		t.Fatal("ListPage accepted a start outside the prefix")
+	}
+	if _, _, _, err := s.ListPage(c, "p/", "", 0); err == nil {
+		t.Fatal("ListPage accepted a zero limit")
 	}
 }
 

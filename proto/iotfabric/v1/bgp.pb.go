@@ -355,7 +355,12 @@ func (x *DeletePeerRequest) GetAddress() string {
 }
 
 type ListPeersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Pagination (AIP-158): at most page_size records (0: 500; at most 5000, a
+	// larger value is lowered to 5000); page_token is the next_page_token of the
+	// previous page, with the same filters.
+	PageSize      int32  `protobuf:"varint,101,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,102,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -390,9 +395,25 @@ func (*ListPeersRequest) Descriptor() ([]byte, []int) {
 	return file_iotfabric_v1_bgp_proto_rawDescGZIP(), []int{4}
 }
 
+func (x *ListPeersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPeersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListPeersResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Peers         []*PeerStatus          `protobuf:"bytes,1,rep,name=peers,proto3" json:"peers,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Peers []*PeerStatus          `protobuf:"bytes,1,rep,name=peers,proto3" json:"peers,omitempty"`
+	// Set when more records follow: pass it as page_token to get them.
+	NextPageToken string `protobuf:"bytes,101,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -432,6 +453,13 @@ func (x *ListPeersResponse) GetPeers() []*PeerStatus {
 		return x.Peers
 	}
 	return nil
+}
+
+func (x *ListPeersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // Route is one VPN route of a network.
@@ -552,8 +580,13 @@ func (x *Route) GetPeer() string {
 }
 
 type ListRoutesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Network string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	// Pagination (AIP-158): at most page_size records (0: 500; at most 5000, a
+	// larger value is lowered to 5000); page_token is the next_page_token of the
+	// previous page, with the same filters.
+	PageSize      int32  `protobuf:"varint,101,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,102,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -595,9 +628,25 @@ func (x *ListRoutesRequest) GetNetwork() string {
 	return ""
 }
 
+func (x *ListRoutesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRoutesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListRoutesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Routes        []*Route               `protobuf:"bytes,1,rep,name=routes,proto3" json:"routes,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Routes []*Route               `protobuf:"bytes,1,rep,name=routes,proto3" json:"routes,omitempty"`
+	// Set when more records follow: pass it as page_token to get them.
+	NextPageToken string `protobuf:"bytes,101,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -637,6 +686,13 @@ func (x *ListRoutesResponse) GetRoutes() []*Route {
 		return x.Routes
 	}
 	return nil
+}
+
+func (x *ListRoutesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type WatchRoutesRequest struct {
@@ -760,10 +816,14 @@ const file_iotfabric_v1_bgp_proto_rawDesc = "" +
 	"\x0eAddPeerRequest\x12&\n" +
 	"\x04peer\x18\x01 \x01(\v2\x12.iotfabric.v1.PeerR\x04peer\"-\n" +
 	"\x11DeletePeerRequest\x12\x18\n" +
-	"\aaddress\x18\x01 \x01(\tR\aaddress\"\x12\n" +
-	"\x10ListPeersRequest\"C\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\"N\n" +
+	"\x10ListPeersRequest\x12\x1b\n" +
+	"\tpage_size\x18e \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18f \x01(\tR\tpageToken\"k\n" +
 	"\x11ListPeersResponse\x12.\n" +
-	"\x05peers\x18\x01 \x03(\v2\x18.iotfabric.v1.PeerStatusR\x05peers\"\xe8\x02\n" +
+	"\x05peers\x18\x01 \x03(\v2\x18.iotfabric.v1.PeerStatusR\x05peers\x12&\n" +
+	"\x0fnext_page_token\x18e \x01(\tR\rnextPageToken\"\xe8\x02\n" +
 	"\x05Route\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x16\n" +
 	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12/\n" +
@@ -775,11 +835,15 @@ const file_iotfabric_v1_bgp_proto_rawDesc = "" +
 	"\x06origin\x18\b \x01(\x0e2\x19.iotfabric.v1.RouteOriginR\x06origin\x12\x1a\n" +
 	"\bendpoint\x18\t \x01(\tR\bendpoint\x12\x12\n" +
 	"\x04peer\x18\n" +
-	" \x01(\tR\x04peer\"-\n" +
+	" \x01(\tR\x04peer\"i\n" +
 	"\x11ListRoutesRequest\x12\x18\n" +
-	"\anetwork\x18\x01 \x01(\tR\anetwork\"A\n" +
+	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x1b\n" +
+	"\tpage_size\x18e \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18f \x01(\tR\tpageToken\"i\n" +
 	"\x12ListRoutesResponse\x12+\n" +
-	"\x06routes\x18\x01 \x03(\v2\x13.iotfabric.v1.RouteR\x06routes\".\n" +
+	"\x06routes\x18\x01 \x03(\v2\x13.iotfabric.v1.RouteR\x06routes\x12&\n" +
+	"\x0fnext_page_token\x18e \x01(\tR\rnextPageToken\".\n" +
 	"\x12WatchRoutesRequest\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\"d\n" +
 	"\n" +

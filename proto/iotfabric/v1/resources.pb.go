@@ -692,13 +692,17 @@ type IpamSubnet struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Subnet string                 `protobuf:"bytes,1,opt,name=subnet,proto3" json:"subnet,omitempty"`
 	// Usable addresses (network and broadcast of IPv4 subnets are never given out).
-	Size          uint64       `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	Used          uint64       `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
-	BlockSize     uint32       `protobuf:"varint,4,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
-	BlocksTotal   uint64       `protobuf:"varint,5,opt,name=blocks_total,json=blocksTotal,proto3" json:"blocks_total,omitempty"`
-	Blocks        []*IpamBlock `protobuf:"bytes,6,rep,name=blocks,proto3" json:"blocks,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Size        uint64       `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Used        uint64       `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
+	BlockSize   uint32       `protobuf:"varint,4,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
+	BlocksTotal uint64       `protobuf:"varint,5,opt,name=blocks_total,json=blocksTotal,proto3" json:"blocks_total,omitempty"`
+	Blocks      []*IpamBlock `protobuf:"bytes,6,rep,name=blocks,proto3" json:"blocks,omitempty"`
+	// size and blocks_total exactly, in decimal: the uint64 fields saturate at
+	// 2^64-1 (an IPv6 /48 has 2^80-1 usable addresses).
+	SizeDecimal        string `protobuf:"bytes,101,opt,name=size_decimal,json=sizeDecimal,proto3" json:"size_decimal,omitempty"`
+	BlocksTotalDecimal string `protobuf:"bytes,102,opt,name=blocks_total_decimal,json=blocksTotalDecimal,proto3" json:"blocks_total_decimal,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *IpamSubnet) Reset() {
@@ -771,6 +775,20 @@ func (x *IpamSubnet) GetBlocks() []*IpamBlock {
 		return x.Blocks
 	}
 	return nil
+}
+
+func (x *IpamSubnet) GetSizeDecimal() string {
+	if x != nil {
+		return x.SizeDecimal
+	}
+	return ""
+}
+
+func (x *IpamSubnet) GetBlocksTotalDecimal() string {
+	if x != nil {
+		return x.BlocksTotalDecimal
+	}
+	return ""
 }
 
 type IpamStatus struct {
@@ -879,7 +897,7 @@ const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x12\n" +
 	"\x04used\x18\x03 \x01(\rR\x04used\x12\x12\n" +
-	"\x04size\x18\x04 \x01(\rR\x04size\"\xbf\x01\n" +
+	"\x04size\x18\x04 \x01(\rR\x04size\"\x94\x02\n" +
 	"\n" +
 	"IpamSubnet\x12\x16\n" +
 	"\x06subnet\x18\x01 \x01(\tR\x06subnet\x12\x12\n" +
@@ -888,7 +906,9 @@ const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"block_size\x18\x04 \x01(\rR\tblockSize\x12!\n" +
 	"\fblocks_total\x18\x05 \x01(\x04R\vblocksTotal\x12/\n" +
-	"\x06blocks\x18\x06 \x03(\v2\x17.iotfabric.v1.IpamBlockR\x06blocks\"v\n" +
+	"\x06blocks\x18\x06 \x03(\v2\x17.iotfabric.v1.IpamBlockR\x06blocks\x12!\n" +
+	"\fsize_decimal\x18e \x01(\tR\vsizeDecimal\x120\n" +
+	"\x14blocks_total_decimal\x18f \x01(\tR\x12blocksTotalDecimal\"v\n" +
 	"\n" +
 	"IpamStatus\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x122\n" +

@@ -246,7 +246,12 @@ func (x *UpdateNetworkRequest) GetNetwork() *VirtualNetwork {
 }
 
 type ListNetworksRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Pagination (AIP-158): at most page_size records (0: 500; at most 5000, a
+	// larger value is lowered to 5000); page_token is the next_page_token of the
+	// previous page, with the same filters.
+	PageSize      int32  `protobuf:"varint,101,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,102,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -281,10 +286,26 @@ func (*ListNetworksRequest) Descriptor() ([]byte, []int) {
 	return file_iotfabric_v1_services_proto_rawDescGZIP(), []int{5}
 }
 
+func (x *ListNetworksRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListNetworksRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListNetworksResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Networks      []*VirtualNetwork      `protobuf:"bytes,1,rep,name=networks,proto3" json:"networks,omitempty"`
-	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Networks []*VirtualNetwork      `protobuf:"bytes,1,rep,name=networks,proto3" json:"networks,omitempty"`
+	Revision int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Set when more records follow: pass it as page_token to get them.
+	NextPageToken string `protobuf:"bytes,101,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -331,6 +352,13 @@ func (x *ListNetworksResponse) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *ListNetworksResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type NetworkEvent struct {
@@ -482,7 +510,12 @@ func (x *UpdateGatewayRequest) GetGateway() *Gateway {
 }
 
 type ListGatewaysRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Pagination (AIP-158): at most page_size records (0: 500; at most 5000, a
+	// larger value is lowered to 5000); page_token is the next_page_token of the
+	// previous page, with the same filters.
+	PageSize      int32  `protobuf:"varint,101,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,102,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -517,10 +550,26 @@ func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
 	return file_iotfabric_v1_services_proto_rawDescGZIP(), []int{10}
 }
 
+func (x *ListGatewaysRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListGatewaysRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListGatewaysResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Gateways      []*Gateway             `protobuf:"bytes,1,rep,name=gateways,proto3" json:"gateways,omitempty"`
-	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Gateways []*Gateway             `protobuf:"bytes,1,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	Revision int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Set when more records follow: pass it as page_token to get them.
+	NextPageToken string `protobuf:"bytes,101,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -567,6 +616,13 @@ func (x *ListGatewaysResponse) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *ListGatewaysResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GatewayEvent struct {
@@ -814,9 +870,14 @@ func (x *GetEndpointRequest) GetId() string {
 }
 
 type ListEndpointsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"` // optional filter
-	Gateway       string                 `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"` // optional filter
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Network string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"` // optional filter
+	Gateway string                 `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"` // optional filter
+	// Pagination (AIP-158): at most page_size records (0: 500; at most 5000, a
+	// larger value is lowered to 5000); page_token is the next_page_token of the
+	// previous page, with the same filters.
+	PageSize      int32  `protobuf:"varint,101,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,102,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -865,10 +926,26 @@ func (x *ListEndpointsRequest) GetGateway() string {
 	return ""
 }
 
+func (x *ListEndpointsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListEndpointsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListEndpointsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Endpoints     []*Endpoint            `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
-	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Endpoints []*Endpoint            `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	Revision  int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Set when more records follow: pass it as page_token to get them.
+	NextPageToken string `protobuf:"bytes,101,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -915,6 +992,13 @@ func (x *ListEndpointsResponse) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *ListEndpointsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type UpdateEndpointRequest struct {
@@ -1035,11 +1119,15 @@ const file_iotfabric_v1_services_proto_rawDesc = "" +
 	"\x14CreateNetworkRequest\x126\n" +
 	"\anetwork\x18\x01 \x01(\v2\x1c.iotfabric.v1.VirtualNetworkR\anetwork\"N\n" +
 	"\x14UpdateNetworkRequest\x126\n" +
-	"\anetwork\x18\x01 \x01(\v2\x1c.iotfabric.v1.VirtualNetworkR\anetwork\"\x15\n" +
-	"\x13ListNetworksRequest\"l\n" +
+	"\anetwork\x18\x01 \x01(\v2\x1c.iotfabric.v1.VirtualNetworkR\anetwork\"Q\n" +
+	"\x13ListNetworksRequest\x12\x1b\n" +
+	"\tpage_size\x18e \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18f \x01(\tR\tpageToken\"\x94\x01\n" +
 	"\x14ListNetworksResponse\x128\n" +
 	"\bnetworks\x18\x01 \x03(\v2\x1c.iotfabric.v1.VirtualNetworkR\bnetworks\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\x8f\x01\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12&\n" +
+	"\x0fnext_page_token\x18e \x01(\tR\rnextPageToken\"\x8f\x01\n" +
 	"\fNetworkEvent\x12+\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x17.iotfabric.v1.EventTypeR\x04type\x126\n" +
 	"\anetwork\x18\x02 \x01(\v2\x1c.iotfabric.v1.VirtualNetworkR\anetwork\x12\x1a\n" +
@@ -1047,11 +1135,15 @@ const file_iotfabric_v1_services_proto_rawDesc = "" +
 	"\x14CreateGatewayRequest\x12/\n" +
 	"\agateway\x18\x01 \x01(\v2\x15.iotfabric.v1.GatewayR\agateway\"G\n" +
 	"\x14UpdateGatewayRequest\x12/\n" +
-	"\agateway\x18\x01 \x01(\v2\x15.iotfabric.v1.GatewayR\agateway\"\x15\n" +
-	"\x13ListGatewaysRequest\"e\n" +
+	"\agateway\x18\x01 \x01(\v2\x15.iotfabric.v1.GatewayR\agateway\"Q\n" +
+	"\x13ListGatewaysRequest\x12\x1b\n" +
+	"\tpage_size\x18e \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18f \x01(\tR\tpageToken\"\x8d\x01\n" +
 	"\x14ListGatewaysResponse\x121\n" +
 	"\bgateways\x18\x01 \x03(\v2\x15.iotfabric.v1.GatewayR\bgateways\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\x88\x01\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12&\n" +
+	"\x0fnext_page_token\x18e \x01(\tR\rnextPageToken\"\x88\x01\n" +
 	"\fGatewayEvent\x12+\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x17.iotfabric.v1.EventTypeR\x04type\x12/\n" +
 	"\agateway\x18\x02 \x01(\v2\x15.iotfabric.v1.GatewayR\agateway\x12\x1a\n" +
@@ -1064,13 +1156,17 @@ const file_iotfabric_v1_services_proto_rawDesc = "" +
 	"\tendpoints\x18\x01 \x03(\v2\x16.iotfabric.v1.EndpointR\tendpoints\x12\x16\n" +
 	"\x06errors\x18\x02 \x03(\tR\x06errors\"$\n" +
 	"\x12GetEndpointRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x86\x01\n" +
 	"\x14ListEndpointsRequest\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x18\n" +
-	"\agateway\x18\x02 \x01(\tR\agateway\"i\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1b\n" +
+	"\tpage_size\x18e \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18f \x01(\tR\tpageToken\"\x91\x01\n" +
 	"\x15ListEndpointsResponse\x124\n" +
 	"\tendpoints\x18\x01 \x03(\v2\x16.iotfabric.v1.EndpointR\tendpoints\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"K\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12&\n" +
+	"\x0fnext_page_token\x18e \x01(\tR\rnextPageToken\"K\n" +
 	"\x15UpdateEndpointRequest\x122\n" +
 	"\bendpoint\x18\x01 \x01(\v2\x16.iotfabric.v1.EndpointR\bendpoint\"\x8c\x01\n" +
 	"\rEndpointEvent\x12+\n" +
