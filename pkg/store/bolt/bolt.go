@@ -328,8 +328,9 @@ func decodeLog(lk, b []byte) (store.Event, error) {
 	if len(lk) != 12 || len(b) < 5 {
 		return store.Event{}, errors.New("corrupt change log entry")
 	}
-	kl := int(binary.BigEndian.Uint32(b[1:]))
-	if 5+kl > len(b) {
+	// uint64: on 32-bit platforms int(uint32) can be negative.
+	kl := uint64(binary.BigEndian.Uint32(b[1:]))
+	if 5+kl > uint64(len(b)) {
 		return store.Event{}, errors.New("corrupt change log entry")
 	}
 	ev := store.Event{Type: store.EventType(b[0]), Key: string(b[5 : 5+kl]), Rev: decRev(lk)}
