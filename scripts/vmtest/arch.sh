@@ -22,7 +22,7 @@ suite=test
 case "${1:-}" in test|footprint) suite=$1; shift ;; esac
 export PATH=/usr/local/go/bin:$PATH
 cache=${VMTEST_CACHE:-/var/cache/iotfabric/vmtest}
-timeout_s=${VMTEST_TIMEOUT:-900}
+timeout_s=${VMTEST_TIMEOUT:-2400}  # TCG on a busy machine: the armv7 run took 20 min under load
 case "$target" in
   arm64) darch=arm64 goarch=arm64 goarm= triplet=aarch64-linux-gnu
     qemu=(qemu-system-aarch64 -M virt -cpu cortex-a57) ;;
@@ -100,8 +100,8 @@ done
 echo "$mods" > "$root/modules/order"
 case "$suite" in
   test) {
-    printf '%s\n' /bin/overlay.test -test.v -test.count=1 -test.timeout=600s "$@" ';'
-    printf '%s\n' /bin/agent.test -test.v -test.count=1 -test.timeout=300s -test.run '^TestVM'
+    printf '%s\n' /bin/overlay.test -test.v -test.count=1 -test.timeout=1800s "$@" ';'
+    printf '%s\n' /bin/agent.test -test.v -test.count=1 -test.timeout=600s -test.run '^TestVM'
   } > "$root/vmtest.args" ;;
   footprint) printf '%s\n' /bin/agent.test -test.v -test.count=1 -test.timeout=900s -test.run '^TestFootprintAgent$' > "$root/vmtest.args" ;;
 esac
