@@ -31,6 +31,9 @@ ARM_TEST_SKIP := ^Test(DeadPathNoticedByKeepalive|SIGKILLDuringAdd|PodsRoutesAtF
 #   cmd/iqrf-collector: their TestMain or tests exec the test binary or a binary built
 #   for the target (exec format error without binfmt_misc).
 
+# The VMs make bench-footprint measures the agent in (scripts/vmtest/arch.sh targets).
+FOOTPRINT_ARCHS ?= amd64 armv7
+
 # GOARCH:GOARM:qemu-user binary
 ARM_TARGETS := arm:7:qemu-arm arm64::qemu-aarch64
 
@@ -55,10 +58,11 @@ vmtest-armv7: ## The same on Debian's 32-bit armmp-lpae kernel (Raspberry Pi 2 c
 	@scripts/vmtest/arch.sh armv7
 
 ##@ bench
-bench-footprint: ## Agent RSS/heap with 0, 1,000, 10,000 routes (amd64 VM) and CPU per route change; collector RSS/heap; binary sizes
+bench-footprint: ## Agent RSS/heap with 0, 1,000, 10,000 routes (amd64 and armv7 VMs) and CPU per route change; collector RSS/heap; binary sizes
 	@IOTFABRIC_FOOTPRINT=1 $(GO) test -count=1 -timeout 5m -run '^TestFootprintCollector$$' -v ./cmd/iqrf-collector 2>&1 | \
 	  grep -E '^(FOOTPRINT|--- FAIL|FAIL)|_test.go'; test $${PIPESTATUS[0]} -eq 0
-	@scripts/vmtest/arch.sh amd64 footprint 2>&1 | grep -aE '^(FOOTPRINT|--- FAIL|FAIL)|_test.go|^vmtest'; test $${PIPESTATUS[0]} -eq 0
+	@for a in $(FOOTPRINT_ARCHS); do echo "FOOTPRINT == vrouter-agent in the $$a VM"; \
+	  scripts/vmtest/arch.sh $$a footprint 2>&1 | grep -aE '^(FOOTPRINT|--- FAIL|FAIL)|_test.go|^vmtest'; test $${PIPESTATUS[0]} -eq 0 || exit 1; done
 	@d=$$(mktemp -d); trap 'rm -rf $$d' EXIT; \
 	  printf 'FOOTPRINT %-28s %12s %12s %12s (go build -trimpath, CGO off; bytes)\n' binary linux/amd64 linux/arm64 linux/arm/v7; \
 	  for c in vrouter-agent cni-plugin iqrf-collector; do \
