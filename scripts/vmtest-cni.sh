@@ -3,6 +3,7 @@
 # qemu (the kernel and the init of the vmtest harness, scripts/vmtest): a
 # controller, two gateways each with an agent, pods added through libcni with
 # the plugin; the pods reach each other over MPLSoUDP between the gateways.
+# TestVMAgentUpgrade: the agent binary is replaced under pod traffic.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
@@ -20,6 +21,10 @@ echo "vmtest-cni: building static binaries" >&2
 CGO_ENABLED=0 go test -c -o "$root/bin/agent.test" ./pkg/agent
 CGO_ENABLED=0 go build -o "$root/bin/iotfabric" ./cmd/cni-plugin
 CGO_ENABLED=0 go build -o "$root/init" ./scripts/vmtest/vminit
+# Two builds of the agent with different version strings: TestVMAgentUpgrade.
+for v in 1 2; do
+  CGO_ENABLED=0 go build -ldflags "-X github.com/iotfabric/iotfabric/internal/buildinfo.Version=0.0.$v-upgrade" -o "$root/bin/vrouter-agent-$v" ./cmd/vrouter-agent
+done
 mods="udp_tunnel ip6_udp_tunnel tunnel4 ip_tunnel ipip gre ip_gre fou mpls_router mpls_iptunnel veth vrf"
 for m in $mods; do
   src=$(find "$kdir/lib/modules/$kver" -name "$m.ko" | head -1)
@@ -28,7 +33,7 @@ for m in $mods; do
 done
 echo "$mods" > "$root/modules/order"
 printf '%s\n' /bin/agent.test -test.v -test.count=1 -test.timeout=240s -test.run '^TestVM' > "$root/vmtest.args"
-echo "IOTFABRIC_PLUGIN_DIR=/bin" > "$root/vmtest.env"
+printf '%s\n' IOTFABRIC_PLUGIN_DIR=/bin IOTFABRIC_AGENT_BUILDS=/bin/vrouter-agent-1,/bin/vrouter-agent-2 > "$root/vmtest.env"
 initrd="$cache/initramfs-cni.cpio"
 (cd "$root" && find . | cpio -o -H newc --quiet) > "$initrd"
 log="$cache/console-cni.log"

@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strings"
 	"sync"
 	"time"
@@ -75,12 +76,18 @@ type txnReq struct {
 	done  chan struct{}
 }
 
+// initialMmapSize is address space only: it avoids remapping (which stalls
+// every reader and writer) as the file grows. 1 GiB on 64-bit platforms; 64
+// MiB on 32-bit ones (linux/arm), whose processes have 2-3 GiB of address
+// space in all, so that 1 GiB per store ran out with the third open store.
+const initialMmapSize = 64 << 20 << (bits.UintSize / 64 * 4)
+
 // Open opens (or creates) the bbolt file at path.
 func Open(path string, opts Options) (*Store, error) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
 		Timeout: 2 * time.Second, NoSync: opts.NoSync, NoFreelistSync: true,
 		FreelistType:    bbolt.FreelistMapType,
-		InitialMmapSize: 1 << 30, // address space only: avoids remapping (which stalls every reader and writer) as the file grows
+		InitialMmapSize: initialMmapSize,
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
@@ -362,8 +369,9 @@ func decodeLog(lk, b []byte) (store.Event, error) {
 	if len(lk) != 12 || len(b) < 5 {
 		return store.Event{}, errors.New("corrupt change log entry")
 	}
-	kl := int(binary.BigEndian.Uint32(b[1:]))
-	if 5+kl > len(b) {
+	// uint64: on 32-bit platforms int(uint32) can be negative.
+	kl := uint64(binary.BigEndian.Uint32(b[1:]))
+	if 5+kl > uint64(len(b)) {
 		return store.Event{}, errors.New("corrupt change log entry")
 	}
 	ev := store.Event{Type: store.EventType(b[0]), Key: string(b[5 : 5+kl]), Rev: decRev(lk)}

@@ -1,7 +1,10 @@
 // Command vminit is the /init of the vmtest initramfs: it mounts the pseudo
 // file systems, loads the kernel modules listed in /modules/order, runs the
-// command in /vmtest.args (one argument a line), prints its exit code as
-// "VMTEST-EXIT <code>" on the console and powers the VM off.
+// commands in /vmtest.args (one argument a line; a line ";" ends a command and
+// starts the next, and every command runs), prints the first non-zero exit
+// code (or 0) as "VMTEST-EXIT <code>" on the console and powers the VM off.
+// Each command's duration and the time since the kernel started are printed
+// as "VMTEST-TIME ...".
 package main
 
 import (
@@ -10,7 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,6 +55,36 @@ func run() int {
 		fmt.Printf("vminit: /vmtest.args: %v\n", err)
 		return 123
 	}
+	code := 0
+	for len(args) > 0 {
+		n := slices.Index(args, ";")
+		if n < 0 {
+			n = len(args)
+		}
+		if n > 0 {
+			start := time.Now()
+			c := runOne(args[:n])
+			fmt.Printf("VMTEST-TIME %s: %.1f s (uptime %s s)\n", filepath.Base(args[0]), time.Since(start).Seconds(), uptime())
+			if code == 0 {
+				code = c
+			}
+		}
+		args = args[min(n+1, len(args)):]
+	}
+	return code
+}
+
+// uptime is the seconds since the kernel started, from /proc/uptime.
+func uptime() string {
+	b, _ := os.ReadFile("/proc/uptime")
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
+func runOne(args []string) int {
+	fmt.Printf("VMTEST-TIME start: uptime %s s\n", uptime())
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.Dir = "/tmp"

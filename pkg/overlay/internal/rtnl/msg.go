@@ -317,8 +317,9 @@ func extAckMessage(m nlmsg) string {
 	if m.Flags&nlmFCapped != 0 {
 		rest = rest[nlmsgHdrLen:]
 	} else {
-		l := int(binary.NativeEndian.Uint32(rest))
-		if l < nlmsgHdrLen || (l+3)&^3 > len(rest) {
+		// uint64: on 32-bit platforms int(uint32) can be negative and l+3 overflow.
+		l := uint64(binary.NativeEndian.Uint32(rest))
+		if l < nlmsgHdrLen || (l+3)&^3 > uint64(len(rest)) {
 			return ""
 		}
 		rest = rest[(l+3)&^3:]
