@@ -34,7 +34,8 @@ func TestConfigValidate(t *testing.T) {
 		{Config{Subnets: mustPrefixes("10.0.0.0/16", "10.0.128.0/24")}, "overlap"},
 		{Config{Subnets: mustPrefixes("10.0.0.0/30")}, "smaller than one /28 block"},
 		{Config{Subnets: mustPrefixes("10.0.0.0/24"), BlockV4: 31}, "between /8 and /30"},
-		{Config{Subnets: mustPrefixes("fd00::/64"), BlockV6: 127}, "between /64 and /126"},
+		{Config{Subnets: mustPrefixes("fd00::/64"), BlockV6: 127}, "between /104 and /126"},
+		{Config{Subnets: mustPrefixes("fd00::/48"), BlockV6: 64}, "between /104 and /126"}, // a /64 block: its size overflows the count
 	} {
 		err := tc.cfg.Validate()
 		if err == nil || !contains(err.Error(), tc.want) {

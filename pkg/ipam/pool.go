@@ -75,8 +75,11 @@ func (c Config) Validate() error {
 	if b4 < 8 || b4 > 30 {
 		return fmt.Errorf("IPv4 block size /%d: must be between /8 and /30", b4)
 	}
-	if b6 < 64 || b6 > 126 {
-		return fmt.Errorf("IPv6 block size /%d: must be between /64 and /126", b6)
+	// A block's addresses are a bitmap: /104 (2^24 addresses, 2 MiB) is the
+	// largest IPv6 block, as /8 is for IPv4; /64 would not even fit the
+	// 64-bit address count.
+	if b6 < 104 || b6 > 126 {
+		return fmt.Errorf("IPv6 block size /%d: must be between /104 and /126", b6)
 	}
 	for i, s := range c.Subnets {
 		if !s.IsValid() {
