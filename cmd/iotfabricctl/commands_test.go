@@ -196,7 +196,7 @@ func TestCompletion(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{""}, []string{"network", "gateway", "endpoint", "ipam", "peer", "route", "config", "completion", "help"}},
+		{[]string{""}, []string{"network", "gateway", "endpoint", "ipam", "peer", "route", "config", "version", "completion", "help"}},
 		{[]string{"netw"}, []string{"network"}},
 		{[]string{"network", ""}, []string{"create", "update", "list", "show", "delete"}},
 		{[]string{"-o", ""}, []string{"table", "json"}},
@@ -449,5 +449,18 @@ func TestSingleDashLongFlags(t *testing.T) {
 		if got := strings.Join(singleDashLongFlags(root, strings.Fields(tc.in)), " "); got != tc.want {
 			t.Errorf("%s:\n got %s\nwant %s", tc.in, got, tc.want)
 		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}, {"-v"}} {
+		var out, errb bytes.Buffer
+		if rc := run(args, &out, &errb); rc != 0 || !strings.HasPrefix(out.String(), "iotfabricctl ") || !strings.Contains(out.String(), "(commit ") {
+			t.Errorf("%v: rc %d, stdout %q, stderr %q", args, rc, out.String(), errb.String())
+		}
+	}
+	var out, errb bytes.Buffer
+	if rc := run([]string{"-o", "json", "version"}, &out, &errb); rc != 0 || !strings.Contains(out.String(), `"goVersion": "go`) {
+		t.Errorf("-o json version: rc %d, stdout %q, stderr %q", rc, out.String(), errb.String())
 	}
 }
