@@ -1,7 +1,7 @@
 # Release artefacts: cross-compiled binaries (scripts/release.sh), Debian packages
 # (scripts/deb.sh, packaging/), OCI images (scripts/images.sh, tools/images), and their checks.
 # Output goes to dist/ (ignored by git). docs/install.md describes all of it.
-.PHONY: release release-verify
+.PHONY: release release-verify deb
 
 VERSION ?=
 
@@ -11,4 +11,7 @@ release: ## Cross-compile every binary for linux/amd64, arm64, arm/v7 into dist/
 
 release-verify: ## Build VERSION again from scratch (empty Go cache, another path) and check every binary is byte-identical to dist/
 	@scripts/release.sh --verify $(VERSION)
+
+deb: release ## Debian packages iotfabric-gateway and iotfabric-controller for amd64, arm64, armhf into dist/ (VERSION=x.y.z)
+	@scripts/deb.sh $(VERSION)
 
