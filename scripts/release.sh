@@ -4,7 +4,8 @@
 #
 #   scripts/release.sh VERSION            e.g. scripts/release.sh 1.2.0
 #   scripts/release.sh --verify VERSION   build again in a fresh Go build cache from a copy of the
-#                                         checkout at another path, and compare byte by byte
+#                                         checkout at another path, with the stamp of dist/release.env,
+#                                         and compare byte by byte (RELEASE_PLATFORMS=armv7: one platform)
 #
 # Output (dist/ is ignored by git):
 #   dist/bin/linux-amd64/{controller,iotfabricctl,vrouter-agent,cni-plugin,iqrf-collector}
@@ -43,6 +44,13 @@ commit=$(git rev-parse HEAD)
 [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || commit="$commit-dirty"
 epoch=$(git log -1 --format=%ct)
 date=$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ)
+if [ $verify = 1 ]; then
+  # The stamp of the build being checked (same sources, later commits of other files allowed).
+  [ -f "$dist/release.env" ] || { echo "release: no $dist/release.env: run make release VERSION=$version first" >&2; exit 2; }
+  . "$dist/release.env"
+  [ "$VERSION" = "$version" ] || { echo "release: $dist holds $VERSION, not $version" >&2; exit 2; }
+  commit=$COMMIT date=$DATE
+fi
 ldflags="${RELEASE_LDFLAGS--s -w} -X $pkg.Version=$version -X $pkg.Commit=$commit -X $pkg.Date=$date"
 
 # build OUT: every command for every platform into OUT/bin/linux-NAME/.

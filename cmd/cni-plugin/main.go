@@ -36,9 +36,17 @@ func init() {
 
 func main() {
 	// A container runtime calls the plugin with CNI_COMMAND set and no
-	// arguments; --version is for people and packaging checks.
+	// arguments; --version is for people and packaging checks, --install DIR
+	// for an install-cni init container (the agent's image carries the plugin).
 	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "-version") {
 		fmt.Println(buildinfo.Get("cni-plugin"))
+		return
+	}
+	if len(os.Args) == 3 && (os.Args[1] == "--install" || os.Args[1] == "-install") {
+		if err := install(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "iotfabric CNI plugin:", err)
+			os.Exit(1)
+		}
 		return
 	}
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
