@@ -4,6 +4,7 @@
 #
 #   scripts/deb.sh VERSION      ->  dist/iotfabric-gateway_VERSION_{amd64,arm64,armhf}.deb
 #                                   dist/iotfabric-controller_VERSION_{amd64,arm64,armhf}.deb
+#                                   dist/SHA256SUMS.packages
 #
 # The packages' files are in packaging/: systemd units (packaging/systemd), configuration
 # (packaging/etc, installed in /etc/iotfabric as conffiles), modules-load.d and sysctl.d
@@ -120,4 +121,4 @@ for arch in ${DEB_ARCHES:-amd64 arm64 armhf}; do
   docs iotfabric-controller "$r" "$bin/controller" "$bin/iotfabricctl"
   control iotfabric-controller "$arch" "$r"
 done
-( cd "$dist" && sha256sum ./*.deb | sed 's| \./| |' >SHA256SUMS.deb )
+( cd "$dist" && sha256sum ./*.deb | sed 's| \./| |' >SHA256SUMS.packages )
