@@ -22,7 +22,8 @@
 #    is ours.
 #
 # Environment: FRESH_ROOT_CACHE (tarball directory), FRESH_ROOT_KEEP=1 (keep the copy for a
-# look afterwards; its path is printed), FRESH_ROOT_SUITE (default bookworm).
+# look afterwards; its path is printed), FRESH_ROOT_SUITE (default bookworm), FRESH_ROOT_COPY
+# ("HOSTPATH:DIR ...": copy files or directories from this machine into DIR inside the root).
 set -euo pipefail
 
 die() { echo "fresh-root: $*" >&2; exit 2; }
@@ -136,9 +137,13 @@ tar -C "$root" -xf "$tarball"
 
 # The checkout: tracked and untracked files (not ignored build output) and .git.
 mkdir -p "$root/src/iotfabric"
-{ git -C "$src" ls-files -z -co --exclude-standard 2>/dev/null; [ -d "$src/.git" ] && printf '.git\0'; } |
+{ git -C "$src" ls-files -z -co --exclude-standard 2>/dev/null; if [ -d "$src/.git" ]; then printf '.git\0'; fi; } |
   { tar -C "$src" --null -T - --warning=no-file-changed -cf - || [ $? -eq 1 ]; } | tar -C "$root/src/iotfabric" -xf -
 [ -f "$root/src/iotfabric/Makefile" ] || die "copying the checkout failed"
+# Extra files the command needs (e.g. packages to install): FRESH_ROOT_COPY="HOSTPATH:DIR ...".
+for c in ${FRESH_ROOT_COPY:-}; do
+  mkdir -p "$root/${c#*:}" && cp -a "${c%%:*}" "$root/${c#*:}/" || die "FRESH_ROOT_COPY $c failed"
+done
 
 cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt" 2>/dev/null ||
   { mkdir -p "$root/etc/ssl/certs"; cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"; }

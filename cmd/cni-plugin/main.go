@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/iotfabric/iotfabric/internal/buildinfo"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/validate"
 )
@@ -33,8 +35,22 @@ func init() {
 }
 
 func main() {
+	// A container runtime calls the plugin with CNI_COMMAND set and no
+	// arguments; --version is for people and packaging checks, --install DIR
+	// for an install-cni init container (the agent's image carries the plugin).
+	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "-version") {
+		fmt.Println(buildinfo.Get("cni-plugin"))
+		return
+	}
+	if len(os.Args) == 3 && (os.Args[1] == "--install" || os.Args[1] == "-install") {
+		if err := install(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "iotfabric CNI plugin:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
-		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "iotfabric CNI plugin: pods join iotfabric virtual networks through the gateway's vrouter agent")
+		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "iotfabric CNI plugin: pods join iotfabric virtual networks through the gateway's vrouter agent; "+buildinfo.Get("cni-plugin").String())
 }
 
 // cniErr converts an error from the agent into the CNI error JSON.

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/iotfabric/iotfabric/internal/buildinfo"
 	"github.com/iotfabric/iotfabric/internal/logbound"
 	"github.com/iotfabric/iotfabric/pkg/api"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
@@ -48,12 +49,17 @@ func run(args []string, stderr *os.File) int {
 	apiInsecure := fs.Bool("api-insecure", false, "allow --api-listen on a non-loopback address without api.tls (every caller that reaches it is an admin)")
 	metricsListen := fs.String("metrics-listen", "", "Prometheus /metrics and /healthz address (default "+DefaultMetricsListen+"; \"off\" disables)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	version := fs.Bool("version", false, "print the version, commit, build date, Go version and platform, then exit")
 	asn := fs.Uint("asn", 0, fmt.Sprintf("BGP AS number, also used in automatic route targets (default %d)", DefaultASN))
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *version {
+		fmt.Println(buildinfo.Get("controller"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "controller: unexpected argument %q (all settings are flags; see --help)\n", fs.Arg(0))

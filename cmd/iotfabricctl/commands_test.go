@@ -196,7 +196,7 @@ func TestCompletion(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{""}, []string{"network", "gateway", "endpoint", "ipam", "peer", "route", "user", "login", "renew", "config", "completion", "help"}},
+		{[]string{""}, []string{"network", "gateway", "endpoint", "ipam", "peer", "route", "user", "login", "renew", "config", "version", "completion", "help"}},
 		{[]string{"netw"}, []string{"network"}},
 		{[]string{"network", ""}, []string{"create", "update", "list", "show", "delete"}},
 		{[]string{"-o", ""}, []string{"table", "json"}},
@@ -483,5 +483,18 @@ func TestIpamShowLargeIPv6(t *testing.T) {
 		if used[subnet] != want {
 			t.Errorf("%s: %q, want %q\n%s", subnet, used[subnet], want, out)
 		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}, {"-v"}} {
+		var out, errb bytes.Buffer
+		if rc := run(args, &out, &errb); rc != 0 || !strings.HasPrefix(out.String(), "iotfabricctl ") || !strings.Contains(out.String(), "(commit ") {
+			t.Errorf("%v: rc %d, stdout %q, stderr %q", args, rc, out.String(), errb.String())
+		}
+	}
+	var out, errb bytes.Buffer
+	if rc := run([]string{"-o", "json", "version"}, &out, &errb); rc != 0 || !strings.Contains(out.String(), `"goVersion": "go`) {
+		t.Errorf("-o json version: rc %d, stdout %q, stderr %q", rc, out.String(), errb.String())
 	}
 }

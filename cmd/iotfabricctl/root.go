@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
+	"github.com/iotfabric/iotfabric/internal/buildinfo"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 )
 
@@ -83,6 +84,9 @@ func (c *cli) rootCommand() *cobra.Command {
 
 		SuggestionsMinimumDistance: 2,
 	}
+	root.Version = buildinfo.Get("iotfabricctl").Version
+	root.SetVersionTemplate(buildinfo.Get("iotfabricctl").String() + "\n")
+	root.Flags().BoolP("version", "v", false, "print the version, commit, build date, Go version and platform (as the version command)")
 	root.SetFlagErrorFunc(flagError)
 	root.SetUsageTemplate(usageTemplate(root.UsageTemplate()))
 
@@ -124,6 +128,7 @@ func (c *cli) rootCommand() *cobra.Command {
 		{"access", c.loginCommand()},
 		{"access", c.renewCommand()},
 		{"cli", c.configCommand()},
+		{"cli", c.versionCommand()},
 	} {
 		n.cmd.GroupID = n.group
 		root.AddCommand(n.cmd)

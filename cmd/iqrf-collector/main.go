@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/buildinfo"
 	"github.com/iotfabric/iotfabric/internal/logbound"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/cdc"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/collector"
@@ -49,6 +50,7 @@ type options struct {
 	metrics          string
 	logLevel         string
 	retries          int
+	version          bool
 }
 
 const usageHead = `Usage: iqrf-collector (--serial DEV | --cdc DEV | --spi DEV) (--graphite HOST:PORT | --mqtt URL | both) [flags]
@@ -92,10 +94,12 @@ func newFlagSet(o *options) *flag.FlagSet {
 	// Operation.
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on http://`ADDR`/metrics, e.g. 127.0.0.1:9110")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.BoolVar(&o.version, "version", false, "print the version, commit, build date, Go version and platform, then exit")
 	return fs
 }
 
-// parseFlags reads and checks the command line. For --help it writes the
+// parseFlags reads and checks the command line (nothing but the flags' syntax
+// with --version). For --help it writes the
 // usage to helpOut and returns flag.ErrHelp.
 func parseFlags(args []string, helpOut io.Writer) (*options, error) {
 	o := &options{}
@@ -107,6 +111,9 @@ func parseFlags(args []string, helpOut io.Writer) (*options, error) {
 			fs.Usage()
 		}
 		return nil, err
+	}
+	if o.version {
+		return o, nil
 	}
 	n := 0
 	for _, d := range []string{o.serial, o.cdc, o.spi} {
@@ -143,6 +150,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "iqrf-collector:", err)
 		fmt.Fprintln(os.Stderr, "Run iqrf-collector --help for the flags.")
 		os.Exit(2)
+	}
+	if o.version {
+		fmt.Println(buildinfo.Get("iqrf-collector"))
+		return
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {

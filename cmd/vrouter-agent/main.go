@@ -31,6 +31,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/buildinfo"
 	"github.com/iotfabric/iotfabric/internal/logbound"
 	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
@@ -87,6 +88,7 @@ func run(args []string, stderr io.Writer) int {
 		podGateway = fs.String("gateway-address", overlay.DefaultPodGatewayAddr.String(), "the pods' default-route address, put on every endpoint's host-side interface")
 		resync     = fs.Duration("resync", 5*time.Minute, "re-read the kernel and repair drift this often (0: never)")
 		level      = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		version    = fs.Bool("version", false, "print the version, commit, build date, Go version and platform, then exit")
 		once       = fs.Bool("once", false, "apply the state file once and exit (non-zero if it did not fully apply)")
 	)
 	var gwf agent.Flags
@@ -100,6 +102,10 @@ func run(args []string, stderr io.Writer) int {
 			return 0
 		}
 		return 2
+	}
+	if *version {
+		fmt.Println(buildinfo.Get("vrouter-agent"))
+		return 0
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
@@ -154,7 +160,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if gwf.Enabled() {
 		gwOpts.Applier, gwOpts.HostNetns, gwOpts.PodGatewayAddr = m, *netnsPath, podGW
-		gwOpts.KernelFeatures, gwOpts.Version = agent.KernelFeatures(m.Features()), "dev"
+		gwOpts.KernelFeatures, gwOpts.Version = agent.KernelFeatures(m.Features()), buildinfo.Get("vrouter-agent").Version
 		gwOpts.ResyncInterval = *resync
 		a, err := agent.New(gwOpts)
 		if err != nil {
