@@ -286,6 +286,15 @@ func (m *Manager) UsesFastPath() bool { return m.fp != nil }
 func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link, fail func(error)) {
 	f := m.fp
 	if f == nil {
+		// A fast path left by an earlier agent (or one started with the fast
+		// path) is removed, so its stale map no longer steers traffic.
+		for _, n := range s.Networks {
+			for _, ep := range n.Endpoints {
+				if l, ok := byName[ep.Interface]; ok {
+					m.sweepFastPathLocked(l, fail)
+				}
+			}
+		}
 		return
 	}
 	prio := s.EncapPriority
@@ -347,6 +356,15 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 		}
 		for _, ep := range n.Endpoints {
 			wantAttach[ep.Interface] = n.Table
+		}
+	}
+	for _, n := range s.Networks {
+		for _, ep := range n.Endpoints {
+			_, want := wantAttach[ep.Interface]
+			_, have := f.attached[ep.Interface]
+			if l, ok := byName[ep.Interface]; ok && !want && !have {
+				m.sweepFastPathLocked(l, fail)
+			}
 		}
 	}
 	for name, table := range wantAttach {
@@ -468,22 +486,28 @@ func (m *Manager) startFastPath() error {
 	return nil
 }
 
+// sweepFastPathLocked removes fast path filters from l that the manager has no
+// record of.
+func (m *Manager) sweepFastPathLocked(l netlink.Link, fail func(error)) {
+	fs, err := m.h.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return // no clsact qdisc
+	}
+	for _, flt := range fs {
+		if b, ok := flt.(*netlink.BpfFilter); ok && strings.HasPrefix(b.Name, FastPathFilterName) {
+			if err := m.detachFastPathLocked(l); err != nil {
+				fail(err)
+			}
+			return
+		}
+	}
+}
+
 // cleanupFastPathLocked removes the fast path's filters from every link.
 func (m *Manager) cleanupFastPathLocked(links []netlink.Link) []error {
 	var errs []error
 	for _, l := range links {
-		fs, err := m.h.FilterList(l, netlink.HANDLE_MIN_INGRESS)
-		if err != nil {
-			continue // no clsact qdisc
-		}
-		for _, flt := range fs {
-			if b, ok := flt.(*netlink.BpfFilter); ok && strings.HasPrefix(b.Name, FastPathFilterName) {
-				if err := m.detachFastPathLocked(l); err != nil {
-					errs = append(errs, err)
-				}
-				break
-			}
-		}
+		m.sweepFastPathLocked(l, func(err error) { errs = append(errs, err) })
 	}
 	if m.fp != nil {
 		m.fp.attached = map[string]attachment{}
