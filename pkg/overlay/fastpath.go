@@ -1,11 +1,11 @@
 package overlay
 
-// This file holds the BPF fast path for MPLSoUDP: a tc program on each
+// This file holds the BPF fast path for MPLSoUDP and MPLSoGRE: a tc program on each
 // endpoint's host-side interface (ingress, i.e. the pod's egress) that pushes
-// the outer IPv4, UDP (port 6635) and MPLS headers in one step with
+// the outer IPv4, UDP (port 6635) or GRE, and MPLS headers in one step with
 // bpf_skb_adjust_room's encapsulation flags, so the kernel keeps the packet's
 // segmentation offload, and redirects it to the underlay device. The kernel
-// path (route through a nexthop into the ipip/FOU tunnel) stays programmed
+// path (route through a nexthop into the ipip/FOU or GRE tunnel) stays programmed
 // underneath: packets the program does not handle take it.
 
 import (
@@ -38,19 +38,25 @@ const (
 
 // FastPathFilterName names the tc filters the fast path attaches; Cleanup
 // removes filters with this name.
-const FastPathFilterName = IfPrefix + "mplsudp"
+const FastPathFilterName = IfPrefix + "mpls"
 
 const (
 	fastPathMaxRoutes  = 1 << 16
 	fastPathKeySize    = 12 // prefix length (host order), table (big endian), IPv4 address
-	fastPathValueSize  = 16 // remote, local (big endian), label entry without TTL (host order), underlay ifindex
+	fastPathValueSize  = 20 // remote, local (big endian), label entry without TTL (host order), underlay ifindex, encapsulation
 	fastPathFilterPrio = 1
 
 	mplsoudpHeaderLen = 20 + 8 + 4 // outer IPv4 + UDP + one label
+	mplsogreHeaderLen = 20 + 4 + 4 // outer IPv4 + GRE + one label
+
+	// Encapsulations in the map's values.
+	fastPathUDP = 0
+	fastPathGRE = 1
 
 	// Constants of the BPF ABI (linux/bpf.h, linux/pkt_cls.h).
 	bpfAdjRoomMAC        = 1
 	bpfFAdjRoomEncapIPv4 = 1 << 1
+	bpfFAdjRoomEncapGRE  = 1 << 3
 	bpfFAdjRoomEncapUDP  = 1 << 4
 	tcActOK              = 0
 	tcActShot            = 2
@@ -85,16 +91,17 @@ func detectFastPath() error {
 }
 
 // fastPathProgram builds the tc program for the network with routing table
-// table. Stack: the LPM key at fp-16 (12 bytes), the headers at fp-48 (32).
+// table. Stack: the LPM key at fp-16 (12 bytes), the headers at fp-48 (32 for
+// MPLSoUDP, 28 for MPLSoGRE).
 func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 	const (
 		key = -16
 		hdr = -48
 		ip  = hdr
-		udp = hdr + 20
-		lbl = hdr + 28
+		l4  = hdr + 20 // UDP or GRE
 	)
-	flags := int64(bpfFAdjRoomEncapIPv4 | bpfFAdjRoomEncapUDP | adjRoomEncapL2(4))
+	udpFlags := int64(bpfFAdjRoomEncapIPv4 | bpfFAdjRoomEncapUDP | adjRoomEncapL2(4))
+	greFlags := int64(bpfFAdjRoomEncapIPv4 | bpfFAdjRoomEncapGRE | adjRoomEncapL2(4))
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		// IPv4 only, with its header in the linear data.
@@ -120,42 +127,36 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Reg(asm.R8, asm.R0),
-		// Room for the outer headers after the Ethernet header; the flags keep GSO.
+		// Label entry (label, bottom of stack, the inner TTL less one) in R9.
+		asm.LoadMem(asm.R2, asm.R8, 8, asm.Word),
+		asm.Or.Reg(asm.R2, asm.R9),
+		asm.HostTo(asm.BE, asm.R2, asm.Word),
+		asm.Mov.Reg(asm.R9, asm.R2),
+		asm.LoadMem(asm.R2, asm.R8, 16, asm.Word),
+		asm.JEq.Imm(asm.R2, fastPathGRE, "gre"),
+
+		// MPLSoUDP: room for IPv4 + UDP + label after the Ethernet header; the
+		// flags keep GSO.
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, mplsoudpHeaderLen),
 		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
-		asm.LoadImm(asm.R4, flags, asm.DWord),
+		asm.LoadImm(asm.R4, udpFlags, asm.DWord),
 		asm.FnSkbAdjustRoom.Call(),
 		asm.JNE.Imm(asm.R0, 0, "pass"),
-		// Outer IPv4: 0x45, tos 0, length, id 0, DF, TTL 64, UDP, checksum, addresses.
-		asm.StoreImm(asm.RFP, ip, 0x45, asm.Byte),
-		asm.StoreImm(asm.RFP, ip+1, 0, asm.Byte),
+		asm.StoreMem(asm.RFP, l4+8, asm.R9, asm.Word),
+		asm.StoreImm(asm.RFP, ip+9, unix.IPPROTO_UDP, asm.Byte),
 		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
 		asm.Add.Imm(asm.R2, -14),
 		asm.Mov.Reg(asm.R3, asm.R2),
 		asm.HostTo(asm.BE, asm.R2, asm.Half),
 		asm.StoreMem(asm.RFP, ip+2, asm.R2, asm.Half),
-		asm.StoreImm(asm.RFP, ip+4, 0, asm.Half),
-		asm.StoreImm(asm.RFP, ip+6, ne16(0x4000), asm.Half),
-		asm.StoreImm(asm.RFP, ip+8, 64, asm.Byte),
-		asm.StoreImm(asm.RFP, ip+9, unix.IPPROTO_UDP, asm.Byte),
-		asm.StoreImm(asm.RFP, ip+10, 0, asm.Half),
-		asm.LoadMem(asm.R2, asm.R8, 4, asm.Word),
-		asm.StoreMem(asm.RFP, ip+12, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.R8, 0, asm.Word),
-		asm.StoreMem(asm.RFP, ip+16, asm.R2, asm.Word),
 		// UDP: length, destination 6635, checksum 0 (valid over IPv4).
 		asm.Add.Imm(asm.R3, -20),
 		asm.HostTo(asm.BE, asm.R3, asm.Half),
-		asm.StoreMem(asm.RFP, udp+4, asm.R3, asm.Half),
-		asm.StoreImm(asm.RFP, udp+2, ne16(MPLSoUDPPort), asm.Half),
-		asm.StoreImm(asm.RFP, udp+6, 0, asm.Half),
-		// Label entry: label, bottom of stack, the inner TTL less one.
-		asm.LoadMem(asm.R2, asm.R8, 8, asm.Word),
-		asm.Or.Reg(asm.R2, asm.R9),
-		asm.HostTo(asm.BE, asm.R2, asm.Word),
-		asm.StoreMem(asm.RFP, lbl, asm.R2, asm.Word),
-		// UDP source port from the flow hash, as the kernel's udp_flow_src_port
+		asm.StoreMem(asm.RFP, l4+4, asm.R3, asm.Half),
+		asm.StoreImm(asm.RFP, l4+2, ne16(MPLSoUDPPort), asm.Half),
+		asm.StoreImm(asm.RFP, l4+6, 0, asm.Half),
+		// Source port from the flow hash, as the kernel's udp_flow_src_port
 		// does with the default local port range 32768-60999.
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetHashRecalc.Call(),
@@ -166,8 +167,39 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.RSh.Imm(asm.R0, 32),
 		asm.Add.Imm(asm.R0, 32768),
 		asm.HostTo(asm.BE, asm.R0, asm.Half),
-		asm.StoreMem(asm.RFP, udp, asm.R0, asm.Half),
-		// IPv4 header checksum.
+		asm.StoreMem(asm.RFP, l4, asm.R0, asm.Half),
+		asm.Mov.Imm(asm.R7, mplsoudpHeaderLen),
+		asm.Ja.Label("ipv4"),
+
+		// MPLSoGRE: room for IPv4 + GRE + label.
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("gre"),
+		asm.Mov.Imm(asm.R2, mplsogreHeaderLen),
+		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
+		asm.LoadImm(asm.R4, greFlags, asm.DWord),
+		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.StoreMem(asm.RFP, l4+4, asm.R9, asm.Word),
+		asm.StoreImm(asm.RFP, ip+9, unix.IPPROTO_GRE, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
+		asm.Add.Imm(asm.R2, -14),
+		asm.HostTo(asm.BE, asm.R2, asm.Half),
+		asm.StoreMem(asm.RFP, ip+2, asm.R2, asm.Half),
+		// GRE: no checksum, key or sequence number; protocol MPLS unicast.
+		asm.StoreImm(asm.RFP, l4, 0, asm.Half),
+		asm.StoreImm(asm.RFP, l4+2, ne16(unix.ETH_P_MPLS_UC), asm.Half),
+		asm.Mov.Imm(asm.R7, mplsogreHeaderLen),
+
+		// Outer IPv4: 0x45, tos 0, id 0, DF, TTL 64, addresses, checksum.
+		asm.StoreImm(asm.RFP, ip, 0x45, asm.Byte).WithSymbol("ipv4"),
+		asm.StoreImm(asm.RFP, ip+1, 0, asm.Byte),
+		asm.StoreImm(asm.RFP, ip+4, 0, asm.Half),
+		asm.StoreImm(asm.RFP, ip+6, ne16(0x4000), asm.Half),
+		asm.StoreImm(asm.RFP, ip+8, 64, asm.Byte),
+		asm.StoreImm(asm.RFP, ip+10, 0, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, 4, asm.Word),
+		asm.StoreMem(asm.RFP, ip+12, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Word),
+		asm.StoreMem(asm.RFP, ip+16, asm.R2, asm.Word),
 		asm.Mov.Imm(asm.R1, 0),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Reg(asm.R3, asm.RFP),
@@ -190,7 +222,7 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Imm(asm.R2, 14),
 		asm.Mov.Reg(asm.R3, asm.RFP),
 		asm.Add.Imm(asm.R3, hdr),
-		asm.Mov.Imm(asm.R4, mplsoudpHeaderLen),
+		asm.Mov.Reg(asm.R4, asm.R7),
 		asm.Mov.Imm(asm.R5, 0),
 		asm.FnSkbStoreBytes.Call(),
 		asm.JNE.Imm(asm.R0, 0, "drop"),
@@ -235,18 +267,24 @@ type fastPathValue struct {
 	remote, local netip.Addr
 	label         uint32
 	ifindex       int
+	gre           bool // MPLSoGRE instead of MPLSoUDP
 }
 
 func (v fastPathValue) bytes() []byte {
 	r, l := v.remote.As4(), v.local.As4()
 	b := append(r[:], l[:]...)
 	b = binary.NativeEndian.AppendUint32(b, v.label<<12|1<<8)
-	return binary.NativeEndian.AppendUint32(b, uint32(v.ifindex))
+	b = binary.NativeEndian.AppendUint32(b, uint32(v.ifindex))
+	e := uint32(fastPathUDP)
+	if v.gre {
+		e = fastPathGRE
+	}
+	return binary.NativeEndian.AppendUint32(b, e)
 }
 
 func newFastPath() (*fastPath, error) {
 	routes, err := ebpf.NewMap(&ebpf.MapSpec{
-		Name: "iof_mplsudp", Type: ebpf.LPMTrie, KeySize: fastPathKeySize, ValueSize: fastPathValueSize,
+		Name: "iof_mpls", Type: ebpf.LPMTrie, KeySize: fastPathKeySize, ValueSize: fastPathValueSize,
 		MaxEntries: fastPathMaxRoutes, Flags: unix.BPF_F_NO_PREALLOC,
 	})
 	if err != nil {
@@ -267,7 +305,7 @@ func (f *fastPath) program(table uint32) (*ebpf.Program, error) {
 		return p, nil
 	}
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "iof_mplsudp", Type: ebpf.SchedCLS, License: "Apache-2.0",
+		Name: "iof_mpls", Type: ebpf.SchedCLS, License: "Apache-2.0",
 		Instructions: fastPathProgram(f.routes, table),
 	})
 	if err != nil {
@@ -307,7 +345,7 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 	for _, n := range s.Networks {
 		for _, r := range n.Routes {
 			e, ok := chooseEncap(prio, r.Encaps, m.feat)
-			if !ok || e != encap.MPLSoUDP || !r.Prefix.Addr().Is4() {
+			if !ok || (e != encap.MPLSoUDP && e != encap.MPLSoGRE) || !r.Prefix.Addr().Is4() {
 				continue
 			}
 			idx, ok := ifindex[r.RemoteUnderlay]
@@ -321,7 +359,7 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 				ifindex[r.RemoteUnderlay] = idx
 			}
 			k := fastPathKey{table: n.Table, prefix: r.Prefix.Masked()}
-			want[string(k.bytes())] = fastPathValue{remote: r.RemoteUnderlay, local: s.Underlay, label: r.Label, ifindex: idx}.bytes()
+			want[string(k.bytes())] = fastPathValue{remote: r.RemoteUnderlay, local: s.Underlay, label: r.Label, ifindex: idx, gre: e == encap.MPLSoGRE}.bytes()
 			tables[n.Table] = true
 		}
 	}

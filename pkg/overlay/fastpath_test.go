@@ -14,7 +14,7 @@ import (
 
 // TestFastPathProgram runs the fast path program on packets with
 // BPF_PROG_TEST_RUN: a routed destination comes out with outer IPv4, UDP 6635
-// and the label (bottom of stack, inner TTL less one) and is redirected; other
+// (or GRE) and the label (bottom of stack, inner TTL less one) and is redirected; other
 // traffic passes untouched to the kernel path.
 func TestFastPathProgram(t *testing.T) {
 	testenv.RequireRoot(t, "loads BPF programs")
@@ -29,6 +29,10 @@ func TestFastPathProgram(t *testing.T) {
 	local, remote := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	k := fastPathKey{table: 7001, prefix: netip.MustParsePrefix("10.1.0.0/24")}
 	if err := f.routes.Put(k.bytes(), fastPathValue{remote: remote, local: local, label: 1002, ifindex: 5}.bytes()); err != nil {
+		t.Fatal(err)
+	}
+	kg := fastPathKey{table: 7001, prefix: netip.MustParsePrefix("10.2.0.0/16")}
+	if err := f.routes.Put(kg.bytes(), fastPathValue{remote: remote, local: local, label: 2002, ifindex: 5, gre: true}.bytes()); err != nil {
 		t.Fatal(err)
 	}
 	prog, err := f.program(7001)
@@ -90,6 +94,27 @@ func TestFastPathProgram(t *testing.T) {
 	}
 	if string(out[46:]) != string(in[14:]) {
 		t.Errorf("inner packet changed:\n got %x\nwant %x", out[46:], in[14:])
+	}
+
+	// MPLSoGRE: outer IPv4 protocol 47, GRE without options carrying 0x8847.
+	in = packet("10.2.3.4")
+	rc, out = run(prog, in)
+	if rc != 7 {
+		t.Fatalf("MPLSoGRE destination: return %d, want 7 (redirect)", rc)
+	}
+	out = out[:len(in)+mplsogreHeaderLen]
+	if out[14+9] != 47 || ipv4Checksum(out[14:34]) != 0 || int(binary.BigEndian.Uint16(out[16:])) != len(out)-14 ||
+		string(out[26:34]) != string(append(local.AsSlice(), remote.AsSlice()...)) {
+		t.Errorf("MPLSoGRE outer IPv4 %x", out[14:34])
+	}
+	if g := binary.BigEndian.Uint32(out[34:38]); g != 0x8847 {
+		t.Errorf("GRE header %#x, want 0x00008847", g)
+	}
+	if entry := binary.BigEndian.Uint32(out[38:42]); entry != 2002<<12|1<<8|63 {
+		t.Errorf("MPLSoGRE label entry %#x", entry)
+	}
+	if string(out[42:]) != string(in[14:]) {
+		t.Errorf("MPLSoGRE inner packet changed")
 	}
 
 	for _, c := range []struct {

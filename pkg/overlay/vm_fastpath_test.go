@@ -70,7 +70,8 @@ func (g *twoGateways) reverse(t *testing.T, what string) {
 }
 
 // TestVMFastPath carries MPLSoUDP pod to pod through the BPF fast path: a fast
-// gateway facing a kernel-path gateway, then two fast gateways, a restarted
+// gateway facing a kernel-path gateway, then two fast gateways (MPLSoUDP and
+// MPLSoGRE), a restarted
 // agent, a switch back to the kernel path, and cleanup. The receiving side is
 // the kernel's (fou + mpls_router) in every case, and the capture on the
 // underlay checks the wire format as for the kernel path.
@@ -102,6 +103,17 @@ func TestVMFastPath(t *testing.T) {
 	g.set(t, udp, udp, true, true)
 	g.checkPath(t, encap.MPLSoUDP, cap)
 	g.reverse(t, "fast path both ways")
+
+	// MPLSoGRE through the fast path, the kernel's GRE tunnel bypassed.
+	both := []encap.Encap{encap.MPLSoGRE, encap.MPLSoUDP}
+	g.set(t, both, both, true, true)
+	gtx := tunnelTx(t, g.gwA, "iofgc0000202")
+	g.checkPath(t, encap.MPLSoGRE, cap)
+	if d := tunnelTx(t, g.gwA, "iofgc0000202") - gtx; d > 10 {
+		t.Errorf("MPLSoGRE fast path: %d packets went through the kernel tunnel", d)
+	}
+	g.reverse(t, "MPLSoGRE fast path both ways")
+	g.set(t, udp, udp, true, true)
 
 	// A restarted agent re-attaches its program over the old one and traffic goes on.
 	g.mA.Close()
