@@ -85,6 +85,7 @@ func run(args []string, stderr io.Writer) int {
 		cleanup    = fs.Bool("cleanup", false, "remove everything iotfabric owns in the kernel and exit")
 		netnsPath  = fs.String("netns", "", "network namespace path to program (default: the agent's own)")
 		vrf        = fs.String("vrf", "auto", "VRF devices: auto (when the kernel has them), on, off (policy tables)")
+		fastPath   = fs.String("fast-path", "off", "MPLSoUDP/MPLSoGRE encapsulation: off (kernel tunnels), auto (BPF fast path when the kernel allows it), on (BPF fast path or fail)")
 		podGateway = fs.String("gateway-address", overlay.DefaultPodGatewayAddr.String(), "the pods' default-route address, put on every endpoint's host-side interface")
 		resync     = fs.Duration("resync", 5*time.Minute, "re-read the kernel and repair drift this often (0: never)")
 		level      = fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -143,7 +144,7 @@ func run(args []string, stderr io.Writer) int {
 			return 2
 		}
 	}
-	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: base, PodGatewayAddr: podGW, VRF: overlay.VRFMode(*vrf)})
+	m, err := overlay.New(ctx, overlay.Config{NetNS: *netnsPath, Logger: base, PodGatewayAddr: podGW, VRF: overlay.VRFMode(*vrf), FastPath: overlay.FastPathMode(*fastPath)})
 	if err != nil {
 		log.Error("start", logkey.Err, err)
 		return 1

@@ -49,6 +49,7 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 	for _, l := range links {
 		byName[l.Attrs().Name] = l
 	}
+	errs = append(errs, m.cleanupFastPathLocked(links)...)
 	for k := range m.cur.rules {
 		if err := m.delRuleLocked(k); err != nil {
 			errs = append(errs, err)

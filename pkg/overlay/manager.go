@@ -48,6 +48,8 @@ type Config struct {
 	PodGatewayAddr netip.Addr
 	// VRF selects VRF devices or policy tables (default VRFAuto).
 	VRF VRFMode
+	// FastPath selects the BPF fast path for MPLSoUDP (default FastPathOff).
+	FastPath FastPathMode
 }
 
 // Manager owns the overlay objects in one network namespace.
@@ -66,6 +68,7 @@ type Manager struct {
 	nextNH   uint32          // next nexthop id to try
 	nhIDs    map[uint32]bool // ids in use, valid while nhIDsFor matches
 	nhIDsFor int
+	fp       *fastPath // nil: MPLSoUDP takes the kernel path only
 	closed   bool
 }
 
@@ -77,6 +80,13 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if !cfg.PodGatewayAddr.IsValid() {
 		cfg.PodGatewayAddr = DefaultPodGatewayAddr
+	}
+	switch cfg.FastPath {
+	case "":
+		cfg.FastPath = FastPathOff
+	case FastPathOff, FastPathAuto, FastPathOn:
+	default:
+		return nil, fmt.Errorf("overlay: unknown fast path mode %q", cfg.FastPath)
 	}
 	switch cfg.VRF {
 	case "":
@@ -117,6 +127,10 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		m.Close()
 		return nil, errors.New("overlay: VRF devices requested but the kernel has no vrf module")
 	}
+	if err := m.startFastPath(); err != nil {
+		m.Close()
+		return nil, err
+	}
 	if err := m.Resync(ctx); err != nil {
 		m.Close()
 		return nil, err
@@ -134,6 +148,10 @@ func (m *Manager) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.closed = true
+	if m.fp != nil {
+		m.fp.close()
+		m.fp = nil
+	}
 	if m.h != nil {
 		m.h.Close()
 		m.h = nil

@@ -27,6 +27,7 @@ func (m *Manager) setLocked(ctx context.Context, s *State) error {
 	m.ensureRulesLocked(&d, fail)
 	want, wantNH := m.routesLocked(s, byName, missing, fail)
 	m.addRoutesLocked(ctx, want, wantNH, fail)
+	m.ensureFastPathLocked(s, byName, fail)
 
 	m.removeRoutesLocked(ctx, want, wantNH, fail)
 	m.removeRulesLocked(&d, fail)

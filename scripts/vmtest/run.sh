@@ -38,7 +38,7 @@ for lib in $(ldd /usr/sbin/ip | grep -o '/[^ ]*'); do
 done
 
 # Kernel modules, in dependency order.
-mods="udp_tunnel ip6_udp_tunnel tunnel4 ip_tunnel ipip gre ip_gre fou mpls_router mpls_iptunnel veth vrf"
+mods="udp_tunnel ip6_udp_tunnel tunnel4 ip_tunnel ipip gre ip_gre fou mpls_router mpls_iptunnel veth vrf vxlan sch_ingress cls_bpf"
 for m in $mods; do
   src=$(find "$kdir/lib/modules/$kver" -name "$m.ko" | head -1)
   [ -n "$src" ] || { echo "vmtest: module $m not in $kver" >&2; exit 2; }

@@ -1,0 +1,554 @@
+package overlay
+
+// This file holds the BPF fast path for MPLSoUDP and MPLSoGRE: a tc program on each
+// endpoint's host-side interface (ingress, i.e. the pod's egress) that pushes
+// the outer IPv4, UDP (port 6635) or GRE, and MPLS headers in one step with
+// bpf_skb_adjust_room's encapsulation flags, so the kernel keeps the packet's
+// segmentation offload, and redirects it to the underlay device. The kernel
+// path (route through a nexthop into the ipip/FOU or GRE tunnel) stays programmed
+// underneath: packets the program does not handle take it.
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
+)
+
+// FastPathMode chooses how MPLSoUDP is encapsulated.
+type FastPathMode string
+
+// Fast path modes.
+const (
+	FastPathOff  FastPathMode = "off"  // kernel path only (ipip mode mplsip + fou)
+	FastPathAuto FastPathMode = "auto" // BPF fast path when the kernel allows it, kernel path otherwise
+	FastPathOn   FastPathMode = "on"   // BPF fast path; fail at start when the kernel does not allow it
+)
+
+// FastPathFilterName names the tc filters the fast path attaches; Cleanup
+// removes filters with this name.
+const FastPathFilterName = IfPrefix + "mpls"
+
+const (
+	fastPathMaxRoutes  = 1 << 16
+	fastPathKeySize    = 12 // prefix length (host order), table (big endian), IPv4 address
+	fastPathValueSize  = 20 // remote, local (big endian), label entry without TTL (host order), underlay ifindex, encapsulation
+	fastPathFilterPrio = 1
+
+	mplsoudpHeaderLen = 20 + 8 + 4 // outer IPv4 + UDP + one label
+	mplsogreHeaderLen = 20 + 4 + 4 // outer IPv4 + GRE + one label
+
+	// Encapsulations in the map's values.
+	fastPathUDP = 0
+	fastPathGRE = 1
+
+	// Constants of the BPF ABI (linux/bpf.h, linux/pkt_cls.h).
+	bpfAdjRoomMAC        = 1
+	bpfFAdjRoomEncapIPv4 = 1 << 1
+	bpfFAdjRoomEncapGRE  = 1 << 3
+	bpfFAdjRoomEncapUDP  = 1 << 4
+	tcActOK              = 0
+	tcActShot            = 2
+	skbLenOff            = 0  // struct __sk_buff.len
+	skbProtocolOff       = 16 // struct __sk_buff.protocol
+	skbDataOff           = 76 // struct __sk_buff.data
+	skbDataEndOff        = 80 // struct __sk_buff.data_end
+)
+
+// adjRoomEncapL2 is BPF_F_ADJ_ROOM_ENCAP_L2(n): n bytes of inner "L2" (here the label).
+func adjRoomEncapL2(n uint64) uint64 { return (n & 0xff) << 56 }
+
+// ne16/ne32 return the value whose native-endian bytes are v in network order,
+// for immediates the program stores or compares as raw packet bytes.
+func ne16(v uint16) int64 {
+	return int64(binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, v)))
+}
+func ne32(v uint32) int64 {
+	return int64(binary.NativeEndian.Uint32(binary.BigEndian.AppendUint32(nil, v)))
+}
+
+// detectFastPath tells whether the kernel and our privileges allow the fast
+// path: loading a tc program, bpf_skb_adjust_room (its encapsulation flags
+// date from Linux 5.2) and bpf_redirect_neigh (5.10).
+func detectFastPath() error {
+	for _, fn := range []asm.BuiltinFunc{asm.FnSkbAdjustRoom, asm.FnRedirectNeigh} {
+		if err := features.HaveProgramHelper(ebpf.SchedCLS, fn); err != nil {
+			return fmt.Errorf("tc program helper %v: %w", fn, err)
+		}
+	}
+	return nil
+}
+
+// fastPathProgram builds the tc program for the network with routing table
+// table. Stack: the LPM key at fp-16 (12 bytes), the headers at fp-48 (32 for
+// MPLSoUDP, 28 for MPLSoGRE).
+func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
+	const (
+		key = -16
+		hdr = -48
+		ip  = hdr
+		l4  = hdr + 20 // UDP or GRE
+	)
+	udpFlags := int64(bpfFAdjRoomEncapIPv4 | bpfFAdjRoomEncapUDP | adjRoomEncapL2(4))
+	greFlags := int64(bpfFAdjRoomEncapIPv4 | bpfFAdjRoomEncapGRE | adjRoomEncapL2(4))
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		// IPv4 only, with its header in the linear data.
+		asm.LoadMem(asm.R2, asm.R6, skbProtocolOff, asm.Word),
+		asm.JNE.Imm(asm.R2, int32(ne16(unix.ETH_P_IP)), "pass"),
+		asm.LoadMem(asm.R7, asm.R6, skbDataOff, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEndOff, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Add.Imm(asm.R2, 14+20),
+		asm.JGT.Reg(asm.R2, asm.R3, "pass"),
+		// TTL: let the kernel path answer packets about to expire.
+		asm.LoadMem(asm.R9, asm.R7, 14+8, asm.Byte),
+		asm.JLE.Imm(asm.R9, 1, "pass"),
+		asm.Add.Imm(asm.R9, -1),
+		// Look the destination up in this network's routes.
+		asm.StoreImm(asm.RFP, key, 64, asm.Word),
+		asm.StoreImm(asm.RFP, key+4, ne32(table), asm.Word),
+		asm.LoadMem(asm.R2, asm.R7, 14+16, asm.Word),
+		asm.StoreMem(asm.RFP, key+8, asm.R2, asm.Word),
+		asm.LoadMapPtr(asm.R1, routes.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, key),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Reg(asm.R8, asm.R0),
+		// Label entry (label, bottom of stack, the inner TTL less one) in R9.
+		asm.LoadMem(asm.R2, asm.R8, 8, asm.Word),
+		asm.Or.Reg(asm.R2, asm.R9),
+		asm.HostTo(asm.BE, asm.R2, asm.Word),
+		asm.Mov.Reg(asm.R9, asm.R2),
+		asm.LoadMem(asm.R2, asm.R8, 16, asm.Word),
+		asm.JEq.Imm(asm.R2, fastPathGRE, "gre"),
+
+		// MPLSoUDP: room for IPv4 + UDP + label after the Ethernet header; the
+		// flags keep GSO.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, mplsoudpHeaderLen),
+		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
+		asm.LoadImm(asm.R4, udpFlags, asm.DWord),
+		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.StoreMem(asm.RFP, l4+8, asm.R9, asm.Word),
+		asm.StoreImm(asm.RFP, ip+9, unix.IPPROTO_UDP, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
+		asm.Add.Imm(asm.R2, -14),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.HostTo(asm.BE, asm.R2, asm.Half),
+		asm.StoreMem(asm.RFP, ip+2, asm.R2, asm.Half),
+		// UDP: length, destination 6635, checksum 0 (valid over IPv4).
+		asm.Add.Imm(asm.R3, -20),
+		asm.HostTo(asm.BE, asm.R3, asm.Half),
+		asm.StoreMem(asm.RFP, l4+4, asm.R3, asm.Half),
+		asm.StoreImm(asm.RFP, l4+2, ne16(MPLSoUDPPort), asm.Half),
+		asm.StoreImm(asm.RFP, l4+6, 0, asm.Half),
+		// Source port from the flow hash, as the kernel's udp_flow_src_port
+		// does with the default local port range 32768-60999.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.FnGetHashRecalc.Call(),
+		asm.Mov.Reg32(asm.R1, asm.R0),
+		asm.LSh.Imm32(asm.R1, 16),
+		asm.Xor.Reg32(asm.R0, asm.R1),
+		asm.Mul.Imm(asm.R0, 60999-32768),
+		asm.RSh.Imm(asm.R0, 32),
+		asm.Add.Imm(asm.R0, 32768),
+		asm.HostTo(asm.BE, asm.R0, asm.Half),
+		asm.StoreMem(asm.RFP, l4, asm.R0, asm.Half),
+		asm.Mov.Imm(asm.R7, mplsoudpHeaderLen),
+		asm.Ja.Label("ipv4"),
+
+		// MPLSoGRE: room for IPv4 + GRE + label.
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("gre"),
+		asm.Mov.Imm(asm.R2, mplsogreHeaderLen),
+		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
+		asm.LoadImm(asm.R4, greFlags, asm.DWord),
+		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.StoreMem(asm.RFP, l4+4, asm.R9, asm.Word),
+		asm.StoreImm(asm.RFP, ip+9, unix.IPPROTO_GRE, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
+		asm.Add.Imm(asm.R2, -14),
+		asm.HostTo(asm.BE, asm.R2, asm.Half),
+		asm.StoreMem(asm.RFP, ip+2, asm.R2, asm.Half),
+		// GRE: no checksum, key or sequence number; protocol MPLS unicast.
+		asm.StoreImm(asm.RFP, l4, 0, asm.Half),
+		asm.StoreImm(asm.RFP, l4+2, ne16(unix.ETH_P_MPLS_UC), asm.Half),
+		asm.Mov.Imm(asm.R7, mplsogreHeaderLen),
+
+		// Outer IPv4: 0x45, tos 0, id 0, DF, TTL 64, addresses, checksum.
+		asm.StoreImm(asm.RFP, ip, 0x45, asm.Byte).WithSymbol("ipv4"),
+		asm.StoreImm(asm.RFP, ip+1, 0, asm.Byte),
+		asm.StoreImm(asm.RFP, ip+4, 0, asm.Half),
+		asm.StoreImm(asm.RFP, ip+6, ne16(0x4000), asm.Half),
+		asm.StoreImm(asm.RFP, ip+8, 64, asm.Byte),
+		asm.StoreImm(asm.RFP, ip+10, 0, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, 4, asm.Word),
+		asm.StoreMem(asm.RFP, ip+12, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Word),
+		asm.StoreMem(asm.RFP, ip+16, asm.R2, asm.Word),
+		asm.Mov.Imm(asm.R1, 0),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, ip),
+		asm.Mov.Imm(asm.R4, 20),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnCsumDiff.Call(),
+		asm.Mov.Reg(asm.R1, asm.R0),
+		asm.RSh.Imm(asm.R1, 16),
+		asm.And.Imm(asm.R0, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R1),
+		asm.Mov.Reg(asm.R1, asm.R0),
+		asm.RSh.Imm(asm.R1, 16),
+		asm.Add.Reg(asm.R0, asm.R1),
+		asm.Xor.Imm(asm.R0, 0xffff),
+		asm.StoreMem(asm.RFP, ip+10, asm.R0, asm.Half),
+		// Write the headers and send to the underlay device. Returning the
+		// packet to the stack instead would drop it as a martian (local source).
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 14),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, hdr),
+		asm.Mov.Reg(asm.R4, asm.R7),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+		asm.LoadMem(asm.R1, asm.R8, 12, asm.Word),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Imm(asm.R3, 0),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnRedirectNeigh.Call(),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, tcActShot).WithSymbol("drop"),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
+		asm.Return(),
+	}
+}
+
+// fastPath is the fast path's kernel objects and the manager's record of them.
+type fastPath struct {
+	routes   *ebpf.Map
+	progs    map[uint32]*ebpf.Program // by network table
+	attached map[string]attachment    // by endpoint interface
+}
+
+type attachment struct {
+	ifindex int
+	table   uint32
+}
+
+type fastPathKey struct {
+	table  uint32
+	prefix netip.Prefix
+}
+
+func (k fastPathKey) bytes() []byte {
+	b := binary.NativeEndian.AppendUint32(nil, uint32(32+k.prefix.Bits()))
+	b = binary.BigEndian.AppendUint32(b, k.table)
+	a := k.prefix.Addr().As4()
+	return append(b, a[:]...)
+}
+
+type fastPathValue struct {
+	remote, local netip.Addr
+	label         uint32
+	ifindex       int
+	gre           bool // MPLSoGRE instead of MPLSoUDP
+}
+
+func (v fastPathValue) bytes() []byte {
+	r, l := v.remote.As4(), v.local.As4()
+	b := append(r[:], l[:]...)
+	b = binary.NativeEndian.AppendUint32(b, v.label<<12|1<<8)
+	b = binary.NativeEndian.AppendUint32(b, uint32(v.ifindex))
+	e := uint32(fastPathUDP)
+	if v.gre {
+		e = fastPathGRE
+	}
+	return binary.NativeEndian.AppendUint32(b, e)
+}
+
+func newFastPath() (*fastPath, error) {
+	routes, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "iof_mpls", Type: ebpf.LPMTrie, KeySize: fastPathKeySize, ValueSize: fastPathValueSize,
+		MaxEntries: fastPathMaxRoutes, Flags: unix.BPF_F_NO_PREALLOC,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("overlay: fast path map: %w", err)
+	}
+	return &fastPath{routes: routes, progs: map[uint32]*ebpf.Program{}, attached: map[string]attachment{}}, nil
+}
+
+func (f *fastPath) close() {
+	for _, p := range f.progs {
+		p.Close()
+	}
+	f.routes.Close()
+}
+
+func (f *fastPath) program(table uint32) (*ebpf.Program, error) {
+	if p, ok := f.progs[table]; ok {
+		return p, nil
+	}
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "iof_mpls", Type: ebpf.SchedCLS, License: "Apache-2.0",
+		Instructions: fastPathProgram(f.routes, table),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("overlay: load fast path program: %w", err)
+	}
+	f.progs[table] = p
+	return p, nil
+}
+
+// UsesFastPath tells whether MPLSoUDP routes are encapsulated by the BPF fast path.
+func (m *Manager) UsesFastPath() bool { return m.fp != nil }
+
+// ensureFastPathLocked makes the fast path's map hold the MPLSoUDP routes of s
+// and attaches the network's program to every endpoint of a network that has
+// any; endpoints of networks without such routes lose their filter.
+func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link, fail func(error)) {
+	f := m.fp
+	if f == nil {
+		// A fast path left by an earlier agent (or one started with the fast
+		// path) is removed, so its stale map no longer steers traffic.
+		for _, n := range s.Networks {
+			for _, ep := range n.Endpoints {
+				if l, ok := byName[ep.Interface]; ok {
+					m.sweepFastPathLocked(l, fail)
+				}
+			}
+		}
+		return
+	}
+	prio := s.EncapPriority
+	if len(prio) == 0 {
+		prio = DefaultEncapPriority
+	}
+	want := map[string][]byte{}
+	ifindex := map[netip.Addr]int{}
+	tables := map[uint32]bool{}
+	for _, n := range s.Networks {
+		for _, r := range n.Routes {
+			e, ok := chooseEncap(prio, r.Encaps, m.feat)
+			if !ok || (e != encap.MPLSoUDP && e != encap.MPLSoGRE) || !r.Prefix.Addr().Is4() {
+				continue
+			}
+			idx, ok := ifindex[r.RemoteUnderlay]
+			if !ok {
+				rs, err := m.h.RouteGet(net.IP(r.RemoteUnderlay.AsSlice()))
+				if err != nil || len(rs) == 0 {
+					fail(fmt.Errorf("overlay: fast path: underlay route to %s: %w", r.RemoteUnderlay, err))
+					continue
+				}
+				idx = rs[0].LinkIndex
+				ifindex[r.RemoteUnderlay] = idx
+			}
+			k := fastPathKey{table: n.Table, prefix: r.Prefix.Masked()}
+			want[string(k.bytes())] = fastPathValue{remote: r.RemoteUnderlay, local: s.Underlay, label: r.Label, ifindex: idx, gre: e == encap.MPLSoGRE}.bytes()
+			tables[n.Table] = true
+		}
+	}
+	var stale [][]byte
+	var k, v []byte
+	it := f.routes.Iterate()
+	for it.Next(&k, &v) {
+		if w, ok := want[string(k)]; !ok {
+			stale = append(stale, append([]byte(nil), k...))
+		} else if string(w) == string(v) {
+			delete(want, string(k))
+		}
+	}
+	if err := it.Err(); err != nil {
+		fail(fmt.Errorf("overlay: fast path: read map: %w", err))
+	}
+	for k, v := range want {
+		if err := f.routes.Put([]byte(k), v); err != nil {
+			fail(fmt.Errorf("overlay: fast path: map update: %w", err))
+		}
+	}
+	for _, k := range stale {
+		if err := f.routes.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			fail(fmt.Errorf("overlay: fast path: map delete: %w", err))
+		}
+	}
+
+	wantAttach := map[string]uint32{}
+	for _, n := range s.Networks {
+		if !tables[n.Table] {
+			continue
+		}
+		for _, ep := range n.Endpoints {
+			wantAttach[ep.Interface] = n.Table
+		}
+	}
+	for _, n := range s.Networks {
+		for _, ep := range n.Endpoints {
+			_, want := wantAttach[ep.Interface]
+			_, have := f.attached[ep.Interface]
+			if l, ok := byName[ep.Interface]; ok && !want && !have {
+				m.sweepFastPathLocked(l, fail)
+			}
+		}
+	}
+	for name, table := range wantAttach {
+		l, ok := byName[name]
+		if !ok {
+			continue
+		}
+		a := attachment{ifindex: l.Attrs().Index, table: table}
+		if f.attached[name] == a {
+			continue
+		}
+		if err := m.attachFastPathLocked(l, table); err != nil {
+			fail(err)
+			continue
+		}
+		f.attached[name] = a
+	}
+	for name, a := range f.attached {
+		if _, ok := wantAttach[name]; ok {
+			continue
+		}
+		if l, ok := byName[name]; ok && l.Attrs().Index == a.ifindex {
+			if err := m.detachFastPathLocked(l); err != nil {
+				fail(err)
+				continue
+			}
+		}
+		delete(f.attached, name)
+	}
+	used := map[uint32]bool{}
+	for _, a := range f.attached {
+		used[a.table] = true
+	}
+	for t, p := range f.progs {
+		if !used[t] {
+			p.Close()
+			delete(f.progs, t)
+		}
+	}
+}
+
+func fastPathFilter(ifindex int) netlink.FilterAttrs {
+	return netlink.FilterAttrs{LinkIndex: ifindex, Parent: netlink.HANDLE_MIN_INGRESS, Handle: 1,
+		Priority: fastPathFilterPrio, Protocol: unix.ETH_P_ALL}
+}
+
+func (m *Manager) attachFastPathLocked(l netlink.Link, table uint32) error {
+	p, err := m.fp.program(table)
+	if err != nil {
+		return err
+	}
+	idx := l.Attrs().Index
+	q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0),
+		Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+	if err := m.h.QdiscReplace(q); err != nil {
+		return fmt.Errorf("overlay: fast path: clsact on %s: %w", l.Attrs().Name, err)
+	}
+	flt := &netlink.BpfFilter{FilterAttrs: fastPathFilter(idx), Fd: p.FD(), Name: FastPathFilterName, DirectAction: true}
+	if err := m.h.FilterReplace(flt); err != nil {
+		return fmt.Errorf("overlay: fast path: attach to %s: %w", l.Attrs().Name, err)
+	}
+	m.log.Debug("fast path attached", logkey.Interface, l.Attrs().Name)
+	return nil
+}
+
+// detachFastPathLocked removes the fast path's filters from l's ingress and the
+// clsact qdisc when nothing else is attached to it.
+func (m *Manager) detachFastPathLocked(l netlink.Link) error {
+	var errs []error
+	left := 0
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		fs, err := m.h.FilterList(l, parent)
+		if err != nil {
+			if isGone(err) {
+				return nil
+			}
+			return fmt.Errorf("overlay: fast path: list filters on %s: %w", l.Attrs().Name, err)
+		}
+		for _, flt := range fs {
+			b, ok := flt.(*netlink.BpfFilter)
+			if !ok || !strings.HasPrefix(b.Name, FastPathFilterName) {
+				left++
+				continue
+			}
+			if err := m.h.FilterDel(flt); err != nil && !isGone(err) {
+				errs = append(errs, fmt.Errorf("overlay: fast path: detach from %s: %w", l.Attrs().Name, err))
+			}
+		}
+	}
+	if left == 0 && len(errs) == 0 {
+		q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0),
+			Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+		if err := m.h.QdiscDel(q); err != nil && !isGone(err) && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("overlay: fast path: remove clsact from %s: %w", l.Attrs().Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// startFastPath applies Config.FastPath at start: probe the kernel, then
+// create the map, or log why the kernel path is used.
+func (m *Manager) startFastPath() error {
+	if m.cfg.FastPath == FastPathOff {
+		m.log.Info("MPLSoUDP encapsulation", logkey.Path, "kernel")
+		return nil
+	}
+	err := detectFastPath()
+	if err == nil {
+		m.fp, err = newFastPath()
+	}
+	if err != nil {
+		if m.cfg.FastPath == FastPathOn {
+			return fmt.Errorf("overlay: BPF fast path requested but unavailable: %w", err)
+		}
+		m.log.Warn("BPF fast path unavailable, MPLSoUDP takes the kernel path", logkey.Err, err)
+		return nil
+	}
+	m.log.Info("MPLSoUDP encapsulation", logkey.Path, "bpf")
+	return nil
+}
+
+// sweepFastPathLocked removes fast path filters from l that the manager has no
+// record of.
+func (m *Manager) sweepFastPathLocked(l netlink.Link, fail func(error)) {
+	fs, err := m.h.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return // no clsact qdisc
+	}
+	for _, flt := range fs {
+		if b, ok := flt.(*netlink.BpfFilter); ok && strings.HasPrefix(b.Name, FastPathFilterName) {
+			if err := m.detachFastPathLocked(l); err != nil {
+				fail(err)
+			}
+			return
+		}
+	}
+}
+
+// cleanupFastPathLocked removes the fast path's filters from every link.
+func (m *Manager) cleanupFastPathLocked(links []netlink.Link) []error {
+	var errs []error
+	for _, l := range links {
+		m.sweepFastPathLocked(l, func(err error) { errs = append(errs, err) })
+	}
+	if m.fp != nil {
+		m.fp.attached = map[string]attachment{}
+	}
+	return errs
+}

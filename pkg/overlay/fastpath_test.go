@@ -1,0 +1,142 @@
+package overlay
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
+	"github.com/iotfabric/iotfabric/internal/testenv"
+)
+
+// TestFastPathProgram runs the fast path program on packets with
+// BPF_PROG_TEST_RUN: a routed destination comes out with outer IPv4, UDP 6635
+// (or GRE) and the label (bottom of stack, inner TTL less one) and is redirected; other
+// traffic passes untouched to the kernel path.
+func TestFastPathProgram(t *testing.T) {
+	testenv.RequireRoot(t, "loads BPF programs")
+	if err := detectFastPath(); err != nil {
+		t.Fatalf("kernel lacks the fast path's helpers: %v", err)
+	}
+	f, err := newFastPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.close()
+	local, remote := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	k := fastPathKey{table: 7001, prefix: netip.MustParsePrefix("10.1.0.0/24")}
+	if err := f.routes.Put(k.bytes(), fastPathValue{remote: remote, local: local, label: 1002, ifindex: 5}.bytes()); err != nil {
+		t.Fatal(err)
+	}
+	kg := fastPathKey{table: 7001, prefix: netip.MustParsePrefix("10.2.0.0/16")}
+	if err := f.routes.Put(kg.bytes(), fastPathValue{remote: remote, local: local, label: 2002, ifindex: 5, gre: true}.bytes()); err != nil {
+		t.Fatal(err)
+	}
+	prog, err := f.program(7001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := f.program(7002)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	payload := []byte("fast path payload")
+	packet := func(dst string) []byte {
+		buf := gopacket.NewSerializeBuffer()
+		eth := &layers.Ethernet{SrcMAC: []byte{2, 0, 0, 0, 0, 1}, DstMAC: []byte{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: []byte{10, 1, 0, 1}, DstIP: netip.MustParseAddr(dst).AsSlice()}
+		udp := &layers.UDP{SrcPort: 4000, DstPort: 5000}
+		_ = udp.SetNetworkLayerForChecksum(ip)
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload(payload)); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	run := func(p *ebpf.Program, in []byte) (uint32, []byte) {
+		t.Helper()
+		out := make([]byte, len(in)+64)
+		rc, err := p.Run(&ebpf.RunOptions{Data: in, DataOut: out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rc, out
+	}
+
+	in := packet("10.1.0.2")
+	rc, out := run(prog, in)
+	if rc != 7 { // TC_ACT_REDIRECT
+		t.Fatalf("routed destination: return %d, want 7 (redirect)", rc)
+	}
+	out = out[:len(in)+mplsoudpHeaderLen]
+	pk := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+	oip, _ := pk.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	oudp, _ := pk.Layer(layers.LayerTypeUDP).(*layers.UDP)
+	if oip == nil || oudp == nil {
+		t.Fatalf("no outer IPv4/UDP in %x", out)
+	}
+	if !oip.SrcIP.Equal(local.AsSlice()) || !oip.DstIP.Equal(remote.AsSlice()) || oip.TTL != 64 || oip.Flags != layers.IPv4DontFragment ||
+		int(oip.Length) != len(out)-14 {
+		t.Errorf("outer IPv4 %+v", oip)
+	}
+	if want := ipv4Checksum(out[14:34]); want != 0 {
+		t.Errorf("outer IPv4 checksum does not verify (%#x)", want)
+	}
+	if oudp.DstPort != MPLSoUDPPort || oudp.SrcPort < 32768 || oudp.SrcPort > 60999 || int(oudp.Length) != len(out)-34 || oudp.Checksum != 0 {
+		t.Errorf("outer UDP %+v", oudp)
+	}
+	entry := binary.BigEndian.Uint32(out[42:46])
+	if label, bos, ttl := entry>>12, entry>>8&1, entry&0xff; label != 1002 || bos != 1 || ttl != 63 {
+		t.Errorf("label entry %#x: label %d bos %d ttl %d, want 1002 1 63", entry, label, bos, ttl)
+	}
+	if string(out[46:]) != string(in[14:]) {
+		t.Errorf("inner packet changed:\n got %x\nwant %x", out[46:], in[14:])
+	}
+
+	// MPLSoGRE: outer IPv4 protocol 47, GRE without options carrying 0x8847.
+	in = packet("10.2.3.4")
+	rc, out = run(prog, in)
+	if rc != 7 {
+		t.Fatalf("MPLSoGRE destination: return %d, want 7 (redirect)", rc)
+	}
+	out = out[:len(in)+mplsogreHeaderLen]
+	if out[14+9] != 47 || ipv4Checksum(out[14:34]) != 0 || int(binary.BigEndian.Uint16(out[16:])) != len(out)-14 ||
+		string(out[26:34]) != string(append(local.AsSlice(), remote.AsSlice()...)) {
+		t.Errorf("MPLSoGRE outer IPv4 %x", out[14:34])
+	}
+	if g := binary.BigEndian.Uint32(out[34:38]); g != 0x8847 {
+		t.Errorf("GRE header %#x, want 0x00008847", g)
+	}
+	if entry := binary.BigEndian.Uint32(out[38:42]); entry != 2002<<12|1<<8|63 {
+		t.Errorf("MPLSoGRE label entry %#x", entry)
+	}
+	if string(out[42:]) != string(in[14:]) {
+		t.Errorf("MPLSoGRE inner packet changed")
+	}
+
+	for _, c := range []struct {
+		name string
+		p    *ebpf.Program
+		dst  string
+	}{{"unrouted destination", prog, "10.9.0.2"}, {"other network", other, "10.1.0.2"}} {
+		in := packet(c.dst)
+		rc, out := run(c.p, in)
+		if rc != 0 || string(out[:len(in)]) != string(in) {
+			t.Errorf("%s: return %d, packet %x; want 0 (pass) and the packet unchanged", c.name, rc, out[:len(in)])
+		}
+	}
+}
+
+func ipv4Checksum(h []byte) uint16 {
+	var s uint32
+	for i := 0; i < len(h); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}

@@ -1,0 +1,152 @@
+package overlay_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
+)
+
+// newFastManager is newManager with the BPF fast path required.
+func newFastManager(t testing.TB, ns *netnstest.NS, vrf overlay.VRFMode) *overlay.Manager {
+	t.Helper()
+	m, err := overlay.New(context.Background(), overlay.Config{NetNS: ns.Path(), Logger: testLogger(t), VRF: vrf, FastPath: overlay.FastPathOn})
+	if err != nil {
+		t.Fatalf("overlay.New with the fast path: %v", err)
+	}
+	t.Cleanup(m.Close)
+	return m
+}
+
+// tunnelTx counts the packets sent through a gateway's kernel MPLSoUDP tunnel
+// (0 when there is none): the fast path bypasses it.
+func tunnelTx(t testing.TB, ns *netnstest.NS, name string) uint64 {
+	t.Helper()
+	l, err := ns.Handle().LinkByName(name)
+	if err != nil {
+		return 0
+	}
+	return l.Attrs().Statistics.TxPackets
+}
+
+// fastPathFilters lists the fast path's filters on a link's ingress.
+func fastPathFilters(t testing.TB, ns *netnstest.NS, ifname string) int {
+	t.Helper()
+	l, err := ns.Handle().LinkByName(ifname)
+	if err != nil {
+		t.Fatalf("%s: %v", ifname, err)
+	}
+	fs, err := ns.Handle().FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, f := range fs {
+		if b, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(b.Name, overlay.FastPathFilterName) {
+			n++
+		}
+	}
+	return n
+}
+
+// reverse proves pod B -> pod A: ping and a TCP transfer.
+func (g *twoGateways) reverse(t *testing.T, what string) {
+	t.Helper()
+	if err := overlaytest.Ping(g.podB, g.addrA, 10*time.Second); err != nil {
+		t.Fatalf("%s: ping pod B -> pod A: %v", what, err)
+	}
+	d, err := g.podB.Transfer(g.podA.Sink(t, g.addrA), 4<<20)
+	if err != nil {
+		t.Fatalf("%s: TCP pod B -> pod A: %v", what, err)
+	}
+	t.Logf("%s: 4 MiB pod B -> pod A in %v", what, d)
+}
+
+// TestVMFastPath carries MPLSoUDP pod to pod through the BPF fast path: a fast
+// gateway facing a kernel-path gateway, then two fast gateways (MPLSoUDP and
+// MPLSoGRE), a restarted
+// agent, a switch back to the kernel path, and cleanup. The receiving side is
+// the kernel's (fou + mpls_router) in every case, and the capture on the
+// underlay checks the wire format as for the kernel path.
+func TestVMFastPath(t *testing.T) {
+	g := newTwoGateways(t, overlay.VRFAuto)
+	udp := []encap.Encap{encap.MPLSoUDP}
+	tun := "iofuc0000202" // A's kernel tunnel to B
+	g.mA.Close()
+	g.mA = newFastManager(t, g.gwA, overlay.VRFAuto)
+	if !g.mA.UsesFastPath() {
+		t.Fatal("fast path requested but not used")
+	}
+	cap := overlaytest.StartCapture(t, g.gwA, "u0")
+
+	sA, _ := g.set(t, udp, udp, true, true)
+	if n := fastPathFilters(t, g.gwA, "vpoda"); n != 1 {
+		t.Fatalf("%d fast path filters on vpoda, want 1", n)
+	}
+	tx := tunnelTx(t, g.gwA, tun)
+	g.checkPath(t, encap.MPLSoUDP, cap)
+	if d := tunnelTx(t, g.gwA, tun) - tx; d > 10 {
+		t.Errorf("fast path: %d packets went through the kernel tunnel %s", d, tun)
+	}
+	g.reverse(t, "kernel path B -> fast path A")
+
+	// Both gateways on the fast path.
+	g.mB.Close()
+	g.mB = newFastManager(t, g.gwB, overlay.VRFAuto)
+	g.set(t, udp, udp, true, true)
+	g.checkPath(t, encap.MPLSoUDP, cap)
+	g.reverse(t, "fast path both ways")
+
+	// MPLSoGRE through the fast path, the kernel's GRE tunnel bypassed.
+	both := []encap.Encap{encap.MPLSoGRE, encap.MPLSoUDP}
+	g.set(t, both, both, true, true)
+	gtx := tunnelTx(t, g.gwA, "iofgc0000202")
+	g.checkPath(t, encap.MPLSoGRE, cap)
+	if d := tunnelTx(t, g.gwA, "iofgc0000202") - gtx; d > 10 {
+		t.Errorf("MPLSoGRE fast path: %d packets went through the kernel tunnel", d)
+	}
+	g.reverse(t, "MPLSoGRE fast path both ways")
+	g.set(t, udp, udp, true, true)
+
+	// A restarted agent re-attaches its program over the old one and traffic goes on.
+	g.mA.Close()
+	g.mA = newFastManager(t, g.gwA, overlay.VRFAuto)
+	if err := g.mA.Set(context.Background(), sA); err != nil {
+		t.Fatalf("Set after restart: %v", err)
+	}
+	if n := fastPathFilters(t, g.gwA, "vpoda"); n != 1 {
+		t.Fatalf("after restart: %d fast path filters on vpoda, want 1", n)
+	}
+	g.checkPath(t, encap.MPLSoUDP, cap)
+
+	// Back to the kernel path: the filter goes, traffic takes the tunnel.
+	g.mA.Close()
+	g.mA = newManager(t, g.gwA, overlay.VRFAuto)
+	g.set(t, udp, udp, true, true)
+	if n := fastPathFilters(t, g.gwA, "vpoda"); n != 0 {
+		t.Fatalf("kernel path: %d fast path filters left on vpoda", n)
+	}
+	tx = tunnelTx(t, g.gwA, tun)
+	g.checkPath(t, encap.MPLSoUDP, cap)
+	if tunnelTx(t, g.gwA, tun) == tx {
+		t.Errorf("kernel path: nothing went through the tunnel %s", tun)
+	}
+
+	// Cleanup on B (fast path) leaves no filter.
+	if err := g.mB.Cleanup(context.Background()); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	if n := fastPathFilters(t, g.gwB, "vpodb"); n != 0 {
+		t.Errorf("after cleanup: %d fast path filters on vpodb", n)
+	}
+	if d := overlaytest.Dump(t, g.gwB); d != "" {
+		t.Errorf("after cleanup:\n%s", d)
+	}
+}
