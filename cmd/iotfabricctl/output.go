@@ -111,10 +111,14 @@ func (c *cli) printEndpoints(es ...*v1.Endpoint) error {
 		if e.Label != 0 {
 			label = strconv.Itoa(int(e.Label))
 		}
+		pod := "-"
+		if p := e.GetPod(); p.GetName() != "" {
+			pod = p.Namespace + "/" + p.Name
+		}
 		rows = append(rows, []string{e.Id, e.Network, e.Gateway, strings.Join(e.Addresses, ","), orDash(e.Mac), label,
-			stateName(e.State, v1.EndpointState_name, "ENDPOINT_STATE_")})
+			stateName(e.State, v1.EndpointState_name, "ENDPOINT_STATE_"), pod})
 	}
-	return c.table("ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE", rows)
+	return c.table("ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE\tPOD", rows)
 }
 
 func (c *cli) printIpam(st *v1.IpamStatus) error {

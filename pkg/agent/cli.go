@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iotfabric/iotfabric/pkg/encap"
+	"github.com/iotfabric/iotfabric/pkg/kube/podwatch"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
@@ -39,6 +40,10 @@ type Flags struct {
 	Encaps            string
 	Keepalive         time.Duration
 	KeepaliveTimeout  time.Duration
+	// Kubernetes (pkg/kube/podwatch): the node's pods map to networks.
+	KubeNode           string
+	Kubeconfig         string
+	KubeDefaultNetwork string
 }
 
 type listFlag struct{ l *[]string }
@@ -72,6 +77,9 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.NamespaceNetworks, "namespace-networks", "", "pod namespace to network mapping, ns=network,... (default: the network named like the namespace)")
 	fs.DurationVar(&f.Keepalive, "keepalive", DefaultKeepalive, "ping a controller after this long without traffic to notice a dead connection (0: off; at least 10s)")
 	fs.DurationVar(&f.KeepaliveTimeout, "keepalive-timeout", DefaultKeepaliveTimeout, "close and reconnect when a ping is not answered within this (0: the default)")
+	fs.StringVar(&f.KubeNode, "kube-node", "", "this gateway's Kubernetes node name: pods' networks come from their annotations and namespaces (off when empty)")
+	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "kubeconfig for --kube-node (default: the pod's service account)")
+	fs.StringVar(&f.KubeDefaultNetwork, "kube-default-network", "", "network of pods whose namespace names none and is not isolated (with --kube-node)")
 	fs.StringVar(&f.Encaps, "encaps", "mplsoudp,mplsogre", "encapsulations this gateway uses, most preferred first: mplsoudp, mplsogre, plain")
 }
 
@@ -139,10 +147,19 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 			creds = grpc.WithTransportCredentials(credentials.NewTLS(tc))
 		}
 	}
+	var pods PodResolver
+	if f.KubeNode != "" {
+		w, err := podwatch.New(podwatch.Config{Node: f.KubeNode, Kubeconfig: f.Kubeconfig, DefaultNetwork: f.KubeDefaultNetwork, Logger: log})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--kube-node: %w", err))
+		}
+		pods = w
+	}
 	if err := errors.Join(errs...); err != nil {
 		return Options{}, err
 	}
 	return Options{
+		Pods:        pods,
 		Config:      Config{Gateway: f.Gateway, Underlay: u, StateDir: f.StateDir, Encaps: encaps, Log: log},
 		Controllers: f.Controllers, DialOptions: []grpc.DialOption{creds}, Keepalive: ka, KeepaliveTimeout: f.KeepaliveTimeout,
 		CNISocket: f.CNISocket, NamespaceNetworks: nsMap, ResyncInterval: 5 * time.Minute,

@@ -31,6 +31,8 @@ const (
 	ComponentGraphite     = "graphite"      // IQRF collector's Graphite sink
 	ComponentMQTT         = "mqtt"          // IQRF collector's MQTT sink
 	ComponentIQRFSim      = "iqrf-sim"      // IQRF coordinator simulator
+	ComponentKube         = "kube"          // controller's Kubernetes reconciler (pkg/kube)
+	ComponentPodWatch     = "podwatch"      // agent's Kubernetes pod informer
 )
 
 // Field keys.
@@ -139,4 +141,12 @@ const (
 	Took     = "took"     // a duration
 	Interval = "interval" // an interval
 	RetryIn  = "retry_in" // the delay before a retry
+
+	// Kubernetes.
+	KubeNamespace = "k8s_namespace" // a Kubernetes namespace
+	KubePod       = "k8s_pod"       // a Kubernetes pod (namespace/name)
+	KubeNode      = "k8s_node"      // a Kubernetes node
+	KubeUID       = "k8s_uid"       // a Kubernetes object's UID
+	KubeObject    = "k8s_object"    // a Kubernetes object (kind/name)
+	Leader        = "leader"        // the holder of a leader lease
 )

@@ -41,6 +41,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/kube"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
@@ -82,6 +83,8 @@ type Controller struct {
 	stopSweeper context.CancelFunc
 	sweeperDone chan struct{} // closed when the sweeper's Run returned
 	serveErr    chan error    // gs.Serve's result
+	stopKube    context.CancelFunc
+	kubeDone    chan struct{} // closed when the Kubernetes reconciler stopped
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed once stopped
@@ -207,6 +210,23 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		c.hsrv = &http.Server{Handler: metricsMux(reg, st), ReadHeaderTimeout: 5 * time.Second}
 		go c.hsrv.Serve(ml)
 	}
+	c.stopKube, c.kubeDone = func() {}, make(chan struct{})
+	if cfg.Kubernetes.Enabled {
+		kr, err := kube.New(cfg.Kubernetes, ctl, kube.Options{Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		kctx, kcancel := context.WithCancel(context.Background())
+		c.stopKube = kcancel
+		go func() {
+			defer close(c.kubeDone)
+			if err := kr.Run(kctx); err != nil {
+				log.Error("kubernetes reconciler stopped", logkey.Err, err)
+			}
+		}()
+	} else {
+		close(c.kubeDone)
+	}
 	go func() { c.serveErr <- gs.Serve(lis) }()
 	go c.supervise()
 	log.Info("controller serving", logkey.API, lis.Addr().String(), logkey.Metrics, c.metricsAddr)
@@ -322,6 +342,8 @@ func (c *Controller) stop(graceful bool) {
 			c.hsrv.Shutdown(sctx)
 			cancel()
 		}
+		c.stopKube()
+		<-c.kubeDone
 		c.stopRunner()
 		if err := <-c.runErr; err != nil && !errors.Is(err, context.Canceled) {
 			c.log.Warn("route table stopped", logkey.Err, err)

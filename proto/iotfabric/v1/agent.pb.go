@@ -253,7 +253,9 @@ type AgentEndpoint struct {
 	Mac       string                 `protobuf:"bytes,4,opt,name=mac,proto3" json:"mac,omitempty"`
 	Label     uint32                 `protobuf:"varint,5,opt,name=label,proto3" json:"label,omitempty"`
 	// When the agent admitted it (while offline, for the record).
-	Created       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"`
+	Created *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"`
+	// The Kubernetes pod, when the CNI ADD carried K8S_POD_* in CNI_ARGS.
+	Pod           *PodRef `protobuf:"bytes,20,opt,name=pod,proto3" json:"pod,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -326,6 +328,13 @@ func (x *AgentEndpoint) GetLabel() uint32 {
 func (x *AgentEndpoint) GetCreated() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Created
+	}
+	return nil
+}
+
+func (x *AgentEndpoint) GetPod() *PodRef {
+	if x != nil {
+		return x.Pod
 	}
 	return nil
 }
@@ -768,14 +777,15 @@ const file_iotfabric_v1_agent_proto_rawDesc = "" +
 	"\x06blocks\x18\x02 \x03(\v2\x1a.iotfabric.v1.GatewayBlockR\x06blocks\"@\n" +
 	"\fGatewayBlock\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x16\n" +
-	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"\xb5\x01\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"\xdd\x01\n" +
 	"\rAgentEndpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
 	"\taddresses\x18\x03 \x03(\tR\taddresses\x12\x10\n" +
 	"\x03mac\x18\x04 \x01(\tR\x03mac\x12\x14\n" +
 	"\x05label\x18\x05 \x01(\rR\x05label\x124\n" +
-	"\acreated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\xab\x01\n" +
+	"\acreated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12&\n" +
+	"\x03pod\x18\x14 \x01(\v2\x14.iotfabric.v1.PodRefR\x03pod\"\xab\x01\n" +
 	"\x16ReportEndpointsRequest\x12\x18\n" +
 	"\agateway\x18\x01 \x01(\tR\agateway\x129\n" +
 	"\tendpoints\x18\x02 \x03(\v2\x1b.iotfabric.v1.AgentEndpointR\tendpoints\x12\x1b\n" +
@@ -845,34 +855,36 @@ var file_iotfabric_v1_agent_proto_goTypes = []any{
 	(*GatewayRoutes)(nil),             // 11: iotfabric.v1.GatewayRoutes
 	(*Gateway)(nil),                   // 12: iotfabric.v1.Gateway
 	(*timestamppb.Timestamp)(nil),     // 13: google.protobuf.Timestamp
-	(*Endpoint)(nil),                  // 14: iotfabric.v1.Endpoint
-	(*Route)(nil),                     // 15: iotfabric.v1.Route
+	(*PodRef)(nil),                    // 14: iotfabric.v1.PodRef
+	(*Endpoint)(nil),                  // 15: iotfabric.v1.Endpoint
+	(*Route)(nil),                     // 16: iotfabric.v1.Route
 }
 var file_iotfabric_v1_agent_proto_depIdxs = []int32{
 	12, // 0: iotfabric.v1.RegisterRequest.gateway:type_name -> iotfabric.v1.Gateway
 	12, // 1: iotfabric.v1.RegisterResponse.gateway:type_name -> iotfabric.v1.Gateway
 	3,  // 2: iotfabric.v1.RegisterResponse.blocks:type_name -> iotfabric.v1.GatewayBlock
 	13, // 3: iotfabric.v1.AgentEndpoint.created:type_name -> google.protobuf.Timestamp
-	4,  // 4: iotfabric.v1.ReportEndpointsRequest.endpoints:type_name -> iotfabric.v1.AgentEndpoint
-	14, // 5: iotfabric.v1.EndpointResult.endpoint:type_name -> iotfabric.v1.Endpoint
-	6,  // 6: iotfabric.v1.ReportEndpointsResponse.results:type_name -> iotfabric.v1.EndpointResult
-	3,  // 7: iotfabric.v1.LeaseBlockResponse.block:type_name -> iotfabric.v1.GatewayBlock
-	0,  // 8: iotfabric.v1.GatewayRoutes.kind:type_name -> iotfabric.v1.GatewayRoutes.Kind
-	15, // 9: iotfabric.v1.GatewayRoutes.put:type_name -> iotfabric.v1.Route
-	15, // 10: iotfabric.v1.GatewayRoutes.delete:type_name -> iotfabric.v1.Route
-	1,  // 11: iotfabric.v1.AgentService.Register:input_type -> iotfabric.v1.RegisterRequest
-	5,  // 12: iotfabric.v1.AgentService.ReportEndpoints:input_type -> iotfabric.v1.ReportEndpointsRequest
-	8,  // 13: iotfabric.v1.AgentService.LeaseBlock:input_type -> iotfabric.v1.LeaseBlockRequest
-	10, // 14: iotfabric.v1.AgentService.WatchGatewayRoutes:input_type -> iotfabric.v1.WatchGatewayRoutesRequest
-	2,  // 15: iotfabric.v1.AgentService.Register:output_type -> iotfabric.v1.RegisterResponse
-	7,  // 16: iotfabric.v1.AgentService.ReportEndpoints:output_type -> iotfabric.v1.ReportEndpointsResponse
-	9,  // 17: iotfabric.v1.AgentService.LeaseBlock:output_type -> iotfabric.v1.LeaseBlockResponse
-	11, // 18: iotfabric.v1.AgentService.WatchGatewayRoutes:output_type -> iotfabric.v1.GatewayRoutes
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	14, // 4: iotfabric.v1.AgentEndpoint.pod:type_name -> iotfabric.v1.PodRef
+	4,  // 5: iotfabric.v1.ReportEndpointsRequest.endpoints:type_name -> iotfabric.v1.AgentEndpoint
+	15, // 6: iotfabric.v1.EndpointResult.endpoint:type_name -> iotfabric.v1.Endpoint
+	6,  // 7: iotfabric.v1.ReportEndpointsResponse.results:type_name -> iotfabric.v1.EndpointResult
+	3,  // 8: iotfabric.v1.LeaseBlockResponse.block:type_name -> iotfabric.v1.GatewayBlock
+	0,  // 9: iotfabric.v1.GatewayRoutes.kind:type_name -> iotfabric.v1.GatewayRoutes.Kind
+	16, // 10: iotfabric.v1.GatewayRoutes.put:type_name -> iotfabric.v1.Route
+	16, // 11: iotfabric.v1.GatewayRoutes.delete:type_name -> iotfabric.v1.Route
+	1,  // 12: iotfabric.v1.AgentService.Register:input_type -> iotfabric.v1.RegisterRequest
+	5,  // 13: iotfabric.v1.AgentService.ReportEndpoints:input_type -> iotfabric.v1.ReportEndpointsRequest
+	8,  // 14: iotfabric.v1.AgentService.LeaseBlock:input_type -> iotfabric.v1.LeaseBlockRequest
+	10, // 15: iotfabric.v1.AgentService.WatchGatewayRoutes:input_type -> iotfabric.v1.WatchGatewayRoutesRequest
+	2,  // 16: iotfabric.v1.AgentService.Register:output_type -> iotfabric.v1.RegisterResponse
+	7,  // 17: iotfabric.v1.AgentService.ReportEndpoints:output_type -> iotfabric.v1.ReportEndpointsResponse
+	9,  // 18: iotfabric.v1.AgentService.LeaseBlock:output_type -> iotfabric.v1.LeaseBlockResponse
+	11, // 19: iotfabric.v1.AgentService.WatchGatewayRoutes:output_type -> iotfabric.v1.GatewayRoutes
+	16, // [16:20] is the sub-list for method output_type
+	12, // [12:16] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_iotfabric_v1_agent_proto_init() }

@@ -451,9 +451,11 @@ type Endpoint struct {
 	Addresses []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	Mac       string   `protobuf:"bytes,5,opt,name=mac,proto3" json:"mac,omitempty"`
 	// MPLS label (16..1048575) given by the gateway's agent or through the API; 0 = none yet.
-	Label         uint32        `protobuf:"varint,6,opt,name=label,proto3" json:"label,omitempty"`
-	State         EndpointState `protobuf:"varint,7,opt,name=state,proto3,enum=iotfabric.v1.EndpointState" json:"state,omitempty"`
-	Revision      int64         `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	Label    uint32        `protobuf:"varint,6,opt,name=label,proto3" json:"label,omitempty"`
+	State    EndpointState `protobuf:"varint,7,opt,name=state,proto3,enum=iotfabric.v1.EndpointState" json:"state,omitempty"`
+	Revision int64         `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The Kubernetes pod the endpoint belongs to, when a Kubernetes runtime added it.
+	Pod           *PodRef `protobuf:"bytes,20,opt,name=pod,proto3" json:"pod,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -544,6 +546,83 @@ func (x *Endpoint) GetRevision() int64 {
 	return 0
 }
 
+func (x *Endpoint) GetPod() *PodRef {
+	if x != nil {
+		return x.Pod
+	}
+	return nil
+}
+
+// PodRef names the Kubernetes pod (and its sandbox container) behind an endpoint.
+type PodRef struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The pod's UID: a pod re-created under the same name has another.
+	Uid           string `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	ContainerId   string `protobuf:"bytes,4,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodRef) Reset() {
+	*x = PodRef{}
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodRef) ProtoMessage() {}
+
+func (x *PodRef) ProtoReflect() protoreflect.Message {
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodRef.ProtoReflect.Descriptor instead.
+func (*PodRef) Descriptor() ([]byte, []int) {
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PodRef) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PodRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PodRef) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *PodRef) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
 // IpamBlock is an address block leased to a gateway.
 type IpamBlock struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -557,7 +636,7 @@ type IpamBlock struct {
 
 func (x *IpamBlock) Reset() {
 	*x = IpamBlock{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[3]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +648,7 @@ func (x *IpamBlock) String() string {
 func (*IpamBlock) ProtoMessage() {}
 
 func (x *IpamBlock) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[3]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +661,7 @@ func (x *IpamBlock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpamBlock.ProtoReflect.Descriptor instead.
 func (*IpamBlock) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{3}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *IpamBlock) GetPrefix() string {
@@ -629,7 +708,7 @@ type IpamSubnet struct {
 
 func (x *IpamSubnet) Reset() {
 	*x = IpamSubnet{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +720,7 @@ func (x *IpamSubnet) String() string {
 func (*IpamSubnet) ProtoMessage() {}
 
 func (x *IpamSubnet) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +733,7 @@ func (x *IpamSubnet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpamSubnet.ProtoReflect.Descriptor instead.
 func (*IpamSubnet) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{4}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *IpamSubnet) GetSubnet() string {
@@ -710,7 +789,7 @@ type IpamStatus struct {
 
 func (x *IpamStatus) Reset() {
 	*x = IpamStatus{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +801,7 @@ func (x *IpamStatus) String() string {
 func (*IpamStatus) ProtoMessage() {}
 
 func (x *IpamStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +814,7 @@ func (x *IpamStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpamStatus.ProtoReflect.Descriptor instead.
 func (*IpamStatus) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{5}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IpamStatus) GetNetwork() string {
@@ -782,7 +861,7 @@ const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"\x0eencapsulations\x18\x03 \x03(\x0e2\x1b.iotfabric.v1.EncapsulationR\x0eencapsulations\x120\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x1a.iotfabric.v1.GatewayStateR\x05state\x127\n" +
 	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x1a\n" +
-	"\brevision\x18\x06 \x01(\x03R\brevision\"\xe3\x01\n" +
+	"\brevision\x18\x06 \x01(\x03R\brevision\"\x8b\x02\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x18\n" +
@@ -791,7 +870,13 @@ const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"\x03mac\x18\x05 \x01(\tR\x03mac\x12\x14\n" +
 	"\x05label\x18\x06 \x01(\rR\x05label\x121\n" +
 	"\x05state\x18\a \x01(\x0e2\x1b.iotfabric.v1.EndpointStateR\x05state\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x03R\brevision\"e\n" +
+	"\brevision\x18\b \x01(\x03R\brevision\x12&\n" +
+	"\x03pod\x18\x14 \x01(\v2\x14.iotfabric.v1.PodRefR\x03pod\"o\n" +
+	"\x06PodRef\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\tR\x03uid\x12!\n" +
+	"\fcontainer_id\x18\x04 \x01(\tR\vcontainerId\"e\n" +
 	"\tIpamBlock\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x12\n" +
@@ -844,7 +929,7 @@ func file_iotfabric_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_iotfabric_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_iotfabric_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_iotfabric_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_iotfabric_v1_resources_proto_goTypes = []any{
 	(Encapsulation)(0),            // 0: iotfabric.v1.Encapsulation
 	(GatewayState)(0),             // 1: iotfabric.v1.GatewayState
@@ -853,24 +938,26 @@ var file_iotfabric_v1_resources_proto_goTypes = []any{
 	(*VirtualNetwork)(nil),        // 4: iotfabric.v1.VirtualNetwork
 	(*Gateway)(nil),               // 5: iotfabric.v1.Gateway
 	(*Endpoint)(nil),              // 6: iotfabric.v1.Endpoint
-	(*IpamBlock)(nil),             // 7: iotfabric.v1.IpamBlock
-	(*IpamSubnet)(nil),            // 8: iotfabric.v1.IpamSubnet
-	(*IpamStatus)(nil),            // 9: iotfabric.v1.IpamStatus
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*PodRef)(nil),                // 7: iotfabric.v1.PodRef
+	(*IpamBlock)(nil),             // 8: iotfabric.v1.IpamBlock
+	(*IpamSubnet)(nil),            // 9: iotfabric.v1.IpamSubnet
+	(*IpamStatus)(nil),            // 10: iotfabric.v1.IpamStatus
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_iotfabric_v1_resources_proto_depIdxs = []int32{
 	0,  // 0: iotfabric.v1.VirtualNetwork.encapsulations:type_name -> iotfabric.v1.Encapsulation
 	0,  // 1: iotfabric.v1.Gateway.encapsulations:type_name -> iotfabric.v1.Encapsulation
 	1,  // 2: iotfabric.v1.Gateway.state:type_name -> iotfabric.v1.GatewayState
-	10, // 3: iotfabric.v1.Gateway.last_seen:type_name -> google.protobuf.Timestamp
+	11, // 3: iotfabric.v1.Gateway.last_seen:type_name -> google.protobuf.Timestamp
 	2,  // 4: iotfabric.v1.Endpoint.state:type_name -> iotfabric.v1.EndpointState
-	7,  // 5: iotfabric.v1.IpamSubnet.blocks:type_name -> iotfabric.v1.IpamBlock
-	8,  // 6: iotfabric.v1.IpamStatus.subnets:type_name -> iotfabric.v1.IpamSubnet
-	7,  // [7:7] is the sub-list for method output_type
-	7,  // [7:7] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	7,  // 5: iotfabric.v1.Endpoint.pod:type_name -> iotfabric.v1.PodRef
+	8,  // 6: iotfabric.v1.IpamSubnet.blocks:type_name -> iotfabric.v1.IpamBlock
+	9,  // 7: iotfabric.v1.IpamStatus.subnets:type_name -> iotfabric.v1.IpamSubnet
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_iotfabric_v1_resources_proto_init() }
@@ -884,7 +971,7 @@ func file_iotfabric_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_iotfabric_v1_resources_proto_rawDesc), len(file_iotfabric_v1_resources_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
