@@ -8,9 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/iotfabric/iotfabric/internal/kubetest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
