@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -156,6 +157,7 @@ type term struct {
 	deletedInStore map[string]bool      // networks deleted through the API while leading
 	nodeGone       map[string]time.Time // node name -> when it was seen gone
 	podGone        map[string]time.Time // endpoint id -> when its pod was first missing
+	isolated       []netip.Prefix       // subnets given to isolated namespaces this term
 }
 
 // Key prefixes of the work queue.
@@ -257,13 +259,14 @@ func (r *Reconciler) lead(ctx context.Context) {
 		t.queue.ShutDown()
 	})
 	// The first pass is over once the queue was empty.
+	reconciled := *r.reconciled.Load()
 	wg.Go(func() {
 		for ctx.Err() == nil {
 			if t.queue.Len() == 0 {
 				time.Sleep(20 * time.Millisecond)
 				if t.queue.Len() == 0 {
 					r.log.Info("kubernetes reconciled", logkey.Took, r.now().Sub(start))
-					close(*r.reconciled.Load())
+					close(reconciled)
 					return
 				}
 			}

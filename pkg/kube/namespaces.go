@@ -103,6 +103,8 @@ func (r *Reconciler) createIsolated(ctx context.Context, t *term, ns *corev1.Nam
 			add(s)
 		}
 	}
+	// Objects created moments ago may not be in the informer yet.
+	used = append(used, t.isolated...)
 	subnet, ok := freeSubnet(netip.MustParsePrefix(r.cfg.IsolationPool), r.cfg.IsolationPrefix, used)
 	if !ok {
 		r.rec.Event(ns, corev1.EventTypeWarning, ReasonNoPool, fmt.Sprintf("no /%d left in the isolation pool %s", r.cfg.IsolationPrefix, r.cfg.IsolationPool))
@@ -121,6 +123,7 @@ func (r *Reconciler) createIsolated(ctx context.Context, t *term, ns *corev1.Nam
 	if err != nil {
 		return fmt.Errorf("kubernetes API: %w", err)
 	}
+	t.isolated = append(t.isolated, subnet)
 	r.log.Info("isolated namespace: network created", logkey.KubeNamespace, ns.Name, logkey.Network, u.GetName(), logkey.Subnets, subnet.String())
 	return nil
 }
