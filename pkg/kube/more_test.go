@@ -192,7 +192,9 @@ func TestPodGC(t *testing.T) {
 	if _, err := e.ctl.CreateEndpoint(e.ctx, &v1.Endpoint{Id: "vm-1", Network: "net", Gateway: "gw"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.kc.CoreV1().Pods("default").Delete(e.ctx, "doomed", metav1.DeleteOptions{}); err != nil {
+	// Deleted from the API without a CNI DEL (force: no kubelet runs here to finish a graceful deletion).
+	zero := int64(0)
+	if err := e.kc.CoreV1().Pods("default").Delete(e.ctx, "doomed", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "doomed and old released", func() (bool, string) {

@@ -99,7 +99,8 @@ func (r *Reconciler) nodeGateway(ctx context.Context, n *corev1.Node) error {
 }
 
 // seedNodes schedules the removal of the gateways that host pods' endpoints
-// but have no node (deleted while no controller led).
+// but have no node (deleted while no controller led) and none of whose
+// endpoints belongs to a live pod.
 func (r *Reconciler) seedNodes(ctx context.Context, t *term) error {
 	gws, _, err := r.fab.ListGateways(ctx)
 	if err != nil {
@@ -113,7 +114,16 @@ func (r *Reconciler) seedNodes(ctx context.Context, t *term) error {
 		if err != nil {
 			return err
 		}
-		if slices.ContainsFunc(eps, func(e *v1.Endpoint) bool { return e.GetPod().GetUid() != "" }) {
+		fromPods, live := false, false
+		for _, e := range eps {
+			if uid := e.GetPod().GetUid(); uid != "" {
+				fromPods = true
+				if objs, err := t.pods.GetIndexer().ByIndex(uidIndex, uid); err != nil || len(objs) > 0 {
+					live = true
+				}
+			}
+		}
+		if fromPods && !live {
 			t.queue.Add(keyNode + g.Name)
 		}
 	}
