@@ -134,7 +134,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	base := cni.Request{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns}
 	req := base
-	req.Op, req.Network, req.PodNamespace, req.PodName = cni.OpAdd, network, string(ka.K8S_POD_NAMESPACE), string(ka.K8S_POD_NAME)
+	req.Op, req.Network, req.PodNamespace, req.PodName, req.PodUID = cni.OpAdd, network, string(ka.K8S_POD_NAMESPACE), string(ka.K8S_POD_NAME), string(ka.K8S_POD_UID)
 	resp, err := call(conf, &req)
 	if err != nil {
 		return cniErr(err)

@@ -140,7 +140,7 @@ func gatewayRows(gs []*v1.Gateway) [][]string {
 	return rows
 }
 
-const endpointHeader = "ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE\tCONDITIONS"
+const endpointHeader = "ID\tNETWORK\tGATEWAY\tADDRESSES\tMAC\tLABEL\tSTATE\tPOD\tCONDITIONS"
 
 func (c *cli) printEndpoints(es ...*v1.Endpoint) error {
 	if c.format == "json" {
@@ -166,8 +166,12 @@ func endpointRows(es []*v1.Endpoint) [][]string {
 		if e.Label != 0 {
 			label = strconv.Itoa(int(e.Label))
 		}
+		pod := "-"
+		if p := e.GetPod(); p.GetName() != "" {
+			pod = p.Namespace + "/" + p.Name
+		}
 		rows = append(rows, []string{e.Id, e.Network, e.Gateway, strings.Join(e.Addresses, ","), orDash(e.Mac), label,
-			stateName(e.State, v1.EndpointState_name, "ENDPOINT_STATE_"), conditionTypes(e.Conditions)})
+			stateName(e.State, v1.EndpointState_name, "ENDPOINT_STATE_"), pod, conditionTypes(e.Conditions)})
 	}
 	return rows
 }

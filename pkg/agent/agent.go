@@ -54,8 +54,12 @@ type Options struct {
 	// NamespaceNetworks maps a pod's namespace to a network when the plugin
 	// gives none (default: the network named like the namespace).
 	NamespaceNetworks map[string]string
-	KernelFeatures    []string
-	Version           string
+	// Pods, when set, maps a Kubernetes pod (an ADD with K8S_POD_* in
+	// CNI_ARGS and no network from the plugin) to its network, and learns
+	// of attached pods (pkg/kube/podwatch).
+	Pods           PodResolver
+	KernelFeatures []string
+	Version        string
 	// ResyncInterval re-reads the kernel and re-applies this often (0: never).
 	ResyncInterval time.Duration
 	// AttachWait bounds how long an attach waits for the data plane (default 5s).
@@ -72,6 +76,14 @@ type Options struct {
 	// Renewer, if set, runs beside the sessions: it renews the enrolled
 	// certificate the DialOptions present (pkg/enrollclient).
 	Renewer interface{ Run(context.Context) error }
+}
+
+// PodResolver is the agent's view of the Kubernetes pods on its node.
+type PodResolver interface {
+	// Network returns the network of the pod, or a *cni.Error.
+	Network(ctx context.Context, namespace, name, uid string) (string, error)
+	// Attached tells that the pod's endpoint is in place (it must not block).
+	Attached(ep cni.Endpoint, gateway netip.Addr)
 }
 
 // Agent is the vrouter agent: core, data-plane loop, controller sessions and
@@ -172,6 +184,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 	})
+	if r, ok := a.opts.Pods.(interface{ Run(context.Context) error }); ok {
+		wg.Go(func() { _ = r.Run(ctx) })
+	}
 	srvErr := make(chan error, 1)
 	if a.opts.CNISocket != "" {
 		l, err := cni.Listen(a.opts.CNISocket)
@@ -218,6 +233,13 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 	}
 	switch req.Op {
 	case cni.OpAdd:
+		if req.Network == "" && a.opts.Pods != nil && req.PodName != "" {
+			n, err := a.opts.Pods.Network(ctx, req.PodNamespace, req.PodName, req.PodUID)
+			if err != nil {
+				return nil, err
+			}
+			req.Network = n
+		}
 		if req.Network == "" {
 			req.Network = req.PodNamespace
 			if n, ok := a.opts.NamespaceNetworks[req.PodNamespace]; ok {
@@ -279,6 +301,9 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 				r.Warning = fmt.Sprintf("data plane not fully programmed yet: %v", err)
 			}
 			cancel()
+		}
+		if a.opts.Pods != nil && ep.PodName != "" {
+			a.opts.Pods.Attached(ep, a.opts.PodGatewayAddr)
 		}
 		return r, nil
 	case cni.OpDel:

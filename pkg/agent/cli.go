@@ -16,6 +16,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/enrollclient"
+	"github.com/iotfabric/iotfabric/pkg/kube/podwatch"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
@@ -45,6 +46,10 @@ type Flags struct {
 	// holds no identity yet.
 	Join          string
 	CAFingerprint string
+	// Kubernetes (pkg/kube/podwatch): the node's pods map to networks.
+	KubeNode           string
+	Kubeconfig         string
+	KubeDefaultNetwork string
 }
 
 type listFlag struct{ l *[]string }
@@ -80,6 +85,9 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.KeepaliveTimeout, "keepalive-timeout", DefaultKeepaliveTimeout, "close and reconnect when a ping is not answered within this (0: the default)")
 	fs.StringVar(&f.Join, "join", "", "bootstrap token (iotfabricctl gateway token create): enroll with the first --controller that answers, unless the state directory holds an identity already; the gateway's name comes from the token")
 	fs.StringVar(&f.CAFingerprint, "ca-fingerprint", "", "with --join: SHA-256 fingerprint of the controller's CA (sha256:<hex>, printed with the token)")
+	fs.StringVar(&f.KubeNode, "kube-node", "", "this gateway's Kubernetes node name: pods' networks come from their annotations and namespaces (off when empty)")
+	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "kubeconfig for --kube-node (default: the pod's service account)")
+	fs.StringVar(&f.KubeDefaultNetwork, "kube-default-network", "", "network of pods whose namespace names none and is not isolated (with --kube-node)")
 	fs.StringVar(&f.Encaps, "encaps", "mplsoudp,mplsogre", "encapsulations this gateway uses, most preferred first: mplsoudp, mplsogre, plain")
 }
 
@@ -217,6 +225,14 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 			creds = grpc.WithTransportCredentials(credentials.NewTLS(tc))
 		}
 	}
+	var pods PodResolver
+	if f.KubeNode != "" {
+		w, err := podwatch.New(podwatch.Config{Node: f.KubeNode, Kubeconfig: f.Kubeconfig, DefaultNetwork: f.KubeDefaultNetwork, Logger: log})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--kube-node: %w", err))
+		}
+		pods = w
+	}
 	if f.Gateway == "" {
 		errs = append(errs, errors.New("--gateway: give this gateway's name (or --join a token)"))
 	}
@@ -224,6 +240,7 @@ func (f *Flags) Options(log *slog.Logger) (Options, error) {
 		return Options{}, err
 	}
 	opts := Options{
+		Pods:        pods,
 		Config:      Config{Gateway: f.Gateway, Underlay: u, StateDir: f.StateDir, Encaps: encaps, Log: log},
 		Controllers: f.Controllers, DialOptions: []grpc.DialOption{creds}, Keepalive: ka, KeepaliveTimeout: f.KeepaliveTimeout,
 		CNISocket: f.CNISocket, NamespaceNetworks: nsMap, ResyncInterval: 5 * time.Minute,

@@ -502,7 +502,8 @@ func (c *Core) add(s *coreState, req *cni.Request) (*Endpoint, error) {
 		return nil, cni.Errorf(cni.CodeInternal, "%v", err)
 	}
 	e := &Endpoint{Endpoint: cni.Endpoint{ID: id, ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns,
-		Network: req.Network, Label: label, HostIf: cni.HostIfName(id)}, Created: c.cfg.Now().UTC()}
+		Network: req.Network, Label: label, HostIf: cni.HostIfName(id),
+		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: req.PodUID}, Created: c.cfg.Now().UTC()}
 	for _, l := range leases {
 		pool.Commit(l)
 		e.Addresses = append(e.Addresses, l.Addr)

@@ -455,6 +455,9 @@ func (c *Core) report(ctx context.Context, rev uint64, full bool, network string
 				continue
 			}
 			ae := &v1.AgentEndpoint{Id: e.ID, Network: e.Network, Mac: mac, Label: label, Created: timestamppb.New(e.Created)}
+			if e.PodName != "" {
+				ae.Pod = &v1.PodRef{Namespace: e.PodNamespace, Name: e.PodName, Uid: e.PodUID, ContainerId: e.ContainerID}
+			}
 			for _, a := range e.Addresses {
 				ae.Addresses = append(ae.Addresses, a.String())
 			}

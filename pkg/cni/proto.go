@@ -45,6 +45,8 @@ type Request struct {
 	Network      string `json:"network,omitempty"`
 	PodNamespace string `json:"podNamespace,omitempty"`
 	PodName      string `json:"podName,omitempty"`
+	// PodUID is K8S_POD_UID: a pod re-created under the same name has another.
+	PodUID string `json:"podUID,omitempty"`
 	// MAC of the pod-side interface (attach).
 	MAC string `json:"mac,omitempty"`
 	// Valid attachments (gc).
@@ -71,6 +73,10 @@ type Endpoint struct {
 	HostIf string `json:"hostIf"`
 	// Attached is set once the plugin reported the veth pair in place.
 	Attached bool `json:"attached,omitempty"`
+	// The Kubernetes pod, from the ADD's CNI_ARGS (empty outside Kubernetes).
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
+	PodUID       string `json:"podUID,omitempty"`
 }
 
 // Response is what the agent answers.

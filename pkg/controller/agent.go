@@ -135,7 +135,7 @@ func (c *Controller) reportOne(ctx context.Context, gw string, e *v1.AgentEndpoi
 		if len(e.GetAddresses()) > 0 && !sameAddrs(cur.Addresses, e.GetAddresses()) {
 			return cur, model.Errorf(model.ErrConflict, "endpoint %s has addresses %v at the controller, the gateway reports %v", e.GetId(), cur.Addresses, e.GetAddresses())
 		}
-		if cur.Label == e.GetLabel() && cur.Mac == e.GetMac() {
+		if cur.Label == e.GetLabel() && cur.Mac == e.GetMac() && (e.GetPod() == nil || proto.Equal(cur.Pod, e.GetPod())) {
 			return cur, nil
 		}
 		if e.GetLabel() == 0 && cur.Label != 0 {
@@ -145,11 +145,11 @@ func (c *Controller) reportOne(ctx context.Context, gw string, e *v1.AgentEndpoi
 			return cur, nil
 		}
 		upd := proto.Clone(cur).(*v1.Endpoint)
-		upd.Label, upd.Mac = e.GetLabel(), e.GetMac()
+		upd.Label, upd.Mac, upd.Pod = e.GetLabel(), e.GetMac(), e.GetPod()
 		return c.UpdateEndpoint(ctx, upd)
 	case errors.Is(err, model.ErrNotFound):
 		return c.CreateEndpoint(ctx, &v1.Endpoint{Id: e.GetId(), Network: e.GetNetwork(), Gateway: gw,
-			Addresses: e.GetAddresses(), Mac: e.GetMac(), Label: e.GetLabel()})
+			Addresses: e.GetAddresses(), Mac: e.GetMac(), Label: e.GetLabel(), Pod: e.GetPod()})
 	default:
 		return nil, err
 	}

@@ -541,6 +541,9 @@ func (c *Controller) UpdateEndpoint(ctx context.Context, req *v1.Endpoint) (*v1.
 		}
 		e := proto.Clone(cur).(*v1.Endpoint)
 		e.Mac, e.Label = req.Mac, req.Label
+		if req.Pod != nil {
+			e.Pod = proto.Clone(req.Pod).(*v1.PodRef)
+		}
 		e.State, e.Revision = endpointState(e), 0
 		conds := []store.Cond{store.Unchanged(kv)}
 		ops := []store.Op{store.Put(kv.Key, encode(e))}

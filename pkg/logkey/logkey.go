@@ -33,6 +33,8 @@ const (
 	ComponentGraphite     = "graphite"      // IQRF collector's Graphite sink
 	ComponentMQTT         = "mqtt"          // IQRF collector's MQTT sink
 	ComponentIQRFSim      = "iqrf-sim"      // IQRF coordinator simulator
+	ComponentKube         = "kube"          // controller's Kubernetes reconciler (pkg/kube)
+	ComponentPodWatch     = "podwatch"      // agent's Kubernetes pod informer
 )
 
 // Field keys.
@@ -151,4 +153,12 @@ const (
 	// Bounded logs (internal/logbound).
 	Examples = "examples" // the first few values of the lines left out
 	Failures = "failures" // how many things failed (the err field lists the first few)
+
+	// Kubernetes.
+	KubeNamespace = "k8s_namespace" // a Kubernetes namespace
+	KubePod       = "k8s_pod"       // a Kubernetes pod (namespace/name)
+	KubeNode      = "k8s_node"      // a Kubernetes node
+	KubeUID       = "k8s_uid"       // a Kubernetes object's UID
+	KubeObject    = "k8s_object"    // a Kubernetes object (kind/name)
+	Leader        = "leader"        // the holder of a leader lease
 )

@@ -16,6 +16,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/enroll"
+	"github.com/iotfabric/iotfabric/pkg/kube"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 )
@@ -64,6 +65,9 @@ type Config struct {
 		// it until it is back within the limit (-1: no limit).
 		MaxPerNetwork int `yaml:"max_per_network"`
 	} `yaml:"routes"`
+	// Kubernetes: namespaces, pods and nodes drive the fabric (pkg/kube,
+	// docs/kubernetes.md).
+	Kubernetes kube.Config `yaml:"kubernetes"`
 }
 
 // KeepaliveConfig is the API's gRPC keepalive section.
@@ -233,6 +237,11 @@ func LoadConfig(path string) (Config, error) {
 // Validate checks the whole configuration and names every problem.
 func (c *Config) Validate() error {
 	var errs []error
+	if c.Kubernetes.Enabled {
+		if err := c.Kubernetes.Defaults().Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir is empty and no etcd endpoints are set: the controller needs somewhere to keep its state"))
 	}

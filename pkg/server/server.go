@@ -48,6 +48,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/kube"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store"
@@ -96,6 +97,8 @@ type Controller struct {
 	stopRevs    context.CancelFunc
 	revsDone    chan struct{} // closed when the revocation set's Run returned
 	serveErr    chan error    // gs.Serve's result
+	stopKube    context.CancelFunc
+	kubeDone    chan struct{} // closed when the Kubernetes reconciler stopped
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed once stopped
@@ -247,6 +250,23 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		c.metricsAddr = ml.Addr().String()
 		c.hsrv = &http.Server{Handler: metricsMux(reg, st), ReadHeaderTimeout: 5 * time.Second}
 		go c.hsrv.Serve(ml)
+	}
+	c.stopKube, c.kubeDone = func() {}, make(chan struct{})
+	if cfg.Kubernetes.Enabled {
+		kr, err := kube.New(cfg.Kubernetes, ctl, kube.Options{Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		kctx, kcancel := context.WithCancel(context.Background())
+		c.stopKube = kcancel
+		go func() {
+			defer close(c.kubeDone)
+			if err := kr.Run(kctx); err != nil {
+				log.Error("kubernetes reconciler stopped", logkey.Err, err)
+			}
+		}()
+	} else {
+		close(c.kubeDone)
 	}
 	go func() { c.serveErr <- gs.Serve(lis) }()
 	go c.supervise()
@@ -416,6 +436,8 @@ func (c *Controller) stop(graceful bool) {
 			c.hsrv.Shutdown(sctx)
 			cancel()
 		}
+		c.stopKube()
+		<-c.kubeDone
 		c.stopRunner()
 		if err := <-c.runErr; err != nil && !errors.Is(err, context.Canceled) {
 			c.log.Warn("route table stopped", logkey.Err, err)

@@ -253,7 +253,9 @@ type AgentEndpoint struct {
 	Mac       string                 `protobuf:"bytes,4,opt,name=mac,proto3" json:"mac,omitempty"`
 	Label     uint32                 `protobuf:"varint,5,opt,name=label,proto3" json:"label,omitempty"`
 	// When the agent admitted it (while offline, for the record).
-	Created       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"`
+	Created *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"`
+	// The Kubernetes pod, when the CNI ADD carried K8S_POD_* in CNI_ARGS.
+	Pod           *PodRef `protobuf:"bytes,20,opt,name=pod,proto3" json:"pod,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -326,6 +328,13 @@ func (x *AgentEndpoint) GetLabel() uint32 {
 func (x *AgentEndpoint) GetCreated() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Created
+	}
+	return nil
+}
+
+func (x *AgentEndpoint) GetPod() *PodRef {
+	if x != nil {
+		return x.Pod
 	}
 	return nil
 }
@@ -957,14 +966,15 @@ const file_iotfabric_v1_agent_proto_rawDesc = "" +
 	"\x06blocks\x18\x02 \x03(\v2\x1a.iotfabric.v1.GatewayBlockR\x06blocks\"@\n" +
 	"\fGatewayBlock\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x16\n" +
-	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"\xb5\x01\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"\xdd\x01\n" +
 	"\rAgentEndpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x1c\n" +
 	"\taddresses\x18\x03 \x03(\tR\taddresses\x12\x10\n" +
 	"\x03mac\x18\x04 \x01(\tR\x03mac\x12\x14\n" +
 	"\x05label\x18\x05 \x01(\rR\x05label\x124\n" +
-	"\acreated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\xab\x01\n" +
+	"\acreated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12&\n" +
+	"\x03pod\x18\x14 \x01(\v2\x14.iotfabric.v1.PodRefR\x03pod\"\xab\x01\n" +
 	"\x16ReportEndpointsRequest\x12\x18\n" +
 	"\agateway\x18\x01 \x01(\tR\agateway\x129\n" +
 	"\tendpoints\x18\x02 \x03(\v2\x1b.iotfabric.v1.AgentEndpointR\tendpoints\x12\x1b\n" +
@@ -1051,36 +1061,38 @@ var file_iotfabric_v1_agent_proto_goTypes = []any{
 	(*RouteScope)(nil),                // 13: iotfabric.v1.RouteScope
 	(*Gateway)(nil),                   // 14: iotfabric.v1.Gateway
 	(*timestamppb.Timestamp)(nil),     // 15: google.protobuf.Timestamp
-	(*Endpoint)(nil),                  // 16: iotfabric.v1.Endpoint
-	(*Route)(nil),                     // 17: iotfabric.v1.Route
+	(*PodRef)(nil),                    // 16: iotfabric.v1.PodRef
+	(*Endpoint)(nil),                  // 17: iotfabric.v1.Endpoint
+	(*Route)(nil),                     // 18: iotfabric.v1.Route
 }
 var file_iotfabric_v1_agent_proto_depIdxs = []int32{
 	14, // 0: iotfabric.v1.RegisterRequest.gateway:type_name -> iotfabric.v1.Gateway
 	14, // 1: iotfabric.v1.RegisterResponse.gateway:type_name -> iotfabric.v1.Gateway
 	3,  // 2: iotfabric.v1.RegisterResponse.blocks:type_name -> iotfabric.v1.GatewayBlock
 	15, // 3: iotfabric.v1.AgentEndpoint.created:type_name -> google.protobuf.Timestamp
-	4,  // 4: iotfabric.v1.ReportEndpointsRequest.endpoints:type_name -> iotfabric.v1.AgentEndpoint
-	16, // 5: iotfabric.v1.EndpointResult.endpoint:type_name -> iotfabric.v1.Endpoint
-	6,  // 6: iotfabric.v1.ReportEndpointsResponse.results:type_name -> iotfabric.v1.EndpointResult
-	3,  // 7: iotfabric.v1.LeaseBlockResponse.block:type_name -> iotfabric.v1.GatewayBlock
-	12, // 8: iotfabric.v1.WatchGatewayRoutesRequest.digests:type_name -> iotfabric.v1.RouteDigest
-	0,  // 9: iotfabric.v1.GatewayRoutes.kind:type_name -> iotfabric.v1.GatewayRoutes.Kind
-	17, // 10: iotfabric.v1.GatewayRoutes.put:type_name -> iotfabric.v1.Route
-	17, // 11: iotfabric.v1.GatewayRoutes.delete:type_name -> iotfabric.v1.Route
-	13, // 12: iotfabric.v1.GatewayRoutes.keep:type_name -> iotfabric.v1.RouteScope
-	1,  // 13: iotfabric.v1.AgentService.Register:input_type -> iotfabric.v1.RegisterRequest
-	5,  // 14: iotfabric.v1.AgentService.ReportEndpoints:input_type -> iotfabric.v1.ReportEndpointsRequest
-	8,  // 15: iotfabric.v1.AgentService.LeaseBlock:input_type -> iotfabric.v1.LeaseBlockRequest
-	10, // 16: iotfabric.v1.AgentService.WatchGatewayRoutes:input_type -> iotfabric.v1.WatchGatewayRoutesRequest
-	2,  // 17: iotfabric.v1.AgentService.Register:output_type -> iotfabric.v1.RegisterResponse
-	7,  // 18: iotfabric.v1.AgentService.ReportEndpoints:output_type -> iotfabric.v1.ReportEndpointsResponse
-	9,  // 19: iotfabric.v1.AgentService.LeaseBlock:output_type -> iotfabric.v1.LeaseBlockResponse
-	11, // 20: iotfabric.v1.AgentService.WatchGatewayRoutes:output_type -> iotfabric.v1.GatewayRoutes
-	17, // [17:21] is the sub-list for method output_type
-	13, // [13:17] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	16, // 4: iotfabric.v1.AgentEndpoint.pod:type_name -> iotfabric.v1.PodRef
+	4,  // 5: iotfabric.v1.ReportEndpointsRequest.endpoints:type_name -> iotfabric.v1.AgentEndpoint
+	17, // 6: iotfabric.v1.EndpointResult.endpoint:type_name -> iotfabric.v1.Endpoint
+	6,  // 7: iotfabric.v1.ReportEndpointsResponse.results:type_name -> iotfabric.v1.EndpointResult
+	3,  // 8: iotfabric.v1.LeaseBlockResponse.block:type_name -> iotfabric.v1.GatewayBlock
+	12, // 9: iotfabric.v1.WatchGatewayRoutesRequest.digests:type_name -> iotfabric.v1.RouteDigest
+	0,  // 10: iotfabric.v1.GatewayRoutes.kind:type_name -> iotfabric.v1.GatewayRoutes.Kind
+	18, // 11: iotfabric.v1.GatewayRoutes.put:type_name -> iotfabric.v1.Route
+	18, // 12: iotfabric.v1.GatewayRoutes.delete:type_name -> iotfabric.v1.Route
+	13, // 13: iotfabric.v1.GatewayRoutes.keep:type_name -> iotfabric.v1.RouteScope
+	1,  // 14: iotfabric.v1.AgentService.Register:input_type -> iotfabric.v1.RegisterRequest
+	5,  // 15: iotfabric.v1.AgentService.ReportEndpoints:input_type -> iotfabric.v1.ReportEndpointsRequest
+	8,  // 16: iotfabric.v1.AgentService.LeaseBlock:input_type -> iotfabric.v1.LeaseBlockRequest
+	10, // 17: iotfabric.v1.AgentService.WatchGatewayRoutes:input_type -> iotfabric.v1.WatchGatewayRoutesRequest
+	2,  // 18: iotfabric.v1.AgentService.Register:output_type -> iotfabric.v1.RegisterResponse
+	7,  // 19: iotfabric.v1.AgentService.ReportEndpoints:output_type -> iotfabric.v1.ReportEndpointsResponse
+	9,  // 20: iotfabric.v1.AgentService.LeaseBlock:output_type -> iotfabric.v1.LeaseBlockResponse
+	11, // 21: iotfabric.v1.AgentService.WatchGatewayRoutes:output_type -> iotfabric.v1.GatewayRoutes
+	18, // [18:22] is the sub-list for method output_type
+	14, // [14:18] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_iotfabric_v1_agent_proto_init() }

@@ -520,7 +520,9 @@ type Endpoint struct {
 	Revision int64         `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Import limits. Problems the route table reports on the endpoint, e.g.
 	// NotAdvertised ("not advertised: <reason>"). Output only.
-	Conditions    []*Condition `protobuf:"bytes,9,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	Conditions []*Condition `protobuf:"bytes,9,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	// The Kubernetes pod the endpoint belongs to, when a Kubernetes runtime added it.
+	Pod           *PodRef `protobuf:"bytes,20,opt,name=pod,proto3" json:"pod,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -618,6 +620,83 @@ func (x *Endpoint) GetConditions() []*Condition {
 	return nil
 }
 
+func (x *Endpoint) GetPod() *PodRef {
+	if x != nil {
+		return x.Pod
+	}
+	return nil
+}
+
+// PodRef names the Kubernetes pod (and its sandbox container) behind an endpoint.
+type PodRef struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The pod's UID: a pod re-created under the same name has another.
+	Uid           string `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	ContainerId   string `protobuf:"bytes,4,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodRef) Reset() {
+	*x = PodRef{}
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodRef) ProtoMessage() {}
+
+func (x *PodRef) ProtoReflect() protoreflect.Message {
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodRef.ProtoReflect.Descriptor instead.
+func (*PodRef) Descriptor() ([]byte, []int) {
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PodRef) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PodRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PodRef) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *PodRef) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
 // IpamBlock is an address block leased to a gateway.
 type IpamBlock struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -631,7 +710,7 @@ type IpamBlock struct {
 
 func (x *IpamBlock) Reset() {
 	*x = IpamBlock{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +722,7 @@ func (x *IpamBlock) String() string {
 func (*IpamBlock) ProtoMessage() {}
 
 func (x *IpamBlock) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[4]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +735,7 @@ func (x *IpamBlock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpamBlock.ProtoReflect.Descriptor instead.
 func (*IpamBlock) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{4}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *IpamBlock) GetPrefix() string {
@@ -707,7 +786,7 @@ type IpamSubnet struct {
 
 func (x *IpamSubnet) Reset() {
 	*x = IpamSubnet{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +798,7 @@ func (x *IpamSubnet) String() string {
 func (*IpamSubnet) ProtoMessage() {}
 
 func (x *IpamSubnet) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[5]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +811,7 @@ func (x *IpamSubnet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpamSubnet.ProtoReflect.Descriptor instead.
 func (*IpamSubnet) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{5}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IpamSubnet) GetSubnet() string {
@@ -802,7 +881,7 @@ type IpamStatus struct {
 
 func (x *IpamStatus) Reset() {
 	*x = IpamStatus{}
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[6]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +893,7 @@ func (x *IpamStatus) String() string {
 func (*IpamStatus) ProtoMessage() {}
 
 func (x *IpamStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_resources_proto_msgTypes[6]
+	mi := &file_iotfabric_v1_resources_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +906,7 @@ func (x *IpamStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpamStatus.ProtoReflect.Descriptor instead.
 func (*IpamStatus) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{6}
+	return file_iotfabric_v1_resources_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *IpamStatus) GetNetwork() string {
@@ -880,7 +959,7 @@ const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"\x0eencapsulations\x18\x03 \x03(\x0e2\x1b.iotfabric.v1.EncapsulationR\x0eencapsulations\x120\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x1a.iotfabric.v1.GatewayStateR\x05state\x127\n" +
 	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x1a\n" +
-	"\brevision\x18\x06 \x01(\x03R\brevision\"\x9c\x02\n" +
+	"\brevision\x18\x06 \x01(\x03R\brevision\"\xc4\x02\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x18\n" +
@@ -892,7 +971,13 @@ const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"\brevision\x18\b \x01(\x03R\brevision\x127\n" +
 	"\n" +
 	"conditions\x18\t \x03(\v2\x17.iotfabric.v1.ConditionR\n" +
-	"conditions\"e\n" +
+	"conditions\x12&\n" +
+	"\x03pod\x18\x14 \x01(\v2\x14.iotfabric.v1.PodRefR\x03pod\"o\n" +
+	"\x06PodRef\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\tR\x03uid\x12!\n" +
+	"\fcontainer_id\x18\x04 \x01(\tR\vcontainerId\"e\n" +
 	"\tIpamBlock\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x12\n" +
@@ -947,7 +1032,7 @@ func file_iotfabric_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_iotfabric_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_iotfabric_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_iotfabric_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_iotfabric_v1_resources_proto_goTypes = []any{
 	(Encapsulation)(0),            // 0: iotfabric.v1.Encapsulation
 	(GatewayState)(0),             // 1: iotfabric.v1.GatewayState
@@ -957,26 +1042,28 @@ var file_iotfabric_v1_resources_proto_goTypes = []any{
 	(*Condition)(nil),             // 5: iotfabric.v1.Condition
 	(*Gateway)(nil),               // 6: iotfabric.v1.Gateway
 	(*Endpoint)(nil),              // 7: iotfabric.v1.Endpoint
-	(*IpamBlock)(nil),             // 8: iotfabric.v1.IpamBlock
-	(*IpamSubnet)(nil),            // 9: iotfabric.v1.IpamSubnet
-	(*IpamStatus)(nil),            // 10: iotfabric.v1.IpamStatus
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*PodRef)(nil),                // 8: iotfabric.v1.PodRef
+	(*IpamBlock)(nil),             // 9: iotfabric.v1.IpamBlock
+	(*IpamSubnet)(nil),            // 10: iotfabric.v1.IpamSubnet
+	(*IpamStatus)(nil),            // 11: iotfabric.v1.IpamStatus
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_iotfabric_v1_resources_proto_depIdxs = []int32{
 	0,  // 0: iotfabric.v1.VirtualNetwork.encapsulations:type_name -> iotfabric.v1.Encapsulation
 	5,  // 1: iotfabric.v1.VirtualNetwork.conditions:type_name -> iotfabric.v1.Condition
 	0,  // 2: iotfabric.v1.Gateway.encapsulations:type_name -> iotfabric.v1.Encapsulation
 	1,  // 3: iotfabric.v1.Gateway.state:type_name -> iotfabric.v1.GatewayState
-	11, // 4: iotfabric.v1.Gateway.last_seen:type_name -> google.protobuf.Timestamp
+	12, // 4: iotfabric.v1.Gateway.last_seen:type_name -> google.protobuf.Timestamp
 	2,  // 5: iotfabric.v1.Endpoint.state:type_name -> iotfabric.v1.EndpointState
 	5,  // 6: iotfabric.v1.Endpoint.conditions:type_name -> iotfabric.v1.Condition
-	8,  // 7: iotfabric.v1.IpamSubnet.blocks:type_name -> iotfabric.v1.IpamBlock
-	9,  // 8: iotfabric.v1.IpamStatus.subnets:type_name -> iotfabric.v1.IpamSubnet
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	8,  // 7: iotfabric.v1.Endpoint.pod:type_name -> iotfabric.v1.PodRef
+	9,  // 8: iotfabric.v1.IpamSubnet.blocks:type_name -> iotfabric.v1.IpamBlock
+	10, // 9: iotfabric.v1.IpamStatus.subnets:type_name -> iotfabric.v1.IpamSubnet
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_iotfabric_v1_resources_proto_init() }
@@ -990,7 +1077,7 @@ func file_iotfabric_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_iotfabric_v1_resources_proto_rawDesc), len(file_iotfabric_v1_resources_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

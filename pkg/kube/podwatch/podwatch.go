@@ -1,0 +1,232 @@
+// Package podwatch is the vrouter agent's view of Kubernetes: a shared
+// informer on its own node's pods (field selector spec.nodeName) and one on
+// namespaces, so that the CNI plugin never needs API credentials. It maps a
+// pod to its network (pkg/kube's NetworkFor) and writes the pod's
+// k8s.v1.cni.cncf.io/network-status annotation once it is wired.
+//
+// A pod not yet in the cache is read with a short GET; while the API server
+// cannot be reached, the cached namespace mapping decides (pods are still
+// admitted, headless).
+package podwatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/kube"
+	"github.com/iotfabric/iotfabric/pkg/logkey"
+)
+
+// DefaultGetTimeout bounds the GET of a pod the cache does not have yet.
+const DefaultGetTimeout = 2 * time.Second
+
+// Config configures a Watcher.
+type Config struct {
+	// Node is this gateway's node name.
+	Node string
+	// DefaultNetwork is the network of pods of namespaces without a mapping.
+	DefaultNetwork string
+	// RESTConfig reaches the API server (nil: Kubeconfig, else in-cluster).
+	RESTConfig *rest.Config
+	Kubeconfig string
+	GetTimeout time.Duration
+	Logger     *slog.Logger
+}
+
+// Watcher implements pkg/agent's PodResolver.
+type Watcher struct {
+	cfg     Config
+	kc      kubernetes.Interface
+	log     *slog.Logger
+	pods    cache.SharedIndexInformer
+	nss     cache.SharedIndexInformer
+	writes  chan statusWrite
+	started chan struct{}
+
+	factories []informers.SharedInformerFactory
+}
+
+type statusWrite struct {
+	namespace, name, uid string
+	value                string
+}
+
+// New builds a watcher; Run starts its informers.
+func New(cfg Config) (*Watcher, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("podwatch: the node name is required")
+	}
+	if cfg.GetTimeout <= 0 {
+		cfg.GetTimeout = DefaultGetTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	rc := cfg.RESTConfig
+	if rc == nil {
+		var err error
+		if cfg.Kubeconfig != "" {
+			rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		} else {
+			rc, err = rest.InClusterConfig()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("podwatch: kubernetes configuration: %w", err)
+		}
+	}
+	rc = rest.CopyConfig(rc)
+	rc.UserAgent = "iotfabric-agent"
+	kc, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("podwatch: %w", err)
+	}
+	w := &Watcher{cfg: cfg, kc: kc, log: cfg.Logger.With(logkey.Component, logkey.ComponentPodWatch),
+		writes: make(chan statusWrite, 1024), started: make(chan struct{})}
+	pf := informers.NewSharedInformerFactoryWithOptions(kc, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
+	}))
+	nf := informers.NewSharedInformerFactory(kc, 0)
+	w.pods = pf.Core().V1().Pods().Informer()
+	w.nss = nf.Core().V1().Namespaces().Informer()
+	w.factories = []informers.SharedInformerFactory{pf, nf}
+	return w, nil
+}
+
+// Run runs the informers and the annotation writer until ctx ends.
+func (w *Watcher) Run(ctx context.Context) error {
+	for _, f := range w.factories {
+		f.Start(ctx.Done())
+		defer f.Shutdown()
+	}
+	close(w.started)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case wr := <-w.writes:
+			w.write(ctx, wr)
+		}
+	}
+}
+
+// Synced reports whether both informers have their first listing.
+func (w *Watcher) Synced() bool { return w.pods.HasSynced() && w.nss.HasSynced() }
+
+// Network maps the pod to its network.
+func (w *Watcher) Network(ctx context.Context, namespace, name, uid string) (string, error) {
+	pod, err := w.pod(ctx, namespace, name, uid)
+	if err != nil {
+		return "", err
+	}
+	var podAnn map[string]string
+	if pod != nil {
+		podAnn = pod.Annotations
+	}
+	var nsAnn map[string]string
+	if obj, ok, _ := w.nss.GetStore().GetByKey(namespace); ok {
+		nsAnn = obj.(*corev1.Namespace).Annotations
+	} else {
+		gctx, cancel := context.WithTimeout(ctx, w.cfg.GetTimeout)
+		ns, err := w.kc.CoreV1().Namespaces().Get(gctx, namespace, metav1.GetOptions{})
+		cancel()
+		if err == nil {
+			nsAnn = ns.Annotations
+		}
+	}
+	n, err := kube.NetworkFor(namespace, nsAnn, podAnn, w.cfg.DefaultNetwork)
+	if err != nil {
+		return "", cni.Errorf(cni.CodeInvalidNetworkConf, "pod %s/%s: %v", namespace, name, err)
+	}
+	return n, nil
+}
+
+// pod returns the pod from the cache, else from a short GET; nil when the
+// API server cannot be reached (the namespace mapping decides then).
+func (w *Watcher) pod(ctx context.Context, namespace, name, uid string) (*corev1.Pod, error) {
+	if obj, ok, _ := w.pods.GetStore().GetByKey(namespace + "/" + name); ok {
+		p := obj.(*corev1.Pod)
+		if uid == "" || string(p.UID) == uid {
+			return p, nil
+		}
+	}
+	gctx, cancel := context.WithTimeout(ctx, w.cfg.GetTimeout)
+	defer cancel()
+	p, err := w.kc.CoreV1().Pods(namespace).Get(gctx, name, metav1.GetOptions{})
+	switch {
+	case err == nil && uid != "" && string(p.UID) != uid:
+		return nil, cni.Errorf(cni.CodeTryAgainLater, "pod %s/%s has UID %s, the runtime asks for %s (re-created meanwhile?)", namespace, name, p.UID, uid)
+	case err == nil:
+		return p, nil
+	case apierrors.IsNotFound(err):
+		return nil, cni.Errorf(cni.CodeTryAgainLater, "pod %s/%s is not known to the API server", namespace, name)
+	}
+	w.log.Info("API server not reachable: the namespace mapping decides", logkey.KubePod, namespace+"/"+name, logkey.Err, err)
+	return nil, nil
+}
+
+// NetworkStatus is one entry of the k8s.v1.cni.cncf.io/network-status annotation.
+type NetworkStatus struct {
+	Name      string   `json:"name"`
+	Interface string   `json:"interface"`
+	IPs       []string `json:"ips"`
+	MAC       string   `json:"mac,omitempty"`
+	Default   bool     `json:"default"`
+	Gateway   []string `json:"gateway,omitempty"`
+}
+
+// Attached queues the pod's network-status annotation.
+func (w *Watcher) Attached(ep cni.Endpoint, gateway netip.Addr) {
+	st := NetworkStatus{Name: "iotfabric/" + ep.Network, Interface: ep.IfName, MAC: ep.MAC, Default: true}
+	for _, a := range ep.Addresses {
+		st.IPs = append(st.IPs, a.String())
+	}
+	if gateway.IsValid() {
+		st.Gateway = []string{gateway.String()}
+	}
+	b, _ := json.Marshal([]NetworkStatus{st})
+	select {
+	case w.writes <- statusWrite{namespace: ep.PodNamespace, name: ep.PodName, uid: ep.PodUID, value: string(b)}:
+	default:
+		w.log.Warn("network-status annotation dropped: too many queued", logkey.KubePod, ep.PodNamespace+"/"+ep.PodName)
+	}
+}
+
+// write patches the annotation (only on the pod of that UID), a few times.
+func (w *Watcher) write(ctx context.Context, wr statusWrite) {
+	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{kube.AnnotationNetworkStatus: wr.value}}}
+	if wr.uid != "" {
+		patch["metadata"].(map[string]any)["uid"] = wr.uid // a precondition: another pod of that name is left alone
+	}
+	b, _ := json.Marshal(patch)
+	for attempt := range 3 {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := w.kc.CoreV1().Pods(wr.namespace).Patch(pctx, wr.name, types.MergePatchType, b, metav1.PatchOptions{})
+		cancel()
+		if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) || apierrors.IsInvalid(err) {
+			return
+		}
+		w.log.Info("network-status annotation not written", logkey.KubePod, wr.namespace+"/"+wr.name, logkey.Attempt, attempt+1, logkey.Err, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second << attempt):
+		}
+	}
+}

@@ -1,0 +1,141 @@
+package podwatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/iotfabric/iotfabric/internal/kubetest"
+	"github.com/iotfabric/iotfabric/pkg/cni"
+	"github.com/iotfabric/iotfabric/pkg/kube"
+)
+
+// TestPodMapping runs the agent's watcher as the agent's service account
+// (the ClusterRole of deploy/kubernetes/rbac.yaml): pods map to networks from
+// the cache and by GET; with the API server stopped the cached namespace
+// mapping decides; the network-status annotation is written.
+func TestPodMapping(t *testing.T) {
+	s := kubetest.Start(t, kubetest.User{Name: "system:serviceaccount:iotfabric-system:iotfabric-agent", Groups: []string{"system:serviceaccounts"}})
+	for _, f := range []string{"namespace.yaml", "rbac.yaml"} {
+		if out, err := s.RunKubectl("apply", "-f", filepath.Join("..", "..", "..", "deploy", "kubernetes", f)); err != nil {
+			t.Fatalf("%s: %v\n%s", f, err, out)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kc := s.Client(t, "admin")
+	mkNS := func(name string, ann map[string]string) {
+		if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkNS("plain", nil)
+	mkNS("blue", map[string]string{kube.AnnotationNetwork: "blue-net"})
+	mkNS("iso", map[string]string{kube.AnnotationIsolation: "true"})
+	mkNS("bad", map[string]string{kube.AnnotationIsolation: "perhaps"})
+	mkPod := func(ns, name, node string, ann map[string]string) *corev1.Pod {
+		p, err := kc.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: ann},
+			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	p1 := mkPod("plain", "a", "node-1", nil)
+	p2 := mkPod("blue", "b", "node-1", map[string]string{kube.AnnotationNetwork: "red-net"})
+	p3 := mkPod("iso", "c", "node-1", nil)
+	p4 := mkPod("bad", "d", "node-1", nil)
+	other := mkPod("plain", "elsewhere", "node-2", nil)
+
+	w, err := New(Config{Node: "node-1", DefaultNetwork: "default", RESTConfig: s.Config(t, "system:serviceaccount:iotfabric-system:iotfabric-agent")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(wctx) }()
+	defer func() { wcancel(); <-done }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !w.Synced() {
+		if time.Now().After(deadline) {
+			t.Fatal("informers not synced")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := len(w.pods.GetStore().List()); n != 4 {
+		t.Fatalf("the node-scoped informer holds %d pods, want 4 (not node-2's)", n)
+	}
+	for _, c := range []struct {
+		p    *corev1.Pod
+		want string
+	}{{p1, "default"}, {p2, "red-net"}, {p3, "ns-iso"}, {other, "default"}} {
+		got, err := w.Network(ctx, c.p.Namespace, c.p.Name, string(c.p.UID))
+		if err != nil || got != c.want {
+			t.Errorf("%s/%s: %q %v, want %q", c.p.Namespace, c.p.Name, got, err, c.want)
+		}
+	}
+	var ce *cni.Error
+	if _, err := w.Network(ctx, p4.Namespace, p4.Name, string(p4.UID)); !errors.As(err, &ce) || ce.Code != cni.CodeInvalidNetworkConf {
+		t.Errorf("malformed namespace annotation: %v", err)
+	}
+	// A pod re-created under the same name: the runtime's UID is not the cache's.
+	if _, err := w.Network(ctx, "plain", "a", "not-the-uid"); !errors.As(err, &ce) || ce.Code != cni.CodeTryAgainLater {
+		t.Errorf("UID mismatch: %v", err)
+	}
+	// A pod the API server does not know.
+	if _, err := w.Network(ctx, "plain", "nobody", "u"); !errors.As(err, &ce) || ce.Code != cni.CodeTryAgainLater {
+		t.Errorf("unknown pod: %v", err)
+	}
+
+	// The network-status annotation.
+	w.Attached(cni.Endpoint{Network: "default", IfName: "eth0", MAC: "02:00:00:00:00:01", Addresses: []netip.Addr{netip.MustParseAddr("10.64.0.5")},
+		PodNamespace: "plain", PodName: "a", PodUID: string(p1.UID)}, netip.MustParseAddr("169.254.1.1"))
+	// And one for a UID that is not the pod's: left alone.
+	w.Attached(cni.Endpoint{Network: "x", IfName: "eth0", PodNamespace: "blue", PodName: "b", PodUID: "stale"}, netip.Addr{})
+	var st []NetworkStatus
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		p, err := kc.CoreV1().Pods("plain").Get(ctx, "a", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := p.Annotations[kube.AnnotationNetworkStatus]; ok {
+			if err := json.Unmarshal([]byte(v), &st); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("network-status annotation not written")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(st) != 1 || st[0].Name != "iotfabric/default" || st[0].IPs[0] != "10.64.0.5" || st[0].Gateway[0] != "169.254.1.1" || !st[0].Default {
+		t.Fatalf("network-status %+v", st)
+	}
+	time.Sleep(time.Second)
+	if p, _ := kc.CoreV1().Pods("blue").Get(ctx, "b", metav1.GetOptions{}); p.Annotations[kube.AnnotationNetworkStatus] != "" {
+		t.Fatal("annotation written on a pod of another UID")
+	}
+
+	// API server away: the cached namespace mapping decides, quickly.
+	s.Stop()
+	start := time.Now()
+	got, err := w.Network(ctx, "blue", "new-pod", "u2")
+	if err != nil || got != "blue-net" {
+		t.Fatalf("headless: %q %v", got, err)
+	}
+	if d := time.Since(start); d > DefaultGetTimeout+time.Second {
+		t.Fatalf("headless mapping took %v", d)
+	}
+	if got, err := w.Network(ctx, "plain", "a", string(p1.UID)); err != nil || got != "default" {
+		t.Fatalf("cached pod while headless: %q %v", got, err)
+	}
+}
