@@ -26,6 +26,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/atomicfile"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/ipam"
@@ -275,7 +276,7 @@ func (c *Core) persist(s *coreState) {
 		}
 		var data []byte
 		if data, err = json.Marshal(&p); err == nil {
-			err = writeFileAtomic(filepath.Join(c.cfg.StateDir, stateFile), data)
+			err = atomicfile.Write(filepath.Join(c.cfg.StateDir, stateFile), data, 0o600)
 		}
 		if err != nil {
 			c.log.Error("persist state", logkey.Err, err)

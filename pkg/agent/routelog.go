@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/iotfabric/iotfabric/internal/atomicfile"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -221,7 +222,7 @@ func (l *routeLog) compact() error {
 		l.f.Close()
 		l.f = nil
 	}
-	if err := writeFileAtomic(l.path, buf); err != nil {
+	if err := atomicfile.Write(l.path, buf, 0o600); err != nil {
 		return err
 	}
 	l.written += int64(len(buf))

@@ -104,26 +104,6 @@ func (s *routes) ListPeers(ctx context.Context, req *v1.ListPeersRequest) (*v1.L
 	return out, nil
 }
 
-// routeToAPI converts a network route.
-func routeToAPI(network string, r vpn.NetRoute) *v1.Route {
-	out := &v1.Route{Network: network, Prefix: r.Prefix.String(), RouteDistinguisher: r.RD.String(), Label: r.Label,
-		NextHop: r.NextHop.String(), Endpoint: r.Endpoint}
-	for _, t := range r.RouteTargets {
-		out.RouteTargets = append(out.RouteTargets, t.String())
-	}
-	for _, e := range r.Encaps {
-		out.Encapsulations = append(out.Encapsulations, e.API())
-	}
-	switch r.Origin {
-	case vpn.Local:
-		out.Origin = v1.RouteOrigin_ROUTE_ORIGIN_LOCAL
-	case vpn.Imported:
-		out.Origin = v1.RouteOrigin_ROUTE_ORIGIN_IMPORTED
-		out.Peer = r.Peer.String()
-	}
-	return out
-}
-
 func networkNotFound(n string) error {
 	return Status(model.Errorf(model.ErrNotFound, "network %q not found", n))
 }
@@ -150,7 +130,7 @@ func (s *routes) ListRoutes(ctx context.Context, req *v1.ListRoutesRequest) (*v1
 	}
 	out := &v1.ListRoutesResponse{Routes: make([]*v1.Route, 0, len(rs))}
 	for _, r := range rs {
-		out.Routes = append(out.Routes, routeToAPI(req.GetNetwork(), r))
+		out.Routes = append(out.Routes, vpn.APIRoute(req.GetNetwork(), r))
 	}
 	if more && len(rs) > 0 {
 		out.NextPageToken = pageToken(sc, rs[len(rs)-1].Cursor().String())
@@ -166,7 +146,7 @@ func (s *routes) WatchRoutes(req *v1.WatchRoutesRequest, stream grpc.ServerStrea
 	}
 	cur, ch := s.r.WatchRoutes(ctx, n)
 	for _, r := range cur {
-		if err := stream.Send(&v1.RouteEvent{Type: v1.EventType_EVENT_TYPE_PUT, Route: routeToAPI(n, r)}); err != nil {
+		if err := stream.Send(&v1.RouteEvent{Type: v1.EventType_EVENT_TYPE_PUT, Route: vpn.APIRoute(n, r)}); err != nil {
 			return err
 		}
 	}
@@ -179,7 +159,7 @@ func (s *routes) WatchRoutes(req *v1.WatchRoutesRequest, stream grpc.ServerStrea
 			if c.Delete {
 				t = v1.EventType_EVENT_TYPE_DELETE
 			}
-			if err := stream.Send(&v1.RouteEvent{Type: t, Route: routeToAPI(n, c.Route)}); err != nil {
+			if err := stream.Send(&v1.RouteEvent{Type: t, Route: vpn.APIRoute(n, c.Route)}); err != nil {
 				return err
 			}
 		}

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/iotfabric/iotfabric/internal/atomicfile"
 	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -156,31 +157,11 @@ func (id Identity) Save(dir string) error {
 		{p.CA, cas},
 		{p.Cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.Cert.Raw})},
 	} {
-		if err := writeAtomic(f.path, f.data); err != nil {
+		if err := atomicfile.Write(f.path, f.data, 0o600); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // Load reads the identity kept in dir.

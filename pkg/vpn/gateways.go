@@ -122,7 +122,7 @@ func (s *state) netState(n string) *netState {
 	ns = &netState{name: n, routes: s.gatewayRoutes(n), sent: map[bgp.RouteKey]gwEntry{}, logFrom: s.rev,
 		digests: map[int]*routedigest.Digest{}, followers: map[*gwSession]struct{}{}}
 	for k, rt := range ns.routes {
-		a := apiRoute(n, rt)
+		a := APIRoute(n, rt)
 		ns.sent[k] = gwEntry{r: a, hash: routedigest.Hash(a)}
 	}
 	s.gnets[n] = ns
@@ -149,7 +149,7 @@ func (ns *netState) change(put, del []NetRoute, rev int64) (aput, adel []*v1.Rou
 		if old, ok := ns.sent[k]; ok {
 			ns.digestAdd(k, old.hash, -1)
 		}
-		a := apiRoute(ns.name, rt)
+		a := APIRoute(ns.name, rt)
 		e := gwEntry{r: a, hash: routedigest.Hash(a)}
 		ns.sent[k] = e
 		ns.digestAdd(k, e.hash, 1)
@@ -485,7 +485,7 @@ func dropNetwork(rs []*v1.Route, n string) []*v1.Route {
 }
 
 // apiRoute converts a network route as the gateways get it.
-func apiRoute(network string, r NetRoute) *v1.Route {
+func APIRoute(network string, r NetRoute) *v1.Route {
 	out := &v1.Route{Network: network, Prefix: r.Prefix.String(), RouteDistinguisher: r.RD.String(), Label: r.Label,
 		NextHop: r.NextHop.String(), Endpoint: r.Endpoint}
 	for _, t := range r.RouteTargets {

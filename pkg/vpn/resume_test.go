@@ -81,7 +81,7 @@ func TestResumeByDigests(t *testing.T) {
 	want := map[string]*v1.Route{}
 	rs, _ := r2.Routes("n1")
 	for _, rt := range rs {
-		a := apiRoute("n1", rt)
+		a := APIRoute("n1", rt)
 		want[gwKey(a)] = a
 	}
 	if len(have) != len(want) {

@@ -395,7 +395,7 @@ func TestGatewayStreamMatchesSnapshot(t *testing.T) {
 		r.do(ctx, func(s *state) {
 			for n := range s.gatewayNets("g0") {
 				for _, rt := range s.tbl.routeMap(n) {
-					a := apiRoute(n, rt)
+					a := APIRoute(n, rt)
 					out[gwKey(a)] = a
 				}
 			}
