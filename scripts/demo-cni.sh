@@ -66,9 +66,9 @@ n=$("$BIN/iotfabricctl" endpoint list --network pods | grep -c demo-gw || true)
 ctl route list --network pods
 
 # Gateway b's agent learned a1 as a route toward gateway a.
-for _ in $(seq 50); do grep -q "${addr[a1]}" "$DEMO_DIR/agent-b/routes.json" 2>/dev/null && break; sleep 0.1; done
-say "grep ${addr[a1]} $DEMO_DIR/agent-b/routes.json   (gateway b's routes from the controller)"
-grep -o "{[^{}]*\"${addr[a1]}/32\"[^{}]*}" "$DEMO_DIR/agent-b/routes.json" | head -1 || fail "gateway b did not learn a1"
+for _ in $(seq 50); do grep -q "${addr[a1]}" "$DEMO_DIR/agent-b/routes.log" 2>/dev/null && break; sleep 0.1; done
+say "grep ${addr[a1]} $DEMO_DIR/agent-b/routes.log   (gateway b's routes from the controller)"
+grep -o "{[^{}]*\"${addr[a1]}/32\"[^{}]*}" "$DEMO_DIR/agent-b/routes.log" | head -1 || fail "gateway b did not learn a1"
 
 frr=$(grep -o '/tmp/iotfabric-demo-frr\.[A-Za-z0-9]*' "$DEMO_DIR/cleanup.sh" 2>/dev/null | head -1 || true)
 if [ -n "$frr" ] && [ -S "$frr/bgpd.vty" ]; then

@@ -11,7 +11,8 @@
 #    must still read their libraries), with this checkout (tracked and untracked files, not
 #    ignored ones such as bin/ and .vmtest/) in /src/iotfabric, Go at /usr/local/go (read-only
 #    bind), the host's CA bundle and resolv.conf, and the host's Go module and build caches
-#    (Go code only, no Debian packages) bound in.
+#    (Go code only, no Debian packages) bound in, and so is the cache of the kube-apiserver
+#    and kubectl binaries that scripts/kube-build.sh builds from Go modules (by version).
 # 3. The command runs chrooted, as root, in its own mount and PID namespaces, with /proc
 #    (new), /sys, /dev and /dev/pts, and / a mount point (`ip netns exec` remounts / as a
 #    slave). Daemons that packages' postinst scripts would start are held off with
@@ -40,6 +41,7 @@ if [ "${1:-}" = "--inner" ]; then
   mount -o remount,bind,ro "$root/usr/local/go"
   mount --bind "$FRESH_ROOT_GOMODCACHE" "$root/root/go/pkg/mod"
   mount --bind "$FRESH_ROOT_GOCACHE" "$root/root/.cache/go-build"
+  mount --bind "$FRESH_ROOT_KUBECACHE" "$root/var/cache/iotfabric/kube"
   mkdir -p "$root/run/netns"
   # PID 1 forwards TERM/INT to the command, then waits for it.
   chroot "$root" /usr/bin/env -i \
@@ -152,14 +154,15 @@ cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/host-ca-certificates.crt
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d" && chmod 0755 "$root/usr/sbin/policy-rc.d"
-mkdir -p "$root/usr/local/go" "$root/root/go/pkg/mod" "$root/root/.cache/go-build"
+mkdir -p "$root/usr/local/go" "$root/root/go/pkg/mod" "$root/root/.cache/go-build" "$root/var/cache/iotfabric/kube"
 
 hostgo() { /usr/local/go/bin/go env "$1" 2>/dev/null || true; }
 export FRESH_ROOT_GOMODCACHE=$(hostgo GOMODCACHE) FRESH_ROOT_GOCACHE=$(hostgo GOCACHE)
 export FRESH_ROOT_GOPROXY=$(hostgo GOPROXY) FRESH_ROOT_GOSUMDB=$(hostgo GOSUMDB) FRESH_ROOT_GOFLAGS=$(hostgo GOFLAGS)
 export FRESH_ROOT_GONOSUMDB=$(hostgo GONOSUMDB) FRESH_ROOT_GOPRIVATE=$(hostgo GOPRIVATE)
 [ -n "$FRESH_ROOT_GOMODCACHE" ] && [ -n "$FRESH_ROOT_GOCACHE" ] || die "cannot read the host's Go caches (go env)"
-mkdir -p "$FRESH_ROOT_GOMODCACHE" "$FRESH_ROOT_GOCACHE"
+export FRESH_ROOT_KUBECACHE=${KUBE_CACHE:-/var/cache/iotfabric/kube}
+mkdir -p "$FRESH_ROOT_GOMODCACHE" "$FRESH_ROOT_GOCACHE" "$FRESH_ROOT_KUBECACHE"
 echo "fresh-root: root ready in $(( $(date +%s) - t0 )) s at $root; running: $*" >&2
 
 # In the background so that a TERM or INT reaches us now, not after the command. unshare
