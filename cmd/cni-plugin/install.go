@@ -2,9 +2,10 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/iotfabric/iotfabric/internal/atomicfile"
 )
 
 // installName is the plugin's name in a CNI bin directory (the "type" in the network
@@ -19,32 +20,11 @@ func install(dir string) error {
 	if err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
-	src, err := os.Open(self)
+	bin, err := os.ReadFile(self)
 	if err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
-	defer src.Close()
-	tmp, err := os.CreateTemp(dir, "."+installName+".tmp*")
-	if err != nil {
-		return fmt.Errorf("install: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // after the rename: no such file
-	if _, err := io.Copy(tmp, src); err != nil {
-		tmp.Close()
-		return fmt.Errorf("install: copy to %s: %w", dir, err)
-	}
-	if err := tmp.Chmod(0o755); err != nil {
-		tmp.Close()
-		return fmt.Errorf("install: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("install: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("install: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, installName)); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, installName), bin, 0o755); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
 	return nil

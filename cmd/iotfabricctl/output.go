@@ -80,13 +80,7 @@ func (c *cli) printNetworks(ns ...*v1.VirtualNetwork) error {
 	if err := c.table(networkHeader, networkRows(ns)); err != nil {
 		return err
 	}
-	var conds [][]string
-	for _, n := range ns {
-		for _, cd := range n.Conditions {
-			conds = append(conds, []string{n.Name, cd.Type, cd.Message})
-		}
-	}
-	return c.conditions("NETWORK", conds)
+	return printConditions(c, "NETWORK", ns, (*v1.VirtualNetwork).GetName, (*v1.VirtualNetwork).GetConditions)
 }
 
 // conditionTypes is the CONDITIONS column of a listing: the types, or "-".
@@ -108,9 +102,15 @@ func networkRows(ns []*v1.VirtualNetwork) [][]string {
 	return rows
 }
 
-// conditions prints the conditions reported on the objects shown (nothing
-// when there are none).
-func (c *cli) conditions(noun string, rows [][]string) error {
+// printConditions prints the conditions reported on the objects shown, one
+// row per object and condition (nothing when there are none).
+func printConditions[T any](c *cli, noun string, objs []T, name func(T) string, conds func(T) []*v1.Condition) error {
+	var rows [][]string
+	for _, o := range objs {
+		for _, cd := range conds(o) {
+			rows = append(rows, []string{name(o), cd.Type, cd.Message})
+		}
+	}
 	if len(rows) == 0 {
 		return nil
 	}
@@ -150,13 +150,7 @@ func (c *cli) printEndpoints(es ...*v1.Endpoint) error {
 	if err := c.table(endpointHeader, endpointRows(es)); err != nil {
 		return err
 	}
-	var conds [][]string
-	for _, e := range es {
-		for _, cd := range e.Conditions {
-			conds = append(conds, []string{e.Id, cd.Type, cd.Message})
-		}
-	}
-	return c.conditions("ENDPOINT", conds)
+	return printConditions(c, "ENDPOINT", es, (*v1.Endpoint).GetId, (*v1.Endpoint).GetConditions)
 }
 
 func endpointRows(es []*v1.Endpoint) [][]string {
