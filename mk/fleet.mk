@@ -17,3 +17,9 @@ bench-fleet: ## Fleets of simulated gateways (real agents) against a controller 
 ##@ test
 test-deadpath-2m: ## One real agent in a namespace: the path to the controller dropped 2 minutes while 30 endpoints are created; every route within 90 s of its return (root)
 	IOTFABRIC_DEADPATH_OUTAGE=2m $(GO) test -count=1 -timeout 10m -run '^TestDeadPathNoticedByKeepalive$$' -v ./pkg/agent/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
+
+.PHONY: bench-fleet-mem
+FLEET_MEM_SIZES ?= 1000,2000
+##@ bench
+bench-fleet-mem: ## Controller memory per idle gateway (RSS, heap, goroutine stacks) for fleets of FLEET_MEM_SIZES; FLEET_PROFILES=DIR keeps the heap and goroutine profiles
+	IOTFABRIC_BENCH_FLEET_MEM=$(FLEET_MEM_SIZES) IOTFABRIC_BENCH_FLEET_PROFILES=$(FLEET_PROFILES) $(GO) test -count=1 -timeout 30m -run '^TestBenchFleetMemory$$' -v ./internal/fleet/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}

@@ -48,6 +48,7 @@ func run(args []string, stderr *os.File) int {
 	apiListen := fs.String("api-listen", "", "gRPC API address (default "+DefaultAPIListen+")")
 	apiInsecure := fs.Bool("api-insecure", false, "allow --api-listen on a non-loopback address without api.tls (every caller that reaches it is an admin)")
 	metricsListen := fs.String("metrics-listen", "", "Prometheus /metrics and /healthz address (default "+DefaultMetricsListen+"; \"off\" disables)")
+	metricsPprof := fs.Bool("metrics-pprof", false, "serve Go's profiles under /debug/pprof/ on the metrics listener")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	version := fs.Bool("version", false, "print the version, commit, build date, Go version and platform, then exit")
 	asn := fs.Uint("asn", 0, fmt.Sprintf("BGP AS number, also used in automatic route targets (default %d)", DefaultASN))
@@ -82,6 +83,8 @@ func run(args []string, stderr *os.File) int {
 			cfg.API.Insecure = *apiInsecure
 		case "metrics-listen":
 			cfg.Metrics.Listen = *metricsListen
+		case "metrics-pprof":
+			cfg.Metrics.Pprof = *metricsPprof
 		case "log-level":
 			cfg.Log.Level = *logLevel
 		case "asn":

@@ -3,8 +3,10 @@ package fleet_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -72,10 +74,11 @@ func runController(conf string) int {
 
 // controller is a controller process on a fixed address and data directory.
 type controller struct {
-	t    *testing.T
-	conf string
-	addr string
-	proc *proctest.Proc
+	t       *testing.T
+	conf    string
+	addr    string
+	metrics string // its /metrics and /debug/pprof/
+	proc    *proctest.Proc
 }
 
 func freeAddr(t *testing.T) string {
@@ -95,8 +98,8 @@ func newController(t *testing.T) *controller {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	c := &controller{t: t, conf: filepath.Join(dir, "controller.yaml"), addr: freeAddr(t)}
-	os.WriteFile(c.conf, fmt.Appendf(nil, "data_dir: %s\napi:\n  listen: %s\nmetrics:\n  listen: \"\"\nlog:\n  level: %s\n", filepath.Join(dir, "data"), c.addr, logLevel()), 0o600)
+	c := &controller{t: t, conf: filepath.Join(dir, "controller.yaml"), addr: freeAddr(t), metrics: freeAddr(t)}
+	os.WriteFile(c.conf, fmt.Appendf(nil, "data_dir: %s\napi:\n  listen: %s\nmetrics:\n  listen: %s\n  pprof: true\nlog:\n  level: %s\n", filepath.Join(dir, "data"), c.addr, c.metrics, logLevel()), 0o600)
 	c.start()
 	return c
 }
@@ -129,15 +132,70 @@ func (c *controller) rss() int64 {
 	return 0
 }
 
+// memStats is what the controller's Go runtime says of its memory, after a
+// collection.
+type memStats struct {
+	heap, stacks, goroutines int64
+}
+
+// mem collects the controller's garbage (through its heap profile) three
+// times, as an idle controller does within minutes (Go collects at least
+// every 2 minutes; each collection halves the goroutine stacks that use
+// under a quarter of theirs), and reads its heap in use, goroutine stacks and goroutines from /metrics;
+// with IOTFABRIC_BENCH_FLEET_PROFILES set to a directory, the heap and
+// goroutine profiles are kept there as <name>.heap and <name>.goroutine
+// (go tool pprof -top FILE).
+func (c *controller) mem(name string) memStats {
+	get := func(path string) []byte {
+		resp, err := http.Get("http://" + c.metrics + path)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			c.t.Fatalf("GET %s: %d %v", path, resp.StatusCode, err)
+		}
+		return b
+	}
+	var heap []byte
+	for range 3 {
+		heap = get("/debug/pprof/heap?gc=1")
+	}
+	if dir := os.Getenv("IOTFABRIC_BENCH_FLEET_PROFILES"); dir != "" {
+		os.WriteFile(filepath.Join(dir, name+".heap"), heap, 0o644)
+		os.WriteFile(filepath.Join(dir, name+".goroutine"), get("/debug/pprof/goroutine"), 0o644)
+	}
+	var m memStats
+	for _, l := range strings.Split(string(get("/metrics")), "\n") {
+		name, v, ok := strings.Cut(l, " ")
+		if !ok {
+			continue
+		}
+		f, _ := strconv.ParseFloat(v, 64)
+		switch name {
+		case "go_memstats_heap_inuse_bytes":
+			m.heap = int64(f)
+		case "go_memstats_stack_inuse_bytes":
+			m.stacks = int64(f)
+		case "go_goroutines":
+			m.goroutines = int64(f)
+		}
+	}
+	return m
+}
+
 // scenario is one fleet run.
 type scenario struct {
 	gateways, perNetwork, endpoints int
 	idle                            time.Duration
+	memOnly                         bool // stop once synced and measured
 }
 
 type result struct {
 	scenario
 	rssBase, rssSynced  int64
+	memBase, memSynced  memStats
 	synced              time.Duration
 	p50, p99, pmax      time.Duration
 	restart             time.Duration
@@ -191,6 +249,7 @@ func runScenario(t *testing.T, sc scenario) result {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
+	r.memBase = ctl.mem("base")
 	r.rssBase = ctl.rss()
 
 	dir, err := fleet.ShmDir(t.TempDir())
@@ -219,7 +278,11 @@ func runScenario(t *testing.T, sc scenario) result {
 	r.synced = time.Since(start)
 	r.syncBytesPerGateway = (f.BytesIn.Load() + f.BytesOut.Load()) / int64(sc.gateways)
 	time.Sleep(time.Second)
+	r.memSynced = ctl.mem(fmt.Sprintf("synced-%d", sc.gateways))
 	r.rssSynced = ctl.rss()
+	if sc.memOnly {
+		return r
+	}
 
 	// One change reaching every stream: one endpoint per network, in one call.
 	var probes []netip.Prefix
@@ -316,5 +379,38 @@ func TestBenchFleet(t *testing.T) {
 		}
 		rs = append(rs, runScenario(t, scenario{gateways: n, perNetwork: 100, endpoints: 2, idle: idle}))
 		printTable(rs)
+	}
+}
+
+func printMemTable(rs []result) {
+	fmt.Printf("\nbench-fleet-mem: controller memory per idle gateway (one gRPC connection and route stream each), after a collection\n")
+	fmt.Printf("%8s %8s %9s %10s %10s %12s %12s %12s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "RSS KB/gw", "heap KB/gw", "stack KB/gw", "goroutines/gw")
+	for _, r := range rs {
+		n := float64(r.gateways)
+		fmt.Printf("%8d %8d %9d %10.0f %10.1f %10.1f %12.1f %12.1f\n", r.gateways, r.perNetwork, r.routesPerGateway,
+			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/n,
+			float64(r.memSynced.heap-r.memBase.heap)/1024/n, float64(r.memSynced.stacks-r.memBase.stacks)/1024/n,
+			float64(r.memSynced.goroutines-r.memBase.goroutines)/n)
+	}
+	fmt.Println()
+}
+
+// TestBenchFleetMemory: make bench-fleet-mem. IOTFABRIC_BENCH_FLEET_MEM
+// lists the fleet sizes; each fleet registers, admits one endpoint per
+// gateway (100 gateways per network) and syncs; then the controller's
+// memory per gateway is printed.
+func TestBenchFleetMemory(t *testing.T) {
+	sizes := os.Getenv("IOTFABRIC_BENCH_FLEET_MEM")
+	if sizes == "" {
+		t.Skip("benchmark: run with IOTFABRIC_BENCH_FLEET_MEM=1000,2000 (make bench-fleet-mem)")
+	}
+	var rs []result
+	for _, s := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, runScenario(t, scenario{gateways: n, perNetwork: 100, endpoints: 1, memOnly: true}))
+		printMemTable(rs)
 	}
 }

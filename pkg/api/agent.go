@@ -125,7 +125,7 @@ func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.
 	ch := a.r.WatchGateway(ctx, gw, from)
 	defer a.closeStream(gw, stream)
 	for u := range ch {
-		if err := sendChunks(out, u, a.r.ID(), limit, req.GetMaxMessageBytes() != 0); err != nil {
+		if err := sendChunks(out, *u, a.r.ID(), limit, req.GetMaxMessageBytes() != 0); err != nil {
 			return err
 		}
 		release()

@@ -46,6 +46,10 @@ type Config struct {
 		// Listen is the address of /metrics and /healthz; "off" (or empty)
 		// turns them off.
 		Listen string `yaml:"listen"`
+		// Pprof serves Go's profiles under /debug/pprof/ on the metrics
+		// listener (heap, goroutines, CPU): off by default, for capacity
+		// planning (docs/fleet.md).
+		Pprof bool `yaml:"pprof"`
 	} `yaml:"metrics"`
 	Log struct {
 		Level  string `yaml:"level"`  // debug, info, warn, error

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"log/slog"
+	"net/http"
+	"net/http/pprof"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -149,4 +151,18 @@ func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 		}()
 		return h(srv, ss)
 	}
+}
+
+// debugHandlers adds Go's profiles (/debug/pprof/) to the metrics mux when
+// on (metrics.pprof).
+func debugHandlers(mux *http.ServeMux, on bool) *http.ServeMux {
+	if !on {
+		return mux
+	}
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }

@@ -248,7 +248,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 			return nil, fmt.Errorf("metrics listener: %w", err)
 		}
 		c.metricsAddr = ml.Addr().String()
-		c.hsrv = &http.Server{Handler: metricsMux(reg, st), ReadHeaderTimeout: 5 * time.Second}
+		c.hsrv = &http.Server{Handler: debugHandlers(metricsMux(reg, st), cfg.Metrics.Pprof), ReadHeaderTimeout: 5 * time.Second}
 		go c.hsrv.Serve(ml)
 	}
 	c.stopKube, c.kubeDone = func() {}, make(chan struct{})

@@ -25,7 +25,9 @@ import (
 // gets only the buckets that differ.
 
 // GatewayUpdate is one update of a gateway's route stream. The routes are
-// shared between streams and must not be changed.
+// shared between streams and must not be changed. Streams carry pointers:
+// a stream's buffer is then gatewayStreamBuffer words, not updates, which
+// is most of an idle gateway's share of the route state.
 type GatewayUpdate struct {
 	// Snapshot: the update replaces what the agent holds, except the routes
 	// in Keep (then Delete is applied to them, then Put).
@@ -58,7 +60,7 @@ const minLog = 4096
 type gwSession struct {
 	gateway string
 	nets    map[string]int64 // followed network -> revision it is followed since
-	ch      chan GatewayUpdate
+	ch      chan *GatewayUpdate
 	ctx     context.Context
 }
 
@@ -231,8 +233,8 @@ func (ns *netState) since(rev int64) (put, del []*v1.Route, ok bool) {
 // the runner never waits for a stream, and one with gatewayStreamBuffer
 // updates unread is closed (the agent resumes from the last revision it
 // received).
-func (r *Runner) WatchGateway(ctx context.Context, gw string, from Resume) <-chan GatewayUpdate {
-	ch := make(chan GatewayUpdate, gatewayStreamBuffer)
+func (r *Runner) WatchGateway(ctx context.Context, gw string, from Resume) <-chan *GatewayUpdate {
+	ch := make(chan *GatewayUpdate, gatewayStreamBuffer)
 	err := r.do(ctx, func(s *state) { s.attachGateway(ctx, gw, from, ch) })
 	if err != nil {
 		close(ch)
@@ -260,7 +262,7 @@ func (r *Runner) Resumable(fromRev int64, runnerID string) bool {
 }
 
 // attachGateway makes ch gw's stream and sends it its first update.
-func (s *state) attachGateway(ctx context.Context, gw string, from Resume, ch chan GatewayUpdate) {
+func (s *state) attachGateway(ctx context.Context, gw string, from Resume, ch chan *GatewayUpdate) {
 	fromRev, runnerID, digests := from.Revision, from.RunnerID, from.Digests
 	g := s.gws[gw]
 	if g == nil {
@@ -323,7 +325,7 @@ func (s *state) attachGateway(ctx context.Context, gw string, from Resume, ch ch
 		s.gnets[n].followers[g] = struct{}{}
 	}
 	g.ch, g.ctx = ch, ctx
-	ch <- first // the channel is new and has room
+	ch <- &first // the channel is new and has room
 }
 
 // diffDigest compares what the agent holds (d) with the network: keep is
@@ -369,7 +371,7 @@ func equalBuckets(a, b []uint64) bool {
 
 // detachGateway closes ch if it is still gw's stream. The session keeps the
 // networks it follows and since when, for a resume.
-func (s *state) detachGateway(gw string, ch chan GatewayUpdate) {
+func (s *state) detachGateway(gw string, ch chan *GatewayUpdate) {
 	g := s.gws[gw]
 	if g == nil || g.ch != ch {
 		return
@@ -466,7 +468,7 @@ func (s *state) publishGateways(full bool) {
 		}
 		u.Revision = rev
 		select {
-		case g.ch <- *u:
+		case g.ch <- u:
 		default:
 			s.r.log.Warn("gateway route stream fell behind; closing it (the agent resumes)", logkey.Gateway, g.gateway)
 			s.detachGateway(g.gateway, g.ch)

@@ -369,7 +369,7 @@ func TestGatewayStreamMatchesSnapshot(t *testing.T) {
 	ch := r.WatchGateway(ctx, "g0", Resume{})
 	have := map[string]*v1.Route{}
 	read := func(block bool) bool {
-		var u GatewayUpdate
+		var u *GatewayUpdate
 		var ok bool
 		if block {
 			select {
@@ -416,7 +416,7 @@ func gwKey(r *v1.Route) string { return r.Network + " " + r.RouteDistinguisher +
 
 // applyUpdate applies a gateway update as the agent does: a snapshot keeps
 // only the routes of its scopes, then deletes, then puts.
-func applyUpdate(have map[string]*v1.Route, u GatewayUpdate) {
+func applyUpdate(have map[string]*v1.Route, u *GatewayUpdate) {
 	if u.Snapshot {
 		for k, r := range have {
 			kept := false
