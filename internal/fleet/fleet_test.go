@@ -20,6 +20,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/iotfabric/iotfabric/internal/fleet"
 	"github.com/iotfabric/iotfabric/internal/proctest"
@@ -382,12 +383,47 @@ func TestBenchFleet(t *testing.T) {
 	}
 }
 
+// grpcFloor is what n bare gRPC connections, each with one open server
+// stream (health Watch), cost the controller process: gRPC's own share of
+// a gateway, which no route state or iotfabric code is part of.
+func grpcFloor(t *testing.T, n int) result {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctl := newController(t)
+	defer ctl.stop(syscall.SIGTERM)
+	r := result{scenario: scenario{gateways: n}}
+	r.memBase, r.rssBase = ctl.mem("floor-base"), ctl.rss()
+	for i := range n {
+		conn, err := grpc.NewClient(ctl.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		w, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Recv(); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	time.Sleep(time.Second)
+	r.memSynced = ctl.mem(fmt.Sprintf("floor-%d", n))
+	r.rssSynced = ctl.rss()
+	return r
+}
+
 func printMemTable(rs []result) {
-	fmt.Printf("\nbench-fleet-mem: controller memory per idle gateway (one gRPC connection and route stream each), after a collection\n")
+	fmt.Printf("\nbench-fleet-mem: controller memory per idle gateway (one gRPC connection and route stream each), after collections\n")
 	fmt.Printf("%8s %8s %9s %10s %10s %12s %12s %12s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "RSS KB/gw", "heap KB/gw", "stack KB/gw", "goroutines/gw")
 	for _, r := range rs {
 		n := float64(r.gateways)
-		fmt.Printf("%8d %8d %9d %10.0f %10.1f %10.1f %12.1f %12.1f\n", r.gateways, r.perNetwork, r.routesPerGateway,
+		if r.perNetwork == 0 {
+			fmt.Printf("%8d %8s %9s", r.gateways, "bare", "gRPC")
+		} else {
+			fmt.Printf("%8d %8d %9d", r.gateways, r.perNetwork, r.routesPerGateway)
+		}
+		fmt.Printf(" %10.0f %10.1f %10.1f %12.1f %12.1f\n",
 			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/n,
 			float64(r.memSynced.heap-r.memBase.heap)/1024/n, float64(r.memSynced.stacks-r.memBase.stacks)/1024/n,
 			float64(r.memSynced.goroutines-r.memBase.goroutines)/n)
@@ -398,7 +434,8 @@ func printMemTable(rs []result) {
 // TestBenchFleetMemory: make bench-fleet-mem. IOTFABRIC_BENCH_FLEET_MEM
 // lists the fleet sizes; each fleet registers, admits one endpoint per
 // gateway (100 gateways per network) and syncs; then the controller's
-// memory per gateway is printed.
+// memory per gateway is printed, and beside it that of as many bare gRPC
+// connections with one stream each (the "bare gRPC" rows).
 func TestBenchFleetMemory(t *testing.T) {
 	sizes := os.Getenv("IOTFABRIC_BENCH_FLEET_MEM")
 	if sizes == "" {
@@ -411,6 +448,8 @@ func TestBenchFleetMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 		rs = append(rs, runScenario(t, scenario{gateways: n, perNetwork: 100, endpoints: 1, memOnly: true}))
+		printMemTable(rs)
+		rs = append(rs, grpcFloor(t, n))
 		printMemTable(rs)
 	}
 }
