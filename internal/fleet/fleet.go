@@ -73,8 +73,9 @@ type Gateway struct {
 
 	mu       sync.Mutex
 	live     map[string]bool
-	liveAt   time.Time // when the last session became live
-	routes   int       // remote routes in the last applied state
+	downs    map[string]int // sessions that ended, per controller
+	liveAt   time.Time      // when the last session became live
+	routes   int            // remote routes in the last applied state
 	probeAt  time.Time
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -128,7 +129,7 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	tick := time.NewTicker(time.Second / time.Duration(cfg.StartRate))
 	defer tick.Stop()
 	for i := range cfg.Gateways {
-		g := &Gateway{Name: fmt.Sprintf("fleet-gw-%05d", i), f: f, live: map[string]bool{}, done: make(chan struct{})}
+		g := &Gateway{Name: fmt.Sprintf("fleet-gw-%05d", i), f: f, live: map[string]bool{}, downs: map[string]int{}, done: make(chan struct{})}
 		dir := filepath.Join(cfg.Dir, g.Name)
 		a, err := agent.New(agent.Options{
 			Config:      agent.Config{Gateway: g.Name, Underlay: Underlay(i), StateDir: dir, Log: cfg.Log},
@@ -169,10 +170,27 @@ func (f *Fleet) Gateways() []*Gateway { return f.gws }
 func (g *Gateway) onSession(ctl string, live bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.live[ctl] && !live {
+		g.downs[ctl]++
+	}
 	g.live[ctl] = live
 	if live {
 		g.liveAt = time.Now()
 	}
+}
+
+// LiveOn reports whether the gateway's session with controller ctl is live.
+func (g *Gateway) LiveOn(ctl string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.live[ctl]
+}
+
+// Downs is how many of the gateway's live sessions with ctl have ended.
+func (g *Gateway) Downs(ctl string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.downs[ctl]
 }
 
 func (g *Gateway) onApply(st overlay.State, err error) {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	"github.com/iotfabric/iotfabric/internal/fleet"
 	"github.com/iotfabric/iotfabric/internal/proctest"
 	"github.com/iotfabric/iotfabric/pkg/server"
+	"github.com/iotfabric/iotfabric/pkg/store/etcd/etcdtest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -91,7 +93,11 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func newController(t *testing.T) *controller {
+func newController(t *testing.T) *controller { return newControllerOn(t, "") }
+
+// newControllerOn starts a controller on etcd (etcdURL, namespace /fleet/)
+// or, when it is "", on a bbolt store of its own.
+func newControllerOn(t *testing.T, etcdURL string) *controller {
 	// The store is on tmpfs when there is one: the figures are the
 	// controller's, not the disk's (this machine's disk is shared).
 	dir, err := fleet.ShmDir(t.TempDir())
@@ -100,7 +106,11 @@ func newController(t *testing.T) *controller {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c := &controller{t: t, conf: filepath.Join(dir, "controller.yaml"), addr: freeAddr(t), metrics: freeAddr(t)}
-	os.WriteFile(c.conf, fmt.Appendf(nil, "data_dir: %s\napi:\n  listen: %s\nmetrics:\n  listen: %s\n  pprof: true\nlog:\n  level: %s\n", filepath.Join(dir, "data"), c.addr, c.metrics, logLevel()), 0o600)
+	var store string
+	if etcdURL != "" {
+		store = fmt.Sprintf("etcd:\n  endpoints: [%q]\n  namespace: /fleet/\n", etcdURL)
+	}
+	os.WriteFile(c.conf, fmt.Appendf(nil, store+"data_dir: %s\napi:\n  listen: %s\nmetrics:\n  listen: %s\n  pprof: true\nlog:\n  level: %s\n", filepath.Join(dir, "data"), c.addr, c.metrics, logLevel()), 0o600)
 	c.start()
 	return c
 }
@@ -186,6 +196,53 @@ func (c *controller) mem(name string) memStats {
 	return m
 }
 
+// refused is how many calls the controller refused with
+// RESOURCE_EXHAUSTED (full syncs past the admission limit) since it started.
+func (c *controller) refused() int64 {
+	resp, err := http.Get("http://" + c.metrics + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var n int64
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "iotfabric_api_requests_total{") && strings.Contains(l, `code="ResourceExhausted"`) {
+			_, v, _ := strings.Cut(l, "} ")
+			f, _ := strconv.ParseFloat(v, 64)
+			n += int64(f)
+		}
+	}
+	return n
+}
+
+// cpuProfile profiles the controller's CPU for d in the background into
+// IOTFABRIC_BENCH_FLEET_PROFILES/<name>.cpu and, over the same time, the
+// load generator's (this process: the agents) into <name>-agents.cpu; the
+// returned function waits for both. Without the variable it does nothing.
+func (c *controller) cpuProfile(name string, d time.Duration) (wait func()) {
+	dir := os.Getenv("IOTFABRIC_BENCH_FLEET_PROFILES")
+	if dir == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", c.metrics, int(d.Seconds())))
+		if err != nil {
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		os.WriteFile(filepath.Join(dir, name+".cpu"), b, 0o644)
+	}()
+	f, err := os.Create(filepath.Join(dir, name+"-agents.cpu"))
+	if err == nil && pprof.StartCPUProfile(f) == nil {
+		time.AfterFunc(d, func() { pprof.StopCPUProfile(); f.Close() })
+	}
+	return func() { <-done }
+}
+
 // scenario is one fleet run.
 type scenario struct {
 	gateways, perNetwork, endpoints int
@@ -200,6 +257,9 @@ type result struct {
 	synced              time.Duration
 	p50, p99, pmax      time.Duration
 	restart             time.Duration
+	restartDown         time.Duration // SIGTERM until every session ended
+	restartServing      time.Duration // start until the controller served
+	restartRefused      int64         // calls refused (RESOURCE_EXHAUSTED) until all stream
 	restartBytes        int64
 	idleBytesPerGwHour  float64
 	routesPerGateway    int
@@ -294,6 +354,7 @@ func runScenario(t *testing.T, sc scenario) result {
 		req.Endpoints = append(req.Endpoints, &v1.Endpoint{Id: fmt.Sprintf("probe-%d", i), Network: fmt.Sprintf("fleet-%d", i),
 			Gateway: "probe", Addresses: []string{a.String()}, Label: uint32(16 + i)})
 	}
+	waitProf := ctl.cpuProfile(fmt.Sprintf("change-%d", sc.gateways), 15*time.Second)
 	f.Probe(probes)
 	resp, err := eps.CreateEndpoints(ctx, &req)
 	if err != nil {
@@ -309,6 +370,7 @@ func runScenario(t *testing.T, sc scenario) result {
 	}
 	lat := f.ProbeLatencies()
 	r.p50, r.p99, r.pmax = pct(lat, .5), pct(lat, .99), pct(lat, 1)
+	waitProf()
 
 	// Idle traffic.
 	b0 := f.BytesIn.Load() + f.BytesOut.Load()
@@ -324,11 +386,17 @@ func runScenario(t *testing.T, sc scenario) result {
 	if _, err := f.WaitAll(ctx, time.Minute, "sessions down", func(g *fleet.Gateway) bool { return g.Live() == 0 }); err != nil {
 		t.Fatal(err)
 	}
+	r.restartDown = time.Since(t0)
+	t1 := time.Now()
 	ctl.start()
+	r.restartServing = time.Since(t1)
+	waitProf = ctl.cpuProfile(fmt.Sprintf("restart-%d", sc.gateways), 30*time.Second)
 	if _, err := f.WaitAll(ctx, 10*time.Minute, "streaming again", func(g *fleet.Gateway) bool { return g.Live() == 1 }); err != nil {
 		t.Fatal(err)
 	}
 	r.restart = time.Since(t0)
+	r.restartRefused = ctl.refused()
+	waitProf()
 	time.Sleep(time.Second)
 	r.restartBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0
 	if _, err := f.WaitAll(ctx, time.Minute, "routes after the restart", func(g *fleet.Gateway) bool { return g.Routes() >= want+1 }); err != nil {
@@ -339,12 +407,12 @@ func runScenario(t *testing.T, sc scenario) result {
 
 func printTable(rs []result) {
 	fmt.Printf("\nbench-fleet: simulated gateways (real agents, one gRPC connection each) against one controller process\n")
-	fmt.Printf("%8s %8s %8s %12s %12s %10s %9s %9s %9s %10s %14s %12s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "chg p50", "chg p99", "chg max", "restart", "restart B/gw", "idle B/gw-h")
+	fmt.Printf("%8s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h")
 	for _, r := range rs {
-		fmt.Printf("%8d %8d %8d %12.0f %12.1f %10s %9s %9s %9s %10s %14d %12.0f\n", r.gateways, r.perNetwork, r.routesPerGateway,
-			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/float64(r.gateways), r.synced.Round(100*time.Millisecond),
+		fmt.Printf("%8d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f\n", r.gateways, r.perNetwork, r.routesPerGateway,
+			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/float64(r.gateways), r.synced.Round(100*time.Millisecond), r.syncBytesPerGateway,
 			r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond), r.restart.Round(100*time.Millisecond),
-			r.restartBytes/int64(r.gateways), r.idleBytesPerGwHour)
+			r.restartDown.Round(100*time.Millisecond).String()+"/"+r.restartServing.Round(100*time.Millisecond).String(), r.restartRefused, r.restartBytes/int64(r.gateways), r.idleBytesPerGwHour)
 	}
 	fmt.Println()
 }
@@ -451,5 +519,167 @@ func TestBenchFleetMemory(t *testing.T) {
 		printMemTable(rs)
 		rs = append(rs, grpcFloor(t, n))
 		printMemTable(rs)
+	}
+}
+
+// pairResult is one run of two controllers on etcd, one of them killed.
+type pairResult struct {
+	gateways, routesPerGateway int
+	rss1, rss2                 int64
+	synced                     time.Duration
+	noticed                    time.Duration // until every gateway's session with the killed one ended
+	survivorLost               int           // sessions with the survivor that ended meanwhile
+	p50, p99, pmax             time.Duration // a change through the survivor after the kill
+	killBytes                  int64         // from the kill until that change reached every gateway
+	back                       time.Duration // the killed one restarted: until every gateway streams from both
+	backBytes                  int64
+}
+
+// runPair: two controller processes on one etcd; the fleet's agents have a
+// session with each (as agents with two --controller). One controller is
+// killed with SIGKILL: how long until every gateway has noticed, whether
+// any session with the survivor ended, a change made through the survivor
+// (p50/p99/max), the bytes all that took; then the killed controller is
+// started again (a new instance on the same store): until every gateway
+// streams from both again, and the bytes.
+func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) pairResult {
+	ctx := context.Background()
+	etcd := etcdtest.Start(t)
+	c1, c2 := newControllerOn(t, etcd.Endpoint), newControllerOn(t, etcd.Endpoint)
+	defer c1.stop(syscall.SIGTERM)
+	defer c2.stop(syscall.SIGTERM)
+	conn, err := grpc.NewClient(c2.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	nNets := (n + perNetwork - 1) / perNetwork
+	nets, eps, agents := v1.NewNetworkServiceClient(conn), v1.NewEndpointServiceClient(conn), v1.NewAgentServiceClient(conn)
+	for i := range nNets {
+		if _, err := nets.CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: fmt.Sprintf("fleet-%d", i),
+			Subnets: []string{fmt.Sprintf("10.%d.%d.0/20", i>>4, (i&15)<<4)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := agents.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "probe", UnderlayAddress: "198.18.0.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := fleet.ShmDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	r := pairResult{gateways: n, routesPerGateway: (perNetwork - 1) * endpoints}
+	start := time.Now()
+	f, err := fleet.Start(ctx, fleet.Config{Controllers: []string{c1.addr, c2.addr}, Gateways: n, EndpointsPerGateway: endpoints,
+		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/perNetwork) }, Dir: dir, Log: testLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+	if _, err := f.WaitAll(ctx, timeout, "registered with both", func(g *fleet.Gateway) bool { return g.Live() == 2 }); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.AddEndpoints(ctx, endpoints, 16); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitAll(ctx, timeout, "synced", func(g *fleet.Gateway) bool { return g.Routes() >= r.routesPerGateway }); err != nil {
+		for _, g := range f.Gateways()[:3] {
+			t.Logf("%s: %d routes, %d sessions", g.Name, g.Routes(), g.Live())
+		}
+		t.Fatal(err)
+	}
+	r.synced = time.Since(start)
+	time.Sleep(time.Second)
+	r.rss1, r.rss2 = c1.rss(), c2.rss()
+
+	downs := func() int {
+		s := 0
+		for _, g := range f.Gateways() {
+			s += g.Downs(c2.addr)
+		}
+		return s
+	}
+	lost0 := downs()
+	b0 := f.BytesIn.Load() + f.BytesOut.Load()
+	t0 := time.Now()
+	c1.stop(syscall.SIGKILL)
+	var err2 error
+	if r.noticed, err2 = f.WaitAll(ctx, timeout, "killed controller noticed", func(g *fleet.Gateway) bool { return !g.LiveOn(c1.addr) }); err2 != nil {
+		t.Fatal(err2)
+	}
+	r.noticed = time.Since(t0)
+	var probes []netip.Prefix
+	var req v1.CreateEndpointsRequest
+	for i := range nNets {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 4), byte((i&15)<<4 + 15), 250})
+		probes = append(probes, netip.PrefixFrom(a, 32))
+		req.Endpoints = append(req.Endpoints, &v1.Endpoint{Id: fmt.Sprintf("probe-%d", i), Network: fmt.Sprintf("fleet-%d", i),
+			Gateway: "probe", Addresses: []string{a.String()}, Label: uint32(16 + i)})
+	}
+	f.Probe(probes)
+	if _, err := eps.CreateEndpoints(ctx, &req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitAll(ctx, timeout, "probe through the survivor", (*fleet.Gateway).Probed); err != nil {
+		t.Fatal(err)
+	}
+	lat := f.ProbeLatencies()
+	r.p50, r.p99, r.pmax = pct(lat, .5), pct(lat, .99), pct(lat, 1)
+	time.Sleep(time.Second)
+	r.killBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0
+	r.survivorLost = downs() - lost0
+
+	b0 = f.BytesIn.Load() + f.BytesOut.Load()
+	t0 = time.Now()
+	c1.start()
+	if _, err := f.WaitAll(ctx, timeout, "streaming from both again", func(g *fleet.Gateway) bool { return g.Live() == 2 }); err != nil {
+		t.Fatal(err)
+	}
+	r.back = time.Since(t0)
+	time.Sleep(time.Second)
+	r.backBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0
+	return r
+}
+
+func printPairTable(rs []pairResult) {
+	fmt.Printf("\nbench-fleet-pair: two controllers on one etcd, every gateway streaming from both; one SIGKILLed, then started again\n")
+	fmt.Printf("%8s %9s %8s %8s %9s %9s %9s %9s %9s %9s %12s %10s %12s\n", "gateways", "routes/gw", "ctl1 MB", "ctl2 MB", "synced",
+		"noticed", "lost", "chg p50", "chg p99", "chg max", "kill B/gw", "back", "back B/gw")
+	for _, r := range rs {
+		fmt.Printf("%8d %9d %8.0f %8.0f %9s %9s %9d %9s %9s %9s %12d %10s %12d\n", r.gateways, r.routesPerGateway,
+			float64(r.rss1)/(1<<20), float64(r.rss2)/(1<<20), r.synced.Round(100*time.Millisecond), r.noticed.Round(10*time.Millisecond),
+			r.survivorLost, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond),
+			r.killBytes/int64(r.gateways), r.back.Round(100*time.Millisecond), r.backBytes/int64(r.gateways))
+	}
+	fmt.Println()
+}
+
+// TestBenchFleetPair: make bench-fleet-pair. IOTFABRIC_BENCH_FLEET_PAIR
+// lists the fleet sizes.
+func TestBenchFleetPair(t *testing.T) {
+	sizes := os.Getenv("IOTFABRIC_BENCH_FLEET_PAIR")
+	if sizes == "" {
+		t.Skip("benchmark: run with IOTFABRIC_BENCH_FLEET_PAIR=1000 (make bench-fleet-pair)")
+	}
+	var rs []pairResult
+	for _, s := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, runPair(t, n, 100, 2, 15*time.Minute))
+		printPairTable(rs)
+	}
+}
+
+// TestFleetPairSmoke: 50 gateways, two controllers on etcd, one killed and
+// started again; the checks are that every step completes and that no
+// session with the survivor ended.
+func TestFleetPairSmoke(t *testing.T) {
+	r := runPair(t, 50, 10, 1, 20*time.Second)
+	printPairTable([]pairResult{r})
+	if r.survivorLost != 0 {
+		t.Errorf("%d sessions with the surviving controller ended", r.survivorLost)
 	}
 }

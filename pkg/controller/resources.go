@@ -562,7 +562,9 @@ func (c *Controller) UpdateEndpoint(ctx context.Context, req *v1.Endpoint) (*v1.
 			}
 			if e.Label != 0 {
 				lk := keys.Label(e.Gateway, e.Label)
-				if owner, err := c.st.Get(ctx, lk); err == nil {
+				// Taken by this endpoint: another controller set the same
+				// label meanwhile; the transaction conflicts and is retried.
+				if owner, err := c.st.Get(ctx, lk); err == nil && string(owner.Value) != e.Id {
 					return model.Errorf(model.ErrExists, "endpoint %s: label %d is already used by endpoint %s on gateway %s", e.Id, e.Label, owner.Value, e.Gateway)
 				}
 				conds = append(conds, store.Absent(lk))

@@ -421,6 +421,11 @@ func (c *Controller) stop(graceful bool) {
 		if graceful {
 			done := make(chan struct{})
 			go func() { c.gs.GracefulStop(); close(done) }()
+			// Route streams never end by themselves: end them now, not
+			// after the 10 s below (the agents resume after the restart).
+			ectx, cancel := context.WithTimeout(context.Background(), time.Second)
+			c.runner.EndGatewayStreams(ectx)
+			cancel()
 			select {
 			case <-done:
 			case <-time.After(10 * time.Second):

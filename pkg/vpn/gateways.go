@@ -261,8 +261,27 @@ func (r *Runner) Resumable(fromRev int64, runnerID string) bool {
 	return fromRev > 0 && runnerID == r.id
 }
 
+// EndGatewayStreams closes every gateway stream, and any opened after it,
+// at once: a controller stopping ends its route streams rather than waiting
+// for them (they never end on their own); the agents resume elsewhere or
+// after the restart.
+func (r *Runner) EndGatewayStreams(ctx context.Context) error {
+	return r.do(ctx, func(s *state) {
+		s.gwEnded = true
+		for gw, g := range s.gws {
+			if g.ch != nil {
+				s.detachGateway(gw, g.ch)
+			}
+		}
+	})
+}
+
 // attachGateway makes ch gw's stream and sends it its first update.
 func (s *state) attachGateway(ctx context.Context, gw string, from Resume, ch chan *GatewayUpdate) {
+	if s.gwEnded {
+		close(ch)
+		return
+	}
 	fromRev, runnerID, digests := from.Revision, from.RunnerID, from.Digests
 	g := s.gws[gw]
 	if g == nil {

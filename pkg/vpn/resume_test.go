@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
+	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
 	"github.com/iotfabric/iotfabric/pkg/routedigest"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -99,5 +101,28 @@ func TestResumeByDigests(t *testing.T) {
 	defer cancel4()
 	if u := <-r2.WatchGateway(c4, "g0", Resume{Revision: 1, RunnerID: r1.ID()}); !u.Snapshot || len(u.Keep) != 0 || len(u.Put) != len(want) {
 		t.Fatalf("without digests: snapshot=%v keep=%v %d routes", u.Snapshot, u.Keep, len(u.Put))
+	}
+}
+
+// EndGatewayStreams closes the open gateway streams and every one opened
+// after it (a stopping controller).
+func TestEndGatewayStreams(t *testing.T) {
+	r, _, ctx := startRunner(t, bgptest.NewFakeSpeaker())
+	ch := r.WatchGateway(ctx, "g0", Resume{})
+	if u, ok := <-ch; !ok || !u.Snapshot {
+		t.Fatalf("first update: %v %v", u, ok)
+	}
+	if err := r.EndGatewayStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]<-chan *GatewayUpdate{"open": ch, "opened after": r.WatchGateway(ctx, "g1", Resume{})} {
+		select {
+		case u, ok := <-c:
+			if ok {
+				t.Errorf("%s stream: got %+v, want it closed", name, u)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("%s stream still open", name)
+		}
 	}
 }

@@ -60,6 +60,7 @@ type state struct {
 	gws      map[string]*gwSession // gateway route streams, by gateway
 	gnets    map[string]*netState  // the routes of the networks gateways follow
 	gwDirty  map[string]bool       // gateways whose endpoints changed since the last publication
+	gwEnded  bool                  // EndGatewayStreams: no gateway stream is attached any more
 	rev      int64                 // revision of gateway route updates (nextRev)
 	storeRev int64                 // the store revision the table is at
 	speaker  *speakerQueue         // work for the speaker goroutine; nil without BGP
