@@ -123,7 +123,14 @@ func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.
 		return Status(err)
 	}
 	ch := a.r.WatchGateway(ctx, gw, from)
-	defer a.closeStream(gw, stream)
+	defer func() {
+		// A stopping controller removes all its markers once its streams
+		// have ended (controller.Sweeper.Stop): the agents learn at once
+		// that their streams ended, not after one store write each.
+		if !a.r.GatewayStreamsEnded() {
+			a.closeStream(gw, stream)
+		}
+	}()
 	for u := range ch {
 		if err := sendChunks(out, *u, a.r.ID(), limit, req.GetMaxMessageBytes() != 0); err != nil {
 			return err

@@ -266,6 +266,7 @@ func (r *Runner) Resumable(fromRev int64, runnerID string) bool {
 // for them (they never end on their own); the agents resume elsewhere or
 // after the restart.
 func (r *Runner) EndGatewayStreams(ctx context.Context) error {
+	r.streamsEnded.Store(true)
 	return r.do(ctx, func(s *state) {
 		s.gwEnded = true
 		for gw, g := range s.gws {
@@ -275,6 +276,9 @@ func (r *Runner) EndGatewayStreams(ctx context.Context) error {
 		}
 	})
 }
+
+// GatewayStreamsEnded reports whether EndGatewayStreams was called.
+func (r *Runner) GatewayStreamsEnded() bool { return r.streamsEnded.Load() }
 
 // attachGateway makes ch gw's stream and sends it its first update.
 func (s *state) attachGateway(ctx context.Context, gw string, from Resume, ch chan *GatewayUpdate) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -50,6 +51,8 @@ type Runner struct {
 	ops   chan func(*state) // work for the owner goroutine
 	ready chan struct{}     // closed once the speaker runs with the full initial state
 	done  chan struct{}     // closed when Run returns
+
+	streamsEnded atomic.Bool // EndGatewayStreams was called
 }
 
 // state is what the owner goroutine (Run) holds; no other goroutine touches it.
