@@ -1,14 +1,15 @@
 # Gateway fleets (internal/fleet): capacity planning.
-.PHONY: bench-fleet
+.PHONY: bench-fleet bench-fleet-mem bench-fleet-pair
 
-BENCH_TARGETS += bench-fleet
+BENCH_TARGETS += bench-fleet bench-fleet-mem bench-fleet-pair
 
 FLEET_SIZES ?= 1000,5000,10000
 FLEET_IDLE ?= 1m
 FLEET_BIG_ROUTES ?= 200000
+FLEET_PROFILES ?=
 
 ##@ bench
-bench-fleet: ## Fleets of simulated gateways (real agents) against a controller process: memory/gw, sync time, change p50/p99, restart, idle bytes; route state of 10,000 gateways in one network; a 200,000-route resync
+bench-fleet: ## Fleets of simulated gateways (real agents) against a controller process: memory/gw, sync time and bytes, change p50/p99, restart (stop/start, refused, bytes), idle bytes (FLEET_PROFILES=DIR keeps heap and CPU profiles); route state of 10,000 gateways in one network; a 200,000-route resync
 	IOTFABRIC_BENCH_FLEET=$(FLEET_SIZES) IOTFABRIC_BENCH_FLEET_IDLE=$(FLEET_IDLE) IOTFABRIC_BENCH_FLEET_PROFILES=$(FLEET_PROFILES) $(GO) test -count=1 -timeout 60m -run '^TestBenchFleet$$' -v ./internal/fleet/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
 	IOTFABRIC_BENCH_GATEWAYS=10000 $(GO) test -count=1 -timeout 30m -run '^TestSharedRouteStateMemory$$' -v ./pkg/vpn/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
 	IOTFABRIC_BIG_ROUTES=$(FLEET_BIG_ROUTES) $(GO) test -count=1 -timeout 20m -run '^TestBigRouteTable$$' -v ./pkg/agent/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
@@ -18,13 +19,11 @@ bench-fleet: ## Fleets of simulated gateways (real agents) against a controller 
 test-deadpath-2m: ## One real agent in a namespace: the path to the controller dropped 2 minutes while 30 endpoints are created; every route within 90 s of its return (root)
 	IOTFABRIC_DEADPATH_OUTAGE=2m $(GO) test -count=1 -timeout 10m -run '^TestDeadPathNoticedByKeepalive$$' -v ./pkg/agent/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
 
-.PHONY: bench-fleet-mem
 FLEET_MEM_SIZES ?= 1000,2000
 ##@ bench
 bench-fleet-mem: ## Controller memory per idle gateway (RSS, heap, goroutine stacks) for fleets of FLEET_MEM_SIZES; FLEET_PROFILES=DIR keeps the heap and goroutine profiles
 	IOTFABRIC_BENCH_FLEET_MEM=$(FLEET_MEM_SIZES) IOTFABRIC_BENCH_FLEET_PROFILES=$(FLEET_PROFILES) $(GO) test -count=1 -timeout 30m -run '^TestBenchFleetMemory$$' -v ./internal/fleet/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
 
-.PHONY: bench-fleet-pair
 FLEET_PAIR_SIZES ?= 1000
 ##@ bench
 bench-fleet-pair: ## Two controllers on one etcd, FLEET_PAIR_SIZES gateways streaming from both: one SIGKILLed (noticed, survivor's sessions kept, a change through the survivor p50/p99, bytes), then started again (until all stream from both, bytes)
