@@ -116,15 +116,45 @@ func (w *Watcher) Run(ctx context.Context) error {
 		defer f.Shutdown()
 	}
 	close(w.started)
+	// Writes the API server did not take wait here (the latest per pod)
+	// and are tried again with a backoff, however long it is away.
+	pending := map[string]statusWrite{}
+	backoff := time.Second
+	retry := time.NewTimer(backoff)
+	retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			retry.Stop()
 			return nil
 		case wr := <-w.writes:
-			w.write(ctx, wr)
+			key := wr.namespace + "/" + wr.name
+			delete(pending, key)
+			if !w.write(ctx, wr) {
+				if len(pending) == 0 {
+					backoff = time.Second
+					retry.Reset(backoff)
+				}
+				pending[key] = wr
+			}
+		case <-retry.C:
+			for key, wr := range pending {
+				if !w.write(ctx, wr) {
+					break
+				}
+				delete(pending, key)
+			}
+			if len(pending) > 0 {
+				backoff = min(2*backoff, maxWriteBackoff)
+				retry.Reset(backoff)
+			}
 		}
 	}
 }
+
+// maxWriteBackoff bounds the wait between tries of annotations the API
+// server did not take.
+const maxWriteBackoff = 30 * time.Second
 
 // Synced reports whether both informers have their first listing.
 func (w *Watcher) Synced() bool { return w.pods.HasSynced() && w.nss.HasSynced() }
@@ -208,25 +238,27 @@ func (w *Watcher) Attached(ep cni.Endpoint, gateway netip.Addr) {
 	}
 }
 
-// write patches the annotation (only on the pod of that UID), a few times.
-func (w *Watcher) write(ctx context.Context, wr statusWrite) {
+// write patches the annotation (only on the pod of that UID). It reports
+// false when the API server did not answer (the write is to be tried
+// again); true when it is done or moot (the pod is gone or re-created).
+func (w *Watcher) write(ctx context.Context, wr statusWrite) bool {
 	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{kube.AnnotationNetworkStatus: wr.value}}}
 	if wr.uid != "" {
 		patch["metadata"].(map[string]any)["uid"] = wr.uid // a precondition: another pod of that name is left alone
 	}
 	b, _ := json.Marshal(patch)
-	for attempt := range 3 {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := w.kc.CoreV1().Pods(wr.namespace).Patch(pctx, wr.name, types.MergePatchType, b, metav1.PatchOptions{})
-		cancel()
-		if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) || apierrors.IsInvalid(err) {
-			return
-		}
-		w.log.Info("network-status annotation not written", logkey.KubePod, wr.namespace+"/"+wr.name, logkey.Attempt, attempt+1, logkey.Err, err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second << attempt):
-		}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err := w.kc.CoreV1().Pods(wr.namespace).Patch(pctx, wr.name, types.MergePatchType, b, metav1.PatchOptions{})
+	cancel()
+	if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) || apierrors.IsInvalid(err) || ctx.Err() != nil {
+		return true
 	}
+	w.log.Info("network-status annotation not written yet", logkey.KubePod, wr.namespace+"/"+wr.name, logkey.Err, err)
+	return false
+}
+
+// Cached reports whether the pod informer holds the pod.
+func (w *Watcher) Cached(namespace, name string) bool {
+	_, ok, _ := w.pods.GetStore().GetByKey(namespace + "/" + name)
+	return ok
 }
