@@ -3,13 +3,16 @@ package kubee2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,6 +35,9 @@ import (
 var pluginDir string
 
 func TestMain(m *testing.M) {
+	if spec, ok := os.LookupEnv(controllerEnv); ok {
+		os.Exit(childController(spec))
+	}
 	bgptest.ReexecInNewNetns()
 	if os.Geteuid() != 0 {
 		os.Exit(m.Run())
@@ -311,6 +317,50 @@ spec:
 	}
 	pingOverMPLS(t, ns1, a2)
 
+	// iotfabric.io/ip: a fixed address in a block no gateway holds yet
+	// (gateway A gets the block with the pod). The same address asked on
+	// node B, an address of A's block asked on B, and one outside the
+	// network: CNI error 7 and a Warning Event on the pod; B admits its next
+	// pod as usual.
+	fixed := netip.MustParseAddr("10.77.200.10")
+	pf := f.pod("iot", "meter", "node-a", map[string]string{kube.AnnotationIP: fixed.String()})
+	rf, err := f.add(gwA, pf, "cf", netnstest.New(t, "iofpod"))
+	if err != nil {
+		t.Fatalf("ADD with a fixed address: %v", err)
+	}
+	if got := addrOf(t, rf); got != fixed {
+		t.Fatalf("pod asking for %s got %s", fixed, got)
+	}
+	ef, err := f.endpoint("cf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.atFRR(uA, fixed, ef.Label, true, 30*time.Second)
+	for i, c := range []struct{ pod, ip, want string }{
+		{"meter-twin", "10.77.200.10", "already in use"},
+		{"meter-b", "10.77.200.11", "leased to another gateway"},
+		{"meter-out", "10.99.0.1", "in no subnet of network plant"},
+	} {
+		p := f.pod("iot", c.pod, "node-b", map[string]string{kube.AnnotationIP: c.ip})
+		_, err := f.add(gwB, p, fmt.Sprintf("cx%d", i), netnstest.New(t, "iofpod"))
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Error(), c.want) {
+			t.Fatalf("pod %s asking for %s: %v, want CNI error 7 saying %q", c.pod, c.ip, err, c.want)
+		}
+		ev := f.waitEvent(p)
+		if ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, c.want) || len(ev.Message) > podwatch.MaxEventMessage {
+			t.Fatalf("Event on pod %s: %s %q", c.pod, ev.Type, ev.Message)
+		}
+	}
+	p4 := f.pod("iot", "sensor-4", "node-b", nil)
+	r4, err := f.add(gwB, p4, "c4", netnstest.New(t, "iofpod"))
+	if err != nil {
+		t.Fatalf("ADD on node B after the refusals: %v", err)
+	}
+	if a4 := addrOf(t, r4); !subnet.Contains(a4) || netip.MustParsePrefix("10.77.200.0/24").Contains(a4) {
+		t.Fatalf("sensor-4 got %s", a4)
+	}
+
 	// The API server dies: nothing is released (pod grace passes
 	// several times), a pod the agent knows is admitted from the cache.
 	p3 := f.pod("iot", "sensor-3", "node-a", nil)
@@ -332,7 +382,7 @@ spec:
 	}
 	f.atFRR(uA, a3, e3.Label, true, 30*time.Second)
 	time.Sleep(3 * podGrace)
-	for _, id := range []string{"c1", "c2", "c3"} {
+	for _, id := range []string{"c1", "c2", "c3", "cf", "c4"} {
 		if _, err := f.endpoint(id); err != nil {
 			t.Fatalf("endpoint %s with the API server away: %v", id, err)
 		}
@@ -344,7 +394,7 @@ spec:
 		t.Fatalf("sensor-3 network-status after the API server came back: %+v, want ip %s", st, a3)
 	}
 	time.Sleep(2 * podGrace)
-	for _, id := range []string{"c1", "c2", "c3"} {
+	for _, id := range []string{"c1", "c2", "c3", "cf", "c4"} {
 		if _, err := f.endpoint(id); err != nil {
 			t.Fatalf("endpoint %s after the API server came back: %v", id, err)
 		}
@@ -366,6 +416,27 @@ spec:
 	}
 	f.atFRR(uA, a1, e1.Label, true, 5*time.Second)
 	t.Logf("node-b deleted: its pod route withdrawn at FRR after %v (grace %v)", took.Round(time.Millisecond), nodeGrace)
+}
+
+// waitEvent waits for the agent's Event on a pod whose ADD it refused.
+func (f *fabric) waitEvent(p *corev1.Pod) corev1.Event {
+	f.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		l, err := f.kc.CoreV1().Events(p.Namespace).List(f.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		for _, e := range l.Items {
+			if e.Reason == podwatch.ReasonAddRefused && e.InvolvedObject.UID == p.UID {
+				return e
+			}
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("no %s Event on pod %s/%s", podwatch.ReasonAddRefused, p.Namespace, p.Name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // waitCached waits until the node's pod watcher holds the pod in its cache.
