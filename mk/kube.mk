@@ -17,8 +17,9 @@ test-kube: kube-bin ## The Kubernetes tests only: CRD reconciliation, namespaces
 # BENCH_KUBE_STEADY is how long steady state is watched for API writes (CI may keep a short form, e.g. 30s).
 BENCH_KUBE_STEADY ?= 5m
 
-bench-kube: kube-bin ## 3,000 nodes / 30,000 pods in a real API server: controller cold start to reconciled, steady-state API writes over BENCH_KUBE_STEADY (5m), beside plain informers
+bench-kube: kube-bin ## 3,000 nodes / 30,000 pods in a real API server: controller cold start to reconciled, steady-state API writes over BENCH_KUBE_STEADY (5m), beside plain informers; ADD->FRR p50/p99 (empty cluster and at that scale)
 	IOTFABRIC_BENCH=1 IOTFABRIC_KUBE_STEADY=$(BENCH_KUBE_STEADY) $(GO) test -count=1 -timeout 60m -run '^TestBenchKube$$' -v ./pkg/kube/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
+	IOTFABRIC_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBenchKubeAddToFRR$$' -v ./internal/kubee2e/ 2>&1 | grep -E '^(bench-kube|---|ok|FAIL)|setup:' ; exit $${PIPESTATUS[0]}
 
 bench-kube-takeover: kube-bin ## Two controller processes on one API server's Lease: the leader SIGKILLed, the time until the other holds the Lease
 	$(GO) test -count=1 -timeout 5m -run '^TestLeaderTakeoverSIGKILL$$' -v ./internal/kubee2e/ 2>&1 | grep -E 'took the Lease|^(---|ok|FAIL)' ; exit $${PIPESTATUS[0]}
