@@ -97,9 +97,12 @@ func TestRBAC(t *testing.T) {
 			slices.Concat(
 				expand("", "pods", "", "get", "list", "watch"),
 				expand("", "pods", "team", "patch"),
-				expand("", "namespaces", "", "get", "list", "watch")),
+				expand("", "namespaces", "", "get", "list", "watch"),
+				expand("", "events", "team", "create")),
 			slices.Concat(
 				expand("", "pods", "team", "delete", "create", "update"),
+				expand("", "events", "team", "get", "list", "watch", "patch", "update", "delete"),
+				expand("events.k8s.io", "events", "team", "create"),
 				expand("", "secrets", "", "get", "list"),
 				expand("", "nodes", "", "update", "delete"),
 				expand("iotfabric.io", "virtualnetworks", "", "create", "update", "delete"),

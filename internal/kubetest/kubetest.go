@@ -251,6 +251,20 @@ func (s *Server) Stop() {
 	}
 }
 
+// Kill kills the API server at once (no graceful shutdown: connections
+// just break, as when its machine fails); Restart starts it again.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Kill()
+	<-exited
+}
+
 // Restart starts a stopped API server again.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
@@ -381,4 +395,64 @@ func freePort(t testing.TB) int {
 // Namespace returns a namespace object named name.
 func Namespace(name string) *corev1.Namespace {
 	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}
+
+// KubeconfigFor writes a kubeconfig for user (a name given to Start, or
+// "admin") and returns its path, for programs configured with a file.
+func (s *Server) KubeconfigFor(t testing.TB, user string) string {
+	t.Helper()
+	tok, ok := s.tokens[user]
+	if !ok {
+		t.Fatalf("kubetest: no user %q", user)
+	}
+	p := filepath.Join(s.Dir, "kubeconfig-"+strings.NewReplacer(":", "_", "/", "_").Replace(user))
+	write(t, p, fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: %q, insecure-skip-tls-verify: true}
+users:
+- name: u
+  user: {token: %q}
+contexts:
+- name: test
+  context: {cluster: test, user: u}
+current-context: test
+`, s.URL, tok))
+	return p
+}
+
+// The service accounts of deploy/kubernetes/rbac.yaml as token-file users
+// (pass them to Start; Apply the manifests to bind their roles).
+var (
+	ControllerUser = User{Name: "system:serviceaccount:iotfabric-system:iotfabric-controller", Groups: []string{"system:serviceaccounts"}}
+	AgentUser      = User{Name: "system:serviceaccount:iotfabric-system:iotfabric-agent", Groups: []string{"system:serviceaccounts"}}
+)
+
+// Apply applies files of deploy/kubernetes (the CRD is waited for until
+// established).
+func (s *Server) Apply(t testing.TB, files ...string) {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if out, err := s.RunKubectl("apply", "-f", filepath.Join(root, "deploy", "kubernetes", f)); err != nil {
+			t.Fatalf("apply %s: %v\n%s", f, err, out)
+		}
+		if strings.HasPrefix(f, "crd-") {
+			if out, err := s.RunKubectl("wait", "--for=condition=established", "--timeout=60s", "-f", filepath.Join(root, "deploy", "kubernetes", f)); err != nil {
+				t.Fatalf("%s not established: %v\n%s", f, err, out)
+			}
+		}
+	}
+}
+
+// RunKubectlStdin is RunKubectl with stdin (e.g. `apply -f -`).
+func (s *Server) RunKubectlStdin(stdin string, args ...string) (string, error) {
+	cmd := exec.Command(s.Kubectl, append([]string{"--kubeconfig", s.Kubeconfig}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }

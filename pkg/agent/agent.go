@@ -80,10 +80,13 @@ type Options struct {
 
 // PodResolver is the agent's view of the Kubernetes pods on its node.
 type PodResolver interface {
-	// Network returns the network of the pod, or a *cni.Error.
-	Network(ctx context.Context, namespace, name, uid string) (string, error)
+	// Network returns the network of the pod and the address it asks for
+	// (iotfabric.io/ip; the zero Addr when none), or a *cni.Error.
+	Network(ctx context.Context, namespace, name, uid string) (string, netip.Addr, error)
 	// Attached tells that the pod's endpoint is in place (it must not block).
 	Attached(ep cni.Endpoint, gateway netip.Addr)
+	// Refused tells that the pod's ADD was refused (it must not block).
+	Refused(namespace, name, uid string, err *cni.Error)
 }
 
 // Agent is the vrouter agent: core, data-plane loop, controller sessions and
@@ -221,6 +224,9 @@ func (a *Agent) Handle(ctx context.Context, req *cni.Request) *cni.Response {
 			ce = &cni.Error{Code: cni.CodeInternal, Msg: err.Error()}
 		}
 		a.log.Info("cni request refused", logkey.Op, req.Op, logkey.Container, req.ContainerID, logkey.Interface, req.IfName, logkey.Code, ce.Code, logkey.Err, ce.Error())
+		if req.Op == cni.OpAdd && a.opts.Pods != nil && req.PodName != "" {
+			a.opts.Pods.Refused(req.PodNamespace, req.PodName, req.PodUID, ce)
+		}
 		return &cni.Response{Error: ce}
 	}
 	return resp
@@ -233,12 +239,13 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 	}
 	switch req.Op {
 	case cni.OpAdd:
+		var fixed netip.Addr
 		if req.Network == "" && a.opts.Pods != nil && req.PodName != "" {
-			n, err := a.opts.Pods.Network(ctx, req.PodNamespace, req.PodName, req.PodUID)
+			n, ip, err := a.opts.Pods.Network(ctx, req.PodNamespace, req.PodName, req.PodUID)
 			if err != nil {
 				return nil, err
 			}
-			req.Network = n
+			req.Network, fixed = n, ip
 		}
 		if req.Network == "" {
 			req.Network = req.PodNamespace
@@ -251,7 +258,7 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 		}
 		leases := 0
 		for range maxAddAttempts {
-			ep, err := a.core.Add(ctx, req)
+			ep, err := a.core.AddFixed(ctx, req, fixed)
 			var nb *errNeedBlock
 			if errors.As(err, &nb) {
 				if leases++; leases > 8 {
@@ -275,7 +282,7 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 				}
 			}
 			if errors.As(err, &rf) {
-				if rf.code == codes.AlreadyExists && len(rf.inUse) > 0 {
+				if rf.code == codes.AlreadyExists && len(rf.inUse) > 0 && !fixed.IsValid() {
 					continue // those addresses are taken: pick others
 				}
 				return nil, cni.Errorf(rf.cniCode(), "the controller refused endpoint %s in network %s: %s", ep.ID, ep.Network, rf.msg)

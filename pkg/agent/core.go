@@ -123,6 +123,9 @@ type coreState struct {
 	routesPending map[string]*routeDelta
 	desiredGen    uint64
 	afterSave     []func(error)
+	// tentative are blocks taken for a fixed address before the controller
+	// leased them, by endpoint (until it is attached or refused).
+	tentative map[string]Block
 }
 
 // Core owns the agent state.
@@ -169,7 +172,7 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	s := &coreState{p: p, eps: map[string]*Endpoint{}, labels: map[uint32]string{}, pools: map[string]*ipam.Pool{},
-		sessions: sessions, frozen: map[routeKey]*route{}, foreign: map[string]map[netip.Addr]bool{},
+		sessions: sessions, frozen: map[routeKey]*route{}, foreign: map[string]map[netip.Addr]bool{}, tentative: map[string]Block{},
 		routesPending: map[string]*routeDelta{}}
 	for _, sr := range sessions {
 		maps.Copy(s.frozen, sr.routes)
@@ -452,8 +455,9 @@ func familiesOf(s *coreState, network string) []ipam.Family {
 	return fs
 }
 
-// add allocates (or returns) the endpoint of req. It runs on the core goroutine.
-func (c *Core) add(s *coreState, req *cni.Request) (*Endpoint, error) {
+// add allocates (or returns) the endpoint of req, with the address fixed
+// when it is valid (a pod's iotfabric.io/ip). It runs on the core goroutine.
+func (c *Core) add(s *coreState, req *cni.Request, fixed netip.Addr) (*Endpoint, error) {
 	id := cni.EndpointID(req.ContainerID, req.IfName)
 	if e, ok := s.eps[id]; ok {
 		if e.Network != req.Network {
@@ -476,7 +480,18 @@ func (c *Core) add(s *coreState, req *cni.Request) (*Endpoint, error) {
 			pool.Abort(l)
 		}
 	}
+	var tentative netip.Prefix
+	if fixed.IsValid() {
+		l, err := c.reserveFixed(s, req, id, pool, fixed)
+		if err != nil {
+			return nil, err
+		}
+		leases, tentative = append(leases, l), l.NewBlock
+	}
 	for _, f := range fams {
+		if fixed.IsValid() && fixed.Is4() == (f == ipam.IPv4) {
+			continue
+		}
 		l, err := pool.Reserve(id, c.cfg.Gateway, f)
 		if err == nil && l.NewBlock.IsValid() {
 			// Only the controller leases blocks: this one may be another
@@ -509,11 +524,68 @@ func (c *Core) add(s *coreState, req *cni.Request) (*Endpoint, error) {
 		pool.Commit(l)
 		e.Addresses = append(e.Addresses, l.Addr)
 	}
+	if tentative.IsValid() {
+		s.p.Blocks = append(s.p.Blocks, Block{Network: req.Network, Prefix: tentative})
+		s.tentative[id] = Block{Network: req.Network, Prefix: tentative}
+	}
 	s.eps[id] = e
 	c.offline(s, "admitted %s in network %s with %v, label %d, while no controller was reachable", id, req.Network, e.Addresses, label)
 	c.changed(s, false)
 	e.rev = s.rev
 	return e, nil
+}
+
+// reserveFixed reserves the address a pod asks for. It must lie in the
+// network's subnets and be free. When its block is not leased to this
+// gateway, the block is taken tentatively: the controller, which records
+// the endpoint before the pod gets it, leases the block to this gateway
+// with it, or refuses (another gateway holds the block, another endpoint
+// the address) and Refuse drops the block again. Without a live controller
+// the block cannot be asked for: the ADD is to be tried again later.
+func (c *Core) reserveFixed(s *coreState, req *cni.Request, id string, pool *ipam.Pool, a netip.Addr) (ipam.Lease, error) {
+	a = a.Unmap()
+	pod := req.PodNamespace + "/" + req.PodName
+	subnets := s.p.Networks[req.Network].Subnets
+	if !slices.ContainsFunc(subnets, func(p netip.Prefix) bool { return p.Contains(a) }) {
+		return ipam.Lease{}, cni.Errorf(cni.CodeInvalidNetworkConf, "pod %s asks for address %s, which is in no subnet of network %s %v", pod, a, req.Network, subnets)
+	}
+	if owner, ok := pool.Owner(a); ok {
+		if owner == foreignOwner {
+			owner = "an endpoint of the controller"
+		} else {
+			owner = "endpoint " + owner
+		}
+		return ipam.Lease{}, cni.Errorf(cni.CodeInvalidNetworkConf, "pod %s asks for address %s of network %s, which %s holds", pod, a, req.Network, owner)
+	}
+	l, err := pool.ReserveAddr(id, c.cfg.Gateway, a)
+	if err != nil {
+		return ipam.Lease{}, cni.Errorf(cni.CodeInvalidNetworkConf, "pod %s asks for address %s of network %s: %v", pod, a, req.Network, err)
+	}
+	if l.NewBlock.IsValid() && !c.anyLive(s) {
+		pool.Abort(l)
+		return ipam.Lease{}, cni.Errorf(cni.CodeTryAgainLater, "pod %s asks for address %s, outside the blocks leased to this gateway, and no controller is reachable to lease its block; retry when the uplink is back", pod, a)
+	}
+	return l, nil
+}
+
+// dropTentative forgets the block taken for a fixed address of id that the
+// controller refused, unless another endpoint has an address in it.
+func (c *Core) dropTentative(s *coreState, id string) {
+	b, ok := s.tentative[id]
+	if !ok {
+		return
+	}
+	delete(s.tentative, id)
+	for _, e := range s.eps {
+		if e.Network == b.Network && slices.ContainsFunc(e.Addresses, b.Prefix.Contains) {
+			return
+		}
+	}
+	s.p.Blocks = slices.DeleteFunc(s.p.Blocks, func(x Block) bool { return x == b })
+	if err := s.rebuildPools(c.cfg.Gateway); err != nil {
+		c.log.Error("rebuild the address pools", logkey.Err, err)
+	}
+	s.dirty = true
 }
 
 // remove releases an endpoint; it runs on the core goroutine.

@@ -20,6 +20,12 @@ import (
 // Add allocates the endpoint of req (or returns the one it has), persisted.
 // An *errNeedBlock asks the caller to lease a block first.
 func (c *Core) Add(ctx context.Context, req *cni.Request) (cni.Endpoint, error) {
+	return c.AddFixed(ctx, req, netip.Addr{})
+}
+
+// AddFixed is Add with the address fixed when it is valid (a pod's
+// iotfabric.io/ip; its other address families are allocated as usual).
+func (c *Core) AddFixed(ctx context.Context, req *cni.Request, fixed netip.Addr) (cni.Endpoint, error) {
 	var out cni.Endpoint
 	var err error
 	e2 := c.doSaved(ctx, func(s *coreState) {
@@ -27,7 +33,7 @@ func (c *Core) Add(ctx context.Context, req *cni.Request) (cni.Endpoint, error) 
 			return // the plugin went away while the request waited
 		}
 		var e *Endpoint
-		if e, err = c.add(s, req); err == nil {
+		if e, err = c.add(s, req, fixed); err == nil {
 			out = cloneEP(e)
 		}
 	})
@@ -58,6 +64,7 @@ func (c *Core) Attach(ctx context.Context, id, mac string) (cni.Endpoint, uint64
 			err = cni.Errorf(cni.CodeUnknownContainer, "endpoint %s is not known to the agent (was it deleted meanwhile?)", id)
 			return
 		}
+		delete(s.tentative, id) // the controller recorded it: its block is leased
 		if !e.Attached || e.MAC != mac {
 			e.Attached, e.MAC = true, mac
 			c.changed(s, false)
@@ -101,6 +108,7 @@ func (c *Core) Refuse(ctx context.Context, id string, reported, inUse []netip.Ad
 		}
 		e := c.remove(s, id)
 		ok = true
+		c.dropTentative(s, id)
 		if len(inUse) == 0 {
 			return
 		}

@@ -6,7 +6,8 @@
 //
 // A pod not yet in the cache is read with a short GET; while the API server
 // cannot be reached, the cached namespace mapping decides (pods are still
-// admitted, headless).
+// admitted, headless). A refused ADD becomes a Warning Event on the pod
+// (reason NetworkSetupRefused; at most one per pod every EventInterval).
 package podwatch
 
 import (
@@ -16,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -58,9 +60,15 @@ type Watcher struct {
 	pods    cache.SharedIndexInformer
 	nss     cache.SharedIndexInformer
 	writes  chan statusWrite
+	events  chan podEvent
 	started chan struct{}
 
 	factories []informers.SharedInformerFactory
+}
+
+type podEvent struct {
+	namespace, name, uid string
+	message              string
 }
 
 type statusWrite struct {
@@ -98,7 +106,7 @@ func New(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("podwatch: %w", err)
 	}
 	w := &Watcher{cfg: cfg, kc: kc, log: cfg.Logger.With(logkey.Component, logkey.ComponentPodWatch),
-		writes: make(chan statusWrite, 1024), started: make(chan struct{})}
+		writes: make(chan statusWrite, 1024), events: make(chan podEvent, 256), started: make(chan struct{})}
 	pf := informers.NewSharedInformerFactoryWithOptions(kc, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
 	}))
@@ -116,24 +124,69 @@ func (w *Watcher) Run(ctx context.Context) error {
 		defer f.Shutdown()
 	}
 	close(w.started)
+	// Writes the API server did not take wait here (the latest per pod)
+	// and are tried again with a backoff, however long it is away.
+	pending := map[string]statusWrite{}
+	lastEvent := map[string]time.Time{} // per pod, for EventInterval
+	backoff := time.Second
+	retry := time.NewTimer(backoff)
+	retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			retry.Stop()
 			return nil
 		case wr := <-w.writes:
-			w.write(ctx, wr)
+			key := wr.namespace + "/" + wr.name
+			delete(pending, key)
+			if !w.write(ctx, wr) {
+				if len(pending) == 0 {
+					backoff = time.Second
+					retry.Reset(backoff)
+				}
+				pending[key] = wr
+			}
+		case ev := <-w.events:
+			key := ev.namespace + "/" + ev.name
+			if t, ok := lastEvent[key]; ok && time.Since(t) < EventInterval {
+				continue
+			}
+			for k, t := range lastEvent {
+				if time.Since(t) >= EventInterval {
+					delete(lastEvent, k)
+				}
+			}
+			lastEvent[key] = time.Now()
+			w.event(ctx, ev)
+		case <-retry.C:
+			for key, wr := range pending {
+				if !w.write(ctx, wr) {
+					break
+				}
+				delete(pending, key)
+			}
+			if len(pending) > 0 {
+				backoff = min(2*backoff, maxWriteBackoff)
+				retry.Reset(backoff)
+			}
 		}
 	}
 }
 
+// maxWriteBackoff bounds the wait between tries of annotations the API
+// server did not take.
+const maxWriteBackoff = 30 * time.Second
+
 // Synced reports whether both informers have their first listing.
 func (w *Watcher) Synced() bool { return w.pods.HasSynced() && w.nss.HasSynced() }
 
-// Network maps the pod to its network.
-func (w *Watcher) Network(ctx context.Context, namespace, name, uid string) (string, error) {
+// Network maps the pod to its network and the fixed address its
+// iotfabric.io/ip annotation asks for (zero when none, or when the pod is
+// not known because the API server is away).
+func (w *Watcher) Network(ctx context.Context, namespace, name, uid string) (string, netip.Addr, error) {
 	pod, err := w.pod(ctx, namespace, name, uid)
 	if err != nil {
-		return "", err
+		return "", netip.Addr{}, err
 	}
 	var podAnn map[string]string
 	if pod != nil {
@@ -152,9 +205,13 @@ func (w *Watcher) Network(ctx context.Context, namespace, name, uid string) (str
 	}
 	n, err := kube.NetworkFor(namespace, nsAnn, podAnn, w.cfg.DefaultNetwork)
 	if err != nil {
-		return "", cni.Errorf(cni.CodeInvalidNetworkConf, "pod %s/%s: %v", namespace, name, err)
+		return "", netip.Addr{}, cni.Errorf(cni.CodeInvalidNetworkConf, "pod %s/%s: %v", namespace, name, err)
 	}
-	return n, nil
+	ip, err := kube.PodIP(podAnn)
+	if err != nil {
+		return "", netip.Addr{}, cni.Errorf(cni.CodeInvalidNetworkConf, "pod %s/%s: %v", namespace, name, err)
+	}
+	return n, ip, nil
 }
 
 // pod returns the pod from the cache, else from a short GET; nil when the
@@ -208,25 +265,73 @@ func (w *Watcher) Attached(ep cni.Endpoint, gateway netip.Addr) {
 	}
 }
 
-// write patches the annotation (only on the pod of that UID), a few times.
-func (w *Watcher) write(ctx context.Context, wr statusWrite) {
+// write patches the annotation (only on the pod of that UID). It reports
+// false when the API server did not answer (the write is to be tried
+// again); true when it is done or moot (the pod is gone or re-created).
+func (w *Watcher) write(ctx context.Context, wr statusWrite) bool {
 	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{kube.AnnotationNetworkStatus: wr.value}}}
 	if wr.uid != "" {
 		patch["metadata"].(map[string]any)["uid"] = wr.uid // a precondition: another pod of that name is left alone
 	}
 	b, _ := json.Marshal(patch)
-	for attempt := range 3 {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := w.kc.CoreV1().Pods(wr.namespace).Patch(pctx, wr.name, types.MergePatchType, b, metav1.PatchOptions{})
-		cancel()
-		if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) || apierrors.IsInvalid(err) {
-			return
-		}
-		w.log.Info("network-status annotation not written", logkey.KubePod, wr.namespace+"/"+wr.name, logkey.Attempt, attempt+1, logkey.Err, err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second << attempt):
-		}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err := w.kc.CoreV1().Pods(wr.namespace).Patch(pctx, wr.name, types.MergePatchType, b, metav1.PatchOptions{})
+	cancel()
+	if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) || apierrors.IsInvalid(err) || ctx.Err() != nil {
+		return true
 	}
+	w.log.Info("network-status annotation not written yet", logkey.KubePod, wr.namespace+"/"+wr.name, logkey.Err, err)
+	return false
+}
+
+// ReasonAddRefused is the reason of the Event the agent writes on a pod
+// whose CNI ADD it refused.
+const ReasonAddRefused = "NetworkSetupRefused"
+
+// EventInterval is the least time between two Events on one pod (the
+// runtime retries a refused ADD every few seconds).
+const EventInterval = 30 * time.Second
+
+// MaxEventMessage bounds an Event's message (bytes).
+const MaxEventMessage = 1024
+
+// Refused queues a Warning Event on the pod whose CNI ADD was refused, with
+// the CNI error code and message (it never blocks; Events are best effort).
+func (w *Watcher) Refused(namespace, name, uid string, err *cni.Error) {
+	msg := fmt.Sprintf("CNI ADD refused by the iotfabric agent on node %s (CNI error %d): %s", w.cfg.Node, err.Code, err.Msg)
+	if err.Details != "" {
+		msg += ": " + err.Details
+	}
+	if len(msg) > MaxEventMessage {
+		msg = strings.ToValidUTF8(msg[:MaxEventMessage-len(" …")], "") + " …"
+	}
+	select {
+	case w.events <- podEvent{namespace: namespace, name: name, uid: uid, message: msg}:
+	default:
+		w.log.Warn("event dropped: too many queued", logkey.KubePod, namespace+"/"+name)
+	}
+}
+
+// event creates a Warning Event on the pod.
+func (w *Watcher) event(ctx context.Context, ev podEvent) {
+	now := metav1.Now()
+	e := &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: ev.name + ".", Namespace: ev.namespace},
+		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ev.namespace, Name: ev.name,
+			UID: types.UID(ev.uid)},
+		Reason: ReasonAddRefused, Message: ev.message, Type: corev1.EventTypeWarning,
+		Source:         corev1.EventSource{Component: "iotfabric-agent", Host: w.cfg.Node},
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := w.kc.CoreV1().Events(ev.namespace).Create(cctx, e, metav1.CreateOptions{}); err != nil {
+		w.log.Info("event not written", logkey.KubePod, ev.namespace+"/"+ev.name, logkey.Err, err)
+	}
+}
+
+// Cached reports whether the pod informer holds the pod.
+func (w *Watcher) Cached(namespace, name string) bool {
+	_, ok, _ := w.pods.GetStore().GetByKey(namespace + "/" + name)
+	return ok
 }

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -53,6 +55,8 @@ func TestPodMapping(t *testing.T) {
 	p3 := mkPod("iso", "c", "node-1", nil)
 	p4 := mkPod("bad", "d", "node-1", nil)
 	other := mkPod("plain", "elsewhere", "node-2", nil)
+	fixed := mkPod("plain", "fixed", "node-1", map[string]string{kube.AnnotationIP: " 10.64.0.77 "})
+	badIP := mkPod("plain", "bad-ip", "node-1", map[string]string{kube.AnnotationIP: "10.64.0.300"})
 
 	w, err := New(Config{Node: "node-1", DefaultNetwork: "default", RESTConfig: s.Config(t, "system:serviceaccount:iotfabric-system:iotfabric-agent")})
 	if err != nil {
@@ -69,28 +73,39 @@ func TestPodMapping(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if n := len(w.pods.GetStore().List()); n != 4 {
-		t.Fatalf("the node-scoped informer holds %d pods, want 4 (not node-2's)", n)
+	if n := len(w.pods.GetStore().List()); n != 6 {
+		t.Fatalf("the node-scoped informer holds %d pods, want 6 (not node-2's)", n)
 	}
 	for _, c := range []struct {
 		p    *corev1.Pod
 		want string
 	}{{p1, "default"}, {p2, "red-net"}, {p3, "ns-iso"}, {other, "default"}} {
-		got, err := w.Network(ctx, c.p.Namespace, c.p.Name, string(c.p.UID))
+		got, _, err := w.Network(ctx, c.p.Namespace, c.p.Name, string(c.p.UID))
 		if err != nil || got != c.want {
 			t.Errorf("%s/%s: %q %v, want %q", c.p.Namespace, c.p.Name, got, err, c.want)
 		}
 	}
 	var ce *cni.Error
-	if _, err := w.Network(ctx, p4.Namespace, p4.Name, string(p4.UID)); !errors.As(err, &ce) || ce.Code != cni.CodeInvalidNetworkConf {
+	// iotfabric.io/ip: the fixed address goes with the network; a
+	// malformed one refuses the ADD.
+	if n, ip, err := w.Network(ctx, "plain", "fixed", string(fixed.UID)); err != nil || n != "default" || ip != netip.MustParseAddr("10.64.0.77") {
+		t.Errorf("fixed address: %q %v %v", n, ip, err)
+	}
+	if _, ip, err := w.Network(ctx, "plain", "a", string(p1.UID)); err != nil || ip.IsValid() {
+		t.Errorf("no fixed address asked: %v %v", ip, err)
+	}
+	if _, _, err := w.Network(ctx, "plain", "bad-ip", string(badIP.UID)); !errors.As(err, &ce) || ce.Code != cni.CodeInvalidNetworkConf {
+		t.Errorf("malformed iotfabric.io/ip: %v", err)
+	}
+	if _, _, err := w.Network(ctx, p4.Namespace, p4.Name, string(p4.UID)); !errors.As(err, &ce) || ce.Code != cni.CodeInvalidNetworkConf {
 		t.Errorf("malformed namespace annotation: %v", err)
 	}
 	// A pod re-created under the same name: the runtime's UID is not the cache's.
-	if _, err := w.Network(ctx, "plain", "a", "not-the-uid"); !errors.As(err, &ce) || ce.Code != cni.CodeTryAgainLater {
+	if _, _, err := w.Network(ctx, "plain", "a", "not-the-uid"); !errors.As(err, &ce) || ce.Code != cni.CodeTryAgainLater {
 		t.Errorf("UID mismatch: %v", err)
 	}
 	// A pod the API server does not know.
-	if _, err := w.Network(ctx, "plain", "nobody", "u"); !errors.As(err, &ce) || ce.Code != cni.CodeTryAgainLater {
+	if _, _, err := w.Network(ctx, "plain", "nobody", "u"); !errors.As(err, &ce) || ce.Code != cni.CodeTryAgainLater {
 		t.Errorf("unknown pod: %v", err)
 	}
 
@@ -125,17 +140,50 @@ func TestPodMapping(t *testing.T) {
 		t.Fatal("annotation written on a pod of another UID")
 	}
 
+	// A refused ADD: one Warning Event on the pod, written as the agent's
+	// service account, its message bounded; a second refusal right after
+	// writes no other.
+	long := strings.Repeat("é", 2000)
+	w.Refused("plain", "fixed", string(fixed.UID), &cni.Error{Code: cni.CodeInvalidNetworkConf, Msg: "address 10.64.0.77 taken", Details: long})
+	w.Refused("plain", "fixed", string(fixed.UID), &cni.Error{Code: cni.CodeInvalidNetworkConf, Msg: "again"})
+	var evs []corev1.Event
+	deadline = time.Now().Add(20 * time.Second)
+	for len(evs) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no Event on the refused pod")
+		}
+		time.Sleep(100 * time.Millisecond)
+		l, err := kc.CoreV1().Events("plain").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=fixed"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = l.Items
+	}
+	time.Sleep(500 * time.Millisecond)
+	l, err := kc.CoreV1().Events("plain").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=fixed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Items) != 1 {
+		t.Fatalf("%d Events on the pod, want 1 (one per %v)", len(l.Items), EventInterval)
+	}
+	ev := l.Items[0]
+	if ev.Reason != ReasonAddRefused || ev.Type != corev1.EventTypeWarning || ev.InvolvedObject.UID != fixed.UID || ev.Source.Host != "node-1" ||
+		!strings.Contains(ev.Message, "(CNI error 7): address 10.64.0.77 taken") || len(ev.Message) > MaxEventMessage || !utf8.ValidString(ev.Message) {
+		t.Fatalf("Event %s %s %s %s: %q (%d bytes)", ev.Reason, ev.Type, ev.InvolvedObject.UID, ev.Source.Host, ev.Message, len(ev.Message))
+	}
+
 	// API server away: the cached namespace mapping decides, quickly.
 	s.Stop()
 	start := time.Now()
-	got, err := w.Network(ctx, "blue", "new-pod", "u2")
+	got, _, err := w.Network(ctx, "blue", "new-pod", "u2")
 	if err != nil || got != "blue-net" {
 		t.Fatalf("headless: %q %v", got, err)
 	}
 	if d := time.Since(start); d > DefaultGetTimeout+time.Second {
 		t.Fatalf("headless mapping took %v", d)
 	}
-	if got, err := w.Network(ctx, "plain", "a", string(p1.UID)); err != nil || got != "default" {
+	if got, _, err := w.Network(ctx, "plain", "a", string(p1.UID)); err != nil || got != "default" {
 		t.Fatalf("cached pod while headless: %q %v", got, err)
 	}
 }
