@@ -90,19 +90,47 @@ func detectFastPath() error {
 	return nil
 }
 
+// Slots of the fast path's per-CPU packet counters (map iof_mpls_stats).
+const (
+	fastPathStatEncapsulated = 0 // encapsulated and sent to the underlay
+	fastPathStatToKernel     = 1 // to a fast-path route, handed to the kernel path
+	fastPathStats            = 2
+)
+
+// fastPathCount adds one to the counter slot of stats; the stack word at
+// fp+key is scratch. R0-R5 are clobbered.
+func fastPathCount(stats *ebpf.Map, slot int32, key int16) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreImm(asm.RFP, key, int64(slot), asm.Word),
+		asm.LoadMapPtr(asm.R1, stats.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, int32(key)),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, fmt.Sprintf("counted%d", slot)),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol(fmt.Sprintf("counted%d", slot)),
+	}
+}
+
 // fastPathProgram builds the tc program for the network with routing table
 // table. Stack: the LPM key at fp-16 (12 bytes), the headers at fp-48 (32 for
-// MPLSoUDP, 28 for MPLSoGRE).
-func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
+// MPLSoUDP, 28 for MPLSoGRE), the inner packet's TTL and protocol bytes as
+// received at fp-52 and as sent at fp-50, a counter key at fp-56.
+func fastPathProgram(routes, stats *ebpf.Map, table uint32) asm.Instructions {
 	const (
-		key = -16
-		hdr = -48
-		ip  = hdr
-		l4  = hdr + 20 // UDP or GRE
+		key      = -16
+		hdr      = -48
+		ip       = hdr
+		l4       = hdr + 20 // UDP or GRE
+		ttlOld   = -52
+		ttlNew   = -50
+		statsKey = -56
 	)
 	udpFlags := int64(bpfFAdjRoomEncapIPv4 | bpfFAdjRoomEncapUDP | adjRoomEncapL2(4))
 	greFlags := int64(bpfFAdjRoomEncapIPv4 | bpfFAdjRoomEncapGRE | adjRoomEncapL2(4))
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		// IPv4 only, with its header in the linear data.
 		asm.LoadMem(asm.R2, asm.R6, skbProtocolOff, asm.Word),
@@ -112,10 +140,13 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Reg(asm.R2, asm.R7),
 		asm.Add.Imm(asm.R2, 14+20),
 		asm.JGT.Reg(asm.R2, asm.R3, "pass"),
-		// TTL: let the kernel path answer packets about to expire.
+		// TTL and protocol, as they are and with the TTL one less (the
+		// forwarding the kernel path would do).
+		asm.LoadMem(asm.R2, asm.R7, 14+8, asm.Half),
+		asm.StoreMem(asm.RFP, ttlOld, asm.R2, asm.Half),
+		asm.Add.Imm(asm.R2, -int32(ne16(0x0100))),
+		asm.StoreMem(asm.RFP, ttlNew, asm.R2, asm.Half),
 		asm.LoadMem(asm.R9, asm.R7, 14+8, asm.Byte),
-		asm.JLE.Imm(asm.R9, 1, "pass"),
-		asm.Add.Imm(asm.R9, -1),
 		// Look the destination up in this network's routes.
 		asm.StoreImm(asm.RFP, key, 64, asm.Word),
 		asm.StoreImm(asm.RFP, key+4, ne32(table), asm.Word),
@@ -127,6 +158,10 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Reg(asm.R8, asm.R0),
+		// TTL: the kernel path answers packets about to expire (ICMP time
+		// exceeded), as it does without the fast path.
+		asm.JLE.Imm(asm.R9, 1, "kernel"),
+		asm.Add.Imm(asm.R9, -1),
 		// Label entry (label, bottom of stack, the inner TTL less one) in R9.
 		asm.LoadMem(asm.R2, asm.R8, 8, asm.Word),
 		asm.Or.Reg(asm.R2, asm.R9),
@@ -142,7 +177,7 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
 		asm.LoadImm(asm.R4, udpFlags, asm.DWord),
 		asm.FnSkbAdjustRoom.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.JNE.Imm(asm.R0, 0, "kernel"),
 		asm.StoreMem(asm.RFP, l4+8, asm.R9, asm.Word),
 		asm.StoreImm(asm.RFP, ip+9, unix.IPPROTO_UDP, asm.Byte),
 		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
@@ -177,7 +212,7 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
 		asm.LoadImm(asm.R4, greFlags, asm.DWord),
 		asm.FnSkbAdjustRoom.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.JNE.Imm(asm.R0, 0, "kernel"),
 		asm.StoreMem(asm.RFP, l4+4, asm.R9, asm.Word),
 		asm.StoreImm(asm.RFP, ip+9, unix.IPPROTO_GRE, asm.Byte),
 		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
@@ -216,8 +251,7 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Add.Reg(asm.R0, asm.R1),
 		asm.Xor.Imm(asm.R0, 0xffff),
 		asm.StoreMem(asm.RFP, ip+10, asm.R0, asm.Half),
-		// Write the headers and send to the underlay device. Returning the
-		// packet to the stack instead would drop it as a martian (local source).
+		// Write the headers.
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, 14),
 		asm.Mov.Reg(asm.R3, asm.RFP),
@@ -226,6 +260,29 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Imm(asm.R5, 0),
 		asm.FnSkbStoreBytes.Call(),
 		asm.JNE.Imm(asm.R0, 0, "drop"),
+		// The inner IPv4 TTL one less, its header checksum updated.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Add.Imm(asm.R2, 14+8),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, ttlNew),
+		asm.Mov.Imm(asm.R4, 1),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Add.Imm(asm.R2, 14+10),
+		asm.LoadMem(asm.R3, asm.RFP, ttlOld, asm.Half),
+		asm.LoadMem(asm.R4, asm.RFP, ttlNew, asm.Half),
+		asm.Mov.Imm(asm.R5, 2),
+		asm.FnL3CsumReplace.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+	}
+	insns = append(insns, fastPathCount(stats, fastPathStatEncapsulated, statsKey)...)
+	insns = append(insns,
+		// Send to the underlay device. Returning the packet to the stack
+		// instead would drop it as a martian (local source).
 		asm.LoadMem(asm.R1, asm.R8, 12, asm.Word),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Imm(asm.R3, 0),
@@ -234,14 +291,21 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, tcActShot).WithSymbol("drop"),
 		asm.Return(),
+	)
+	// Handed to the kernel path unchanged: counted, then passed.
+	kernel := fastPathCount(stats, fastPathStatToKernel, statsKey)
+	kernel[0] = kernel[0].WithSymbol("kernel")
+	insns = append(insns, kernel...)
+	return append(insns,
 		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
 		asm.Return(),
-	}
+	)
 }
 
 // fastPath is the fast path's kernel objects and the manager's record of them.
 type fastPath struct {
 	routes   *ebpf.Map
+	stats    *ebpf.Map                // per-CPU packet counters, fastPathStat*
 	progs    map[uint32]*ebpf.Program // by network table
 	attached map[string]attachment    // by endpoint interface
 }
@@ -290,7 +354,14 @@ func newFastPath() (*fastPath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("overlay: fast path map: %w", err)
 	}
-	return &fastPath{routes: routes, progs: map[uint32]*ebpf.Program{}, attached: map[string]attachment{}}, nil
+	stats, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "iof_mpls_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: fastPathStats,
+	})
+	if err != nil {
+		routes.Close()
+		return nil, fmt.Errorf("overlay: fast path counters: %w", err)
+	}
+	return &fastPath{routes: routes, stats: stats, progs: map[uint32]*ebpf.Program{}, attached: map[string]attachment{}}, nil
 }
 
 func (f *fastPath) close() {
@@ -298,6 +369,20 @@ func (f *fastPath) close() {
 		p.Close()
 	}
 	f.routes.Close()
+	f.stats.Close()
+}
+
+// counter sums a counter slot over the CPUs.
+func (f *fastPath) counter(slot uint32) (uint64, error) {
+	var per []uint64
+	if err := f.stats.Lookup(slot, &per); err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
 }
 
 func (f *fastPath) program(table uint32) (*ebpf.Program, error) {
@@ -306,7 +391,7 @@ func (f *fastPath) program(table uint32) (*ebpf.Program, error) {
 	}
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "iof_mpls", Type: ebpf.SchedCLS, License: "Apache-2.0",
-		Instructions: fastPathProgram(f.routes, table),
+		Instructions: fastPathProgram(f.routes, f.stats, table),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("overlay: load fast path program: %w", err)
