@@ -403,12 +403,87 @@ func (f *fastPath) program(table uint32) (*ebpf.Program, error) {
 // UsesFastPath tells whether MPLSoUDP routes are encapsulated by the BPF fast path.
 func (m *Manager) UsesFastPath() bool { return m.fp != nil }
 
+// pathCounts is how many endpoints and MPLS routes each path serves.
+type pathCounts struct {
+	endpointsFast, endpointsKernel int
+	routesFast, routesKernel       int
+}
+
+// FastPathStats tells which path MPLSoUDP and MPLSoGRE traffic takes, as of
+// the last Set, and what the BPF fast path did since the manager started.
+type FastPathStats struct {
+	// Enabled: the BPF fast path is loaded (Config.FastPath and the kernel allow it).
+	Enabled bool
+	// EndpointsFast counts endpoints whose packets the fast path program sees
+	// (endpoints of networks with fast-path routes); EndpointsKernel the
+	// other endpoints.
+	EndpointsFast, EndpointsKernel int
+	// RoutesFast counts MPLSoUDP/MPLSoGRE routes the fast path encapsulates;
+	// RoutesKernel those only the kernel path carries (IPv6 prefixes, or
+	// every route without the fast path).
+	RoutesFast, RoutesKernel int
+	// Encapsulated counts packets the fast path sent to the underlay;
+	// ToKernel packets to fast-path routes it handed to the kernel path
+	// unchanged (TTL about to expire, headers it could not push).
+	Encapsulated, ToKernel uint64
+}
+
+// FastPathStats returns the paths' counts and the fast path's packet
+// counters. It does not wait for a Set in progress.
+func (m *Manager) FastPathStats() FastPathStats {
+	m.statMu.Lock()
+	defer m.statMu.Unlock()
+	st := FastPathStats{Enabled: m.stats != nil,
+		EndpointsFast: m.paths.endpointsFast, EndpointsKernel: m.paths.endpointsKernel,
+		RoutesFast: m.paths.routesFast, RoutesKernel: m.paths.routesKernel}
+	if m.stats != nil {
+		f := fastPath{stats: m.stats}
+		st.Encapsulated, _ = f.counter(fastPathStatEncapsulated)
+		st.ToKernel, _ = f.counter(fastPathStatToKernel)
+	}
+	return st
+}
+
+// countPathsLocked records how many endpoints and MPLS routes of s each path
+// serves; fast holds the tables whose routes the fast path encapsulates.
+func (m *Manager) countPathsLocked(s *State, fast map[uint32]bool) {
+	prio := s.EncapPriority
+	if len(prio) == 0 {
+		prio = DefaultEncapPriority
+	}
+	var c pathCounts
+	for _, n := range s.Networks {
+		for range n.Endpoints {
+			if fast[n.Table] {
+				c.endpointsFast++
+			} else {
+				c.endpointsKernel++
+			}
+		}
+		for _, r := range n.Routes {
+			e, ok := chooseEncap(prio, r.Encaps, m.feat)
+			if !ok || (e != encap.MPLSoUDP && e != encap.MPLSoGRE) {
+				continue
+			}
+			if fast[n.Table] && r.Prefix.Addr().Is4() {
+				c.routesFast++
+			} else {
+				c.routesKernel++
+			}
+		}
+	}
+	m.statMu.Lock()
+	m.paths = c
+	m.statMu.Unlock()
+}
+
 // ensureFastPathLocked makes the fast path's map hold the MPLSoUDP routes of s
 // and attaches the network's program to every endpoint of a network that has
 // any; endpoints of networks without such routes lose their filter.
 func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link, fail func(error)) {
 	f := m.fp
 	if f == nil {
+		m.countPathsLocked(s, nil)
 		// A fast path left by an earlier agent (or one started with the fast
 		// path) is removed, so its stale map no longer steers traffic.
 		for _, n := range s.Networks {
@@ -472,6 +547,7 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 		}
 	}
 
+	m.countPathsLocked(s, tables)
 	wantAttach := map[string]uint32{}
 	for _, n := range s.Networks {
 		if !tables[n.Table] {
@@ -604,6 +680,11 @@ func (m *Manager) startFastPath() error {
 		}
 		m.log.Warn("BPF fast path unavailable, MPLSoUDP takes the kernel path", logkey.Err, err)
 		return nil
+	}
+	if m.stats, err = m.fp.stats.Clone(); err != nil {
+		m.fp.close()
+		m.fp = nil
+		return fmt.Errorf("overlay: fast path counters: %w", err)
 	}
 	m.log.Info("MPLSoUDP encapsulation", logkey.Path, "bpf")
 	return nil

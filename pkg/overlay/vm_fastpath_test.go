@@ -96,6 +96,17 @@ func TestVMFastPath(t *testing.T) {
 		t.Errorf("fast path: %d packets went through the kernel tunnel %s", d, tun)
 	}
 	g.reverse(t, "kernel path B -> fast path A")
+	// A packet about to expire goes to the kernel path, which answers ICMP
+	// time exceeded as without the fast path; the counter says so.
+	before := g.mA.FastPathStats().ToKernel
+	if from, err := overlaytest.TimeExceeded(g.podA, g.addrB, 10*time.Second); err != nil {
+		t.Errorf("TTL 1 through the fast path: %v", err)
+	} else {
+		t.Logf("TTL 1: time exceeded from %s", from)
+	}
+	if st := g.mA.FastPathStats(); st.ToKernel == before || st.Encapsulated == 0 {
+		t.Errorf("fast path counters %+v: want packets encapsulated and the TTL 1 one handed to the kernel path", st)
+	}
 
 	// Both gateways on the fast path.
 	g.mB.Close()
