@@ -43,7 +43,7 @@ const FastPathFilterName = IfPrefix + "mpls"
 const (
 	fastPathMaxRoutes  = 1 << 16
 	fastPathKeySize    = 12 // prefix length (host order), table (big endian), IPv4 address
-	fastPathValueSize  = 20 // remote, local (big endian), label entry without TTL (host order), underlay ifindex, encapsulation
+	fastPathValueSize  = 24 // remote, local (big endian), label entry without TTL (host order), underlay ifindex, encapsulation, underlay MTU
 	fastPathFilterPrio = 1
 
 	mplsoudpHeaderLen = 20 + 8 + 4 // outer IPv4 + UDP + one label
@@ -60,10 +60,11 @@ const (
 	bpfFAdjRoomEncapUDP  = 1 << 4
 	tcActOK              = 0
 	tcActShot            = 2
-	skbLenOff            = 0  // struct __sk_buff.len
-	skbProtocolOff       = 16 // struct __sk_buff.protocol
-	skbDataOff           = 76 // struct __sk_buff.data
-	skbDataEndOff        = 80 // struct __sk_buff.data_end
+	skbLenOff            = 0   // struct __sk_buff.len
+	skbProtocolOff       = 16  // struct __sk_buff.protocol
+	skbDataOff           = 76  // struct __sk_buff.data
+	skbDataEndOff        = 80  // struct __sk_buff.data_end
+	skbGSOSizeOff        = 176 // struct __sk_buff.gso_size (Linux 5.7)
 )
 
 // adjRoomEncapL2 is BPF_F_ADJ_ROOM_ENCAP_L2(n): n bytes of inner "L2" (here the label).
@@ -162,6 +163,20 @@ func fastPathProgram(routes, stats *ebpf.Map, table uint32) asm.Instructions {
 		// exceeded), as it does without the fast path.
 		asm.JLE.Imm(asm.R9, 1, "kernel"),
 		asm.Add.Imm(asm.R9, -1),
+		// MTU: a packet that would not fit the underlay device once
+		// encapsulated, and is not a GSO packet (segmented later to the
+		// pod's MSS), goes to the kernel path, which fragments it or answers
+		// "fragmentation needed" as it does without the fast path.
+		asm.LoadMem(asm.R2, asm.R6, skbGSOSizeOff, asm.Word),
+		asm.JNE.Imm(asm.R2, 0, "mtuok"),
+		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
+		asm.Add.Imm(asm.R2, mplsoudpHeaderLen-14),
+		asm.LoadMem(asm.R3, asm.R8, 16, asm.Word),
+		asm.JNE.Imm(asm.R3, fastPathGRE, "mtu"),
+		asm.Add.Imm(asm.R2, mplsogreHeaderLen-mplsoudpHeaderLen),
+		asm.LoadMem(asm.R3, asm.R8, 20, asm.Word).WithSymbol("mtu"),
+		asm.JGT.Reg(asm.R2, asm.R3, "kernel"),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("mtuok"),
 		// Label entry (label, bottom of stack, the inner TTL less one) in R9.
 		asm.LoadMem(asm.R2, asm.R8, 8, asm.Word),
 		asm.Or.Reg(asm.R2, asm.R9),
@@ -332,6 +347,7 @@ type fastPathValue struct {
 	label         uint32
 	ifindex       int
 	gre           bool // MPLSoGRE instead of MPLSoUDP
+	mtu           int  // the underlay device's
 }
 
 func (v fastPathValue) bytes() []byte {
@@ -343,7 +359,8 @@ func (v fastPathValue) bytes() []byte {
 	if v.gre {
 		e = fastPathGRE
 	}
-	return binary.NativeEndian.AppendUint32(b, e)
+	b = binary.NativeEndian.AppendUint32(b, e)
+	return binary.NativeEndian.AppendUint32(b, uint32(v.mtu))
 }
 
 func newFastPath() (*fastPath, error) {
@@ -500,7 +517,7 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 		prio = DefaultEncapPriority
 	}
 	want := map[string][]byte{}
-	ifindex := map[netip.Addr]int{}
+	underlays := map[netip.Addr]underlayRoute{}
 	tables := map[uint32]bool{}
 	for _, n := range s.Networks {
 		for _, r := range n.Routes {
@@ -508,18 +525,18 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 			if !ok || (e != encap.MPLSoUDP && e != encap.MPLSoGRE) || !r.Prefix.Addr().Is4() {
 				continue
 			}
-			idx, ok := ifindex[r.RemoteUnderlay]
+			u, ok := underlays[r.RemoteUnderlay]
 			if !ok {
-				rs, err := m.h.RouteGet(net.IP(r.RemoteUnderlay.AsSlice()))
-				if err != nil || len(rs) == 0 {
-					fail(fmt.Errorf("overlay: fast path: underlay route to %s: %w", r.RemoteUnderlay, err))
+				var err error
+				if u, err = m.underlayRouteLocked(r.RemoteUnderlay); err != nil {
+					fail(err)
 					continue
 				}
-				idx = rs[0].LinkIndex
-				ifindex[r.RemoteUnderlay] = idx
+				underlays[r.RemoteUnderlay] = u
 			}
 			k := fastPathKey{table: n.Table, prefix: r.Prefix.Masked()}
-			want[string(k.bytes())] = fastPathValue{remote: r.RemoteUnderlay, local: s.Underlay, label: r.Label, ifindex: idx, gre: e == encap.MPLSoGRE}.bytes()
+			want[string(k.bytes())] = fastPathValue{remote: r.RemoteUnderlay, local: s.Underlay, label: r.Label,
+				ifindex: u.ifindex, mtu: u.mtu, gre: e == encap.MPLSoGRE}.bytes()
 			tables[n.Table] = true
 		}
 	}
@@ -603,6 +620,27 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 			delete(f.progs, t)
 		}
 	}
+}
+
+// underlayRoute is the device toward a remote gateway and the MTU of the way.
+type underlayRoute struct{ ifindex, mtu int }
+
+// underlayRouteLocked looks up the underlay device toward remote and the MTU:
+// the route's when it has one, else the device's.
+func (m *Manager) underlayRouteLocked(remote netip.Addr) (underlayRoute, error) {
+	rs, err := m.h.RouteGet(net.IP(remote.AsSlice()))
+	if err != nil || len(rs) == 0 {
+		return underlayRoute{}, fmt.Errorf("overlay: fast path: underlay route to %s: %w", remote, err)
+	}
+	u := underlayRoute{ifindex: rs[0].LinkIndex, mtu: rs[0].MTU}
+	if u.mtu == 0 {
+		l, err := m.h.LinkByIndex(u.ifindex)
+		if err != nil {
+			return underlayRoute{}, fmt.Errorf("overlay: fast path: underlay device toward %s: %w", remote, err)
+		}
+		u.mtu = l.Attrs().MTU
+	}
+	return u, nil
 }
 
 func fastPathFilter(ifindex int) netlink.FilterAttrs {

@@ -30,11 +30,11 @@ func TestFastPathProgram(t *testing.T) {
 	defer f.close()
 	local, remote := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	k := fastPathKey{table: 7001, prefix: netip.MustParsePrefix("10.1.0.0/24")}
-	if err := f.routes.Put(k.bytes(), fastPathValue{remote: remote, local: local, label: 1002, ifindex: 5}.bytes()); err != nil {
+	if err := f.routes.Put(k.bytes(), fastPathValue{remote: remote, local: local, label: 1002, ifindex: 5, mtu: 1500}.bytes()); err != nil {
 		t.Fatal(err)
 	}
 	kg := fastPathKey{table: 7001, prefix: netip.MustParsePrefix("10.2.0.0/16")}
-	if err := f.routes.Put(kg.bytes(), fastPathValue{remote: remote, local: local, label: 2002, ifindex: 5, gre: true}.bytes()); err != nil {
+	if err := f.routes.Put(kg.bytes(), fastPathValue{remote: remote, local: local, label: 2002, ifindex: 5, mtu: 1500, gre: true}.bytes()); err != nil {
 		t.Fatal(err)
 	}
 	prog, err := f.program(7001)
@@ -47,9 +47,14 @@ func TestFastPathProgram(t *testing.T) {
 	}
 
 	payload := []byte("fast path payload")
-	var packetTTL func(dst string, ttl uint8) []byte
-	packet := func(dst string) []byte { return packetTTL(dst, 64) }
-	packetTTL = func(dst string, ttl uint8) []byte {
+	var packetLen func(dst string, ttl uint8, ipLen int) []byte
+	packet := func(dst string) []byte { return packetLen(dst, 64, 0) }
+	packetTTL := func(dst string, ttl uint8) []byte { return packetLen(dst, ttl, 0) }
+	packetLen = func(dst string, ttl uint8, ipLen int) []byte {
+		payload := payload
+		if ipLen > 0 {
+			payload = make([]byte, ipLen-20-8)
+		}
 		buf := gopacket.NewSerializeBuffer()
 		eth := &layers.Ethernet{SrcMAC: []byte{2, 0, 0, 0, 0, 1}, DstMAC: []byte{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
 		ip := &layers.IPv4{Version: 4, TTL: ttl, Protocol: layers.IPProtocolUDP, SrcIP: []byte{10, 1, 0, 1}, DstIP: netip.MustParseAddr(dst).AsSlice()}
@@ -131,7 +136,20 @@ func TestFastPathProgram(t *testing.T) {
 			t.Errorf("%s: return %d, packet %x; want 0 (pass) and the packet unchanged", c.name, rc, out[:len(in)])
 		}
 	}
-	for slot, want := range map[uint32]uint64{fastPathStatEncapsulated: 2, fastPathStatToKernel: 2} {
+	// MTU: the underlay's is 1500; what fits once encapsulated goes,
+	// what does not goes to the kernel path (fragmentation needed).
+	for _, c := range []struct {
+		dst   string
+		ipLen int
+		rc    uint32
+	}{{"10.1.0.2", 1500 - mplsoudpHeaderLen, 7}, {"10.1.0.2", 1500 - mplsoudpHeaderLen + 1, 0},
+		{"10.2.3.4", 1500 - mplsogreHeaderLen, 7}, {"10.2.3.4", 1500 - mplsogreHeaderLen + 1, 0}} {
+		in := packetLen(c.dst, 64, c.ipLen)
+		if rc, _ := run(prog, in); rc != c.rc {
+			t.Errorf("%d-byte packet to %s: return %d, want %d", c.ipLen, c.dst, rc, c.rc)
+		}
+	}
+	for slot, want := range map[uint32]uint64{fastPathStatEncapsulated: 4, fastPathStatToKernel: 4} {
 		if n, err := f.counter(slot); err != nil || n != want {
 			t.Errorf("counter %d: %d (%v), want %d", slot, n, err, want)
 		}

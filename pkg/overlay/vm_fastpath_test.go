@@ -2,6 +2,7 @@ package overlay_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -104,7 +105,27 @@ func TestVMFastPath(t *testing.T) {
 	} else {
 		t.Logf("TTL 1: time exceeded from %s", from)
 	}
-	if st := g.mA.FastPathStats(); st.ToKernel == before || st.Encapsulated == 0 {
+	// MTU: with the pod's MTU at the underlay's (no room for the headers),
+	// a full-size packet with DF goes to the kernel path too, which answers
+	// "fragmentation needed" (the VRF device routes it back to the pod).
+	for _, ifn := range []struct {
+		ns   *netnstest.NS
+		name string
+	}{{g.podA, "eth0"}, {g.gwA, "vpoda"}} {
+		ifn.ns.IP(t, "link", "set", ifn.name, "mtu", "1500")
+	}
+	if mtu, err := overlaytest.FragNeeded(g.podA, g.addrB, 1500, 10*time.Second); err != nil {
+		t.Errorf("1500-byte packet through the fast path: %v", err)
+	} else {
+		t.Logf("1500 bytes with DF: fragmentation needed, MTU %d", mtu)
+	}
+	for _, ifn := range []struct {
+		ns   *netnstest.NS
+		name string
+	}{{g.podA, "eth0"}, {g.gwA, "vpoda"}} {
+		ifn.ns.IP(t, "link", "set", ifn.name, "mtu", fmt.Sprint(overlaytest.PodMTU))
+	}
+	if st := g.mA.FastPathStats(); st.ToKernel < before+2 || st.Encapsulated == 0 {
 		t.Errorf("fast path counters %+v: want packets encapsulated and the TTL 1 one handed to the kernel path", st)
 	}
 
