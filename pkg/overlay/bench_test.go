@@ -192,7 +192,7 @@ func BenchmarkVMThroughput(b *testing.B) {
 }
 
 // transfer sends size bytes from pod ns to a Sink and waits for its count;
-// unlike netnstest's Transfer it allows two minutes, as a slow path on a
+// unlike netnstest's Transfer it allows ten minutes, as a slow path on a
 // loaded emulated VM may need.
 func transfer(ns *netnstest.NS, to netip.AddrPort, size int64) (time.Duration, error) {
 	c, err := ns.Dial("tcp", to.String())
@@ -200,7 +200,7 @@ func transfer(ns *netnstest.NS, to netip.AddrPort, size int64) (time.Duration, e
 		return 0, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	c.SetDeadline(time.Now().Add(10 * time.Minute))
 	start := time.Now()
 	buf := make([]byte, 128<<10)
 	for sent := int64(0); sent < size; {

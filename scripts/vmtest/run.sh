@@ -13,7 +13,7 @@ shift || true
 export PATH=/usr/local/go/bin:$PATH
 cache=.vmtest
 timeout_s=${VMTEST_TIMEOUT:-420}
-[ "$mode" = bench ] && timeout_s=${VMTEST_TIMEOUT:-2400}
+[ "$mode" = bench ] && timeout_s=${VMTEST_TIMEOUT:-3900}
 
 for tool in qemu-system-x86_64 cpio ip; do
   command -v "$tool" >/dev/null || { echo "vmtest: $tool missing (scripts/deps/overlay.txt; run make deps)" >&2; exit 2; }
@@ -49,7 +49,7 @@ echo "$mods" > "$root/modules/order"
 
 case "$mode" in
   test) printf '%s\n' /bin/overlay.test -test.v -test.count=1 -test.timeout=300s "$@" > "$root/vmtest.args" ;;
-  bench) printf '%s\n' /bin/overlay.test -test.run '^$' -test.bench 'BenchmarkVM|BenchmarkSet' -test.benchtime=1x -test.timeout=2100s "$@" > "$root/vmtest.args" ;;
+  bench) printf '%s\n' /bin/overlay.test -test.run '^$' -test.bench 'BenchmarkVM|BenchmarkSet' -test.benchtime=1x -test.timeout=3600s "$@" > "$root/vmtest.args" ;;
   *) echo "usage: $0 [test|bench] [go test flags]" >&2; exit 2 ;;
 esac
 
