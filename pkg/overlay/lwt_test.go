@@ -19,7 +19,7 @@ import (
 )
 
 const (
-	bpfLWTEncapIP  = 1   // BPF_LWT_ENCAP_IP
+	bpfLWTEncapIP  = 2   // BPF_LWT_ENCAP_IP (after SEG6 and SEG6_INLINE)
 	bpfLWTReroute  = 128 // BPF_LWT_REROUTE
 	bpfLWTDrop     = 2   // BPF_DROP
 	lwtProgramName = "iof_lwt"
@@ -28,14 +28,14 @@ const (
 // lwtProgram builds the lwt xmit program for the network with routing table
 // table. The packet starts at its IPv4 header (already forwarded: TTL one
 // less). Stack as in fastPathProgram.
-func lwtProgram(routes *ebpf.Map, table uint32) asm.Instructions {
+func lwtProgram(routes, stats *ebpf.Map, table uint32) asm.Instructions {
 	const (
 		key = -16
 		hdr = -48
 		ip  = hdr
 		l4  = hdr + 20
 	)
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R7, asm.R6, skbDataOff, asm.Word),
 		asm.LoadMem(asm.R3, asm.R6, skbDataEndOff, asm.Word),
@@ -115,16 +115,19 @@ func lwtProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Reg(asm.R4, asm.R7),
 		asm.FnLwtPushEncap.Call(),
 		asm.JNE.Imm(asm.R0, 0, "drop"),
-		asm.Mov.Imm(asm.R0, bpfLWTReroute),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, bpfLWTDrop).WithSymbol("drop"),
-		asm.Return(),
 	}
+	insns = append(insns, fastPathCount(stats, fastPathStatEncapsulated, -56)...)
+	insns = append(insns, asm.Mov.Imm(asm.R0, bpfLWTReroute), asm.Return())
+	drop := fastPathCount(stats, fastPathStatToKernel, -56)
+	drop[0] = drop[0].WithSymbol("drop")
+	insns = append(insns, drop...)
+	return append(insns, asm.Mov.Imm(asm.R0, bpfLWTDrop), asm.Return())
 }
 
 // LWTEncap is the lwt alternative for one network: its program and map.
 type LWTEncap struct {
 	routes *ebpf.Map
+	stats  *ebpf.Map // slot 0: encapsulated; slot 1: dropped
 	prog   *ebpf.Program
 	table  uint32
 }
@@ -135,20 +138,28 @@ func NewLWTEncap(table uint32) (*LWTEncap, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.stats.Close()
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: lwtProgramName, Type: ebpf.LWTXmit, License: "Apache-2.0",
-		Instructions: lwtProgram(f.routes, table)})
+		Instructions: lwtProgram(f.routes, f.stats, table)})
 	if err != nil {
-		f.routes.Close()
+		f.close()
 		return nil, fmt.Errorf("load lwt program: %w", err)
 	}
-	return &LWTEncap{routes: f.routes, prog: p, table: table}, nil
+	return &LWTEncap{routes: f.routes, stats: f.stats, prog: p, table: table}, nil
 }
 
 // Close releases the program and map (routes using them keep them alive).
 func (l *LWTEncap) Close() {
 	l.prog.Close()
 	l.routes.Close()
+	l.stats.Close()
+}
+
+// Counts returns the packets the program encapsulated and dropped.
+func (l *LWTEncap) Counts() (encapsulated, dropped uint64) {
+	f := fastPath{stats: l.stats}
+	encapsulated, _ = f.counter(fastPathStatEncapsulated)
+	dropped, _ = f.counter(fastPathStatToKernel)
+	return encapsulated, dropped
 }
 
 // Route points prefix in the network's table at the program: `ip route
