@@ -9,6 +9,6 @@ vmtest: ## Run pkg/overlay's tests on Debian's kernel inside qemu (MPLSoUDP/MPLS
 	@scripts/vmtest/run.sh test
 
 ##@ bench
-bench-overlay: ## Overlay route programming vs ip -batch (host and VM); TCP throughput plain vs VXLAN vs MPLSoUDP kernel path vs BPF fast path (VM)
+bench-overlay: ## Overlay route programming vs ip -batch (host and VM); TCP throughput plain, VXLAN, MPLSoUDP/MPLSoGRE kernel path, lwt and tc BPF fast path at MTU 1500 and 9000 (VM)
 	$(GO) test -run '^$$' -bench 'BenchmarkSet' -benchtime 1x -count 1 ./pkg/overlay
 	@scripts/vmtest/run.sh bench

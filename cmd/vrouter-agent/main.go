@@ -25,6 +25,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -85,7 +87,8 @@ func run(args []string, stderr io.Writer) int {
 		cleanup    = fs.Bool("cleanup", false, "remove everything iotfabric owns in the kernel and exit")
 		netnsPath  = fs.String("netns", "", "network namespace path to program (default: the agent's own)")
 		vrf        = fs.String("vrf", "auto", "VRF devices: auto (when the kernel has them), on, off (policy tables)")
-		fastPath   = fs.String("fast-path", "off", "MPLSoUDP/MPLSoGRE encapsulation: off (kernel tunnels), auto (BPF fast path when the kernel allows it), on (BPF fast path or fail)")
+		fastPath   = fs.String("fast-path", "auto", "MPLSoUDP/MPLSoGRE encapsulation: off (kernel tunnels), auto (BPF fast path when the kernel allows it, kernel tunnels otherwise), on (BPF fast path or fail)")
+		metrics    = fs.String("metrics", "", "serve Prometheus metrics on http://`ADDR`/metrics, e.g. 127.0.0.1:9120 (off when empty)")
 		podGateway = fs.String("gateway-address", overlay.DefaultPodGatewayAddr.String(), "the pods' default-route address, put on every endpoint's host-side interface")
 		resync     = fs.Duration("resync", 5*time.Minute, "re-read the kernel and repair drift this often (0: never)")
 		level      = fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -151,6 +154,17 @@ func run(args []string, stderr io.Writer) int {
 	}
 	defer m.Close()
 
+	if *metrics != "" && !*cleanup {
+		l, err := net.Listen("tcp", *metrics)
+		if err != nil {
+			log.Error("start", logkey.Err, fmt.Errorf("--metrics: %w", err))
+			return 1
+		}
+		log.Info("serving metrics", logkey.Addr, l.Addr().String())
+		srv := &http.Server{Handler: metricsHandler(m.FastPathStats), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
 	if *cleanup {
 		if err := m.Cleanup(ctx); err != nil {
 			log.Error("cleanup", logkey.Err, err)
@@ -162,6 +176,9 @@ func run(args []string, stderr io.Writer) int {
 	if gwf.Enabled() {
 		gwOpts.Applier, gwOpts.HostNetns, gwOpts.PodGatewayAddr = m, *netnsPath, podGW
 		gwOpts.KernelFeatures, gwOpts.Version = agent.KernelFeatures(m.Features()), buildinfo.Get("vrouter-agent").Version
+		if m.UsesFastPath() {
+			gwOpts.KernelFeatures = append(gwOpts.KernelFeatures, "bpf-fast-path")
+		}
 		gwOpts.ResyncInterval = *resync
 		a, err := agent.New(gwOpts)
 		if err != nil {

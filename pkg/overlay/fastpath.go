@@ -43,7 +43,7 @@ const FastPathFilterName = IfPrefix + "mpls"
 const (
 	fastPathMaxRoutes  = 1 << 16
 	fastPathKeySize    = 12 // prefix length (host order), table (big endian), IPv4 address
-	fastPathValueSize  = 20 // remote, local (big endian), label entry without TTL (host order), underlay ifindex, encapsulation
+	fastPathValueSize  = 24 // remote, local (big endian), label entry without TTL (host order), underlay ifindex, encapsulation, underlay MTU
 	fastPathFilterPrio = 1
 
 	mplsoudpHeaderLen = 20 + 8 + 4 // outer IPv4 + UDP + one label
@@ -60,10 +60,11 @@ const (
 	bpfFAdjRoomEncapUDP  = 1 << 4
 	tcActOK              = 0
 	tcActShot            = 2
-	skbLenOff            = 0  // struct __sk_buff.len
-	skbProtocolOff       = 16 // struct __sk_buff.protocol
-	skbDataOff           = 76 // struct __sk_buff.data
-	skbDataEndOff        = 80 // struct __sk_buff.data_end
+	skbLenOff            = 0   // struct __sk_buff.len
+	skbProtocolOff       = 16  // struct __sk_buff.protocol
+	skbDataOff           = 76  // struct __sk_buff.data
+	skbDataEndOff        = 80  // struct __sk_buff.data_end
+	skbGSOSizeOff        = 176 // struct __sk_buff.gso_size (Linux 5.7)
 )
 
 // adjRoomEncapL2 is BPF_F_ADJ_ROOM_ENCAP_L2(n): n bytes of inner "L2" (here the label).
@@ -90,19 +91,47 @@ func detectFastPath() error {
 	return nil
 }
 
+// Slots of the fast path's per-CPU packet counters (map iof_mpls_stats).
+const (
+	fastPathStatEncapsulated = 0 // encapsulated and sent to the underlay
+	fastPathStatToKernel     = 1 // to a fast-path route, handed to the kernel path
+	fastPathStats            = 2
+)
+
+// fastPathCount adds one to the counter slot of stats; the stack word at
+// fp+key is scratch. R0-R5 are clobbered.
+func fastPathCount(stats *ebpf.Map, slot int32, key int16) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreImm(asm.RFP, key, int64(slot), asm.Word),
+		asm.LoadMapPtr(asm.R1, stats.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, int32(key)),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, fmt.Sprintf("counted%d", slot)),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol(fmt.Sprintf("counted%d", slot)),
+	}
+}
+
 // fastPathProgram builds the tc program for the network with routing table
 // table. Stack: the LPM key at fp-16 (12 bytes), the headers at fp-48 (32 for
-// MPLSoUDP, 28 for MPLSoGRE).
-func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
+// MPLSoUDP, 28 for MPLSoGRE), the inner packet's TTL and protocol bytes as
+// received at fp-52 and as sent at fp-50, a counter key at fp-56.
+func fastPathProgram(routes, stats *ebpf.Map, table uint32) asm.Instructions {
 	const (
-		key = -16
-		hdr = -48
-		ip  = hdr
-		l4  = hdr + 20 // UDP or GRE
+		key      = -16
+		hdr      = -48
+		ip       = hdr
+		l4       = hdr + 20 // UDP or GRE
+		ttlOld   = -52
+		ttlNew   = -50
+		statsKey = -56
 	)
 	udpFlags := int64(bpfFAdjRoomEncapIPv4 | bpfFAdjRoomEncapUDP | adjRoomEncapL2(4))
 	greFlags := int64(bpfFAdjRoomEncapIPv4 | bpfFAdjRoomEncapGRE | adjRoomEncapL2(4))
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		// IPv4 only, with its header in the linear data.
 		asm.LoadMem(asm.R2, asm.R6, skbProtocolOff, asm.Word),
@@ -112,10 +141,13 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Reg(asm.R2, asm.R7),
 		asm.Add.Imm(asm.R2, 14+20),
 		asm.JGT.Reg(asm.R2, asm.R3, "pass"),
-		// TTL: let the kernel path answer packets about to expire.
+		// TTL and protocol, as they are and with the TTL one less (the
+		// forwarding the kernel path would do).
+		asm.LoadMem(asm.R2, asm.R7, 14+8, asm.Half),
+		asm.StoreMem(asm.RFP, ttlOld, asm.R2, asm.Half),
+		asm.Add.Imm(asm.R2, -int32(ne16(0x0100))),
+		asm.StoreMem(asm.RFP, ttlNew, asm.R2, asm.Half),
 		asm.LoadMem(asm.R9, asm.R7, 14+8, asm.Byte),
-		asm.JLE.Imm(asm.R9, 1, "pass"),
-		asm.Add.Imm(asm.R9, -1),
 		// Look the destination up in this network's routes.
 		asm.StoreImm(asm.RFP, key, 64, asm.Word),
 		asm.StoreImm(asm.RFP, key+4, ne32(table), asm.Word),
@@ -127,6 +159,24 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Reg(asm.R8, asm.R0),
+		// TTL: the kernel path answers packets about to expire (ICMP time
+		// exceeded), as it does without the fast path.
+		asm.JLE.Imm(asm.R9, 1, "kernel"),
+		asm.Add.Imm(asm.R9, -1),
+		// MTU: a packet that would not fit the underlay device once
+		// encapsulated, and is not a GSO packet (segmented later to the
+		// pod's MSS), goes to the kernel path, which fragments it or answers
+		// "fragmentation needed" as it does without the fast path.
+		asm.LoadMem(asm.R2, asm.R6, skbGSOSizeOff, asm.Word),
+		asm.JNE.Imm(asm.R2, 0, "mtuok"),
+		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
+		asm.Add.Imm(asm.R2, mplsoudpHeaderLen-14),
+		asm.LoadMem(asm.R3, asm.R8, 16, asm.Word),
+		asm.JNE.Imm(asm.R3, fastPathGRE, "mtu"),
+		asm.Add.Imm(asm.R2, mplsogreHeaderLen-mplsoudpHeaderLen),
+		asm.LoadMem(asm.R3, asm.R8, 20, asm.Word).WithSymbol("mtu"),
+		asm.JGT.Reg(asm.R2, asm.R3, "kernel"),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("mtuok"),
 		// Label entry (label, bottom of stack, the inner TTL less one) in R9.
 		asm.LoadMem(asm.R2, asm.R8, 8, asm.Word),
 		asm.Or.Reg(asm.R2, asm.R9),
@@ -142,7 +192,7 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
 		asm.LoadImm(asm.R4, udpFlags, asm.DWord),
 		asm.FnSkbAdjustRoom.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.JNE.Imm(asm.R0, 0, "kernel"),
 		asm.StoreMem(asm.RFP, l4+8, asm.R9, asm.Word),
 		asm.StoreImm(asm.RFP, ip+9, unix.IPPROTO_UDP, asm.Byte),
 		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
@@ -177,7 +227,7 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Imm(asm.R3, bpfAdjRoomMAC),
 		asm.LoadImm(asm.R4, greFlags, asm.DWord),
 		asm.FnSkbAdjustRoom.Call(),
-		asm.JNE.Imm(asm.R0, 0, "pass"),
+		asm.JNE.Imm(asm.R0, 0, "kernel"),
 		asm.StoreMem(asm.RFP, l4+4, asm.R9, asm.Word),
 		asm.StoreImm(asm.RFP, ip+9, unix.IPPROTO_GRE, asm.Byte),
 		asm.LoadMem(asm.R2, asm.R6, skbLenOff, asm.Word),
@@ -216,8 +266,7 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Add.Reg(asm.R0, asm.R1),
 		asm.Xor.Imm(asm.R0, 0xffff),
 		asm.StoreMem(asm.RFP, ip+10, asm.R0, asm.Half),
-		// Write the headers and send to the underlay device. Returning the
-		// packet to the stack instead would drop it as a martian (local source).
+		// Write the headers.
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, 14),
 		asm.Mov.Reg(asm.R3, asm.RFP),
@@ -226,6 +275,29 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Mov.Imm(asm.R5, 0),
 		asm.FnSkbStoreBytes.Call(),
 		asm.JNE.Imm(asm.R0, 0, "drop"),
+		// The inner IPv4 TTL one less, its header checksum updated.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Add.Imm(asm.R2, 14+8),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, ttlNew),
+		asm.Mov.Imm(asm.R4, 1),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Add.Imm(asm.R2, 14+10),
+		asm.LoadMem(asm.R3, asm.RFP, ttlOld, asm.Half),
+		asm.LoadMem(asm.R4, asm.RFP, ttlNew, asm.Half),
+		asm.Mov.Imm(asm.R5, 2),
+		asm.FnL3CsumReplace.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+	}
+	insns = append(insns, fastPathCount(stats, fastPathStatEncapsulated, statsKey)...)
+	insns = append(insns,
+		// Send to the underlay device. Returning the packet to the stack
+		// instead would drop it as a martian (local source).
 		asm.LoadMem(asm.R1, asm.R8, 12, asm.Word),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Imm(asm.R3, 0),
@@ -234,14 +306,21 @@ func fastPathProgram(routes *ebpf.Map, table uint32) asm.Instructions {
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, tcActShot).WithSymbol("drop"),
 		asm.Return(),
+	)
+	// Handed to the kernel path unchanged: counted, then passed.
+	kernel := fastPathCount(stats, fastPathStatToKernel, statsKey)
+	kernel[0] = kernel[0].WithSymbol("kernel")
+	insns = append(insns, kernel...)
+	return append(insns,
 		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
 		asm.Return(),
-	}
+	)
 }
 
 // fastPath is the fast path's kernel objects and the manager's record of them.
 type fastPath struct {
 	routes   *ebpf.Map
+	stats    *ebpf.Map                // per-CPU packet counters, fastPathStat*
 	progs    map[uint32]*ebpf.Program // by network table
 	attached map[string]attachment    // by endpoint interface
 }
@@ -268,6 +347,7 @@ type fastPathValue struct {
 	label         uint32
 	ifindex       int
 	gre           bool // MPLSoGRE instead of MPLSoUDP
+	mtu           int  // the underlay device's
 }
 
 func (v fastPathValue) bytes() []byte {
@@ -279,7 +359,8 @@ func (v fastPathValue) bytes() []byte {
 	if v.gre {
 		e = fastPathGRE
 	}
-	return binary.NativeEndian.AppendUint32(b, e)
+	b = binary.NativeEndian.AppendUint32(b, e)
+	return binary.NativeEndian.AppendUint32(b, uint32(v.mtu))
 }
 
 func newFastPath() (*fastPath, error) {
@@ -290,7 +371,14 @@ func newFastPath() (*fastPath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("overlay: fast path map: %w", err)
 	}
-	return &fastPath{routes: routes, progs: map[uint32]*ebpf.Program{}, attached: map[string]attachment{}}, nil
+	stats, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "iof_mpls_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: fastPathStats,
+	})
+	if err != nil {
+		routes.Close()
+		return nil, fmt.Errorf("overlay: fast path counters: %w", err)
+	}
+	return &fastPath{routes: routes, stats: stats, progs: map[uint32]*ebpf.Program{}, attached: map[string]attachment{}}, nil
 }
 
 func (f *fastPath) close() {
@@ -298,6 +386,20 @@ func (f *fastPath) close() {
 		p.Close()
 	}
 	f.routes.Close()
+	f.stats.Close()
+}
+
+// counter sums a counter slot over the CPUs.
+func (f *fastPath) counter(slot uint32) (uint64, error) {
+	var per []uint64
+	if err := f.stats.Lookup(slot, &per); err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
 }
 
 func (f *fastPath) program(table uint32) (*ebpf.Program, error) {
@@ -306,7 +408,7 @@ func (f *fastPath) program(table uint32) (*ebpf.Program, error) {
 	}
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "iof_mpls", Type: ebpf.SchedCLS, License: "Apache-2.0",
-		Instructions: fastPathProgram(f.routes, table),
+		Instructions: fastPathProgram(f.routes, f.stats, table),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("overlay: load fast path program: %w", err)
@@ -318,12 +420,87 @@ func (f *fastPath) program(table uint32) (*ebpf.Program, error) {
 // UsesFastPath tells whether MPLSoUDP routes are encapsulated by the BPF fast path.
 func (m *Manager) UsesFastPath() bool { return m.fp != nil }
 
+// pathCounts is how many endpoints and MPLS routes each path serves.
+type pathCounts struct {
+	endpointsFast, endpointsKernel int
+	routesFast, routesKernel       int
+}
+
+// FastPathStats tells which path MPLSoUDP and MPLSoGRE traffic takes, as of
+// the last Set, and what the BPF fast path did since the manager started.
+type FastPathStats struct {
+	// Enabled: the BPF fast path is loaded (Config.FastPath and the kernel allow it).
+	Enabled bool
+	// EndpointsFast counts endpoints whose packets the fast path program sees
+	// (endpoints of networks with fast-path routes); EndpointsKernel the
+	// other endpoints.
+	EndpointsFast, EndpointsKernel int
+	// RoutesFast counts MPLSoUDP/MPLSoGRE routes the fast path encapsulates;
+	// RoutesKernel those only the kernel path carries (IPv6 prefixes, or
+	// every route without the fast path).
+	RoutesFast, RoutesKernel int
+	// Encapsulated counts packets the fast path sent to the underlay;
+	// ToKernel packets to fast-path routes it handed to the kernel path
+	// unchanged (TTL about to expire, headers it could not push).
+	Encapsulated, ToKernel uint64
+}
+
+// FastPathStats returns the paths' counts and the fast path's packet
+// counters. It does not wait for a Set in progress.
+func (m *Manager) FastPathStats() FastPathStats {
+	m.statMu.Lock()
+	defer m.statMu.Unlock()
+	st := FastPathStats{Enabled: m.stats != nil,
+		EndpointsFast: m.paths.endpointsFast, EndpointsKernel: m.paths.endpointsKernel,
+		RoutesFast: m.paths.routesFast, RoutesKernel: m.paths.routesKernel}
+	if m.stats != nil {
+		f := fastPath{stats: m.stats}
+		st.Encapsulated, _ = f.counter(fastPathStatEncapsulated)
+		st.ToKernel, _ = f.counter(fastPathStatToKernel)
+	}
+	return st
+}
+
+// countPathsLocked records how many endpoints and MPLS routes of s each path
+// serves; fast holds the tables whose routes the fast path encapsulates.
+func (m *Manager) countPathsLocked(s *State, fast map[uint32]bool) {
+	prio := s.EncapPriority
+	if len(prio) == 0 {
+		prio = DefaultEncapPriority
+	}
+	var c pathCounts
+	for _, n := range s.Networks {
+		for range n.Endpoints {
+			if fast[n.Table] {
+				c.endpointsFast++
+			} else {
+				c.endpointsKernel++
+			}
+		}
+		for _, r := range n.Routes {
+			e, ok := chooseEncap(prio, r.Encaps, m.feat)
+			if !ok || (e != encap.MPLSoUDP && e != encap.MPLSoGRE) {
+				continue
+			}
+			if fast[n.Table] && r.Prefix.Addr().Is4() {
+				c.routesFast++
+			} else {
+				c.routesKernel++
+			}
+		}
+	}
+	m.statMu.Lock()
+	m.paths = c
+	m.statMu.Unlock()
+}
+
 // ensureFastPathLocked makes the fast path's map hold the MPLSoUDP routes of s
 // and attaches the network's program to every endpoint of a network that has
 // any; endpoints of networks without such routes lose their filter.
 func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link, fail func(error)) {
 	f := m.fp
 	if f == nil {
+		m.countPathsLocked(s, nil)
 		// A fast path left by an earlier agent (or one started with the fast
 		// path) is removed, so its stale map no longer steers traffic.
 		for _, n := range s.Networks {
@@ -340,7 +517,7 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 		prio = DefaultEncapPriority
 	}
 	want := map[string][]byte{}
-	ifindex := map[netip.Addr]int{}
+	underlays := map[netip.Addr]underlayRoute{}
 	tables := map[uint32]bool{}
 	for _, n := range s.Networks {
 		for _, r := range n.Routes {
@@ -348,18 +525,18 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 			if !ok || (e != encap.MPLSoUDP && e != encap.MPLSoGRE) || !r.Prefix.Addr().Is4() {
 				continue
 			}
-			idx, ok := ifindex[r.RemoteUnderlay]
+			u, ok := underlays[r.RemoteUnderlay]
 			if !ok {
-				rs, err := m.h.RouteGet(net.IP(r.RemoteUnderlay.AsSlice()))
-				if err != nil || len(rs) == 0 {
-					fail(fmt.Errorf("overlay: fast path: underlay route to %s: %w", r.RemoteUnderlay, err))
+				var err error
+				if u, err = m.underlayRouteLocked(r.RemoteUnderlay); err != nil {
+					fail(err)
 					continue
 				}
-				idx = rs[0].LinkIndex
-				ifindex[r.RemoteUnderlay] = idx
+				underlays[r.RemoteUnderlay] = u
 			}
 			k := fastPathKey{table: n.Table, prefix: r.Prefix.Masked()}
-			want[string(k.bytes())] = fastPathValue{remote: r.RemoteUnderlay, local: s.Underlay, label: r.Label, ifindex: idx, gre: e == encap.MPLSoGRE}.bytes()
+			want[string(k.bytes())] = fastPathValue{remote: r.RemoteUnderlay, local: s.Underlay, label: r.Label,
+				ifindex: u.ifindex, mtu: u.mtu, gre: e == encap.MPLSoGRE}.bytes()
 			tables[n.Table] = true
 		}
 	}
@@ -387,6 +564,7 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 		}
 	}
 
+	m.countPathsLocked(s, tables)
 	wantAttach := map[string]uint32{}
 	for _, n := range s.Networks {
 		if !tables[n.Table] {
@@ -442,6 +620,27 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 			delete(f.progs, t)
 		}
 	}
+}
+
+// underlayRoute is the device toward a remote gateway and the MTU of the way.
+type underlayRoute struct{ ifindex, mtu int }
+
+// underlayRouteLocked looks up the underlay device toward remote and the MTU:
+// the route's when it has one, else the device's.
+func (m *Manager) underlayRouteLocked(remote netip.Addr) (underlayRoute, error) {
+	rs, err := m.h.RouteGet(net.IP(remote.AsSlice()))
+	if err != nil || len(rs) == 0 {
+		return underlayRoute{}, fmt.Errorf("overlay: fast path: underlay route to %s: %w", remote, err)
+	}
+	u := underlayRoute{ifindex: rs[0].LinkIndex, mtu: rs[0].MTU}
+	if u.mtu == 0 {
+		l, err := m.h.LinkByIndex(u.ifindex)
+		if err != nil {
+			return underlayRoute{}, fmt.Errorf("overlay: fast path: underlay device toward %s: %w", remote, err)
+		}
+		u.mtu = l.Attrs().MTU
+	}
+	return u, nil
 }
 
 func fastPathFilter(ifindex int) netlink.FilterAttrs {
@@ -519,6 +718,11 @@ func (m *Manager) startFastPath() error {
 		}
 		m.log.Warn("BPF fast path unavailable, MPLSoUDP takes the kernel path", logkey.Err, err)
 		return nil
+	}
+	if m.stats, err = m.fp.stats.Clone(); err != nil {
+		m.fp.close()
+		m.fp = nil
+		return fmt.Errorf("overlay: fast path counters: %w", err)
 	}
 	m.log.Info("MPLSoUDP encapsulation", logkey.Path, "bpf")
 	return nil

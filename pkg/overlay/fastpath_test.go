@@ -14,8 +14,10 @@ import (
 
 // TestFastPathProgram runs the fast path program on packets with
 // BPF_PROG_TEST_RUN: a routed destination comes out with outer IPv4, UDP 6635
-// (or GRE) and the label (bottom of stack, inner TTL less one) and is redirected; other
-// traffic passes untouched to the kernel path.
+// (or GRE) and the label (bottom of stack, inner TTL less one), its inner IPv4
+// TTL one less with the header checksum updated, and is redirected; a packet
+// about to expire and other traffic pass untouched to the kernel path, and
+// the counters say so.
 func TestFastPathProgram(t *testing.T) {
 	testenv.RequireRoot(t, "loads BPF programs")
 	if err := detectFastPath(); err != nil {
@@ -28,11 +30,11 @@ func TestFastPathProgram(t *testing.T) {
 	defer f.close()
 	local, remote := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	k := fastPathKey{table: 7001, prefix: netip.MustParsePrefix("10.1.0.0/24")}
-	if err := f.routes.Put(k.bytes(), fastPathValue{remote: remote, local: local, label: 1002, ifindex: 5}.bytes()); err != nil {
+	if err := f.routes.Put(k.bytes(), fastPathValue{remote: remote, local: local, label: 1002, ifindex: 5, mtu: 1500}.bytes()); err != nil {
 		t.Fatal(err)
 	}
 	kg := fastPathKey{table: 7001, prefix: netip.MustParsePrefix("10.2.0.0/16")}
-	if err := f.routes.Put(kg.bytes(), fastPathValue{remote: remote, local: local, label: 2002, ifindex: 5, gre: true}.bytes()); err != nil {
+	if err := f.routes.Put(kg.bytes(), fastPathValue{remote: remote, local: local, label: 2002, ifindex: 5, mtu: 1500, gre: true}.bytes()); err != nil {
 		t.Fatal(err)
 	}
 	prog, err := f.program(7001)
@@ -45,10 +47,17 @@ func TestFastPathProgram(t *testing.T) {
 	}
 
 	payload := []byte("fast path payload")
-	packet := func(dst string) []byte {
+	var packetLen func(dst string, ttl uint8, ipLen int) []byte
+	packet := func(dst string) []byte { return packetLen(dst, 64, 0) }
+	packetTTL := func(dst string, ttl uint8) []byte { return packetLen(dst, ttl, 0) }
+	packetLen = func(dst string, ttl uint8, ipLen int) []byte {
+		payload := payload
+		if ipLen > 0 {
+			payload = make([]byte, ipLen-20-8)
+		}
 		buf := gopacket.NewSerializeBuffer()
 		eth := &layers.Ethernet{SrcMAC: []byte{2, 0, 0, 0, 0, 1}, DstMAC: []byte{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
-		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: []byte{10, 1, 0, 1}, DstIP: netip.MustParseAddr(dst).AsSlice()}
+		ip := &layers.IPv4{Version: 4, TTL: ttl, Protocol: layers.IPProtocolUDP, SrcIP: []byte{10, 1, 0, 1}, DstIP: netip.MustParseAddr(dst).AsSlice()}
 		udp := &layers.UDP{SrcPort: 4000, DstPort: 5000}
 		_ = udp.SetNetworkLayerForChecksum(ip)
 		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload(payload)); err != nil {
@@ -92,9 +101,7 @@ func TestFastPathProgram(t *testing.T) {
 	if label, bos, ttl := entry>>12, entry>>8&1, entry&0xff; label != 1002 || bos != 1 || ttl != 63 {
 		t.Errorf("label entry %#x: label %d bos %d ttl %d, want 1002 1 63", entry, label, bos, ttl)
 	}
-	if string(out[46:]) != string(in[14:]) {
-		t.Errorf("inner packet changed:\n got %x\nwant %x", out[46:], in[14:])
-	}
+	checkInner(t, "MPLSoUDP", out[46:], in[14:])
 
 	// MPLSoGRE: outer IPv4 protocol 47, GRE without options carrying 0x8847.
 	in = packet("10.2.3.4")
@@ -113,20 +120,53 @@ func TestFastPathProgram(t *testing.T) {
 	if entry := binary.BigEndian.Uint32(out[38:42]); entry != 2002<<12|1<<8|63 {
 		t.Errorf("MPLSoGRE label entry %#x", entry)
 	}
-	if string(out[42:]) != string(in[14:]) {
-		t.Errorf("MPLSoGRE inner packet changed")
-	}
+	checkInner(t, "MPLSoGRE", out[42:], in[14:])
 
 	for _, c := range []struct {
 		name string
 		p    *ebpf.Program
 		dst  string
-	}{{"unrouted destination", prog, "10.9.0.2"}, {"other network", other, "10.1.0.2"}} {
-		in := packet(c.dst)
+		ttl  uint8
+	}{{"unrouted destination", prog, "10.9.0.2", 64}, {"other network", other, "10.1.0.2", 64},
+		{"TTL 1 (the kernel path answers time exceeded)", prog, "10.1.0.2", 1},
+		{"TTL 0", prog, "10.2.3.4", 0}} {
+		in := packetTTL(c.dst, c.ttl)
 		rc, out := run(c.p, in)
 		if rc != 0 || string(out[:len(in)]) != string(in) {
 			t.Errorf("%s: return %d, packet %x; want 0 (pass) and the packet unchanged", c.name, rc, out[:len(in)])
 		}
+	}
+	// MTU: the underlay's is 1500; what fits once encapsulated goes,
+	// what does not goes to the kernel path (fragmentation needed).
+	for _, c := range []struct {
+		dst   string
+		ipLen int
+		rc    uint32
+	}{{"10.1.0.2", 1500 - mplsoudpHeaderLen, 7}, {"10.1.0.2", 1500 - mplsoudpHeaderLen + 1, 0},
+		{"10.2.3.4", 1500 - mplsogreHeaderLen, 7}, {"10.2.3.4", 1500 - mplsogreHeaderLen + 1, 0}} {
+		in := packetLen(c.dst, 64, c.ipLen)
+		if rc, _ := run(prog, in); rc != c.rc {
+			t.Errorf("%d-byte packet to %s: return %d, want %d", c.ipLen, c.dst, rc, c.rc)
+		}
+	}
+	for slot, want := range map[uint32]uint64{fastPathStatEncapsulated: 4, fastPathStatToKernel: 4} {
+		if n, err := f.counter(slot); err != nil || n != want {
+			t.Errorf("counter %d: %d (%v), want %d", slot, n, err, want)
+		}
+	}
+}
+
+// checkInner compares the inner packet sent with the one received: the same
+// but for the TTL one less and the header checksum, which must verify.
+func checkInner(t *testing.T, what string, got, in []byte) {
+	t.Helper()
+	want := append([]byte(nil), in...)
+	want[8]--
+	if len(got) != len(want) || string(got[:10]) != string(want[:10]) || string(got[12:]) != string(want[12:]) {
+		t.Errorf("%s inner packet:\n got %x\nwant %x (TTL one less)", what, got, want)
+	}
+	if len(got) >= 20 && ipv4Checksum(got[:20]) != 0 {
+		t.Errorf("%s inner IPv4 checksum does not verify: %x", what, got[:20])
 	}
 }
 

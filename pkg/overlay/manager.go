@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -70,6 +71,12 @@ type Manager struct {
 	nhIDsFor int
 	fp       *fastPath // nil: MPLSoUDP takes the kernel path only
 	closed   bool
+
+	// statMu guards paths and the fast path's counters for FastPathStats,
+	// which must not wait for a long Set.
+	statMu sync.Mutex
+	paths  pathCounts
+	stats  *ebpf.Map // the fast path's counters (a duplicate descriptor), nil without it
 }
 
 // New opens netlink in the configured namespace, detects the kernel's features,
@@ -148,6 +155,12 @@ func (m *Manager) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.closed = true
+	m.statMu.Lock()
+	if m.stats != nil {
+		m.stats.Close()
+		m.stats = nil
+	}
+	m.statMu.Unlock()
 	if m.fp != nil {
 		m.fp.close()
 		m.fp = nil

@@ -132,7 +132,10 @@ func (m *Manager) routesLocked(s *State, byName map[string]netlink.Link, missing
 				}
 				r.Oif = int32(l.Attrs().Index)
 				r.Encap = rr.Label
-				if m.feat.Nexthops {
+				// Nexthop objects here are IPv4 (the tunnel's family): the
+				// kernel refuses them for IPv6 routes, which take the
+				// encapsulation inline.
+				if m.feat.Nexthops && r.Family == rtnl.AFInet {
 					k := rtnl.NexthopKey{Oif: r.Oif, Encap: r.Encap}
 					nh, ok := wantNH[k]
 					if !ok {

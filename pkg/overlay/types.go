@@ -7,6 +7,11 @@
 // gateway and makes the kernel match it. Everything the package creates is marked
 // (route protocol, table range, rule priority, interface-name prefix) so that it
 // can adopt what is already there after a restart, remove orphans, and clean up.
+//
+// With Config.FastPath, a tc BPF program on each endpoint's interface pushes
+// the MPLSoUDP/MPLSoGRE headers itself, keeping segmentation offload
+// (fastpath.go); the tunnels stay programmed underneath for what it hands
+// back. Manager.FastPathStats says which path endpoints and routes take.
 package overlay
 
 import (

@@ -2,6 +2,8 @@ package overlay_test
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -96,6 +98,37 @@ func TestVMFastPath(t *testing.T) {
 		t.Errorf("fast path: %d packets went through the kernel tunnel %s", d, tun)
 	}
 	g.reverse(t, "kernel path B -> fast path A")
+	// A packet about to expire goes to the kernel path, which answers ICMP
+	// time exceeded as without the fast path; the counter says so.
+	before := g.mA.FastPathStats().ToKernel
+	if from, err := overlaytest.TimeExceeded(g.podA, g.addrB, 10*time.Second); err != nil {
+		t.Errorf("TTL 1 through the fast path: %v", err)
+	} else {
+		t.Logf("TTL 1: time exceeded from %s", from)
+	}
+	// MTU: with the pod's MTU at the underlay's (no room for the headers),
+	// a full-size packet with DF goes to the kernel path too, which answers
+	// "fragmentation needed" (the VRF device routes it back to the pod).
+	for _, ifn := range []struct {
+		ns   *netnstest.NS
+		name string
+	}{{g.podA, "eth0"}, {g.gwA, "vpoda"}} {
+		ifn.ns.IP(t, "link", "set", ifn.name, "mtu", "1500")
+	}
+	if mtu, err := overlaytest.FragNeeded(g.podA, g.addrB, 1500, 10*time.Second); err != nil {
+		t.Errorf("1500-byte packet through the fast path: %v", err)
+	} else {
+		t.Logf("1500 bytes with DF: fragmentation needed, MTU %d", mtu)
+	}
+	for _, ifn := range []struct {
+		ns   *netnstest.NS
+		name string
+	}{{g.podA, "eth0"}, {g.gwA, "vpoda"}} {
+		ifn.ns.IP(t, "link", "set", ifn.name, "mtu", fmt.Sprint(overlaytest.PodMTU))
+	}
+	if st := g.mA.FastPathStats(); st.ToKernel < before+2 || st.Encapsulated == 0 {
+		t.Errorf("fast path counters %+v: want packets encapsulated and the TTL 1 one handed to the kernel path", st)
+	}
 
 	// Both gateways on the fast path.
 	g.mB.Close()
@@ -103,6 +136,7 @@ func TestVMFastPath(t *testing.T) {
 	g.set(t, udp, udp, true, true)
 	g.checkPath(t, encap.MPLSoUDP, cap)
 	g.reverse(t, "fast path both ways")
+	g.ipv6Pods(t, cap)
 
 	// MPLSoGRE through the fast path, the kernel's GRE tunnel bypassed.
 	both := []encap.Encap{encap.MPLSoGRE, encap.MPLSoUDP}
@@ -149,4 +183,70 @@ func TestVMFastPath(t *testing.T) {
 	if d := overlaytest.Dump(t, g.gwB); d != "" {
 		t.Errorf("after cleanup:\n%s", d)
 	}
+}
+
+// ipv6Pods adds an IPv6-only pod to each gateway of g (network red, labels
+// 1003 and 1004), routed to each other over MPLSoUDP: the fast path program
+// leaves IPv6 to the kernel path, which must carry it unchanged.
+func (g *twoGateways) ipv6Pods(t *testing.T, cap *overlaytest.Capture) {
+	t.Helper()
+	addrC, addrD := ap("fd00:1::1"), ap("fd00:1::2")
+	pod := func(gw *netnstest.NS, hostIf string, addr netip.Addr) *netnstest.NS {
+		p := netnstest.New(t, "iofpod")
+		netnstest.Veth(t, gw, hostIf, p, "eth0")
+		for _, x := range []struct {
+			ns  *netnstest.NS
+			ifn string
+		}{{p, "eth0"}, {gw, hostIf}} {
+			x.ns.IP(t, "link", "set", x.ifn, "mtu", fmt.Sprint(overlaytest.PodMTU))
+		}
+		p.IP(t, "addr", "add", addr.String()+"/128", "dev", "eth0", "nodad")
+		return p
+	}
+	podC := pod(g.gwA, "vpodc", addrC)
+	podD := pod(g.gwB, "vpodd", addrD)
+	udp := []encap.Encap{encap.MPLSoUDP}
+	sA := gatewayState(g.ulA, g.ulB, g.addrA, g.addrB, 1001, 1002, "vpoda", udp, udp, true)
+	sB := gatewayState(g.ulB, g.ulA, g.addrB, g.addrA, 1002, 1001, "vpodb", udp, udp, true)
+	sA.Networks[0].Endpoints = append(sA.Networks[0].Endpoints, overlay.Endpoint{Interface: "vpodc", Address: addrC, Label: 1003})
+	sA.Networks[0].Routes = append(sA.Networks[0].Routes, overlay.RemoteRoute{Prefix: netip.PrefixFrom(addrD, 128), Label: 1004, RemoteUnderlay: g.ulB, Encaps: udp})
+	sB.Networks[0].Endpoints = append(sB.Networks[0].Endpoints, overlay.Endpoint{Interface: "vpodd", Address: addrD, Label: 1004})
+	sB.Networks[0].Routes = append(sB.Networks[0].Routes, overlay.RemoteRoute{Prefix: netip.PrefixFrom(addrC, 128), Label: 1003, RemoteUnderlay: g.ulA, Encaps: udp})
+	ctx := context.Background()
+	if err := g.mA.Set(ctx, sA); err != nil {
+		t.Fatalf("Set on A with IPv6 pods: %v", err)
+	}
+	if err := g.mB.Set(ctx, sB); err != nil {
+		t.Fatalf("Set on B with IPv6 pods: %v", err)
+	}
+	// A fixed link-local on the host side for the pods' default route (after
+	// Set: enslaving the interface to the VRF device flushes its addresses).
+	for _, x := range []struct {
+		gw, pod *netnstest.NS
+		hostIf  string
+	}{{g.gwA, podC, "vpodc"}, {g.gwB, podD, "vpodd"}} {
+		x.gw.IP(t, "addr", "add", "fe80::1/64", "dev", x.hostIf, "nodad")
+		x.pod.IP(t, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+	}
+	if st := g.mA.FastPathStats(); st.RoutesFast != 1 || st.RoutesKernel != 1 || st.EndpointsFast != 2 {
+		t.Errorf("A's paths %+v: want the IPv4 route on the fast path, the IPv6 one on the kernel path, both endpoints seen", st)
+	}
+	tx := tunnelTx(t, g.gwA, "iofuc0000202")
+	sink := podD.Sink(t, addrD)
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		var d time.Duration
+		if d, err = podC.Transfer(sink, 1<<20); err == nil {
+			t.Logf("IPv6 over the kernel path: 1 MiB pod C -> pod D in %v", d)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("IPv6 TCP pod C -> pod D: %v\nA:\n%s", err, overlaytest.Dump(t, g.gwA))
+		}
+	}
+	if tunnelTx(t, g.gwA, "iofuc0000202") == tx {
+		t.Errorf("IPv6 traffic did not take A's kernel tunnel")
+	}
+	// IPv4 still takes the fast path next to it.
+	g.checkPath(t, encap.MPLSoUDP, cap)
 }

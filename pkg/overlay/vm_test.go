@@ -110,6 +110,11 @@ func (g *twoGateways) checkPath(t *testing.T, e encap.Encap, cap *overlaytest.Ca
 	if p.Label != 1002 || !p.BOS || p.Stack != 1 {
 		t.Errorf("%s: label %d bos %v stack %d, want 1002, bottom of stack, one label", e, p.Label, p.BOS, p.Stack)
 	}
+	// The pod sends with TTL 64; gateway A forwards it once: label and
+	// inner packet both carry 63, and the inner header checksum verifies.
+	if p.LabelTTL != 63 || p.InnerTTL != 63 || !p.InnerChecksumOK {
+		t.Errorf("%s: label TTL %d, inner TTL %d (checksum ok %v), want 63 and 63", e, p.LabelTTL, p.InnerTTL, p.InnerChecksumOK)
+	}
 	switch e {
 	case encap.MPLSoUDP:
 		if p.UDPDst != 6635 {

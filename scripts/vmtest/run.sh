@@ -12,7 +12,8 @@ mode=${1:-test}
 shift || true
 export PATH=/usr/local/go/bin:$PATH
 cache=.vmtest
-timeout_s=${VMTEST_TIMEOUT:-420}
+timeout_s=${VMTEST_TIMEOUT:-720}
+[ "$mode" = bench ] && timeout_s=${VMTEST_TIMEOUT:-3900}
 
 for tool in qemu-system-x86_64 cpio ip; do
   command -v "$tool" >/dev/null || { echo "vmtest: $tool missing (scripts/deps/overlay.txt; run make deps)" >&2; exit 2; }
@@ -47,8 +48,8 @@ done
 echo "$mods" > "$root/modules/order"
 
 case "$mode" in
-  test) printf '%s\n' /bin/overlay.test -test.v -test.count=1 -test.timeout=300s "$@" > "$root/vmtest.args" ;;
-  bench) printf '%s\n' /bin/overlay.test -test.run '^$' -test.bench 'BenchmarkVM|BenchmarkSet' -test.benchtime=1x -test.timeout=300s "$@" > "$root/vmtest.args" ;;
+  test) printf '%s\n' /bin/overlay.test -test.v -test.count=1 -test.timeout=600s "$@" > "$root/vmtest.args" ;;
+  bench) printf '%s\n' /bin/overlay.test -test.run '^$' -test.bench 'BenchmarkVM|BenchmarkSet' -test.benchtime=1x -test.timeout=3600s "$@" > "$root/vmtest.args" ;;
   *) echo "usage: $0 [test|bench] [go test flags]" >&2; exit 2 ;;
 esac
 

@@ -22,12 +22,31 @@ type OverlayPacket struct {
 	UDPDst   uint16 // MPLSoUDP: UDP destination port
 	GREProto uint16 // MPLSoGRE: GRE protocol type
 	Label    uint32
+	LabelTTL uint8
 	BOS      bool // bottom of stack on Label
 	Stack    int  // number of labels
 	InnerSrc netip.Addr
 	InnerDst netip.Addr
 	InnerTTL uint8
-	InnerLen int
+	// InnerChecksumOK: the inner IPv4 header checksum verifies.
+	InnerChecksumOK bool
+	InnerLen        int
+}
+
+// ipv4HeaderSum is the ones' complement sum of an IPv4 header (0xffff when
+// its checksum verifies).
+func ipv4HeaderSum(b []byte) uint16 {
+	if len(b) < 20 || int(b[0]&0xf)*4 > len(b) {
+		return 0
+	}
+	var s uint32
+	for i := 0; i < int(b[0]&0xf)*4; i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
 }
 
 func (p OverlayPacket) String() string {
@@ -79,7 +98,7 @@ func DecodeOverlay(frame []byte, udpPort uint16) (OverlayPacket, error) {
 			continue
 		}
 		if p.Stack == 0 {
-			p.Label, p.BOS = m.Label, m.StackBottom
+			p.Label, p.BOS, p.LabelTTL = m.Label, m.StackBottom, m.TTL
 		}
 		p.Stack++
 	}
@@ -97,6 +116,7 @@ func DecodeOverlay(frame []byte, udpPort uint16) (OverlayPacket, error) {
 		return p, fmt.Errorf("%s label %d: truncated inner IPv4 header: %w", p.Encap, p.Label, ErrNotOverlay)
 	}
 	p.InnerTTL = in4.TTL
+	p.InnerChecksumOK = ipv4HeaderSum(mplsPayload[4*p.Stack:]) == 0xffff
 	p.InnerLen = int(in4.Length)
 	return p, nil
 }
