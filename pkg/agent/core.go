@@ -122,7 +122,9 @@ type coreState struct {
 	// the route log, per controller.
 	routesPending map[string]*routeDelta
 	desiredGen    uint64
-	afterSave     []func(error)
+	// routesCache holds the desired remote routes between whole builds.
+	routesCache desiredRoutes
+	afterSave   []func(error)
 }
 
 // Core owns the agent state.
@@ -365,6 +367,7 @@ func (c *Core) changed(s *coreState, removal bool) {
 		s.delRev = s.rev
 	}
 	s.dirty = true
+	s.routesCache.invalidate()
 	s.desiredGen++
 	c.signal(c.desiredCh)
 	c.signal(c.endpointCh)
