@@ -116,10 +116,12 @@ func TestFootprintAgent(t *testing.T) {
 			n -= k
 		}
 	}
-	fmt.Printf("FOOTPRINT %-28s %10s %10s %12s\n", "vrouter-agent", "RSS MiB", "heap MiB", "state KiB")
+	fmt.Printf("FOOTPRINT %-28s %10s %10s %10s %10s %12s\n", "vrouter-agent", "RSS MiB", "anon MiB", "file MiB", "heap MiB", "state KiB")
 	measure := func(what string) {
 		time.Sleep(3 * time.Second) // settle: the last applies and their garbage
-		fmt.Printf("FOOTPRINT %-28s %10.1f %10s %12.1f\n", what, float64(rssKiB(t, cmd.Process.Pid))/1024, lastHeapMiB(t, logFile), float64(dirBytes(stateDir))/1024)
+		fmt.Printf("FOOTPRINT %-28s %10.1f %10.1f %10.1f %10s %12.1f\n", what, float64(statusKiB(t, cmd.Process.Pid, "VmRSS"))/1024,
+			float64(statusKiB(t, cmd.Process.Pid, "RssAnon"))/1024, float64(statusKiB(t, cmd.Process.Pid, "RssFile"))/1024,
+			lastHeapMiB(t, logFile), float64(dirBytes(stateDir))/1024)
 	}
 	sock := filepath.Join(dir, "cni.sock")
 	waitServing(t, sock)
@@ -185,19 +187,21 @@ func waitServing(t *testing.T, sock string) {
 	}
 }
 
-// rssKiB is the process's resident set (VmRSS).
-func rssKiB(t *testing.T, pid int) int {
+// statusKiB is a figure of /proc/PID/status in KiB: VmRSS (the resident
+// set), RssAnon (the process's own memory: heap, stacks, runtime) or RssFile
+// (pages of the binary and other files, clean: the kernel can reclaim them).
+func statusKiB(t *testing.T, pid int, field string) int {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field+":" {
 			n, _ := strconv.Atoi(f[1])
 			return n
 		}
 	}
-	t.Fatal("no VmRSS")
+	t.Fatalf("no %s", field)
 	return 0
 }
 
