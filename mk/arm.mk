@@ -1,7 +1,7 @@
 # ARM gateways (linux/arm GOARM=7, the Raspberry Pi 2 class, and linux/arm64): the Go
 # tests under Debian's qemu-user, and the data plane on Debian's ARM kernels under
 # qemu-system (docs/arm.md).
-.PHONY: test-arm vet-arm vmtest-arm64 vmtest-armv7 bench-footprint
+.PHONY: test-arm vet-arm vmtest-arm64 vmtest-armv7 bench-footprint bench-agent
 
 TEST_EXTRA += test-arm
 BENCH_TARGETS += bench-footprint
@@ -33,6 +33,9 @@ ARM_TEST_SKIP := ^Test(DeadPathNoticedByKeepalive|SIGKILLDuringAdd|PodsRoutesAtF
 
 # The VMs make bench-footprint measures the agent in (scripts/vmtest/arch.sh targets).
 FOOTPRINT_ARCHS ?= amd64 armv7
+
+# The VM make bench-agent measures the agent in.
+BENCH_AGENT_ARCH ?= amd64
 
 # GOARCH:GOARM:qemu-user binary
 ARM_TARGETS := arm:7:qemu-arm arm64::qemu-aarch64
@@ -69,3 +72,6 @@ bench-footprint: ## Agent RSS/heap with 0, 1,000, 10,000 routes (amd64 and armv7
 	    for a in amd64 arm64 arm; do GOARCH=$$a GOARM=7 CGO_ENABLED=0 $(GO) build -trimpath -o $$d/$$c-$$a ./cmd/$$c || exit 1; done; \
 	    printf 'FOOTPRINT %-28s %12d %12d %12d\n' $$c $$(stat -c %s $$d/$$c-amd64 $$d/$$c-arm64 $$d/$$c-arm); \
 	  done
+
+bench-agent: ## The agent alone in the amd64 VM: RSS and heap at 1,000 and 10,000 routes, CPU per route change at 1,000 and at 10,000 routes (BENCH_AGENT_ARCH=armv7 for 32-bit)
+	@scripts/vmtest/arch.sh $(BENCH_AGENT_ARCH) footprint 2>&1 | grep -aE '^(FOOTPRINT|--- FAIL|FAIL)|_test.go|^vmtest'; test $${PIPESTATUS[0]} -eq 0

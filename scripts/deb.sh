@@ -8,7 +8,7 @@
 #
 # The packages' files are in packaging/: systemd units (packaging/systemd), configuration
 # (packaging/etc, installed in /etc/iotfabric as conffiles), modules-load.d and sysctl.d
-# (packaging/lib), and per package the control template, conffiles, maintainer scripts and
+# (packaging/lib), manual pages made from the binaries' --help (internal/manpage), and per package the control template, conffiles, maintainer scripts and
 # lintian overrides (packaging/deb/PACKAGE). The .debs are reproducible: file modes are set
 # here, owners are root (--root-owner-group) and every time stamp is the commit's
 # (SOURCE_DATE_EPOCH).
@@ -35,6 +35,23 @@ declare -A bindir=([amd64]=amd64 [arm64]=arm64 [armhf]=armv7)
 tmp=$(mktemp -d /var/tmp/iotfabric-deb.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 umask 022
+
+# Manual pages, made from the binaries' own --help (internal/manpage) by running this
+# machine's (amd64) build; the text is the same on every architecture.
+[ -x "$dist/bin/linux-amd64/vrouter-agent" ] ||
+  { echo "deb: the manual pages are made by running $dist/bin/linux-amd64/*: make release with amd64" >&2; exit 2; }
+go run ./internal/manpage/mangen -bin "$dist/bin/linux-amd64" -out "$tmp/man" -version "$version" \
+  -date "$(date -u -d "@$SOURCE_DATE_EPOCH" +%F)" >/dev/null
+# manpages ROOT PAGE...: install the pages, compressed as Debian does.
+manpages() {
+  local root=$1 p sec; shift
+  for p in "$@"; do
+    sec=${p##*.}
+    install -d "$root/usr/share/man/man$sec"
+    gzip -n -9 <"$tmp/man/$p" >"$root/usr/share/man/man$sec/$p.gz"
+    chmod 0644 "$root/usr/share/man/man$sec/$p.gz"
+  done
+}
 
 # docs PKG ROOT BIN...: copyright, changelog, install guide and the Go modules linked in.
 docs() {
@@ -106,6 +123,7 @@ for arch in ${DEB_ARCHES:-amd64 arm64 armhf}; do
   install -D -m 0644 $pk/lib/modules-load.conf "$r/usr/lib/modules-load.d/iotfabric.conf"
   install -D -m 0644 $pk/lib/sysctl.conf "$r/usr/lib/sysctl.d/60-iotfabric.conf"
   install -D -m 0644 examples/cni/10-iotfabric.conflist "$r/usr/share/doc/iotfabric-gateway/examples/10-iotfabric.conflist"
+  manpages "$r" vrouter-agent.8 iqrf-collector.8 iotfabric-cni.8
   docs iotfabric-gateway "$r" "$bin/vrouter-agent" "$bin/cni-plugin" "$bin/iqrf-collector"
   control iotfabric-gateway "$arch" "$r"
 
@@ -118,6 +136,7 @@ for arch in ${DEB_ARCHES:-amd64 arm64 armhf}; do
   install -d "$r/usr/share/bash-completion/completions"
   "$dist/bin/linux-amd64/iotfabricctl" completion bash >"$r/usr/share/bash-completion/completions/iotfabricctl"
   chmod 0644 "$r/usr/share/bash-completion/completions/iotfabricctl"
+  manpages "$r" controller.8 iotfabricctl.1
   docs iotfabric-controller "$r" "$bin/controller" "$bin/iotfabricctl"
   control iotfabric-controller "$arch" "$r"
 done

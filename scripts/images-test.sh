@@ -40,16 +40,17 @@ print(" ".join(sorted("/".join(filter(None, [m["platform"]["os"], m["platform"][
       python3 -c '
 import json, sys
 i = json.load(sys.stdin)
-want = {"org.opencontainers.image.version": sys.argv[1], "org.opencontainers.image.revision": sys.argv[2]}
+want = {"org.opencontainers.image.version": sys.argv[1], "org.opencontainers.image.revision": sys.argv[2],
+        "org.opencontainers.image.licenses": sys.argv[4]}
 for k, v in want.items():
     assert i["Labels"].get(k) == v, (k, i["Labels"].get(k))
-for k in ("org.opencontainers.image.source", "org.opencontainers.image.licenses", "org.opencontainers.image.created"):
+for k in ("org.opencontainers.image.source", "org.opencontainers.image.created"):
     assert i["Labels"].get(k), k
 assert i["Architecture"] == sys.argv[3], i["Architecture"]
-' "$VERSION" "$COMMIT" $arch || fail "$n $arch: labels or architecture"
+' "$VERSION" "$COMMIT" $arch "$(cat packaging/LICENSE-ID)" || fail "$n $arch: labels or architecture"
   done
   skopeo inspect --raw "oci:$dist/images/$n:$VERSION" >/dev/null || fail "$n: the OCI layout cannot be read"
-  echo "  $n: $plats; labels version $VERSION, revision ${COMMIT:0:12}, source, licenses, created"
+  echo "  $n: $plats; labels version $VERSION, revision ${COMMIT:0:12}, source, licenses $(cat packaging/LICENSE-ID), created"
 done
 
 echo "images-test: containerd"

@@ -8,8 +8,10 @@
 #     - apt-get install ./iotfabric-*_0.0.1_amd64.deb resolves the dependencies (adduser);
 #     - every binary answers --version with 0.0.1; the users and the config's modes are right;
 #     - systemd-analyze verify accepts every unit (systemd installed for it, as on any host);
+#     - the manual pages are installed; the copyright files name the licence of
+#       packaging/LICENSE-ID;
 #     - a controller started from the packaged config keeps a network in its store, and the
-#       agent's state files (labels, endpoints) are in /var/lib/iotfabric/agent;
+#       agent's state files (endpoints.json, routes.log) are in /var/lib/iotfabric/agent;
 #     - upgrade to 0.0.2: the binaries say 0.0.2, the state is byte-identical and the
 #       controller still has the network, an edited conffile is kept;
 #     - apt-get remove: every packaged file is gone but the configuration (/etc/iotfabric)
@@ -51,6 +53,14 @@ if [ "${1:-}" = --inner ]; then
     fail "controller.yaml is $(stat -c '%U:%G %a' /etc/iotfabric/controller.yaml)"
   grep -qx mpls_router /usr/lib/modules-load.d/iotfabric.conf || fail "modules-load.d"
   grep -q '^net.mpls.platform_labels' /usr/lib/sysctl.d/60-iotfabric.conf || fail "sysctl.d"
+  for p in man8/vrouter-agent.8 man8/iqrf-collector.8 man8/iotfabric-cni.8 man8/controller.8 man1/iotfabricctl.1; do
+    zcat "/usr/share/man/$p.gz" | grep -q '^\.SH DESCRIPTION' || fail "manual page $p"
+  done
+  lic=$(cat packaging/LICENSE-ID)
+  for p in iotfabric-gateway iotfabric-controller; do
+    grep -qx "License: $lic (see the upstream repository)." "/usr/share/doc/$p/copyright" || fail "$p copyright does not say $lic"
+  done
+  echo "  manual pages installed; licence in the copyright files: $lic (packaging/LICENSE-ID)"
 
   step "systemd-analyze verify"
   vdir=$(mktemp -d)
@@ -79,10 +89,12 @@ if [ "${1:-}" = --inner ]; then
   startctl
   iotfabricctl --server 127.0.0.1:25051 network create sensors --subnet 10.10.0.0/24 >/dev/null
   stopctl
-  # The agent's files (endpoints.json: endpoints, labels, blocks; routes.json), written here
-  # rather than by an agent with pods: what counts is that the packages leave them alone.
-  printf '{"gateway":"gw-1","endpoints":[{"id":"pod-a","label":100}]}\n' >/var/lib/iotfabric/agent/endpoints.json
-  printf '{"sessions":{}}\n' >/var/lib/iotfabric/agent/routes.json
+  # The agent's files (endpoints.json: endpoints, labels, blocks; routes.log: the routes from
+  # the controllers), in the formats the agent reads (pkg/agent's TestPackagedStateFixture
+  # loads the same files), copied here rather than made by an agent with pods: what counts
+  # is that the packages leave them alone.
+  install -m 0600 pkg/agent/testdata/packaged-state/endpoints.json pkg/agent/testdata/packaged-state/routes.log \
+    /var/lib/iotfabric/agent/
   sed -i 's/^IOTFABRIC_GATEWAY=$/IOTFABRIC_GATEWAY=gw-1/' /etc/iotfabric/agent.env
   before=$(find /var/lib/iotfabric -type f -exec sha256sum {} + | sort)
   echo "$before" | sed 's/^/  /'
@@ -131,7 +143,9 @@ t0=$(date +%s)
 work=$(mktemp -d /var/tmp/iotfabric-package-test.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 for v in 0.0.1 0.0.2; do
-  DIST=$work/$v RELEASE_PLATFORMS=amd64 scripts/release.sh $v >/dev/null
+  # RELEASE_FOR_TEST: no -trimpath (the packages `go test` compiled are reused: links only)
+  # and no archives; reproducibility is make release-verify's.
+  DIST=$work/$v RELEASE_PLATFORMS=amd64 RELEASE_FOR_TEST=1 scripts/release.sh $v >/dev/null
   DIST=$work/$v DEB_ARCHES=amd64 DEB_COMPRESSION=gzip scripts/deb.sh $v >/dev/null
 done
 mkdir -p "$work/debs/0.0.1" "$work/debs/0.0.2"
@@ -143,6 +157,9 @@ echo "package-test: lintian"
 lintian --fail-on error --suppress-tags-from-file /dev/null "$work"/debs/0.0.2/*.deb || { echo "package-test: FAIL: lintian errors (above)" >&2; exit 1; }
 t2=$(date +%s)
 echo "package-test: lintian: no errors ($((t2 - t1)) s)"
+if [ "$(cat packaging/LICENSE-ID)" = NOASSERTION ]; then
+  echo "package-test: NOTE: no licence chosen: the packages and images say NOASSERTION (packaging/LICENSE-ID)"
+fi
 
 FRESH_ROOT_COPY="$work/debs:/tmp" scripts/fresh-root.sh scripts/package-test.sh --inner /tmp/debs
 echo "package-test: PASS in $(( $(date +%s) - t0 )) s (build $((t1 - t0)) s, lintian $((t2 - t1)) s, fresh root $(( $(date +%s) - t2 )) s)"

@@ -16,7 +16,10 @@
 #   dist/release.env                           VERSION, COMMIT, DATE, EPOCH as stamped
 #
 # Environment: DIST (output directory, default dist), RELEASE_PLATFORMS (a subset of
-# "amd64 arm64 armv7", e.g. for a quick local package test), RELEASE_LDFLAGS (default -s -w).
+# "amd64 arm64 armv7", e.g. for a quick local package test), RELEASE_LDFLAGS (default -s -w),
+# RELEASE_FOR_TEST=1 (the package and image tests: no -trimpath, so that the build reuses the
+# packages `go test` compiled and only links; no archives; not reproducible across paths,
+# which make release-verify checks of real releases).
 #
 # Reproducible: CGO_ENABLED=0, -trimpath, -buildvcs=false, and the version, the commit and the
 # commit's date (from git, not the clock) stamped with -X into internal/buildinfo; the archives
@@ -51,6 +54,8 @@ if [ $verify = 1 ]; then
   [ "$VERSION" = "$version" ] || { echo "release: $dist holds $VERSION, not $version" >&2; exit 2; }
   commit=$COMMIT date=$DATE
 fi
+trimpath=-trimpath
+[ "${RELEASE_FOR_TEST:-0}" = 1 ] && [ $verify = 0 ] && trimpath=
 ldflags="${RELEASE_LDFLAGS--s -w} -X $pkg.Version=$version -X $pkg.Commit=$commit -X $pkg.Date=$date"
 
 # build OUT: every command for every platform into OUT/bin/linux-NAME/.
@@ -62,7 +67,7 @@ build() {
     [ "$goarm" = - ] && goarm=
     # One go build for every command: the links run in parallel.
     CGO_ENABLED=0 GOOS=linux GOARCH="$goarch" GOARM="$goarm" GOFLAGS=-buildvcs=false \
-      go build -trimpath -ldflags "$ldflags" -o "$out/bin/linux-$name/" $(printf './cmd/%s ' $cmds)
+      go build $trimpath -ldflags "$ldflags" -o "$out/bin/linux-$name/" $(printf './cmd/%s ' $cmds)
   done
 }
 
@@ -88,11 +93,12 @@ rm -rf "$dist"/bin "$dist"/iotfabric-*.tar.gz "$dist"/SHA256SUMS "$dist"/sizes.t
 t0=$(date +%s)
 build "$dist"
 for p in "${platforms[@]}"; do
+  [ "${RELEASE_FOR_TEST:-0}" = 1 ] && break
   read -r name _ _ <<<"$p"
   tar -C "$dist/bin/linux-$name" --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" \
     --mode=go-w -cf - $cmds | gzip -n -9 >"$dist/iotfabric-$version-linux-$name.tar.gz"
 done
-( cd "$dist" && sha256sum bin/*/* iotfabric-*.tar.gz >SHA256SUMS )
+( cd "$dist" && sha256sum bin/*/* $(ls iotfabric-*.tar.gz 2>/dev/null) >SHA256SUMS )
 # What was stamped, for scripts/deb.sh and scripts/images.sh.
 printf 'VERSION=%s\nCOMMIT=%s\nDATE=%s\nEPOCH=%s\n' "$version" "$commit" "$date" "$epoch" >"$dist/release.env"
 

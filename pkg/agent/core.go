@@ -122,7 +122,9 @@ type coreState struct {
 	// the route log, per controller.
 	routesPending map[string]*routeDelta
 	desiredGen    uint64
-	afterSave     []func(error)
+	// routesCache holds the desired remote routes between whole builds.
+	routesCache desiredRoutes
+	afterSave   []func(error)
 	// tentative are blocks taken for a fixed address before the controller
 	// leased them, by endpoint (until it is attached or refused).
 	tentative map[string]Block
@@ -368,6 +370,7 @@ func (c *Core) changed(s *coreState, removal bool) {
 		s.delRev = s.rev
 	}
 	s.dirty = true
+	s.routesCache.invalidate()
 	s.desiredGen++
 	c.signal(c.desiredCh)
 	c.signal(c.endpointCh)

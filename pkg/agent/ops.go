@@ -71,6 +71,7 @@ func (c *Core) Attach(ctx context.Context, id, mac string) (cni.Endpoint, uint64
 			e.rev = s.rev
 		} else {
 			// A retried ADD recreated the veth: program it again.
+			s.routesCache.invalidate()
 			s.desiredGen++
 			c.signal(c.desiredCh)
 		}
@@ -255,7 +256,9 @@ func (c *Core) Desired(ctx context.Context) (overlay.State, uint64, error) {
 	var st overlay.State
 	var gen uint64
 	err := c.do(ctx, func(s *coreState) {
-		st = buildDesired(c.cfg.Underlay, c.cfg.Encaps, s.p.Tables, s.eps, effectiveRoutes(s))
+		routes := effectiveRoutes(s)
+		st = buildDesired(c.cfg.Underlay, c.cfg.Encaps, s.p.Tables, s.eps, routes)
+		s.routesCache.rebuild(s, c.cfg.Underlay, routes)
 		gen = s.desiredGen
 	})
 	return st, gen, err
@@ -304,6 +307,12 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 			prev = sr.routes
 		}
 		snapshot := m.GetKind() == v1.GatewayRoutes_KIND_SNAPSHOT || sr == nil
+		// Route by route into the desired state's cache: a change on the
+		// only live session. Anything else is applied whole.
+		cache := &s.routesCache
+		if snapshot || !sr.live || c.liveCount(s) != 1 {
+			cache.invalidate()
+		}
 		if snapshot {
 			next := &sessionRoutes{routes: map[routeKey]*route{}}
 			if len(m.GetKeep()) > 0 {
@@ -327,8 +336,9 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 		d.controllerID, d.revision = sr.controllerID, sr.revision
 		for _, r := range m.GetDelete() {
 			k := keyOf(r)
-			if _, ok := sr.routes[k]; ok {
+			if old, ok := sr.routes[k]; ok {
 				delete(sr.routes, k)
+				cache.note(c.cfg.Underlay, k, old, nil)
 				if !snapshot {
 					d.routes[k] = nil
 				}
@@ -342,7 +352,9 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 					continue
 				}
 			} else {
-				sr.routes[k] = newRoute(r)
+				nr := newRoute(r)
+				cache.note(c.cfg.Underlay, k, sr.routes[k], nr)
+				sr.routes[k] = nr
 			}
 			if !snapshot {
 				d.routes[k] = sr.routes[k]
@@ -364,6 +376,16 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 		s.desiredGen++
 		c.signal(c.desiredCh)
 	})
+}
+
+func (c *Core) liveCount(s *coreState) int {
+	n := 0
+	for _, sr := range s.sessions {
+		if sr.live {
+			n++
+		}
+	}
+	return n
 }
 
 // keepScopes returns whether a route key is in one of the scopes.
@@ -401,6 +423,7 @@ func (c *Core) sessionDown(ctx context.Context, addr string) {
 		if sr := s.sessions[addr]; sr != nil && sr.live {
 			effectiveRoutes(s) // freeze the set in force
 			sr.live = false
+			s.routesCache.invalidate()
 			s.desiredGen++
 			c.signal(c.desiredCh)
 		}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -20,6 +21,19 @@ type Applier interface {
 // next Set); *overlay.Manager is one.
 type Resyncer interface {
 	Resync(ctx context.Context) error
+}
+
+// ChangeSource is a Source that can also tell what changed since its last
+// Desired when only routes did (the Core).
+type ChangeSource interface {
+	DesiredChanges(ctx context.Context, whole bool) (RouteChanges, error)
+}
+
+// RouteUpdater is an Applier that can apply route changes on top of the
+// state it last applied, returning overlay.ErrNeedSet when it needs the
+// whole state; *overlay.Manager is one.
+type RouteUpdater interface {
+	UpdateRoutes(ctx context.Context, changes []overlay.RouteChange) error
 }
 
 // Source is where the reconcile loop takes the desired state from: the Core
@@ -101,6 +115,20 @@ func (l *Reconciler) Run(ctx context.Context) error {
 				}
 			}
 		}
+		if why == "changed" && retryC == nil {
+			// The last attempt succeeded: route changes alone go route by
+			// route when source and applier can.
+			done, err := l.applyChanges(ctx)
+			if err != nil || ctx.Err() != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			if done {
+				continue
+			}
+		}
 		st, gen, err := l.src.Desired(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -135,6 +163,40 @@ func (l *Reconciler) Run(ctx context.Context) error {
 	}
 }
 
+// applyChanges applies the source's route changes through the applier when
+// both can and only routes changed; done tells whether it did (without
+// error). Otherwise the caller applies the whole state. An error is the
+// source's.
+func (l *Reconciler) applyChanges(ctx context.Context) (done bool, err error) {
+	cs, ok := l.src.(ChangeSource)
+	ru, ok2 := l.applier.(RouteUpdater)
+	if !ok || !ok2 {
+		return false, nil
+	}
+	ch, err := cs.DesiredChanges(ctx, l.onApply != nil)
+	if err != nil || !ch.OK {
+		return false, err
+	}
+	start := time.Now()
+	if err := ru.UpdateRoutes(ctx, ch.Changes); err != nil {
+		if !errors.Is(err, overlay.ErrNeedSet) {
+			n, first := logbound.Errors(err, retryErrors)
+			l.log.Warn("route changes not programmed; applying the whole state", logkey.Failures, n, logkey.Err, first)
+		}
+		return false, nil
+	}
+	l.mu.Lock()
+	l.applied, l.lastErr = ch.Gen, nil
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.mu.Unlock()
+	if l.onApply != nil {
+		l.onApply(ch.State, nil)
+	}
+	l.log.Debug("route changes applied", logkey.Generation, ch.Gen, logkey.Routes, len(ch.Changes), logkey.Took, time.Since(start))
+	return true, nil
+}
+
 // Wait returns once a generation >= gen was applied (with that attempt's
 // error), or ctx's error.
 func (l *Reconciler) Wait(ctx context.Context, gen uint64) error {
@@ -160,4 +222,8 @@ func (s coreSource) Changed() <-chan struct{} { return s.c.DesiredChanged() }
 
 func (s coreSource) Desired(ctx context.Context) (overlay.State, uint64, error) {
 	return s.c.Desired(ctx)
+}
+
+func (s coreSource) DesiredChanges(ctx context.Context, whole bool) (RouteChanges, error) {
+	return s.c.DesiredChanges(ctx, whole)
 }

@@ -101,3 +101,35 @@ func TestRouteLogWritesChangesOnly(t *testing.T) {
 	f.Close()
 	held(12, 99)
 }
+
+// TestPackagedStateFixture: the agent state the package test (scripts/package-test.sh)
+// puts in /var/lib/iotfabric/agent, to check that upgrades keep it, is in the formats
+// this agent reads: its endpoint and label, and its route in routes.log.
+func TestPackagedStateFixture(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{stateFile, routeLogFile} {
+		b, err := os.ReadFile(filepath.Join("testdata", "packaged-state", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, s, err := NewCore(Config{Gateway: "gw-1", StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.labels[100] != "pod-a-eth0" || s.eps["pod-a-eth0"] == nil || s.p.Tables["sensors"] != 7001 {
+		t.Errorf("endpoints.json: labels %v, endpoints %v, tables %v", s.labels, s.eps, s.p.Tables)
+	}
+	sr := s.sessions["127.0.0.1:50051"]
+	if sr == nil || sr.controllerID != "ctl-1" || sr.revision != 65536 || len(sr.routes) != 1 {
+		t.Fatalf("routes.log: sessions %+v", s.sessions)
+	}
+	for _, r := range sr.routes {
+		if !r.ok || r.rr.Prefix.String() != "10.10.0.18/32" || r.rr.Label != 100 {
+			t.Errorf("routes.log: route %+v", r.rr)
+		}
+	}
+}

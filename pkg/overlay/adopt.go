@@ -60,6 +60,7 @@ func newKstate() kstate {
 
 func (m *Manager) resyncLocked(ctx context.Context) error {
 	m.last.ok = false
+	m.base = routeBase{}
 	cur := newKstate()
 	cur.sysctls = m.cur.sysctls
 	cur.endpoints = m.cur.endpoints // not readable back; re-ensured when they differ

@@ -66,6 +66,7 @@ type Manager struct {
 	rt       *rtnl.Conn
 	cur      kstate
 	last     lastApplied
+	base     routeBase       // what UpdateRoutes builds on
 	nextNH   uint32          // next nexthop id to try
 	nhIDs    map[uint32]bool // ids in use, valid while nhIDsFor matches
 	nhIDsFor int
@@ -211,6 +212,7 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 		}
 	}
 	m.last.ok = false
+	m.base = routeBase{}
 	if err := s.Validate(); err != nil {
 		return err
 	}
@@ -218,6 +220,7 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 	if err == nil {
 		if fp, ferr := m.linkFingerprintLocked(&s); ferr == nil {
 			m.last = lastApplied{ok: true, state: s.Clone(), links: fp}
+			m.setRouteBaseLocked(&s, fp)
 		}
 	}
 	return err

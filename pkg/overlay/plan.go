@@ -112,26 +112,20 @@ func (m *Manager) routesLocked(s *State, byName map[string]netlink.Link, missing
 			if !ok {
 				continue // reported by plan
 			}
-			r := rtnl.Route{Family: rtnl.AFInet, Table: nw.Table, Dst: rr.Prefix, Protocol: RouteProtocol, Type: rtnl.TypeUnicast}
-			if rr.Prefix.Addr().Is6() {
-				r.Family = rtnl.AFInet6
-			}
-			switch e {
-			case encap.Plain:
-				r.Gw = rr.RemoteUnderlay
-				if r.Family == rtnl.AFInet6 {
-					r.Gw = netip.Addr{}
-					fail(fmt.Errorf("overlay: network %q route %s: plain IPv6 routes via an IPv4 gateway are not supported", nw.Name, rr.Prefix))
-					continue
-				}
-			default:
-				name := tunnelName(e, rr.RemoteUnderlay)
-				l, ok := byName[name]
+			var oif int32
+			if e != encap.Plain {
+				l, ok := byName[tunnelName(e, rr.RemoteUnderlay)]
 				if !ok {
 					continue // the tunnel failed; reported above
 				}
-				r.Oif = int32(l.Attrs().Index)
-				r.Encap = rr.Label
+				oif = int32(l.Attrs().Index)
+			}
+			r, err := remoteKernelRoute(nw.Table, rr, e, oif)
+			if err != nil {
+				fail(fmt.Errorf("overlay: network %q route %s: %w", nw.Name, rr.Prefix, err))
+				continue
+			}
+			if e != encap.Plain {
 				// Nexthop objects here are IPv4 (the tunnel's family): the
 				// kernel refuses them for IPv6 routes, which take the
 				// encapsulation inline.

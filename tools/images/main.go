@@ -91,12 +91,12 @@ func main() {
 		date    = flag.String("date", "", "commit date, RFC 3339; every time stamp in the images (required)")
 		repo    = flag.String("repo", "ghcr.io/iotfabric", "repository prefix of the image names (ctr and docker import them as REPO/NAME:VERSION)")
 		source  = flag.String("source", "https://github.com/iotfabric/iotfabric", "org.opencontainers.image.source")
-		license = flag.String("license", "NOASSERTION", "org.opencontainers.image.licenses (SPDX expression)")
+		license = flag.String("license", "", "org.opencontainers.image.licenses, an SPDX expression (required; make images passes packaging/LICENSE-ID)")
 		certs   = flag.String("ca-bundle", "/etc/ssl/certs/ca-certificates.crt", "CA certificates to put in /etc/ssl/certs")
 	)
 	flag.Parse()
-	if *version == "" || *commit == "" || *date == "" {
-		fmt.Fprintln(os.Stderr, "images: --version, --commit and --date are required")
+	if *version == "" || *commit == "" || *date == "" || *license == "" {
+		fmt.Fprintln(os.Stderr, "images: --version, --commit, --date and --license are required")
 		os.Exit(2)
 	}
 	created, err := time.Parse(time.RFC3339, *date)

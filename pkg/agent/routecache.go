@@ -1,0 +1,174 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+
+	"github.com/iotfabric/iotfabric/pkg/overlay"
+)
+
+// The remote routes of the desired state are kept route by route between
+// two whole builds (Core.Desired), so that one route change from a
+// controller costs work proportional to the change: the core records which
+// prefixes' chosen route changed, and the reconcile loop hands just those to
+// the data plane (overlay.Manager.UpdateRoutes). Anything else that changes
+// the desired state (endpoints, tables, a session going live or down, a
+// snapshot, two controllers live at once) invalidates the cache, and the
+// loop applies the whole state again.
+
+// pfxKey is a network's prefix (as buildDesired groups routes).
+type pfxKey struct {
+	network string
+	prefix  netip.Prefix
+}
+
+// chosenRoute is the route in force for a prefix: the usable one with the
+// lowest route distinguisher (as buildDesired picks), and how many usable
+// routes the prefix has.
+type chosenRoute struct {
+	rd string
+	r  *route
+	n  int
+}
+
+// desiredRoutes is the cache, owned by the core goroutine.
+type desiredRoutes struct {
+	valid   bool
+	local   map[string]map[netip.Prefix]bool // per network: own endpoints' addresses
+	chosen  map[pfxKey]chosenRoute
+	changed map[pfxKey]bool // since the last DesiredChanges or Desired
+}
+
+// usable tells whether buildDesired would program r.
+func (d *desiredRoutes) usable(underlay netip.Addr, k routeKey, r *route) bool {
+	return r != nil && r.ok && r.rr.RemoteUnderlay != underlay && !d.local[k.network][r.rr.Prefix]
+}
+
+// rebuild fills the cache from the routes in force when exactly one
+// controller is live (route changes then come from that one session), and
+// invalidates it otherwise.
+func (d *desiredRoutes) rebuild(s *coreState, underlay netip.Addr, routes map[routeKey]*route) {
+	*d = desiredRoutes{}
+	live := 0
+	for _, sr := range s.sessions {
+		if sr.live {
+			live++
+		}
+	}
+	if live != 1 {
+		return
+	}
+	d.valid = true
+	d.local = map[string]map[netip.Prefix]bool{}
+	for _, e := range s.eps {
+		if _, ok := s.p.Tables[e.Network]; !ok || !e.Attached {
+			continue
+		}
+		if d.local[e.Network] == nil {
+			d.local[e.Network] = map[netip.Prefix]bool{}
+		}
+		for _, a := range e.Addresses {
+			d.local[e.Network][netip.PrefixFrom(a, a.BitLen())] = true
+		}
+	}
+	d.chosen = make(map[pfxKey]chosenRoute, len(routes))
+	d.changed = map[pfxKey]bool{}
+	for k, r := range routes {
+		if !d.usable(underlay, k, r) {
+			continue
+		}
+		p := pfxKey{k.network, r.rr.Prefix}
+		c := d.chosen[p]
+		c.n++
+		if c.r == nil || strings.Compare(k.rd, c.rd) < 0 {
+			c.rd, c.r = k.rd, r
+		}
+		d.chosen[p] = c
+	}
+}
+
+// invalidate drops the cache until the next whole build.
+func (d *desiredRoutes) invalidate() { *d = desiredRoutes{} }
+
+// note records that the route under k went from old to r (either nil: absent).
+func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
+	if !d.valid {
+		return
+	}
+	wasUsable, isUsable := d.usable(underlay, k, old), d.usable(underlay, k, r)
+	if !wasUsable && !isUsable {
+		return
+	}
+	p := pfxKey{network: k.network}
+	if isUsable {
+		p.prefix = r.rr.Prefix
+	} else {
+		p.prefix = old.rr.Prefix
+	}
+	c := d.chosen[p]
+	if wasUsable {
+		c.n--
+	}
+	if isUsable {
+		c.n++
+	}
+	switch {
+	case isUsable && (c.r == nil || strings.Compare(k.rd, c.rd) <= 0):
+		c.rd, c.r = k.rd, r
+		d.changed[p] = true
+	case c.r != nil && c.rd == k.rd && c.n == 0:
+		// The prefix's only route went.
+		delete(d.chosen, p)
+		d.changed[p] = true
+		return
+	case c.r != nil && c.rd == k.rd:
+		// The chosen route went and others remain: which one is next needs
+		// a look at every route.
+		d.invalidate()
+		return
+	}
+	d.chosen[p] = c
+}
+
+// takeChanges returns the changed prefixes' routes and forgets them.
+func (d *desiredRoutes) takeChanges() []overlay.RouteChange {
+	out := make([]overlay.RouteChange, 0, len(d.changed))
+	for p := range d.changed {
+		if c, ok := d.chosen[p]; ok {
+			out = append(out, overlay.RouteChange{Network: p.network, Route: c.r.rr})
+		} else {
+			out = append(out, overlay.RouteChange{Network: p.network, Remove: true, Route: overlay.RemoteRoute{Prefix: p.prefix}})
+		}
+	}
+	clear(d.changed)
+	return out
+}
+
+// RouteChanges is what changed in the desired state since the source's last
+// Desired or DesiredChanges, when that was routes only.
+type RouteChanges struct {
+	// OK is false when more than routes changed: apply Desired whole.
+	OK      bool
+	Changes []overlay.RouteChange
+	// Gen is the generation the changes bring the state to.
+	Gen uint64
+	// State is the whole state at Gen, when asked for.
+	State overlay.State
+}
+
+// DesiredChanges returns the route changes since the last Desired or
+// DesiredChanges (and with whole, the whole state they lead to).
+func (c *Core) DesiredChanges(ctx context.Context, whole bool) (RouteChanges, error) {
+	var out RouteChanges
+	err := c.do(ctx, func(s *coreState) {
+		if !s.routesCache.valid {
+			return
+		}
+		out = RouteChanges{OK: true, Changes: s.routesCache.takeChanges(), Gen: s.desiredGen}
+		if whole {
+			out.State = buildDesired(c.cfg.Underlay, c.cfg.Encaps, s.p.Tables, s.eps, effectiveRoutes(s))
+		}
+	})
+	return out, err
+}
