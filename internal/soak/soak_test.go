@@ -310,9 +310,21 @@ bgp:
 		}
 		return 0, fmt.Errorf("no go_memstats_heap_alloc_bytes in the metrics")
 	}
+	// settledHeap is the least heap seen over window while listings keep
+	// the controller allocating: collections then come every few hundred
+	// milliseconds, and the least sample is the live heap right after one
+	// (an idle Go process may not collect for two minutes).
 	settledHeap := func(window time.Duration) uint64 {
+		lctx, cancel := context.WithTimeout(ctx, window)
+		defer cancel()
+		go func() {
+			for lctx.Err() == nil {
+				epc.ListEndpoints(lctx, &v1.ListEndpointsRequest{PageSize: 1000})
+				netc.ListNetworks(lctx, &v1.ListNetworksRequest{PageSize: 1000})
+			}
+		}()
 		var low uint64
-		for end := time.Now().Add(window); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		for ; lctx.Err() == nil; time.Sleep(50 * time.Millisecond) {
 			if h, err := heap(); err == nil && (low == 0 || h < low) {
 				low = h
 			}
@@ -757,10 +769,12 @@ bgp:
 	settleStart := time.Now()
 	deadline := settleStart.Add(3 * time.Minute)
 	for {
+		t0 := time.Now()
 		problems = check(frrKeep)
 		if len(problems) == 0 || time.Now().After(deadline) {
 			break
 		}
+		t.Logf("after %v (a check takes %v): %d problems, first: %.300s", time.Since(settleStart).Round(time.Second), time.Since(t0).Round(time.Millisecond), len(problems), problems[0])
 		time.Sleep(2 * time.Second)
 	}
 	t.Logf("invariants checked %v after the chaos ended", time.Since(settleStart).Round(time.Second))
