@@ -724,14 +724,14 @@ bgp:
 		}
 		// FRR's VPN table: the controller's local routes it received, and
 		// the edge network's imported routes are FRR's own.
-		tbl, err := frr.VPNTable(ctx, "ipv4")
+		tbl, err := frrVPN(ctx, frr)
 		if err != nil {
 			return append(problems, err.Error())
 		}
 		fromCtl, own := map[string]bool{}, map[string]bool{}
-		for k, ps := range tbl {
-			for _, p := range ps {
-				if p.PeerID == local.Addr().String() {
+		for k, peers := range tbl {
+			for _, p := range peers {
+				if p == local.Addr().String() {
 					fromCtl[k] = true
 				} else {
 					own[k] = true
@@ -843,6 +843,38 @@ bgp:
 			t.Errorf("no %q happened: the soak did not exercise it", k)
 		}
 	}
+}
+
+// frrVPN returns FRR's VPNv4 table from one `show bgp ipv4 vpn json`:
+// "<rd> <prefix>" -> the peers of its paths ("(unspec)" for FRR's own).
+func frrVPN(ctx context.Context, frr *bgptest.FRR) (map[string][]string, error) {
+	out, err := frr.Vtysh(ctx, "show bgp ipv4 vpn json")
+	if err != nil {
+		return nil, err
+	}
+	var tbl struct {
+		Routes struct {
+			RDs map[string]json.RawMessage `json:"routeDistinguishers"`
+		} `json:"routes"`
+	}
+	if err := json.Unmarshal(out, &tbl); err != nil {
+		return nil, err
+	}
+	m := map[string][]string{}
+	for rd, raw := range tbl.Routes.RDs {
+		var prefixes map[string][]struct {
+			PeerID string `json:"peerId"`
+		}
+		if err := json.Unmarshal(raw, &prefixes); err != nil {
+			continue // not a table of prefixes
+		}
+		for pfx, paths := range prefixes {
+			for _, p := range paths {
+				m[rd+" "+pfx] = append(m[rd+" "+pfx], p.PeerID)
+			}
+		}
+	}
+	return m, nil
 }
 
 func setDiff(got, want map[string]bool) string {
