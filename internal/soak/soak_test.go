@@ -862,13 +862,17 @@ func frrVPN(ctx context.Context, frr *bgptest.FRR) (map[string][]string, error) 
 	}
 	m := map[string][]string{}
 	for rd, raw := range tbl.Routes.RDs {
-		var prefixes map[string][]struct {
-			PeerID string `json:"peerId"`
-		}
+		var prefixes map[string]json.RawMessage
 		if err := json.Unmarshal(raw, &prefixes); err != nil {
-			continue // not a table of prefixes
+			return nil, fmt.Errorf("RD %s: %w", rd, err)
 		}
-		for pfx, paths := range prefixes {
+		for pfx, raw := range prefixes {
+			var paths []struct {
+				PeerID string `json:"peerId"`
+			}
+			if json.Unmarshal(raw, &paths) != nil {
+				continue // not a prefix's paths
+			}
 			for _, p := range paths {
 				m[rd+" "+pfx] = append(m[rd+" "+pfx], p.PeerID)
 			}
