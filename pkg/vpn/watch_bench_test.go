@@ -112,7 +112,6 @@ func TestRouteWatchSnapshotMemory(t *testing.T) {
 
 	// After: pages read from the shared state; the largest heap held while
 	// a page is being sent.
-	base = heap()
 	wt, known := r.WatchRoutes(wctx, "n")
 	if !known {
 		t.Fatal("network unknown")
