@@ -104,6 +104,9 @@ type Agent struct {
 	// share the one leased).
 	leaseMu sync.Mutex
 
+	// reports orders the endpoint reports (see reportLock).
+	reports *reportLock
+
 	// mu guards the fields below.
 	mu         sync.Mutex
 	clients    map[string]clients // registered sessions
@@ -130,7 +133,8 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{opts: opts, log: opts.Log.With(logkey.Component, logkey.ComponentAgent), core: core, state: st, ready: make(chan struct{}),
-		clients: map[string]clients{}, clientsSet: make(chan struct{}), kicks: map[string]chan struct{}{}}
+		clients: map[string]clients{}, clientsSet: make(chan struct{}), kicks: map[string]chan struct{}{},
+		reports: newReportLock()}
 	if opts.Applier != nil {
 		a.apply = NewReconciler(coreSource{core}, opts.Applier, opts.Log, opts.ResyncInterval, opts.OnApply)
 	}
@@ -273,14 +277,12 @@ func (a *Agent) handle(ctx context.Context, req *cni.Request) (*cni.Response, er
 				return nil, err
 			}
 			// The controller records the endpoint before the pod gets its
-			// addresses; what it refuses is rolled back here.
+			// addresses; what it refuses is rolled back (by record).
 			err = a.record(ctx, ep)
-			var rf *refusal
-			if err != nil {
-				if _, derr := a.core.Refuse(context.WithoutCancel(ctx), ep.ID, ep.Addresses, inUseOf(rf, err)); derr != nil {
-					a.log.Error("roll back a refused endpoint", logkey.Endpoint, ep.ID, logkey.Err, derr)
-				}
+			if errors.Is(err, errSuperseded) {
+				continue // refused meanwhile through another report: pick again
 			}
+			var rf *refusal
 			if errors.As(err, &rf) {
 				if rf.code == codes.AlreadyExists && len(rf.inUse) > 0 && !fixed.IsValid() {
 					continue // those addresses are taken: pick others
@@ -411,12 +413,53 @@ func (a *Agent) registered() []clients {
 	return cls
 }
 
+// errSuperseded says that the endpoint an ADD was recording no longer has
+// the addresses it was given (another report was refused meanwhile and
+// released them): the ADD allocates again.
+var errSuperseded = errors.New("the endpoint was released by a refusal of another report")
+
 // record has a controller record ep (its id, network and addresses; the
 // label follows at attach) before the pod gets it. It returns nil when a
 // controller recorded it, and also when none is reachable (the pod is then
 // admitted headless from the gateway's blocks, and reported when a
-// session comes up); a *refusal when the controller refused it.
+// session comes up); a *refusal when the controller refused it, and
+// errSuperseded when the endpoint was released meanwhile. Whatever fails
+// is rolled back on the gateway before the reports' lock is released, so
+// that no report of many endpoints sends the addresses the refusal released.
 func (a *Agent) record(ctx context.Context, ep cni.Endpoint) error {
+	unlock, err := a.reports.shared(ctx)
+	if err != nil {
+		// The plugin went away: roll back once no report is in flight.
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if u, lerr := a.reports.shared(lctx); lerr == nil {
+			defer u()
+		}
+		a.refuse(ctx, ep, nil)
+		return err
+	}
+	defer unlock()
+	if cur, ok, err := a.core.Get(ctx, ep.ID); err != nil {
+		return err
+	} else if !ok || !sameAddrSet(cur.Addresses, ep.Addresses) {
+		return errSuperseded
+	}
+	err = a.recordLocked(ctx, ep)
+	if err != nil {
+		var rf *refusal
+		a.refuse(ctx, ep, inUseOf(rf, err))
+	}
+	return err
+}
+
+// refuse rolls back an endpoint the controller did not record.
+func (a *Agent) refuse(ctx context.Context, ep cni.Endpoint, inUse []netip.Addr) {
+	if _, err := a.core.Refuse(context.WithoutCancel(ctx), ep.ID, ep.Addresses, inUse); err != nil {
+		a.log.Error("roll back a refused endpoint", logkey.Endpoint, ep.ID, logkey.Err, err)
+	}
+}
+
+func (a *Agent) recordLocked(ctx context.Context, ep cni.Endpoint) error {
 	cls := a.registered()
 	ae := &v1.AgentEndpoint{Id: ep.ID, Network: ep.Network}
 	for _, ad := range ep.Addresses {
@@ -554,14 +597,8 @@ func (a *Agent) leaseBlock(ctx context.Context, nb *errNeedBlock) error {
 		if !nb.known {
 			return nil // the pool exists now; the caller retries
 		}
-		b, err := a.core.report(ctx, cl.reported.Load(), false, nb.network)
-		if err != nil {
-			return err
-		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		if len(b.endpoints) > 0 {
-			_, err = cl.agent.ReportEndpoints(rctx, &v1.ReportEndpointsRequest{Gateway: a.opts.Gateway, Endpoints: b.endpoints})
-		}
+		err := a.reportInFlight(rctx, cl, nb.network)
 		if err == nil {
 			var r *v1.LeaseBlockResponse
 			r, err = cl.agent.LeaseBlock(rctx, &v1.LeaseBlockRequest{Gateway: a.opts.Gateway, Network: nb.network, Family: uint32(nb.family)})
@@ -585,6 +622,28 @@ func (a *Agent) leaseBlock(ctx context.Context, nb *errNeedBlock) error {
 		return cni.Errorf(cni.CodeTryAgainLater, "network %s has no free IPv%d address block left: %v", nb.network, nb.family, status.Convert(lastErr).Message())
 	}
 	return cni.Errorf(cni.CodeTryAgainLater, "network %s: lease an address block: %v", nb.network, lastErr)
+}
+
+// reportInFlight reports the network's endpoints changed since the
+// session's last report and those of ADDs in flight (refusals are left to
+// their ADDs), so that the controller counts their addresses before it
+// picks a block to lease.
+func (a *Agent) reportInFlight(ctx context.Context, cl clients, network string) error {
+	unlock, err := a.reports.exclusive(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	b, err := a.core.report(ctx, cl.reported.Load(), false, network)
+	if err != nil {
+		return err
+	}
+	for chunk := range slices.Chunk(b.endpoints, MaxReportEndpoints) {
+		if _, err := cl.agent.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: a.opts.Gateway, Endpoints: chunk}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // --- controller sessions --------------------------------------------------
@@ -728,8 +787,21 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 	return <-errc
 }
 
+// MaxReportEndpoints is the most endpoints (or endpoint ids) one
+// ReportEndpoints message carries. A full sync of more is sent in pages: the
+// ids, page by page, for the controller to delete the gateway's other
+// endpoints (v1.EndpointPrune), then the endpoints in reports of this size.
+const MaxReportEndpoints = 1000
+
 // report sends the endpoint changes after rev and returns the revision sent.
+// It holds the reports' lock from the snapshot of the changes until their
+// refusals are applied.
 func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64, full bool, log *slog.Logger) (uint64, error) {
+	unlock, err := a.reports.exclusive(ctx)
+	if err != nil {
+		return rev, err
+	}
+	defer unlock()
 	b, err := a.core.nextReport(ctx, rev, full)
 	if err != nil {
 		return rev, err
@@ -737,31 +809,90 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 	if !b.fullSync && len(b.endpoints) == 0 {
 		return b.rev, nil
 	}
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
 	start := time.Now()
-	resp, err := cl.ReportEndpoints(rctx, &v1.ReportEndpointsRequest{Gateway: a.opts.Gateway, Endpoints: b.endpoints, FullSync: b.fullSync, OfflineLog: b.offline})
-	if err != nil {
-		return rev, fmt.Errorf("report endpoints: %w", err)
+	var deleted int64
+	send := func(req *v1.ReportEndpointsRequest) error {
+		req.Gateway = a.opts.Gateway
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		resp, err := cl.ReportEndpoints(rctx, req)
+		if err != nil {
+			return fmt.Errorf("report endpoints: %w", err)
+		}
+		deleted += resp.GetDeleted()
+		return a.applyRefusals(ctx, req.GetEndpoints(), resp.GetResults(), log)
 	}
-	sent := map[string][]netip.Addr{}
-	for _, e := range b.endpoints {
-		for _, s := range e.GetAddresses() {
-			if x, err := netip.ParseAddr(s); err == nil {
-				sent[e.GetId()] = append(sent[e.GetId()], x)
+	offline := b.offline
+	if b.fullSync && len(b.endpoints) <= MaxReportEndpoints {
+		err = send(&v1.ReportEndpointsRequest{Endpoints: b.endpoints, FullSync: true, OfflineLog: offline})
+	} else {
+		if b.fullSync {
+			err = a.sendPrune(b.endpoints, offline, send)
+			offline = nil
+		}
+		for chunk := range slices.Chunk(b.endpoints, MaxReportEndpoints) {
+			if err != nil {
+				break
 			}
+			err = send(&v1.ReportEndpointsRequest{Endpoints: chunk, OfflineLog: offline})
+			offline = nil
 		}
 	}
-	for _, r := range resp.GetResults() {
+	if err != nil {
+		return rev, err
+	}
+	if len(b.offline) > 0 {
+		a.core.offlineReported(ctx, len(b.offline))
+	}
+	log.Debug("endpoints reported", logkey.Count, len(b.endpoints), logkey.FullSync, b.fullSync, logkey.OfflineRecords, len(b.offline), logkey.Deleted, deleted, logkey.Took, time.Since(start))
+	return b.rev, nil
+}
+
+// sendPrune sends the pages of a full sync of eps (sorted by id): each page
+// lists up to MaxReportEndpoints ids and covers the range from the previous
+// page's last id (exclusive) to its own last id, the last page to the end.
+func (a *Agent) sendPrune(eps []*v1.AgentEndpoint, offline []string, send func(*v1.ReportEndpointsRequest) error) error {
+	after := ""
+	for i := 0; i < len(eps); i += MaxReportEndpoints {
+		page := eps[i:min(i+MaxReportEndpoints, len(eps))]
+		pr := &v1.EndpointPrune{After: after}
+		for _, e := range page {
+			pr.Keep = append(pr.Keep, e.GetId())
+		}
+		if i+len(page) < len(eps) {
+			pr.Through = page[len(page)-1].GetId()
+		}
+		if err := send(&v1.ReportEndpointsRequest{Prune: pr, OfflineLog: offline}); err != nil {
+			return err
+		}
+		after, offline = pr.Through, nil
+	}
+	return nil
+}
+
+// applyRefusals releases the reported endpoints the controller refused for
+// good: the agent keeps no address the controller has not recorded (the
+// pod loses it).
+func (a *Agent) applyRefusals(ctx context.Context, sentEPs []*v1.AgentEndpoint, results []*v1.EndpointResult, log *slog.Logger) error {
+	var sent map[string][]netip.Addr
+	for _, r := range results {
 		if r.GetError() == "" {
 			continue
 		}
 		if !definitive(codes.Code(r.GetCode())) {
-			log.Warn("controller refused an endpoint for now", logkey.Endpoint, r.GetId(), logkey.Reason, r.GetError())
+			log.Warn("controller refused an endpoint for now", logkey.Endpoint, r.GetId(), logkey.Reason, bounded(r.GetError()))
 			continue
 		}
-		// The agent keeps no address the controller has not recorded: the
-		// endpoint is released (its pod loses the address).
+		if sent == nil {
+			sent = map[string][]netip.Addr{}
+			for _, e := range sentEPs {
+				for _, s := range e.GetAddresses() {
+					if x, err := netip.ParseAddr(s); err == nil {
+						sent[e.GetId()] = append(sent[e.GetId()], x)
+					}
+				}
+			}
+		}
 		var inUse []netip.Addr
 		for _, s := range r.GetAddressesInUse() {
 			if x, err := netip.ParseAddr(s); err == nil {
@@ -769,16 +900,12 @@ func (a *Agent) report(ctx context.Context, cl v1.AgentServiceClient, rev uint64
 			}
 		}
 		if ok, err := a.core.Refuse(ctx, r.GetId(), sent[r.GetId()], inUse); err != nil {
-			return rev, err
+			return err
 		} else if ok {
-			log.Warn("controller refused an endpoint; released", logkey.Endpoint, r.GetId(), logkey.Reason, r.GetError())
+			log.Warn("controller refused an endpoint; released", logkey.Endpoint, r.GetId(), logkey.Reason, bounded(r.GetError()))
 		}
 	}
-	if len(b.offline) > 0 {
-		a.core.offlineReported(ctx, len(b.offline))
-	}
-	log.Debug("endpoints reported", logkey.Count, len(b.endpoints), logkey.FullSync, b.fullSync, logkey.OfflineRecords, len(b.offline), logkey.Deleted, resp.GetDeleted(), logkey.Took, time.Since(start))
-	return b.rev, nil
+	return nil
 }
 
 // MaxRouteMessage is the largest route stream message the agent asks for

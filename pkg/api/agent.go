@@ -62,18 +62,26 @@ func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.Reg
 }
 
 func (a *agents) ReportEndpoints(ctx context.Context, req *v1.ReportEndpointsRequest) (*v1.ReportEndpointsResponse, error) {
-	if req.GetFullSync() {
+	pr := req.GetPrune()
+	if req.GetFullSync() || pr != nil {
 		release, err := a.full.acquire()
 		if err != nil {
 			return nil, Status(err)
 		}
 		defer release()
 	}
+	pruned := 0
+	if pr != nil && !req.GetFullSync() {
+		var err error
+		if pruned, err = a.c.PruneEndpoints(ctx, req.GetGateway(), pr.GetAfter(), pr.GetThrough(), pr.GetKeep()); err != nil {
+			return nil, Status(err)
+		}
+	}
 	results, deleted, err := a.c.ReportEndpoints(ctx, req.GetGateway(), req.GetEndpoints(), req.GetFullSync(), req.GetOfflineLog())
 	if err != nil {
 		return nil, Status(err)
 	}
-	resp := &v1.ReportEndpointsResponse{Deleted: int64(deleted)}
+	resp := &v1.ReportEndpointsResponse{Deleted: int64(deleted + pruned)}
 	for _, r := range results {
 		res := &v1.EndpointResult{Id: r.ID, Endpoint: r.Endpoint, AddressesInUse: r.InUse}
 		if r.Err != nil {

@@ -138,22 +138,33 @@ func (s *routes) ListRoutes(ctx context.Context, req *v1.ListRoutesRequest) (*v1
 	return out, nil
 }
 
+// snapshotPage is how many routes a route watch reads from the table at a
+// time for its snapshot.
+const snapshotPage = 1024
+
+// WatchRoutes streams the network's routes (read from the table a page at a
+// time: a watch holds no copy of the table), SYNCED once the routes sent are
+// the table's, then the changes.
 func (s *routes) WatchRoutes(req *v1.WatchRoutesRequest, stream grpc.ServerStreamingServer[v1.RouteEvent]) error {
 	ctx := stream.Context()
 	n := req.GetNetwork()
-	if _, ok := s.r.Routes(n); !ok {
+	wt, known := s.r.WatchRoutes(ctx, n)
+	if !known {
 		return networkNotFound(n)
 	}
-	cur, ch := s.r.WatchRoutes(ctx, n)
-	for _, r := range cur {
-		if err := stream.Send(&v1.RouteEvent{Type: v1.EventType_EVENT_TYPE_PUT, Route: vpn.APIRoute(n, r)}); err != nil {
-			return err
+	for more := true; more; {
+		var page []vpn.NetRoute
+		var err error
+		if page, more, err = wt.Next(ctx, snapshotPage); err != nil {
+			return watchEnded(ctx)
+		}
+		for _, r := range page {
+			if err := stream.Send(&v1.RouteEvent{Type: v1.EventType_EVENT_TYPE_PUT, Route: vpn.APIRoute(n, r)}); err != nil {
+				return err
+			}
 		}
 	}
-	if err := stream.Send(&v1.RouteEvent{Type: v1.EventType_EVENT_TYPE_SYNCED}); err != nil {
-		return err
-	}
-	for changes := range ch {
+	send := func(changes []vpn.RouteChange) error {
 		for _, c := range changes {
 			t := v1.EventType_EVENT_TYPE_PUT
 			if c.Delete {
@@ -163,7 +174,30 @@ func (s *routes) WatchRoutes(req *v1.WatchRoutesRequest, stream grpc.ServerStrea
 				return err
 			}
 		}
+		return nil
 	}
+	ch := wt.Changes()
+	for range wt.CatchUp() {
+		changes, ok := <-ch
+		if !ok {
+			return watchEnded(ctx)
+		}
+		if err := send(changes); err != nil {
+			return err
+		}
+	}
+	if err := stream.Send(&v1.RouteEvent{Type: v1.EventType_EVENT_TYPE_SYNCED}); err != nil {
+		return err
+	}
+	for changes := range ch {
+		if err := send(changes); err != nil {
+			return err
+		}
+	}
+	return watchEnded(ctx)
+}
+
+func watchEnded(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil
 	}

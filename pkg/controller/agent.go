@@ -110,6 +110,70 @@ func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.A
 	return results, deleted, nil
 }
 
+// PruneEndpoints deletes the gateway's endpoints whose id is in (after,
+// through] ("" through: to the last id) and not in keep, and returns how
+// many it deleted: one page of a full sync spread over several messages
+// (the agent then reports the endpoints it keeps, without fullSync). keep
+// holds at most validate.MaxBulk ids.
+func (c *Controller) PruneEndpoints(ctx context.Context, gw, after, through string, keep []string) (int, error) {
+	if err := validate.Bulk(len(keep)); err != nil {
+		return 0, model.Invalid(err)
+	}
+	if through != "" && through <= after {
+		return 0, model.Errorf(model.ErrInvalid, "prune range (%s, %s] is empty", validate.Quote(after), validate.Quote(through))
+	}
+	if _, err := c.GetGateway(ctx, gw); err != nil {
+		return 0, err
+	}
+	kept := make(map[string]bool, len(keep))
+	for _, id := range keep {
+		kept[id] = true
+	}
+	ids, err := c.gatewayEndpointIDs(ctx, gw)
+	if err != nil {
+		return 0, err
+	}
+	deleted := 0
+	for _, id := range ids {
+		if id <= after || (through != "" && id > through) || kept[id] {
+			continue
+		}
+		if _, err := c.DeleteEndpoint(ctx, id); err != nil && !errors.Is(err, model.ErrNotFound) {
+			return deleted, err
+		}
+		deleted++
+	}
+	return deleted, nil
+}
+
+// gatewayEndpointIDs returns the ids of the gateway's endpoints from its
+// indexes (labels and pending), without reading the endpoints.
+func (c *Controller) gatewayEndpointIDs(ctx context.Context, gw string) ([]string, error) {
+	var ids []string
+	for _, pre := range []string{keys.GatewayLabels(gw), keys.GatewayPending(gw)} {
+		after := ""
+		for {
+			kvs, _, more, err := c.st.ListPage(ctx, pre, after, 10000)
+			if err != nil {
+				return nil, storeErr(err)
+			}
+			for _, kv := range kvs {
+				if pre == keys.GatewayPending(gw) {
+					ids = append(ids, kv.Key[len(pre):])
+				} else {
+					ids = append(ids, string(kv.Value))
+				}
+			}
+			if !more || len(kvs) == 0 {
+				break
+			}
+			after = kvs[len(kvs)-1].Key
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids), nil // an endpoint relabelled meanwhile may be listed twice
+}
+
 // addrsInUse returns the addresses of e that another endpoint holds.
 func (c *Controller) addrsInUse(ctx context.Context, e *v1.AgentEndpoint) []string {
 	var out []string

@@ -1,9 +1,11 @@
 // Package validate is the one validation of every name, address and
 // identifier iotfabric accepts from users and from the wire: network and
 // gateway names, endpoint ids and the container ids and interface names they
-// are made of, subnets, underlay addresses, route targets and distinguishers,
-// MPLS labels, MAC addresses, and the limits on everything a user can make
-// big. The CNI plugin, the vrouter agent and the controller call the same
+// are made of, subnets, underlay addresses, route targets, MPLS labels, MAC
+// addresses, and the limits on everything a user can make big. (No input
+// takes a route distinguisher: the controller makes them, type 1
+// <underlay>:<network index>, and those of received routes come decoded from
+// BGP.) The CNI plugin, the vrouter agent and the controller call the same
 // functions, so that nothing one of them accepts is refused by another.
 //
 // Errors wrap ErrInvalid, or ErrLimit when a documented limit is exceeded;
@@ -292,22 +294,6 @@ func contains(xs []string, x string) bool {
 		}
 	}
 	return false
-}
-
-// RouteDistinguisher parses and checks a type 1 route distinguisher
-// "<IPv4>:<index>"; the administrator must be a valid underlay address.
-func RouteDistinguisher(s string) (bgp.RD, error) {
-	if len(s) > MaxEcho {
-		return bgp.RD{}, invalid("route distinguisher %s: want <IPv4>:<index>", Quote(s))
-	}
-	rd, err := bgp.ParseRD(s)
-	if err != nil {
-		return rd, invalid("route distinguisher %s: want <IPv4>:<index 0-65535>", Quote(s))
-	}
-	if _, err := Underlay(rd.Addr.String()); err != nil {
-		return rd, invalid("route distinguisher %s: %v", Quote(s), err)
-	}
-	return rd, nil
 }
 
 // Label checks an MPLS label given for an endpoint (0 means none yet).

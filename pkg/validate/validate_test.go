@@ -113,14 +113,6 @@ func TestRouteTargetsAndRDs(t *testing.T) {
 	if _, err := RouteTargets("import", many); !errors.Is(err, ErrLimit) {
 		t.Fatal(err)
 	}
-	if rd, err := RouteDistinguisher("192.0.2.1:7"); err != nil || rd.Index != 7 {
-		t.Fatal(rd, err)
-	}
-	for _, bad := range []string{"0.0.0.0:1", "192.0.2.1:70000", "x", "224.0.0.1:1"} {
-		if _, err := RouteDistinguisher(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
 }
 
 func TestLabelMACBulk(t *testing.T) {
@@ -225,21 +217,6 @@ func FuzzRouteTarget(f *testing.F) {
 		again, err := RouteTarget(rt.String())
 		if err != nil || again != rt {
 			t.Fatalf("round trip %v: %v %v", rt, again, err)
-		}
-	})
-}
-
-func FuzzRouteDistinguisher(f *testing.F) {
-	for _, s := range []string{"192.0.2.1:1", "0.0.0.0:0", "1.2.3.4:65536", "::"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		rd, err := RouteDistinguisher(s)
-		checkShort(t, s, err)
-		if err == nil {
-			if again, err := RouteDistinguisher(rd.String()); err != nil || again != rd {
-				t.Fatalf("round trip %v: %v %v", rd, again, err)
-			}
 		}
 	})
 }

@@ -73,7 +73,7 @@ func BenchmarkPropagation(b *testing.B) {
 				}
 			}()
 		}
-		_, wch := r.WatchRoutes(ctx, "n")
+		_, wch := r.watchAll(ctx, "n")
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

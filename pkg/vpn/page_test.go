@@ -1,12 +1,15 @@
 package vpn
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -81,4 +84,103 @@ func TestRoutesPage(t *testing.T) {
 	if n != len(all)+1 || !late {
 		t.Fatalf("%d routes after a change between pages (the new one listed: %v), want %d", n, late, len(all)+1)
 	}
+}
+
+// WatchRoutes as a test reads it: the whole snapshot, then the changes.
+func (r *Runner) watchAll(ctx context.Context, network string) ([]NetRoute, <-chan []RouteChange) {
+	wt, _ := r.WatchRoutes(ctx, network)
+	var cur []NetRoute
+	for {
+		page, more, err := wt.Next(ctx, 1000)
+		if err != nil {
+			return cur, wt.Changes()
+		}
+		cur = append(cur, page...)
+		if !more {
+			break
+		}
+	}
+	// The changes published while the pages were read, applied.
+	byKey := map[bgp.RouteKey]int{}
+	for i, rt := range cur {
+		byKey[rt.Key()] = i
+	}
+	for range wt.CatchUp() {
+		batch, ok := <-wt.Changes()
+		if !ok {
+			break
+		}
+		for _, c := range batch {
+			i, had := byKey[c.Route.Key()]
+			switch {
+			case c.Delete && had:
+				cur[i].Origin = 0
+				delete(byKey, c.Route.Key())
+			case !c.Delete && had:
+				cur[i] = c.Route
+			case !c.Delete:
+				byKey[c.Route.Key()] = len(cur)
+				cur = append(cur, c.Route)
+			}
+		}
+	}
+	cur = slices.DeleteFunc(cur, func(rt NetRoute) bool { return rt.Origin == 0 })
+	sortRoutes(cur)
+	return cur, wt.Changes()
+}
+
+// A route watch's snapshot read in small pages while random changes land
+// between them: the pages plus the catch-up batches are exactly the table
+// when the last page was read.
+func TestRouteWatchPagesDuringChanges(t *testing.T) {
+	sp := bgptest.NewFakeSpeaker()
+	r, st, ctx := startRunner(t, sp)
+	rng := rand.New(rand.NewPCG(7, 8))
+	for step := range 200 {
+		randomChange(t, ctx, st, sp, rng, step)
+		if step%20 == 0 {
+			barrier(t, r, st, sp, step) // received markers accumulate: more routes
+		}
+	}
+	barrier(t, r, st, sp, 200)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wt, known := r.WatchRoutes(wctx, "n1")
+	if !known {
+		t.Fatal("n1 unknown")
+	}
+	have := map[string]NetRoute{}
+	step := 201
+	for more := true; more; step++ {
+		var page []NetRoute
+		var err error
+		if page, more, err = wt.Next(ctx, 3); err != nil {
+			t.Fatal(err)
+		}
+		for _, rt := range page {
+			have[rt.Key().String()] = rt
+		}
+		if more {
+			randomChange(t, ctx, st, sp, rng, step)
+			barrier(t, r, st, sp, step)
+		}
+	}
+	for range wt.CatchUp() {
+		for _, c := range <-wt.Changes() {
+			if c.Delete {
+				delete(have, c.Route.Key().String())
+			} else {
+				have[c.Route.Key().String()] = c.Route
+			}
+		}
+	}
+	rs, _ := r.Routes("n1")
+	want := map[string]NetRoute{}
+	for _, rt := range rs {
+		want[rt.Key().String()] = rt
+	}
+	if !same(have, want) {
+		t.Fatalf("after %d pages the watch has %v, the table %v", step-201, describe(have), describe(want))
+	}
+	t.Logf("%d routes in %d pages with a change after each", len(want), step-201)
 }

@@ -350,6 +350,7 @@ func (s *state) closeWatchers() {
 	}
 	for n, nw := range s.nets {
 		for w := range nw.subs {
+			w.endWalk()
 			close(w.ch)
 		}
 		delete(s.nets, n)

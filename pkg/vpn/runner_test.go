@@ -272,7 +272,7 @@ func TestRouteWatchMatchesSnapshot(t *testing.T) {
 	}
 	watches := map[string]*watch{}
 	for _, n := range []string{"n1", "n2"} {
-		cur, ch := r.WatchRoutes(ctx, n)
+		cur, ch := r.watchAll(ctx, n)
 		w := &watch{ch: ch, have: map[string]NetRoute{}}
 		for _, rt := range cur {
 			w.have[rt.Key().String()] = rt
@@ -472,8 +472,8 @@ func TestSlowWatchersAreDropped(t *testing.T) {
 	put(t, st, "endpoints/g1", &v1.Endpoint{Id: "g1", Network: "n1", Gateway: "g1", Addresses: []string{"10.1.255.1"}, Label: 16})
 	put(t, st, "endpoints/g0", &v1.Endpoint{Id: "g0", Network: "n1", Gateway: "g0", Addresses: []string{"10.1.255.2"}, Label: 17})
 	barrier(t, r, st, nil, 0)
-	_, slow := r.WatchRoutes(ctx, "n1")
-	_, fast := r.WatchRoutes(ctx, "n1")
+	_, slow := r.watchAll(ctx, "n1")
+	_, fast := r.watchAll(ctx, "n1")
 	gslow := r.WatchGateway(ctx, "g0", Resume{})
 	first := <-gslow
 	// Every endpoint put is its own store transaction, hence its own batch.
@@ -538,7 +538,7 @@ func TestSlowWatchersAreDropped(t *testing.T) {
 func TestSlowSpeakerDoesNotHoldTheTable(t *testing.T) {
 	sp := bgptest.NewFakeSpeaker()
 	r, st, ctx := startRunner(t, sp)
-	_, ch := r.WatchRoutes(ctx, "n1")
+	_, ch := r.watchAll(ctx, "n1")
 	release := sp.Hold()
 	defer release()
 	const n = 50
@@ -640,7 +640,7 @@ func TestRunnerStops(t *testing.T) {
 	go func() { done <- r.Run(ctx) }()
 	<-r.Ready()
 	wctx, wcancel := context.WithCancel(context.Background())
-	_, rch := r.WatchRoutes(wctx, "n1")
+	_, rch := r.watchAll(wctx, "n1")
 	gch := r.WatchGateway(wctx, "g0", Resume{})
 	<-gch
 	cancel()
@@ -656,7 +656,7 @@ func TestRunnerStops(t *testing.T) {
 	if _, ok := r.Routes("n1"); ok {
 		t.Fatal("Routes answered for a stopped runner")
 	}
-	if _, ch := r.WatchRoutes(wctx, "n1"); ch == nil {
+	if _, ch := r.watchAll(wctx, "n1"); ch == nil {
 		t.Fatal("nil channel")
 	} else if _, ok := <-ch; ok {
 		t.Fatal("a watch of a stopped runner is open")

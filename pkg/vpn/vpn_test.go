@@ -152,7 +152,7 @@ func TestRunnerFollowsTheStore(t *testing.T) {
 	if len(sp.Started()) != 1 {
 		t.Fatalf("the speaker started with %d routes, want the one existing endpoint's", len(sp.Started()))
 	}
-	cur, ch := r.WatchRoutes(ctx, "n")
+	cur, ch := r.watchAll(ctx, "n")
 	if len(cur) != 1 {
 		t.Fatalf("route listing %v", cur)
 	}

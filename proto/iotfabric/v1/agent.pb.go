@@ -68,7 +68,7 @@ func (x GatewayRoutes_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GatewayRoutes_Kind.Descriptor instead.
 func (GatewayRoutes_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{10, 0}
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{11, 0}
 }
 
 type RegisterRequest struct {
@@ -345,7 +345,16 @@ type ReportEndpointsRequest struct {
 	Endpoints []*AgentEndpoint       `protobuf:"bytes,2,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	FullSync  bool                   `protobuf:"varint,3,opt,name=full_sync,json=fullSync,proto3" json:"full_sync,omitempty"`
 	// What happened while no controller was reachable, one line each (logged and kept).
-	OfflineLog    []string `protobuf:"bytes,4,rep,name=offline_log,json=offlineLog,proto3" json:"offline_log,omitempty"`
+	OfflineLog []string `protobuf:"bytes,4,rep,name=offline_log,json=offlineLog,proto3" json:"offline_log,omitempty"`
+	// Set (full_sync unset): a page of a full sync too large for one message
+	// (the agent sends at most 1,000 endpoints or ids per message). The
+	// controller first deletes the gateway's endpoints whose id is in the
+	// page's range and not kept, then records endpoints as without it. The
+	// agent sends every page of the sync (its ids in byte order, the ranges
+	// adjoining from the first id to the last), then the endpoints
+	// themselves in reports of 1,000, so that every deletion comes before
+	// any report. A controller that does not know the field deletes nothing.
+	Prune         *EndpointPrune `protobuf:"bytes,5,opt,name=prune,proto3" json:"prune,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -408,6 +417,75 @@ func (x *ReportEndpointsRequest) GetOfflineLog() []string {
 	return nil
 }
 
+func (x *ReportEndpointsRequest) GetPrune() *EndpointPrune {
+	if x != nil {
+		return x.Prune
+	}
+	return nil
+}
+
+// One page of a full sync: the range of endpoint ids it covers and the ids in
+// it the gateway hosts.
+type EndpointPrune struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	After         string                 `protobuf:"bytes,1,opt,name=after,proto3" json:"after,omitempty"`     // exclusive lower bound; "" from the first id
+	Through       string                 `protobuf:"bytes,2,opt,name=through,proto3" json:"through,omitempty"` // inclusive upper bound; "" to the last id
+	Keep          []string               `protobuf:"bytes,3,rep,name=keep,proto3" json:"keep,omitempty"`       // at most 1,000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndpointPrune) Reset() {
+	*x = EndpointPrune{}
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointPrune) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointPrune) ProtoMessage() {}
+
+func (x *EndpointPrune) ProtoReflect() protoreflect.Message {
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointPrune.ProtoReflect.Descriptor instead.
+func (*EndpointPrune) Descriptor() ([]byte, []int) {
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *EndpointPrune) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *EndpointPrune) GetThrough() string {
+	if x != nil {
+		return x.Through
+	}
+	return ""
+}
+
+func (x *EndpointPrune) GetKeep() []string {
+	if x != nil {
+		return x.Keep
+	}
+	return nil
+}
+
 type EndpointResult struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -426,7 +504,7 @@ type EndpointResult struct {
 
 func (x *EndpointResult) Reset() {
 	*x = EndpointResult{}
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[5]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -438,7 +516,7 @@ func (x *EndpointResult) String() string {
 func (*EndpointResult) ProtoMessage() {}
 
 func (x *EndpointResult) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[5]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -451,7 +529,7 @@ func (x *EndpointResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointResult.ProtoReflect.Descriptor instead.
 func (*EndpointResult) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EndpointResult) GetId() string {
@@ -499,7 +577,7 @@ type ReportEndpointsResponse struct {
 
 func (x *ReportEndpointsResponse) Reset() {
 	*x = ReportEndpointsResponse{}
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[6]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +589,7 @@ func (x *ReportEndpointsResponse) String() string {
 func (*ReportEndpointsResponse) ProtoMessage() {}
 
 func (x *ReportEndpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[6]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +602,7 @@ func (x *ReportEndpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportEndpointsResponse.ProtoReflect.Descriptor instead.
 func (*ReportEndpointsResponse) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReportEndpointsResponse) GetResults() []*EndpointResult {
@@ -552,7 +630,7 @@ type LeaseBlockRequest struct {
 
 func (x *LeaseBlockRequest) Reset() {
 	*x = LeaseBlockRequest{}
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[7]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +642,7 @@ func (x *LeaseBlockRequest) String() string {
 func (*LeaseBlockRequest) ProtoMessage() {}
 
 func (x *LeaseBlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[7]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +655,7 @@ func (x *LeaseBlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseBlockRequest.ProtoReflect.Descriptor instead.
 func (*LeaseBlockRequest) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LeaseBlockRequest) GetGateway() string {
@@ -610,7 +688,7 @@ type LeaseBlockResponse struct {
 
 func (x *LeaseBlockResponse) Reset() {
 	*x = LeaseBlockResponse{}
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[8]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +700,7 @@ func (x *LeaseBlockResponse) String() string {
 func (*LeaseBlockResponse) ProtoMessage() {}
 
 func (x *LeaseBlockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[8]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +713,7 @@ func (x *LeaseBlockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseBlockResponse.ProtoReflect.Descriptor instead.
 func (*LeaseBlockResponse) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LeaseBlockResponse) GetBlock() *GatewayBlock {
@@ -667,7 +745,7 @@ type WatchGatewayRoutesRequest struct {
 
 func (x *WatchGatewayRoutesRequest) Reset() {
 	*x = WatchGatewayRoutesRequest{}
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[9]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +757,7 @@ func (x *WatchGatewayRoutesRequest) String() string {
 func (*WatchGatewayRoutesRequest) ProtoMessage() {}
 
 func (x *WatchGatewayRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[9]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +770,7 @@ func (x *WatchGatewayRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchGatewayRoutesRequest.ProtoReflect.Descriptor instead.
 func (*WatchGatewayRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchGatewayRoutesRequest) GetGateway() string {
@@ -750,7 +828,7 @@ type GatewayRoutes struct {
 
 func (x *GatewayRoutes) Reset() {
 	*x = GatewayRoutes{}
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[10]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +840,7 @@ func (x *GatewayRoutes) String() string {
 func (*GatewayRoutes) ProtoMessage() {}
 
 func (x *GatewayRoutes) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[10]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +853,7 @@ func (x *GatewayRoutes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayRoutes.ProtoReflect.Descriptor instead.
 func (*GatewayRoutes) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GatewayRoutes) GetKind() GatewayRoutes_Kind {
@@ -841,7 +919,7 @@ type RouteDigest struct {
 
 func (x *RouteDigest) Reset() {
 	*x = RouteDigest{}
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[11]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +931,7 @@ func (x *RouteDigest) String() string {
 func (*RouteDigest) ProtoMessage() {}
 
 func (x *RouteDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[11]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +944,7 @@ func (x *RouteDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteDigest.ProtoReflect.Descriptor instead.
 func (*RouteDigest) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RouteDigest) GetNetwork() string {
@@ -902,7 +980,7 @@ type RouteScope struct {
 
 func (x *RouteScope) Reset() {
 	*x = RouteScope{}
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[12]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +992,7 @@ func (x *RouteScope) String() string {
 func (*RouteScope) ProtoMessage() {}
 
 func (x *RouteScope) ProtoReflect() protoreflect.Message {
-	mi := &file_iotfabric_v1_agent_proto_msgTypes[12]
+	mi := &file_iotfabric_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1005,7 @@ func (x *RouteScope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteScope.ProtoReflect.Descriptor instead.
 func (*RouteScope) Descriptor() ([]byte, []int) {
-	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_iotfabric_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RouteScope) GetNetwork() string {
@@ -974,13 +1052,18 @@ const file_iotfabric_v1_agent_proto_rawDesc = "" +
 	"\x03mac\x18\x04 \x01(\tR\x03mac\x12\x14\n" +
 	"\x05label\x18\x05 \x01(\rR\x05label\x124\n" +
 	"\acreated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12&\n" +
-	"\x03pod\x18\x14 \x01(\v2\x14.iotfabric.v1.PodRefR\x03pod\"\xab\x01\n" +
+	"\x03pod\x18\x14 \x01(\v2\x14.iotfabric.v1.PodRefR\x03pod\"\xde\x01\n" +
 	"\x16ReportEndpointsRequest\x12\x18\n" +
 	"\agateway\x18\x01 \x01(\tR\agateway\x129\n" +
 	"\tendpoints\x18\x02 \x03(\v2\x1b.iotfabric.v1.AgentEndpointR\tendpoints\x12\x1b\n" +
 	"\tfull_sync\x18\x03 \x01(\bR\bfullSync\x12\x1f\n" +
 	"\voffline_log\x18\x04 \x03(\tR\n" +
-	"offlineLog\"\xa8\x01\n" +
+	"offlineLog\x121\n" +
+	"\x05prune\x18\x05 \x01(\v2\x1b.iotfabric.v1.EndpointPruneR\x05prune\"S\n" +
+	"\rEndpointPrune\x12\x14\n" +
+	"\x05after\x18\x01 \x01(\tR\x05after\x12\x18\n" +
+	"\athrough\x18\x02 \x01(\tR\athrough\x12\x12\n" +
+	"\x04keep\x18\x03 \x03(\tR\x04keep\"\xa8\x01\n" +
 	"\x0eEndpointResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x122\n" +
 	"\bendpoint\x18\x02 \x01(\v2\x16.iotfabric.v1.EndpointR\bendpoint\x12\x14\n" +
@@ -1043,7 +1126,7 @@ func file_iotfabric_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_iotfabric_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_iotfabric_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_iotfabric_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_iotfabric_v1_agent_proto_goTypes = []any{
 	(GatewayRoutes_Kind)(0),           // 0: iotfabric.v1.GatewayRoutes.Kind
 	(*RegisterRequest)(nil),           // 1: iotfabric.v1.RegisterRequest
@@ -1051,48 +1134,50 @@ var file_iotfabric_v1_agent_proto_goTypes = []any{
 	(*GatewayBlock)(nil),              // 3: iotfabric.v1.GatewayBlock
 	(*AgentEndpoint)(nil),             // 4: iotfabric.v1.AgentEndpoint
 	(*ReportEndpointsRequest)(nil),    // 5: iotfabric.v1.ReportEndpointsRequest
-	(*EndpointResult)(nil),            // 6: iotfabric.v1.EndpointResult
-	(*ReportEndpointsResponse)(nil),   // 7: iotfabric.v1.ReportEndpointsResponse
-	(*LeaseBlockRequest)(nil),         // 8: iotfabric.v1.LeaseBlockRequest
-	(*LeaseBlockResponse)(nil),        // 9: iotfabric.v1.LeaseBlockResponse
-	(*WatchGatewayRoutesRequest)(nil), // 10: iotfabric.v1.WatchGatewayRoutesRequest
-	(*GatewayRoutes)(nil),             // 11: iotfabric.v1.GatewayRoutes
-	(*RouteDigest)(nil),               // 12: iotfabric.v1.RouteDigest
-	(*RouteScope)(nil),                // 13: iotfabric.v1.RouteScope
-	(*Gateway)(nil),                   // 14: iotfabric.v1.Gateway
-	(*timestamppb.Timestamp)(nil),     // 15: google.protobuf.Timestamp
-	(*PodRef)(nil),                    // 16: iotfabric.v1.PodRef
-	(*Endpoint)(nil),                  // 17: iotfabric.v1.Endpoint
-	(*Route)(nil),                     // 18: iotfabric.v1.Route
+	(*EndpointPrune)(nil),             // 6: iotfabric.v1.EndpointPrune
+	(*EndpointResult)(nil),            // 7: iotfabric.v1.EndpointResult
+	(*ReportEndpointsResponse)(nil),   // 8: iotfabric.v1.ReportEndpointsResponse
+	(*LeaseBlockRequest)(nil),         // 9: iotfabric.v1.LeaseBlockRequest
+	(*LeaseBlockResponse)(nil),        // 10: iotfabric.v1.LeaseBlockResponse
+	(*WatchGatewayRoutesRequest)(nil), // 11: iotfabric.v1.WatchGatewayRoutesRequest
+	(*GatewayRoutes)(nil),             // 12: iotfabric.v1.GatewayRoutes
+	(*RouteDigest)(nil),               // 13: iotfabric.v1.RouteDigest
+	(*RouteScope)(nil),                // 14: iotfabric.v1.RouteScope
+	(*Gateway)(nil),                   // 15: iotfabric.v1.Gateway
+	(*timestamppb.Timestamp)(nil),     // 16: google.protobuf.Timestamp
+	(*PodRef)(nil),                    // 17: iotfabric.v1.PodRef
+	(*Endpoint)(nil),                  // 18: iotfabric.v1.Endpoint
+	(*Route)(nil),                     // 19: iotfabric.v1.Route
 }
 var file_iotfabric_v1_agent_proto_depIdxs = []int32{
-	14, // 0: iotfabric.v1.RegisterRequest.gateway:type_name -> iotfabric.v1.Gateway
-	14, // 1: iotfabric.v1.RegisterResponse.gateway:type_name -> iotfabric.v1.Gateway
+	15, // 0: iotfabric.v1.RegisterRequest.gateway:type_name -> iotfabric.v1.Gateway
+	15, // 1: iotfabric.v1.RegisterResponse.gateway:type_name -> iotfabric.v1.Gateway
 	3,  // 2: iotfabric.v1.RegisterResponse.blocks:type_name -> iotfabric.v1.GatewayBlock
-	15, // 3: iotfabric.v1.AgentEndpoint.created:type_name -> google.protobuf.Timestamp
-	16, // 4: iotfabric.v1.AgentEndpoint.pod:type_name -> iotfabric.v1.PodRef
+	16, // 3: iotfabric.v1.AgentEndpoint.created:type_name -> google.protobuf.Timestamp
+	17, // 4: iotfabric.v1.AgentEndpoint.pod:type_name -> iotfabric.v1.PodRef
 	4,  // 5: iotfabric.v1.ReportEndpointsRequest.endpoints:type_name -> iotfabric.v1.AgentEndpoint
-	17, // 6: iotfabric.v1.EndpointResult.endpoint:type_name -> iotfabric.v1.Endpoint
-	6,  // 7: iotfabric.v1.ReportEndpointsResponse.results:type_name -> iotfabric.v1.EndpointResult
-	3,  // 8: iotfabric.v1.LeaseBlockResponse.block:type_name -> iotfabric.v1.GatewayBlock
-	12, // 9: iotfabric.v1.WatchGatewayRoutesRequest.digests:type_name -> iotfabric.v1.RouteDigest
-	0,  // 10: iotfabric.v1.GatewayRoutes.kind:type_name -> iotfabric.v1.GatewayRoutes.Kind
-	18, // 11: iotfabric.v1.GatewayRoutes.put:type_name -> iotfabric.v1.Route
-	18, // 12: iotfabric.v1.GatewayRoutes.delete:type_name -> iotfabric.v1.Route
-	13, // 13: iotfabric.v1.GatewayRoutes.keep:type_name -> iotfabric.v1.RouteScope
-	1,  // 14: iotfabric.v1.AgentService.Register:input_type -> iotfabric.v1.RegisterRequest
-	5,  // 15: iotfabric.v1.AgentService.ReportEndpoints:input_type -> iotfabric.v1.ReportEndpointsRequest
-	8,  // 16: iotfabric.v1.AgentService.LeaseBlock:input_type -> iotfabric.v1.LeaseBlockRequest
-	10, // 17: iotfabric.v1.AgentService.WatchGatewayRoutes:input_type -> iotfabric.v1.WatchGatewayRoutesRequest
-	2,  // 18: iotfabric.v1.AgentService.Register:output_type -> iotfabric.v1.RegisterResponse
-	7,  // 19: iotfabric.v1.AgentService.ReportEndpoints:output_type -> iotfabric.v1.ReportEndpointsResponse
-	9,  // 20: iotfabric.v1.AgentService.LeaseBlock:output_type -> iotfabric.v1.LeaseBlockResponse
-	11, // 21: iotfabric.v1.AgentService.WatchGatewayRoutes:output_type -> iotfabric.v1.GatewayRoutes
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	6,  // 6: iotfabric.v1.ReportEndpointsRequest.prune:type_name -> iotfabric.v1.EndpointPrune
+	18, // 7: iotfabric.v1.EndpointResult.endpoint:type_name -> iotfabric.v1.Endpoint
+	7,  // 8: iotfabric.v1.ReportEndpointsResponse.results:type_name -> iotfabric.v1.EndpointResult
+	3,  // 9: iotfabric.v1.LeaseBlockResponse.block:type_name -> iotfabric.v1.GatewayBlock
+	13, // 10: iotfabric.v1.WatchGatewayRoutesRequest.digests:type_name -> iotfabric.v1.RouteDigest
+	0,  // 11: iotfabric.v1.GatewayRoutes.kind:type_name -> iotfabric.v1.GatewayRoutes.Kind
+	19, // 12: iotfabric.v1.GatewayRoutes.put:type_name -> iotfabric.v1.Route
+	19, // 13: iotfabric.v1.GatewayRoutes.delete:type_name -> iotfabric.v1.Route
+	14, // 14: iotfabric.v1.GatewayRoutes.keep:type_name -> iotfabric.v1.RouteScope
+	1,  // 15: iotfabric.v1.AgentService.Register:input_type -> iotfabric.v1.RegisterRequest
+	5,  // 16: iotfabric.v1.AgentService.ReportEndpoints:input_type -> iotfabric.v1.ReportEndpointsRequest
+	9,  // 17: iotfabric.v1.AgentService.LeaseBlock:input_type -> iotfabric.v1.LeaseBlockRequest
+	11, // 18: iotfabric.v1.AgentService.WatchGatewayRoutes:input_type -> iotfabric.v1.WatchGatewayRoutesRequest
+	2,  // 19: iotfabric.v1.AgentService.Register:output_type -> iotfabric.v1.RegisterResponse
+	8,  // 20: iotfabric.v1.AgentService.ReportEndpoints:output_type -> iotfabric.v1.ReportEndpointsResponse
+	10, // 21: iotfabric.v1.AgentService.LeaseBlock:output_type -> iotfabric.v1.LeaseBlockResponse
+	12, // 22: iotfabric.v1.AgentService.WatchGatewayRoutes:output_type -> iotfabric.v1.GatewayRoutes
+	19, // [19:23] is the sub-list for method output_type
+	15, // [15:19] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_iotfabric_v1_agent_proto_init() }
@@ -1108,7 +1193,7 @@ func file_iotfabric_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_iotfabric_v1_agent_proto_rawDesc), len(file_iotfabric_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
