@@ -48,7 +48,7 @@ type restController struct {
 // startREST starts a controller with api.http_listen on loopback; with ca,
 // both APIs use mutual TLS with certificates of ca. tune changes the
 // configuration before it starts.
-func startRESTController(t *testing.T, ca *tlstest.CA, tune func(*Config)) *restController {
+func startRESTController(t testing.TB, ca *tlstest.CA, tune func(*Config)) *restController {
 	t.Helper()
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
 	if err != nil {
@@ -80,7 +80,7 @@ func startRESTController(t *testing.T, ca *tlstest.CA, tune func(*Config)) *rest
 }
 
 // client is an HTTP client presenting the certificate f (zero: none).
-func (rc *restController) client(t *testing.T, f tlsconfig.Files) *http.Client {
+func (rc *restController) client(t testing.TB, f tlsconfig.Files) *http.Client {
 	t.Helper()
 	tr := &http.Transport{}
 	if rc.ca != nil {
@@ -107,7 +107,7 @@ func (rc *restController) client(t *testing.T, f tlsconfig.Files) *http.Client {
 }
 
 // grpcConn is a gRPC connection to the controller's gRPC API (plain).
-func (rc *restController) grpcConn(t *testing.T) *grpc.ClientConn {
+func (rc *restController) grpcConn(t testing.TB) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(rc.c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
