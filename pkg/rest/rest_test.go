@@ -121,6 +121,23 @@ func TestWatchHeartbeatAndEvents(t *testing.T) {
 	readUntil(": heartbeat")
 }
 
+// A watch outlives the server's read timeout (which bounds the request).
+func TestWatchOutlivesReadTimeout(t *testing.T) {
+	h, _ := newTestHandler(t, func(o *Options) { o.Heartbeat = 50 * time.Millisecond })
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ReadTimeout = 200 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	resp := openWatch(t, context.Background(), srv.URL)
+	r := bufio.NewReader(resp.Body)
+	start := time.Now()
+	for time.Since(start) < time.Second {
+		if _, err := r.ReadString('\n'); err != nil {
+			t.Fatalf("watch ended after %v: %v", time.Since(start), err)
+		}
+	}
+}
+
 // A client that stops reading is cut off once the watch holds StreamBuffer
 // events for it: the stream to the service ends, memory stays bounded.
 func TestWatchSlowClientCutOff(t *testing.T) {
