@@ -236,6 +236,44 @@ func TestCallTokens(t *testing.T) {
 	}
 }
 
+// The in-process server denies a method the role table does not know, to an
+// admin too, as the gRPC API does.
+func TestUnknownMethodDenied(t *testing.T) {
+	called := false
+	bogus := &grpc.ServiceDesc{ServiceName: "iotfabric.v1.BogusService", HandlerType: (*any)(nil), Methods: []grpc.MethodDesc{{
+		MethodName: "Call",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, in grpc.UnaryServerInterceptor) (any, error) {
+			req := &v1.NameRequest{}
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			return in(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: "/iotfabric.v1.BogusService/Call"}, func(context.Context, any) (any, error) {
+				called = true
+				return &v1.VirtualNetwork{}, nil
+			})
+		}}}}
+	h, _ := newTestHandler(t, func(o *Options) {
+		reg := o.Register
+		o.Register = func(g grpc.ServiceRegistrar) { reg(g); g.RegisterService(bogus, struct{}{}) }
+	})
+	admin := Caller{Identity: tlsconfig.Identity{Role: tlsconfig.RoleAdmin, Name: "a"}}
+	r, end := h.calls.begin(httptest.NewRequest(http.MethodGet, "/", nil), admin)
+	defer end()
+	err := h.conn.Invoke(r.Context(), "/iotfabric.v1.BogusService/Call", &v1.NameRequest{}, &v1.VirtualNetwork{})
+	if called {
+		t.Error("the unknown method ran")
+	}
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "unknown method") {
+		t.Errorf("unknown method: %v", err)
+	}
+	if _, err := v1.NewNetworkServiceClient(h.conn).CreateNetwork(r.Context(), &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "n1"}}); err != nil {
+		t.Errorf("known method as admin: %v", err)
+	}
+	if _, err := v1.NewNetworkServiceClient(h.conn).CreateNetwork(context.Background(), &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "n1"}}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("known method without a request's token: %v", err)
+	}
+}
+
 // FuzzRequestBody posts anything as a CreateNetwork body: the answer is the
 // network, or the error JSON with a consistent code, name and HTTP status.
 func FuzzRequestBody(f *testing.F) {

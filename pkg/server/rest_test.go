@@ -425,6 +425,10 @@ func TestRESTCRUD(t *testing.T) {
 	if l := mustDo("GET", "/v1/networks", "", 200); len(l["networks"].([]any)) != 0 {
 		t.Errorf("networks left: %v", l)
 	}
+	// Audited as gRPC calls are.
+	if want := `msg=call component=audit identity=admin:anonymous method=/iotfabric.v1.NetworkService/CreateNetwork object=sensors code=OK`; !strings.Contains(rc.log.String(), want) {
+		t.Errorf("no audit line %q in\n%s", want, rc.log.String())
+	}
 	// What REST did, gRPC sees.
 	if _, err := v1.NewGatewayServiceClient(rc.grpcConn(t)).GetGateway(context.Background(), &v1.NameRequest{Name: "gw-4"}); err != nil {
 		t.Error(err)
