@@ -172,7 +172,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // single page (the pages route by the URL's fragment).
 func (h *Handler) static(w http.ResponseWriter, r *http.Request) {
 	name := strings.TrimPrefix(r.URL.Path, Prefix)
-	if name == "" || strings.Contains(name, "/") || !strings.Contains(name, ".") {
+	if name == "" || name == "index.html" || strings.Contains(name, "/") || !strings.Contains(name, ".") {
 		r2 := r.Clone(r.Context())
 		r2.URL.Path = Prefix
 		w.Header().Set("Cache-Control", "no-cache")
