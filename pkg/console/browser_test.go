@@ -2,13 +2,16 @@ package console_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
 	"github.com/iotfabric/iotfabric/internal/testenv"
@@ -36,9 +39,8 @@ func startBrowser(t testing.TB, width, height int) *browser {
 	)
 	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
 	bctx, bcancel := chromedp.NewContext(actx)
-	start, stop := context.WithTimeout(bctx, 60*time.Second)
-	defer stop()
-	if err := chromedp.Do(start); err != nil {
+	// The first action starts the browser; it lives as long as bctx.
+	if err := chromedp.Do(bctx); err != nil {
 		bcancel()
 		acancel()
 		t.Fatalf("start chromium: %v", err)
@@ -52,6 +54,16 @@ func startBrowser(t testing.TB, width, height int) *browser {
 type tab struct {
 	t   testing.TB
 	ctx context.Context
+
+	mu   sync.Mutex
+	logs []string // the page's exceptions and console messages
+}
+
+// pageLog is what the page reported (exceptions, console messages).
+func (tb *tab) pageLog() string {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return strings.Join(tb.logs, "\n")
 }
 
 // newTab opens a tab showing url; it is closed at the end of the (sub)test.
@@ -60,6 +72,34 @@ func (b *browser) newTab(t testing.TB, url string) *tab {
 	ctx, cancel := chromedp.NewContext(b.ctx)
 	t.Cleanup(cancel)
 	tb := &tab{t: t, ctx: ctx}
+	err := chromedp.Listen(ctx, func(ev any) {
+		var line string
+		switch e := ev.(type) {
+		case *runtime.EventExceptionThrown:
+			line = "exception: " + e.ExceptionDetails.Text
+			if e.ExceptionDetails.Exception != nil {
+				line += " " + e.ExceptionDetails.Exception.Description
+			}
+		case *runtime.EventConsoleAPICalled:
+			line = "console." + string(e.Type) + ":"
+			for _, a := range e.Args {
+				line += " " + string(a.Value) + a.Description
+			}
+		default:
+			return
+		}
+		tb.mu.Lock()
+		tb.logs = append(tb.logs, line)
+		tb.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("page log:\n%s", tb.pageLog())
+		}
+	})
 	tb.do(chromedp.Navigate(url))
 	return tb
 }
@@ -93,7 +133,9 @@ func (tb *tab) waitJS(timeout time.Duration, expr string) {
 	ctx, cancel := context.WithTimeout(tb.ctx, timeout)
 	defer cancel()
 	if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(timeout))); err != nil {
-		body, _ := chromedp.Run(tb.ctx, chromedp.Evaluate[string]("document.querySelector('main').innerText"))
+		dctx, dcancel := context.WithTimeout(tb.ctx, 5*time.Second)
+		defer dcancel()
+		body, _ := chromedp.Run(dctx, chromedp.Evaluate[string]("document.querySelector('main').innerText"))
 		tb.t.Fatalf("waiting for %s: %v\npage text:\n%s", expr, err, body)
 	}
 }
@@ -140,4 +182,15 @@ func artifactsDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// eval evaluates a JavaScript expression; out, if not nil, receives its value.
+func (tb *tab) eval(expr string, out any) {
+	tb.t.Helper()
+	v := run(tb, chromedp.Evaluate[json.RawMessage](expr))
+	if out != nil {
+		if err := json.Unmarshal(v, out); err != nil {
+			tb.t.Fatalf("%s: %v (%s)", expr, err, v)
+		}
+	}
 }

@@ -4,12 +4,15 @@
 // the REST API (/v1/...) and follow its watch streams (server-sent events) to
 // stay current without reloading.
 //
-// Besides the static files it serves three small things of its own:
+// Besides the static files it serves four small things of its own:
 // /ui/config.json (what the pages need to know of the configuration),
 // /ui/api/summary (counts the overview draws without downloading every
-// endpoint) and /ui/graphite/render (Graphite's render API through the
-// controller, when console.graphite_url is set, so the browser needs no CORS).
-// The last two are authorized like the REST calls they stand for (Options.Authorize).
+// endpoint), /ui/api/watch (the REST watches a page follows, as one stream:
+// a browser opens at most six HTTP/1.1 connections to a server) and
+// /ui/graphite/render (Graphite's render API through the controller, when
+// console.graphite_url is set, so the browser needs no CORS). The summary
+// and the proxy are authorized like the REST calls they stand for
+// (Options.Authorize); the watches are the caller's own REST requests.
 //
 // It owns no state and no store key; it reads through Lister, the same list
 // calls the API serves.
@@ -26,6 +29,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -130,6 +134,7 @@ type Handler struct {
 	opts  Options
 	files http.Handler
 	mux   *http.ServeMux
+	api   atomic.Pointer[http.Handler] // the REST API (SetAPI)
 }
 
 // New returns the console's handler, to mount at Prefix.
@@ -154,6 +159,7 @@ func New(cfg Config, opts Options) (*Handler, error) {
 	h.mux.HandleFunc("GET "+Prefix+"config.json", h.config)
 	h.mux.HandleFunc("GET "+Prefix+"api/summary", h.summary)
 	h.mux.HandleFunc("GET "+Prefix+"graphite/render", h.graphite)
+	h.mux.HandleFunc("GET "+Prefix+"api/watch", h.watch)
 	h.mux.HandleFunc("GET "+Prefix, h.static)
 	return h, nil
 }

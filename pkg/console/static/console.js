@@ -57,6 +57,11 @@
     setAttrs(el, attrs);
     return add(el, kids);
   }
+  // fill replaces the children of el (null and false kids are left out).
+  function fill(el, ...kids) {
+    el.replaceChildren();
+    return add(el, kids);
+  }
   function table(headers, rows, cls) {
     return h('div', { class: 'table-wrap' }, h('table', { class: cls },
       h('thead', null, h('tr', null, headers.map(x => h('th', { scope: 'col', class: x.cls }, x.t || x)))),
@@ -119,122 +124,122 @@
   }
 
   // ---- live state ----
-  function setLive(name, on) {
-    S.live[name] = on;
+  function setLive(on) {
     const el = document.getElementById('live');
-    const all = Object.values(S.live);
-    const ok = all.length > 0 && all.every(Boolean);
-    el.textContent = ok ? 'live' : 'reconnecting';
-    el.className = 'live ' + (ok ? 'on' : 'off');
+    el.textContent = on ? 'live' : 'reconnecting';
+    el.className = 'live ' + (on ? 'on' : 'off');
   }
   function logEvent(kind, type, name, detail) {
     S.events.unshift({ t: new Date(), kind, type, name, detail: detail || '' });
     if (S.events.length > S.maxEvents) S.events.length = S.maxEvents;
   }
 
-  // Watch follows one watch stream: list (sync) for a revision, then the
-  // stream from it; on any error it lists again and starts over.
-  class Watch {
-    constructor(name, path, sync, apply) {
-      this.name = name; this.path = path; this.sync = sync; this.apply = apply;
-      this.rev = 0; this.es = null; this.stopped = false; this.delay = 500;
-    }
+  // Apply one event of each watch to the state.
+  const apply = {
+    gateways(ev) {
+      const t = enumName('ev', ev.type), g = ev.gateway || {};
+      if (t === 'put') {
+        const old = S.gateways.get(g.name);
+        const was = old ? enumName('gw', old.state) : 'new', now = enumName('gw', g.state);
+        S.gateways.set(g.name, g);
+        logEvent('gateway', t, g.name, was === now ? 'state ' + now : was + ' → ' + now);
+      } else if (t === 'delete') {
+        S.gateways.delete(g.name);
+        logEvent('gateway', t, g.name);
+      }
+      refreshSummarySoon();
+    },
+    networks(ev) {
+      const t = enumName('ev', ev.type), n = ev.network || {};
+      if (t === 'put') S.networks.set(n.name, n);
+      else if (t === 'delete') S.networks.delete(n.name);
+      else return;
+      logEvent('network', t, n.name, (n.subnets || []).join(', '));
+      refreshSummarySoon();
+    },
+    endpoints(ev) {
+      const t = enumName('ev', ev.type), e = ev.endpoint || {};
+      const v = S.view;
+      if (t === 'put') {
+        if (viewHas(e)) v.endpoints.set(e.id, e);
+        logEvent('endpoint', t, e.id, [e.network, e.gateway, list(e.addresses), enumName('ep', e.state)].join(' · '));
+      } else if (t === 'delete') {
+        v.endpoints.delete(e.id);
+        logEvent('endpoint', t, e.id);
+      }
+      refreshSummarySoon();
+    },
+    routes(ev) {
+      const v = S.view;
+      const t = enumName('ev', ev.type), r = ev.route || {};
+      if (t === 'synced') { v.routesSynced = true; return; }
+      const key = r.prefix + ' ' + r.routeDistinguisher;
+      if (t === 'put') v.routes.set(key, r);
+      else if (t === 'delete') v.routes.delete(key);
+      if (v.routesSynced) logEvent('route', t, r.prefix, [r.network, r.routeDistinguisher, 'label ' + (r.label || 0)].join(' · '));
+    },
+  };
+
+  // Live keeps the state current: it lists (gateways, networks, the summary
+  // with the endpoints' revision, the endpoints of the page), then follows
+  // the watches from those revisions through one stream (/ui/api/watch); on
+  // any error it lists again and starts over.
+  const Live = {
+    rev: { gateways: 0, networks: 0, endpoints: 0 }, es: null, delay: 500, routes: '',
+    async sync() {
+      const [gws, nets] = await Promise.all([listAll(api('/gateways'), 'gateways', 5000), listAll(api('/networks'), 'networks', 5000), refreshSummary(), loadViewEndpoints()]);
+      S.gateways = new Map(gws.items.map(g => [g.name, g]));
+      S.networks = new Map(nets.items.map(n => [n.name, n]));
+      if (!S.summary) throw new Error(S.summaryError || 'no summary');
+      this.rev = { gateways: gws.revision, networks: nets.revision, endpoints: Number(S.summary.endpointRevision) };
+    },
     async start() {
-      if (this.stopped) return;
       try {
-        const rev = await this.sync();
-        if (rev !== undefined) this.rev = rev;
+        await this.sync();
         this.open();
       } catch (e) {
-        setLive(this.name, false);
-        this.retry();
+        this.fail();
       }
-    }
-    retry() {
-      if (this.stopped) return;
-      setTimeout(() => this.start(), this.delay);
-      this.delay = Math.min(this.delay * 2, 10000);
-    }
+    },
+    // open (re)opens the stream from the revisions seen, with the routes of the page's network.
     open() {
-      if (this.stopped) return;
-      const es = new EventSource(this.rev ? q(this.path, { from_revision: this.rev }) : this.path);
+      if (this.es) this.es.close();
+      S.view.routes = new Map(); S.view.routesSynced = false;
+      const es = new EventSource(q('/ui/api/watch', { ...this.rev, routes: this.routes }));
       this.es = es;
-      es.onopen = () => { this.delay = 500; setLive(this.name, true); };
-      es.onmessage = (m) => {
-        let ev;
-        try { ev = JSON.parse(m.data); } catch (e) { return; }
-        if (ev && ev.result) ev = ev.result;
-        if (ev && ev.error) { this.fail(); return; }
-        if (ev.revision) {
-          const r = Number(ev.revision);
-          if (r > this.rev) this.rev = r;
-          S.pendingRevs.push(r);
-        }
-        this.apply(ev);
-        schedule();
-      };
+      es.onopen = () => { this.delay = 500; setLive(true); };
+      for (const kind of Object.keys(apply)) {
+        es.addEventListener(kind, (m) => {
+          if (this.es !== es) return;
+          let ev;
+          try { ev = JSON.parse(m.data); } catch (e) { return; }
+          if (ev.revision && kind in this.rev) {
+            const r = Number(ev.revision);
+            if (r > this.rev[kind]) this.rev[kind] = r;
+            S.pendingRevs.push(r);
+          }
+          apply[kind](ev);
+          schedule();
+        });
+      }
+      es.addEventListener('fail', () => this.fail());
       es.onerror = () => this.fail();
-    }
+    },
     fail() {
       if (this.es) this.es.close();
       this.es = null;
-      setLive(this.name, false);
-      this.retry();
-    }
-    stop() { this.stopped = true; if (this.es) this.es.close(); delete S.live[this.name]; }
-  }
+      setLive(false);
+      setTimeout(() => this.start(), this.delay);
+      this.delay = Math.min(this.delay * 2, 10000);
+    },
+    // follow changes the network whose routes the stream carries.
+    follow(network) {
+      if (this.routes === network) return;
+      this.routes = network;
+      if (this.es) this.open();
+    },
+  };
 
-  function objName(ev, key) { const o = ev[key] || {}; return o.name || o.id || o.prefix || ''; }
-
-  const gatewayWatch = new Watch('gateways', api('/gateways:watch'), async () => {
-    const { items, revision } = await listAll(api('/gateways'), 'gateways', 5000);
-    S.gateways = new Map(items.map(g => [g.name, g]));
-    return revision;
-  }, (ev) => {
-    const t = enumName('ev', ev.type), g = ev.gateway || {};
-    if (t === 'put') {
-      const old = S.gateways.get(g.name);
-      const was = old ? enumName('gw', old.state) : 'new', now = enumName('gw', g.state);
-      S.gateways.set(g.name, g);
-      logEvent('gateway', t, g.name, was === now ? 'state ' + now : was + ' → ' + now);
-    } else if (t === 'delete') {
-      S.gateways.delete(g.name);
-      logEvent('gateway', t, g.name);
-    }
-    refreshSummarySoon();
-  });
-
-  const networkWatch = new Watch('networks', api('/networks:watch'), async () => {
-    const { items, revision } = await listAll(api('/networks'), 'networks', 5000);
-    S.networks = new Map(items.map(n => [n.name, n]));
-    return revision;
-  }, (ev) => {
-    const t = enumName('ev', ev.type), n = ev.network || {};
-    if (t === 'put') S.networks.set(n.name, n);
-    else if (t === 'delete') S.networks.delete(n.name);
-    else return;
-    logEvent('network', t, n.name, (n.subnets || []).join(', '));
-    refreshSummarySoon();
-  });
-
-  // The endpoint stream starts at the summary's revision: the overview never
-  // downloads the endpoints, only their counts.
-  const endpointWatch = new Watch('endpoints', api('/endpoints:watch'), async () => {
-    await refreshSummary();
-    await loadViewEndpoints();
-    return S.summary ? Number(S.summary.endpointRevision) : 0;
-  }, (ev) => {
-    const t = enumName('ev', ev.type), e = ev.endpoint || {};
-    const v = S.view;
-    if (t === 'put') {
-      if (viewHas(e)) v.endpoints.set(e.id, e);
-      logEvent('endpoint', t, e.id, [e.network, e.gateway, list(e.addresses), enumName('ep', e.state)].join(' · '));
-    } else if (t === 'delete') {
-      v.endpoints.delete(e.id);
-      logEvent('endpoint', t, e.id);
-    }
-    refreshSummarySoon();
-  });
   function viewHas(e) {
     const [kind, name] = S.view.key.split(':');
     return (kind === 'network' && e.network === name) || (kind === 'gateway' && e.gateway === name);
@@ -253,24 +258,6 @@
       v.error = e.message;
     }
     schedule();
-  }
-
-  let routeWatch = null;
-  function watchRoutes(network) {
-    if (routeWatch) routeWatch.stop();
-    const v = S.view;
-    routeWatch = new Watch('routes', q(api('/routes:watch'), { network }), async () => {
-      v.routes = new Map(); v.routesSynced = false;
-      return 0;
-    }, (ev) => {
-      const t = enumName('ev', ev.type), r = ev.route || {};
-      const key = r.prefix + ' ' + r.routeDistinguisher;
-      if (t === 'synced') { v.routesSynced = true; return; }
-      if (t === 'put') v.routes.set(key, r);
-      else if (t === 'delete') v.routes.delete(key);
-      if (v.routesSynced) logEvent('route', t, r.prefix, [r.network, r.routeDistinguisher, 'label ' + (r.label || 0)].join(' · '));
-    });
-    routeWatch.start();
   }
 
   let summaryTimer = null, summaryBusy = false;
@@ -326,7 +313,7 @@
       const seen = g.lastSeen ? Date.parse(g.lastSeen) : 0;
       const age = seen ? Date.now() - seen : Infinity;
       if (age < limit) continue;
-      out.push({ g, st, text: st === 'down' ? 'offline since ' + ago(g.lastSeen) : 'headless: its agent has not reported (last seen ' + ago(g.lastSeen) + ')' });
+      out.push({ g, st, text: st === 'down' ? (g.lastSeen ? 'offline since ' + ago(g.lastSeen) : 'offline, never seen') : 'headless: its agent has not reported (last seen ' + ago(g.lastSeen) + ')' });
     }
     return out;
   }
@@ -366,7 +353,7 @@
     function drawGateways() {
       const f = st.filter.toLowerCase();
       const rows = [...S.gateways.values()].filter(g => !f || g.name.toLowerCase().includes(f) || enumName('gw', g.state).includes(f));
-      gws.replaceChildren(...gatewayTable(rows, 100, S.summary && S.summary.gatewayEndpoints));
+      fill(gws, ...gatewayTable(rows, 100, S.summary && S.summary.gatewayEndpoints));
     }
     function update() {
       const sm = S.summary;
@@ -375,7 +362,7 @@
       for (const g of S.gateways.values()) { const w = enumName('gw', g.state); states[w] = (states[w] || 0) + 1; }
       const peersUp = S.peers.filter(p => p.state === 'established').length;
       const card = (n, l, id) => h('div', { class: 'card', id }, h('div', { class: 'n' }, String(n)), h('div', { class: 'l' }, l));
-      cards.replaceChildren(
+      fill(cards,
         card(S.gateways.size, 'gateways', 'card-gateways'),
         card(states.up, '✔ online', 'card-up'),
         card(states.down, '✖ offline', 'card-down'),
@@ -390,9 +377,9 @@
       if (S.peersError) items.push(h('li', null, '⚠ peers: ' + S.peersError));
       const shown = items.slice(0, 50);
       if (items.length > 50) shown.push(h('li', null, `… and ${items.length - 50} more`));
-      alerts.replaceChildren(...(shown.length ? shown : [h('li', { class: 'none' }, '✔ no alerts')]));
+      fill(alerts, ...(shown.length ? shown : [h('li', { class: 'none' }, '✔ no alerts')]));
       drawGateways();
-      if (!interactiveMarked && S.ready && sm) {
+      if (!interactiveMarked && S.ready && (sm || S.summaryError)) {
         interactiveMarked = true;
         performance.mark('console-interactive');
       }
@@ -407,7 +394,7 @@
     function update() {
       const f = st.filter.toLowerCase();
       const rows = [...S.gateways.values()].filter(g => !f || g.name.toLowerCase().includes(f) || enumName('gw', g.state).includes(f) || (g.underlayAddress || '').includes(f));
-      body.replaceChildren(...gatewayTable(rows, 500, S.summary && S.summary.gatewayEndpoints));
+      fill(body, ...gatewayTable(rows, 500, S.summary && S.summary.gatewayEndpoints));
     }
     return { root, update };
   };
@@ -435,19 +422,19 @@
       h('h2', null, 'Endpoints'), eps, h('h2', null, 'Link history (this session)'), hist);
     function update() {
       const g = S.gateways.get(name);
-      if (!g) { info.replaceChildren(h('p', { class: 'error' }, 'No such gateway (or not loaded yet).')); } else {
+      if (!g) { fill(info, h('p', { class: 'error' }, 'No such gateway (or not loaded yet).')); } else {
         const rows = [['State', stateLabel(enumName('gw', g.state))], ['Last seen', h('span', null, when(g.lastSeen), ' ', h('span', { class: 'muted' }, g.lastSeen || ''))],
           ['Underlay address', g.underlayAddress || ''], ['Encapsulations', (g.encapsulations || []).map(e => enumName('enc', e)).join(', ') || 'default'],
           ['Revision', g.revision || '']];
         for (const [k, v] of Object.entries(g)) if (!knownGatewayFields.has(k)) rows.push([k, valueText(v)]);
         for (const c of g.conditions || []) rows.push(['Condition', `⚠ ${c.type}: ${c.message}`]);
-        info.replaceChildren(h('dl', { class: 'kv' }, rows.map(([k, v]) => [h('dt', null, k), h('dd', null, v)])));
+        fill(info, h('dl', { class: 'kv' }, rows.map(([k, v]) => [h('dt', null, k), h('dd', null, v)])));
       }
       const v = S.view;
-      eps.replaceChildren(v.error ? h('p', { class: 'error' }, v.error) : endpointTable(v.endpoints.values(), true),
+      fill(eps, v.error ? h('p', { class: 'error' }, v.error) : endpointTable(v.endpoints.values(), true),
         v.more ? h('p', { class: 'muted' }, 'Only the first 500 endpoints are listed.') : null);
       const evs = S.events.filter(e => e.kind === 'gateway' && e.name === name);
-      hist.replaceChildren(evs.length ? table(['Time', 'Change'], evs.map(e => h('tr', null, h('td', null, e.t.toLocaleTimeString()), h('td', null, e.detail))))
+      fill(hist, evs.length ? table(['Time', 'Change'], evs.map(e => h('tr', null, h('td', null, e.t.toLocaleTimeString()), h('td', null, e.detail))))
         : h('p', { class: 'muted' }, 'No change since the page was opened.'));
     }
     return { root, update };
@@ -459,7 +446,7 @@
     function update() {
       const counts = (S.summary && S.summary.networkEndpoints) || {};
       const rows = [...S.networks.values()].sort((a, b) => a.name < b.name ? -1 : 1);
-      body.replaceChildren(rows.length ? table(['Network', 'Id', 'Subnets', { t: 'Route targets', cls: 'hide-narrow' }, 'Endpoints', 'Conditions'],
+      fill(body, rows.length ? table(['Network', 'Id', 'Subnets', { t: 'Route targets', cls: 'hide-narrow' }, 'Endpoints', 'Conditions'],
         rows.map(n => h('tr', { 'data-network': n.name },
           h('td', null, netLink(n.name)), h('td', null, String(n.id || '')), h('td', { class: 'mono' }, list(n.subnets)),
           h('td', { class: 'mono hide-narrow' }, [n.autoRouteTarget, ...(n.importRouteTargets || []).map(x => 'import ' + x), ...(n.exportRouteTargets || []).map(x => 'export ' + x)].filter(Boolean).join(', ')),
@@ -472,35 +459,35 @@
   pages.network = (name) => {
     S.view = { key: 'network:' + name, endpoints: new Map(), more: false, routes: new Map(), routesSynced: false, error: '' };
     loadViewEndpoints();
-    watchRoutes(name);
+    Live.follow(name);
     const info = h('div'), eps = h('div'), routes = h('div');
     const root = h('div', null, h('h1', null, 'Network ', h('span', { class: 'mono', id: 'network-name' }, name)), info,
       h('h2', null, 'Endpoints'), eps, h('h2', null, 'Routes'), routes);
     function update() {
       const n = S.networks.get(name);
-      info.replaceChildren(!n ? h('p', { class: 'error' }, 'No such network (or not loaded yet).') : h('dl', { class: 'kv' },
+      fill(info, !n ? h('p', { class: 'error' }, 'No such network (or not loaded yet).') : h('dl', { class: 'kv' },
         [['Id', n.id], ['Subnets', list(n.subnets)], ['Route target', n.autoRouteTarget], ['Imports', list(n.importRouteTargets) || '—'],
           ['Exports', list(n.exportRouteTargets) || '—'], ['Encapsulations', (n.encapsulations || []).map(e => enumName('enc', e)).join(', ') || 'default'],
           ...(n.conditions || []).map(c => ['Condition', `⚠ ${c.type}: ${c.message}`])].map(([k, v]) => [h('dt', null, k), h('dd', null, String(v ?? ''))])));
       const v = S.view;
-      eps.replaceChildren(v.error ? h('p', { class: 'error' }, v.error) : endpointTable(v.endpoints.values(), false),
+      fill(eps, v.error ? h('p', { class: 'error' }, v.error) : endpointTable(v.endpoints.values(), false),
         v.more ? h('p', { class: 'muted' }, 'Only the first 500 endpoints are listed.') : null);
       const rs = [...v.routes.values()].sort((a, b) => a.prefix < b.prefix ? -1 : 1);
-      routes.replaceChildren(table(['Prefix', 'RD', 'Label', { t: 'Next hop', cls: 'hide-narrow' }, 'Route targets', 'Source'],
+      fill(routes, table(['Prefix', 'RD', 'Label', { t: 'Next hop', cls: 'hide-narrow' }, 'Route targets', 'Source'],
         rs.map(r => h('tr', { 'data-route': r.prefix },
           h('td', { class: 'mono' }, r.prefix), h('td', { class: 'mono' }, r.routeDistinguisher || ''), h('td', null, String(r.label || '')),
           h('td', { class: 'mono hide-narrow' }, r.nextHop || ''), h('td', { class: 'mono' }, list(r.routeTargets)),
           h('td', null, enumName('origin', r.origin) === 'imported' ? 'peer ' + (r.peer || '?') : 'endpoint ' + (r.endpoint || '?'))))),
       v.routesSynced ? null : h('p', { class: 'muted' }, 'Loading routes…'));
     }
-    return { root, update, leave: () => { if (routeWatch) { routeWatch.stop(); routeWatch = null; } } };
+    return { root, update, leave: () => Live.follow('') };
   };
 
   pages.peers = () => {
     const body = h('div');
     const root = h('div', null, h('h1', null, 'BGP peers'), body);
     function update() {
-      body.replaceChildren(S.peersError ? h('p', { class: 'error' }, S.peersError) : null,
+      fill(body, S.peersError ? h('p', { class: 'error' }, S.peersError) : null,
         S.peers.length ? table(['Peer', 'ASN', 'State', 'Uptime', 'Prefixes in', 'Prefixes out', { t: 'Limit', cls: 'hide-narrow' }, { t: 'Source', cls: 'hide-narrow' }],
           S.peers.map(p => h('tr', { 'data-peer': (p.peer || {}).address },
             h('td', { class: 'mono' }, (p.peer || {}).address), h('td', null, String((p.peer || {}).asn || '')),
@@ -521,7 +508,7 @@
     function update() {
       const f = st.filter.toLowerCase();
       const rows = S.events.filter(e => !f || (e.kind + ' ' + e.name + ' ' + e.detail).toLowerCase().includes(f));
-      body.replaceChildren(rows.length ? table(['Time', 'Kind', 'Change', 'Object', 'Detail'], rows.map(e => h('tr', null,
+      fill(body, rows.length ? table(['Time', 'Kind', 'Change', 'Object', 'Detail'], rows.map(e => h('tr', null,
         h('td', null, e.t.toLocaleTimeString()), h('td', null, e.kind), h('td', null, e.type),
         h('td', { class: 'mono' }, e.kind === 'gateway' ? gwLink(e.name) : e.kind === 'network' ? netLink(e.name) : e.name), h('td', null, e.detail))))
         : h('p', { class: 'muted' }, 'No events yet.'));
@@ -552,7 +539,7 @@
         h('span', { class: 'muted' }, 'Gateways are grouped by the networks they hold addresses in; select one for its page.')), body);
     loadIpam();
     const timer = setInterval(loadIpam, 10000);
-    function update() { body.replaceChildren(drawTopology()); }
+    function update() { fill(body, drawTopology()); }
     return { root, update, leave: () => clearInterval(timer) };
   };
 
@@ -616,7 +603,7 @@
 
   function chart(series) {
     const pts = (series.datapoints || []).filter(p => p[0] !== null);
-    const W = 300, H = 100, L = 34, B = 14;
+    const W = 300, H = 64, L = 34, B = 12;
     if (!pts.length) return h('p', { class: 'muted' }, 'no data in the last hour');
     let lo = Math.min(...pts.map(p => p[0])), hi = Math.max(...pts.map(p => p[0]));
     if (lo === hi) { lo -= 1; hi += 1; }
@@ -625,7 +612,7 @@
     return s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `${series.target}: ${pts.length} points from ${lo} to ${hi}` },
       s('text', { x: 2, y: 10 }, String(+hi.toPrecision(4))), s('text', { x: 2, y: H - B }, String(+lo.toPrecision(4))),
       s('text', { x: L, y: H - 2 }, new Date(t0 * 1000).toLocaleTimeString()),
-      s('text', { x: W - 60, y: H - 2 }, new Date(t1 * 1000).toLocaleTimeString()),
+      s('text', { x: W - 52, y: H - 2 }, new Date(t1 * 1000).toLocaleTimeString()),
       s('polyline', { points: xy }));
   }
 
@@ -640,9 +627,9 @@
     loadSensors();
     const timer = setInterval(loadSensors, 10000);
     function update() {
-      if (!cfg.graphite) { body.replaceChildren(h('p', { class: 'muted' }, 'No Graphite is configured (console.graphite_url).')); return; }
-      if (sn.error) { body.replaceChildren(h('p', { class: 'error' }, sn.error)); return; }
-      if (!sn.series) { body.replaceChildren(h('p', null, 'Loading…')); return; }
+      if (!cfg.graphite) { fill(body, h('p', { class: 'muted' }, 'No Graphite is configured (console.graphite_url).')); return; }
+      if (sn.error) { fill(body, h('p', { class: 'error' }, sn.error)); return; }
+      if (!sn.series) { fill(body, h('p', null, 'Loading…')); return; }
       // Group the series by node: the target without its last segment.
       const groups = new Map();
       for (const x of sn.series) {
@@ -650,14 +637,15 @@
         if (!groups.has(k)) groups.set(k, []);
         groups.get(k).push(x);
       }
-      if (!groups.size) { body.replaceChildren(h('p', { class: 'muted' }, 'No series match ' + sn.target + '.')); return; }
-      body.replaceChildren(...[...groups.keys()].sort().map(k => h('section', { 'data-node': k }, h('h2', { class: 'mono' }, k),
-        table(['Reading', 'Latest', 'At'], groups.get(k).map(x => {
+      if (!groups.size) { fill(body, h('p', { class: 'muted' }, 'No series match ' + sn.target + '.')); return; }
+      fill(body, [...groups.keys()].sort().map(k => h('section', { 'data-node': k }, h('h2', { class: 'mono' }, k),
+        table(['Reading', 'Latest', 'At', { t: 'Last hour', cls: 'spark' }], groups.get(k).map(x => {
           const last = [...(x.datapoints || [])].reverse().find(p => p[0] !== null);
-          return h('tr', null, h('td', { class: 'mono' }, x.target.slice(k.length + 1)), h('td', null, last ? String(last[0]) : '—'),
-            h('td', null, last ? new Date(last[1] * 1000).toLocaleTimeString() : ''));
-        })),
-        h('div', { class: 'sensor-grid' }, groups.get(k).map(x => h('figure', null, chart(x), h('figcaption', { class: 'mono' }, x.target.slice(k.length + 1))))))));
+          return h('tr', { 'data-metric': x.target }, h('td', { class: 'mono' }, x.target.slice(k.length + 1)),
+            h('td', null, last ? String(+last[0].toPrecision(6)) : '—'),
+            h('td', null, last ? new Date(last[1] * 1000).toLocaleTimeString() : ''),
+            h('td', { class: 'spark' }, chart(x)));
+        })))));
     }
     return { root, update, leave: () => clearInterval(timer) };
   };
@@ -674,7 +662,7 @@
     if (name === 'gateways' && arg) make = pages.gateway;
     page = make(arg);
     const main = document.getElementById('main');
-    main.replaceChildren(page.root);
+    fill(main, page.root);
     for (const a of document.querySelectorAll('header nav a')) {
       if (a.getAttribute('href') === '#/' + name) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
     }
@@ -686,7 +674,7 @@
   async function main() {
     try { Object.assign(cfg, await getJSON('/ui/config.json')); } catch (e) { /* defaults */ }
     route();
-    await Promise.all([gatewayWatch.start(), networkWatch.start(), endpointWatch.start(), pollPeers()]);
+    await Promise.all([Live.start(), pollPeers()]);
     S.ready = true;
     render();
     setInterval(pollPeers, 5000);
