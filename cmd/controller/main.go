@@ -47,6 +47,7 @@ func run(args []string, stderr *os.File) int {
 	etcdEndpoints := fs.String("etcd-endpoints", "", "comma-separated etcd URLs; when set, state is kept in etcd instead of bbolt")
 	apiListen := fs.String("api-listen", "", "gRPC API address (default "+DefaultAPIListen+")")
 	apiInsecure := fs.Bool("api-insecure", false, "allow --api-listen on a non-loopback address without api.tls (every caller that reaches it is an admin)")
+	httpListen := fs.String("http-listen", "", "REST API address (docs/rest.md; default \"off\")")
 	metricsListen := fs.String("metrics-listen", "", "Prometheus /metrics and /healthz address (default "+DefaultMetricsListen+"; \"off\" disables)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	version := fs.Bool("version", false, "print the version, commit, build date, Go version and platform, then exit")
@@ -80,6 +81,8 @@ func run(args []string, stderr *os.File) int {
 			cfg.API.Listen = *apiListen
 		case "api-insecure":
 			cfg.API.Insecure = *apiInsecure
+		case "http-listen":
+			cfg.API.HTTPListen = *httpListen
 		case "metrics-listen":
 			cfg.Metrics.Listen = *metricsListen
 		case "log-level":

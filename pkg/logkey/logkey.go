@@ -27,6 +27,7 @@ const (
 	ComponentBGP          = "bgp"           // controller's BGP speaker
 	ComponentVPN          = "vpn"           // controller's VPN route runner
 	ComponentAudit        = "audit"         // controller's audit log of API calls
+	ComponentREST         = "rest"          // controller's REST API (pkg/rest)
 	ComponentEnroll       = "enroll"        // controller's enrollment authority (tokens, certificates, revocation)
 	ComponentRenew        = "renew"         // a client's certificate renewal
 	ComponentCollector    = "collector"     // IQRF collector
@@ -129,6 +130,7 @@ const (
 	EtcdEndpoints = "endpoints"  // etcd endpoint URLs
 	API           = "api"        // the gRPC API's listen address
 	Metrics       = "metrics"    // the metrics listen address
+	REST          = "rest"       // the REST API's listen address
 	ClientCA      = "client_ca"  // the CA that client certificates must chain to
 	Method        = "method"     // a gRPC method
 	Library       = "library"    // a library whose own lines these are, within a component (gobgp within bgp)

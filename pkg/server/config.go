@@ -17,6 +17,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/kube"
+	"github.com/iotfabric/iotfabric/pkg/rest"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 )
@@ -41,6 +42,18 @@ type Config struct {
 		// Enrollment: the CA that signs the certificates of enrolled
 		// gateways and operators (docs/security.md).
 		Enrollment EnrollmentConfig `yaml:"enrollment"`
+		// HTTPListen is the address of the REST API (pkg/rest,
+		// docs/rest.md); "off" (or empty) turns it off. With api.tls it
+		// serves HTTPS with the same certificate and asks for a client
+		// certificate from the same CA.
+		HTTPListen string `yaml:"http_listen"`
+		// HTTPAnonymous is the role of REST callers without a client
+		// certificate: none (refused, 401), viewer, or admin (only on a
+		// loopback listener without TLS, like the gRPC API's).
+		HTTPAnonymous string `yaml:"http_anonymous"`
+		// HTTPMaxStreams bounds the REST watches (server-sent events)
+		// served at once.
+		HTTPMaxStreams int `yaml:"http_max_streams"`
 	} `yaml:"api"`
 	Metrics struct {
 		// Listen is the address of /metrics and /healthz; "off" (or empty)
@@ -190,6 +203,11 @@ const (
 	DefaultRenewGrace   = enroll.DefaultGrace
 	// MetricsOff as metrics.listen (file or flag) turns the metrics listener off.
 	MetricsOff = "off"
+	// HTTPOff as api.http_listen turns the REST API off (the default).
+	HTTPOff = "off"
+	// DefaultHTTPAnonymous: REST callers without a client certificate are refused.
+	DefaultHTTPAnonymous  = "none"
+	DefaultHTTPMaxStreams = rest.DefaultMaxStreams
 )
 
 // DefaultConfig is the configuration with every default set.
@@ -198,6 +216,7 @@ func DefaultConfig() Config {
 	c.DataDir = DefaultDataDir
 	c.API.Listen = DefaultAPIListen
 	c.Metrics.Listen = DefaultMetricsListen
+	c.API.HTTPListen, c.API.HTTPAnonymous, c.API.HTTPMaxStreams = HTTPOff, DefaultHTTPAnonymous, DefaultHTTPMaxStreams
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	c.BGP.ASN = DefaultASN
@@ -213,6 +232,26 @@ func DefaultConfig() Config {
 // is neither empty nor "off").
 func (c *Config) MetricsEnabled() bool {
 	return c.Metrics.Listen != "" && c.Metrics.Listen != MetricsOff
+}
+
+// HTTPEnabled reports whether the REST API is served (api.http_listen is
+// neither empty nor "off").
+func (c *Config) HTTPEnabled() bool {
+	return c.API.HTTPListen != "" && c.API.HTTPListen != HTTPOff
+}
+
+// httpAnonymous is the identity of REST callers without a client
+// certificate (api.http_anonymous).
+func (c *Config) httpAnonymous() (tlsconfig.Identity, error) {
+	switch c.API.HTTPAnonymous {
+	case "", "none":
+		return tlsconfig.Identity{}, nil
+	case "viewer":
+		return tlsconfig.Identity{Role: tlsconfig.RoleViewer, Name: "anonymous"}, nil
+	case "admin":
+		return tlsconfig.Identity{Role: tlsconfig.RoleAdmin, Name: "anonymous"}, nil
+	}
+	return tlsconfig.Identity{}, fmt.Errorf("api.http_anonymous %q: use none, viewer or admin", c.API.HTTPAnonymous)
 }
 
 // LoadConfig reads the YAML file path over the defaults (path "": the
@@ -250,16 +289,19 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("etcd endpoint %q: want a URL such as http://127.0.0.1:2379", e))
 		}
 	}
-	for name, addr := range map[string]string{"api.listen": c.API.Listen, "metrics.listen": c.Metrics.Listen} {
-		if name == "metrics.listen" && !c.MetricsEnabled() {
-			continue // metrics off
+	for name, addr := range map[string]string{"api.listen": c.API.Listen, "metrics.listen": c.Metrics.Listen, "api.http_listen": c.API.HTTPListen} {
+		if name == "metrics.listen" && !c.MetricsEnabled() || name == "api.http_listen" && !c.HTTPEnabled() {
+			continue // off
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want HOST:PORT such as 127.0.0.1:50051", name, addr))
 		}
 	}
-	if err := c.checkInsecure(c.API.Listen); err != nil {
+	if err := c.checkInsecure("api.listen", c.API.Listen); err != nil {
 		errs = append(errs, err)
+	}
+	if c.HTTPEnabled() {
+		errs = append(errs, c.checkHTTP()...)
 	}
 	if c.API.TLS.Enabled() {
 		if _, err := tlsconfig.Server(c.API.TLS); err != nil {
@@ -324,23 +366,54 @@ func (c *Config) enrollCACert() string {
 	return c.API.TLS.CA
 }
 
-// checkInsecure refuses an API address other than loopback without TLS,
-// unless api.insecure is set. A host name other than localhost is checked
-// once bound (Start).
-func (c *Config) checkInsecure(addr string) error {
+// checkInsecure refuses an API address (key: its configuration key) other
+// than loopback without TLS, unless api.insecure is set. A host name other
+// than localhost is checked once bound (Start).
+func (c *Config) checkInsecure(key, addr string) error {
 	if c.API.TLS.Enabled() || c.API.Insecure {
 		return nil
 	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil // reported as a bad address
-	}
-	ip, perr := netip.ParseAddr(host)
-	if host == "localhost" || perr == nil && ip.IsLoopback() || perr != nil && host != "" {
+	if maybeLoopback(addr) {
 		return nil
 	}
-	return fmt.Errorf("api.listen %q is not a loopback address and api.tls is not set: every caller that can reach it would be an admin; "+
-		"set api.tls (mutual TLS), listen on 127.0.0.1, or set api.insecure: true (--api-insecure) to accept that", addr)
+	who := "every caller that can reach it would be an admin"
+	if key != "api.listen" {
+		who = "anyone who can reach it would call it without a certificate, as api.http_anonymous"
+	}
+	return fmt.Errorf("%s %q is not a loopback address and api.tls is not set: %s; "+
+		"set api.tls (mutual TLS), listen on 127.0.0.1, or set api.insecure: true (--api-insecure) to accept that", key, addr, who)
+}
+
+// maybeLoopback reports whether addr may be a loopback address: a loopback
+// IP, localhost, or a host name (checked once bound); a bad address is
+// reported elsewhere.
+func maybeLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return true // reported as a bad address
+	}
+	ip, perr := netip.ParseAddr(host)
+	return host == "localhost" || perr == nil && ip.IsLoopback() || perr != nil && host != ""
+}
+
+// checkHTTP checks the REST API's section: its address as api.listen's, the
+// anonymous role (admin only on loopback without TLS, as the gRPC API
+// trusts callers without a certificate), the bound on watches.
+func (c *Config) checkHTTP() []error {
+	var errs []error
+	if err := c.checkInsecure("api.http_listen", c.API.HTTPListen); err != nil {
+		errs = append(errs, err)
+	}
+	id, err := c.httpAnonymous()
+	if err != nil {
+		errs = append(errs, err)
+	} else if id.Role == tlsconfig.RoleAdmin && (c.API.TLS.Enabled() || !maybeLoopback(c.API.HTTPListen)) {
+		errs = append(errs, fmt.Errorf("api.http_anonymous admin: only on a loopback api.http_listen without api.tls (%q); use viewer, or client certificates", c.API.HTTPListen))
+	}
+	if c.API.HTTPMaxStreams <= 0 {
+		errs = append(errs, fmt.Errorf("api.http_max_streams %d: want a positive number such as %d", c.API.HTTPMaxStreams, DefaultHTTPMaxStreams))
+	}
+	return errs
 }
 
 // loopback reports whether a is a loopback address (a bound listener's).

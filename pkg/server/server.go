@@ -51,6 +51,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/kube"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/model"
+	"github.com/iotfabric/iotfabric/pkg/rest"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
@@ -75,7 +76,12 @@ type Options struct {
 	// NoAuthorization installs no Authorizer: every caller may call every
 	// method and nothing is audited. For benchmarks that measure what
 	// authorization costs (make bench-cni); cmd/controller never sets it.
+	// The REST API (api.http_listen) is authorized regardless.
 	NoAuthorization bool
+	// HTTPHandlers are more handlers on the REST API's listener
+	// (api.http_listen), by http.ServeMux pattern — the web console at
+	// "/ui/" — behind its authentication (rest.CallerFrom gives the caller).
+	HTTPHandlers map[string]http.Handler
 }
 
 // Controller is a running controller.
@@ -89,6 +95,9 @@ type Controller struct {
 	hsrv        *http.Server
 	lis         net.Listener
 	metricsAddr string
+	rest        *rest.Handler // nil: REST API off
+	restSrv     *http.Server
+	restAddr    string
 	stopRunner  context.CancelFunc
 	runErr      chan error // the runner's result
 	sweeper     *controller.Sweeper
@@ -209,7 +218,19 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		log.Info("API requires mutual TLS", logkey.ClientCA, cfg.API.TLS.CA, logkey.Enrollment, enroller.CA() != nil)
 	}
 	gs := grpc.NewServer(append(gsOpts, opts.ServerOptions...)...)
-	api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Enroller: enroller, Logger: log}.Register(gs)
+	services := api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Enroller: enroller, Logger: log}
+	services.Register(gs)
+
+	var restAPI restServer
+	if cfg.HTTPEnabled() {
+		restAPI, err = startREST(cfg, opts, rest.Options{Register: services.Register, Authorizer: authz,
+			Unary: []grpc.UnaryServerInterceptor{m.unary, recoverUnary(log)}, Stream: []grpc.StreamServerInterceptor{m.stream, recoverStream(log)},
+			MaxStreams: cfg.API.HTTPMaxStreams, Extra: opts.HTTPHandlers, Logger: log.With(logkey.Component, logkey.ComponentREST)}, enroller, revs)
+		if err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, restAPI.stop)
+	}
 
 	// The heartbeat is written before any stream marker of this instance;
 	// the first sweep removes the markers of dead instances (of this
@@ -220,6 +241,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		return nil, fmt.Errorf("controller liveness: %w", err)
 	}
 	c := &Controller{log: log, ctx: ctx, st: st, runner: runner, gs: gs, lis: lis, sweeper: sw, sweeperDone: make(chan struct{}),
+		rest: restAPI.h, restSrv: restAPI.srv, restAddr: restAPI.addr,
 		stopRevs: stopRevs, revsDone: revsDone,
 		runErr: make(chan error, 1), serveErr: make(chan error, 1), stopped: make(chan struct{})}
 	sctx, scancel := context.WithCancel(context.Background())
@@ -269,8 +291,9 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		close(c.kubeDone)
 	}
 	go func() { c.serveErr <- gs.Serve(lis) }()
+	restAPI.serve(log)
 	go c.supervise()
-	log.Info("controller serving", logkey.API, lis.Addr().String(), logkey.Metrics, c.metricsAddr)
+	log.Info("controller serving", logkey.API, lis.Addr().String(), logkey.Metrics, c.metricsAddr, logkey.REST, c.restAddr)
 	return c, nil
 }
 
@@ -381,6 +404,9 @@ func metricsMux(reg *prometheus.Registry, st store.Store) *http.ServeMux {
 // Addr is the API's address.
 func (c *Controller) Addr() string { return c.lis.Addr().String() }
 
+// RESTAddr is the REST API's address ("" when off).
+func (c *Controller) RESTAddr() string { return c.restAddr }
+
 // MetricsAddr is the metrics listener's address ("" when off).
 func (c *Controller) MetricsAddr() string { return c.metricsAddr }
 
@@ -417,6 +443,7 @@ func (c *Controller) Stop() { c.stop(false) }
 
 func (c *Controller) stop(graceful bool) {
 	c.stopOnce.Do(func() {
+		restServer{h: c.rest, srv: c.restSrv}.stop()
 		c.hs.Shutdown()
 		if graceful {
 			done := make(chan struct{})

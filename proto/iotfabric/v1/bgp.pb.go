@@ -7,6 +7,7 @@
 package iotfabricv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -795,7 +796,7 @@ var File_iotfabric_v1_bgp_proto protoreflect.FileDescriptor
 
 const file_iotfabric_v1_bgp_proto_rawDesc = "" +
 	"\n" +
-	"\x16iotfabric/v1/bgp.proto\x12\fiotfabric.v1\x1a\x1ciotfabric/v1/resources.proto\x1a\x1biotfabric/v1/services.proto\"\x85\x01\n" +
+	"\x16iotfabric/v1/bgp.proto\x12\fiotfabric.v1\x1a\x1ciotfabric/v1/resources.proto\x1a\x1biotfabric/v1/services.proto\x1a\x1cgoogle/api/annotations.proto\"\x85\x01\n" +
 	"\x04Peer\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x10\n" +
 	"\x03asn\x18\x02 \x01(\rR\x03asn\x12\x1a\n" +
@@ -853,16 +854,17 @@ const file_iotfabric_v1_bgp_proto_rawDesc = "" +
 	"\vRouteOrigin\x12\x1c\n" +
 	"\x18ROUTE_ORIGIN_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12ROUTE_ORIGIN_LOCAL\x10\x01\x12\x19\n" +
-	"\x15ROUTE_ORIGIN_IMPORTED\x10\x022\xeb\x01\n" +
-	"\vPeerService\x12A\n" +
-	"\aAddPeer\x12\x1c.iotfabric.v1.AddPeerRequest\x1a\x18.iotfabric.v1.PeerStatus\x12K\n" +
+	"\x15ROUTE_ORIGIN_IMPORTED\x10\x022\xb1\x02\n" +
+	"\vPeerService\x12W\n" +
+	"\aAddPeer\x12\x1c.iotfabric.v1.AddPeerRequest\x1a\x18.iotfabric.v1.PeerStatus\"\x14\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/peers\x12h\n" +
 	"\n" +
-	"DeletePeer\x12\x1f.iotfabric.v1.DeletePeerRequest\x1a\x1c.iotfabric.v1.DeleteResponse\x12L\n" +
-	"\tListPeers\x12\x1e.iotfabric.v1.ListPeersRequest\x1a\x1f.iotfabric.v1.ListPeersResponse2\xac\x01\n" +
-	"\fRouteService\x12O\n" +
+	"DeletePeer\x12\x1f.iotfabric.v1.DeletePeerRequest\x1a\x1c.iotfabric.v1.DeleteResponse\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/peers/{address}\x12_\n" +
+	"\tListPeers\x12\x1e.iotfabric.v1.ListPeersRequest\x1a\x1f.iotfabric.v1.ListPeersResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/peers2\xda\x01\n" +
+	"\fRouteService\x12c\n" +
 	"\n" +
-	"ListRoutes\x12\x1f.iotfabric.v1.ListRoutesRequest\x1a .iotfabric.v1.ListRoutesResponse\x12K\n" +
-	"\vWatchRoutes\x12 .iotfabric.v1.WatchRoutesRequest\x1a\x18.iotfabric.v1.RouteEvent0\x01B?Z=github.com/iotfabric/iotfabric/proto/iotfabric/v1;iotfabricv1b\x06proto3"
+	"ListRoutes\x12\x1f.iotfabric.v1.ListRoutesRequest\x1a .iotfabric.v1.ListRoutesResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/routes\x12e\n" +
+	"\vWatchRoutes\x12 .iotfabric.v1.WatchRoutesRequest\x1a\x18.iotfabric.v1.RouteEvent\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/routes:watch0\x01B?Z=github.com/iotfabric/iotfabric/proto/iotfabric/v1;iotfabricv1b\x06proto3"
 
 var (
 	file_iotfabric_v1_bgp_proto_rawDescOnce sync.Once

@@ -7,6 +7,7 @@
 package iotfabricv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -846,7 +847,7 @@ var File_iotfabric_v1_enroll_proto protoreflect.FileDescriptor
 
 const file_iotfabric_v1_enroll_proto_rawDesc = "" +
 	"\n" +
-	"\x19iotfabric/v1/enroll.proto\x12\fiotfabric.v1\x1a\x1biotfabric/v1/services.proto\"5\n" +
+	"\x19iotfabric/v1/enroll.proto\x12\fiotfabric.v1\x1a\x1biotfabric/v1/services.proto\x1a\x1cgoogle/api/annotations.proto\"5\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\" \n" +
@@ -896,16 +897,18 @@ const file_iotfabric_v1_enroll_proto_rawDesc = "" +
 	"\tTokenKind\x12\x1a\n" +
 	"\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12TOKEN_KIND_GATEWAY\x10\x01\x12\x13\n" +
-	"\x0fTOKEN_KIND_USER\x10\x022\xc3\x04\n" +
+	"\x0fTOKEN_KIND_USER\x10\x022\xbc\x05\n" +
 	"\x11EnrollmentService\x12D\n" +
 	"\x04Join\x12\x19.iotfabric.v1.JoinRequest\x1a!.iotfabric.v1.CertificateResponse\x12F\n" +
-	"\x05Renew\x12\x1a.iotfabric.v1.RenewRequest\x1a!.iotfabric.v1.CertificateResponse\x12R\n" +
-	"\vCreateToken\x12 .iotfabric.v1.CreateTokenRequest\x1a!.iotfabric.v1.CreateTokenResponse\x12O\n" +
+	"\x05Renew\x12\x1a.iotfabric.v1.RenewRequest\x1a!.iotfabric.v1.CertificateResponse\x12i\n" +
+	"\vCreateToken\x12 .iotfabric.v1.CreateTokenRequest\x1a!.iotfabric.v1.CreateTokenResponse\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
+	"/v1/tokens\x12c\n" +
 	"\n" +
-	"ListTokens\x12\x1f.iotfabric.v1.ListTokensRequest\x1a .iotfabric.v1.ListTokensResponse\x12M\n" +
-	"\vDeleteToken\x12 .iotfabric.v1.DeleteTokenRequest\x1a\x1c.iotfabric.v1.DeleteResponse\x12X\n" +
-	"\rRevokeGateway\x12\".iotfabric.v1.RevokeGatewayRequest\x1a#.iotfabric.v1.RevokeGatewayResponse\x12R\n" +
-	"\vListRevoked\x12 .iotfabric.v1.ListRevokedRequest\x1a!.iotfabric.v1.ListRevokedResponseB?Z=github.com/iotfabric/iotfabric/proto/iotfabric/v1;iotfabricv1b\x06proto3"
+	"ListTokens\x12\x1f.iotfabric.v1.ListTokensRequest\x1a .iotfabric.v1.ListTokensResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/tokens\x12f\n" +
+	"\vDeleteToken\x12 .iotfabric.v1.DeleteTokenRequest\x1a\x1c.iotfabric.v1.DeleteResponse\"\x17\x82\xd3\xe4\x93\x02\x11*\x0f/v1/tokens/{id}\x12t\n" +
+	"\rRevokeGateway\x12\".iotfabric.v1.RevokeGatewayRequest\x1a#.iotfabric.v1.RevokeGatewayResponse\"\x1a\x82\xd3\xe4\x93\x02\x14:\x01*\"\x0f/v1/revocations\x12k\n" +
+	"\vListRevoked\x12 .iotfabric.v1.ListRevokedRequest\x1a!.iotfabric.v1.ListRevokedResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/revocationsB?Z=github.com/iotfabric/iotfabric/proto/iotfabric/v1;iotfabricv1b\x06proto3"
 
 var (
 	file_iotfabric_v1_enroll_proto_rawDescOnce sync.Once

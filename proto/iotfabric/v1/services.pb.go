@@ -7,6 +7,7 @@
 package iotfabricv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -1109,7 +1110,7 @@ var File_iotfabric_v1_services_proto protoreflect.FileDescriptor
 
 const file_iotfabric_v1_services_proto_rawDesc = "" +
 	"\n" +
-	"\x1biotfabric/v1/services.proto\x12\fiotfabric.v1\x1a\x1ciotfabric/v1/resources.proto\"3\n" +
+	"\x1biotfabric/v1/services.proto\x12\fiotfabric.v1\x1a\x1ciotfabric/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\"3\n" +
 	"\fWatchRequest\x12#\n" +
 	"\rfrom_revision\x18\x01 \x01(\x03R\ffromRevision\"!\n" +
 	"\vNameRequest\x12\x12\n" +
@@ -1172,33 +1173,33 @@ const file_iotfabric_v1_services_proto_rawDesc = "" +
 	"\rEndpointEvent\x12+\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x17.iotfabric.v1.EventTypeR\x04type\x122\n" +
 	"\bendpoint\x18\x02 \x01(\v2\x16.iotfabric.v1.EndpointR\bendpoint\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision2\xe9\x03\n" +
-	"\x0eNetworkService\x12Q\n" +
-	"\rCreateNetwork\x12\".iotfabric.v1.CreateNetworkRequest\x1a\x1c.iotfabric.v1.VirtualNetwork\x12E\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision2\x96\x05\n" +
+	"\x0eNetworkService\x12j\n" +
+	"\rCreateNetwork\x12\".iotfabric.v1.CreateNetworkRequest\x1a\x1c.iotfabric.v1.VirtualNetwork\"\x17\x82\xd3\xe4\x93\x02\x11:\x01*\"\f/v1/networks\x12b\n" +
 	"\n" +
-	"GetNetwork\x12\x19.iotfabric.v1.NameRequest\x1a\x1c.iotfabric.v1.VirtualNetwork\x12U\n" +
-	"\fListNetworks\x12!.iotfabric.v1.ListNetworksRequest\x1a\".iotfabric.v1.ListNetworksResponse\x12Q\n" +
-	"\rUpdateNetwork\x12\".iotfabric.v1.UpdateNetworkRequest\x1a\x1c.iotfabric.v1.VirtualNetwork\x12H\n" +
-	"\rDeleteNetwork\x12\x19.iotfabric.v1.NameRequest\x1a\x1c.iotfabric.v1.DeleteResponse\x12I\n" +
-	"\rWatchNetworks\x12\x1a.iotfabric.v1.WatchRequest\x1a\x1a.iotfabric.v1.NetworkEvent0\x012\xd4\x03\n" +
-	"\x0eGatewayService\x12J\n" +
-	"\rCreateGateway\x12\".iotfabric.v1.CreateGatewayRequest\x1a\x15.iotfabric.v1.Gateway\x12>\n" +
+	"GetNetwork\x12\x19.iotfabric.v1.NameRequest\x1a\x1c.iotfabric.v1.VirtualNetwork\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/networks/{name}\x12k\n" +
+	"\fListNetworks\x12!.iotfabric.v1.ListNetworksRequest\x1a\".iotfabric.v1.ListNetworksResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/networks\x12y\n" +
+	"\rUpdateNetwork\x12\".iotfabric.v1.UpdateNetworkRequest\x1a\x1c.iotfabric.v1.VirtualNetwork\"&\x82\xd3\xe4\x93\x02 :\x01*2\x1b/v1/networks/{network.name}\x12e\n" +
+	"\rDeleteNetwork\x12\x19.iotfabric.v1.NameRequest\x1a\x1c.iotfabric.v1.DeleteResponse\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/networks/{name}\x12e\n" +
+	"\rWatchNetworks\x12\x1a.iotfabric.v1.WatchRequest\x1a\x1a.iotfabric.v1.NetworkEvent\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/networks:watch0\x012\x81\x05\n" +
+	"\x0eGatewayService\x12c\n" +
+	"\rCreateGateway\x12\".iotfabric.v1.CreateGatewayRequest\x1a\x15.iotfabric.v1.Gateway\"\x17\x82\xd3\xe4\x93\x02\x11:\x01*\"\f/v1/gateways\x12[\n" +
 	"\n" +
-	"GetGateway\x12\x19.iotfabric.v1.NameRequest\x1a\x15.iotfabric.v1.Gateway\x12U\n" +
-	"\fListGateways\x12!.iotfabric.v1.ListGatewaysRequest\x1a\".iotfabric.v1.ListGatewaysResponse\x12J\n" +
-	"\rUpdateGateway\x12\".iotfabric.v1.UpdateGatewayRequest\x1a\x15.iotfabric.v1.Gateway\x12H\n" +
-	"\rDeleteGateway\x12\x19.iotfabric.v1.NameRequest\x1a\x1c.iotfabric.v1.DeleteResponse\x12I\n" +
-	"\rWatchGateways\x12\x1a.iotfabric.v1.WatchRequest\x1a\x1a.iotfabric.v1.GatewayEvent0\x012\xd1\x04\n" +
-	"\x0fEndpointService\x12M\n" +
-	"\x0eCreateEndpoint\x12#.iotfabric.v1.CreateEndpointRequest\x1a\x16.iotfabric.v1.Endpoint\x12^\n" +
-	"\x0fCreateEndpoints\x12$.iotfabric.v1.CreateEndpointsRequest\x1a%.iotfabric.v1.CreateEndpointsResponse\x12G\n" +
-	"\vGetEndpoint\x12 .iotfabric.v1.GetEndpointRequest\x1a\x16.iotfabric.v1.Endpoint\x12X\n" +
-	"\rListEndpoints\x12\".iotfabric.v1.ListEndpointsRequest\x1a#.iotfabric.v1.ListEndpointsResponse\x12M\n" +
-	"\x0eUpdateEndpoint\x12#.iotfabric.v1.UpdateEndpointRequest\x1a\x16.iotfabric.v1.Endpoint\x12P\n" +
-	"\x0eDeleteEndpoint\x12 .iotfabric.v1.GetEndpointRequest\x1a\x1c.iotfabric.v1.DeleteResponse\x12K\n" +
-	"\x0eWatchEndpoints\x12\x1a.iotfabric.v1.WatchRequest\x1a\x1b.iotfabric.v1.EndpointEvent0\x012M\n" +
-	"\vIpamService\x12>\n" +
-	"\aGetIpam\x12\x19.iotfabric.v1.NameRequest\x1a\x18.iotfabric.v1.IpamStatusB?Z=github.com/iotfabric/iotfabric/proto/iotfabric/v1;iotfabricv1b\x06proto3"
+	"GetGateway\x12\x19.iotfabric.v1.NameRequest\x1a\x15.iotfabric.v1.Gateway\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/gateways/{name}\x12k\n" +
+	"\fListGateways\x12!.iotfabric.v1.ListGatewaysRequest\x1a\".iotfabric.v1.ListGatewaysResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/gateways\x12r\n" +
+	"\rUpdateGateway\x12\".iotfabric.v1.UpdateGatewayRequest\x1a\x15.iotfabric.v1.Gateway\"&\x82\xd3\xe4\x93\x02 :\x01*2\x1b/v1/gateways/{gateway.name}\x12e\n" +
+	"\rDeleteGateway\x12\x19.iotfabric.v1.NameRequest\x1a\x1c.iotfabric.v1.DeleteResponse\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/gateways/{name}\x12e\n" +
+	"\rWatchGateways\x12\x1a.iotfabric.v1.WatchRequest\x1a\x1a.iotfabric.v1.GatewayEvent\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/gateways:watch0\x012\x9f\x06\n" +
+	"\x0fEndpointService\x12g\n" +
+	"\x0eCreateEndpoint\x12#.iotfabric.v1.CreateEndpointRequest\x1a\x16.iotfabric.v1.Endpoint\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/endpoints\x12~\n" +
+	"\x0fCreateEndpoints\x12$.iotfabric.v1.CreateEndpointsRequest\x1a%.iotfabric.v1.CreateEndpointsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/endpoints:batch\x12c\n" +
+	"\vGetEndpoint\x12 .iotfabric.v1.GetEndpointRequest\x1a\x16.iotfabric.v1.Endpoint\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/endpoints/{id}\x12o\n" +
+	"\rListEndpoints\x12\".iotfabric.v1.ListEndpointsRequest\x1a#.iotfabric.v1.ListEndpointsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/endpoints\x12u\n" +
+	"\x0eUpdateEndpoint\x12#.iotfabric.v1.UpdateEndpointRequest\x1a\x16.iotfabric.v1.Endpoint\"&\x82\xd3\xe4\x93\x02 :\x01*2\x1b/v1/endpoints/{endpoint.id}\x12l\n" +
+	"\x0eDeleteEndpoint\x12 .iotfabric.v1.GetEndpointRequest\x1a\x1c.iotfabric.v1.DeleteResponse\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/endpoints/{id}\x12h\n" +
+	"\x0eWatchEndpoints\x12\x1a.iotfabric.v1.WatchRequest\x1a\x1b.iotfabric.v1.EndpointEvent\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/endpoints:watch0\x012f\n" +
+	"\vIpamService\x12W\n" +
+	"\aGetIpam\x12\x19.iotfabric.v1.NameRequest\x1a\x18.iotfabric.v1.IpamStatus\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/ipam/{name}B?Z=github.com/iotfabric/iotfabric/proto/iotfabric/v1;iotfabricv1b\x06proto3"
 
 var (
 	file_iotfabric_v1_services_proto_rawDescOnce sync.Once
