@@ -426,7 +426,11 @@
         const rows = [['State', stateLabel(enumName('gw', g.state))], ['Last seen', h('span', null, when(g.lastSeen), ' ', h('span', { class: 'muted' }, g.lastSeen || ''))],
           ['Underlay address', g.underlayAddress || ''], ['Encapsulations', (g.encapsulations || []).map(e => enumName('enc', e)).join(', ') || 'default'],
           ['Revision', g.revision || '']];
-        for (const [k, v] of Object.entries(g)) if (!knownGatewayFields.has(k)) rows.push([k, valueText(v)]);
+        // Whatever else the API's Gateway carries (agent, kernel features...), as it comes.
+        for (const [k, v] of Object.entries(g)) {
+          if (knownGatewayFields.has(k) || v === null || v === '' || (Array.isArray(v) && !v.length)) continue;
+          rows.push([k, valueText(v)]);
+        }
         for (const c of g.conditions || []) rows.push(['Condition', `⚠ ${c.type}: ${c.message}`]);
         fill(info, h('dl', { class: 'kv' }, rows.map(([k, v]) => [h('dt', null, k), h('dd', null, v)])));
       }
