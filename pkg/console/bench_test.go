@@ -73,6 +73,17 @@ func TestBenchConsole(t *testing.T) {
 			t.Fatal("overview shows no gateways")
 		}
 		tti = append(tti, ms)
+		var res []struct {
+			Name     string
+			Start    float64
+			Duration float64
+			Size     float64
+		}
+		tb.eval(`performance.getEntriesByType('resource').map(e => ({name: e.name.replace(location.origin, ''), start: e.startTime, duration: e.duration, size: e.transferSize}))`, &res)
+		for _, r := range res {
+			t.Logf("  %-40.40s start %5.0f ms, took %5.0f ms, %7.0f bytes", r.Name, r.Start, r.Duration, r.Size)
+		}
+		tb.close()
 	}
 	slices.Sort(tti)
 	fmt.Printf("bench-console: %d gateways, %d endpoints: overview interactive in %.0f ms (median of %d loads; min %.0f, max %.0f; goal < 1000 ms)\n",
@@ -96,6 +107,7 @@ func TestBenchConsole(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	slices.Sort(lat)
+	tb.close()
 	fmt.Printf("bench-console: API change to page: p50 %.0f ms, p99 %.0f ms, max %.0f ms over %d gateway updates (goal p99 < 500 ms)\n",
 		lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1], len(lat))
 	tb.screenshot("bench-overview")

@@ -52,8 +52,9 @@ func startBrowser(t testing.TB, width, height int) *browser {
 
 // tab is a browser tab.
 type tab struct {
-	t   testing.TB
-	ctx context.Context
+	t      testing.TB
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu   sync.Mutex
 	logs []string // the page's exceptions and console messages
@@ -71,7 +72,7 @@ func (b *browser) newTab(t testing.TB, url string) *tab {
 	t.Helper()
 	ctx, cancel := chromedp.NewContext(b.ctx)
 	t.Cleanup(cancel)
-	tb := &tab{t: t, ctx: ctx}
+	tb := &tab{t: t, ctx: ctx, cancel: cancel}
 	err := chromedp.Listen(ctx, func(ev any) {
 		var line string
 		switch e := ev.(type) {
@@ -103,6 +104,9 @@ func (b *browser) newTab(t testing.TB, url string) *tab {
 	tb.do(chromedp.Navigate(url))
 	return tb
 }
+
+// close closes the tab (and its connections) before the end of the test.
+func (tb *tab) close() { tb.cancel() }
 
 // do runs actions, failing the test after 30 s.
 func (tb *tab) do(actions ...chromedp.Action[chromedp.Void]) {

@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -135,6 +136,10 @@ type Handler struct {
 	files http.Handler
 	mux   *http.ServeMux
 	api   atomic.Pointer[http.Handler] // the REST API (SetAPI)
+
+	sumMu  sync.Mutex // one summary at a time
+	sum    *Summary   // the store's counts at sumRev; guarded by sumMu
+	sumRev int64
 }
 
 // New returns the console's handler, to mount at Prefix.

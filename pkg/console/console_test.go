@@ -3,6 +3,8 @@ package console_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -252,4 +254,49 @@ func seedHostile(st store.Store) error {
 	}
 	_, err = st.Txn(context.Background(), nil, []store.Op{store.Put(keys.Network(hostileName), b)})
 	return err
+}
+
+// TestServedBehindREST: the console is on the REST listener, behind its
+// authentication, and off with console.enabled: false.
+func TestServedBehindREST(t *testing.T) {
+	off := false
+	for _, tc := range []struct {
+		name      string
+		anonymous string
+		enabled   *bool
+		want      map[string]int
+	}{
+		{"viewer", "viewer", nil, map[string]int{"/ui/": 200, "/ui/api/summary": 200, "/ui/graphite/render?target=a": 400, "/ui/api/watch?gateways=0": 200}},
+		{"no certificate", "none", nil, map[string]int{"/ui/": 401, "/ui/api/summary": 401, "/ui/console.js": 401}},
+		{"disabled", "viewer", &off, map[string]int{"/ui/": 404, "/ui/api/summary": 404}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tune, base := tuneConsole(t, "")
+			fabrictest.StartControllerWith(t, &fabrictest.Controller{Tune: func(c *server.Config) {
+				tune(c)
+				c.API.HTTPAnonymous, c.Console.Enabled = tc.anonymous, tc.enabled
+			}})
+			for path, code := range tc.want {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					cancel()
+					t.Fatal(err)
+				}
+				if resp.StatusCode != code {
+					t.Errorf("%s: %s, want %d", path, resp.Status, code)
+				}
+				if strings.HasSuffix(path, "watch?gateways=0") {
+					b := make([]byte, 512)
+					n, _ := io.ReadAtLeast(resp.Body, b, len(": open\n\nevent: gateways\n"))
+					if !strings.Contains(string(b[:n]), "event: gateways\ndata: {") {
+						t.Errorf("%s: %q", path, b[:n])
+					}
+				}
+				resp.Body.Close()
+				cancel()
+			}
+		})
+	}
 }

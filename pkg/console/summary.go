@@ -40,6 +40,8 @@ type Summary struct {
 	GatewayEndpoints map[string]int `json:"gatewayEndpoints"`
 	Peers            int            `json:"peers"`
 	PeersUp          int            `json:"peersEstablished"`
+	// PeersError says why the peers are not counted (e.g. no BGP speaker runs).
+	PeersError string `json:"peersError,omitempty"`
 	// Revision of the endpoint listing: watch endpoints from it.
 	EndpointRevision int64 `json:"endpointRevision,string"`
 }
@@ -68,21 +70,62 @@ func (h *Handler) summary(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s)
 }
 
-// count lists everything page by page and counts it.
+// count returns the counts. The store's counts are kept until the store's
+// revision moves (summaries are asked for together, by every page that
+// opens or sees a change); the peers' are counted every time.
 func (h *Handler) count(ctx context.Context) (*Summary, error) {
-	s := &Summary{GatewayStates: map[string]int{}, EndpointStates: map[string]int{}, NetworkEndpoints: map[string]int{}, GatewayEndpoints: map[string]int{}}
-	l := h.opts.Lister
-	for tok := ""; ; {
-		resp, err := l.ListNetworks(ctx, &v1.ListNetworksRequest{PageSize: summaryPage, PageToken: tok})
+	h.sumMu.Lock()
+	defer h.sumMu.Unlock()
+	first, err := h.opts.Lister.ListNetworks(ctx, &v1.ListNetworksRequest{PageSize: summaryPage})
+	if err != nil {
+		return nil, err
+	}
+	if h.sum == nil || first.Revision == 0 || first.Revision != h.sumRev {
+		s, err := h.countStore(ctx, first)
 		if err != nil {
 			return nil, err
 		}
+		h.sum, h.sumRev = s, first.Revision
+	}
+	s := *h.sum
+	if h.opts.Peers == nil {
+		return &s, nil
+	}
+	for tok := ""; ; {
+		resp, err := h.opts.Peers.ListPeers(ctx, &v1.ListPeersRequest{PageSize: summaryPage, PageToken: tok})
+		if err != nil {
+			s.Peers, s.PeersUp, s.PeersError = 0, 0, status.Convert(err).Message()
+			return &s, nil
+		}
+		s.Peers += len(resp.Peers)
+		for _, p := range resp.Peers {
+			if p.State == "established" {
+				s.PeersUp++
+			}
+		}
+		if tok = resp.NextPageToken; tok == "" {
+			break
+		}
+	}
+	return &s, nil
+}
+
+// countStore lists the store's objects page by page and counts them; first
+// is the first page of networks.
+func (h *Handler) countStore(ctx context.Context, first *v1.ListNetworksResponse) (*Summary, error) {
+	s := &Summary{GatewayStates: map[string]int{}, EndpointStates: map[string]int{}, NetworkEndpoints: map[string]int{}, GatewayEndpoints: map[string]int{}}
+	l := h.opts.Lister
+	for resp := first; ; {
 		s.Networks += len(resp.Networks)
 		for _, n := range resp.Networks {
 			s.NetworkEndpoints[n.Name] += 0
 		}
-		if tok = resp.NextPageToken; tok == "" {
+		if resp.NextPageToken == "" {
 			break
+		}
+		var err error
+		if resp, err = l.ListNetworks(ctx, &v1.ListNetworksRequest{PageSize: summaryPage, PageToken: resp.NextPageToken}); err != nil {
+			return nil, err
 		}
 	}
 	for tok := ""; ; {
@@ -112,24 +155,6 @@ func (h *Handler) count(ctx context.Context) (*Summary, error) {
 			s.EndpointStates[shortEnum(e.State.String(), "ENDPOINT_STATE_")]++
 			s.NetworkEndpoints[e.Network]++
 			s.GatewayEndpoints[e.Gateway]++
-		}
-		if tok = resp.NextPageToken; tok == "" {
-			break
-		}
-	}
-	if h.opts.Peers == nil {
-		return s, nil
-	}
-	for tok := ""; ; {
-		resp, err := h.opts.Peers.ListPeers(ctx, &v1.ListPeersRequest{PageSize: summaryPage, PageToken: tok})
-		if err != nil {
-			return nil, err
-		}
-		s.Peers += len(resp.Peers)
-		for _, p := range resp.Peers {
-			if p.State == "established" {
-				s.PeersUp++
-			}
 		}
 		if tok = resp.NextPageToken; tok == "" {
 			break

@@ -369,12 +369,11 @@
         card(states.registered, '◌ not yet reported', 'card-registered'),
         card(S.networks.size, 'networks', 'card-networks'),
         card(sm ? sm.endpoints : '…', 'endpoints' + (sm ? ` (${(sm.endpointStates || {}).active || 0} active)` : ''), 'card-endpoints'),
-        card(`${peersUp}/${S.peers.length}`, 'BGP sessions established', 'card-peers'));
+        S.peersError ? card('—', 'BGP sessions: ' + S.peersError, 'card-peers') : card(`${peersUp}/${S.peers.length}`, 'BGP sessions established', 'card-peers'));
       const items = [];
       for (const a of gatewayAlerts()) items.push(h('li', null, '✖ gateway ', gwLink(a.g.name), ' ' + a.text));
       for (const p of S.peers) if (p.state !== 'established') items.push(h('li', null, '✖ BGP peer ' + (p.peer || {}).address + ' is ' + p.state + (p.reason ? ': ' + p.reason : '')));
       for (const n of S.networks.values()) for (const c of n.conditions || []) items.push(h('li', null, '⚠ network ', netLink(n.name), ` ${c.type}: ${c.message}`));
-      if (S.peersError) items.push(h('li', null, '⚠ peers: ' + S.peersError));
       const shown = items.slice(0, 50);
       if (items.length > 50) shown.push(h('li', null, `… and ${items.length - 50} more`));
       fill(alerts, ...(shown.length ? shown : [h('li', { class: 'none' }, '✔ no alerts')]));
@@ -676,9 +675,10 @@
   window.addEventListener('hashchange', () => { route(); document.getElementById('main').focus(); });
 
   async function main() {
-    try { Object.assign(cfg, await getJSON('/ui/config.json')); } catch (e) { /* defaults */ }
+    // The lists start at once; the configuration (Graphite, alert age) comes alongside.
+    const conf = getJSON('/ui/config.json').then(c => Object.assign(cfg, c), () => { /* defaults */ });
     route();
-    await Promise.all([Live.start(), pollPeers()]);
+    await Promise.all([Live.start(), pollPeers(), conf.then(() => { if (location.hash.startsWith('#/sensors')) route(); })]);
     S.ready = true;
     render();
     setInterval(pollPeers, 5000);
