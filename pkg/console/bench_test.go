@@ -107,10 +107,10 @@ func TestBenchConsole(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	slices.Sort(lat)
-	tb.close()
 	fmt.Printf("bench-console: API change to page: p50 %.0f ms, p99 %.0f ms, max %.0f ms over %d gateway updates (goal p99 < 500 ms)\n",
 		lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1], len(lat))
 	tb.screenshot("bench-overview")
+	tb.close()
 }
 
 // parallel runs f(0..n-1) on workers goroutines; the first error fails the test.

@@ -157,6 +157,14 @@ func TestSummary(t *testing.T) {
 		s.GatewayStates["registered"] != 3 || s.EndpointRevision == 0 {
 		t.Errorf("summary %+v", s)
 	}
+	// A change moves the store's revision: the counts follow.
+	if _, err := cl.EP.CreateEndpoint(ctx, &v1.CreateEndpointRequest{Endpoint: &v1.Endpoint{Id: "ep-late", Network: "blue", Gateway: "gw2"}}); err != nil {
+		t.Fatal(err)
+	}
+	s = console.Summary{}
+	if err := json.NewDecoder(get(t, h, "/ui/api/summary", "viewer").Body).Decode(&s); err != nil || s.Endpoints != 8 || s.GatewayEndpoints["gw2"] != 3 {
+		t.Errorf("after a change: %+v %v", s, err)
+	}
 	resp = get(t, h, "/ui/api/summary", "")
 	var e struct {
 		Code     int

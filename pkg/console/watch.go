@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -15,6 +16,9 @@ import (
 
 // watchKinds are the REST watches /ui/api/watch carries, by its query key.
 var watchKinds = []string{"gateways", "networks", "endpoints"}
+
+// writeTimeout bounds each write to the browser.
+const writeTimeout = 30 * time.Second
 
 // maxPending bounds the events a watch holds for a slow browser; past it the
 // watch ends and the page lists again.
@@ -91,6 +95,8 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	write := func(b []byte) bool {
+		// Each write has its own deadline (the REST handler set one for the whole request).
+		rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := w.Write(b); err != nil {
 			return false
 		}
@@ -183,13 +189,19 @@ func (s *splitter) event(block []byte) error {
 		}
 	}
 	if data == nil {
-		return nil // a comment: the heartbeat
+		if s.kind != "gateways" && s.kind != "routes" {
+			return nil // a comment: the heartbeat, passed on from one watch
+		}
+		data, name = nil, ""
 	}
 	if name == "fail" {
 		data = failData(s.kind, data)
 	}
-	msg := make([]byte, 0, len(name)+len(data)+16)
-	msg = append(append(append(append(append(msg, "event: "...), name...), "\ndata: "...), data...), "\n\n"...)
+	msg := []byte(": heartbeat\n\n")
+	if name != "" {
+		msg = make([]byte, 0, len(name)+len(data)+16)
+		msg = append(append(append(append(append(msg, "event: "...), name...), "\ndata: "...), data...), "\n\n"...)
+	}
 	select {
 	case s.out <- msg:
 		return nil

@@ -147,7 +147,7 @@
         S.gateways.delete(g.name);
         logEvent('gateway', t, g.name);
       }
-      refreshSummarySoon();
+      // The gateways' counts come from S.gateways: the summary stays as it is.
     },
     networks(ev) {
       const t = enumName('ev', ev.type), n = ev.network || {};
