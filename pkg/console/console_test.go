@@ -81,6 +81,20 @@ func TestConsole(t *testing.T) {
 		t.Logf("endpoint on the page %v after CreateEndpoint returned", time.Since(start).Round(time.Millisecond))
 		// The agent gives it a label: the route (RD, label, route target) follows.
 		tb.waitJS(20*time.Second, `[...document.querySelectorAll('tr[data-route]')].some(r => r.textContent.includes('endpoint ep-new') && /192\.0\.2\.2:\d+/.test(r.textContent))`)
+		// The page shows what the API lists for the network.
+		list, err := f.cl.EP.ListEndpoints(ctx, &v1.ListEndpointsRequest{Network: "blue"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for _, e := range list.Endpoints {
+			want = append(want, e.Id)
+		}
+		var got []string
+		tb.eval(`[...document.querySelectorAll('tr[data-endpoint]')].map(r => r.dataset.endpoint).sort()`, &got)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("page lists %v, the API %v", got, want)
+		}
 		var same bool
 		tb.eval(`window.__loaded === performance.timeOrigin`, &same)
 		if !same {
@@ -98,6 +112,9 @@ func TestConsole(t *testing.T) {
 		tb.screenshot("gateway")
 		tb.goTo("#/overview")
 		tb.waitJS(10*time.Second, `(document.querySelector('#overview-gateways tr[data-gateway="gw-c"]') || {}).textContent?.includes('✖ down')`)
+		tb.goTo("#/events")
+		tb.waitJS(5*time.Second, `document.querySelector('main table')?.textContent.includes('up → down')`)
+		tb.screenshot("events")
 	})
 
 	t.Run("a hostile network name is text", func(t *testing.T) {
@@ -123,8 +140,6 @@ func TestConsole(t *testing.T) {
 		tb.goTo("#/topology")
 		tb.waitJS(10*time.Second, `document.querySelectorAll('svg.topo a[data-gateway]').length >= 4`)
 		tb.screenshot("topology")
-		tb.goTo("#/events")
-		tb.screenshot("events")
 	})
 
 	t.Run("phone and keyboard", func(t *testing.T) {
