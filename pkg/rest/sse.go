@@ -110,8 +110,11 @@ func watch[Q proto.Message, E any, PE interface {
 		hd.Set("Content-Type", "text/event-stream")
 		hd.Set("Cache-Control", "no-cache")
 		hd.Set("X-Accel-Buffering", "no")
-		w.WriteHeader(http.StatusOK)
 		rc := http.NewResponseController(w)
+		// The server's read timeout bounds reading the request, never the
+		// watch (the connection's reads only notice a client going away).
+		rc.SetReadDeadline(time.Time{})
+		w.WriteHeader(http.StatusOK)
 		write := func(b []byte) bool {
 			rc.SetWriteDeadline(time.Now().Add(WriteTimeout))
 			if _, err := w.Write(b); err != nil {
