@@ -28,6 +28,7 @@ const (
 	ComponentVPN          = "vpn"           // controller's VPN route runner
 	ComponentAudit        = "audit"         // controller's audit log of API calls
 	ComponentREST         = "rest"          // controller's REST API (pkg/rest)
+	ComponentConsole      = "console"       // controller's web console (pkg/console)
 	ComponentEnroll       = "enroll"        // controller's enrollment authority (tokens, certificates, revocation)
 	ComponentRenew        = "renew"         // a client's certificate renewal
 	ComponentCollector    = "collector"     // IQRF collector

@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/console"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/kube"
@@ -85,6 +86,9 @@ type Config struct {
 	// Kubernetes: namespaces, pods and nodes drive the fabric (pkg/kube,
 	// docs/kubernetes.md).
 	Kubernetes kube.Config `yaml:"kubernetes"`
+	// Console: the web console at /ui/ on api.http_listen (pkg/console,
+	// docs/console.md).
+	Console console.Config `yaml:"console"`
 }
 
 // KeepaliveConfig is the API's gRPC keepalive section.
@@ -334,6 +338,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Routes.MaxPerNetwork < -1 || c.Routes.MaxPerNetwork == 0 {
 		errs = append(errs, fmt.Errorf("routes.max_per_network %d: want a positive number, or -1 for no limit", c.Routes.MaxPerNetwork))
+	}
+	if err := c.Console.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Liveness.Interval <= 0 {
 		errs = append(errs, fmt.Errorf("liveness.interval %v: want a positive duration such as 10s", c.Liveness.Interval))

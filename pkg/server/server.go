@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -45,6 +46,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/api"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
+	"github.com/iotfabric/iotfabric/pkg/console"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/keys"
@@ -223,13 +225,28 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 
 	var restAPI restServer
 	if cfg.HTTPEnabled() {
+		extra := opts.HTTPHandlers
+		var ui *console.Handler
+		if cfg.Console.On(true) {
+			if ui, err = newConsole(cfg, services, authz, log); err != nil {
+				return nil, err
+			}
+			extra = maps.Clone(extra)
+			if extra == nil {
+				extra = map[string]http.Handler{}
+			}
+			extra[console.Prefix] = ui
+		}
 		restAPI, err = startREST(cfg, opts, rest.Options{Register: services.Register, Authorizer: authz,
 			Unary: []grpc.UnaryServerInterceptor{m.unary, recoverUnary(log)}, Stream: []grpc.StreamServerInterceptor{m.stream, recoverStream(log)},
-			MaxStreams: cfg.API.HTTPMaxStreams, Extra: opts.HTTPHandlers, Logger: log.With(logkey.Component, logkey.ComponentREST)}, enroller, revs)
+			MaxStreams: cfg.API.HTTPMaxStreams, Extra: extra, Logger: log.With(logkey.Component, logkey.ComponentREST)}, enroller, revs)
 		if err != nil {
 			return nil, err
 		}
 		cleanup = append(cleanup, restAPI.stop)
+		if ui != nil {
+			ui.SetAPI(restAPI.h)
+		}
 	}
 
 	// The heartbeat is written before any stream marker of this instance;
