@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -112,7 +113,8 @@ func (m *Manager) setRouteBaseLocked(s *State, links map[string]linkFingerprint)
 // endpoints do not all have the fast path program attached yet, a failed
 // underlay lookup, or no successful Set since the last Resync. Other errors
 // are the kernel's refusals; the next call then returns ErrNeedSet until a
-// Set succeeds. A tunnel whose last route went stays until the next Set, and
+// Set succeeds. A prefix changed more than once in changes takes its last
+// change. A tunnel whose last route went stays until the next Set, and
 // so does the fast path program on the endpoints of a network whose last
 // fast-path route went (it finds no entry and passes packets to the kernel
 // path). The per-path counts (FastPathStats) are updated by the changes, as
@@ -134,6 +136,16 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		fpKey, fpValue []byte
 	}
 	plan := make([]planned, 0, len(changes))
+	// A prefix changed more than once takes its last change.
+	at := make(map[rtnl.RouteKey]int, len(changes))
+	add := func(p planned) {
+		if i, ok := at[p.key]; ok {
+			plan[i] = p
+			return
+		}
+		at[p.key] = len(plan)
+		plan = append(plan, p)
+	}
 	newNH := map[rtnl.NexthopKey]rtnl.Nexthop{}
 	underlays := map[netip.Addr]underlayRoute{}
 	// The path each changed route takes afterwards, for the counts.
@@ -154,7 +166,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 			fpKey = fastPathKey{table: table, prefix: rr.Prefix.Masked()}.bytes()
 		}
 		if c.Remove {
-			plan = append(plan, planned{key: key, fpKey: fpKey})
+			add(planned{key: key, fpKey: fpKey})
 			paths[key] = pathNone
 			continue
 		}
@@ -198,7 +210,15 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		} else if e != encap.Plain && r.Family == rtnl.AFInet {
 			r.Scope = rtnl.ScopeLink
 		}
-		plan = append(plan, planned{key: key, route: r, fpKey: fpKey, fpValue: fpValue})
+		add(planned{key: key, route: r, fpKey: fpKey, fpValue: fpValue})
+	}
+	// New nexthop objects only of routes a later change replaced are not made.
+	if len(plan) < len(changes) && len(newNH) > 0 {
+		used := map[uint32]bool{}
+		for _, p := range plan {
+			used[p.route.NhID] = true
+		}
+		maps.DeleteFunc(newNH, func(_ rtnl.NexthopKey, nh rtnl.Nexthop) bool { return !used[nh.ID] })
 	}
 	// The counts as they will be, from the record's routes before and the
 	// planned ones after.
