@@ -371,3 +371,54 @@ func vmThroughput(b *testing.B, underlayMTU int) {
 	}
 	fmt.Print(out.String())
 }
+
+// BenchmarkUpdateRoutesFastPath measures one route change with the BPF fast
+// path on, in a network of benchFastRoutes MPLSoUDP routes: applied with
+// UpdateRoutes (the route, its nexthop object and its map entry) and, for
+// comparison, with a Set of the whole changed state. Needs MPLS and FOU
+// (`make vmtest`, or scripts/vmtest/run.sh test -test.run '^$' -test.bench
+// BenchmarkUpdateRoutesFastPath -test.benchtime=1x).
+func BenchmarkUpdateRoutesFastPath(b *testing.B) {
+	const benchFastRoutes, changes = 10000, 200
+	ctx := context.Background()
+	for range b.N {
+		gw := benchGateway(b)
+		m := newFastManager(b, gw, overlay.VRFOff)
+		requireFullKernel(b, m)
+		s := benchState(benchFastRoutes, encap.MPLSoUDP)
+		if err := m.Set(ctx, s); err != nil {
+			b.Fatalf("Set: %v", err)
+		}
+		if st := m.FastPathStats(); st.RoutesFast != benchFastRoutes {
+			b.Fatalf("%d fast-path routes after Set, want %d", st.RoutesFast, benchFastRoutes)
+		}
+		// Change i gives route i*37 another label, in s too.
+		routes := s.Networks[0].Routes
+		change := func(i int) overlay.RemoteRoute {
+			j := i * 37 % len(routes)
+			routes[j].Label += 100000
+			return routes[j]
+		}
+		start := time.Now()
+		for i := range changes {
+			if err := m.UpdateRoutes(ctx, []overlay.RouteChange{{Network: "bench", Route: change(i)}}); err != nil {
+				b.Fatalf("UpdateRoutes: %v", err)
+			}
+		}
+		update := time.Since(start) / changes
+		const sets = 5
+		start = time.Now()
+		for i := range sets {
+			change(changes + i)
+			if err := m.Set(ctx, s); err != nil {
+				b.Fatalf("Set: %v", err)
+			}
+		}
+		set := time.Since(start) / sets
+		m.Close()
+		b.ReportMetric(float64(update.Microseconds()), "update-us/change")
+		b.ReportMetric(float64(set.Microseconds()), "set-us/change")
+		fmt.Printf("overlay bench (fast path, %d MPLSoUDP routes): one route change: UpdateRoutes %v | Set %v | %.0fx\n",
+			benchFastRoutes, update.Round(time.Microsecond), set.Round(time.Microsecond), float64(set)/float64(update))
+	}
+}

@@ -6,8 +6,12 @@ package overlay
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
@@ -41,6 +45,13 @@ type routeBase struct {
 	// number of routes using each; built on the first UpdateRoutes after a
 	// Set, then kept by UpdateRoutes.
 	nexthops map[uint32]nexthopUse
+	// With the fast path: fastReady holds the tables whose endpoints all have
+	// the table's program attached (or that have no endpoints), so routes
+	// of theirs can go into the map without attachment work.
+	fastReady map[uint32]bool
+	// fastRoutes counts the fast-path routes per table and endpoints the
+	// endpoints per table, for the per-path counts (FastPathStats).
+	fastRoutes, endpoints map[uint32]int
 }
 
 // setRouteBaseLocked records the base after s was applied without error;
@@ -69,32 +80,76 @@ func (m *Manager) setRouteBaseLocked(s *State, links map[string]linkFingerprint)
 			b.tunnels[name] = int32(l.Index)
 		}
 	}
+	if m.fp != nil {
+		b.fastReady = make(map[uint32]bool, len(s.Networks))
+		b.fastRoutes = make(map[uint32]int, len(s.Networks))
+		b.endpoints = make(map[uint32]int, len(s.Networks))
+		for _, n := range s.Networks {
+			ready := true
+			for _, ep := range n.Endpoints {
+				if a, ok := m.fp.attached[ep.Interface]; !ok || a.table != n.Table {
+					ready = false
+				}
+			}
+			b.fastReady[n.Table] = ready
+			b.endpoints[n.Table] += len(n.Endpoints)
+			for _, r := range n.Routes {
+				if e, ok := chooseEncap(b.prio, r.Encaps, m.feat); ok && fastPathRoute(e, r.Prefix) {
+					b.fastRoutes[n.Table]++
+				}
+			}
+		}
+	}
 	m.base = b
 }
 
 // UpdateRoutes applies route changes on top of the state the last Set (and
 // the UpdateRoutes since) applied, writing only the changed routes and
-// nexthop objects. It returns ErrNeedSet, having changed nothing, when a
-// change needs more than that: a network or tunnel the last Set did not
-// make, an IPv6 route when the last state had none, an invalid route, the BPF
-// fast path in use, or no successful Set since the last Resync. Other errors
+// nexthop objects and, with the BPF fast path, the changed entries of its map
+// (the entries Set would write, one underlay lookup per remote gateway). It
+// returns ErrNeedSet, having changed nothing, when a change needs more than
+// that: a network or tunnel the last Set did not make, an IPv6 route when the
+// last state had none, an invalid route, a fast-path route in a network whose
+// endpoints do not all have the fast path program attached yet, a failed
+// underlay lookup, or no successful Set since the last Resync. Other errors
 // are the kernel's refusals; the next call then returns ErrNeedSet until a
-// Set succeeds. A tunnel whose last route went stays until the next Set.
+// Set succeeds. A prefix changed more than once in changes takes its last
+// change. A tunnel whose last route went stays until the next Set, and
+// so does the fast path program on the endpoints of a network whose last
+// fast-path route went (it finds no entry and passes packets to the kernel
+// path). The per-path counts (FastPathStats) are updated by the changes, as
+// Set would count them; after a failure they are recounted by the next Set.
 func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
 		return errClosed
 	}
-	if !m.base.ok || m.fp != nil {
+	if !m.base.ok {
 		return ErrNeedSet
 	}
 	type planned struct {
 		key   rtnl.RouteKey
 		route rtnl.Route // zero: remove
+		// The fast path map's key (nil: not an IPv4 route or no fast path)
+		// and value (nil: delete the entry).
+		fpKey, fpValue []byte
 	}
 	plan := make([]planned, 0, len(changes))
+	// A prefix changed more than once takes its last change.
+	at := make(map[rtnl.RouteKey]int, len(changes))
+	add := func(p planned) {
+		if i, ok := at[p.key]; ok {
+			plan[i] = p
+			return
+		}
+		at[p.key] = len(plan)
+		plan = append(plan, p)
+	}
 	newNH := map[rtnl.NexthopKey]rtnl.Nexthop{}
+	underlays := map[netip.Addr]underlayRoute{}
+	// The path each changed route takes afterwards, for the counts.
+	paths := map[rtnl.RouteKey]routePath{}
 	for _, c := range changes {
 		table, ok := m.base.tables[c.Network]
 		if !ok {
@@ -106,8 +161,13 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 			fam = rtnl.AFInet6
 		}
 		key := rtnl.RouteKey{Family: fam, Table: table, Dst: rr.Prefix}
+		var fpKey []byte
+		if m.fp != nil && rr.Prefix.Addr().Is4() {
+			fpKey = fastPathKey{table: table, prefix: rr.Prefix.Masked()}.bytes()
+		}
 		if c.Remove {
-			plan = append(plan, planned{key: key})
+			add(planned{key: key, fpKey: fpKey})
+			paths[key] = pathNone
 			continue
 		}
 		if !validRemoteRoute(rr) || fam == rtnl.AFInet6 && !m.base.ipv6 || !m.base.underlay.Is4() {
@@ -127,6 +187,16 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		if err != nil {
 			return ErrNeedSet
 		}
+		var fpValue []byte
+		if fpKey != nil && fastPathRoute(e, rr.Prefix) {
+			if !m.base.fastReady[table] {
+				return ErrNeedSet // the program is not attached to every endpoint
+			}
+			if fpKey, fpValue, err = m.fastPathEntryLocked(underlays, m.base.underlay, table, rr, e); err != nil {
+				return ErrNeedSet // Set reports it
+			}
+		}
+		paths[key] = m.routePathLocked(r)
 		if e != encap.Plain && m.feat.Nexthops && r.Family == rtnl.AFInet {
 			k := rtnl.NexthopKey{Oif: r.Oif, Encap: r.Encap}
 			nh, ok := m.cur.nexthops[k]
@@ -140,8 +210,19 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		} else if e != encap.Plain && r.Family == rtnl.AFInet {
 			r.Scope = rtnl.ScopeLink
 		}
-		plan = append(plan, planned{key: key, route: r})
+		add(planned{key: key, route: r, fpKey: fpKey, fpValue: fpValue})
 	}
+	// New nexthop objects only of routes a later change replaced are not made.
+	if len(plan) < len(changes) && len(newNH) > 0 {
+		used := map[uint32]bool{}
+		for _, p := range plan {
+			used[p.route.NhID] = true
+		}
+		maps.DeleteFunc(newNH, func(_ rtnl.NexthopKey, nh rtnl.Nexthop) bool { return !used[nh.ID] })
+	}
+	// The counts as they will be, from the record's routes before and the
+	// planned ones after.
+	counts := m.pathCountsAfterLocked(paths)
 
 	// From here on the kernel changes: a failure leaves the base invalid.
 	m.last = lastApplied{} // the Set shortcut compares whole states
@@ -189,6 +270,20 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		}
 	}
 	m.applyRoutesLocked(ctx, adds, fail)
+	// The fast path's map between the adds and the deletes, as Set does.
+	for _, p := range plan {
+		switch {
+		case p.fpKey == nil:
+		case p.fpValue != nil:
+			if err := m.fp.routes.Put(p.fpKey, p.fpValue); err != nil {
+				fail(fmt.Errorf("overlay: fast path: map update: %w", err))
+			}
+		default:
+			if err := m.fp.routes.Delete(p.fpKey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				fail(fmt.Errorf("overlay: fast path: map delete: %w", err))
+			}
+		}
+	}
 	m.applyRoutesLocked(ctx, dels, fail)
 	// Count the routes per nexthop; remove the objects no route uses.
 	ref := func(id uint32, d int) {
@@ -231,7 +326,67 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		m.base.ok = false
 		return errors.Join(errs...)
 	}
+	m.statMu.Lock()
+	m.paths = counts
+	m.statMu.Unlock()
 	return nil
+}
+
+// routePath is the path an MPLS route takes, as the per-path counts see it.
+type routePath uint8
+
+const (
+	pathNone   routePath = iota // no route, or not an MPLS one
+	pathKernel                  // MPLSoUDP/MPLSoGRE through the kernel only
+	pathFast                    // encapsulated by the fast path
+)
+
+// routePathLocked classifies a kernel route of a remote route: an MPLS
+// route pushes a label (itself or through its nexthop object); IPv4 ones are
+// the fast path's when it is in use.
+func (m *Manager) routePathLocked(r rtnl.Route) routePath {
+	switch {
+	case r.Family == 0 || r.NhID == 0 && r.Encap == 0:
+		return pathNone
+	case m.fp != nil && r.Family == rtnl.AFInet:
+		return pathFast
+	default:
+		return pathKernel
+	}
+}
+
+// pathCountsAfterLocked returns the per-path counts once the changed routes
+// take paths (by key; the record holds what they take now), updating the
+// base's fast-path routes per table. Endpoints count as the fast path's in a
+// table that has fast-path routes, as countPathsLocked counts them.
+func (m *Manager) pathCountsAfterLocked(paths map[rtnl.RouteKey]routePath) pathCounts {
+	m.statMu.Lock()
+	c := m.paths
+	m.statMu.Unlock()
+	for k, after := range paths {
+		before := m.routePathLocked(m.cur.routes[k])
+		if before == after {
+			continue
+		}
+		for _, p := range []struct {
+			path routePath
+			d    int
+		}{{before, -1}, {after, 1}} {
+			switch p.path {
+			case pathKernel:
+				c.routesKernel += p.d
+			case pathFast:
+				c.routesFast += p.d
+				n := m.base.fastRoutes[k.Table]
+				m.base.fastRoutes[k.Table] = n + p.d
+				if eps := m.base.endpoints[k.Table]; n == 0 && p.d > 0 || n == 1 && p.d < 0 {
+					c.endpointsFast += p.d * eps
+					c.endpointsKernel -= p.d * eps
+				}
+			}
+		}
+	}
+	return c
 }
 
 // nexthopUse is a nexthop object of the record and how many routes use it.

@@ -522,21 +522,15 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 	for _, n := range s.Networks {
 		for _, r := range n.Routes {
 			e, ok := chooseEncap(prio, r.Encaps, m.feat)
-			if !ok || (e != encap.MPLSoUDP && e != encap.MPLSoGRE) || !r.Prefix.Addr().Is4() {
+			if !ok || !fastPathRoute(e, r.Prefix) {
 				continue
 			}
-			u, ok := underlays[r.RemoteUnderlay]
-			if !ok {
-				var err error
-				if u, err = m.underlayRouteLocked(r.RemoteUnderlay); err != nil {
-					fail(err)
-					continue
-				}
-				underlays[r.RemoteUnderlay] = u
+			k, v, err := m.fastPathEntryLocked(underlays, s.Underlay, n.Table, r, e)
+			if err != nil {
+				fail(err)
+				continue
 			}
-			k := fastPathKey{table: n.Table, prefix: r.Prefix.Masked()}
-			want[string(k.bytes())] = fastPathValue{remote: r.RemoteUnderlay, local: s.Underlay, label: r.Label,
-				ifindex: u.ifindex, mtu: u.mtu, gre: e == encap.MPLSoGRE}.bytes()
+			want[string(k)] = v
 			tables[n.Table] = true
 		}
 	}
@@ -620,6 +614,31 @@ func (m *Manager) ensureFastPathLocked(s *State, byName map[string]netlink.Link,
 			delete(f.progs, t)
 		}
 	}
+}
+
+// fastPathRoute tells whether a route to prefix through encapsulation e is
+// one the fast path encapsulates (when it is in use): MPLSoUDP and MPLSoGRE
+// to IPv4 prefixes.
+func fastPathRoute(e encap.Encap, prefix netip.Prefix) bool {
+	return (e == encap.MPLSoUDP || e == encap.MPLSoGRE) && prefix.Addr().Is4()
+}
+
+// fastPathEntryLocked returns the map entry of remote route r of the network
+// with routing table table, through e (a fastPathRoute), local being the
+// gateway's underlay address. underlays caches the underlay lookups per
+// remote gateway for one Set or UpdateRoutes.
+func (m *Manager) fastPathEntryLocked(underlays map[netip.Addr]underlayRoute, local netip.Addr, table uint32,
+	r RemoteRoute, e encap.Encap) (key, value []byte, err error) {
+	u, ok := underlays[r.RemoteUnderlay]
+	if !ok {
+		if u, err = m.underlayRouteLocked(r.RemoteUnderlay); err != nil {
+			return nil, nil, err
+		}
+		underlays[r.RemoteUnderlay] = u
+	}
+	k := fastPathKey{table: table, prefix: r.Prefix.Masked()}
+	return k.bytes(), fastPathValue{remote: r.RemoteUnderlay, local: local, label: r.Label,
+		ifindex: u.ifindex, mtu: u.mtu, gre: e == encap.MPLSoGRE}.bytes(), nil
 }
 
 // underlayRoute is the device toward a remote gateway and the MTU of the way.
