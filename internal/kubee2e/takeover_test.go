@@ -130,7 +130,11 @@ func TestLeaderTakeoverSIGKILL(t *testing.T) {
 	took := time.Since(killed)
 	acts("after", "10.82.0.0/16")
 	t.Logf("leader %s SIGKILLed: %s took the Lease over after %v (lease duration %v, retry %v)", leader, other, took.Round(time.Millisecond), takeoverLease.Duration, takeoverLease.Retry)
-	if max := takeoverLease.Duration + 2*takeoverLease.Retry; took > max {
-		t.Fatalf("takeover took %v, more than the lease duration and two retries (%v)", took, max)
+	// The other takes over one retry after the lease runs out; a loaded
+	// machine delays that by up to a second or two, but never by a second
+	// lease period, which is what a takeover that waits for something else
+	// would cost.
+	if max := 2*takeoverLease.Duration - takeoverLease.Retry; took > max {
+		t.Fatalf("takeover took %v, more than the lease duration and one more lease period less a retry (%v)", took, max)
 	}
 }
