@@ -428,16 +428,17 @@ type Gateway struct {
 	State          GatewayState           `protobuf:"varint,4,opt,name=state,proto3,enum=iotfabric.v1.GatewayState" json:"state,omitempty"`
 	LastSeen       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	Revision       int64                  `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
-	// What the gateway's agent said of itself at its last registration. Output
-	// only: set by the controller from the agent's last registration (kept
-	// across updates), ignored on create and update (a client cannot set them).
-	// Kernel features the agent's data plane detected, e.g. mpls, fou, gre,
-	// vrf, and bpf-fast-path when the eBPF fast path is on.
+	// Kernel features the agent's data plane detected at its last registration,
+	// e.g. mpls, fou, gre, vrf, and bpf-fast-path when the eBPF fast path is on.
+	// Output only.
 	KernelFeatures []string `protobuf:"bytes,7,rep,name=kernel_features,json=kernelFeatures,proto3" json:"kernel_features,omitempty"`
-	Architecture   string   `protobuf:"bytes,8,opt,name=architecture,proto3" json:"architecture,omitempty"` // e.g. arm64
-	AgentVersion   string   `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The agent's CPU architecture (Go's GOARCH, e.g. arm64) at its last
+	// registration. Output only.
+	Architecture string `protobuf:"bytes,8,opt,name=architecture,proto3" json:"architecture,omitempty"`
+	// The agent's version at its last registration. Output only.
+	AgentVersion  string `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Gateway) Reset() {
