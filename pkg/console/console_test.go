@@ -252,7 +252,9 @@ func startFabric(t *testing.T) *fabric {
 		}
 		var opts []func(*agent.Options)
 		if name == "gw-c" { // what its agent registers shows on its page
-			opts = append(opts, func(o *agent.Options) { o.Version, o.KernelFeatures = gwcVersion, []string{"mpls", "fou", "bpf-fast-path"} })
+			opts = append(opts, func(o *agent.Options) {
+				o.Version, o.KernelFeatures = gwcVersion, []string{"mpls", "fou", "bpf-fast-path"}
+			})
 		}
 		f.gws[name] = fabrictest.StartGateway(t, name, netip.MustParseAddr(u), []string{fc.Addr}, false, opts...)
 	}
