@@ -29,13 +29,13 @@ administrator part of the route distinguisher of its endpoints' routes.`,
 				}
 				return end()
 			}},
-		verb{use: "show NAME", aliases: []string{"get"}, short: "Show one gateway", args: oneName, names: gatewayNames,
+		verb{use: "show NAME", aliases: []string{"get"}, short: "Show one gateway, with the architecture, agent version and kernel features its agent registered", args: oneName, names: gatewayNames,
 			call: func(ctx context.Context, conn *grpc.ClientConn, _ *cobra.Command, args []string) error {
 				g, err := v1.NewGatewayServiceClient(conn).GetGateway(ctx, &v1.NameRequest{Name: args[0]})
 				if err != nil {
 					return err
 				}
-				return c.printGateways(g)
+				return c.printGateway(g)
 			}},
 		verb{use: "delete NAME", short: "Delete a gateway (it must have no endpoints); its address blocks are released",
 			args: oneName, names: gatewayNames,

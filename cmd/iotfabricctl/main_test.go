@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig/tlstest"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
 func startController(t *testing.T) string {
@@ -128,5 +130,55 @@ func TestMutualTLS(t *testing.T) {
 	}
 	if _, errs, rc := ctl(t, lis.Addr().String(), "--tls-cert", f.Cert, "network", "list"); rc != 2 || !strings.Contains(errs, "all three files") {
 		t.Fatalf("incomplete TLS flags: rc %d %q", rc, errs)
+	}
+}
+
+// TestGatewayShowAgent: gateway show prints what the agent registered, and
+// dashes for a gateway whose agent never did.
+func TestGatewayShowAgent(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c := controller.New(st, controller.Config{})
+	gs := grpc.NewServer()
+	api.Services{Controller: c}.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	srv := lis.Addr().String()
+	if _, errs, rc := ctl(t, srv, "gateway", "create", "gw1", "--address", "192.0.2.1"); rc != 0 {
+		t.Fatalf("gateway create: rc %d, %s", rc, errs)
+	}
+	out, errs, rc := ctl(t, srv, "gateway", "show", "gw1")
+	if rc != 0 || !strings.Contains(out, "ARCH") || !strings.Contains(out, "-  ") {
+		t.Fatalf("gateway show before registration: rc %d, stdout %q, stderr %q", rc, out, errs)
+	}
+	// What the agent's Register carries, as the agent service hands it on.
+	if _, _, err := c.RegisterGateway(context.Background(), &v1.Gateway{Name: "gw1", UnderlayAddress: "192.0.2.1"},
+		controller.Agent{KernelFeatures: []string{"mpls", "vrf", "bpf-fast-path"}, Architecture: "arm64", Version: "v1.2.3"}); err != nil {
+		t.Fatal(err)
+	}
+	out, errs, rc = ctl(t, srv, "gateway", "show", "gw1")
+	for _, want := range []string{"ARCH", "AGENT-VERSION", "KERNEL-FEATURES", "arm64", "v1.2.3", "mpls,vrf,bpf-fast-path"} {
+		if rc != 0 || !strings.Contains(out, want) {
+			t.Fatalf("gateway show: rc %d, stdout %q, stderr %q; want %q", rc, out, errs, want)
+		}
+	}
+	out, _, _ = ctl(t, srv, "gateway", "show", "gw1", "-o", "json")
+	var g map[string]any
+	if err := json.Unmarshal([]byte(out), &g); err != nil {
+		t.Fatal(err)
+	}
+	if g["architecture"] != "arm64" || g["agent_version"] != "v1.2.3" {
+		t.Errorf("gateway show -o json: %s", out)
+	}
+	// The list keeps its columns.
+	if out, _, _ = ctl(t, srv, "gateway", "list"); strings.Contains(out, "arm64") {
+		t.Errorf("gateway list: %s", out)
 	}
 }

@@ -127,6 +127,17 @@ func (c *cli) printGateways(gs ...*v1.Gateway) error {
 	return c.table(gatewayHeader, gatewayRows(gs))
 }
 
+// printGateway prints one gateway and, under it, what its agent said of
+// itself at its last registration (gateway show).
+func (c *cli) printGateway(g *v1.Gateway) error {
+	if err := c.printGateways(g); err != nil || c.format == "json" {
+		return err
+	}
+	fmt.Fprintln(c.out)
+	return c.table("ARCH\tAGENT-VERSION\tKERNEL-FEATURES", [][]string{{orDash(g.Architecture), orDash(g.AgentVersion),
+		orDash(strings.Join(g.KernelFeatures, ","))}})
+}
+
 func gatewayRows(gs []*v1.Gateway) [][]string {
 	var rows [][]string
 	for _, g := range gs {

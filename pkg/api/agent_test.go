@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -184,4 +185,83 @@ func TestAgentLifecycle(t *testing.T) {
 	if len(reg.Blocks) != 1 || reg.Blocks[0].Prefix != "10.1.0.16/28" {
 		t.Fatalf("register returns gw-b's blocks: %+v", reg.Blocks)
 	}
+}
+
+// TestGatewayAgentFacts: what the agent registered (kernel features,
+// architecture, version) is on the gateway for Get, List and Watch; create
+// and update through the API neither set nor clear it.
+func TestGatewayAgentFacts(t *testing.T) {
+	e := startAgentEnv(t)
+	ctx := context.Background()
+	forged := &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.1", KernelFeatures: []string{"forged"}, Architecture: "forged", AgentVersion: "forged"}
+	g, err := e.gw.CreateGateway(ctx, &v1.CreateGatewayRequest{Gateway: forged})
+	if err != nil || g.KernelFeatures != nil || g.Architecture != "" || g.AgentVersion != "" {
+		t.Fatalf("create with agent facts: %+v %v; want them ignored", g, err)
+	}
+	if g, err = e.gw.GetGateway(ctx, &v1.NameRequest{Name: "gw"}); err != nil || g.Architecture != "" {
+		t.Fatalf("get after create: %+v %v", g, err)
+	}
+	feats := []string{"mpls", "fou", "gre", "vrf", "bpf-fast-path"}
+	if _, err := e.agent.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.1", Architecture: "forged"},
+		KernelFeatures: feats, Architecture: "arm64", AgentVersion: "v1.2.3"}); err != nil {
+		t.Fatal(err)
+	}
+	want := func(what string, g *v1.Gateway) {
+		t.Helper()
+		if !slices.Equal(g.GetKernelFeatures(), feats) || g.GetArchitecture() != "arm64" || g.GetAgentVersion() != "v1.2.3" {
+			t.Errorf("%s: kernel features %v, architecture %q, agent version %q; want %v, arm64, v1.2.3",
+				what, g.GetKernelFeatures(), g.GetArchitecture(), g.GetAgentVersion(), feats)
+		}
+	}
+	g, err = e.gw.GetGateway(ctx, &v1.NameRequest{Name: "gw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want("get after register", g)
+	l, err := e.gw.ListGateways(ctx, &v1.ListGatewaysRequest{})
+	if err != nil || len(l.Gateways) != 1 {
+		t.Fatalf("list: %+v %v", l, err)
+	}
+	want("list", l.Gateways[0])
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	w, err := e.gw.WatchGateways(wctx, &v1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want("watch", ev.Gateway)
+	// An update through the API keeps them, whatever it carries.
+	upd := &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.2", KernelFeatures: []string{"forged"}, Architecture: "forged", AgentVersion: "forged"}
+	if g, err = e.gw.UpdateGateway(ctx, &v1.UpdateGatewayRequest{Gateway: upd}); err != nil || g.UnderlayAddress != "192.0.2.2" {
+		t.Fatalf("update: %+v %v", g, err)
+	}
+	want("update reply", g)
+	if g, err = e.gw.GetGateway(ctx, &v1.NameRequest{Name: "gw"}); err != nil {
+		t.Fatal(err)
+	}
+	want("get after update", g)
+	// The next registration replaces them.
+	if _, err := e.agent.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.2"},
+		KernelFeatures: []string{"mpls"}, Architecture: "amd64", AgentVersion: "v1.2.4"}); err != nil {
+		t.Fatal(err)
+	}
+	if g, err = e.gw.GetGateway(ctx, &v1.NameRequest{Name: "gw"}); err != nil || !slices.Equal(g.KernelFeatures, []string{"mpls"}) ||
+		g.Architecture != "amd64" || g.AgentVersion != "v1.2.4" {
+		t.Fatalf("after a second registration: %+v %v", g, err)
+	}
+	// A gateway first made by its agent's registration has them too.
+	r, err := e.agent.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw-new", UnderlayAddress: "192.0.2.3"},
+		KernelFeatures: feats, Architecture: "arm64", AgentVersion: "v1.2.3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want("register reply", r.Gateway)
+	if g, err = e.gw.GetGateway(ctx, &v1.NameRequest{Name: "gw-new"}); err != nil {
+		t.Fatal(err)
+	}
+	want("get after registering a new gateway", g)
 }

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/internal/testenv"
+	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
 	"github.com/iotfabric/iotfabric/pkg/iqrf/iqrftest"
@@ -33,6 +36,9 @@ import (
 // store the way a foreign writer would put it there, and the console must
 // show it as text.
 const hostileName = `<script>alert(1)</script>`
+
+// gwcVersion is the version gw-c's agent registers with.
+const gwcVersion = "v9.8.7-test"
 
 // fabric is what TestConsole runs against.
 type fabric struct {
@@ -106,6 +112,13 @@ func TestConsole(t *testing.T) {
 	t.Run("a stopped agent turns its gateway offline", func(t *testing.T) {
 		tb := br.newTab(t, f.base+"/ui/#/gateways/gw-c")
 		tb.waitJS(10*time.Second, `document.querySelector('dl.kv')?.textContent.includes('✔ up')`)
+		// What the agent registered: through the API and on the page.
+		g, err := f.cl.GW.GetGateway(context.Background(), &v1.NameRequest{Name: "gw-c"})
+		if err != nil || g.Architecture != runtime.GOARCH || g.AgentVersion != gwcVersion || !slices.Contains(g.KernelFeatures, "bpf-fast-path") {
+			t.Errorf("gw-c through the API: %+v %v; want architecture %s, agent version %s, bpf-fast-path", g, err, runtime.GOARCH, gwcVersion)
+		}
+		tb.waitJS(10*time.Second, fmt.Sprintf(`(t => t.includes('Architecture'+%q) && t.includes('Agent version'+%q) && t.includes('mpls, fou, bpf-fast-path'))(document.querySelector('dl.kv')?.textContent || '')`,
+			runtime.GOARCH, gwcVersion))
 		f.gws["gw-c"].Stop()
 		tb.waitJS(20*time.Second, `document.querySelector('dl.kv')?.textContent.includes('✖ down')`)
 		tb.waitJS(5*time.Second, `document.querySelector('main').textContent.includes('up → down')`)
@@ -237,7 +250,13 @@ func startFabric(t *testing.T) *fabric {
 		if _, err := f.cl.GW.CreateGateway(ctx, &v1.CreateGatewayRequest{Gateway: &v1.Gateway{Name: name, UnderlayAddress: u}}); err != nil {
 			t.Fatal(err)
 		}
-		f.gws[name] = fabrictest.StartGateway(t, name, netip.MustParseAddr(u), []string{fc.Addr}, false)
+		var opts []func(*agent.Options)
+		if name == "gw-c" { // what its agent registers shows on its page
+			opts = append(opts, func(o *agent.Options) {
+				o.Version, o.KernelFeatures = gwcVersion, []string{"mpls", "fou", "bpf-fast-path"}
+			})
+		}
+		f.gws[name] = fabrictest.StartGateway(t, name, netip.MustParseAddr(u), []string{fc.Addr}, false, opts...)
 	}
 	if _, err := f.cl.GW.CreateGateway(ctx, &v1.CreateGatewayRequest{Gateway: &v1.Gateway{Name: "gw-spare", UnderlayAddress: "192.0.2.9"}}); err != nil {
 		t.Fatal(err)

@@ -22,7 +22,8 @@ import (
 // What the gateways' agents ask of the controller: registration, endpoint
 // reports, block leases, and the markers of their route streams.
 
-// Agent describes the agent that registers a gateway (for the log).
+// Agent describes the agent that registers a gateway: logged, and kept on the
+// gateway (its kernel_features, architecture and agent_version).
 type Agent struct {
 	Architecture   string
 	Version        string
@@ -37,11 +38,11 @@ func (c *Controller) RegisterGateway(ctx context.Context, gw *v1.Gateway, agent 
 	}
 	g := proto.Clone(gw).(*v1.Gateway)
 	g.State, g.LastSeen = v1.GatewayState_GATEWAY_STATE_UP, timestamppb.Now()
-	out, err := c.UpdateGateway(ctx, g)
+	out, err := c.updateGateway(ctx, g, &agent)
 	if errors.Is(err, model.ErrNotFound) {
-		out, err = c.CreateGateway(ctx, g)
+		out, err = c.createGateway(ctx, g, &agent)
 		if errors.Is(err, model.ErrExists) { // created meanwhile by another agent stream or controller
-			out, err = c.UpdateGateway(ctx, g)
+			out, err = c.updateGateway(ctx, g, &agent)
 		}
 	}
 	if err != nil {

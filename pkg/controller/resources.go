@@ -48,18 +48,36 @@ func normaliseGateway(g *v1.Gateway) error {
 	if g.State == v1.GatewayState_GATEWAY_STATE_UNSPECIFIED {
 		g.State = v1.GatewayState_GATEWAY_STATE_REGISTERED
 	}
+	// Output only: what the agent said at registration (setAgent).
+	setAgent(g, Agent{})
 	return nil
+}
+
+// setAgent records on g what its agent said at registration.
+func setAgent(g *v1.Gateway, a Agent) {
+	g.KernelFeatures, g.Architecture, g.AgentVersion = slices.Clone(a.KernelFeatures), a.Architecture, a.Version
 }
 
 func (c *Controller) getGatewayKV(ctx context.Context, name string) (store.KV, *v1.Gateway, error) {
 	return getRecord(ctx, c.st, keys.Gateway(name), "gateway", name, func(m *v1.Gateway, r int64) { m.Revision = r })
 }
 
-// CreateGateway registers a gateway.
+// CreateGateway registers a gateway. What its agent says of itself (kernel
+// features, architecture, agent version) is left empty: only a registration
+// sets it.
 func (c *Controller) CreateGateway(ctx context.Context, req *v1.Gateway) (*v1.Gateway, error) {
+	return c.createGateway(ctx, req, nil)
+}
+
+// createGateway creates the gateway; agent, when set, is what its agent said
+// at registration.
+func (c *Controller) createGateway(ctx context.Context, req *v1.Gateway, agent *Agent) (*v1.Gateway, error) {
 	g := proto.Clone(req).(*v1.Gateway)
 	if err := normaliseGateway(g); err != nil {
 		return nil, err
+	}
+	if agent != nil {
+		setAgent(g, *agent)
 	}
 	g.Revision = 0
 	rev, err := c.st.Txn(ctx, []store.Cond{store.Absent(keys.Gateway(g.Name))}, []store.Op{store.Put(keys.Gateway(g.Name), encode(g))})
@@ -85,8 +103,16 @@ func (c *Controller) ListGateways(ctx context.Context) ([]*v1.Gateway, int64, er
 	return listDecoded(ctx, c.st, keys.Gateways, func() *v1.Gateway { return &v1.Gateway{} }, func(g *v1.Gateway, r int64) { g.Revision = r })
 }
 
-// UpdateGateway replaces underlay address, encapsulations, state and last-seen time.
+// UpdateGateway replaces underlay address, encapsulations, state and last-seen
+// time. What the agent said at its last registration is kept: the request's
+// kernel features, architecture and agent version are ignored.
 func (c *Controller) UpdateGateway(ctx context.Context, req *v1.Gateway) (*v1.Gateway, error) {
+	return c.updateGateway(ctx, req, nil)
+}
+
+// updateGateway updates the gateway; agent, when set, replaces what its agent
+// said at registration.
+func (c *Controller) updateGateway(ctx context.Context, req *v1.Gateway, agent *Agent) (*v1.Gateway, error) {
 	upd := proto.Clone(req).(*v1.Gateway)
 	if err := normaliseGateway(upd); err != nil {
 		return nil, err
@@ -101,6 +127,9 @@ func (c *Controller) UpdateGateway(ctx context.Context, req *v1.Gateway) (*v1.Ga
 		g.UnderlayAddress, g.Encapsulations, g.State = upd.UnderlayAddress, upd.Encapsulations, upd.State
 		if upd.LastSeen != nil {
 			g.LastSeen = upd.LastSeen
+		}
+		if agent != nil {
+			setAgent(g, *agent)
 		}
 		g.Revision = 0
 		rev, err := c.st.Txn(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(kv.Key, encode(g))})

@@ -398,7 +398,8 @@
     return { root, update };
   };
 
-  const knownGatewayFields = new Set(['name', 'state', 'underlayAddress', 'encapsulations', 'lastSeen', 'revision', 'conditions']);
+  const knownGatewayFields = new Set(['name', 'state', 'underlayAddress', 'encapsulations', 'lastSeen', 'revision', 'conditions',
+    'architecture', 'agentVersion', 'kernelFeatures']);
   function valueText(v) { return typeof v === 'object' ? (Array.isArray(v) && v.every(x => typeof x !== 'object') ? v.join(', ') : JSON.stringify(v)) : String(v); }
 
   function endpointTable(eps, withNetwork) {
@@ -424,7 +425,9 @@
       if (!g) { fill(info, h('p', { class: 'error' }, 'No such gateway (or not loaded yet).')); } else {
         const rows = [['State', stateLabel(enumName('gw', g.state))], ['Last seen', h('span', null, when(g.lastSeen), ' ', h('span', { class: 'muted' }, g.lastSeen || ''))],
           ['Underlay address', g.underlayAddress || ''], ['Encapsulations', (g.encapsulations || []).map(e => enumName('enc', e)).join(', ') || 'default'],
-          ['Revision', g.revision || '']];
+          ['Revision', g.revision || ''],
+          // What the agent said of itself at its last registration.
+          ['Architecture', g.architecture || '—'], ['Agent version', g.agentVersion || '—'], ['Kernel features', list(g.kernelFeatures) || '—']];
         // Whatever else the API's Gateway carries (agent, kernel features...), as it comes.
         for (const [k, v] of Object.entries(g)) {
           if (knownGatewayFields.has(k) || v === null || v === '' || (Array.isArray(v) && !v.length)) continue;

@@ -428,8 +428,17 @@ type Gateway struct {
 	State          GatewayState           `protobuf:"varint,4,opt,name=state,proto3,enum=iotfabric.v1.GatewayState" json:"state,omitempty"`
 	LastSeen       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	Revision       int64                  `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Kernel features the agent's data plane detected at its last registration,
+	// e.g. mpls, fou, gre, vrf, and bpf-fast-path when the eBPF fast path is on.
+	// Output only.
+	KernelFeatures []string `protobuf:"bytes,7,rep,name=kernel_features,json=kernelFeatures,proto3" json:"kernel_features,omitempty"`
+	// The agent's CPU architecture (Go's GOARCH, e.g. arm64) at its last
+	// registration. Output only.
+	Architecture string `protobuf:"bytes,8,opt,name=architecture,proto3" json:"architecture,omitempty"`
+	// The agent's version at its last registration. Output only.
+	AgentVersion  string `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Gateway) Reset() {
@@ -502,6 +511,27 @@ func (x *Gateway) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Gateway) GetKernelFeatures() []string {
+	if x != nil {
+		return x.KernelFeatures
+	}
+	return nil
+}
+
+func (x *Gateway) GetArchitecture() string {
+	if x != nil {
+		return x.Architecture
+	}
+	return ""
+}
+
+func (x *Gateway) GetAgentVersion() string {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return ""
 }
 
 // Endpoint is one interface of a pod or VM in a network, on a gateway.
@@ -952,14 +982,17 @@ const file_iotfabric_v1_resources_proto_rawDesc = "" +
 	"conditions\"9\n" +
 	"\tCondition\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x94\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x86\x03\n" +
 	"\aGateway\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x10underlay_address\x18\x02 \x01(\tR\x0funderlayAddress\x12C\n" +
 	"\x0eencapsulations\x18\x03 \x03(\x0e2\x1b.iotfabric.v1.EncapsulationR\x0eencapsulations\x120\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x1a.iotfabric.v1.GatewayStateR\x05state\x127\n" +
 	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x1a\n" +
-	"\brevision\x18\x06 \x01(\x03R\brevision\"\xc4\x02\n" +
+	"\brevision\x18\x06 \x01(\x03R\brevision\x12'\n" +
+	"\x0fkernel_features\x18\a \x03(\tR\x0ekernelFeatures\x12\"\n" +
+	"\farchitecture\x18\b \x01(\tR\farchitecture\x12#\n" +
+	"\ragent_version\x18\t \x01(\tR\fagentVersion\"\xc4\x02\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x18\n" +
