@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -42,6 +43,10 @@ func TestMain(m *testing.M) {
 }
 
 const durationEnv = "IOTFABRIC_SOAK_DURATION"
+
+// profilesEnv names a directory for the controller's heap profiles before
+// the flood and after it (before.pb.gz, after.pb.gz); unset, none are taken.
+const profilesEnv = "IOTFABRIC_SOAK_PROFILES"
 
 // scale is what a soak of a given duration does: the 10-minute form flaps
 // 50,000 routes and writes at most 10 MB of log; shorter forms scale both
@@ -219,6 +224,7 @@ api:
   listen: %s
 metrics:
   listen: %s
+  pprof: true
 bgp:
   asn: 64512
   router_id: %s
@@ -330,6 +336,32 @@ bgp:
 			}
 		}
 		return low
+	}
+	// saveHeap writes the controller's heap profile (after a collection) to
+	// $IOTFABRIC_SOAK_PROFILES/name.pb.gz when that is set, for
+	// `go tool pprof -base before.pb.gz after.pb.gz`.
+	saveHeap := func(name string) {
+		pdir := os.Getenv(profilesEnv)
+		if pdir == "" {
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+metricsAddr+"/debug/pprof/heap?gc=1", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Logf("heap profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err == nil {
+			os.MkdirAll(pdir, 0o755)
+			err = os.WriteFile(filepath.Join(pdir, name+".pb.gz"), body, 0o644)
+		}
+		if err != nil {
+			t.Logf("heap profile %s: %v", name, err)
+		}
 	}
 	var memPeak atomic.Uint64
 
@@ -538,6 +570,7 @@ bgp:
 	// then, before the edge router and the kills start.
 	time.Sleep(min(20*time.Second, sc.duration/6))
 	memBefore := settledHeap(5 * time.Second)
+	saveHeap("before")
 	wg.Go(func() {
 		err := setRoutes(ctx, all, true)
 		st.add("edge announce all", err)
@@ -793,6 +826,7 @@ bgp:
 			time.Sleep(time.Second)
 		}
 	}
+	saveHeap("after")
 	var logBytes int64
 	logs := []string{ctl.log}
 	for _, g := range gws {
