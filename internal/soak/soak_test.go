@@ -316,21 +316,26 @@ bgp:
 		}
 		return 0, fmt.Errorf("no go_memstats_heap_alloc_bytes in the metrics")
 	}
-	// settledHeap is the least heap seen over window while listings keep
-	// the controller allocating: collections then come every few hundred
-	// milliseconds, and the least sample is the live heap right after one
-	// (an idle Go process may not collect for two minutes).
+	// settledHeap is the live heap: the least heap seen over window, each
+	// sample read right after a full collection that the profile endpoint
+	// forces (/debug/pprof/heap?gc=1 runs runtime.GC, which also finishes
+	// sweeping). Without it the least sample of go_memstats_heap_alloc_bytes
+	// still counts garbage of the cycle in progress: an idle controller
+	// may not collect for minutes, and a busy one sweeps lazily.
 	settledHeap := func(window time.Duration) uint64 {
-		lctx, cancel := context.WithTimeout(ctx, window)
-		defer cancel()
-		go func() {
-			for lctx.Err() == nil {
-				epc.ListEndpoints(lctx, &v1.ListEndpointsRequest{PageSize: 1000})
-				netc.ListNetworks(lctx, &v1.ListNetworksRequest{PageSize: 1000})
-			}
-		}()
 		var low uint64
-		for ; lctx.Err() == nil; time.Sleep(50 * time.Millisecond) {
+		for end := time.Now().Add(window); time.Now().Before(end); time.Sleep(time.Second) {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+metricsAddr+"/debug/pprof/heap?gc=1", nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			cancel()
+			if err != nil {
+				continue
+			}
 			if h, err := heap(); err == nil && (low == 0 || h < low) {
 				low = h
 			}
@@ -827,6 +832,14 @@ bgp:
 		}
 	}
 	saveHeap("after")
+	if pdir := os.Getenv(profilesEnv); pdir != "" {
+		// the daemons' logs beside the profiles, for a failed run
+		for _, p := range append([]*proc{ctl}, agentsOf(gws)...) {
+			if b, err := os.ReadFile(p.log); err == nil {
+				os.WriteFile(filepath.Join(pdir, p.name+".log"), b, 0o644)
+			}
+		}
+	}
 	var logBytes int64
 	logs := []string{ctl.log}
 	for _, g := range gws {
@@ -877,6 +890,14 @@ bgp:
 			t.Errorf("no %q happened: the soak did not exercise it", k)
 		}
 	}
+}
+
+func agentsOf(gws []*gateway) []*proc {
+	var out []*proc
+	for _, g := range gws {
+		out = append(out, g.agent)
+	}
+	return out
 }
 
 // frrVPN returns FRR's VPNv4 table from one `show bgp ipv4 vpn json`:
