@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -117,12 +118,28 @@ func (p *proc) start(t *testing.T) {
 	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig fires when the thread that forked the process exits, not
+	// the test: a thread the Go runtime hands to a goroutine that enters a
+	// network namespace (the CNI calls) is ended with it, and would take a
+	// daemon started from it along. The process is started from a thread
+	// locked to a goroutine that lives as long as the process.
+	done, started := make(chan struct{}), make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		started <- err
+		if err != nil {
+			return
+		}
+		cmd.Wait()
+		f.Close()
+		close(done)
+	}()
+	if err := <-started; err != nil {
 		f.Close()
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); f.Close(); close(done) }()
 	p.mu.Lock()
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
