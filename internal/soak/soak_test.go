@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,6 +44,10 @@ func TestMain(m *testing.M) {
 }
 
 const durationEnv = "IOTFABRIC_SOAK_DURATION"
+
+// profilesEnv names a directory for the controller's heap profiles before
+// the flood and after it (before.pb.gz, after.pb.gz); unset, none are taken.
+const profilesEnv = "IOTFABRIC_SOAK_PROFILES"
 
 // scale is what a soak of a given duration does: the 10-minute form flaps
 // 50,000 routes and writes at most 10 MB of log; shorter forms scale both
@@ -112,12 +118,28 @@ func (p *proc) start(t *testing.T) {
 	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig fires when the thread that forked the process exits, not
+	// the test: a thread the Go runtime hands to a goroutine that enters a
+	// network namespace (the CNI calls) is ended with it, and would take a
+	// daemon started from it along. The process is started from a thread
+	// locked to a goroutine that lives as long as the process.
+	done, started := make(chan struct{}), make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		started <- err
+		if err != nil {
+			return
+		}
+		cmd.Wait()
+		f.Close()
+		close(done)
+	}()
+	if err := <-started; err != nil {
 		f.Close()
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); f.Close(); close(done) }()
 	p.mu.Lock()
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
@@ -219,6 +241,7 @@ api:
   listen: %s
 metrics:
   listen: %s
+  pprof: true
 bgp:
   asn: 64512
   router_id: %s
@@ -310,26 +333,57 @@ bgp:
 		}
 		return 0, fmt.Errorf("no go_memstats_heap_alloc_bytes in the metrics")
 	}
-	// settledHeap is the least heap seen over window while listings keep
-	// the controller allocating: collections then come every few hundred
-	// milliseconds, and the least sample is the live heap right after one
-	// (an idle Go process may not collect for two minutes).
+	// settledHeap is the live heap: the least heap seen over window, each
+	// sample read right after a full collection that the profile endpoint
+	// forces (/debug/pprof/heap?gc=1 runs runtime.GC, which also finishes
+	// sweeping). Without it the least sample of go_memstats_heap_alloc_bytes
+	// still counts garbage of the cycle in progress: an idle controller
+	// may not collect for minutes, and a busy one sweeps lazily.
 	settledHeap := func(window time.Duration) uint64 {
-		lctx, cancel := context.WithTimeout(ctx, window)
-		defer cancel()
-		go func() {
-			for lctx.Err() == nil {
-				epc.ListEndpoints(lctx, &v1.ListEndpointsRequest{PageSize: 1000})
-				netc.ListNetworks(lctx, &v1.ListNetworksRequest{PageSize: 1000})
-			}
-		}()
 		var low uint64
-		for ; lctx.Err() == nil; time.Sleep(50 * time.Millisecond) {
+		for end := time.Now().Add(window); time.Now().Before(end); time.Sleep(time.Second) {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+metricsAddr+"/debug/pprof/heap?gc=1", nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			cancel()
+			if err != nil {
+				continue
+			}
 			if h, err := heap(); err == nil && (low == 0 || h < low) {
 				low = h
 			}
 		}
 		return low
+	}
+	// saveHeap writes the controller's heap profile (after a collection) to
+	// $IOTFABRIC_SOAK_PROFILES/name.pb.gz when that is set, for
+	// `go tool pprof -base before.pb.gz after.pb.gz`.
+	saveHeap := func(name string) {
+		pdir := os.Getenv(profilesEnv)
+		if pdir == "" {
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+metricsAddr+"/debug/pprof/heap?gc=1", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Logf("heap profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err == nil {
+			os.MkdirAll(pdir, 0o755)
+			err = os.WriteFile(filepath.Join(pdir, name+".pb.gz"), body, 0o644)
+		}
+		if err != nil {
+			t.Logf("heap profile %s: %v", name, err)
+		}
 	}
 	var memPeak atomic.Uint64
 
@@ -538,6 +592,7 @@ bgp:
 	// then, before the edge router and the kills start.
 	time.Sleep(min(20*time.Second, sc.duration/6))
 	memBefore := settledHeap(5 * time.Second)
+	saveHeap("before")
 	wg.Go(func() {
 		err := setRoutes(ctx, all, true)
 		st.add("edge announce all", err)
@@ -793,6 +848,15 @@ bgp:
 			time.Sleep(time.Second)
 		}
 	}
+	saveHeap("after")
+	if pdir := os.Getenv(profilesEnv); pdir != "" {
+		// the daemons' logs beside the profiles, for a failed run
+		for _, p := range append([]*proc{ctl}, agentsOf(gws)...) {
+			if b, err := os.ReadFile(p.log); err == nil {
+				os.WriteFile(filepath.Join(pdir, p.name+".log"), b, 0o644)
+			}
+		}
+	}
 	var logBytes int64
 	logs := []string{ctl.log}
 	for _, g := range gws {
@@ -843,6 +907,14 @@ bgp:
 			t.Errorf("no %q happened: the soak did not exercise it", k)
 		}
 	}
+}
+
+func agentsOf(gws []*gateway) []*proc {
+	var out []*proc
+	for _, g := range gws {
+		out = append(out, g.agent)
+	}
+	return out
 }
 
 // frrVPN returns FRR's VPNv4 table from one `show bgp ipv4 vpn json`:

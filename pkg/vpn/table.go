@@ -96,7 +96,16 @@ type Table struct {
 	// route could be made, or the speaker refused them).
 	notAdv map[string]string
 	pages  *routePages // a paged listing's sorted routes (page.go); dropped by Flush
+	// recvPeak is the most entries recv held since it was last built: a Go
+	// map keeps the room of its peak after deletes, so a flood of received
+	// routes, once withdrawn, would keep megabytes; flushReceived builds
+	// recv again when it falls under a quarter of that (shrinkMap).
+	recvPeak int
 }
+
+// shrinkFloor is the least peak, in entries, for which a map is built again
+// when it shrinks: below it, the room kept is a few kilobytes.
+const shrinkFloor = 1024
 
 // NetDelta is what a Flush changed in a network's routes: its endpoints'
 // routes, and the received routes it imports. With Full set, anything in the
@@ -357,6 +366,23 @@ func (t *Table) Received(evs []bgp.RouteEvent) {
 			t.recv[k] = newReceived(ev)
 		}
 	}
+	t.recvPeak = max(t.recvPeak, len(t.recv))
+}
+
+// shrinkMap returns m, or a copy of it sized for its entries when it holds
+// less than a quarter of peak (and peak is at least shrinkFloor), with the
+// peak to track from then on. Go maps do not give back the room of deleted
+// entries; the copy costs one pass over the entries left, amortised by the
+// deletions that made the map shrink.
+func shrinkMap[K comparable, V any](m map[K]V, peak int) (map[K]V, int) {
+	if peak < shrinkFloor || len(m) >= peak/4 {
+		return m, peak
+	}
+	c := make(map[K]V, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c, len(c)
 }
 
 // flushReceived adds to deltas, for every network, the received routes it
@@ -390,7 +416,13 @@ func (t *Table) flushReceived(deltas map[string]NetDelta) {
 			t.touched[name] = true
 		}
 	}
-	clear(t.recvOld)
+	if len(t.recvOld) >= shrinkFloor {
+		// a flood's changes: let the room go with them
+		t.recvOld = map[bgp.RouteKey]*received{}
+	} else {
+		clear(t.recvOld)
+	}
+	t.recv, t.recvPeak = shrinkMap(t.recv, t.recvPeak)
 }
 
 // countImported counts again the received routes network n imports (its
