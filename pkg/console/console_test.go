@@ -203,7 +203,7 @@ func startFabric(t *testing.T) *fabric {
 	bgptest.Connect(t, self, frrNS, local, edge)
 	const asn = 64512
 	// FRR originates 10.99.0.0/24 with the route target of the first network (id 1).
-	bgptest.StartFRR(t, frrNS, bgptest.FRRConfig{ASN: asn, RouterID: edge.Addr(),
+	frr := bgptest.StartFRR(t, frrNS, bgptest.FRRConfig{ASN: asn, RouterID: edge.Addr(),
 		Neighbors: []bgptest.FRRNeighbor{{Address: local.Addr(), ASN: asn}},
 		Networks:  []bgptest.FRRNetwork{{Prefix: netip.MustParsePrefix("10.99.0.0/24"), RD: edge.Addr().String() + ":7", Label: 777, RouteTargets: []string{fmt.Sprintf("%d:8000001", asn)}}}})
 
@@ -215,7 +215,7 @@ func startFabric(t *testing.T) *fabric {
 	seeded := false
 	tune, base := tuneConsole(t, gweb.URL)
 	fc := fabrictest.StartControllerWith(t, &fabrictest.Controller{
-		BGP: &bgp.Config{ASN: asn, RouterID: local.Addr(), ListenPort: -1,
+		BGP: &bgp.Config{ASN: asn, RouterID: local.Addr(), ListenPort: -1, ConnectRetry: time.Second,
 			Peers: []bgp.PeerConfig{{Address: edge.Addr(), ASN: asn}, {Address: dead.Addr(), ASN: asn}}},
 		Open: func() (store.Store, error) {
 			st, err := bolt.Open(filepath.Join(dir, "state.db"), bolt.Options{NoSync: true})
@@ -232,6 +232,11 @@ func startFabric(t *testing.T) *fabric {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	// The pages expect the session with FRR up: wait for it here, with room
+	// for a loaded machine, so a slow start fails with FRR's view of it.
+	if err := frr.WaitEstablished(context.Background(), local.Addr(), 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	f := &fabric{ctl: fc, cl: fc.Dial(), peers: v1.NewPeerServiceClient(conn), ipam: v1.NewIpamServiceClient(conn), gws: map[string]*fabrictest.Gateway{}}
 	f.base = base
 	ctx := context.Background()
