@@ -145,6 +145,8 @@ var methods = map[string]rule{
 	v1.RouteService_ListRoutes_FullMethodName:  {roles: admin | viewer},
 	v1.RouteService_WatchRoutes_FullMethodName: {roles: admin | viewer},
 
+	v1.GatewayLinkService_GetGatewayLinks_FullMethodName: {roles: admin | viewer},
+
 	// Join's credential is its bootstrap token: callers without a
 	// certificate make it. Renew is for the caller's own identity (the
 	// certificate it presents), also expired within the renewal grace.

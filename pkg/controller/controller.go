@@ -64,6 +64,7 @@ type Controller struct {
 
 	exclusive bool
 	streams   liveStreams // the route streams open at this instance
+	links     linkHistory // the gateways' link transitions seen here (links.go)
 }
 
 // New returns a Controller over st.

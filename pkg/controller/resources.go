@@ -199,6 +199,7 @@ func (c *Controller) DeleteGateway(ctx context.Context, name string) (int64, err
 	for _, n := range nets {
 		c.ipam.Invalidate(n) // its blocks are gone
 	}
+	c.links.forget(name)
 	c.log.Info("gateway deleted", logkey.Gateway, name)
 	return rev, nil
 }

@@ -179,7 +179,7 @@ func New(opts Options) (*Handler, error) {
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		gw.RegisterNetworkServiceHandler, gw.RegisterGatewayServiceHandler, gw.RegisterEndpointServiceHandler,
 		gw.RegisterIpamServiceHandler, gw.RegisterPeerServiceHandler, gw.RegisterRouteServiceHandler,
-		gw.RegisterEnrollmentServiceHandler,
+		gw.RegisterEnrollmentServiceHandler, gw.RegisterGatewayLinkServiceHandler,
 	} {
 		if err := reg(ctx, gm, conn); err != nil {
 			h.Close()
