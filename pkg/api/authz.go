@@ -235,6 +235,19 @@ func (a *Authorizer) identify(ctx context.Context) (tlsconfig.Identity, *x509.Ce
 	return tlsconfig.IdentityOf(leaf), leaf
 }
 
+// Admit is what the certificate alone decides for a request that reaches
+// no gRPC method (the REST listener's other paths: its OpenAPI document, the
+// web console): a revoked certificate, or an expired one (accepted within
+// the renewal grace), is refused, and the refusal audited, as on a call.
+// what names the request for the message and the audit log.
+func (a *Authorizer) Admit(ctx context.Context, id tlsconfig.Identity, cert *x509.Certificate, what string) error {
+	err := a.admit(id, cert, what, rule{})
+	if err != nil {
+		a.denied(ctx, id, what, "", err)
+	}
+	return err
+}
+
 // admit checks what the certificate alone decides: revoked, or expired (a
 // certificate accepted within the renewal grace may only renew).
 func (a *Authorizer) admit(id tlsconfig.Identity, cert *x509.Certificate, method string, r rule) error {
