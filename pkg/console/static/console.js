@@ -187,11 +187,16 @@
   const Live = {
     rev: { gateways: 0, networks: 0, endpoints: 0 }, es: null, delay: 500, routes: '',
     async sync() {
-      const [gws, nets] = await Promise.all([listAll(api('/gateways'), 'gateways', 5000), listAll(api('/networks'), 'networks', 5000), refreshSummary(), loadViewEndpoints()]);
+      const [gws, nets, , viewRev] = await Promise.all([listAll(api('/gateways'), 'gateways', 5000), listAll(api('/networks'), 'networks', 5000), refreshSummary(), loadViewEndpoints()]);
       S.gateways = new Map(gws.items.map(g => [g.name, g]));
       S.networks = new Map(nets.items.map(n => [n.name, n]));
       if (!S.summary) throw new Error(S.summaryError || 'no summary');
-      this.rev = { gateways: gws.revision, networks: nets.revision, endpoints: Number(S.summary.endpointRevision) };
+      // The endpoints are followed from the older of the two listings (the
+      // summary's and the page's, read in parallel): an endpoint created
+      // between them reaches the page through the watch.
+      let epRev = Number(S.summary.endpointRevision);
+      if (viewRev > 0 && (epRev === 0 || viewRev < epRev)) epRev = viewRev;
+      this.rev = { gateways: gws.revision, networks: nets.revision, endpoints: epRev };
     },
     async start() {
       try {
@@ -244,20 +249,25 @@
     const [kind, name] = S.view.key.split(':');
     return (kind === 'network' && e.network === name) || (kind === 'gateway' && e.gateway === name);
   }
+  // loadViewEndpoints lists the endpoints of the page's network or gateway
+  // and returns the listing's revision (0: none).
   async function loadViewEndpoints() {
     const v = S.view;
     const [kind, name] = v.key.split(':');
-    if (kind !== 'network' && kind !== 'gateway') return;
+    if (kind !== 'network' && kind !== 'gateway') return 0;
+    let rev = 0;
     try {
       const b = await getJSON(q(api('/endpoints'), { [kind]: name, page_size: 500 }));
-      if (S.view !== v) return;
+      if (S.view !== v) return 0;
       v.endpoints = new Map((b.endpoints || []).map(e => [e.id, e]));
       v.more = !!b.nextPageToken;
       v.error = '';
+      rev = Number(b.revision || 0);
     } catch (e) {
       v.error = e.message;
     }
     schedule();
+    return rev;
   }
 
   let summaryTimer = null, summaryBusy = false;
