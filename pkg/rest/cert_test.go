@@ -107,7 +107,9 @@ func (r revoked) Watch(*big.Int) (<-chan struct{}, func()) {
 // that the handshake completes, as the controller's listeners do with
 // enrollment) are refused on every path with 403 and the JSON error of the
 // Authorizer: the same code and message a gRPC call with the certificate
-// gets. One expired beyond the grace fails the handshake, as on gRPC.
+// gets on an open connection (the controller's gRPC listener refuses a
+// revoked one at the handshake already). One expired beyond the grace fails
+// the handshake, as on gRPC.
 func TestRevokedAndExpiredCertificates(t *testing.T) {
 	ca := newTestCA(t)
 	files := ca.serverFiles()
