@@ -312,6 +312,13 @@ func startFabric(t *testing.T) *fabric {
 	if _, err := f.cl.GW.CreateGateway(ctx, &v1.CreateGatewayRequest{Gateway: &v1.Gateway{Name: "gw-spare", UnderlayAddress: "192.0.2.9"}}); err != nil {
 		t.Fatal(err)
 	}
+	// An agent's first report is a full sync, which deletes the endpoints of
+	// its gateway it does not know: create them once every agent streams
+	// (it reports before it streams), or gw-c may lose ep-c1 and with it
+	// its network and its tunnels.
+	for _, g := range f.gws {
+		g.WaitLive(30*time.Second, 1)
+	}
 	for _, e := range []*v1.Endpoint{{Id: "ep-a1", Network: "blue", Gateway: "gw-a", Label: 1000}, {Id: "ep-c1", Network: "blue", Gateway: "gw-c"}, {Id: "ep-b1", Network: "green", Gateway: "gw-b", Label: 1000}} {
 		if _, err := f.cl.EP.CreateEndpoint(ctx, &v1.CreateEndpointRequest{Endpoint: e}); err != nil {
 			t.Fatal(err)
