@@ -39,11 +39,12 @@ for f in $(cd "$gw" && find . -name '*.pb.gw.go' | sort); do
   pkg=$(sed -n 's/^package //p' "$gw/$f")
   sed -e "s/^package $pkg\$/package ${pkg}gw/" -e "s/^Package $pkg is a reverse proxy\./Package ${pkg}gw is a reverse proxy./" "$gw/$f" >"$d/$(basename "$f")"
 done
-# The OpenAPI document: the annotated services, merged into one file.
+# The OpenAPI document: the annotated services, merged into one file. The errors are
+# pkg/rest's (iotfabric.v1.RestError, proto/openapi.yaml), not grpc-gateway's default.
 PATH="$tools:$PATH" protoc -I proto -I proto/third_party \
   --openapiv2_out="$oa" \
-  --openapiv2_opt=allow_merge=true,merge_file_name=openapi,output_format=json,preserve_rpc_order=true,openapi_configuration=proto/openapi.yaml \
-  proto/iotfabric/v1/services.proto proto/iotfabric/v1/bgp.proto proto/iotfabric/v1/enroll.proto
+  --openapiv2_opt=allow_merge=true,merge_file_name=openapi,output_format=json,preserve_rpc_order=true,disable_default_errors=true,openapi_configuration=proto/openapi.yaml \
+  proto/iotfabric/v1/services.proto proto/iotfabric/v1/bgp.proto proto/iotfabric/v1/enroll.proto proto/iotfabric/v1/console.proto
 cp "$oa/openapi.swagger.json" "$openapi"
 if [ $check = 1 ]; then
   rc=0

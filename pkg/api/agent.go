@@ -131,22 +131,30 @@ func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.
 		return Status(err)
 	}
 	ch := a.r.WatchGateway(ctx, gw, from)
+	why := v1.GatewayLinkReason_GATEWAY_LINK_REASON_STREAM_CLOSED // the runner closed ch
 	defer func() {
 		// A stopping controller removes all its markers once its streams
 		// have ended (controller.Sweeper.Stop): the agents learn at once
 		// that their streams ended, not after one store write each.
 		if !a.r.GatewayStreamsEnded() {
-			a.closeStream(gw, stream)
+			a.closeStream(gw, stream, why)
 		}
 	}()
 	for u := range ch {
 		if err := sendChunks(out, *u, a.r.ID(), limit, req.GetMaxMessageBytes() != 0); err != nil {
+			why = v1.GatewayLinkReason_GATEWAY_LINK_REASON_SEND_FAILED
+			if ctx.Err() != nil {
+				why = v1.GatewayLinkReason_GATEWAY_LINK_REASON_STREAM_ENDED
+			}
 			return err
 		}
 		release()
 		release = func() {}
 	}
 	if ctx.Err() != nil {
+		// The agent ended the stream, or its connection broke: grpc-go
+		// tells neither apart from a keepalive timeout.
+		why = v1.GatewayLinkReason_GATEWAY_LINK_REASON_STREAM_ENDED
 		return nil
 	}
 	return Status(model.Errorf(model.ErrUnavailable, "route stream closed (replaced by a newer stream, reader behind, or controller stopping); reconnect with from_revision"))
@@ -154,10 +162,10 @@ func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.
 
 // closeStream records that the gateway's route stream ended (the request's
 // context is over by then).
-func (a *agents) closeStream(gw, stream string) {
+func (a *agents) closeStream(gw, stream string, why v1.GatewayLinkReason) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := a.c.CloseGatewayStream(ctx, gw, stream); err != nil && !errors.Is(err, store.ErrClosed) {
+	if err := a.c.CloseGatewayStream(ctx, gw, stream, why); err != nil && !errors.Is(err, store.ErrClosed) {
 		a.log.Debug("close gateway stream", logkey.Gateway, gw, logkey.Err, err)
 	}
 }

@@ -22,6 +22,7 @@ type agentEnv struct {
 	net   v1.NetworkServiceClient
 	gw    v1.GatewayServiceClient
 	ep    v1.EndpointServiceClient
+	links v1.GatewayLinkServiceClient
 }
 
 func startAgentEnv(t testing.TB) agentEnv {
@@ -40,7 +41,8 @@ func startAgentEnv(t testing.TB) agentEnv {
 	conn := serveGRPC(t, func(gs *grpc.Server) {
 		Services{Controller: c, Routes: r}.Register(gs)
 	})
-	return agentEnv{v1.NewAgentServiceClient(conn), v1.NewNetworkServiceClient(conn), v1.NewGatewayServiceClient(conn), v1.NewEndpointServiceClient(conn)}
+	return agentEnv{v1.NewAgentServiceClient(conn), v1.NewNetworkServiceClient(conn), v1.NewGatewayServiceClient(conn), v1.NewEndpointServiceClient(conn),
+		v1.NewGatewayLinkServiceClient(conn)}
 }
 
 func recvRoutes(t *testing.T, s grpc.ServerStreamingClient[v1.GatewayRoutes]) *v1.GatewayRoutes {

@@ -1,6 +1,6 @@
-// Package api is the controller's transport: the eight iotfabric.v1 gRPC
+// Package api is the controller's transport: the nine iotfabric.v1 gRPC
 // services (Network, Gateway, Endpoint, IPAM, Agent, Peer, Route,
-// Enrollment) over the domain (pkg/controller for resources and agents,
+// Enrollment, GatewayLink) over the domain (pkg/controller for resources and agents,
 // pkg/vpn for routes and peers, pkg/enroll for certificates). It translates
 // requests and responses between protobuf and the domain's calls, and the
 // domain's errors into gRPC status codes, in one table (errors.go). It authorizes every call in one place, Authorizer
@@ -64,4 +64,5 @@ func (s Services) Register(g grpc.ServiceRegistrar) {
 	rs := &routes{r: s.Routes, peers: s.Peers}
 	v1.RegisterPeerServiceServer(g, rs)
 	v1.RegisterRouteServiceServer(g, rs)
+	v1.RegisterGatewayLinkServiceServer(g, &links{c: s.Controller, r: s.Routes})
 }

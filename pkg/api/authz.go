@@ -145,6 +145,8 @@ var methods = map[string]rule{
 	v1.RouteService_ListRoutes_FullMethodName:  {roles: admin | viewer},
 	v1.RouteService_WatchRoutes_FullMethodName: {roles: admin | viewer},
 
+	v1.GatewayLinkService_GetGatewayLinks_FullMethodName: {roles: admin | viewer},
+
 	// Join's credential is its bootstrap token: callers without a
 	// certificate make it. Renew is for the caller's own identity (the
 	// certificate it presents), also expired within the renewal grace.
@@ -233,6 +235,19 @@ func (a *Authorizer) identify(ctx context.Context) (tlsconfig.Identity, *x509.Ce
 	return tlsconfig.IdentityOf(leaf), leaf
 }
 
+// Admit is what the certificate alone decides for a request that reaches
+// no gRPC method (the REST listener's other paths: its OpenAPI document, the
+// web console): a revoked certificate, or an expired one (accepted within
+// the renewal grace), is refused, and the refusal audited, as on a call.
+// what names the request for the message and the audit log.
+func (a *Authorizer) Admit(ctx context.Context, id tlsconfig.Identity, cert *x509.Certificate, what string) error {
+	err := a.admit(id, cert, what, rule{})
+	if err != nil {
+		a.denied(ctx, id, what, "", err)
+	}
+	return err
+}
+
 // admit checks what the certificate alone decides: revoked, or expired (a
 // certificate accepted within the renewal grace may only renew).
 func (a *Authorizer) admit(id tlsconfig.Identity, cert *x509.Certificate, method string, r rule) error {
@@ -306,19 +321,39 @@ func check(id tlsconfig.Identity, method string, r rule, known bool, req any) er
 	return nil
 }
 
-// Unary is the interceptor of unary calls.
-func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// Authorize decides a unary call of method with req by the caller of ctx
+// (Identify's, or the connection's), as Unary does, and audits a denial:
+// for a handler that stands for a call without making it through a gRPC
+// server (the web console's summary).
+func (a *Authorizer) Authorize(ctx context.Context, method string, req any) error {
+	_, _, err := a.decide(ctx, method, req)
+	return err
+}
+
+// decide is Unary's decision: the caller, its rule, and PermissionDenied
+// (audited) when it may not call.
+func (a *Authorizer) decide(ctx context.Context, method string, req any) (*caller, rule, error) {
 	id, cert := a.identify(ctx)
-	r, known := methods[info.FullMethod]
-	err := check(id, info.FullMethod, r, known, req)
+	r, known := methods[method]
+	err := check(id, method, r, known, req)
 	if err == nil {
-		err = a.admit(id, cert, info.FullMethod, r)
+		err = a.admit(id, cert, method, r)
 	}
 	if err != nil {
-		a.denied(ctx, id, info.FullMethod, r.objectOf(req), err)
+		a.denied(ctx, id, method, r.objectOf(req), err)
+		return nil, r, err
+	}
+	return &caller{id: id, cert: cert}, r, nil
+}
+
+// Unary is the interceptor of unary calls.
+func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	c, r, err := a.decide(ctx, info.FullMethod, req)
+	if err != nil {
 		return nil, err
 	}
-	resp, err := handler(context.WithValue(ctx, callerKey{}, &caller{id: id, cert: cert}), req)
+	id := c.id
+	resp, err := handler(context.WithValue(ctx, callerKey{}, c), req)
 	if r.mutates && a.Audit != nil {
 		a.Audit.LogAttrs(ctx, slog.LevelInfo, auditCall, slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, info.FullMethod),
 			slog.String(logkey.Object, r.objectOf(req)), slog.String(logkey.Code, Code(err).String()))

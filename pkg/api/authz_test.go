@@ -42,5 +42,9 @@ func TestAuthorizerFailsClosed(t *testing.T) {
 		if status.Code(err) != c.want || ran != (c.want == codes.OK) {
 			t.Errorf("%s: %v (handler ran: %t), want %v", c.name, err, ran, c.want)
 		}
+		// Authorize decides as Unary does.
+		if aerr := c.a.Authorize(c.ctx, c.method, &v1.ListNetworksRequest{}); status.Code(aerr) != c.want || status.Convert(aerr).Message() != status.Convert(err).Message() {
+			t.Errorf("%s: Authorize %v, Unary %v", c.name, aerr, err)
+		}
 	}
 }

@@ -204,13 +204,6 @@ func (h *Handler) config(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// apiError is the REST API's error body.
-type apiError struct {
-	Code     int    `json:"code"`
-	CodeName string `json:"codeName"`
-	Message  string `json:"message"`
-}
-
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")

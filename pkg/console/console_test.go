@@ -46,6 +46,7 @@ type fabric struct {
 	cl    fabrictest.Clients
 	peers v1.PeerServiceClient
 	ipam  v1.IpamServiceClient
+	links v1.GatewayLinkServiceClient
 	base  string // the console's URL
 	gws   map[string]*fabrictest.Gateway
 }
@@ -119,10 +120,40 @@ func TestConsole(t *testing.T) {
 		}
 		tb.waitJS(10*time.Second, fmt.Sprintf(`(t => t.includes('Architecture'+%q) && t.includes('Agent version'+%q) && t.includes('mpls, fou, bpf-fast-path'))(document.querySelector('dl.kv')?.textContent || '')`,
 			runtime.GOARCH, gwcVersion))
+		// Its tunnels: to gw-a (192.0.2.1), whose endpoint ep-a1 is in blue
+		// with gw-c's ep-c1, over the first encapsulation both offer; and
+		// toward FRR, whose route blue imports.
+		tb.waitJS(20*time.Second, `(t => t.includes('gateway gw-a') && t.includes('mpls-o-udp') && t.includes('blue'))(document.querySelector('#gateway-tunnels tr[data-tunnel="192.0.2.1"]')?.textContent || '')`)
+		tb.waitJS(10*time.Second, `[...document.querySelectorAll('#gateway-tunnels tr[data-tunnel]')].some(r => r.textContent.includes('BGP peer'))`)
+		links, err := f.links.GetGatewayLinks(ctx, &v1.GetGatewayLinksRequest{Name: "gw-c"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var toA *v1.GatewayTunnel
+		for _, tn := range links.Tunnels {
+			if tn.Remote == "192.0.2.1" {
+				toA = tn
+			}
+		}
+		if toA == nil || toA.RemoteGateway != "gw-a" || toA.Encapsulation != v1.Encapsulation_ENCAPSULATION_MPLS_O_UDP || toA.Routes < 1 || toA.Labels < 1 {
+			t.Errorf("gw-c's tunnel to gw-a through the API: %v (tunnels %v)", toA, links.Tunnels)
+		}
+		// Its link history: up (registered, route stream opened), no offline entry yet.
+		tb.waitJS(10*time.Second, `[...document.querySelectorAll('#gateway-links tr[data-link-state="up"]')].some(r => r.textContent.includes('route stream opened'))`)
+		var downs int
+		tb.eval(`document.querySelectorAll('#gateway-links tr[data-link-state="down"]').length`, &downs)
 		f.gws["gw-c"].Stop()
 		tb.waitJS(20*time.Second, `document.querySelector('dl.kv')?.textContent.includes('✖ down')`)
-		tb.waitJS(5*time.Second, `document.querySelector('main').textContent.includes('up → down')`)
+		// A new offline entry, newest first, with why.
+		tb.waitJS(20*time.Second, fmt.Sprintf(`(rs => rs.length === %d && rs[0] === document.querySelector('#gateway-links tbody tr') && rs[0].textContent.includes('✖ down') && rs[0].textContent.includes('route stream ended'))([...document.querySelectorAll('#gateway-links tr[data-link-state="down"]')])`, downs+1))
+		links, err = f.links.GetGatewayLinks(ctx, &v1.GetGatewayLinksRequest{Name: "gw-c"})
+		if err != nil || len(links.History) == 0 || links.History[0].State != v1.GatewayState_GATEWAY_STATE_DOWN ||
+			links.History[0].Reason != v1.GatewayLinkReason_GATEWAY_LINK_REASON_STREAM_ENDED {
+			t.Errorf("gw-c's link history through the API: %v %v", links.GetHistory(), err)
+		}
+		tb.do(chromedp.EmulateViewport(1100, 1250)) // the whole page, down to the link history
 		tb.screenshot("gateway")
+		tb.do(chromedp.EmulateViewport(1100, 800))
 		tb.goTo("#/overview")
 		tb.waitJS(10*time.Second, `(document.querySelector('#overview-gateways tr[data-gateway="gw-c"]') || {}).textContent?.includes('✖ down')`)
 		tb.goTo("#/events")
@@ -174,6 +205,21 @@ func TestConsole(t *testing.T) {
 		}
 		tb.do(chromedp.KeyEvent("\r"))
 		tb.waitJS(5*time.Second, `location.hash === '#/networks' && document.querySelector('h1').textContent === 'Networks'`)
+		// A gateway's page too: its tunnels and link history reflow (the
+		// less important columns hidden), nothing wider than the phone;
+		// its links are reachable with Tab.
+		tb.goTo("#/gateways/gw-a")
+		tb.waitJS(10*time.Second, `!!document.querySelector('#gateway-links table') && !!document.querySelector('#gateway-tunnels table a')`)
+		tb.eval(`document.documentElement.scrollWidth - window.innerWidth`, &overflow)
+		if overflow > 0 {
+			t.Errorf("gateway page %d px wider than a phone", overflow)
+		}
+		var tunnelLinkTabbable bool
+		tb.eval(`(a => !!a && a.tabIndex >= 0 && getComputedStyle(a).display !== 'none')(document.querySelector('#gateway-tunnels table a'))`, &tunnelLinkTabbable)
+		if !tunnelLinkTabbable {
+			t.Error("the tunnels' gateway links are not reachable with the keyboard")
+		}
+		tb.screenshot("gateway-phone")
 	})
 
 	t.Run("sensors draw a chart from graphite", func(t *testing.T) {
@@ -237,7 +283,7 @@ func startFabric(t *testing.T) *fabric {
 	if err := frr.WaitEstablished(context.Background(), local.Addr(), 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	f := &fabric{ctl: fc, cl: fc.Dial(), peers: v1.NewPeerServiceClient(conn), ipam: v1.NewIpamServiceClient(conn), gws: map[string]*fabrictest.Gateway{}}
+	f := &fabric{ctl: fc, cl: fc.Dial(), peers: v1.NewPeerServiceClient(conn), ipam: v1.NewIpamServiceClient(conn), links: v1.NewGatewayLinkServiceClient(conn), gws: map[string]*fabrictest.Gateway{}}
 	f.base = base
 	ctx := context.Background()
 	blue, err := f.cl.Net.CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: "blue", Subnets: []string{"10.20.0.0/16"}}})
@@ -265,6 +311,13 @@ func startFabric(t *testing.T) *fabric {
 	}
 	if _, err := f.cl.GW.CreateGateway(ctx, &v1.CreateGatewayRequest{Gateway: &v1.Gateway{Name: "gw-spare", UnderlayAddress: "192.0.2.9"}}); err != nil {
 		t.Fatal(err)
+	}
+	// An agent's first report is a full sync, which deletes the endpoints of
+	// its gateway it does not know: create them once every agent streams
+	// (it reports before it streams), or gw-c may lose ep-c1 and with it
+	// its network and its tunnels.
+	for _, g := range f.gws {
+		g.WaitLive(30*time.Second, 1)
 	}
 	for _, e := range []*v1.Endpoint{{Id: "ep-a1", Network: "blue", Gateway: "gw-a", Label: 1000}, {Id: "ep-c1", Network: "blue", Gateway: "gw-c"}, {Id: "ep-b1", Network: "green", Gateway: "gw-b", Label: 1000}} {
 		if _, err := f.cl.EP.CreateEndpoint(ctx, &v1.CreateEndpointRequest{Endpoint: e}); err != nil {

@@ -172,7 +172,7 @@ func TestSummary(t *testing.T) {
 		Message  string
 	}
 	json.NewDecoder(resp.Body).Decode(&e)
-	if resp.StatusCode != http.StatusForbidden || e.Code != int(codes.PermissionDenied) || !strings.Contains(e.Message, "ListNetworks") {
+	if resp.StatusCode != http.StatusForbidden || e.Code != int(codes.PermissionDenied) || e.CodeName != "PERMISSION_DENIED" || !strings.Contains(e.Message, "ListNetworks") {
 		t.Errorf("refused caller: %s %+v", resp.Status, e)
 	}
 }

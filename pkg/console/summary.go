@@ -5,9 +5,9 @@ import (
 	"net/http"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/pkg/rest"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
@@ -174,27 +174,9 @@ func shortEnum(name, prefix string) string {
 	return string(b)
 }
 
-// writeError writes err as the REST API's error body.
+// writeError writes err as the REST API's error body (pkg/rest's, with its
+// canonical code name and HTTP status).
 func writeError(w http.ResponseWriter, err error) {
-	st := status.Convert(err)
-	code := http.StatusInternalServerError
-	switch st.Code() {
-	case codes.InvalidArgument, codes.OutOfRange, codes.FailedPrecondition:
-		code = http.StatusBadRequest
-	case codes.Unauthenticated:
-		code = http.StatusUnauthorized
-	case codes.PermissionDenied:
-		code = http.StatusForbidden
-	case codes.NotFound:
-		code = http.StatusNotFound
-	case codes.ResourceExhausted:
-		code = http.StatusTooManyRequests
-	case codes.Unavailable:
-		code = http.StatusServiceUnavailable
-	case codes.DeadlineExceeded:
-		code = http.StatusGatewayTimeout
-	case codes.Canceled:
-		code = 499
-	}
-	writeJSON(w, code, apiError{Code: int(st.Code()), CodeName: st.Code().String(), Message: st.Message()})
+	w.Header().Set("Cache-Control", "no-store")
+	rest.WriteError(w, err)
 }

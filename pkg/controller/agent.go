@@ -38,6 +38,7 @@ func (c *Controller) RegisterGateway(ctx context.Context, gw *v1.Gateway, agent 
 	}
 	g := proto.Clone(gw).(*v1.Gateway)
 	g.State, g.LastSeen = v1.GatewayState_GATEWAY_STATE_UP, timestamppb.Now()
+	prev, _ := c.GetGateway(ctx, g.Name) // for the link history; nil: new
 	out, err := c.updateGateway(ctx, g, &agent)
 	if errors.Is(err, model.ErrNotFound) {
 		out, err = c.createGateway(ctx, g, &agent)
@@ -47,6 +48,9 @@ func (c *Controller) RegisterGateway(ctx context.Context, gw *v1.Gateway, agent 
 	}
 	if err != nil {
 		return nil, nil, err
+	}
+	if prev.GetState() != v1.GatewayState_GATEWAY_STATE_UP {
+		c.links.record(g.Name, v1.GatewayState_GATEWAY_STATE_UP, v1.GatewayLinkReason_GATEWAY_LINK_REASON_REGISTERED, "")
 	}
 	c.log.Info("gateway registered", logkey.Gateway, g.Name, logkey.Underlay, g.UnderlayAddress, logkey.Arch, agent.Architecture,
 		logkey.Version, agent.Version, logkey.Features, agent.KernelFeatures)
@@ -287,6 +291,7 @@ func (c *Controller) OpenGatewayStream(ctx context.Context, gw, id string) error
 		return storeErr(err)
 	}
 	c.streams.add(id, gw)
+	c.links.record(gw, v1.GatewayState_GATEWAY_STATE_UP, v1.GatewayLinkReason_GATEWAY_LINK_REASON_STREAM_OPENED, id)
 	return nil
 }
 
@@ -294,12 +299,16 @@ func (c *Controller) OpenGatewayStream(ctx context.Context, gw, id string) error
 // another live controller instance still streams routes to gw, marks the
 // gateway down. The markers of dead instances do not count (the sweeper
 // removes them); the transaction requires the markers that counted unchanged,
-// so that two last streams closing at once cannot both leave it up.
-func (c *Controller) CloseGatewayStream(ctx context.Context, gw, id string) error {
+// so that two last streams closing at once cannot both leave it up. why,
+// the reason the stream ended, goes into the link history.
+func (c *Controller) CloseGatewayStream(ctx context.Context, gw, id string, why v1.GatewayLinkReason) error {
 	marker := keys.GatewayStream(gw, id)
+	state, known := v1.GatewayState_GATEWAY_STATE_UP, true
 	err := retry(ctx, func() error {
+		state, known = v1.GatewayState_GATEWAY_STATE_UP, true
 		kv, g, err := c.getGatewayKV(ctx, gw)
 		if errors.Is(err, model.ErrNotFound) {
+			known = false
 			_, err = c.st.Txn(ctx, []store.Cond{store.Absent(keys.Gateway(gw))}, []store.Op{store.Delete(marker)})
 			return err
 		}
@@ -329,6 +338,7 @@ func (c *Controller) CloseGatewayStream(ctx context.Context, gw, id string) erro
 		if len(conds) == 1 { // no other live stream
 			g.State, g.LastSeen, g.Revision = v1.GatewayState_GATEWAY_STATE_DOWN, timestamppb.Now(), 0
 			ops = append(ops, store.Put(kv.Key, encode(g)))
+			state = v1.GatewayState_GATEWAY_STATE_DOWN
 		}
 		_, err = c.st.Txn(ctx, conds, ops)
 		return err
@@ -337,5 +347,8 @@ func (c *Controller) CloseGatewayStream(ctx context.Context, gw, id string) erro
 		return storeErr(err) // a clean shutdown sweeps the marker
 	}
 	c.streams.remove(id)
+	if known {
+		c.links.record(gw, state, why, id)
+	}
 	return nil
 }

@@ -6,7 +6,8 @@
 // It owns the records under the network, gateway, endpoint, label, reference,
 // index, stream and controller liveness keys of pkg/keys, and IPAM through
 // pkg/ipam. Each controller instance keeps a heartbeat and sweeps the stream
-// markers of dead instances (liveness.go). It is the
+// markers of dead instances (liveness.go), and keeps in memory the last link
+// transitions of each gateway it saw (links.go). It is the
 // domain: plain Go methods that return errors of the kinds of pkg/model
 // (model.ErrNotFound...). It may not import gRPC or pkg/api (the transport
 // that serves it), nor write the keys of pkg/vpn (BGP peers).
@@ -64,6 +65,7 @@ type Controller struct {
 
 	exclusive bool
 	streams   liveStreams // the route streams open at this instance
+	links     linkHistory // the gateways' link transitions seen here (links.go)
 }
 
 // New returns a Controller over st.

@@ -183,7 +183,8 @@ func (c *Controller) sweepGateway(ctx context.Context, gw, self, dying string) (
 			return nil
 		}
 		markers := len(ops)
-		if !up && g.State != v1.GatewayState_GATEWAY_STATE_DOWN {
+		marked := !up && g.State != v1.GatewayState_GATEWAY_STATE_DOWN
+		if marked {
 			g.State, g.LastSeen, g.Revision = v1.GatewayState_GATEWAY_STATE_DOWN, timestamppb.Now(), 0
 			ops = append(ops, store.Put(kv.Key, encode(g)))
 		}
@@ -193,6 +194,9 @@ func (c *Controller) sweepGateway(ctx context.Context, gw, self, dying string) (
 		n = markers
 		if !up {
 			c.log.Info("gateway down: the controllers streaming to it are gone", logkey.Gateway, gw)
+		}
+		if marked {
+			c.links.record(gw, v1.GatewayState_GATEWAY_STATE_DOWN, v1.GatewayLinkReason_GATEWAY_LINK_REASON_CONTROLLERS_GONE, "")
 		}
 		return nil
 	})

@@ -163,7 +163,12 @@ func (c *Controller) scanIndex(ctx context.Context, prefixes []string, p Page, i
 		if err != nil {
 			return nil, PageResult{}, storeErr(err)
 		}
-		res.Revision = max(res.Revision, rev)
+		// The listing's revision is its first read's: a watch from it brings
+		// what changed between the reads (an endpoint labelled between
+		// the reads of its gateway's labels and pending keys is in neither).
+		if res.Revision == 0 {
+			res.Revision = rev
+		}
 		budget -= len(kvs)
 		for _, kv := range kvs {
 			if id := id(kv); id != "" {

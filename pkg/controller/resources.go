@@ -199,6 +199,7 @@ func (c *Controller) DeleteGateway(ctx context.Context, name string) (int64, err
 	for _, n := range nets {
 		c.ipam.Invalidate(n) // its blocks are gone
 	}
+	c.links.forget(name)
 	c.log.Info("gateway deleted", logkey.Gateway, name)
 	return rev, nil
 }
@@ -471,7 +472,9 @@ func (c *Controller) ListEndpoints(ctx context.Context, network, gateway string)
 		if err != nil {
 			return storeErr(err)
 		}
-		rev = max(rev, r)
+		if rev == 0 { // the first read's: a watch from it brings what changed between the reads
+			rev = r
+		}
 		for _, kv := range kvs {
 			if id := id(kv); id != "" {
 				ids = append(ids, id)

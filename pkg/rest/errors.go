@@ -55,6 +55,12 @@ var codeNames = map[codes.Code]string{
 	codes.DataLoss: "DATA_LOSS", codes.Unauthenticated: "UNAUTHENTICATED",
 }
 
+// WriteError answers the request with err (a gRPC status error, else
+// UNKNOWN) as the API's JSON error, with the HTTP status grpc-gateway maps
+// its code to: for the handlers mounted through Options.Extra (the web
+// console), so that every error on the listener is the same JSON.
+func WriteError(w http.ResponseWriter, err error) { writeError(w, err) }
+
 // writeError answers the request with err as JSON, with the HTTP status
 // grpc-gateway maps its code to.
 func writeError(w http.ResponseWriter, err error) {

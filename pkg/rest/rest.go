@@ -27,6 +27,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -179,7 +180,7 @@ func New(opts Options) (*Handler, error) {
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		gw.RegisterNetworkServiceHandler, gw.RegisterGatewayServiceHandler, gw.RegisterEndpointServiceHandler,
 		gw.RegisterIpamServiceHandler, gw.RegisterPeerServiceHandler, gw.RegisterRouteServiceHandler,
-		gw.RegisterEnrollmentServiceHandler,
+		gw.RegisterEnrollmentServiceHandler, gw.RegisterGatewayLinkServiceHandler,
 	} {
 		if err := reg(ctx, gm, conn); err != nil {
 			h.Close()
@@ -225,6 +226,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := checkContentType(r); err != nil {
 		writeErrorStatus(w, err, http.StatusUnsupportedMediaType)
 		return
+	}
+	if !strings.HasPrefix(r.URL.Path, "/v1/") {
+		// The API's calls are refused by the Authorizer (revoked or expired
+		// certificates, audited with their method); the other paths here.
+		if err := h.opts.Authorizer.Admit(r.Context(), c.Identity, c.Cert, r.Method+" "+validate.Quote(r.URL.Path)); err != nil {
+			writeError(w, err)
+			return
+		}
 	}
 	r, end := h.calls.begin(r, c)
 	defer end()

@@ -135,6 +135,9 @@ var allowedRoles = map[string]string{
 	"PeerService/ListPeers":           "admin viewer",
 	"RouteService/ListRoutes":         "admin viewer",
 	"RouteService/WatchRoutes":        "admin viewer",
+
+	"GatewayLinkService/GetGatewayLinks": "admin viewer",
+
 	"EnrollmentService/Join":          "admin viewer gateway none",
 	"EnrollmentService/Renew":         "admin viewer gateway",
 	"EnrollmentService/CreateToken":   "admin",

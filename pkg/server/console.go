@@ -37,9 +37,7 @@ func newConsole(cfg Config, services api.Services, authz *api.Authorizer, log *s
 		if !ok {
 			return nil, fmt.Errorf("console: no request for %s", method)
 		}
-		_, err := az.Unary(r.Context(), req, &grpc.UnaryServerInfo{FullMethod: method},
-			func(context.Context, any) (any, error) { return nil, nil })
-		return r.Context(), err
+		return r.Context(), az.Authorize(r.Context(), method, req)
 	}
 	return console.New(cfg.Console, console.Options{Lister: lister, Peers: peers, Authorize: authorize,
 		Logger: log.With(logkey.Component, logkey.ComponentConsole)})

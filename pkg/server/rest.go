@@ -28,17 +28,18 @@ type restServer struct {
 // API's services and Authorizer (ro); serve starts serving. With api.tls it
 // serves HTTPS with the API's certificate and asks for (without requiring)
 // a client certificate from the API's CA, verified as the gRPC API verifies
-// them (revoked ones refused; with enrollment, one expired within the
-// renewal grace passes the handshake and may then only renew, which REST
-// does not offer).
-func startREST(cfg Config, opts Options, ro rest.Options, e *enroll.Enroller, revs *enroll.Revocations) (restServer, error) {
+// them: a revoked one passes the handshake and every request with it is
+// refused (403, the Authorizer's message, as JSON); with enrollment, one
+// expired within the renewal grace passes it and may then only renew, which
+// REST does not offer (403 too).
+func startREST(cfg Config, opts Options, ro rest.Options, e *enroll.Enroller) (restServer, error) {
 	anon, err := cfg.httpAnonymous()
 	if err != nil {
 		return restServer{}, err
 	}
 	var tc *tls.Config
 	if cfg.API.TLS.Enabled() {
-		v := tlsconfig.Verify{Anonymous: true, Revoked: revs.Revoked}
+		v := tlsconfig.Verify{Anonymous: true}
 		if e.CA() != nil {
 			v.Grace = e.Grace()
 		}

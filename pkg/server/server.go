@@ -239,7 +239,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		}
 		restAPI, err = startREST(cfg, opts, rest.Options{Register: services.Register, Authorizer: authz,
 			Unary: []grpc.UnaryServerInterceptor{m.unary, recoverUnary(log)}, Stream: []grpc.StreamServerInterceptor{m.stream, recoverStream(log)},
-			MaxStreams: cfg.API.HTTPMaxStreams, Extra: extra, Logger: log.With(logkey.Component, logkey.ComponentREST)}, enroller, revs)
+			MaxStreams: cfg.API.HTTPMaxStreams, Extra: extra, Logger: log.With(logkey.Component, logkey.ComponentREST)}, enroller)
 		if err != nil {
 			return nil, err
 		}

@@ -17,8 +17,9 @@
     ev: ['unspecified', 'put', 'delete', 'synced'],
     enc: ['unspecified', 'mpls-o-udp', 'mpls-o-gre', 'vxlan'],
     origin: ['unspecified', 'local', 'imported'],
+    reason: ['unspecified', 'stream-opened', 'registered', 'stream-ended', 'stream-closed', 'send-failed', 'controllers-gone'],
   };
-  const prefixes = { gw: 'GATEWAY_STATE_', ep: 'ENDPOINT_STATE_', ev: 'EVENT_TYPE_', enc: 'ENCAPSULATION_', origin: 'ROUTE_ORIGIN_' };
+  const prefixes = { gw: 'GATEWAY_STATE_', ep: 'ENDPOINT_STATE_', ev: 'EVENT_TYPE_', enc: 'ENCAPSULATION_', origin: 'ROUTE_ORIGIN_', reason: 'GATEWAY_LINK_REASON_' };
 
   // enumName turns a protojson enum (name or number) into a short lower-case word.
   function enumName(kind, v) {
@@ -187,11 +188,16 @@
   const Live = {
     rev: { gateways: 0, networks: 0, endpoints: 0 }, es: null, delay: 500, routes: '',
     async sync() {
-      const [gws, nets] = await Promise.all([listAll(api('/gateways'), 'gateways', 5000), listAll(api('/networks'), 'networks', 5000), refreshSummary(), loadViewEndpoints()]);
+      const [gws, nets, , viewRev] = await Promise.all([listAll(api('/gateways'), 'gateways', 5000), listAll(api('/networks'), 'networks', 5000), refreshSummary(), loadViewEndpoints()]);
       S.gateways = new Map(gws.items.map(g => [g.name, g]));
       S.networks = new Map(nets.items.map(n => [n.name, n]));
       if (!S.summary) throw new Error(S.summaryError || 'no summary');
-      this.rev = { gateways: gws.revision, networks: nets.revision, endpoints: Number(S.summary.endpointRevision) };
+      // The endpoints are followed from the older of the two listings (the
+      // summary's and the page's, read in parallel): an endpoint created
+      // between them reaches the page through the watch.
+      let epRev = Number(S.summary.endpointRevision);
+      if (viewRev > 0 && (epRev === 0 || viewRev < epRev)) epRev = viewRev;
+      this.rev = { gateways: gws.revision, networks: nets.revision, endpoints: epRev };
     },
     async start() {
       try {
@@ -244,20 +250,25 @@
     const [kind, name] = S.view.key.split(':');
     return (kind === 'network' && e.network === name) || (kind === 'gateway' && e.gateway === name);
   }
+  // loadViewEndpoints lists the endpoints of the page's network or gateway
+  // and returns the listing's revision (0: none).
   async function loadViewEndpoints() {
     const v = S.view;
     const [kind, name] = v.key.split(':');
-    if (kind !== 'network' && kind !== 'gateway') return;
+    if (kind !== 'network' && kind !== 'gateway') return 0;
+    let rev = 0;
     try {
       const b = await getJSON(q(api('/endpoints'), { [kind]: name, page_size: 500 }));
-      if (S.view !== v) return;
+      if (S.view !== v) return 0;
       v.endpoints = new Map((b.endpoints || []).map(e => [e.id, e]));
       v.more = !!b.nextPageToken;
       v.error = '';
+      rev = Number(b.revision || 0);
     } catch (e) {
       v.error = e.message;
     }
     schedule();
+    return rev;
   }
 
   let summaryTimer = null, summaryBusy = false;
@@ -414,13 +425,66 @@
         h('td', null, stateLabel(enumName('ep', e.state)), (e.conditions || []).map(c => h('div', { class: 'st-warn' }, `⚠ ${c.type}: ${c.message}`))))));
   }
 
+  const linkReasons = {
+    registered: 'its agent registered',
+    'stream-opened': 'route stream opened',
+    'stream-ended': 'route stream ended by the agent or its link (agent stopped, connection reset, keepalive timeout)',
+    'stream-closed': 'route stream closed by the controller (replaced, agent too slow, or controller stopping)',
+    'send-failed': 'sending on the route stream failed',
+    'controllers-gone': 'the controllers streaming to it are gone',
+  };
+  function linkReason(v) { const w = enumName('reason', v); return linkReasons[w] || w; }
+
+  function tunnelTable(ts) {
+    return table(['Remote', 'Behind', 'Encapsulation', { t: 'Offered', cls: 'hide-narrow' }, 'Routes', { t: 'Labels', cls: 'hide-narrow' }, { t: 'Networks', cls: 'hide-narrow' }],
+      ts.map(t => h('tr', { 'data-tunnel': t.remote },
+        h('td', { class: 'mono' }, t.remote),
+        h('td', null, t.remoteGateway ? ['gateway ', gwLink(t.remoteGateway)] : t.peer ? 'BGP peer ' + t.peer : '—'),
+        h('td', null, enumName('enc', t.encapsulation) === 'unspecified' ? h('span', { class: 'st st-warn' }, '⚠ none in common') : enumName('enc', t.encapsulation)),
+        h('td', { class: 'hide-narrow' }, (t.offered || []).map(e => enumName('enc', e)).join(', ')),
+        h('td', null, String(t.routes || 0)), h('td', { class: 'hide-narrow' }, String(t.labels || 0)),
+        h('td', { class: 'hide-narrow' }, (t.networks || []).map((n, i) => [i ? ', ' : '', netLink(n)])))));
+  }
+
+  function linkHistoryTable(evs) {
+    return table(['Time', 'State', 'Reason', { t: 'Detail', cls: 'hide-narrow' }],
+      evs.map(e => h('tr', { 'data-link-state': enumName('gw', e.state) },
+        h('td', null, h('time', { datetime: e.time || '' }, e.time ? new Date(e.time).toLocaleString() : ''), ' ', h('span', { class: 'muted' }, '(' + ago(e.time) + ')')),
+        h('td', null, stateLabel(enumName('gw', e.state))),
+        h('td', null, linkReason(e.reason)),
+        h('td', { class: 'mono hide-narrow' }, e.detail || ''))));
+  }
+
   pages.gateway = (name) => {
     S.view = { key: 'gateway:' + name, endpoints: new Map(), more: false, routes: new Map(), error: '' };
     loadViewEndpoints();
-    const info = h('div'), eps = h('div'), hist = h('div');
+    const info = h('div'), eps = h('div'), tun = h('div', { id: 'gateway-tunnels' }), hist = h('div', { id: 'gateway-links' });
     const root = h('div', null, h('h1', null, 'Gateway ', h('span', { class: 'mono' }, name)), info,
-      h('h2', null, 'Endpoints'), eps, h('h2', null, 'Link history (this session)'), hist);
+      h('h2', null, 'Endpoints'), eps, h('h2', null, 'Tunnels'), tun, h('h2', null, 'Link history'), hist);
+    // The tunnels and the link history (GET /v1/gateways/{name}/links):
+    // loaded on opening, after each change of the gateway, and every 15 s.
+    const ln = { data: null, error: '', timer: 0, seen: S.events.length ? S.events[0] : null };
+    async function loadLinks() {
+      try {
+        const b = await getJSON(api('/gateways/' + encodeURIComponent(name) + '/links'));
+        if (page !== self) return;
+        ln.data = b; ln.error = '';
+      } catch (e) { ln.error = e.message; }
+      schedule();
+    }
+    function loadLinksSoon() {
+      clearTimeout(ln.timer);
+      ln.timer = setTimeout(loadLinks, 300);
+    }
+    const poll = setInterval(loadLinks, 15000);
     function update() {
+      // A change of this gateway since the last draw: its links changed too.
+      if (S.events.length && S.events[0] !== ln.seen) {
+        const fresh = [];
+        for (const e of S.events) { if (e === ln.seen) break; fresh.push(e); }
+        ln.seen = S.events[0];
+        if (fresh.some(e => e.kind === 'gateway' && e.name === name)) loadLinksSoon();
+      }
       const g = S.gateways.get(name);
       if (!g) { fill(info, h('p', { class: 'error' }, 'No such gateway (or not loaded yet).')); } else {
         const rows = [['State', stateLabel(enumName('gw', g.state))], ['Last seen', h('span', null, when(g.lastSeen), ' ', h('span', { class: 'muted' }, g.lastSeen || ''))],
@@ -439,11 +503,24 @@
       const v = S.view;
       fill(eps, v.error ? h('p', { class: 'error' }, v.error) : endpointTable(v.endpoints.values(), true),
         v.more ? h('p', { class: 'muted' }, 'Only the first 500 endpoints are listed.') : null);
-      const evs = S.events.filter(e => e.kind === 'gateway' && e.name === name);
-      fill(hist, evs.length ? table(['Time', 'Change'], evs.map(e => h('tr', null, h('td', null, e.t.toLocaleTimeString()), h('td', null, e.detail))))
-        : h('p', { class: 'muted' }, 'No change since the page was opened.'));
+      const d = ln.data;
+      if (ln.error) {
+        fill(tun, h('p', { class: 'error' }, ln.error));
+        fill(hist, h('p', { class: 'error' }, ln.error));
+      } else if (!d) {
+        fill(tun, h('p', { class: 'muted' }, 'Loading…'));
+        fill(hist, h('p', { class: 'muted' }, 'Loading…'));
+      } else {
+        const ts = d.tunnels || [], evs = d.history || [];
+        fill(tun, ts.length ? tunnelTable(ts) : h('p', { class: 'muted' }, 'No tunnels: the gateway receives no route of another gateway or edge router.'));
+        fill(hist, h('p', { class: 'muted' }, `As controller ${d.controller || '?'} saw it since it started: ${d.historyTotal || 0} transitions` +
+            (Number(d.historyTotal || 0) > evs.length ? `, the last ${evs.length} shown` : '') + '.'),
+          evs.length ? linkHistoryTable(evs) : null);
+      }
     }
-    return { root, update };
+    const self = { root, update, leave: () => { clearInterval(poll); clearTimeout(ln.timer); } };
+    loadLinks();
+    return self;
   };
 
   pages.networks = () => {
