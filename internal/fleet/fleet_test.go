@@ -317,6 +317,7 @@ type result struct {
 	restartRefused      int64         // calls refused (RESOURCE_EXHAUSTED) until all stream
 	restartBytes        int64
 	idleBytesPerGwHour  float64
+	idleDowns           int // sessions that ended while idle (each costs a reconnect)
 	routesPerGateway    int
 	syncBytesPerGateway int64
 }
@@ -428,10 +429,17 @@ func runScenario(t *testing.T, sc scenario) result {
 	waitProf()
 
 	// Idle traffic.
-	b0 := f.BytesIn.Load() + f.BytesOut.Load()
+	downs := func() (n int) {
+		for _, g := range f.Gateways() {
+			n += g.Downs(ctl.addr)
+		}
+		return n
+	}
+	b0, d0 := f.BytesIn.Load()+f.BytesOut.Load(), downs()
 	time.Sleep(sc.idle)
 	idle := f.BytesIn.Load() + f.BytesOut.Load() - b0
 	r.idleBytesPerGwHour = float64(idle) / float64(sc.gateways) * float64(time.Hour) / float64(sc.idle)
+	r.idleDowns = downs() - d0
 
 	// Controller SIGTERM and restart on the same data: until every gateway
 	// streams again, and the bytes that took.
@@ -462,12 +470,12 @@ func runScenario(t *testing.T, sc scenario) result {
 
 func printTable(rs []result) {
 	fmt.Printf("\nbench-fleet: simulated gateways (real agents, one gRPC connection each) against one controller process\n")
-	fmt.Printf("%8s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h")
+	fmt.Printf("%8s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s %11s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h", "idle downs")
 	for _, r := range rs {
-		fmt.Printf("%8d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f\n", r.gateways, r.perNetwork, r.routesPerGateway,
+		fmt.Printf("%8d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f %11d\n", r.gateways, r.perNetwork, r.routesPerGateway,
 			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/float64(r.gateways), r.synced.Round(100*time.Millisecond), r.syncBytesPerGateway,
 			r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond), r.restart.Round(100*time.Millisecond),
-			r.restartDown.Round(100*time.Millisecond).String()+"/"+r.restartServing.Round(100*time.Millisecond).String(), r.restartRefused, r.restartBytes/int64(r.gateways), r.idleBytesPerGwHour)
+			r.restartDown.Round(100*time.Millisecond).String()+"/"+r.restartServing.Round(100*time.Millisecond).String(), r.restartRefused, r.restartBytes/int64(r.gateways), r.idleBytesPerGwHour, r.idleDowns)
 	}
 	fmt.Println()
 }
