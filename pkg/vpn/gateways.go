@@ -254,12 +254,6 @@ type Resume struct {
 	NoScopes bool              // the agent takes no Keep scopes: send a snapshot rather than a partial one
 }
 
-// Resumable reports whether a stream from fromRev issued by runnerID can be
-// resumed from the change logs alone (no snapshot, no digests).
-func (r *Runner) Resumable(fromRev int64, runnerID string) bool {
-	return fromRev > 0 && runnerID == r.id
-}
-
 // EndGatewayStreams closes every gateway stream, and any opened after it,
 // at once: a controller stopping ends its route streams rather than waiting
 // for them (they never end on their own); the agents resume elsewhere or
