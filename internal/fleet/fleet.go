@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -104,6 +105,9 @@ func (c *countConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// fileMargin is the files the rest of the process keeps open.
+const fileMargin = 200
+
 // Underlay is gateway i's underlay address (100.64.0.0/10).
 func Underlay(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{100, byte(64 + i>>16), byte(i >> 8), byte(i)})
@@ -117,6 +121,14 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	}
 	if cfg.StartRate <= 0 {
 		cfg.StartRate = 500
+	}
+	// Each gateway keeps a connection per controller and its route log
+	// (pkg/agent appends to it) open.
+	perGw := len(cfg.Controllers) + 1
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < uint64(perGw*cfg.Gateways+fileMargin) {
+		return nil, fmt.Errorf("%d gateways need about %d open files (%d each: a connection per controller and the route log) and this process may open %d: raise its limit (ulimit -n) or run fewer gateways per process",
+			cfg.Gateways, perGw*cfg.Gateways+fileMargin, perGw, lim.Cur)
 	}
 	f := &Fleet{cfg: cfg, probe: map[netip.Prefix]bool{}}
 	dial := grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {

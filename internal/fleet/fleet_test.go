@@ -32,6 +32,44 @@ import (
 
 const controllerEnv = "IOTFABRIC_FLEET_CONTROLLER"
 
+// grpcEnv sets gRPC server options of the controller processes, for
+// measuring what they change (make bench-fleet-mem FLEET_GRPC=...): a
+// comma-separated list of read=N (ReadBufferSize), write=N
+// (WriteBufferSize), shared=0|1 (SharedWriteBuffer), window=N
+// (InitialWindowSize), connwindow=N (InitialConnWindowSize); "" or
+// "default" for none.
+const grpcEnv = "IOTFABRIC_BENCH_FLEET_GRPC"
+
+// grpcOptions parses a grpcEnv value.
+func grpcOptions(v string) ([]grpc.ServerOption, error) {
+	var opts []grpc.ServerOption
+	for _, kv := range strings.Split(v, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" || kv == "default" {
+			continue
+		}
+		k, val, _ := strings.Cut(kv, "=")
+		n, err := strconv.Atoi(val)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", grpcEnv, err)
+		}
+		switch k {
+		case "read":
+			opts = append(opts, grpc.ReadBufferSize(n))
+		case "write":
+			opts = append(opts, grpc.WriteBufferSize(n))
+		case "shared":
+			opts = append(opts, grpc.SharedWriteBuffer(n != 0)) //nolint:staticcheck // measured on purpose
+		case "window":
+			opts = append(opts, grpc.InitialWindowSize(int32(n)))
+		case "connwindow":
+			opts = append(opts, grpc.InitialConnWindowSize(int32(n)))
+		default:
+			return nil, fmt.Errorf("%s: unknown option %q", grpcEnv, k)
+		}
+	}
+	return opts, nil
+}
+
 // TestMain runs a controller (pkg/server, as cmd/controller does) when the
 // test binary is re-executed with IOTFABRIC_FLEET_CONTROLLER set to its
 // configuration file, so that its memory is its own.
@@ -62,7 +100,12 @@ func runController(conf string) int {
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(cfg.Log.Level))
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	c, err := server.Start(ctx, cfg, server.Options{Logger: log})
+	gopts, err := grpcOptions(os.Getenv(grpcEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	c, err := server.Start(ctx, cfg, server.Options{Logger: log, ServerOptions: gopts})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -82,6 +125,7 @@ type controller struct {
 	addr    string
 	metrics string // its /metrics and /debug/pprof/
 	proc    *proctest.Proc
+	grpc    string // grpcEnv for this process ("": the test's own)
 }
 
 func freeAddr(t *testing.T) string {
@@ -98,6 +142,12 @@ func newController(t *testing.T) *controller { return newControllerOn(t, "") }
 // newControllerOn starts a controller on etcd (etcdURL, namespace /fleet/)
 // or, when it is "", on a bbolt store of its own.
 func newControllerOn(t *testing.T, etcdURL string) *controller {
+	return newControllerGRPC(t, etcdURL, "")
+}
+
+// newControllerGRPC is newControllerOn with the gRPC server options
+// grpcOpts (grpcEnv's form; "": those of the test's environment).
+func newControllerGRPC(t *testing.T, etcdURL, grpcOpts string) *controller {
 	// The store is on tmpfs when there is one: the figures are the
 	// controller's, not the disk's (this machine's disk is shared).
 	dir, err := fleet.ShmDir(t.TempDir())
@@ -105,7 +155,7 @@ func newControllerOn(t *testing.T, etcdURL string) *controller {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	c := &controller{t: t, conf: filepath.Join(dir, "controller.yaml"), addr: freeAddr(t), metrics: freeAddr(t)}
+	c := &controller{t: t, conf: filepath.Join(dir, "controller.yaml"), addr: freeAddr(t), metrics: freeAddr(t), grpc: grpcOpts}
 	var store string
 	if etcdURL != "" {
 		store = fmt.Sprintf("etcd:\n  endpoints: [%q]\n  namespace: /fleet/\n", etcdURL)
@@ -116,7 +166,11 @@ func newControllerOn(t *testing.T, etcdURL string) *controller {
 }
 
 func (c *controller) start() {
-	c.proc = proctest.Start(c.t, []string{controllerEnv + "=" + c.conf}, false, func(line string) (string, bool) {
+	env := []string{controllerEnv + "=" + c.conf}
+	if c.grpc != "" {
+		env = append(env, grpcEnv+"="+c.grpc)
+	}
+	c.proc = proctest.Start(c.t, env, false, func(line string) (string, bool) {
 		a, ok := strings.CutPrefix(line, "fleet controller serving ")
 		return a, ok
 	})
@@ -252,6 +306,7 @@ type scenario struct {
 
 type result struct {
 	scenario
+	grpcOpts            string // the bare floor's gRPC options ("": the environment's)
 	rssBase, rssSynced  int64
 	memBase, memSynced  memStats
 	synced              time.Duration
@@ -262,6 +317,7 @@ type result struct {
 	restartRefused      int64         // calls refused (RESOURCE_EXHAUSTED) until all stream
 	restartBytes        int64
 	idleBytesPerGwHour  float64
+	idleDowns           int // sessions that ended while idle (each costs a reconnect)
 	routesPerGateway    int
 	syncBytesPerGateway int64
 }
@@ -373,10 +429,17 @@ func runScenario(t *testing.T, sc scenario) result {
 	waitProf()
 
 	// Idle traffic.
-	b0 := f.BytesIn.Load() + f.BytesOut.Load()
+	downs := func() (n int) {
+		for _, g := range f.Gateways() {
+			n += g.Downs(ctl.addr)
+		}
+		return n
+	}
+	b0, d0 := f.BytesIn.Load()+f.BytesOut.Load(), downs()
 	time.Sleep(sc.idle)
 	idle := f.BytesIn.Load() + f.BytesOut.Load() - b0
 	r.idleBytesPerGwHour = float64(idle) / float64(sc.gateways) * float64(time.Hour) / float64(sc.idle)
+	r.idleDowns = downs() - d0
 
 	// Controller SIGTERM and restart on the same data: until every gateway
 	// streams again, and the bytes that took.
@@ -407,12 +470,12 @@ func runScenario(t *testing.T, sc scenario) result {
 
 func printTable(rs []result) {
 	fmt.Printf("\nbench-fleet: simulated gateways (real agents, one gRPC connection each) against one controller process\n")
-	fmt.Printf("%8s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h")
+	fmt.Printf("%8s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s %11s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h", "idle downs")
 	for _, r := range rs {
-		fmt.Printf("%8d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f\n", r.gateways, r.perNetwork, r.routesPerGateway,
+		fmt.Printf("%8d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f %11d\n", r.gateways, r.perNetwork, r.routesPerGateway,
 			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/float64(r.gateways), r.synced.Round(100*time.Millisecond), r.syncBytesPerGateway,
 			r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond), r.restart.Round(100*time.Millisecond),
-			r.restartDown.Round(100*time.Millisecond).String()+"/"+r.restartServing.Round(100*time.Millisecond).String(), r.restartRefused, r.restartBytes/int64(r.gateways), r.idleBytesPerGwHour)
+			r.restartDown.Round(100*time.Millisecond).String()+"/"+r.restartServing.Round(100*time.Millisecond).String(), r.restartRefused, r.restartBytes/int64(r.gateways), r.idleBytesPerGwHour, r.idleDowns)
 	}
 	fmt.Println()
 }
@@ -454,12 +517,15 @@ func TestBenchFleet(t *testing.T) {
 // grpcFloor is what n bare gRPC connections, each with one open server
 // stream (health Watch), cost the controller process: gRPC's own share of
 // a gateway, which no route state or iotfabric code is part of.
-func grpcFloor(t *testing.T, n int) result {
+//
+// grpcOpts (grpcEnv's form) are the server's gRPC options ("": those of the
+// test's environment).
+func grpcFloor(t *testing.T, n int, grpcOpts string) result {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ctl := newController(t)
+	ctl := newControllerGRPC(t, "", grpcOpts)
 	defer ctl.stop(syscall.SIGTERM)
-	r := result{scenario: scenario{gateways: n}}
+	r := result{scenario: scenario{gateways: n}, grpcOpts: grpcOpts}
 	r.memBase, r.rssBase = ctl.mem("floor-base"), ctl.rss()
 	for i := range n {
 		conn, err := grpc.NewClient(ctl.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -483,7 +549,7 @@ func grpcFloor(t *testing.T, n int) result {
 
 func printMemTable(rs []result) {
 	fmt.Printf("\nbench-fleet-mem: controller memory per idle gateway (one gRPC connection and route stream each), after collections\n")
-	fmt.Printf("%8s %8s %9s %10s %10s %12s %12s %12s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "RSS KB/gw", "heap KB/gw", "stack KB/gw", "goroutines/gw")
+	fmt.Printf("%8s %8s %9s %10s %10s %12s %12s %12s %s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "RSS KB/gw", "heap KB/gw", "stack KB/gw", "goroutines/gw", "  gRPC options")
 	for _, r := range rs {
 		n := float64(r.gateways)
 		if r.perNetwork == 0 {
@@ -491,10 +557,14 @@ func printMemTable(rs []result) {
 		} else {
 			fmt.Printf("%8d %8d %9d", r.gateways, r.perNetwork, r.routesPerGateway)
 		}
-		fmt.Printf(" %10.0f %10.1f %10.1f %12.1f %12.1f\n",
+		opts := r.grpcOpts
+		if opts == "" {
+			opts = os.Getenv(grpcEnv)
+		}
+		fmt.Printf(" %10.0f %10.1f %10.1f %12.1f %12.1f  %s\n",
 			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/n,
 			float64(r.memSynced.heap-r.memBase.heap)/1024/n, float64(r.memSynced.stacks-r.memBase.stacks)/1024/n,
-			float64(r.memSynced.goroutines-r.memBase.goroutines)/n)
+			float64(r.memSynced.goroutines-r.memBase.goroutines)/n, opts)
 	}
 	fmt.Println()
 }
@@ -515,10 +585,15 @@ func TestBenchFleetMemory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rs = append(rs, runScenario(t, scenario{gateways: n, perNetwork: 100, endpoints: 1, memOnly: true}))
-		printMemTable(rs)
-		rs = append(rs, grpcFloor(t, n))
-		printMemTable(rs)
+		if os.Getenv("IOTFABRIC_BENCH_FLEET_MEM_BARE") == "" {
+			rs = append(rs, runScenario(t, scenario{gateways: n, perNetwork: 100, endpoints: 1, memOnly: true}))
+			printMemTable(rs)
+		}
+		// Bare floors, one per set of gRPC options (";"-separated).
+		for _, opts := range strings.Split(os.Getenv("IOTFABRIC_BENCH_FLEET_GRPC_FLOORS"), ";") {
+			rs = append(rs, grpcFloor(t, n, opts))
+			printMemTable(rs)
+		}
 	}
 }
 

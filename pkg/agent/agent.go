@@ -690,9 +690,7 @@ func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{})
 		}
 		wait := bo.next()
 		if d, ok := retryDelay(err); ok {
-			// The controller sheds load: wait what it asks, plus up to as
-			// much again, so that the refused gateways do not return together.
-			wait = max(wait, d+rand.N(d+1))
+			wait = max(wait, jitterRetry(d))
 		}
 		log.Warn("controller session ended; retrying", logkey.Err, err, logkey.RetryIn, wait)
 		select {
@@ -733,39 +731,64 @@ func (a *Agent) sessionOnce(ctx context.Context, addr string, cl clients, kick c
 		log.Warn("blocks from the controller", logkey.Err, err)
 	}
 	cl.reported.Store(0)
-	rev, err := a.report(ctx, cl.agent, 0, true, log)
+	// A full sync the controller refuses for load (RESOURCE_EXHAUSTED with
+	// a retry delay) is asked again on the same registration and connection
+	// once the delay has passed: the refusal costs one call, not a session.
+	var rev uint64
+	err = a.retryRefused(ctx, log, "ReportEndpoints", func() (err error) {
+		rev, err = a.report(ctx, cl.agent, 0, true, log)
+		return err
+	})
 	if err != nil {
 		return err
 	}
 	cl.reported.Store(rev)
 	a.setClient(addr, &cl)
-	ctlID, from, digests, err := a.core.resume(ctx, addr)
+	var (
+		stream grpc.ServerStreamingClient[v1.GatewayRoutes]
+		first  *v1.GatewayRoutes
+		from   int64
+	)
+	err = a.retryRefused(ctx, log, "WatchGatewayRoutes", func() error {
+		ctlID, fr, digests, err := a.core.resume(ctx, addr)
+		if err != nil {
+			return err
+		}
+		from = fr
+		sctx, scancel := context.WithCancel(ctx)
+		s, err := cl.agent.WatchGatewayRoutes(sctx, &v1.WatchGatewayRoutesRequest{Gateway: a.opts.Gateway, FromRevision: from, ControllerId: ctlID,
+			MaxMessageBytes: MaxRouteMessage, Digests: digests})
+		if err == nil {
+			first, err = recvUpdate(s)
+		}
+		if err != nil {
+			scancel()
+			return fmt.Errorf("route stream: %w", err)
+		}
+		stream = s
+		context.AfterFunc(ctx, scancel)
+		return nil
+	})
 	if err != nil {
 		return err
-	}
-	stream, err := cl.agent.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: a.opts.Gateway, FromRevision: from, ControllerId: ctlID,
-		MaxMessageBytes: MaxRouteMessage, Digests: digests})
-	if err != nil {
-		return fmt.Errorf("watch routes: %w", err)
 	}
 	log.Info("controller session up", logkey.Blocks, len(blocks), logkey.ResumeFrom, from)
 	errc := make(chan error, 2)
 	go func() {
-		first := true
+		m := first
 		for {
-			m, err := recvUpdate(stream)
-			if err != nil {
-				errc <- fmt.Errorf("route stream: %w", err)
-				return
-			}
 			if err := a.core.applyRoutes(ctx, addr, m); err != nil {
 				errc <- err
 				return
 			}
-			if first && a.opts.OnSession != nil {
+			if m == first && a.opts.OnSession != nil {
 				a.opts.OnSession(addr, true)
 			}
-			first = false
+			var err error
+			if m, err = recvUpdate(stream); err != nil {
+				errc <- fmt.Errorf("route stream: %w", err)
+				return
+			}
 		}
 	}()
 	go func() {
@@ -954,6 +977,30 @@ func retryDelay(err error) (time.Duration, bool) {
 		}
 	}
 	return 0, false
+}
+
+// jitterRetry is the wait after a controller asked to retry in d: never
+// sooner, spread uniformly over one more d (full jitter on top of the
+// delay) so that gateways refused together do not return together.
+func jitterRetry(d time.Duration) time.Duration { return d + rand.N(d+1) }
+
+// retryRefused runs call, and again after the retry delay each time the
+// controller refuses it for load; other errors end it.
+func (a *Agent) retryRefused(ctx context.Context, log *slog.Logger, method string, call func() error) error {
+	for {
+		err := call()
+		d, ok := retryDelay(err)
+		if !ok {
+			return err
+		}
+		wait := jitterRetry(d)
+		log.Info("controller busy; asking again", logkey.Method, method, logkey.RetryIn, wait, logkey.Err, err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
 
 // maxRetryDelay caps the delay a controller may ask for.

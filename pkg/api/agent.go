@@ -25,17 +25,26 @@ type agents struct {
 	log  *slog.Logger
 	seq  atomic.Uint64 // numbers this controller's route streams
 	full *admission    // full syncs served at once
+	// small is the most endpoints or routes a call may carry without
+	// counting as a full sync.
+	small int
 	v1.UnimplementedAgentServiceServer
 }
 
-func newAgents(c *controller.Controller, r *vpn.Runner, log *slog.Logger, maxFull int) *agents {
+func newAgents(c *controller.Controller, r *vpn.Runner, log *slog.Logger, maxFull, small int) *agents {
 	if maxFull <= 0 {
 		maxFull = DefaultMaxFullSyncs
+	}
+	switch {
+	case small == 0:
+		small = DefaultFullSyncItems
+	case small < 0:
+		small = 0
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &agents{c: c, r: r, log: log, full: newAdmission(maxFull)}
+	return &agents{c: c, r: r, log: log, full: newAdmission(maxFull), small: small}
 }
 
 func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.RegisterResponse, error) {
@@ -63,8 +72,10 @@ func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.Reg
 
 func (a *agents) ReportEndpoints(ctx context.Context, req *v1.ReportEndpointsRequest) (*v1.ReportEndpointsResponse, error) {
 	pr := req.GetPrune()
-	if req.GetFullSync() || pr != nil {
-		release, err := a.full.acquire()
+	// A full report is a full sync by its size: a gateway's few endpoints
+	// cost about what an incremental report does.
+	if pr != nil || req.GetFullSync() && len(req.GetEndpoints()) > a.small {
+		release, err := a.full.acquire(ctx)
 		if err != nil {
 			return nil, Status(err)
 		}
@@ -104,9 +115,12 @@ func (a *agents) LeaseBlock(ctx context.Context, req *v1.LeaseBlockRequest) (*v1
 // runs the gateway is up; when the last stream to it ends, at whichever
 // controller sharing the store, it is down.
 //
-// A stream that cannot resume from the change logs (a snapshot, a digest
-// comparison) is a full sync: it is admitted only while fewer than
-// MaxFullSyncs are served, until its first update is sent.
+// A stream whose first update carries more than the small number of routes
+// (a snapshot, a resume from digests after many changes) is a full sync: it
+// is admitted only while fewer than MaxFullSyncs are served, until that
+// update is sent. A resume from the log or from digests that match sends
+// next to nothing and is served at once, whichever controller issued its
+// revision.
 func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.ServerStreamingServer[v1.GatewayRoutes]) error {
 	ctx := out.Context()
 	gw := req.GetGateway()
@@ -118,10 +132,15 @@ func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.
 		from.Digests, from.NoScopes = nil, true
 	}
 	limit = min(max(limit, minRouteMessage), MaxRouteMessage)
+	// What the first update would carry (a comparison of logs or digests)
+	// says what the stream costs; a refused stream is not attached.
+	size, err := a.r.FirstUpdateSize(ctx, gw, from)
+	if err != nil {
+		return Status(err)
+	}
 	release := func() {}
-	if !a.r.Resumable(from.Revision, from.RunnerID) {
-		var err error
-		if release, err = a.full.acquire(); err != nil {
+	if size > a.small {
+		if release, err = a.full.acquire(ctx); err != nil {
 			return Status(err)
 		}
 	}

@@ -35,10 +35,15 @@ type Services struct {
 	Enroller *enroll.Enroller
 	Logger   *slog.Logger
 	// MaxFullSyncs bounds the gateways' full syncs served at once (full
-	// endpoint reports, route streams that start with a snapshot or a digest
-	// comparison); past it they are refused with RESOURCE_EXHAUSTED and a
-	// retry delay (0: DefaultMaxFullSyncs).
+	// endpoint reports and route streams whose first update carry more than
+	// FullSyncItems endpoints or routes); past it they queue for up to a few
+	// seconds, then are refused with RESOURCE_EXHAUSTED and a retry delay
+	// (0: DefaultMaxFullSyncs).
 	MaxFullSyncs int
+	// FullSyncItems is the most endpoints a full report, or routes a route
+	// stream's first update, may carry without counting as a full sync (0:
+	// DefaultFullSyncItems; negative: none).
+	FullSyncItems int
 }
 
 // Register registers the services on g.
@@ -60,7 +65,7 @@ func (s Services) Register(g grpc.ServiceRegistrar) {
 	if s.Peers == nil {
 		s.Peers = vpn.NewPeers(s.Controller.Store(), s.Routes, nil)
 	}
-	v1.RegisterAgentServiceServer(g, newAgents(s.Controller, s.Routes, s.Logger, s.MaxFullSyncs))
+	v1.RegisterAgentServiceServer(g, newAgents(s.Controller, s.Routes, s.Logger, s.MaxFullSyncs, s.FullSyncItems))
 	rs := &routes{r: s.Routes, peers: s.Peers}
 	v1.RegisterPeerServiceServer(g, rs)
 	v1.RegisterRouteServiceServer(g, rs)

@@ -1,7 +1,8 @@
 package api
 
 import (
-	"math/rand/v2"
+	"context"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -94,28 +95,85 @@ func protowireSize(n int) int {
 // once by default.
 const DefaultMaxFullSyncs = 64
 
-// fullSyncRetry is the base of the retry delay a refused full sync is
-// given: between it and twice it (the agent adds its own jitter).
-const fullSyncRetry = 2 * time.Second
+// DefaultFullSyncItems is, by default, the most routes a route stream's first
+// update, or endpoints a full report, may carry without counting as a full
+// sync: up to about 25 KB, what a few changes cost. A resume that finds
+// nothing missed (the log or the digests match) is never one.
+const DefaultFullSyncItems = 256
 
-// admission bounds the full syncs served at once.
-type admission struct{ slots chan struct{} }
+// fullSyncRetry is the shortest retry delay a refused full sync is given;
+// the delay grows with the queue (the agent spreads its retry over one more
+// delay).
+const fullSyncRetry = time.Second
 
-func newAdmission(n int) *admission { return &admission{slots: make(chan struct{}, n)} }
+// maxFullSyncRetry caps the retry delay of a refused full sync.
+const maxFullSyncRetry = time.Minute
 
-// acquire takes a slot, or refuses at once with a retry delay.
-func (a *admission) acquire() (release func(), err error) {
+// admissionWait is how long a full sync waits for a slot before it is
+// refused: a call that would wait longer, by the time the slots are held on
+// average, is refused at once.
+const admissionWait = 5 * time.Second
+
+// admission bounds the full syncs served at once. A call that finds every
+// slot taken queues for one, unless the queue ahead of it is longer than
+// admissionWait; then, or when the wait runs out, it is refused with a delay
+// after which the queue should have drained.
+type admission struct {
+	slots   chan struct{}
+	wait    time.Duration
+	waiting atomic.Int64
+	hold    atomic.Int64 // how long a slot is held, moving average, ns (0: not known yet)
+
+	admitted, refused atomic.Int64
+}
+
+func newAdmission(n int) *admission {
+	return &admission{slots: make(chan struct{}, n), wait: admissionWait}
+}
+
+// acquire takes a slot, waiting for one while the queue is short, or
+// refuses with a retry delay.
+func (a *admission) acquire(ctx context.Context) (release func(), err error) {
 	select {
 	case a.slots <- struct{}{}:
-		var done bool
-		return func() {
-			if !done {
-				done = true
-				<-a.slots
-			}
-		}, nil
+		return a.taken(), nil
 	default:
-		d := fullSyncRetry + rand.N(fullSyncRetry)
-		return nil, model.Busy(d, "the controller serves %d gateway full syncs already; retry in %s", cap(a.slots), d.Round(time.Millisecond))
+	}
+	q := a.waiting.Add(1)
+	defer a.waiting.Add(-1)
+	ahead := time.Duration(q) * time.Duration(a.hold.Load()) / time.Duration(cap(a.slots))
+	if a.wait > 0 && ahead <= a.wait {
+		t := time.NewTimer(a.wait)
+		defer t.Stop()
+		select {
+		case a.slots <- struct{}{}:
+			return a.taken(), nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+	a.refused.Add(1)
+	d := min(max(fullSyncRetry, ahead), maxFullSyncRetry)
+	return nil, model.Busy(d, "the controller serves %d gateway full syncs already and %d wait; retry in %s", cap(a.slots), q-1, d.Round(time.Millisecond))
+}
+
+// taken returns the release of a slot just taken, which also records how
+// long it was held.
+func (a *admission) taken() func() {
+	a.admitted.Add(1)
+	start := time.Now()
+	var done bool
+	return func() {
+		if done {
+			return
+		}
+		done = true
+		<-a.slots
+		h, took := a.hold.Load(), int64(time.Since(start))
+		if h == 0 {
+			h = took
+		}
+		a.hold.Store(h + (took-h)/8)
 	}
 }

@@ -76,11 +76,12 @@ func retryInfo(err error) (time.Duration, bool) {
 	return 0, false
 }
 
-// TestFullSyncAdmission: with every full-sync slot taken, a full report and
-// a route stream that needs a snapshot are refused at once with
-// RESOURCE_EXHAUSTED and a retry delay; a stream resumable from the log
-// and an incremental report are not; once a slot is free, the full report
-// passes.
+// TestFullSyncAdmission: with every full-sync slot taken (and no queueing),
+// a full report of more endpoints than the small number and a route stream
+// whose first update carries more routes than that are refused at once with
+// RESOURCE_EXHAUSTED and a retry delay; a stream resumable from the log, a
+// small full report and an incremental report are not; once a slot is free,
+// the large full report passes.
 func TestFullSyncAdmission(t *testing.T) {
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
 	if err != nil {
@@ -94,31 +95,61 @@ func TestFullSyncAdmission(t *testing.T) {
 	go func() { done <- r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	<-r.Ready()
-	a := newAgents(c, r, nil, 1)
-	conn := serveGRPC(t, func(gs *grpc.Server) { v1.RegisterAgentServiceServer(gs, a) })
+	a := newAgents(c, r, nil, 1, 1)
+	a.full.wait = 0
+	conn := serveGRPC(t, func(gs *grpc.Server) {
+		v1.RegisterAgentServiceServer(gs, a)
+		v1.RegisterNetworkServiceServer(gs, &resources{c: c, r: r})
+	})
 	cl := v1.NewAgentServiceClient(conn)
-	if _, err := cl.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.1"}}); err != nil {
+	if _, err := v1.NewNetworkServiceClient(conn).CreateNetwork(ctx, mkNet("n", "10.1.0.0/24")); err != nil {
 		t.Fatal(err)
 	}
-	// A resume point of this runner, taken while a slot is free.
+	for i, gw := range []string{"gw", "gw2"} {
+		if _, err := cl.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: gw, UnderlayAddress: fmt.Sprintf("192.0.2.%d", i+1)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// gw2's two endpoints: two routes in gw's first update.
+	pods := []*v1.AgentEndpoint{{Id: "pod-1", Network: "n", Label: 100}, {Id: "pod-2", Network: "n", Label: 101}}
+	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw2", Endpoints: []*v1.AgentEndpoint{{Id: "pod-3", Network: "n", Label: 102}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", Endpoints: pods}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw2", Endpoints: []*v1.AgentEndpoint{{Id: "pod-4", Network: "n", Label: 103}}}); err != nil {
+		t.Fatal(err)
+	}
+	// A resume point of this runner, taken while a slot is free, once gw
+	// has both routes.
 	s, err := cl.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw", MaxMessageBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, err := s.Recv()
-	if err != nil {
-		t.Fatal(err)
+	last, held := &v1.GatewayRoutes{}, 0
+	for held < 2 {
+		if last, err = s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		held += len(last.Put)
 	}
 
-	release, err := a.full.acquire()
+	release, err := a.full.acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", FullSync: true})
-	if d, ok := retryInfo(err); status.Code(err) != codes.ResourceExhausted || !ok || d < fullSyncRetry || d > 2*fullSyncRetry {
-		t.Fatalf("full report with no slot: %v (retry %v %v)", err, d, ok)
+	_, err = cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", FullSync: true, Endpoints: pods})
+	if d, ok := retryInfo(err); status.Code(err) != codes.ResourceExhausted || !ok || d < fullSyncRetry || d > maxFullSyncRetry {
+		t.Fatalf("large full report with no slot: %v (retry %v %v)", err, d, ok)
 	}
-	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw"}); err != nil {
+	if _, err := cl.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "gw3", UnderlayAddress: "192.0.2.3"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw3", FullSync: true, Endpoints: []*v1.AgentEndpoint{{Id: "pod-5", Network: "n", Label: 104}}}); err != nil {
+		t.Fatalf("small full report with no slot: %v", err)
+	}
+	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", Endpoints: pods}); err != nil {
 		t.Fatalf("incremental report with no slot: %v", err)
 	}
 	s2, err := cl.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw", MaxMessageBytes: 1 << 20})
@@ -126,10 +157,10 @@ func TestFullSyncAdmission(t *testing.T) {
 		_, err = s2.Recv()
 	}
 	if _, ok := retryInfo(err); status.Code(err) != codes.ResourceExhausted || !ok {
-		t.Fatalf("snapshot stream with no slot: %v", err)
+		t.Fatalf("snapshot stream of 2 routes with no slot: %v", err)
 	}
 	s3, err := cl.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw", MaxMessageBytes: 1 << 20,
-		FromRevision: first.Revision, ControllerId: first.ControllerId})
+		FromRevision: last.Revision, ControllerId: last.ControllerId})
 	if err == nil {
 		_, err = s3.Recv()
 	}
@@ -137,7 +168,7 @@ func TestFullSyncAdmission(t *testing.T) {
 		t.Fatalf("resumable stream with no slot: %v", err)
 	}
 	release()
-	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", FullSync: true}); err != nil {
-		t.Fatalf("full report with a free slot: %v", err)
+	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", FullSync: true, Endpoints: pods}); err != nil {
+		t.Fatalf("large full report with a free slot: %v", err)
 	}
 }

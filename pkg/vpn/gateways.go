@@ -254,13 +254,6 @@ type Resume struct {
 	NoScopes bool              // the agent takes no Keep scopes: send a snapshot rather than a partial one
 }
 
-// Resumable reports whether a stream from fromRev issued by runnerID can be
-// resumed from the change logs alone (no snapshot, no digests): the transport
-// admits the others as full syncs.
-func (r *Runner) Resumable(fromRev int64, runnerID string) bool {
-	return fromRev > 0 && runnerID == r.id
-}
-
 // EndGatewayStreams closes every gateway stream, and any opened after it,
 // at once: a controller stopping ends its route streams rather than waiting
 // for them (they never end on their own); the agents resume elsewhere or
@@ -286,7 +279,6 @@ func (s *state) attachGateway(ctx context.Context, gw string, from Resume, ch ch
 		close(ch)
 		return
 	}
-	fromRev, runnerID, digests := from.Revision, from.RunnerID, from.Digests
 	g := s.gws[gw]
 	if g == nil {
 		g = &gwSession{gateway: gw, nets: map[string]int64{}}
@@ -295,15 +287,37 @@ func (s *state) attachGateway(ctx context.Context, gw string, from Resume, ch ch
 	if g.ch != nil {
 		s.detachGateway(gw, g.ch) // a newer stream for the same gateway wins
 	}
+	first, nets, logged := s.firstUpdate(g, from, 0)
+	rev := s.nextRev()
+	first.Revision = rev
+	for n := range g.nets {
+		if !nets[n] {
+			delete(g.nets, n)
+		}
+	}
+	for n := range nets {
+		if !logged[n] {
+			g.nets[n] = rev
+		}
+		s.gnets[n].followers[g] = struct{}{}
+	}
+	g.ch, g.ctx = ch, ctx
+	ch <- &first // the channel is new and has room
+}
+
+// firstUpdate returns the first update of a stream of g from the resume
+// point, at revision rev, the networks it covers and those of them resumed
+// from their logs. It changes no session.
+func (s *state) firstUpdate(g *gwSession, from Resume, rev int64) (first GatewayUpdate, nets, logged map[string]bool) {
+	fromRev, runnerID, digests := from.Revision, from.RunnerID, from.Digests
 	held := map[string]*v1.RouteDigest{}
 	for _, d := range digests {
 		held[d.GetNetwork()] = d
 	}
 	same := runnerID == s.r.id && fromRev > 0 && fromRev <= s.rev
-	rev := s.nextRev()
-	first := GatewayUpdate{Snapshot: true, Revision: rev}
-	nets := s.gatewayNets(gw)
-	logged := map[string]bool{} // resumed from the log: followed since before
+	first = GatewayUpdate{Snapshot: true, Revision: rev}
+	nets = s.gatewayNets(g.gateway)
+	logged = map[string]bool{} // resumed from the log: followed since before
 	for n := range nets {
 		ns := s.netState(n)
 		if since, ok := g.nets[n]; same && ok && since <= fromRev {
@@ -327,7 +341,6 @@ func (s *state) attachGateway(ctx context.Context, gw string, from Resume, ch ch
 	left := false
 	for n := range g.nets {
 		if !nets[n] {
-			delete(g.nets, n)
 			left = true
 		}
 	}
@@ -341,14 +354,24 @@ func (s *state) attachGateway(ctx context.Context, gw string, from Resume, ch ch
 			first.Put = append(first.Put, s.gnets[n].all()...)
 		}
 	}
-	for n := range nets {
-		if !logged[n] {
-			g.nets[n] = rev
+	return first, nets, logged
+}
+
+// FirstUpdateSize returns how many routes (put and deleted) the first
+// update of a stream of gw from the resume point would carry now: what the
+// transport admits the stream on, before it attaches it (a refused stream
+// then leaves the gateway's resume point as it was).
+func (r *Runner) FirstUpdateSize(ctx context.Context, gw string, from Resume) (int, error) {
+	var n int
+	err := r.do(ctx, func(s *state) {
+		g := s.gws[gw]
+		if g == nil {
+			g = &gwSession{gateway: gw, nets: map[string]int64{}}
 		}
-		s.gnets[n].followers[g] = struct{}{}
-	}
-	g.ch, g.ctx = ch, ctx
-	ch <- &first // the channel is new and has room
+		first, _, _ := s.firstUpdate(g, from, s.rev)
+		n = len(first.Put) + len(first.Delete)
+	})
+	return n, err
 }
 
 // diffDigest compares what the agent holds (d) with the network: keep is
