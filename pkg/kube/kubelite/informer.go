@@ -327,7 +327,9 @@ func (inf *Informer[T]) watch(ctx context.Context, rv string) (string, int, erro
 		}
 		n++
 		if typ == eventError {
-			return last, n, obj.(*StatusError)
+			se := obj.(*StatusError)
+			se.Path = path
+			return last, n, se
 		}
 		o := obj.(T)
 		last = o.Meta().ResourceVersion
