@@ -16,7 +16,7 @@ import (
 
 // Client talks to one API server over HTTPS with JSON.
 type Client struct {
-	base   *url.URL
+	base   string // the server's URL, escaped, without a trailing /
 	http   *http.Client
 	tokens *tokenSource
 	ua     string
@@ -29,7 +29,6 @@ func New(cfg Config) (*Client, error) {
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return nil, fmt.Errorf("kubelite: server %q is not an http(s)://host[:port] URL", cfg.Server)
 	}
-	u.Path = strings.TrimSuffix(u.Path, "/")
 	tc, err := cfg.tlsConfig(u.Hostname())
 	if err != nil {
 		return nil, fmt.Errorf("kubelite: %w", err)
@@ -52,7 +51,7 @@ func New(cfg Config) (*Client, error) {
 		}
 		tr.Proxy = http.ProxyURL(p)
 	}
-	c := &Client{base: u, http: &http.Client{Transport: tr}, tokens: &tokenSource{static: cfg.Token, file: cfg.TokenFile},
+	c := &Client{base: strings.TrimSuffix(u.String(), "/"), http: &http.Client{Transport: tr}, tokens: &tokenSource{static: cfg.Token, file: cfg.TokenFile},
 		ua: cfg.UserAgent, max: cfg.MaxObjectBytes}
 	if c.ua == "" {
 		c.ua = "iotfabric"
@@ -73,16 +72,18 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 const maxStatusBytes = 64 << 10
 
 // request sends a request and answers the response of a 2xx status; any
-// other status is a *StatusError (the body read, bounded, and closed).
+// other status is a *StatusError (the body read, bounded, and closed). path
+// is escaped already (objectPath).
 func (c *Client) request(ctx context.Context, method, path string, query url.Values, body []byte, contentType string) (*http.Response, error) {
-	u := *c.base
-	u.Path += path
-	u.RawQuery = query.Encode()
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes API %s %s: %w", method, path, err)
 	}

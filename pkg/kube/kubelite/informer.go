@@ -150,6 +150,7 @@ func (inf *Informer[T]) Run(ctx context.Context) error {
 			rv, backoff = r, 0
 			inf.setErr(nil)
 		}
+		started := time.Now()
 		r, events, err := inf.watch(ctx, rv)
 		if r != "" {
 			rv = r
@@ -170,9 +171,9 @@ func (inf *Informer[T]) Run(ctx context.Context) error {
 			if !wait(err) {
 				return nil
 			}
-		case events == 0:
+		case events == 0 && time.Since(started) < time.Second:
 			// Closed at once without an event: not a healthy watch.
-			if !wait(errors.New("watch ended without an event")) {
+			if !wait(errors.New("watch ended at once without an event")) {
 				return nil
 			}
 		default:
@@ -326,6 +327,9 @@ func (inf *Informer[T]) watch(ctx context.Context, rv string) (string, int, erro
 			return last, n, err
 		}
 		n++
+		if n == 1 {
+			inf.setErr(nil) // a healthy watch again
+		}
 		if typ == eventError {
 			se := obj.(*StatusError)
 			se.Path = path
