@@ -61,7 +61,7 @@ vmtest-armv7: ## The same on Debian's 32-bit armmp-lpae kernel (Raspberry Pi 2 c
 	@scripts/vmtest/arch.sh armv7
 
 ##@ bench
-bench-footprint: ## Agent RSS/heap with 0, 1,000, 10,000 routes (amd64 and armv7 VMs) and CPU per route change; collector RSS/heap; binary sizes
+bench-footprint: ## Agent RSS/heap with 0, 1,000, 10,000 routes (amd64 and armv7 VMs) and CPU per route change; collector RSS/heap; binary sizes; peak RSS of --version
 	@IOTFABRIC_FOOTPRINT=1 $(GO) test -count=1 -timeout 5m -run '^TestFootprintCollector$$' -v ./cmd/iqrf-collector 2>&1 | \
 	  grep -E '^(FOOTPRINT|--- FAIL|FAIL)|_test.go'; test $${PIPESTATUS[0]} -eq 0
 	@for a in $(FOOTPRINT_ARCHS); do echo "FOOTPRINT == vrouter-agent in the $$a VM"; \
@@ -71,6 +71,9 @@ bench-footprint: ## Agent RSS/heap with 0, 1,000, 10,000 routes (amd64 and armv7
 	  for c in vrouter-agent cni-plugin iqrf-collector; do \
 	    for a in amd64 arm64 arm; do GOARCH=$$a GOARM=7 CGO_ENABLED=0 $(GO) build -trimpath -o $$d/$$c-$$a ./cmd/$$c || exit 1; done; \
 	    printf 'FOOTPRINT %-28s %12d %12d %12d\n' $$c $$(stat -c %s $$d/$$c-amd64 $$d/$$c-arm64 $$d/$$c-arm); \
+	  done; \
+	  for c in vrouter-agent iqrf-collector; do \
+	    printf 'FOOTPRINT %-28s %s KiB peak RSS of --version (linux/amd64, on this machine)\n' $$c "$$(/usr/bin/time -f %M $$d/$$c-amd64 --version 2>&1 >/dev/null | tail -1)"; \
 	  done
 
 bench-agent: ## The agent alone in the amd64 VM: RSS and heap at 1,000 and 10,000 routes, CPU per route change at 1,000 and at 10,000 routes (BENCH_AGENT_ARCH=armv7 for 32-bit)

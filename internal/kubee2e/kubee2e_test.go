@@ -116,7 +116,7 @@ func (f *fabric) gateway(node string, underlay netip.Addr) *fabrictest.Gateway {
 	var w *podwatch.Watcher
 	g := fabrictest.StartGateway(t, node, underlay, []string{f.ctl.Addr}, true, func(o *agent.Options) {
 		var err error
-		w, err = podwatch.New(podwatch.Config{Node: node, DefaultNetwork: "default", RESTConfig: f.api.Config(t, kubetest.AgentUser.Name), GetTimeout: time.Second})
+		w, err = podwatch.New(podwatch.Config{Node: node, DefaultNetwork: "default", Kubeconfig: f.api.KubeconfigFor(t, kubetest.AgentUser.Name), GetTimeout: time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,8 +1,12 @@
-// Package podwatch is the vrouter agent's view of Kubernetes: a shared
-// informer on its own node's pods (field selector spec.nodeName) and one on
-// namespaces, so that the CNI plugin never needs API credentials. It maps a
-// pod to its network (pkg/kube's NetworkFor) and writes the pod's
+// Package podwatch is the vrouter agent's view of Kubernetes: an informer on
+// its own node's pods (field selector spec.nodeName) and one on namespaces,
+// so that the CNI plugin never needs API credentials. It maps a pod to its
+// network (pkg/kube/podnet's NetworkFor) and writes the pod's
 // k8s.v1.cni.cncf.io/network-status annotation once it is wired.
+//
+// It talks to the API server through pkg/kube/kubelite (net/http and JSON,
+// pods and namespaces reduced to the fields read here), not client-go, so
+// that the agent stays small on a gateway.
 //
 // A pod not yet in the cache is read with a short GET; while the API server
 // cannot be reached, the cached namespace mapping decides (pods are still
@@ -18,21 +22,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
-
 	"github.com/iotfabric/iotfabric/pkg/cni"
-	"github.com/iotfabric/iotfabric/pkg/kube"
+	"github.com/iotfabric/iotfabric/pkg/kube/kubelite"
+	"github.com/iotfabric/iotfabric/pkg/kube/podnet"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
@@ -45,8 +40,9 @@ type Config struct {
 	Node string
 	// DefaultNetwork is the network of pods of namespaces without a mapping.
 	DefaultNetwork string
-	// RESTConfig reaches the API server (nil: Kubeconfig, else in-cluster).
-	RESTConfig *rest.Config
+	// Kube reaches the API server (nil: the Kubeconfig file, else the pod's
+	// service account, kubelite.InCluster).
+	Kube       *kubelite.Config
 	Kubeconfig string
 	GetTimeout time.Duration
 	Logger     *slog.Logger
@@ -55,15 +51,13 @@ type Config struct {
 // Watcher implements pkg/agent's PodResolver.
 type Watcher struct {
 	cfg     Config
-	kc      kubernetes.Interface
+	kc      *kubelite.Client
 	log     *slog.Logger
-	pods    cache.SharedIndexInformer
-	nss     cache.SharedIndexInformer
+	pods    *kubelite.Informer[*kubelite.Pod]
+	nss     *kubelite.Informer[*kubelite.Namespace]
 	writes  chan statusWrite
 	events  chan podEvent
 	started chan struct{}
-
-	factories []informers.SharedInformerFactory
 }
 
 type podEvent struct {
@@ -87,42 +81,38 @@ func New(cfg Config) (*Watcher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	rc := cfg.RESTConfig
-	if rc == nil {
+	kcfg := cfg.Kube
+	if kcfg == nil {
 		var err error
 		if cfg.Kubeconfig != "" {
-			rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+			kcfg, err = kubelite.LoadKubeconfig(cfg.Kubeconfig)
 		} else {
-			rc, err = rest.InClusterConfig()
+			kcfg, err = kubelite.InCluster()
 		}
 		if err != nil {
 			return nil, fmt.Errorf("podwatch: kubernetes configuration: %w", err)
 		}
 	}
-	rc = rest.CopyConfig(rc)
-	rc.UserAgent = "iotfabric-agent"
-	kc, err := kubernetes.NewForConfig(rc)
+	c := *kcfg
+	c.UserAgent = "iotfabric-agent"
+	kc, err := kubelite.New(c)
 	if err != nil {
 		return nil, fmt.Errorf("podwatch: %w", err)
 	}
 	w := &Watcher{cfg: cfg, kc: kc, log: cfg.Logger.With(logkey.Component, logkey.ComponentPodWatch),
 		writes: make(chan statusWrite, 1024), events: make(chan podEvent, 256), started: make(chan struct{})}
-	pf := informers.NewSharedInformerFactoryWithOptions(kc, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
-	}))
-	nf := informers.NewSharedInformerFactory(kc, 0)
-	w.pods = pf.Core().V1().Pods().Informer()
-	w.nss = nf.Core().V1().Namespaces().Informer()
-	w.factories = []informers.SharedInformerFactory{pf, nf}
+	w.pods = kubelite.NewPodInformer(kc, kubelite.InformerOptions{FieldSelector: "spec.nodeName=" + cfg.Node, Logger: w.log})
+	w.nss = kubelite.NewNamespaceInformer(kc, kubelite.InformerOptions{Logger: w.log})
 	return w, nil
 }
 
 // Run runs the informers and the annotation writer until ctx ends.
 func (w *Watcher) Run(ctx context.Context) error {
-	for _, f := range w.factories {
-		f.Start(ctx.Done())
-		defer f.Shutdown()
-	}
+	defer w.kc.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { w.pods.Run(ctx) })
+	wg.Go(func() { w.nss.Run(ctx) })
 	close(w.started)
 	// Writes the API server did not take wait here (the latest per pod)
 	// and are tried again with a backoff, however long it is away.
@@ -178,7 +168,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 const maxWriteBackoff = 30 * time.Second
 
 // Synced reports whether both informers have their first listing.
-func (w *Watcher) Synced() bool { return w.pods.HasSynced() && w.nss.HasSynced() }
+func (w *Watcher) Synced() bool { return w.pods.Synced() && w.nss.Synced() }
 
 // Network maps the pod to its network and the fixed address its
 // iotfabric.io/ip annotation asks for (zero when none, or when the pod is
@@ -190,24 +180,24 @@ func (w *Watcher) Network(ctx context.Context, namespace, name, uid string) (str
 	}
 	var podAnn map[string]string
 	if pod != nil {
-		podAnn = pod.Annotations
+		podAnn = pod.Metadata.Annotations
 	}
 	var nsAnn map[string]string
-	if obj, ok, _ := w.nss.GetStore().GetByKey(namespace); ok {
-		nsAnn = obj.(*corev1.Namespace).Annotations
+	if ns, ok := w.nss.Get(namespace); ok {
+		nsAnn = ns.Metadata.Annotations
 	} else {
 		gctx, cancel := context.WithTimeout(ctx, w.cfg.GetTimeout)
-		ns, err := w.kc.CoreV1().Namespaces().Get(gctx, namespace, metav1.GetOptions{})
+		ns, err := w.kc.GetNamespace(gctx, namespace)
 		cancel()
 		if err == nil {
-			nsAnn = ns.Annotations
+			nsAnn = ns.Metadata.Annotations
 		}
 	}
-	n, err := kube.NetworkFor(namespace, nsAnn, podAnn, w.cfg.DefaultNetwork)
+	n, err := podnet.NetworkFor(namespace, nsAnn, podAnn, w.cfg.DefaultNetwork)
 	if err != nil {
 		return "", netip.Addr{}, cni.Errorf(cni.CodeInvalidNetworkConf, "pod %s/%s: %v", namespace, name, err)
 	}
-	ip, err := kube.PodIP(podAnn)
+	ip, err := podnet.PodIP(podAnn)
 	if err != nil {
 		return "", netip.Addr{}, cni.Errorf(cni.CodeInvalidNetworkConf, "pod %s/%s: %v", namespace, name, err)
 	}
@@ -216,22 +206,21 @@ func (w *Watcher) Network(ctx context.Context, namespace, name, uid string) (str
 
 // pod returns the pod from the cache, else from a short GET; nil when the
 // API server cannot be reached (the namespace mapping decides then).
-func (w *Watcher) pod(ctx context.Context, namespace, name, uid string) (*corev1.Pod, error) {
-	if obj, ok, _ := w.pods.GetStore().GetByKey(namespace + "/" + name); ok {
-		p := obj.(*corev1.Pod)
-		if uid == "" || string(p.UID) == uid {
+func (w *Watcher) pod(ctx context.Context, namespace, name, uid string) (*kubelite.Pod, error) {
+	if p, ok := w.pods.Get(namespace + "/" + name); ok {
+		if uid == "" || p.Metadata.UID == uid {
 			return p, nil
 		}
 	}
 	gctx, cancel := context.WithTimeout(ctx, w.cfg.GetTimeout)
 	defer cancel()
-	p, err := w.kc.CoreV1().Pods(namespace).Get(gctx, name, metav1.GetOptions{})
+	p, err := w.kc.GetPod(gctx, namespace, name)
 	switch {
-	case err == nil && uid != "" && string(p.UID) != uid:
-		return nil, cni.Errorf(cni.CodeTryAgainLater, "pod %s/%s has UID %s, the runtime asks for %s (re-created meanwhile?)", namespace, name, p.UID, uid)
+	case err == nil && uid != "" && p.Metadata.UID != uid:
+		return nil, cni.Errorf(cni.CodeTryAgainLater, "pod %s/%s has UID %s, the runtime asks for %s (re-created meanwhile?)", namespace, name, p.Metadata.UID, uid)
 	case err == nil:
 		return p, nil
-	case apierrors.IsNotFound(err):
+	case kubelite.IsNotFound(err):
 		return nil, cni.Errorf(cni.CodeTryAgainLater, "pod %s/%s is not known to the API server", namespace, name)
 	}
 	w.log.Info("API server not reachable: the namespace mapping decides", logkey.KubePod, namespace+"/"+name, logkey.Err, err)
@@ -269,15 +258,15 @@ func (w *Watcher) Attached(ep cni.Endpoint, gateway netip.Addr) {
 // false when the API server did not answer (the write is to be tried
 // again); true when it is done or moot (the pod is gone or re-created).
 func (w *Watcher) write(ctx context.Context, wr statusWrite) bool {
-	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{kube.AnnotationNetworkStatus: wr.value}}}
+	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{podnet.AnnotationNetworkStatus: wr.value}}}
 	if wr.uid != "" {
 		patch["metadata"].(map[string]any)["uid"] = wr.uid // a precondition: another pod of that name is left alone
 	}
 	b, _ := json.Marshal(patch)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err := w.kc.CoreV1().Pods(wr.namespace).Patch(pctx, wr.name, types.MergePatchType, b, metav1.PatchOptions{})
+	err := w.kc.MergePatchPod(pctx, wr.namespace, wr.name, b)
 	cancel()
-	if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) || apierrors.IsInvalid(err) || ctx.Err() != nil {
+	if err == nil || kubelite.IsNotFound(err) || kubelite.IsConflict(err) || kubelite.IsInvalid(err) || ctx.Err() != nil {
 		return true
 	}
 	w.log.Info("network-status annotation not written yet", logkey.KubePod, wr.namespace+"/"+wr.name, logkey.Err, err)
@@ -314,24 +303,24 @@ func (w *Watcher) Refused(namespace, name, uid string, err *cni.Error) {
 
 // event creates a Warning Event on the pod.
 func (w *Watcher) event(ctx context.Context, ev podEvent) {
-	now := metav1.Now()
-	e := &corev1.Event{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: ev.name + ".", Namespace: ev.namespace},
-		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ev.namespace, Name: ev.name,
-			UID: types.UID(ev.uid)},
-		Reason: ReasonAddRefused, Message: ev.message, Type: corev1.EventTypeWarning,
-		Source:         corev1.EventSource{Component: "iotfabric-agent", Host: w.cfg.Node},
+	now := time.Now().UTC().Format(time.RFC3339)
+	e := &kubelite.Event{
+		Metadata: kubelite.ObjectMeta{GenerateName: ev.name + ".", Namespace: ev.namespace},
+		InvolvedObject: kubelite.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ev.namespace, Name: ev.name,
+			UID: ev.uid},
+		Reason: ReasonAddRefused, Message: ev.message, Type: kubelite.EventTypeWarning,
+		Source:         kubelite.EventSource{Component: "iotfabric-agent", Host: w.cfg.Node},
 		FirstTimestamp: now, LastTimestamp: now, Count: 1,
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := w.kc.CoreV1().Events(ev.namespace).Create(cctx, e, metav1.CreateOptions{}); err != nil {
+	if err := w.kc.CreateEvent(cctx, e); err != nil {
 		w.log.Info("event not written", logkey.KubePod, ev.namespace+"/"+ev.name, logkey.Err, err)
 	}
 }
 
 // Cached reports whether the pod informer holds the pod.
 func (w *Watcher) Cached(namespace, name string) bool {
-	_, ok, _ := w.pods.GetStore().GetByKey(namespace + "/" + name)
+	_, ok := w.pods.Get(namespace + "/" + name)
 	return ok
 }

@@ -58,7 +58,7 @@ func TestPodMapping(t *testing.T) {
 	fixed := mkPod("plain", "fixed", "node-1", map[string]string{kube.AnnotationIP: " 10.64.0.77 "})
 	badIP := mkPod("plain", "bad-ip", "node-1", map[string]string{kube.AnnotationIP: "10.64.0.300"})
 
-	w, err := New(Config{Node: "node-1", DefaultNetwork: "default", RESTConfig: s.Config(t, "system:serviceaccount:iotfabric-system:iotfabric-agent")})
+	w, err := New(Config{Node: "node-1", DefaultNetwork: "default", Kubeconfig: s.KubeconfigFor(t, "system:serviceaccount:iotfabric-system:iotfabric-agent")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestPodMapping(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if n := len(w.pods.GetStore().List()); n != 6 {
+	if n := w.pods.Len(); n != 6 {
 		t.Fatalf("the node-scoped informer holds %d pods, want 6 (not node-2's)", n)
 	}
 	for _, c := range []struct {
