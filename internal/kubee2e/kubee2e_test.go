@@ -201,8 +201,22 @@ func (f *fabric) atFRR(u, addr netip.Addr, label uint32, want bool, timeout time
 }
 
 // endpoint returns the controller's endpoint of a container's eth0.
+// endpoint returns the container's endpoint once it has its label (the ADD
+// records it first, and its attach gives it the label).
 func (f *fabric) endpoint(container string) (*v1.Endpoint, error) {
-	return f.grpc.EP.GetEndpoint(f.ctx, &v1.GetEndpointRequest{Id: container + ":eth0"})
+	var ep *v1.Endpoint
+	err := bgptest.Eventually(f.ctx, 20*time.Second, 50*time.Millisecond, func(ctx context.Context) error {
+		e, err := f.grpc.EP.GetEndpoint(ctx, &v1.GetEndpointRequest{Id: container + ":eth0"})
+		if err != nil {
+			return err
+		}
+		if e.GetLabel() == 0 {
+			return fmt.Errorf("endpoint %s has no label yet", e.GetId())
+		}
+		ep = e
+		return nil
+	})
+	return ep, err
 }
 
 // networkStatus waits for the pod's k8s.v1.cni.cncf.io/network-status annotation.

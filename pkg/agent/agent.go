@@ -462,6 +462,11 @@ func (a *Agent) refuse(ctx context.Context, ep cni.Endpoint, inUse []netip.Addr)
 func (a *Agent) recordLocked(ctx context.Context, ep cni.Endpoint) error {
 	cls := a.registered()
 	ae := &v1.AgentEndpoint{Id: ep.ID, Network: ep.Network}
+	if ep.PodName != "" {
+		// The endpoint names its pod from its first record, not only once
+		// its attach is reported.
+		ae.Pod = &v1.PodRef{Namespace: ep.PodNamespace, Name: ep.PodName, Uid: ep.PodUID, ContainerId: ep.ContainerID}
+	}
 	for _, ad := range ep.Addresses {
 		ae.Addresses = append(ae.Addresses, ad.String())
 	}
