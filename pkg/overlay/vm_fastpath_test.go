@@ -71,6 +71,28 @@ func (g *twoGateways) reverse(t *testing.T, what string) {
 	t.Logf("%s: 4 MiB pod B -> pod A in %v", what, d)
 }
 
+// wholeToPod sends 4 MiB from pod A to pod B and checks that the TCP
+// super-packets cross A's underlay and reach pod B whole: the receiving
+// gateway's decapsulation (fou or GRE, then mpls_router's label route)
+// keeps them as the fast path sent them. One frame per MSS would be about
+// 3,000; whole, they are tens of kilobytes each.
+func (g *twoGateways) wholeToPod(t *testing.T, what string) {
+	t.Helper()
+	const size = 4 << 20
+	sink := g.podB.Sink(t, g.addrB)
+	tx, rx := linkTx(t, g.gwA, "u0"), linkRx(t, g.podB, "eth0")
+	if _, err := g.podA.Transfer(sink, size); err != nil {
+		t.Fatalf("%s: TCP pod A -> pod B: %v", what, err)
+	}
+	sent, got := linkTx(t, g.gwA, "u0")-tx, linkRx(t, g.podB, "eth0")-rx
+	segments := uint64(size / (overlaytest.PodMTU - 40))
+	t.Logf("%s: 4 MiB in %d frames on A's underlay, %d frames into pod B (%d at one per MSS)", what, sent, got, segments)
+	if got > segments/4 || sent > segments/4 {
+		t.Errorf("%s: %d frames on A's underlay and %d into pod B for 4 MiB: the super-packets were segmented (%d segments at the MSS)",
+			what, sent, got, segments)
+	}
+}
+
 // TestVMFastPath carries MPLSoUDP pod to pod through the BPF fast path: a fast
 // gateway facing a kernel-path gateway, then two fast gateways (MPLSoUDP and
 // MPLSoGRE), a restarted
@@ -97,6 +119,7 @@ func TestVMFastPath(t *testing.T) {
 	if d := tunnelTx(t, g.gwA, tun) - tx; d > 10 {
 		t.Errorf("fast path: %d packets went through the kernel tunnel %s", d, tun)
 	}
+	g.wholeToPod(t, "fast path A -> kernel path B")
 	g.reverse(t, "kernel path B -> fast path A")
 	// A packet about to expire goes to the kernel path, which answers ICMP
 	// time exceeded as without the fast path; the counter says so.
@@ -146,6 +169,7 @@ func TestVMFastPath(t *testing.T) {
 	if d := tunnelTx(t, g.gwA, "iofgc0000202") - gtx; d > 10 {
 		t.Errorf("MPLSoGRE fast path: %d packets went through the kernel tunnel", d)
 	}
+	g.wholeToPod(t, "MPLSoGRE fast path")
 	g.reverse(t, "MPLSoGRE fast path both ways")
 	g.set(t, udp, udp, true, true)
 
