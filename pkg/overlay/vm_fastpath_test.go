@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -107,6 +108,11 @@ func TestVMFastPath(t *testing.T) {
 	g.mA = newFastManager(t, g.gwA, overlay.VRFAuto)
 	if !g.mA.UsesFastPath() {
 		t.Fatal("fast path requested but not used")
+	}
+	// Whether the program runs JIT-compiled or interpreted (32-bit ARM
+	// kernels leave the JIT off by default).
+	if jit, err := os.ReadFile("/proc/sys/net/core/bpf_jit_enable"); err == nil {
+		t.Logf("net.core.bpf_jit_enable = %s", strings.TrimSpace(string(jit)))
 	}
 	cap := overlaytest.StartCapture(t, g.gwA, "u0")
 

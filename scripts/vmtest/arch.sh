@@ -91,13 +91,19 @@ else
   [ -e "$root/usr/lib" ] || ln -s ../lib "$root/usr/lib"
 fi
 
-mods="udp_tunnel ip6_udp_tunnel tunnel4 ip_tunnel ipip gre ip_gre fou mpls_router mpls_iptunnel veth vrf"
+# sch_ingress (clsact) and cls_bpf for the BPF fast path's tc filters.
+mods="udp_tunnel ip6_udp_tunnel tunnel4 ip_tunnel ipip gre ip_gre fou mpls_router mpls_iptunnel veth vrf sch_ingress cls_bpf"
+load=
 for m in $mods; do
   src=$(find "$kdir/lib/modules/$kver" -name "$m.ko" | head -1)
-  [ -n "$src" ] || { echo "vmtest-$target: module $m not in $kver" >&2; exit 2; }
+  if [ -z "$src" ]; then
+    grep -q "/$m.ko\$" "$kdir/lib/modules/$kver/modules.builtin" 2>/dev/null && continue  # built in
+    echo "vmtest-$target: module $m not in $kver" >&2; exit 2
+  fi
   cp "$src" "$root/modules/"
+  load="$load $m"
 done
-echo "$mods" > "$root/modules/order"
+echo "$load" > "$root/modules/order"
 case "$suite" in
   test) {
     printf '%s\n' /bin/overlay.test -test.v -test.count=1 -test.timeout=1800s "$@" ';'
