@@ -165,11 +165,15 @@ func BenchmarkSetRoutes(b *testing.B) {
 // BenchmarkVMThroughput measures pod-to-pod TCP throughput between the same
 // two gateways over plain routing, VXLAN (a kernel vxlan device, for
 // comparison), and MPLSoUDP and MPLSoGRE each through the kernel path, the
-// route-attached lwt program and the tc BPF fast path: three 64 MiB
+// route-attached lwt program and the tc BPF fast path: five 64 MiB
 // transfers each, once on a 1500-byte underlay and once on a 9000-byte one,
 // pods 100 bytes below the underlay. It also counts the frames A's underlay
-// sends per transfer: a path that keeps segmentation offload sends far fewer
-// than one per MSS across the veth underlay.
+// sends and pod B receives per transfer (a path that keeps segmentation
+// offload sends far fewer than one per MSS across the veth underlay, and the
+// receiving gateway's decapsulation keeps them whole when pod B receives as
+// many), and the busy CPU seconds per gigabit of each side: side A (pod A,
+// gateway A) steers what it receives to CPU 0, where the sending thread
+// runs, side B to CPU 1 with the reading thread (cpusplit_test.go).
 func BenchmarkVMThroughput(b *testing.B) {
 	netnstest.RequireRoot(b)
 	mtus := []int{1500, 9000}
@@ -244,16 +248,16 @@ func vmThroughput(b *testing.B, underlayMTU int) {
 		}
 	}
 	const size = 64 << 20
-	const runs = 3
-	gbit := float64(runs*size*8) / 1e9
+	const runs = 5
+	gbit := float64(size*8) / 1e9 // per transfer
 	mbps := func(d time.Duration) float64 { return float64(size*8) / d.Seconds() / 1e6 }
 	type row struct {
 		name, metric string
 		lo, hi       float64
 		pkts         uint64  // frames A's underlay sent per transfer
 		podPkts      uint64  // frames pod B received per transfer
-		cpuA, cpuB   float64 // busy CPU seconds per gigabit on side A's and side B's CPU
-		cpuAll       float64 // on every CPU
+		cpuA, cpuB   float64 // busy CPU seconds per gigabit on side A's and side B's CPU, in the run with the least in all
+		cpuAll       float64 // on every CPU, the least of the runs
 		note         string
 	}
 	var rows []row
@@ -268,33 +272,41 @@ func vmThroughput(b *testing.B, underlayMTU int) {
 		}
 		sink := pinnedSink(b, g.podB, g.addrB, max(recvCPU, 0))
 		tx, rx := linkTx(b, g.gwA, "u0"), linkRx(b, g.podB, "eth0")
-		busy0, err := cpuBusy()
-		if err != nil {
-			b.Fatal(err)
-		}
+		r.cpuAll = -1
 		for range runs {
+			busy0, err := cpuBusy()
+			if err != nil {
+				b.Fatal(err)
+			}
 			d, err := transfer(g.podA, sink, size, sendCPU)
 			if err != nil {
 				b.Fatalf("%s transfer: %v", name, err)
+			}
+			busy1, err := cpuBusy()
+			if err != nil {
+				b.Fatal(err)
 			}
 			v := mbps(d)
 			if r.lo == 0 || v < r.lo {
 				r.lo = v
 			}
 			r.hi = max(r.hi, v)
-		}
-		busy1, err := cpuBusy()
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := range busy1 {
-			d := (busy1[i] - busy0[i]) / gbit
-			r.cpuAll += d
-			switch i {
-			case sendCPU:
-				r.cpuA = d
-			case recvCPU:
-				r.cpuB = d
+			// CPU per gigabit of the least disturbed run: on a loaded host
+			// the emulated CPUs lose time to other work, which the guest
+			// counts as busy.
+			var all, a, bb float64
+			for i := range busy1 {
+				c := (busy1[i] - busy0[i]) / gbit
+				all += c
+				switch i {
+				case sendCPU:
+					a = c
+				case recvCPU:
+					bb = c
+				}
+			}
+			if r.cpuAll < 0 || all < r.cpuAll {
+				r.cpuAll, r.cpuA, r.cpuB = all, a, bb
 			}
 		}
 		r.pkts = (linkTx(b, g.gwA, "u0") - tx) / runs
@@ -374,7 +386,7 @@ func vmThroughput(b *testing.B, underlayMTU int) {
 	fmt.Printf("overlay throughput, underlay MTU %d: fast path counters on A: %d encapsulated, %d handed to the kernel path\n", underlayMTU, st.Encapsulated, st.ToKernel)
 	sfx := fmt.Sprintf("-mtu%d", underlayMTU)
 	var out strings.Builder
-	fmt.Fprintf(&out, "overlay throughput (64 MiB TCP pod to pod, 3 runs, TCG VM, underlay MTU %d, pod MTU %s):\n", underlayMTU, podMTU)
+	fmt.Fprintf(&out, "overlay throughput (64 MiB TCP pod to pod, %d runs, TCG VM, underlay MTU %d, pod MTU %s; CPU: busy seconds in /proc/stat per gigabit, side A = pod A and gateway A on CPU 0, side B on CPU 1, the run with the least in all):\n", runs, underlayMTU, podMTU)
 	fmt.Fprintf(&out, "| encapsulation | Mbit/s | / plain (best) | / VXLAN (best) | underlay frames per 64 MiB | frames into pod B per 64 MiB | CPU s/Gbit side A (sender) | CPU s/Gbit side B (receiver) | CPU s/Gbit all | CPU / VXLAN's |\n")
 	fmt.Fprintf(&out, "|---|---|---|---|---|---|---|---|---|---|\n")
 	plain, vxlan := rows[0], rows[1]
