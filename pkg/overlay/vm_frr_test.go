@@ -120,9 +120,11 @@ func TestVMFastPathFRREdge(t *testing.T) {
 	podAddr, svcAddr := ap("10.1.0.1"), ap("10.9.0.2")
 	overlaytest.Underlay(t, gw, ulGW, edge, ulEdge)
 	pod := overlaytest.Pod(t, gw, "vpoda", podAddr, gwAddr)
-	m := newFastManager(t, gw, overlay.VRFAuto)
+	m := newManager(t, gw, overlay.VRFAuto)
 	requireFullKernel(t, m)
 	requireFRR(t)
+	m.Close()
+	m = newFastManager(t, gw, overlay.VRFAuto)
 
 	// The edge router: a service network behind it, the FOU port and an
 	// MPLSoUDP tunnel toward the gateway (the data plane FRR does not
