@@ -731,6 +731,19 @@ func (m *Manager) startFastPath() error {
 	if err == nil {
 		m.fp, err = newFastPath()
 	}
+	if err == nil {
+		// The program itself must load (through the JIT or, where the JIT
+		// refuses it, e.g. on some 32-bit ARM kernels, the interpreter);
+		// a kernel that takes neither keeps the kernel path.
+		var p *ebpf.Program
+		if p, err = m.fp.program(0); err == nil {
+			p.Close()
+			delete(m.fp.progs, 0)
+		} else {
+			m.fp.close()
+			m.fp = nil
+		}
+	}
 	if err != nil {
 		if m.cfg.FastPath == FastPathOn {
 			return fmt.Errorf("overlay: BPF fast path requested but unavailable: %w", err)

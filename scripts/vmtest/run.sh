@@ -38,6 +38,21 @@ for lib in $(ldd /usr/sbin/ip | grep -o '/[^ ]*'); do
   cp -L "$lib" "$root$lib"
 done
 
+# FRR's zebra for the edge router of TestVMFastPathFRREdge, their
+# libraries, and the users they check for.
+for d in zebra; do
+  [ -x /usr/lib/frr/$d ] || { echo "vmtest: /usr/lib/frr/$d missing (frr, scripts/deps/overlay.txt; run make deps)" >&2; exit 2; }
+  mkdir -p "$root/usr/lib/frr"
+  cp /usr/lib/frr/$d "$root/usr/lib/frr/$d"
+  for lib in $(ldd /usr/lib/frr/$d | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+done
+printf 'root:x:0:0:root:/tmp:/bin/false\nfrr:x:100:101::/tmp:/bin/false\n' > "$root/etc/passwd"
+printf 'root:x:0:\nfrr:x:101:\nfrrvty:x:102:frr\n' > "$root/etc/group"
+mkdir -p "$root/var/run/frr" "$root/var/tmp/frr" "$root/etc/frr"
+
 # Kernel modules, in dependency order.
 mods="udp_tunnel ip6_udp_tunnel tunnel4 ip_tunnel ipip gre ip_gre fou mpls_router mpls_iptunnel veth vrf vxlan sch_ingress cls_bpf"
 for m in $mods; do
@@ -53,7 +68,7 @@ case "$mode" in
   *) echo "usage: $0 [test|bench] [go test flags]" >&2; exit 2 ;;
 esac
 
-env | grep -E '^IOTFABRIC_BENCH_' > "$root/vmtest.env" || true
+{ env | grep -E '^IOTFABRIC_BENCH_' || true; echo IOTFABRIC_VMTEST_FRR=1; } > "$root/vmtest.env"
 
 initrd="$cache/initramfs-$mode.cpio"
 (cd "$root" && find . | cpio -o -H newc --quiet) > "$initrd"
