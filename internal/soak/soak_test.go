@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -425,6 +426,28 @@ bgp:
 		}
 	}
 	var memPeak atomic.Uint64
+	// objects counts what the controller holds (the heap's other part).
+	objects := func() string {
+		var eps, nets, gws int
+		req := &v1.ListEndpointsRequest{PageSize: 1000}
+		for {
+			r, err := epc.ListEndpoints(ctx, req)
+			if err != nil {
+				return err.Error()
+			}
+			eps += len(r.GetEndpoints())
+			if req.PageToken = r.GetNextPageToken(); req.PageToken == "" {
+				break
+			}
+		}
+		if r, err := netc.ListNetworks(ctx, &v1.ListNetworksRequest{PageSize: 1000}); err == nil {
+			nets = len(r.GetNetworks())
+		}
+		if r, err := gwc.ListGateways(ctx, &v1.ListGatewaysRequest{PageSize: 1000}); err == nil {
+			gws = len(r.GetGateways())
+		}
+		return fmt.Sprintf("%d endpoints, %d networks, %d gateways", eps, nets, gws)
+	}
 
 	runCtx, stop := context.WithTimeout(ctx, sc.duration)
 	defer stop()
@@ -600,6 +623,93 @@ bgp:
 		})
 	}
 
+	// clearLoad removes what the load made (the pods' interfaces through
+	// the plugin, the API's endpoints, networks and gateways), so that the
+	// heap before and after the flood are measured with the same objects:
+	// the API's pools of names do not hold the same number of objects at
+	// two moments (71 endpoints and 7 networks before the flood, 121 and
+	// 10 after it, in one run).
+	clearLoad := func() error {
+		var errs []error
+		var ids []string
+		req := &v1.ListEndpointsRequest{PageSize: 1000}
+		for {
+			r, err := epc.ListEndpoints(ctx, req)
+			if err != nil {
+				return err
+			}
+			for _, e := range r.GetEndpoints() {
+				if strings.HasPrefix(e.GetId(), "api-") {
+					ids = append(ids, e.GetId())
+					continue
+				}
+				// A pod's interface (also one a hostile ADD made): its id
+				// is "<container id>:<interface>", the container id
+				// "<gateway>-p<pod>-<interface>".
+				cid, ifn, _ := strings.Cut(e.GetId(), ":")
+				var g *gateway
+				for _, x := range gws {
+					if x.name == e.GetGateway() {
+						g = x
+					}
+				}
+				pod := 0
+				if k := strings.LastIndex(cid, "-p"); k >= 0 {
+					fmt.Sscanf(cid[k+2:], "%d", &pod)
+				}
+				if g == nil || pod >= len(g.pods) {
+					errs = append(errs, fmt.Errorf("endpoint %s of gateway %s: no pod of the soak", e.GetId(), e.GetGateway()))
+					continue
+				}
+				conf := g.conflist[e.GetNetwork()]
+				if conf == nil {
+					conf = g.conflist["red"] // DEL releases whatever the id holds
+				}
+				rt := &libcni.RuntimeConf{ContainerID: cid, NetNS: g.pods[pod].Path(), IfName: ifn}
+				var err error
+				for try := 0; try < 30; try++ {
+					cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+					err = cniRun.DelNetworkList(cctx, conf, rt)
+					cancel()
+					if err == nil {
+						break
+					}
+					time.Sleep(time.Second) // its agent restarting
+				}
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s: DEL %s: %w", g.name, e.GetId(), err))
+				}
+			}
+			if req.PageToken = r.GetNextPageToken(); req.PageToken == "" {
+				break
+			}
+		}
+		for _, g := range gws {
+			clear(g.used)
+		}
+		for _, id := range ids {
+			if _, err := epc.DeleteEndpoint(ctx, &v1.GetEndpointRequest{Id: id}); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		for i := range 8 {
+			netc.DeleteNetwork(ctx, &v1.NameRequest{Name: fmt.Sprintf("api-n%d", i)})
+		}
+		for i := range 5 {
+			gwc.DeleteGateway(ctx, &v1.NameRequest{Name: fmt.Sprintf("api-g%d", i)})
+		}
+		// The agents report the pods' deletions on their own time.
+		const want = "0 endpoints, 3 networks, 3 gateways"
+		o := objects()
+		for deadline := time.Now().Add(30 * time.Second); o != want && time.Now().Before(deadline); o = objects() {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if o != want {
+			errs = append(errs, fmt.Errorf("after the load was cleared the controller holds %s", o))
+		}
+		return errors.Join(errs...)
+	}
+
 	// The edge router flaps VPN routes with the route target network edge
 	// imports.
 	routeLine := func(i int) string {
@@ -648,6 +758,9 @@ bgp:
 	// here (the calls under way end first) and goes on after the
 	// measurement; after the flood it is over.
 	load.pause()
+	if err := clearLoad(); err != nil {
+		t.Fatal(err)
+	}
 	memCold := settledHeap(5 * time.Second)
 	saveHeap("cold")
 	warm := all[:warmFlood]
@@ -674,6 +787,7 @@ bgp:
 	}
 	phase("warm-up flood over")
 	memBefore := settledHeap(5 * time.Second)
+	objBefore := objects()
 	saveHeap("before")
 	load.resume()
 	wg.Go(func() {
@@ -946,6 +1060,9 @@ bgp:
 	if err := setRoutes(ctx, keep, false); err != nil {
 		t.Error(err)
 	}
+	if err := clearLoad(); err != nil {
+		t.Error(err)
+	}
 	var memAfter uint64
 	for end := time.Now().Add(time.Minute); time.Now().Before(end); {
 		if d := check(map[string]bool{}); len(d) == 0 {
@@ -958,6 +1075,7 @@ bgp:
 		}
 	}
 	phase("heap after the flood measured")
+	objAfter := objects()
 	saveHeap("after")
 	if pdir := os.Getenv(profilesEnv); pdir != "" {
 		// the daemons' logs beside the profiles, for a failed run
@@ -997,6 +1115,7 @@ bgp:
 	mb := func(x uint64) float64 { return float64(x) / (1 << 20) }
 	fmt.Fprintf(&b, "  controller heap: %.1f MB before the warm-up flood of %d routes\n", mb(memCold), warmFlood)
 	fmt.Fprintf(&b, "  controller heap: before %.1f MB, peak %.1f MB, after %.1f MB (%.0f %% of before)\n", mb(memBefore), mb(memPeak.Load()), mb(memAfter), 100*float64(memAfter)/float64(max(memBefore, 1)))
+	fmt.Fprintf(&b, "  controller objects: before the flood %s; after %s\n", objBefore, objAfter)
 	fmt.Fprintf(&b, "  log bytes (controller + agents): %d (bound %d)\n", logBytes, sc.logBound)
 	fmt.Fprintf(&b, "  invariants: %d problems\n", len(problems))
 	fmt.Print(b.String())
