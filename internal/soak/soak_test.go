@@ -48,7 +48,7 @@ const durationEnv = "IOTFABRIC_SOAK_DURATION"
 
 // warmFlood is the size of the small flood that runs before the heap
 // before the flood is measured.
-const warmFlood = 1000
+const warmFlood = 2000
 
 // profilesEnv names a directory for the controller's heap profiles before
 // the flood and after it (before.pb.gz, after.pb.gz); unset, none are taken.
@@ -749,10 +749,11 @@ bgp:
 	// then holds what that path allocates on first use (GoBGP's receive
 	// path, the route table's import, gRPC's buffer pools, protobuf's
 	// lazily built types), which the heap after the flood holds too. It
-	// is too small to hide what the flood itself leaves: every map of
-	// ours is built again under a quarter of a peak of 1,024, and 1,000
-	// routes are a tenth of the 2-minute flood (a fiftieth of the
-	// 10-minute one).
+	// is above the peak (1,024) from which every map of ours is built
+	// again once it falls under a quarter of it: with 1,000 routes the
+	// route table's map kept their room, about 1.2 MB of the heap before
+	// the flood. 2,000 routes are a fifth of the 2-minute flood (a
+	// twenty-fifth of the 10-minute one).
 	phase("warm-up over")
 	// Both heaps are measured with nothing in flight: the load stops
 	// here (the calls under way end first) and goes on after the
