@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -25,7 +26,9 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/iotfabric/iotfabric/internal/netnstest"
@@ -44,6 +47,10 @@ func TestMain(m *testing.M) {
 }
 
 const durationEnv = "IOTFABRIC_SOAK_DURATION"
+
+// warmFlood is the size of the small flood that runs before the heap
+// before the flood is measured.
+const warmFlood = 2000
 
 // profilesEnv names a directory for the controller's heap profiles before
 // the flood and after it (before.pb.gz, after.pb.gz); unset, none are taken.
@@ -198,6 +205,38 @@ type gateway struct {
 	conflist map[string]*libcni.NetworkConfigList
 }
 
+// gate lets the load's workers be paused: each holds it from the start of
+// an operation to the start of its next one.
+type gate struct {
+	paused atomic.Bool
+	busy   atomic.Int64
+}
+
+// enter waits while the load is paused; false when ctx ended.
+func (g *gate) enter(ctx context.Context) bool {
+	for ctx.Err() == nil {
+		g.busy.Add(1)
+		if !g.paused.Load() {
+			return true
+		}
+		g.busy.Add(-1)
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
+func (g *gate) leave() { g.busy.Add(-1) }
+
+// pause stops the load and returns when no operation is under way.
+func (g *gate) pause() {
+	g.paused.Store(true)
+	for g.busy.Load() != 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (g *gate) resume() { g.paused.Store(false) }
+
 func TestSoak(t *testing.T) {
 	v := os.Getenv(durationEnv)
 	if v == "" {
@@ -213,7 +252,10 @@ func TestSoak(t *testing.T) {
 	testenv.RequireFile(t, bgptest.FRRDir+"/bgpd", "frr")
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
+	start := time.Now()
+	phase := func(what string) { t.Logf("%v: %s", time.Since(start).Round(time.Second), what) }
 	build(t, bin)
+	phase("binaries built")
 	ctx := context.Background()
 	st := &stats{ops: map[string]int{}, errs: map[string]int{}, samples: map[string][]string{}}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13))
@@ -342,18 +384,28 @@ bgp:
 	settledHeap := func(window time.Duration) uint64 {
 		var low uint64
 		for end := time.Now().Add(window); time.Now().Before(end); time.Sleep(time.Second) {
+			// The text form of the profile ends with the memory
+			// statistics read right after the collection and the
+			// profile; the metric, read in a request of its own, also
+			// counted what the controller allocated in between (the
+			// heap profile after the flood held 4.9 MB, as before it,
+			// while the metric's least value was 7.4 MB against 6.0).
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+metricsAddr+"/debug/pprof/heap?gc=1", nil)
+			req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+metricsAddr+"/debug/pprof/heap?gc=1&debug=1", nil)
 			resp, err := http.DefaultClient.Do(req)
+			var h uint64
 			if err == nil {
-				io.Copy(io.Discard, resp.Body)
+				sc := bufio.NewScanner(resp.Body)
+				sc.Buffer(make([]byte, 1<<20), 1<<20)
+				for sc.Scan() {
+					if v, ok := strings.CutPrefix(sc.Text(), "# HeapAlloc = "); ok {
+						h, _ = strconv.ParseUint(v, 10, 64)
+					}
+				}
 				resp.Body.Close()
 			}
 			cancel()
-			if err != nil {
-				continue
-			}
-			if h, err := heap(); err == nil && (low == 0 || h < low) {
+			if h != 0 && (low == 0 || h < low) {
 				low = h
 			}
 		}
@@ -386,11 +438,34 @@ bgp:
 		}
 	}
 	var memPeak atomic.Uint64
+	// objects counts what the controller holds (the heap's other part).
+	objects := func() string {
+		var eps, nets, gws int
+		req := &v1.ListEndpointsRequest{PageSize: 1000}
+		for {
+			r, err := epc.ListEndpoints(ctx, req)
+			if err != nil {
+				return err.Error()
+			}
+			eps += len(r.GetEndpoints())
+			if req.PageToken = r.GetNextPageToken(); req.PageToken == "" {
+				break
+			}
+		}
+		if r, err := netc.ListNetworks(ctx, &v1.ListNetworksRequest{PageSize: 1000}); err == nil {
+			nets = len(r.GetNetworks())
+		}
+		if r, err := gwc.ListGateways(ctx, &v1.ListGatewaysRequest{PageSize: 1000}); err == nil {
+			gws = len(r.GetGateways())
+		}
+		return fmt.Sprintf("%d endpoints, %d networks, %d gateways", eps, nets, gws)
+	}
 
 	runCtx, stop := context.WithTimeout(ctx, sc.duration)
 	defer stop()
 	var wg sync.WaitGroup
 	var ctlDown atomic.Bool
+	var load gate // the API's and the plugin's load, paused while the heap before the flood is measured
 
 	// Memory sampler.
 	wg.Go(func() {
@@ -420,7 +495,7 @@ bgp:
 	}
 	for w := range 2 {
 		wg.Go(func() {
-			for i := 0; runCtx.Err() == nil; i++ {
+			for i := 0; load.enter(runCtx); i++ {
 				cctx, cancel := context.WithTimeout(runCtx, 5*time.Second)
 				var err error
 				kind := ""
@@ -484,6 +559,7 @@ bgp:
 					st.add(kind, err)
 				}
 				time.Sleep(time.Duration(rnd(50)) * time.Millisecond)
+				load.leave()
 			}
 		})
 	}
@@ -491,7 +567,7 @@ bgp:
 	// CNI ADD and DEL, valid and hostile, on every gateway.
 	for _, g := range gws {
 		wg.Go(func() {
-			for runCtx.Err() == nil {
+			for load.enter(runCtx) {
 				pod := rnd(len(g.pods))
 				ifn := fmt.Sprintf("eth%d", rnd(4))
 				slot := fmt.Sprintf("%d/%s", pod, ifn)
@@ -538,6 +614,7 @@ bgp:
 					}
 				case held:
 					cancel()
+					load.leave()
 					continue
 				default:
 					_, err = cniRun.AddNetworkList(cctx, g.conflist[network], rt)
@@ -553,8 +630,97 @@ bgp:
 				cancel()
 				st.add(kind, err)
 				time.Sleep(time.Duration(rnd(100)) * time.Millisecond)
+				load.leave()
 			}
 		})
+	}
+
+	// clearLoad removes what the load made (the pods' interfaces through
+	// the plugin, the API's endpoints, networks and gateways), so that the
+	// heap before and after the flood are measured with the same objects:
+	// the API's pools of names do not hold the same number of objects at
+	// two moments (71 endpoints and 7 networks before the flood, 121 and
+	// 10 after it, in one run).
+	clearLoad := func() error {
+		var errs []error
+		var ids []string
+		req := &v1.ListEndpointsRequest{PageSize: 1000}
+		for {
+			r, err := epc.ListEndpoints(ctx, req)
+			if err != nil {
+				return err
+			}
+			for _, e := range r.GetEndpoints() {
+				if strings.HasPrefix(e.GetId(), "api-") {
+					ids = append(ids, e.GetId())
+					continue
+				}
+				// A pod's interface (also one a hostile ADD made): its id
+				// is "<container id>:<interface>", the container id
+				// "<gateway>-p<pod>-<interface>".
+				cid, ifn, _ := strings.Cut(e.GetId(), ":")
+				var g *gateway
+				for _, x := range gws {
+					if x.name == e.GetGateway() {
+						g = x
+					}
+				}
+				pod := 0
+				if k := strings.LastIndex(cid, "-p"); k >= 0 {
+					fmt.Sscanf(cid[k+2:], "%d", &pod)
+				}
+				if g == nil || pod >= len(g.pods) {
+					errs = append(errs, fmt.Errorf("endpoint %s of gateway %s: no pod of the soak", e.GetId(), e.GetGateway()))
+					continue
+				}
+				conf := g.conflist[e.GetNetwork()]
+				if conf == nil {
+					conf = g.conflist["red"] // DEL releases whatever the id holds
+				}
+				rt := &libcni.RuntimeConf{ContainerID: cid, NetNS: g.pods[pod].Path(), IfName: ifn}
+				var err error
+				for try := 0; try < 30; try++ {
+					cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+					err = cniRun.DelNetworkList(cctx, conf, rt)
+					cancel()
+					if err == nil {
+						break
+					}
+					time.Sleep(time.Second) // its agent restarting
+				}
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s: DEL %s: %w", g.name, e.GetId(), err))
+				}
+			}
+			if req.PageToken = r.GetNextPageToken(); req.PageToken == "" {
+				break
+			}
+		}
+		for _, g := range gws {
+			clear(g.used)
+		}
+		for _, id := range ids {
+			// (gone already when its gateway's agent made a full sync)
+			if _, err := epc.DeleteEndpoint(ctx, &v1.GetEndpointRequest{Id: id}); err != nil && status.Code(err) != codes.NotFound {
+				errs = append(errs, err)
+			}
+		}
+		for i := range 8 {
+			netc.DeleteNetwork(ctx, &v1.NameRequest{Name: fmt.Sprintf("api-n%d", i)})
+		}
+		for i := range 5 {
+			gwc.DeleteGateway(ctx, &v1.NameRequest{Name: fmt.Sprintf("api-g%d", i)})
+		}
+		// The agents report the pods' deletions on their own time.
+		const want = "0 endpoints, 3 networks, 3 gateways"
+		o := objects()
+		for deadline := time.Now().Add(30 * time.Second); o != want && time.Now().Before(deadline); o = objects() {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if o != want {
+			errs = append(errs, fmt.Errorf("after the load was cleared the controller holds %s", o))
+		}
+		return errors.Join(errs...)
 	}
 
 	// The edge router flaps VPN routes with the route target network edge
@@ -591,8 +757,53 @@ bgp:
 	// names) reach their working size; memory before the flood is measured
 	// then, before the edge router and the kills start.
 	time.Sleep(min(20*time.Second, sc.duration/6))
+	// Then a small flood (warmFlood routes, announced and withdrawn)
+	// runs the received-route path once: the heap before the flood
+	// then holds what that path allocates on first use (GoBGP's receive
+	// path, the route table's import, gRPC's buffer pools, protobuf's
+	// lazily built types), which the heap after the flood holds too. It
+	// is above the peak (1,024) from which every map of ours is built
+	// again once it falls under a quarter of it: with 1,000 routes the
+	// route table's map kept their room, about 1.2 MB of the heap before
+	// the flood. 2,000 routes are a fifth of the 2-minute flood (a
+	// twenty-fifth of the 10-minute one).
+	phase("warm-up over")
+	// Both heaps are measured with nothing in flight: the load stops
+	// here (the calls under way end first) and goes on after the
+	// measurement; after the flood it is over.
+	load.pause()
+	if err := clearLoad(); err != nil {
+		t.Fatal(err)
+	}
+	memCold := settledHeap(5 * time.Second)
+	saveHeap("cold")
+	warm := all[:warmFlood]
+	edgeRoutes := func(want int) error {
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			r, err := routec.ListRoutes(ctx, &v1.ListRoutesRequest{Network: "edge", PageSize: 5000})
+			if err == nil && len(r.GetRoutes()) == want && r.GetNextPageToken() == "" {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("edge does not get to %d routes (%d, %v)", want, len(r.GetRoutes()), err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	for _, on := range []bool{true, false} {
+		if err := setRoutes(ctx, warm, on); err != nil {
+			t.Fatal(err)
+		}
+		if err := edgeRoutes(map[bool]int{true: warmFlood}[on]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	phase("warm-up flood over")
 	memBefore := settledHeap(5 * time.Second)
+	objBefore := objects()
 	saveHeap("before")
+	load.resume()
 	wg.Go(func() {
 		err := setRoutes(ctx, all, true)
 		st.add("edge announce all", err)
@@ -639,7 +850,33 @@ bgp:
 		}
 	})
 	wg.Wait()
-	t.Logf("chaos over after %v", sc.duration)
+	phase("chaos over")
+
+	// The endpoints the API made on a real gateway are removed by its
+	// agent's next full sync; the last ones may have come after it. A pod
+	// added and deleted through the plugin on every gateway makes one (an
+	// endpoint removed makes the agent's next report a full sync).
+	for _, g := range gws {
+		rt := &libcni.RuntimeConf{ContainerID: g.name + "-final", NetNS: g.pods[0].Path(), IfName: "eth9"}
+		var err error
+		for try := 0; try < 30; try++ {
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if _, err = cniRun.AddNetworkList(cctx, g.conflist["red"], rt); err == nil {
+				err = cniRun.DelNetworkList(cctx, g.conflist["red"], rt)
+			} else {
+				cniRun.DelNetworkList(cctx, g.conflist["red"], rt)
+			}
+			cancel()
+			if err == nil {
+				break
+			}
+			time.Sleep(time.Second) // its agent restarting
+		}
+		if err != nil {
+			t.Errorf("%s: the final pod: %v", g.name, err)
+		}
+	}
+	phase("final pods added and deleted")
 
 	// Settle: a known tenth of the flood stays announced; every pod slot is
 	// released and set up again once, so that the runtime's view is known.
@@ -837,6 +1074,9 @@ bgp:
 	if err := setRoutes(ctx, keep, false); err != nil {
 		t.Error(err)
 	}
+	if err := clearLoad(); err != nil {
+		t.Error(err)
+	}
 	var memAfter uint64
 	for end := time.Now().Add(time.Minute); time.Now().Before(end); {
 		if d := check(map[string]bool{}); len(d) == 0 {
@@ -848,6 +1088,8 @@ bgp:
 			time.Sleep(time.Second)
 		}
 	}
+	phase("heap after the flood measured")
+	objAfter := objects()
 	saveHeap("after")
 	if pdir := os.Getenv(profilesEnv); pdir != "" {
 		// the daemons' logs beside the profiles, for a failed run
@@ -885,7 +1127,9 @@ bgp:
 		}
 	}
 	mb := func(x uint64) float64 { return float64(x) / (1 << 20) }
+	fmt.Fprintf(&b, "  controller heap: %.1f MB before the warm-up flood of %d routes\n", mb(memCold), warmFlood)
 	fmt.Fprintf(&b, "  controller heap: before %.1f MB, peak %.1f MB, after %.1f MB (%.0f %% of before)\n", mb(memBefore), mb(memPeak.Load()), mb(memAfter), 100*float64(memAfter)/float64(max(memBefore, 1)))
+	fmt.Fprintf(&b, "  controller objects: before the flood %s; after %s\n", objBefore, objAfter)
 	fmt.Fprintf(&b, "  log bytes (controller + agents): %d (bound %d)\n", logBytes, sc.logBound)
 	fmt.Fprintf(&b, "  invariants: %d problems\n", len(problems))
 	fmt.Print(b.String())

@@ -643,7 +643,7 @@ func (c *Controller) DeleteEndpoint(ctx context.Context, id string) (int64, erro
 	if err != nil {
 		return 0, storeErr(err)
 	}
-	c.ipam.Released(network, freed)
+	c.ipam.Released(network, rev, freed)
 	c.log.Debug("endpoint deleted", logkey.Endpoint, id)
 	return rev, nil
 }

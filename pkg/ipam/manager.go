@@ -103,6 +103,7 @@ type poolEntry struct {
 	cfg   Config
 	pool  *Pool // nil until loaded
 	stale bool  // reload from the store on next use
+	rev   int64 // the store revision pool was loaded at
 }
 
 // NewManager returns a Manager over st.
@@ -183,10 +184,11 @@ func (m *Manager) withPool(ctx context.Context, network string, fn func(*Pool) e
 		return fmt.Errorf("network %q has no address space configured", network)
 	}
 	if e.pool == nil || e.stale {
-		p, err := m.load(ctx, network, e.cfg)
+		p, rev, err := m.load(ctx, network, e.cfg)
 		if err != nil {
 			return err
 		}
+		e.rev = rev
 		if e.pool != nil {
 			for _, l := range e.pool.Pending() {
 				p.Readopt(l)
@@ -197,14 +199,14 @@ func (m *Manager) withPool(ctx context.Context, network string, fn func(*Pool) e
 	return fn(e.pool)
 }
 
-func (m *Manager) load(ctx context.Context, network string, cfg Config) (*Pool, error) {
+func (m *Manager) load(ctx context.Context, network string, cfg Config) (*Pool, int64, error) {
 	p, err := NewPool(cfg)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	kvs, _, err := m.st.List(ctx, netPrefix(network))
+	kvs, rev, err := m.st.List(ctx, netPrefix(network))
 	if err != nil {
-		return nil, fmt.Errorf("load IPAM state of %s: %w", network, err)
+		return nil, 0, fmt.Errorf("load IPAM state of %s: %w", network, err)
 	}
 	var addrs []store.KV
 	for _, kv := range kvs {
@@ -212,10 +214,10 @@ func (m *Manager) load(ctx context.Context, network string, cfg Config) (*Pool, 
 		case strings.HasPrefix(kv.Key, keys.IPAMBlocks(network)):
 			pfx, err := netip.ParsePrefix(strings.TrimPrefix(kv.Key, keys.IPAMBlocks(network)))
 			if err != nil {
-				return nil, fmt.Errorf("corrupt key %s: %w", kv.Key, err)
+				return nil, 0, fmt.Errorf("corrupt key %s: %w", kv.Key, err)
 			}
 			if err := p.LoadBlock(pfx, string(kv.Value)); err != nil {
-				return nil, fmt.Errorf("network %s: %w", network, err)
+				return nil, 0, fmt.Errorf("network %s: %w", network, err)
 			}
 		case strings.HasPrefix(kv.Key, keys.IPAMAddrs(network)):
 			addrs = append(addrs, kv)
@@ -224,13 +226,13 @@ func (m *Manager) load(ctx context.Context, network string, cfg Config) (*Pool, 
 	for _, kv := range addrs {
 		a, err := netip.ParseAddr(strings.TrimPrefix(kv.Key, keys.IPAMAddrs(network)))
 		if err != nil {
-			return nil, fmt.Errorf("corrupt key %s: %w", kv.Key, err)
+			return nil, 0, fmt.Errorf("corrupt key %s: %w", kv.Key, err)
 		}
 		if err := p.LoadAddr(a, string(kv.Value)); err != nil {
-			return nil, fmt.Errorf("network %s: %w", network, err)
+			return nil, 0, fmt.Errorf("network %s: %w", network, err)
 		}
 	}
-	return p, nil
+	return p, rev, nil
 }
 
 // Refresh brings the pool up to date after the store refused r's writes
@@ -284,6 +286,7 @@ type Reservation struct {
 	Leases  []Lease
 	Conds   []store.Cond
 	Ops     []store.Op
+	pool    *Pool // the pool the leases were taken from
 }
 
 // Addrs returns the reserved addresses.
@@ -373,6 +376,7 @@ type leaseLock struct {
 func (m *Manager) reserve(ctx context.Context, network, owner, gateway string, requested []netip.Addr) (*Reservation, error) {
 	r := &Reservation{Network: network}
 	err := m.withPool(ctx, network, func(p *Pool) error {
+		r.pool = p
 		var err error
 		if len(requested) > 0 {
 			for _, a := range requested {
@@ -412,6 +416,24 @@ func (m *Manager) reserve(ctx context.Context, network, owner, gateway string, r
 	}
 	for _, l := range r.Leases {
 		if l.Existing {
+			// The pool says owner holds the address already: the write
+			// must find it so in the store. It may not, for a moment: a
+			// delete of owner's endpoint was stored and has not reached
+			// the pool yet (Released); without this condition the
+			// endpoint would be stored with an address no key records.
+			// The pool is loaded again on next use (the retry), in case it
+			// is wrong for another reason.
+			k := addrKey(network, l.Addr)
+			kv, err := m.st.Get(ctx, k)
+			if err != nil || string(kv.Value) != owner {
+				m.Abort(r)
+				if err != nil && !errors.Is(err, store.ErrNotFound) {
+					return nil, fmt.Errorf("read %s: %w", k, err)
+				}
+				m.Invalidate(network)
+				return nil, fmt.Errorf("%s of %s is not in the store: %w", l.Addr, owner, ErrBusy)
+			}
+			r.Conds = append(r.Conds, store.Unchanged(kv))
 			continue
 		}
 		k := addrKey(network, l.Addr)
@@ -427,9 +449,19 @@ func (m *Manager) reserve(ctx context.Context, network, owner, gateway string, r
 }
 
 // Commit records that the reservation's writes were persisted.
+//
+// A lease the same pool no longer holds as pending was released meanwhile:
+// a delete that read the persisted write ran between the write and this
+// Commit (Released). It stays released; recording it again would count an
+// address no endpoint holds until the pool is next loaded. (A pool rebuilt
+// from the store while the write was in flight is another pool: there the
+// persisted lease is recorded as the truth, Pool.Commit.)
 func (m *Manager) Commit(r *Reservation) {
 	m.apply(r.Network, func(p *Pool) {
 		for _, l := range r.Leases {
+			if pl, ok := p.pending[l.Addr]; p == r.pool && !l.Existing && (!ok || pl.Owner != l.Owner) {
+				continue
+			}
 			p.Commit(l)
 		}
 	})
@@ -461,13 +493,19 @@ func ReleaseOps(network string, addrs []netip.Addr) []store.Op {
 	return ops
 }
 
-// Released records that addrs were freed in the store.
-func (m *Manager) Released(network string, addrs []netip.Addr) {
-	m.apply(network, func(p *Pool) {
-		for _, a := range addrs {
-			p.Release(a)
-		}
-	})
+// Released records that addrs were freed in the store by the write of
+// revision rev. A pool loaded at rev or later already knows (and may have
+// handed the addresses out again since): it is left as it is.
+func (m *Manager) Released(network string, rev int64, addrs []netip.Addr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.pools[network]
+	if !ok || e.pool == nil || e.rev >= rev {
+		return
+	}
+	for _, a := range addrs {
+		e.pool.Release(a)
+	}
 }
 
 // Allocate reserves and persists addresses for owner on its own (idempotent:
@@ -506,19 +544,21 @@ func (m *Manager) ReleaseOwner(ctx context.Context, network, owner string) ([]ne
 	if len(addrs) == 0 {
 		return nil, nil
 	}
-	if _, err := m.st.Txn(ctx, nil, ReleaseOps(network, addrs)); err != nil {
+	rev, err := m.st.Txn(ctx, nil, ReleaseOps(network, addrs))
+	if err != nil {
 		return nil, fmt.Errorf("release %s: %w", owner, err)
 	}
-	m.Released(network, addrs)
+	m.Released(network, rev, addrs)
 	return addrs, nil
 }
 
 // Release frees one address.
 func (m *Manager) Release(ctx context.Context, network string, a netip.Addr) error {
-	if _, err := m.st.Txn(ctx, nil, ReleaseOps(network, []netip.Addr{a})); err != nil {
+	rev, err := m.st.Txn(ctx, nil, ReleaseOps(network, []netip.Addr{a}))
+	if err != nil {
 		return fmt.Errorf("release %s: %w", a, err)
 	}
-	m.Released(network, []netip.Addr{a})
+	m.Released(network, rev, []netip.Addr{a})
 	return nil
 }
 

@@ -65,8 +65,15 @@ type Speaker struct {
 	rxQueue  [][]*api.Path
 	rxSignal chan struct{}
 	received map[receivedKey]held
-	attrs    interner
-	subs     map[*subscriber]struct{}
+	// receivedPeak and refusedPeak are the most entries received and
+	// refused held since they were last built: a Go map keeps the room of
+	// its peak after deletes, so a withdrawn flood would keep megabytes;
+	// the dispatcher builds them again when they fall under a quarter of
+	// that (shrinkMap).
+	receivedPeak int
+	refusedPeak  int
+	attrs        interner
+	subs         map[*subscriber]struct{}
 	// filter holds the route targets a received route needs one of to be
 	// kept (SetImportFilter); nil: keep every route.
 	filter map[bgp.RouteTarget]struct{}
@@ -665,6 +672,7 @@ func (s *Speaker) dispatch(ctx context.Context) {
 				evs = s.applyLocked(p, evs, over)
 			}
 		}
+		s.shrinkLocked()
 		if len(evs) > 0 {
 			for sub := range s.subs {
 				sub.push(evs)
@@ -735,7 +743,36 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 		s.attrs.put(old.attrs)
 	}
 	s.received[k] = h
+	s.receivedPeak = max(s.receivedPeak, len(s.received))
 	return append(evs, bgp.RouteEvent{Peer: peer, Route: h.route(k.routeKey())})
+}
+
+// shrinkFloor is the least peak, in entries, for which a map is built again
+// when it shrinks: below it, the room kept is a few kilobytes.
+const shrinkFloor = 1024
+
+// shrinkLocked builds the maps of received and refused routes again when
+// a withdrawal left them under a quarter of their peak.
+func (s *Speaker) shrinkLocked() {
+	s.refusedPeak = max(s.refusedPeak, len(s.refused))
+	s.received, s.receivedPeak = shrinkMap(s.received, s.receivedPeak)
+	s.refused, s.refusedPeak = shrinkMap(s.refused, s.refusedPeak)
+}
+
+// shrinkMap returns m, or a copy of it sized for its entries when it holds
+// less than a quarter of peak (and peak is at least shrinkFloor), with the
+// peak to track from then on. Go maps do not give back the room of deleted
+// entries; the copy costs one pass over the entries left, amortised by the
+// deletions that made the map shrink.
+func shrinkMap[K comparable, V any](m map[K]V, peak int) (map[K]V, int) {
+	if peak < shrinkFloor || len(m) >= peak/4 {
+		return m, peak
+	}
+	c := make(map[K]V, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c, len(c)
 }
 
 // dropLocked forgets a held route.
@@ -796,6 +833,7 @@ func (s *Speaker) SetImportFilter(ctx context.Context, rts []bgp.RouteTarget) er
 			dropped++
 		}
 	}
+	s.shrinkLocked()
 	if len(evs) > 0 {
 		for sub := range s.subs {
 			sub.push(evs)
@@ -874,7 +912,13 @@ func (u *subscriber) run(ctx context.Context) {
 		has := len(u.queue) > 0
 		if has {
 			next = u.queue[0]
-			u.queue = u.queue[1:]
+			// The slot is cleared (and an emptied queue let go), or the
+			// queue's array would keep a flood's events alive after
+			// they were delivered.
+			u.queue[0] = nil
+			if u.queue = u.queue[1:]; len(u.queue) == 0 {
+				u.queue = nil
+			}
 		}
 		u.mu.Unlock()
 		if has {

@@ -1,0 +1,197 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/store"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
+)
+
+// afterTxn runs a function (once) right after the first transaction that
+// writes a key with the given prefix was stored, before Txn returns: what
+// another request does between a write and the caller's next step.
+type afterTxn struct {
+	store.Store
+	prefix string
+	done   atomic.Bool
+	f      func()
+}
+
+func (s *afterTxn) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (int64, error) {
+	rev, err := s.Store.Txn(ctx, conds, ops)
+	if err == nil && s.f != nil && slices.ContainsFunc(ops, func(o store.Op) bool { return strings.HasPrefix(o.Key, s.prefix) }) && s.done.CompareAndSwap(false, true) {
+		s.f() // its own transactions do not run it again
+	}
+	return rev, err
+}
+
+// crashTxn stands for a controller killed at a transaction that writes a key
+// with the given prefix: with stored false the process died before the
+// store had it, with stored true after the store had it and before the
+// caller learned it. Every later transaction fails (the process is gone).
+type crashTxn struct {
+	store.Store
+	prefix string
+	stored bool
+	dead   bool
+}
+
+var errKilled = errors.New("controller killed")
+
+func (s *crashTxn) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (int64, error) {
+	if s.dead {
+		return 0, errKilled
+	}
+	if !slices.ContainsFunc(ops, func(o store.Op) bool { return strings.HasPrefix(o.Key, s.prefix) }) {
+		return s.Store.Txn(ctx, conds, ops)
+	}
+	s.dead = true
+	if s.stored {
+		s.Store.Txn(ctx, conds, ops)
+	}
+	return 0, errKilled
+}
+
+// checkIPAM fails unless network n's IPAM counts as many addresses in use
+// as its endpoints hold, and no address is held by two endpoints.
+func checkIPAM(t *testing.T, c *Controller, n string) {
+	t.Helper()
+	ctx := context.Background()
+	eps, _, err := c.ListEndpoints(ctx, n, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]string{}
+	for _, e := range eps {
+		for _, a := range e.Addresses {
+			if o, dup := held[a]; dup {
+				t.Errorf("address %s held by %s and %s", a, o, e.Id)
+			}
+			held[a] = e.Id
+		}
+	}
+	st, err := c.IpamStatus(ctx, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var used uint64
+	for _, s := range st.GetSubnets() {
+		used += s.GetUsed()
+	}
+	if used != uint64(len(held)) {
+		t.Errorf("network %s: IPAM counts %d addresses in use, its endpoints hold %d", n, used, len(held))
+	}
+	kvs, _, err := c.st.List(ctx, keys.IPAMAddrs(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kvs) != len(held) {
+		t.Errorf("network %s: the store holds %d address keys, its endpoints %d addresses", n, len(kvs), len(held))
+	}
+}
+
+func setupRed(t *testing.T, c *Controller) {
+	t.Helper()
+	ctx := context.Background()
+	must[*v1.VirtualNetwork](t)(c.CreateNetwork(ctx, &v1.VirtualNetwork{Name: "red", Subnets: []string{"10.1.0.0/16"}}))
+	must[*v1.Gateway](t)(c.CreateGateway(ctx, &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.1"}))
+	for _, id := range []string{"a", "b", "c"} {
+		must[*v1.Endpoint](t)(c.CreateEndpoint(ctx, &v1.Endpoint{Id: id, Network: "red", Gateway: "gw"}))
+	}
+}
+
+// A controller killed at the write that stores an endpoint, before or after
+// the store took it: the address and the endpoint are one transaction, so
+// after the restart the IPAM counts what the endpoints hold.
+func TestKilledAtEndpointWrite(t *testing.T) {
+	for _, stored := range []bool{false, true} {
+		name := map[bool]string{false: "before the write", true: "after the write"}[stored]
+		t.Run(name, func(t *testing.T) {
+			st := openBolt(t)
+			setupRed(t, New(st, Config{}))
+			// Restarted, then killed while creating an endpoint with an
+			// address the store already leased a block for, and one that
+			// needs a new block's lease first.
+			for _, req := range []*v1.Endpoint{
+				{Id: "d", Network: "red", Gateway: "gw"},
+				{Id: "e", Network: "red", Gateway: "gw", Addresses: []string{"10.1.200.9"}},
+			} {
+				crash := &crashTxn{Store: st, prefix: keys.Endpoint(req.Id), stored: stored}
+				if _, err := New(crash, Config{}).CreateEndpoint(context.Background(), req); err == nil {
+					t.Fatalf("create %s: the crash did not happen", req.Id)
+				}
+				c := New(st, Config{}) // the restart
+				checkIPAM(t, c, "red")
+				if _, err := c.GetEndpoint(context.Background(), req.Id); (err == nil) != stored {
+					t.Fatalf("endpoint %s after the restart: %v", req.Id, err)
+				}
+			}
+		})
+	}
+}
+
+// An endpoint deleted between the write that created it and the moment its
+// creator records the write in the IPAM (the delete read the new endpoint:
+// an agent's full sync, an API delete): the address stays free. It used to
+// be recorded again, counting an address no endpoint holds until the
+// controller restarted.
+func TestDeleteBetweenCreateAndCommit(t *testing.T) {
+	ctx := context.Background()
+	st := &afterTxn{Store: openBolt(t), prefix: keys.Endpoint("x")}
+	c := New(st, Config{})
+	setupRed(t, c)
+	st.f = func() {
+		if _, err := c.DeleteEndpoint(ctx, "x"); err != nil {
+			t.Errorf("delete: %v", err)
+		}
+	}
+	must[*v1.Endpoint](t)(c.CreateEndpoint(ctx, &v1.Endpoint{Id: "x", Network: "red", Gateway: "gw"}))
+	if _, err := c.GetEndpoint(ctx, "x"); err == nil {
+		t.Fatal("the delete did not happen")
+	}
+	checkIPAM(t, c, "red")
+	// The address is handed out again.
+	e := must[*v1.Endpoint](t)(c.CreateEndpoint(ctx, &v1.Endpoint{Id: "y", Network: "red", Gateway: "gw"}))
+	checkIPAM(t, c, "red")
+	checkIPAM(t, New(st, Config{}), "red")
+	t.Logf("address handed out again: %v", e.Addresses)
+}
+
+// An endpoint created again (an agent reports it with its address) between
+// the write that deleted it and the moment the IPAM records the release:
+// the new endpoint's address is written to the store again, so it is not
+// handed to another endpoint after a restart.
+func TestCreateBetweenDeleteAndRelease(t *testing.T) {
+	ctx := context.Background()
+	st := &afterTxn{Store: openBolt(t)}
+	c := New(st, Config{})
+	setupRed(t, c)
+	x := must[*v1.Endpoint](t)(c.CreateEndpoint(ctx, &v1.Endpoint{Id: "x", Network: "red", Gateway: "gw"}))
+	st.prefix = keys.IPAMAddrs("red") // the delete's write frees the address
+	st.f = func() {
+		if _, err := c.CreateEndpoint(ctx, &v1.Endpoint{Id: "x", Network: "red", Gateway: "gw", Addresses: x.Addresses}); err != nil {
+			t.Errorf("create again: %v", err)
+		}
+	}
+	if _, err := c.DeleteEndpoint(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.GetEndpoint(ctx, "x"); err != nil || !slices.Equal(got.Addresses, x.Addresses) {
+		t.Fatalf("endpoint x after it was created again: %v, %v", got, err)
+	}
+	checkIPAM(t, c, "red")
+	// After a restart the address is still x's: another endpoint gets another.
+	c2 := New(st, Config{})
+	checkIPAM(t, c2, "red")
+	y := must[*v1.Endpoint](t)(c2.CreateEndpoint(ctx, &v1.Endpoint{Id: "y", Network: "red", Gateway: "gw"}))
+	if slices.Equal(y.Addresses, x.Addresses) {
+		t.Fatalf("x and y both hold %v", x.Addresses)
+	}
+	checkIPAM(t, c2, "red")
+}
