@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/iotfabric/iotfabric/internal/mapshrink"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
@@ -99,13 +100,9 @@ type Table struct {
 	// recvPeak is the most entries recv held since it was last built: a Go
 	// map keeps the room of its peak after deletes, so a flood of received
 	// routes, once withdrawn, would keep megabytes; flushReceived builds
-	// recv again when it falls under a quarter of that (shrinkMap).
+	// recv again when it falls under a quarter of that (mapshrink.Shrink).
 	recvPeak int
 }
-
-// shrinkFloor is the least peak, in entries, for which a map is built again
-// when it shrinks: below it, the room kept is a few kilobytes.
-const shrinkFloor = 1024
 
 // NetDelta is what a Flush changed in a network's routes: its endpoints'
 // routes, and the received routes it imports. With Full set, anything in the
@@ -369,22 +366,6 @@ func (t *Table) Received(evs []bgp.RouteEvent) {
 	t.recvPeak = max(t.recvPeak, len(t.recv))
 }
 
-// shrinkMap returns m, or a copy of it sized for its entries when it holds
-// less than a quarter of peak (and peak is at least shrinkFloor), with the
-// peak to track from then on. Go maps do not give back the room of deleted
-// entries; the copy costs one pass over the entries left, amortised by the
-// deletions that made the map shrink.
-func shrinkMap[K comparable, V any](m map[K]V, peak int) (map[K]V, int) {
-	if peak < shrinkFloor || len(m) >= peak/4 {
-		return m, peak
-	}
-	c := make(map[K]V, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c, len(c)
-}
-
 // flushReceived adds to deltas, for every network, the received routes it
 // imports that changed since the last Flush: put when it imports the route
 // now, deleted when it imported it then and no longer does.
@@ -416,13 +397,13 @@ func (t *Table) flushReceived(deltas map[string]NetDelta) {
 			t.touched[name] = true
 		}
 	}
-	if len(t.recvOld) >= shrinkFloor {
+	if len(t.recvOld) >= mapshrink.Floor {
 		// a flood's changes: let the room go with them
 		t.recvOld = map[bgp.RouteKey]*received{}
 	} else {
 		clear(t.recvOld)
 	}
-	t.recv, t.recvPeak = shrinkMap(t.recv, t.recvPeak)
+	t.recv, t.recvPeak = mapshrink.Shrink(t.recv, t.recvPeak)
 }
 
 // countImported counts again the received routes network n imports (its

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/iotfabric/iotfabric/internal/mapshrink"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
@@ -69,7 +70,7 @@ type Speaker struct {
 	// refused held since they were last built: a Go map keeps the room of
 	// its peak after deletes, so a withdrawn flood would keep megabytes;
 	// the dispatcher builds them again when they fall under a quarter of
-	// that (shrinkMap).
+	// that (mapshrink.Shrink).
 	receivedPeak int
 	refusedPeak  int
 	attrs        interner
@@ -747,32 +748,12 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 	return append(evs, bgp.RouteEvent{Peer: peer, Route: h.route(k.routeKey())})
 }
 
-// shrinkFloor is the least peak, in entries, for which a map is built again
-// when it shrinks: below it, the room kept is a few kilobytes.
-const shrinkFloor = 1024
-
 // shrinkLocked builds the maps of received and refused routes again when
 // a withdrawal left them under a quarter of their peak.
 func (s *Speaker) shrinkLocked() {
 	s.refusedPeak = max(s.refusedPeak, len(s.refused))
-	s.received, s.receivedPeak = shrinkMap(s.received, s.receivedPeak)
-	s.refused, s.refusedPeak = shrinkMap(s.refused, s.refusedPeak)
-}
-
-// shrinkMap returns m, or a copy of it sized for its entries when it holds
-// less than a quarter of peak (and peak is at least shrinkFloor), with the
-// peak to track from then on. Go maps do not give back the room of deleted
-// entries; the copy costs one pass over the entries left, amortised by the
-// deletions that made the map shrink.
-func shrinkMap[K comparable, V any](m map[K]V, peak int) (map[K]V, int) {
-	if peak < shrinkFloor || len(m) >= peak/4 {
-		return m, peak
-	}
-	c := make(map[K]V, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c, len(c)
+	s.received, s.receivedPeak = mapshrink.Shrink(s.received, s.receivedPeak)
+	s.refused, s.refusedPeak = mapshrink.Shrink(s.refused, s.refusedPeak)
 }
 
 // dropLocked forgets a held route.
