@@ -58,7 +58,8 @@ func grpcOptions(v string) ([]grpc.ServerOption, error) {
 		case "write":
 			opts = append(opts, grpc.WriteBufferSize(n))
 		case "shared":
-			opts = append(opts, grpc.SharedWriteBuffer(n != 0)) //nolint:staticcheck // measured on purpose
+			//lint:ignore SA1019 the deprecated option is measured on purpose (bench-fleet-mem)
+			opts = append(opts, grpc.SharedWriteBuffer(n != 0))
 		case "window":
 			opts = append(opts, grpc.InitialWindowSize(int32(n)))
 		case "connwindow":
