@@ -338,13 +338,45 @@ func (c *Controller) UpdateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 		if err := c.ensurePool(cur); err != nil {
 			return err
 		}
+		// Every endpoint write puts the network's reference key: with it
+		// unchanged from before the addresses were read, no address was
+		// taken in a subnet being removed between that read and this write
+		// (the network key alone does not change when one is).
+		ref, err := c.getRef(ctx, keys.RefNetwork(cur.Name))
+		if err != nil {
+			return err
+		}
 		stat, err := c.ipam.Status(ctx, cur.Name)
 		if err != nil {
 			return storeErr(err)
 		}
+		var removed []netip.Prefix
 		for _, s := range stat {
-			if s.Used > 0 && !slices.Contains(upd.Subnets, s.Prefix.String()) {
-				return model.Errorf(model.ErrConflict, "network %s: subnet %s still has %d addresses in use; delete those endpoints first", cur.Name, s.Prefix, s.Used)
+			if !slices.Contains(upd.Subnets, s.Prefix.String()) {
+				if s.Used > 0 {
+					return model.Errorf(model.ErrConflict, "network %s: subnet %s still has %d addresses in use; delete those endpoints first", cur.Name, s.Prefix, s.Used)
+				}
+				// Also without blocks: a create may lease one in it now.
+				removed = append(removed, s.Prefix)
+			}
+		}
+		if len(removed) > 0 {
+			// The pool's count may lag the store (a create's write lands
+			// before the pool records it): the store decides.
+			addrs, _, err := c.st.List(ctx, keys.IPAMAddrs(cur.Name))
+			if err != nil {
+				return storeErr(err)
+			}
+			for _, kv := range addrs {
+				a, err := netip.ParseAddr(strings.TrimPrefix(kv.Key, keys.IPAMAddrs(cur.Name)))
+				if err != nil {
+					continue
+				}
+				for _, p := range removed {
+					if p.Contains(a) {
+						return model.Errorf(model.ErrConflict, "network %s: subnet %s still has address %s in use (endpoint %s); delete those endpoints first", cur.Name, p, a, kv.Value)
+					}
+				}
 			}
 		}
 		n := proto.Clone(cur).(*v1.VirtualNetwork)
@@ -360,7 +392,11 @@ func (c *Controller) UpdateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 			}
 		}
 		ops = append(ops, store.Put(kv.Key, encode(n)))
-		rev, err := c.st.Txn(ctx, []store.Cond{store.Unchanged(kv)}, ops)
+		conds := []store.Cond{store.Unchanged(kv)}
+		if len(removed) > 0 {
+			conds = append(conds, ref)
+		}
+		rev, err := c.st.Txn(ctx, conds, ops)
 		if err != nil {
 			return err
 		}

@@ -195,3 +195,36 @@ func TestCreateBetweenDeleteAndRelease(t *testing.T) {
 	}
 	checkIPAM(t, c2, "red")
 }
+
+// A subnet removed by a network update while an endpoint takes an address
+// in it: the endpoint's write lands first, the update runs before the
+// creator records it in the IPAM. The update must be refused; before, it
+// dropped the subnet's block and left the address key with no leased block,
+// so the network's IPAM could not be loaded any more.
+func TestSubnetRemovedWhileAddressTaken(t *testing.T) {
+	st := openBolt(t)
+	ctx := context.Background()
+	c0 := New(st, Config{})
+	must[*v1.VirtualNetwork](t)(c0.CreateNetwork(ctx, &v1.VirtualNetwork{Name: "red", Subnets: []string{"10.1.0.0/16", "10.2.0.0/16"}}))
+	must[*v1.Gateway](t)(c0.CreateGateway(ctx, &v1.Gateway{Name: "gw", UnderlayAddress: "192.0.2.1"}))
+	hook := &afterTxn{Store: st, prefix: keys.Endpoint("x")}
+	c := New(hook, Config{})
+	var updErr error
+	hook.f = func() {
+		_, updErr = c.UpdateNetwork(ctx, &v1.VirtualNetwork{Name: "red", Subnets: []string{"10.1.0.0/16"}})
+	}
+	if _, err := c.CreateEndpoint(ctx, &v1.Endpoint{Id: "x", Network: "red", Gateway: "gw", Addresses: []string{"10.2.0.5"}}); err != nil {
+		t.Fatal(err)
+	}
+	if !hook.done.Load() {
+		t.Fatal("the update did not run between the write and the IPAM's record of it")
+	}
+	if updErr == nil {
+		t.Fatal("the subnet holding 10.2.0.5 was removed")
+	}
+	restarted := New(st, Config{})
+	if _, err := restarted.IpamStatus(ctx, "red"); err != nil {
+		t.Fatalf("network red's IPAM after a restart: %v", err)
+	}
+	checkIPAM(t, restarted, "red")
+}
