@@ -128,6 +128,7 @@ func rss() int64 {
 // child is a speaker process started by a test.
 type child struct {
 	cmd   *exec.Cmd
+	tmp   string // its TMPDIR
 	stdin io.WriteCloser
 	lines chan string
 	done  chan struct{}
@@ -146,7 +147,8 @@ func startChild(t *testing.T, spec childSpec) *child {
 	cmd := exec.Command(exe, "-test.run=^$")
 	// TMPDIR: the speaker's socket directory goes into the test's temporary
 	// directory, removed even when the process is SIGKILLed.
-	cmd.Env = append(os.Environ(), childEnv+"="+string(b), "TMPDIR="+t.TempDir())
+	tmp := t.TempDir()
+	cmd.Env = append(os.Environ(), childEnv+"="+string(b), "TMPDIR="+tmp)
 	cmd.Stderr = testWriter{t}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
@@ -160,7 +162,7 @@ func startChild(t *testing.T, spec childSpec) *child {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, stdin: stdin, lines: make(chan string, 16), done: make(chan struct{})}
+	c := &child{cmd: cmd, tmp: tmp, stdin: stdin, lines: make(chan string, 16), done: make(chan struct{})}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {

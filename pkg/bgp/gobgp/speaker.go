@@ -141,9 +141,9 @@ func (s *Speaker) Start(ctx context.Context, initial []bgp.Route) (err error) {
 	if s.running || s.stopped {
 		return bgp.ErrAlreadyRunning
 	}
-	dir, err := os.MkdirTemp("", "iotfabric-bgp-")
+	dir, err := makeSockDir()
 	if err != nil {
-		return fmt.Errorf("bgp: socket directory: %w", err)
+		return err
 	}
 	sock := filepath.Join(dir, "gobgp.sock")
 	srv := server.NewBgpServer(server.GrpcListenAddress("unix://"+sock), server.LoggerOption(newLogger(s.log)))
