@@ -53,7 +53,8 @@ const durationEnv = "IOTFABRIC_SOAK_DURATION"
 // withdrawn once): see the comment where it runs.
 
 // profilesEnv names a directory for the controller's heap profiles before
-// the flood and after it (before.pb.gz, after.pb.gz); unset, none are taken.
+// the warm-up flood, with it held, before the flood and after it (cold.pb.gz,
+// flood.pb.gz, before.pb.gz, after.pb.gz); unset, none are taken.
 const profilesEnv = "IOTFABRIC_SOAK_PROFILES"
 
 // scale is what a soak of a given duration does: the 10-minute form flaps
@@ -806,12 +807,20 @@ bgp:
 			time.Sleep(500 * time.Millisecond)
 		}
 	}
+	var memFlood uint64
 	for _, on := range []bool{true, false} {
 		if err := setRoutes(ctx, warm, on); err != nil {
 			t.Fatal(err)
 		}
 		if err := edgeRoutes(map[bool]int{true: len(warm)}[on]); err != nil {
 			t.Fatal(err)
+		}
+		if on {
+			// The live heap with the whole flood held and nothing else
+			// in flight: what the routes themselves cost (the peak under
+			// the load also counts garbage not yet collected).
+			memFlood = settledHeap(time.Second)
+			saveHeap("flood")
 		}
 	}
 	phase("warm-up flood over")
@@ -1143,6 +1152,7 @@ bgp:
 	}
 	mb := func(x uint64) float64 { return float64(x) / (1 << 20) }
 	fmt.Fprintf(&b, "  controller heap: %.1f MB before the warm-up flood of %d routes (after the flood: %.0f %% of that)\n", mb(memCold), sc.flapRoutes, 100*float64(memAfter)/float64(max(memCold, 1)))
+	fmt.Fprintf(&b, "  controller live heap with the warm-up flood held: %.1f MB (%.1f KB per route over before)\n", mb(memFlood), float64(memFlood-min(memFlood, memBefore))/1024/float64(sc.flapRoutes))
 	fmt.Fprintf(&b, "  controller heap: before %.1f MB, peak %.1f MB, after %.1f MB (%.0f %% of before)\n", mb(memBefore), mb(memPeak.Load()), mb(memAfter), 100*float64(memAfter)/float64(max(memBefore, 1)))
 	fmt.Fprintf(&b, "  controller objects: before the flood %s; after %s\n", objBefore, objAfter)
 	fmt.Fprintf(&b, "  log bytes (controller + agents): %d (bound %d)\n", logBytes, sc.logBound)
