@@ -53,7 +53,8 @@ const durationEnv = "IOTFABRIC_SOAK_DURATION"
 // withdrawn once): see the comment where it runs.
 
 // profilesEnv names a directory for the controller's heap profiles before
-// the flood and after it (before.pb.gz, after.pb.gz); unset, none are taken.
+// the warm-up flood, with it held, before the flood and after it (cold.pb.gz,
+// flood.pb.gz, before.pb.gz, after.pb.gz); unset, none are taken.
 const profilesEnv = "IOTFABRIC_SOAK_PROFILES"
 
 // scale is what a soak of a given duration does: the 10-minute form flaps
@@ -414,28 +415,34 @@ bgp:
 	// saveHeap writes the controller's heap profile (after a collection) to
 	// $IOTFABRIC_SOAK_PROFILES/name.pb.gz when that is set, for
 	// `go tool pprof -base before.pb.gz after.pb.gz`.
+	pdir := os.Getenv(profilesEnv)
+	getHeap := func(query string) ([]byte, error) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+metricsAddr+"/debug/pprof/heap?"+query, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		return io.ReadAll(resp.Body)
+	}
+	writeProfile := func(name string, body []byte) {
+		os.MkdirAll(pdir, 0o755)
+		if err := os.WriteFile(filepath.Join(pdir, name+".pb.gz"), body, 0o644); err != nil {
+			t.Logf("heap profile %s: %v", name, err)
+		}
+	}
 	saveHeap := func(name string) {
-		pdir := os.Getenv(profilesEnv)
 		if pdir == "" {
 			return
 		}
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+metricsAddr+"/debug/pprof/heap?gc=1", nil)
-		resp, err := http.DefaultClient.Do(req)
+		body, err := getHeap("gc=1")
 		if err != nil {
 			t.Logf("heap profile %s: %v", name, err)
 			return
 		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err == nil {
-			os.MkdirAll(pdir, 0o755)
-			err = os.WriteFile(filepath.Join(pdir, name+".pb.gz"), body, 0o644)
-		}
-		if err != nil {
-			t.Logf("heap profile %s: %v", name, err)
-		}
+		writeProfile(name, body)
 	}
 	var memPeak atomic.Uint64
 	// objects counts what the controller holds (the heap's other part).
@@ -467,11 +474,41 @@ bgp:
 	var ctlDown atomic.Bool
 	var load gate // the API's and the plugin's load, paused while the heap before the flood is measured
 
-	// Memory sampler.
+	// Memory sampler. The peak is the metric's, which counts the garbage
+	// of the cycle in progress too. With IOTFABRIC_SOAK_PROFILES set, it
+	// also fetches the heap profile at each sample and, at each new peak
+	// 10 % above the last one saved, saves the previous sample's profile
+	// as peak-base.pb.gz and, after a collection (which gives the live
+	// heap right after the peak, memPeakLive), the profile as peak.pb.gz:
+	// `go tool pprof -sample_index=alloc_space -diff_base peak-base.pb.gz
+	// peak.pb.gz` shows what was allocated on the way to the peak, and
+	// peak.pb.gz's in-use space what of it was still live.
+	var memPeakLive atomic.Uint64
 	wg.Go(func() {
+		var prev []byte
+		var saved uint64
 		for runCtx.Err() == nil {
-			if h, err := heap(); err == nil && h > memPeak.Load() {
+			h, err := heap()
+			if err == nil && h > memPeak.Load() {
 				memPeak.Store(h)
+				if pdir != "" && h > saved+saved/10 && prev != nil {
+					saved = h
+					writeProfile("peak-base", prev)
+					if txt, err := getHeap("gc=1&debug=1"); err == nil {
+						for l := range strings.Lines(string(txt)) {
+							if v, ok := strings.CutPrefix(strings.TrimSpace(l), "# HeapAlloc = "); ok {
+								live, _ := strconv.ParseUint(v, 10, 64)
+								memPeakLive.Store(live)
+							}
+						}
+					}
+					if body, err := getHeap("gc=0"); err == nil {
+						writeProfile("peak", body)
+					}
+				}
+			}
+			if pdir != "" {
+				prev, _ = getHeap("gc=0")
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
@@ -806,12 +843,20 @@ bgp:
 			time.Sleep(500 * time.Millisecond)
 		}
 	}
+	var memFlood uint64
 	for _, on := range []bool{true, false} {
 		if err := setRoutes(ctx, warm, on); err != nil {
 			t.Fatal(err)
 		}
 		if err := edgeRoutes(map[bool]int{true: len(warm)}[on]); err != nil {
 			t.Fatal(err)
+		}
+		if on {
+			// The live heap with the whole flood held and nothing else
+			// in flight: what the routes themselves cost (the peak under
+			// the load also counts garbage not yet collected).
+			memFlood = settledHeap(time.Second)
+			saveHeap("flood")
 		}
 	}
 	phase("warm-up flood over")
@@ -1143,7 +1188,11 @@ bgp:
 	}
 	mb := func(x uint64) float64 { return float64(x) / (1 << 20) }
 	fmt.Fprintf(&b, "  controller heap: %.1f MB before the warm-up flood of %d routes (after the flood: %.0f %% of that)\n", mb(memCold), sc.flapRoutes, 100*float64(memAfter)/float64(max(memCold, 1)))
+	fmt.Fprintf(&b, "  controller live heap with the warm-up flood held: %.1f MB (%.1f KB per route over before)\n", mb(memFlood), float64(memFlood-min(memFlood, memBefore))/1024/float64(sc.flapRoutes))
 	fmt.Fprintf(&b, "  controller heap: before %.1f MB, peak %.1f MB, after %.1f MB (%.0f %% of before)\n", mb(memBefore), mb(memPeak.Load()), mb(memAfter), 100*float64(memAfter)/float64(max(memBefore, 1)))
+	if pdir != "" {
+		fmt.Fprintf(&b, "  controller live heap right after the peak: %.1f MB (profiles in %s)\n", mb(memPeakLive.Load()), pdir)
+	}
 	fmt.Fprintf(&b, "  controller objects: before the flood %s; after %s\n", objBefore, objAfter)
 	fmt.Fprintf(&b, "  log bytes (controller + agents): %d (bound %d)\n", logBytes, sc.logBound)
 	fmt.Fprintf(&b, "  invariants: %d problems\n", len(problems))

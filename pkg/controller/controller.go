@@ -76,7 +76,9 @@ func New(st store.Store, cfg Config) *Controller {
 	if cfg.ASN == 0 {
 		cfg.ASN = DefaultASN
 	}
-	return &Controller{st: st, ipam: ipam.NewManager(st), asn: cfg.ASN, log: cfg.Logger, exclusive: cfg.ExclusiveStore}
+	c := &Controller{st: st, asn: cfg.ASN, log: cfg.Logger, exclusive: cfg.ExclusiveStore}
+	c.ipam = ipam.NewManager(leaseGuard{Store: st, c: c})
+	return c
 }
 
 // Store returns the controller's store.
@@ -338,31 +340,40 @@ func (c *Controller) UpdateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 		if err := c.ensurePool(cur); err != nil {
 			return err
 		}
-		// Every endpoint write puts the network's reference key: with it
-		// unchanged from before the addresses were read, no address was
-		// taken in a subnet being removed between that read and this write
-		// (the network key alone does not change when one is).
+		// Every endpoint write and every block lease puts the network's
+		// reference key: with it unchanged from before the addresses and the
+		// blocks were read, no address was taken and no block leased in a
+		// subnet being removed between that read and this write (the
+		// network key alone does not change when one is).
 		ref, err := c.getRef(ctx, keys.RefNetwork(cur.Name))
 		if err != nil {
 			return err
+		}
+		var removed []netip.Prefix
+		for _, s := range cur.Subnets {
+			if !slices.Contains(upd.Subnets, s) {
+				p, err := netip.ParsePrefix(s)
+				if err != nil {
+					return model.Errorf(model.ErrCorrupt, "stored network %s: subnet %q: %w", cur.Name, s, err)
+				}
+				removed = append(removed, p)
+			}
 		}
 		stat, err := c.ipam.Status(ctx, cur.Name)
 		if err != nil {
 			return storeErr(err)
 		}
-		var removed []netip.Prefix
 		for _, s := range stat {
-			if !slices.Contains(upd.Subnets, s.Prefix.String()) {
-				if s.Used > 0 {
-					return model.Errorf(model.ErrConflict, "network %s: subnet %s still has %d addresses in use; delete those endpoints first", cur.Name, s.Prefix, s.Used)
-				}
-				// Also without blocks: a create may lease one in it now.
-				removed = append(removed, s.Prefix)
+			if s.Used > 0 && slices.Contains(removed, s.Prefix) {
+				return model.Errorf(model.ErrConflict, "network %s: subnet %s still has %d addresses in use; delete those endpoints first", cur.Name, s.Prefix, s.Used)
 			}
 		}
+		// The pool may lag the store (a create's write, or a lease, lands
+		// before the pool records it; another controller's pool holds its
+		// own): the store decides. The blocks of removed subnets (with no
+		// address, checked here) are dropped.
+		var ops []store.Op
 		if len(removed) > 0 {
-			// The pool's count may lag the store (a create's write lands
-			// before the pool records it): the store decides.
 			addrs, _, err := c.st.List(ctx, keys.IPAMAddrs(cur.Name))
 			if err != nil {
 				return storeErr(err)
@@ -378,19 +389,20 @@ func (c *Controller) UpdateNetwork(ctx context.Context, req *v1.VirtualNetwork) 
 					}
 				}
 			}
+			blocks, _, err := c.st.List(ctx, keys.IPAMBlocks(cur.Name))
+			if err != nil {
+				return storeErr(err)
+			}
+			for _, kv := range blocks {
+				_, b, ok := keys.BlockOf(kv.Key)
+				if ok && slices.ContainsFunc(removed, func(p netip.Prefix) bool { return p.Contains(b.Addr()) }) {
+					ops = append(ops, store.Delete(kv.Key))
+				}
+			}
 		}
 		n := proto.Clone(cur).(*v1.VirtualNetwork)
 		n.Subnets, n.ImportRouteTargets, n.ExportRouteTargets, n.Encapsulations = upd.Subnets, upd.ImportRouteTargets, upd.ExportRouteTargets, upd.Encapsulations
 		n.Revision = 0
-		// Blocks of removed subnets (empty, checked above) are dropped.
-		var ops []store.Op
-		for _, s := range stat {
-			if !slices.Contains(n.Subnets, s.Prefix.String()) {
-				for _, b := range s.Blocks {
-					ops = append(ops, store.Delete(ipam.BlockKey(n.Name, b.Prefix)))
-				}
-			}
-		}
 		ops = append(ops, store.Put(kv.Key, encode(n)))
 		conds := []store.Cond{store.Unchanged(kv)}
 		if len(removed) > 0 {

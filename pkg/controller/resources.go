@@ -314,25 +314,25 @@ func (c *Controller) readParents(ctx context.Context, reqs []*v1.Endpoint) *pare
 
 // endpointParents returns the records e names: from pa when it has them (the
 // first attempt of a bulk call), else read from the store.
-func (c *Controller) endpointParents(ctx context.Context, e *v1.Endpoint, pa *parents) (nkv, gkv store.KV, err error) {
+func (c *Controller) endpointParents(ctx context.Context, e *v1.Endpoint, pa *parents) (n *v1.VirtualNetwork, nkv, gkv store.KV, err error) {
 	if pa != nil {
-		n, okn := pa.nets[e.Network]
+		pn, okn := pa.nets[e.Network]
 		g, okg := pa.gws[e.Gateway]
 		if okn && okg {
-			if n.err != nil {
-				return nkv, gkv, n.err
+			if pn.err != nil {
+				return nil, nkv, gkv, pn.err
 			}
-			return n.kv, g.kv, g.err
+			return pn.rec, pn.kv, g.kv, g.err
 		}
 	}
-	nkv, n, err := c.getNetworkKV(ctx, e.Network)
+	nkv, n, err = c.getNetworkKV(ctx, e.Network)
 	if err != nil {
-		return nkv, gkv, err
+		return nil, nkv, gkv, err
 	}
 	if gkv, _, err = c.getGatewayKV(ctx, e.Gateway); err != nil {
-		return nkv, gkv, err
+		return nil, nkv, gkv, err
 	}
-	return nkv, gkv, c.ensurePool(n)
+	return n, nkv, gkv, c.ensurePool(n)
 }
 
 func validateNewEndpoint(e *v1.Endpoint) ([]netip.Addr, error) {
@@ -404,7 +404,7 @@ func (c *Controller) createEndpoint(ctx context.Context, req *v1.Endpoint, pa *p
 		} else if !errors.Is(err, model.ErrNotFound) {
 			return err
 		}
-		nkv, gkv, err := c.endpointParents(ctx, e, pa)
+		n, nkv, gkv, err := c.endpointParents(ctx, e, pa)
 		pa = nil // a retry reads them again
 		if err != nil {
 			return err
@@ -412,6 +412,12 @@ func (c *Controller) createEndpoint(ctx context.Context, req *v1.Endpoint, pa *p
 		res, err := c.ipam.Reserve(ctx, e.Network, e.Id, e.Gateway, requested)
 		if err != nil {
 			return ipamErr(err, e)
+		}
+		// The write is conditioned on n: its addresses (and a block leased
+		// with them) must lie in n's subnets.
+		if err := c.checkAddrsInSubnets(n, res.Addrs()); err != nil {
+			c.ipam.Abort(res)
+			return err
 		}
 		ep := proto.Clone(e).(*v1.Endpoint)
 		ep.Addresses = ep.Addresses[:0]
