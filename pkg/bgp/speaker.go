@@ -197,6 +197,10 @@ type Counters struct {
 	// Filtered counts received routes dropped because no network imports
 	// any of their route targets (see SetImportFilter).
 	Filtered uint64
+	// InboundRefreshes counts the times a widened import filter had the
+	// peers' stored routes run through again (a soft reset inbound): only
+	// when a refused route carries a route target the filter added.
+	InboundRefreshes uint64
 }
 
 // RouteError is one route Announce could not advertise, and why.

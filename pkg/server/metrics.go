@@ -82,6 +82,8 @@ var (
 		"Routes the BGP speaker refused to advertise (their UPDATE would exceed the BGP message size).", nil, nil)
 	descFiltered = prometheus.NewDesc("iotfabric_bgp_routes_filtered_total",
 		"Received routes dropped because no network imports any of their route targets.", nil, nil)
+	descRefreshes = prometheus.NewDesc("iotfabric_bgp_inbound_refreshes_total",
+		"Times the peers' stored routes were run through the import filter again (soft reset inbound) because it now imports a route target a refused route carries.", nil, nil)
 )
 
 func (c importCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -89,6 +91,7 @@ func (c importCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descPrefixLimit
 	ch <- descNotAdvertised
 	ch <- descFiltered
+	ch <- descRefreshes
 }
 
 func (c importCollector) Collect(ch chan<- prometheus.Metric) {
@@ -108,6 +111,7 @@ func (c importCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descNotAdvertised, prometheus.CounterValue, float64(sp.NotAdvertised))
 	ch <- prometheus.MustNewConstMetric(descFiltered, prometheus.CounterValue, float64(sp.Filtered))
+	ch <- prometheus.MustNewConstMetric(descRefreshes, prometheus.CounterValue, float64(sp.InboundRefreshes))
 }
 
 func shortMethod(full string) string { return full[strings.LastIndexByte(full, '/')+1:] }

@@ -144,8 +144,24 @@ func TestImportFilterRealPeer(t *testing.T) {
 			drained = true
 		}
 	}
-	if err := s.SetImportFilter(ctx, []bgp.RouteTarget{bgp.AutoRouteTarget(asn, 1), {ASN: 65000, Value: 7}}); err != nil {
+	// Widened by a target no refused route carries (a network created):
+	// GoBGP's Adj-RIB-In is not run through again, and nothing arrives.
+	if err := s.SetImportFilter(ctx, []bgp.RouteTarget{bgp.AutoRouteTarget(asn, 1), bgp.AutoRouteTarget(asn, 2)}); err != nil {
 		t.Fatal(err)
+	}
+	if c := s.Counters(); c.InboundRefreshes != 0 {
+		t.Fatalf("%d inbound refreshes for a target no refused route carries", c.InboundRefreshes)
+	}
+	select {
+	case evs := <-sub:
+		t.Fatalf("routes delivered after a filter no refused route matches: %v", evs)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := s.SetImportFilter(ctx, []bgp.RouteTarget{bgp.AutoRouteTarget(asn, 1), bgp.AutoRouteTarget(asn, 2), {ASN: 65000, Value: 7}}); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.Counters(); c.InboundRefreshes != 1 {
+		t.Fatalf("%d inbound refreshes after adding the refused routes' target, want 1", c.InboundRefreshes)
 	}
 	n := 0
 	deadline := time.After(10 * time.Second)

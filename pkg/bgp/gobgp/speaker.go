@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -80,9 +81,12 @@ type Speaker struct {
 	filter map[bgp.RouteTarget]struct{}
 	// refused holds the keys of the routes the filter refused, so that
 	// count (per peer and family: the routes the peer holds in GoBGP's
-	// Adj-RIB-In) stays exact.
-	refused map[receivedKey]struct{}
-	count   map[peerFamily]uint32
+	// Adj-RIB-In) stays exact, with their route targets (interned in
+	// refusedAttrs), so that a filter widened by targets none of them
+	// carries needs no soft reset.
+	refused      map[receivedKey]*routeAttrs
+	refusedAttrs interner
+	count        map[peerFamily]uint32
 	// peerIdx numbers the peers routes were received from (receivedKey.peer).
 	peerIdx  map[netip.Addr]uint16
 	peerList []netip.Addr
@@ -95,6 +99,7 @@ type Speaker struct {
 	limits        map[netip.Addr]uint32 // each configured peer's prefix limit
 	notAdvertised uint64
 	filtered      uint64
+	refreshes     uint64
 }
 
 // peerFamily is one peer's routes of one address family (VPNv4 or VPNv6).
@@ -123,9 +128,11 @@ func New(cfg bgp.Config, logger *slog.Logger) (*Speaker, error) {
 		received: map[receivedKey]held{},
 		attrs:    interner{},
 		subs:     map[*subscriber]struct{}{},
-		refused:  map[receivedKey]struct{}{},
-		peerIdx:  map[netip.Addr]uint16{},
-		count:    map[peerFamily]uint32{},
+		refused:  map[receivedKey]*routeAttrs{},
+
+		refusedAttrs: interner{},
+		peerIdx:      map[netip.Addr]uint16{},
+		count:        map[peerFamily]uint32{},
 
 		peerState:     map[netip.Addr]bgp.PeerState{},
 		prefixLimited: map[netip.Addr]bool{},
@@ -433,7 +440,7 @@ func (s *Speaker) Counters() bgp.Counters {
 	s.stMu.Lock()
 	defer s.stMu.Unlock()
 	c := bgp.Counters{Peers: make(map[netip.Addr]bgp.PeerState, len(s.peerState)), PrefixLimitHits: make(map[netip.Addr]uint64, len(s.prefixHits)),
-		NotAdvertised: s.notAdvertised, Filtered: s.filtered}
+		NotAdvertised: s.notAdvertised, Filtered: s.filtered, InboundRefreshes: s.refreshes}
 	for a, st := range s.peerState {
 		c.Peers[a] = st
 	}
@@ -711,7 +718,7 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 		if had || wasRefused {
 			s.countLocked(pf, -1)
 		}
-		delete(s.refused, k)
+		s.unrefuseLocked(k)
 		if had {
 			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old.route(k.routeKey())})
 			s.dropLocked(k, old)
@@ -728,14 +735,14 @@ func (s *Speaker) applyLocked(p *api.Path, evs []bgp.RouteEvent, over map[netip.
 		s.stMu.Lock()
 		s.filtered++
 		s.stMu.Unlock()
-		s.refused[k] = struct{}{}
+		s.refuseLocked(k, r.RouteTargets)
 		if had {
 			evs = append(evs, bgp.RouteEvent{Peer: peer, Withdraw: true, Route: old.route(k.routeKey())})
 			s.dropLocked(k, old)
 		}
 		return evs
 	}
-	delete(s.refused, k)
+	s.unrefuseLocked(k)
 	if had && old.same(r) {
 		return evs // e.g. marked stale, or refreshed after a graceful restart
 	}
@@ -754,6 +761,38 @@ func (s *Speaker) shrinkLocked() {
 	s.refusedPeak = max(s.refusedPeak, len(s.refused))
 	s.received, s.receivedPeak = mapshrink.Shrink(s.received, s.receivedPeak)
 	s.refused, s.refusedPeak = mapshrink.Shrink(s.refused, s.refusedPeak)
+}
+
+// refuseLocked records that the filter refused route k, carrying rts.
+func (s *Speaker) refuseLocked(k receivedKey, rts []bgp.RouteTarget) {
+	if old, ok := s.refused[k]; ok {
+		if slices.Equal(old.rts, rts) {
+			return
+		}
+		s.refusedAttrs.put(old)
+	}
+	s.refused[k] = s.refusedAttrs.get(rts, nil)
+}
+
+// unrefuseLocked forgets that route k was refused.
+func (s *Speaker) unrefuseLocked(k receivedKey) {
+	if a, ok := s.refused[k]; ok {
+		s.refusedAttrs.put(a)
+		delete(s.refused, k)
+	}
+}
+
+// refusedCarryLocked reports whether a refused route carries one of rts.
+// It looks at each distinct set of route targets once, not at each route.
+func (s *Speaker) refusedCarryLocked(rts map[bgp.RouteTarget]struct{}) bool {
+	for _, a := range s.refusedAttrs {
+		for _, t := range a.rts {
+			if _, ok := rts[t]; ok {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // dropLocked forgets a held route.
@@ -793,23 +832,27 @@ func (s *Speaker) SetImportFilter(ctx context.Context, rts []bgp.RouteTarget) er
 		f[t] = struct{}{}
 	}
 	s.rxMu.Lock()
-	widened := false // before the first call everything was kept
+	added := map[bgp.RouteTarget]struct{}{} // before the first call everything was kept
 	if s.filter != nil {
 		for t := range f {
 			if _, ok := s.filter[t]; !ok {
-				widened = true
-				break
+				added[t] = struct{}{}
 			}
 		}
 	}
+	// Only a refused route that carries an added target can be accepted
+	// now: without one, GoBGP's Adj-RIB-In need not be run through again
+	// (each run queues an event per path it holds, with a copy of its
+	// peer's configuration: about 20 KB a route at once).
+	refresh := s.refusedCarryLocked(added)
 	s.filter = f
 	// Withdraw what the new filter refuses.
 	var evs []bgp.RouteEvent
 	var dropped uint64
 	for k, h := range s.received {
 		if r := h.route(k.routeKey()); !s.acceptLocked(r) {
+			s.refuseLocked(k, r.RouteTargets)
 			s.dropLocked(k, h)
-			s.refused[k] = struct{}{}
 			evs = append(evs, bgp.RouteEvent{Peer: s.peerList[k.peer], Withdraw: true, Route: r})
 			dropped++
 		}
@@ -826,9 +869,12 @@ func (s *Speaker) SetImportFilter(ctx context.Context, rts []bgp.RouteTarget) er
 		s.filtered += dropped
 		s.stMu.Unlock()
 	}
-	if !widened || len(s.peerAddr) == 0 {
+	if !refresh || len(s.peerAddr) == 0 {
 		return nil
 	}
+	s.stMu.Lock()
+	s.refreshes++
+	s.stMu.Unlock()
 	// Run every peer's Adj-RIB-In through again (an empty address is every
 	// peer): the routes the new filter accepts reach the dispatcher.
 	if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Soft: true, Direction: api.ResetPeerRequest_IN}); err != nil {
