@@ -48,12 +48,12 @@ kver=$(basename "$(ls -d "$kdir"/lib/modules/*)")
 
 # For ARM: iproute2 for the architecture, and the packages of the libraries `ip` links
 # against here (the same packages exist for every architecture).
-pkgs="iproute2"
-for lib in $(ldd /usr/sbin/ip | grep -o '/[^ ]*\.so[^ ]*'); do
-  p=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "/usr$lib" 2>/dev/null) || true
-  [ -n "$p" ] && pkgs="$pkgs ${p%%:*}"
-done
-pkgs=$(tr ' ' '\n' <<<"$pkgs" | sort -u | tr '\n' ' ')
+# One dpkg -S for every library under each of its names (as linked, resolved, under /usr):
+# each call reads the whole file database (seconds on a busy machine).
+libs=$(ldd /usr/sbin/ip | grep -o '/[^ ]*\.so[^ ]*')
+pkgs=$({ echo iproute2
+  for l in $libs; do printf '%s\n' "$l" "$(readlink -f "$l")" "/usr$l"; done | sort -u | { xargs dpkg -S 2>/dev/null || true; } |
+    sed -n 's/^\([a-z0-9][a-z0-9.+-]*\)\(:[a-z0-9]*\)\{0,1\}: .*/\1/p'; } | sort -u | tr '\n' ' ')
 uland="$cache/userland-$darch-$(md5sum <<<"$pkgs" | cut -c1-8)"
 if [ "$darch" = amd64 ]; then
   uland=/  # this machine's own
