@@ -1,9 +1,9 @@
 # ARM gateways (linux/arm GOARM=7, the Raspberry Pi 2 class, and linux/arm64): the Go
 # tests under Debian's qemu-user, and the data plane on Debian's ARM kernels under
 # qemu-system (docs/arm.md).
-.PHONY: test-arm vet-arm vmtest-arm64 vmtest-armv7 bench-footprint bench-agent
+.PHONY: test-arm vet-arm vmtest-arm64 vmtest-armv7 vmtest-arm-smoke bench-footprint bench-agent
 
-TEST_EXTRA += test-arm
+TEST_EXTRA += test-arm vmtest-arm-smoke
 BENCH_TARGETS += bench-footprint
 
 # The packages whose tests run whole under qemu-user: codecs, IPAM, the stores, the route
@@ -37,6 +37,12 @@ FOOTPRINT_ARCHS ?= amd64 armv7
 # The VM make bench-agent measures the agent in.
 BENCH_AGENT_ARCH ?= amd64
 
+# The kernels make vmtest-arm-smoke boots (scripts/vmtest/arch.sh targets), and the tests it
+# runs there (go test -run; VMTEST_SMOKE_RUN of scripts/vmtest/arch.sh). docs/arm.md has
+# the times.
+ARM_SMOKE_ARCHS ?= armv7 arm64
+ARM_SMOKE_RUN ?= ^TestVMOverlay$$
+
 # GOARCH:GOARM:qemu-user binary
 ARM_TARGETS := arm:7:qemu-arm arm64::qemu-aarch64
 
@@ -59,6 +65,11 @@ vmtest-arm64: ## pkg/overlay's tests and the agent's VM tests (pods over MPLSoUD
 
 vmtest-armv7: ## The same on Debian's 32-bit armmp-lpae kernel (Raspberry Pi 2 class) in qemu, binaries GOARCH=arm GOARM=7
 	@scripts/vmtest/arch.sh armv7
+
+vmtest-arm-smoke: ## Short form for make test: MPLSoUDP/MPLSoGRE pod to pod and the adoption of the kernel state (TestVMOverlay) on the armmp-lpae and arm64 kernels in qemu (ARM_SMOKE_ARCHS)
+	@set -e; t0=$$(date +%s); for a in $(ARM_SMOKE_ARCHS); do \
+	  VMTEST_SMOKE_RUN='$(ARM_SMOKE_RUN)' scripts/vmtest/arch.sh $$a smoke; \
+	done; echo "vmtest-arm-smoke: $(ARM_SMOKE_ARCHS) in $$(( $$(date +%s) - t0 )) s"
 
 ##@ bench
 bench-footprint: ## Agent RSS/heap with 0, 1,000, 10,000 routes (amd64 and armv7 VMs) and CPU per route change; collector RSS/heap; binary sizes; peak RSS of --version

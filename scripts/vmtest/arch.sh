@@ -12,17 +12,21 @@
 # 3. boot; suite `test` (default) runs every pkg/overlay test (MPLSoUDP/MPLSoGRE pod to pod
 #    in TestVMOverlay, and the kernel tests), then pkg/agent's TestVM* (pods through libcni
 #    and the plugin, the agent upgrade under traffic); suite `footprint` runs
-#    TestFootprintAgent (make bench-footprint). The VM's result is ours.
-# Usage: scripts/vmtest/arch.sh arm64|armv7|amd64 [test|footprint] [extra go test flags for pkg/overlay...]
+#    TestFootprintAgent (make bench-footprint); suite `smoke` (make vmtest-arm-smoke) builds
+#    only pkg/overlay's test binary and runs the tests named by $VMTEST_SMOKE_RUN (default
+#    TestVMOverlay: MPLSoUDP and MPLSoGRE pod to pod, the GRE fallback, and a restarted
+#    manager adopting the kernel state without a change). The VM's result is ours.
+# Usage: scripts/vmtest/arch.sh arm64|armv7|amd64 [test|footprint|smoke] [extra go test flags for pkg/overlay...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target=${1:?usage: $0 arm64|armv7|amd64 [test|footprint]}
 shift
 suite=test
-case "${1:-}" in test|footprint) suite=$1; shift ;; esac
+case "${1:-}" in test|footprint|smoke) suite=$1; shift ;; esac
 export PATH=/usr/local/go/bin:$PATH
 cache=${VMTEST_CACHE:-/var/cache/iotfabric/vmtest}
 timeout_s=${VMTEST_TIMEOUT:-2400}  # TCG on a busy machine: the armv7 run took 20 min under load
+[ "$suite" = smoke ] && timeout_s=${VMTEST_TIMEOUT:-900}  # about 1 min idle, 4 min at load 20
 case "$target" in
   arm64) darch=arm64 goarch=arm64 goarm= triplet=aarch64-linux-gnu
     qemu=(qemu-system-aarch64 -M virt -cpu cortex-a57) ;;
@@ -44,12 +48,12 @@ kver=$(basename "$(ls -d "$kdir"/lib/modules/*)")
 
 # For ARM: iproute2 for the architecture, and the packages of the libraries `ip` links
 # against here (the same packages exist for every architecture).
-pkgs="iproute2"
-for lib in $(ldd /usr/sbin/ip | grep -o '/[^ ]*\.so[^ ]*'); do
-  p=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "/usr$lib" 2>/dev/null) || true
-  [ -n "$p" ] && pkgs="$pkgs ${p%%:*}"
-done
-pkgs=$(tr ' ' '\n' <<<"$pkgs" | sort -u | tr '\n' ' ')
+# One dpkg -S for every library under each of its names (as linked, resolved, under /usr):
+# each call reads the whole file database (seconds on a busy machine).
+libs=$(ldd /usr/sbin/ip | grep -o '/[^ ]*\.so[^ ]*')
+pkgs=$({ echo iproute2
+  for l in $libs; do printf '%s\n' "$l" "$(readlink -f "$l")" "/usr$l"; done | sort -u | { xargs dpkg -S 2>/dev/null || true; } |
+    sed -n 's/^\([a-z0-9][a-z0-9.+-]*\)\(:[a-z0-9]*\)\{0,1\}: .*/\1/p'; } | sort -u | tr '\n' ' ')
 uland="$cache/userland-$darch-$(md5sum <<<"$pkgs" | cut -c1-8)"
 if [ "$darch" = amd64 ]; then
   uland=/  # this machine's own
@@ -58,6 +62,8 @@ elif [ ! -f "$uland/.unpacked" ]; then
   scripts/vmtest/foreign.sh "$darch" "$cache" unpack "$uland" $pkgs
   touch "$uland/.unpacked"
 fi
+
+t_fetch=$(date +%s%N)
 
 work=.vmtest
 root="$work/root-$target-$suite"
@@ -68,14 +74,17 @@ export GOARCH=$goarch GOARM=$goarm CGO_ENABLED=0
 # The test binaries without symbol table and DWARF (-s -w; tracebacks keep working):
 # the initramfs must unpack into the VM's memory next to its own copy.
 go test -c -ldflags "-s -w" -o "$root/bin/overlay.test" ./pkg/overlay
-go test -c -ldflags "-s -w" -o "$root/bin/agent.test" ./pkg/agent
-go build -o "$root/bin/iotfabric" ./cmd/cni-plugin
-go build -o "$root/init" ./scripts/vmtest/vminit
-# Two builds of the agent that differ in their version string (the upgrade test).
-for v in 1 2; do
-  go build -ldflags "-X github.com/iotfabric/iotfabric/internal/buildinfo.Version=0.0.$v-upgrade" -o "$root/bin/vrouter-agent-$v" ./cmd/vrouter-agent
-done
+go build -ldflags "-s -w" -o "$root/init" ./scripts/vmtest/vminit
+if [ "$suite" != smoke ]; then
+  go test -c -ldflags "-s -w" -o "$root/bin/agent.test" ./pkg/agent
+  go build -o "$root/bin/iotfabric" ./cmd/cni-plugin
+  # Two builds of the agent that differ in their version string (the upgrade test).
+  for v in 1 2; do
+    go build -ldflags "-X github.com/iotfabric/iotfabric/internal/buildinfo.Version=0.0.$v-upgrade" -o "$root/bin/vrouter-agent-$v" ./cmd/vrouter-agent
+  done
+fi
 unset GOARCH GOARM CGO_ENABLED
+t_build=$(date +%s%N)
 
 # ip, its libraries and the dynamic loader.
 if [ "$darch" = amd64 ]; then
@@ -111,6 +120,8 @@ case "$suite" in
     printf '%s\n' /bin/overlay.test -test.v -test.count=1 -test.timeout=1800s "$@" ';'
     printf '%s\n' /bin/agent.test -test.v -test.count=1 -test.timeout=600s -test.run '^TestVM'
   } > "$root/vmtest.args" ;;
+  smoke) printf '%s\n' /bin/overlay.test -test.v -test.count=1 -test.timeout=900s \
+    -test.run "${VMTEST_SMOKE_RUN:-^TestVMOverlay\$}" "$@" > "$root/vmtest.args" ;;
   footprint) printf '%s\n' /bin/agent.test -test.v -test.count=1 -test.timeout=900s -test.run '^TestFootprintAgent$' > "$root/vmtest.args" ;;
 esac
 printf '%s\n' IOTFABRIC_PLUGIN_DIR=/bin IOTFABRIC_AGENT_BUILDS=/bin/vrouter-agent-1,/bin/vrouter-agent-2 \
@@ -125,8 +136,10 @@ set +e
 # 1536 MiB for the test suite: its initramfs (about 300 MB: the test binaries and two
 # agent builds) did not unpack completely into 1024 ("Initramfs unpacking failed:
 # write error", the last files truncated); the footprint suite keeps 1024.
+# The smoke suite's initramfs holds one test binary (about 16 MB): 512 MiB.
 console=ttyAMA0 mem=1024
 [ "$suite" = test ] && mem=1536
+[ "$suite" = smoke ] && mem=512
 [ "$darch" = amd64 ] && console="ttyS0 no_timer_check" mem=2048
 timeout "$timeout_s" "${qemu[@]}" -smp 2 -m $mem -accel tcg,thread=multi \
   -kernel "$kdir/boot/vmlinuz-$kver" -initrd "$initrd" \
@@ -141,7 +154,7 @@ if grep -aq 'Initramfs unpacking failed' "$log"; then
 fi
 rc=$(grep -a -o 'VMTEST-EXIT [0-9]*' "$log" | tail -1 | awk '{print $2}')
 first=$(grep -a -o 'VMTEST-TIME start: uptime [0-9.]*' "$log" | head -1 | awk '{print $4}')
-echo "vmtest-$target: prepare $(( (t1 - t0) / 1000000000 )) s, VM $(( (t2 - t1) / 1000000000 )) s (kernel start to the first test: ${first:-?} s), total $(( (t2 - t0) / 1000000000 )) s" >&2
+echo "vmtest-$target: prepare $(( (t1 - t0) / 1000000000 )) s (kernel and userland $(( (t_fetch - t0) / 1000000000 )) s, cross-compiling $(( (t_build - t_fetch) / 1000000000 )) s, initramfs $(du -m "$initrd" | cut -f1) MB), VM $(( (t2 - t1) / 1000000000 )) s (kernel start to the first test: ${first:-?} s), total $(( (t2 - t0) / 1000000000 )) s" >&2
 if [ -z "$rc" ]; then
   echo "vmtest-$target: the VM ended (qemu status $qrc) without reporting a result" >&2
   exit 1

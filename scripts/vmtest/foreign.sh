@@ -8,8 +8,8 @@
 #                                                       first (linux-image-arm64 -> linux-image-6.1.0-N-arm64)
 #   scripts/vmtest/foreign.sh ARCH CACHE unpack DIR PKG...  download PKGs, unpack into DIR
 #
-# The lists are fetched once (about 20 s and 26 MB per architecture) and again when a
-# download fails (the archive moved on).
+# The lists are fetched once (the Packages indices only, about 18 MB per architecture: no
+# translations, no AppStream metadata) and again when a download fails (the archive moved on).
 set -euo pipefail
 arch=$1 cache=$2 cmd=$3
 shift 3
@@ -18,7 +18,11 @@ mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
 touch "$d/status"
 opts=(-o "APT::Architecture=$arch" -o "APT::Architectures=$arch" -o "Dir::State::Lists=$d/lists"
   -o "Dir::Cache=$d/cache" -o "Dir::State::status=$d/status" -o Debug::NoLocking=1
-  -o APT::Sandbox::User=root)
+  -o APT::Sandbox::User=root -o Acquire::Languages=none
+  -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+  -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
+  -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
+  -o Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false)
 update() {
   echo "vmtest: apt-get update for $arch (private lists in $d)" >&2
   # An index that fails (a mirror mid-sync) is reported; the others are used.
