@@ -24,12 +24,11 @@ type pfxKey struct {
 }
 
 // chosenRoute is the route in force for a prefix: the usable one with the
-// lowest route distinguisher (as buildDesired picks), and how many usable
-// routes the prefix has.
+// lowest route distinguisher (as buildDesired picks; its key says which),
+// and how many usable routes the prefix has.
 type chosenRoute struct {
-	rd string
-	r  *route
-	n  int
+	r *route
+	n int32
 }
 
 // desiredRoutes is the cache, owned by the core goroutine.
@@ -42,7 +41,7 @@ type desiredRoutes struct {
 
 // usable tells whether buildDesired would program r.
 func (d *desiredRoutes) usable(underlay netip.Addr, k routeKey, r *route) bool {
-	return r != nil && r.ok && r.rr.RemoteUnderlay != underlay && !d.local[k.network][r.rr.Prefix]
+	return r != nil && r.ok && r.nh != underlay && !d.local[k.network][r.prefix]
 }
 
 // rebuild fills the cache from the routes in force when exactly one
@@ -78,11 +77,11 @@ func (d *desiredRoutes) rebuild(s *coreState, underlay netip.Addr, routes map[ro
 		if !d.usable(underlay, k, r) {
 			continue
 		}
-		p := pfxKey{k.network, r.rr.Prefix}
+		p := pfxKey{k.network, r.prefix}
 		c := d.chosen[p]
 		c.n++
-		if c.r == nil || strings.Compare(k.rd, c.rd) < 0 {
-			c.rd, c.r = k.rd, r
+		if c.r == nil || strings.Compare(k.rd, c.r.key().rd) < 0 {
+			c.r = r
 		}
 		d.chosen[p] = c
 	}
@@ -102,9 +101,9 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 	}
 	p := pfxKey{network: k.network}
 	if isUsable {
-		p.prefix = r.rr.Prefix
+		p.prefix = r.prefix
 	} else {
-		p.prefix = old.rr.Prefix
+		p.prefix = old.prefix
 	}
 	c := d.chosen[p]
 	if wasUsable {
@@ -113,16 +112,20 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 	if isUsable {
 		c.n++
 	}
+	var rd string
+	if c.r != nil {
+		rd = c.r.key().rd
+	}
 	switch {
-	case isUsable && (c.r == nil || strings.Compare(k.rd, c.rd) <= 0):
-		c.rd, c.r = k.rd, r
+	case isUsable && (c.r == nil || strings.Compare(k.rd, rd) <= 0):
+		c.r = r
 		d.changed[p] = true
-	case c.r != nil && c.rd == k.rd && c.n == 0:
+	case c.r != nil && rd == k.rd && c.n == 0:
 		// The prefix's only route went.
 		delete(d.chosen, p)
 		d.changed[p] = true
 		return
-	case c.r != nil && c.rd == k.rd:
+	case c.r != nil && rd == k.rd:
 		// The chosen route went and others remain: which one is next needs
 		// a look at every route.
 		d.invalidate()
@@ -136,7 +139,7 @@ func (d *desiredRoutes) takeChanges() []overlay.RouteChange {
 	out := make([]overlay.RouteChange, 0, len(d.changed))
 	for p := range d.changed {
 		if c, ok := d.chosen[p]; ok {
-			out = append(out, overlay.RouteChange{Network: p.network, Route: c.r.rr})
+			out = append(out, overlay.RouteChange{Network: p.network, Route: c.r.remote()})
 		} else {
 			out = append(out, overlay.RouteChange{Network: p.network, Remove: true, Route: overlay.RemoteRoute{Prefix: p.prefix}})
 		}
