@@ -73,6 +73,7 @@ type coreState struct {
 	// routesPending is what changed in the routes since the last flush to
 	// the route log, per controller.
 	routesPending map[string]*routeDelta
+	routeFlushes  uint64 // flushes handed to the writer
 	desiredGen    uint64
 	// routesCache holds the desired remote routes between whole builds.
 	routesCache desiredRoutes
@@ -265,6 +266,7 @@ func (c *Core) flushRoutes(s *coreState) {
 	select {
 	case c.routesOut <- c.routeFlush(s):
 		s.routesPending = map[string]*routeDelta{}
+		s.routeFlushes++
 	default:
 	}
 }
@@ -293,6 +295,7 @@ func (c *Core) writeRoutes(done chan<- struct{}) {
 		if err := c.rlog.write(fl); err != nil {
 			c.log.Error("persist routes", logkey.Err, err)
 		}
+		c.rlog.flushes.Add(1)
 	}
 	if err := c.rlog.close(); err != nil {
 		c.log.Error("persist routes", logkey.Err, err)

@@ -166,21 +166,12 @@ func TestRouteTableHeap(t *testing.T) {
 		}
 	}
 	// flushed waits until the route log holds what the core has.
-	logPath := filepath.Join(dir, routeLogFile)
 	flushed := func() {
 		t.Helper()
-		var last int64 = -1
 		waitFor("route log", func() bool {
-			pending := 1
-			c.do(ctx, func(s *coreState) { pending = len(s.routesPending) })
-			fi, err := os.Stat(logPath)
-			if pending > 0 || err != nil {
-				return false
-			}
-			time.Sleep(1500 * time.Millisecond) // a tick of the writer
-			same := fi.Size() == last
-			last = fi.Size()
-			return same
+			done := false
+			c.do(ctx, func(s *coreState) { done = len(s.routesPending) == 0 && s.routeFlushes == c.rlog.flushes.Load() })
+			return done
 		})
 	}
 	waitFor("first state", func() bool { _, s, _ := app.count(); return s > 0 })

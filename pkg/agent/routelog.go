@@ -71,6 +71,8 @@ type routeLog struct {
 	path  string
 	f     *os.File
 	lines atomic.Int64
+	// flushes counts the flushes written (or failed).
+	flushes atomic.Uint64
 	// written counts the bytes written (appends and compactions).
 	written int64
 }

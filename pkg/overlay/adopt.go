@@ -41,7 +41,7 @@ type kstate struct {
 	vrfs      map[string]uint32
 	endpoints map[string]endpointSpec
 	rules     map[ruleKey]bool
-	routes    map[rtnl.RouteKey]rtnl.Route
+	routes    routeRecord
 	nexthops  map[rtnl.NexthopKey]rtnl.Nexthop
 	sysctls   map[string]string
 }
@@ -52,7 +52,7 @@ func newKstate() kstate {
 		vrfs:      map[string]uint32{},
 		endpoints: map[string]endpointSpec{},
 		rules:     map[ruleKey]bool{},
-		routes:    map[rtnl.RouteKey]rtnl.Route{},
+		routes:    routeRecord{},
 		nexthops:  map[rtnl.NexthopKey]rtnl.Nexthop{},
 		sysctls:   map[string]string{},
 	}
@@ -129,7 +129,7 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 			continue
 		}
 		for _, r := range routes {
-			cur.routes[r.Key()] = r
+			cur.routes.put(r)
 		}
 	}
 	if m.feat.Nexthops {

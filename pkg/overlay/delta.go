@@ -231,7 +231,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		for k, n := range m.cur.nexthops {
 			m.base.nexthops[n.ID] = nexthopUse{key: k}
 		}
-		for _, r := range m.cur.routes {
+		for _, r := range m.cur.routes.all() {
 			if u, ok := m.base.nexthops[r.NhID]; ok && r.NhID != 0 {
 				u.refs++
 				m.base.nexthops[r.NhID] = u
@@ -253,7 +253,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 	var adds, dels []rtnl.Op
 	old := map[rtnl.RouteKey]rtnl.Route{}
 	for _, p := range plan {
-		have, had := m.cur.routes[p.key]
+		have, had := m.cur.routes.get(p.key)
 		if had {
 			old[p.key] = have
 		}
@@ -295,7 +295,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 	unused := map[uint32]bool{}
 	for _, op := range adds {
 		k := op.Route.Key()
-		if m.cur.routes[k] != op.Route {
+		if r, _ := m.cur.routes.get(k); r != op.Route {
 			continue // refused (reported)
 		}
 		ref(op.Route.NhID, 1)
@@ -305,7 +305,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		}
 	}
 	for _, op := range dels {
-		if _, still := m.cur.routes[op.Route.Key()]; !still {
+		if _, still := m.cur.routes.get(op.Route.Key()); !still {
 			ref(op.Route.NhID, -1)
 			unused[op.Route.NhID] = true
 		}
@@ -364,7 +364,8 @@ func (m *Manager) pathCountsAfterLocked(paths map[rtnl.RouteKey]routePath) pathC
 	c := m.paths
 	m.statMu.Unlock()
 	for k, after := range paths {
-		before := m.routePathLocked(m.cur.routes[k])
+		r, _ := m.cur.routes.get(k)
+		before := m.routePathLocked(r)
 		if before == after {
 			continue
 		}
