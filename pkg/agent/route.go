@@ -37,12 +37,43 @@ var wireMarshal = proto.MarshalOptions{Deterministic: true}
 // the route log's writer shares them.
 type route struct {
 	wire   string // the v1.Route, encoded with wireMarshal
-	prefix netip.Prefix
-	nh     netip.Addr
+	dst    pfx    // the prefix (usable routes)
+	nh     [4]byte
 	label  uint32
 	encaps uint8 // index in encapLists
 	ok     bool  // usable: valid prefix, IPv4 next hop, label in range
 }
+
+// pfx is a netip.Prefix without pointers (and a third of its size).
+type pfx struct {
+	a    [16]byte // IPv4 in the first 4 bytes
+	bits uint8
+	v6   bool
+}
+
+func pfxOf(p netip.Prefix) pfx {
+	out := pfx{bits: uint8(p.Bits()), v6: p.Addr().Is6()}
+	if out.v6 {
+		out.a = p.Addr().As16()
+	} else {
+		a := p.Addr().As4()
+		copy(out.a[:], a[:])
+	}
+	return out
+}
+
+func (p pfx) prefix() netip.Prefix {
+	if p.v6 {
+		return netip.PrefixFrom(netip.AddrFrom16(p.a), int(p.bits))
+	}
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte(p.a[:4])), int(p.bits))
+}
+
+// prefix is the route's prefix (usable routes).
+func (r *route) prefix() netip.Prefix { return r.dst.prefix() }
+
+// nextHop is the route's next hop (usable routes).
+func (r *route) nextHop() netip.Addr { return netip.AddrFrom4(r.nh) }
 
 // encapLists are the encapsulation lists a usable route can have: the
 // supported ones it offers, in its order, without duplicates (the default
@@ -64,8 +95,8 @@ func newRoute(r *v1.Route) (routeKey, *route, error) {
 	}
 	out := &route{wire: string(b)}
 	k := out.key()
-	pfx, err := netip.ParsePrefix(k.prefix)
-	if err != nil || pfx != pfx.Masked() {
+	p, err := netip.ParsePrefix(k.prefix)
+	if err != nil || p != p.Masked() {
 		return k, out, nil
 	}
 	nh, err := netip.ParseAddr(r.GetNextHop())
@@ -88,7 +119,7 @@ func newRoute(r *v1.Route) (routeKey, *route, error) {
 	default:
 		out.encaps = 3
 	}
-	out.prefix, out.nh, out.label, out.ok = pfx, nh, r.GetLabel(), true
+	out.dst, out.nh, out.label, out.ok = pfxOf(p), nh.As4(), r.GetLabel(), true
 	return k, out, nil
 }
 
@@ -159,5 +190,5 @@ func (r *route) digest() uint64 {
 
 // remote is the route as the data plane takes it (usable routes only).
 func (r *route) remote() overlay.RemoteRoute {
-	return overlay.RemoteRoute{Prefix: r.prefix, Label: r.label, RemoteUnderlay: r.nh, Encaps: encapLists[r.encaps]}
+	return overlay.RemoteRoute{Prefix: r.prefix(), Label: r.label, RemoteUnderlay: r.nextHop(), Encaps: encapLists[r.encaps]}
 }

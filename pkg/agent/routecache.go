@@ -20,7 +20,7 @@ import (
 // pfxKey is a network's prefix (as buildDesired groups routes).
 type pfxKey struct {
 	network string
-	prefix  netip.Prefix
+	prefix  pfx
 }
 
 // chosenRoute is the route in force for a prefix: the usable one with the
@@ -34,14 +34,14 @@ type chosenRoute struct {
 // desiredRoutes is the cache, owned by the core goroutine.
 type desiredRoutes struct {
 	valid   bool
-	local   map[string]map[netip.Prefix]bool // per network: own endpoints' addresses
-	chosen  map[pfxKey]chosenRoute
+	local   map[string]map[pfx]bool // per network: own endpoints' addresses
+	chosen  map[string]map[pfx]chosenRoute
 	changed map[pfxKey]bool // since the last DesiredChanges or Desired
 }
 
 // usable tells whether buildDesired would program r.
 func (d *desiredRoutes) usable(underlay netip.Addr, k routeKey, r *route) bool {
-	return r != nil && r.ok && r.nh != underlay && !d.local[k.network][r.prefix]
+	return r != nil && r.ok && r.nextHop() != underlay && !d.local[k.network][r.dst]
 }
 
 // rebuild fills the cache from the routes in force when exactly one
@@ -59,31 +59,41 @@ func (d *desiredRoutes) rebuild(s *coreState, underlay netip.Addr, routes map[ro
 		return
 	}
 	d.valid = true
-	d.local = map[string]map[netip.Prefix]bool{}
+	d.local = map[string]map[pfx]bool{}
 	for _, e := range s.eps {
 		if _, ok := s.p.Tables[e.Network]; !ok || !e.Attached {
 			continue
 		}
 		if d.local[e.Network] == nil {
-			d.local[e.Network] = map[netip.Prefix]bool{}
+			d.local[e.Network] = map[pfx]bool{}
 		}
 		for _, a := range e.Addresses {
-			d.local[e.Network][netip.PrefixFrom(a, a.BitLen())] = true
+			d.local[e.Network][pfxOf(netip.PrefixFrom(a, a.BitLen()))] = true
 		}
 	}
-	d.chosen = make(map[pfxKey]chosenRoute, len(routes))
+	// One map per network, sized for its usable routes.
+	count := map[string]int{}
+	for k, r := range routes {
+		if d.usable(underlay, k, r) {
+			count[k.network]++
+		}
+	}
+	d.chosen = make(map[string]map[pfx]chosenRoute, len(count))
+	for n, c := range count {
+		d.chosen[n] = make(map[pfx]chosenRoute, c)
+	}
 	d.changed = map[pfxKey]bool{}
 	for k, r := range routes {
 		if !d.usable(underlay, k, r) {
 			continue
 		}
-		p := pfxKey{k.network, r.prefix}
-		c := d.chosen[p]
+		byPfx := d.chosen[k.network]
+		c := byPfx[r.dst]
 		c.n++
 		if c.r == nil || strings.Compare(k.rd, c.r.key().rd) < 0 {
 			c.r = r
 		}
-		d.chosen[p] = c
+		byPfx[r.dst] = c
 	}
 }
 
@@ -101,11 +111,16 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 	}
 	p := pfxKey{network: k.network}
 	if isUsable {
-		p.prefix = r.prefix
+		p.prefix = r.dst
 	} else {
-		p.prefix = old.prefix
+		p.prefix = old.dst
 	}
-	c := d.chosen[p]
+	byPfx := d.chosen[k.network]
+	if byPfx == nil {
+		byPfx = map[pfx]chosenRoute{}
+		d.chosen[k.network] = byPfx
+	}
+	c := byPfx[p.prefix]
 	if wasUsable {
 		c.n--
 	}
@@ -122,7 +137,7 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 		d.changed[p] = true
 	case c.r != nil && rd == k.rd && c.n == 0:
 		// The prefix's only route went.
-		delete(d.chosen, p)
+		delete(byPfx, p.prefix)
 		d.changed[p] = true
 		return
 	case c.r != nil && rd == k.rd:
@@ -131,17 +146,17 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 		d.invalidate()
 		return
 	}
-	d.chosen[p] = c
+	byPfx[p.prefix] = c
 }
 
 // takeChanges returns the changed prefixes' routes and forgets them.
 func (d *desiredRoutes) takeChanges() []overlay.RouteChange {
 	out := make([]overlay.RouteChange, 0, len(d.changed))
 	for p := range d.changed {
-		if c, ok := d.chosen[p]; ok {
+		if c, ok := d.chosen[p.network][p.prefix]; ok {
 			out = append(out, overlay.RouteChange{Network: p.network, Route: c.r.remote()})
 		} else {
-			out = append(out, overlay.RouteChange{Network: p.network, Remove: true, Route: overlay.RemoteRoute{Prefix: p.prefix}})
+			out = append(out, overlay.RouteChange{Network: p.network, Remove: true, Route: overlay.RemoteRoute{Prefix: p.prefix.prefix()}})
 		}
 	}
 	clear(d.changed)

@@ -128,7 +128,7 @@ func TestPackagedStateFixture(t *testing.T) {
 		t.Fatalf("routes.log: sessions %+v", s.sessions)
 	}
 	for _, r := range sr.routes {
-		if !r.ok || r.prefix.String() != "10.10.0.18/32" || r.label != 100 {
+		if !r.ok || r.prefix().String() != "10.10.0.18/32" || r.label != 100 {
 			t.Errorf("routes.log: route %+v", r.remote())
 		}
 	}
