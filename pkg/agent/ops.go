@@ -282,7 +282,7 @@ func (c *Core) resume(ctx context.Context, addr string) (ctlID string, rev int64
 		ctlID, rev = sr.controllerID, sr.revision
 		byNet := map[string]int{}
 		for k := range sr.routes {
-			byNet[k.network]++
+			byNet[k.network()]++
 		}
 		ds := make(map[string]*routedigest.Digest, len(byNet))
 		for n, count := range byNet {
@@ -290,7 +290,8 @@ func (c *Core) resume(ctx context.Context, addr string) (ctlID string, rev int64
 			ds[n] = &d
 		}
 		for k, r := range sr.routes {
-			ds[k.network].Add(k.prefix, k.rd, r.digest(), 1)
+			network, prefix, rd := k.parts()
+			ds[network].Add(prefix, rd, r.digest(), 1)
 		}
 		for _, n := range slices.Sorted(maps.Keys(ds)) {
 			d := ds[n]
@@ -418,11 +419,12 @@ func keepScopes(scopes []*v1.RouteScope) func(routeKey) bool {
 		byNet[sc.GetNetwork()] = bs
 	}
 	return func(k routeKey) bool {
-		bs, ok := byNet[k.network]
+		network, prefix, rd := k.parts()
+		bs, ok := byNet[network]
 		if !ok {
 			return false
 		}
-		return bs.buckets == nil || bs.buckets[routedigest.Bucket(k.prefix, k.rd, bs.n)]
+		return bs.buckets == nil || bs.buckets[routedigest.Bucket(prefix, rd, bs.n)]
 	}
 }
 

@@ -1,9 +1,9 @@
 package agent
 
 import (
+	"encoding/binary"
 	"hash/fnv"
 	"net/netip"
-	"unique"
 
 	"google.golang.org/protobuf/proto"
 
@@ -15,18 +15,63 @@ import (
 // A gateway holds tens of thousands of routes, so a route is kept compact:
 // its protobuf encoding as received (what the route log persists, the digests
 // hash and an update is compared with) and, parsed once, the few fields the
-// desired state needs. The key's network and route distinguisher are
-// interned (a handful of distinct values); the prefix of a held route's key
-// points into its encoding.
+// desired state needs, without pointers. Its key is the start of its
+// encoding (the key's fields come first), so keys take no memory of their
+// own.
 
-// routeKey identifies a route of a session: network, prefix and route
-// distinguisher as the controller spells them.
-type routeKey struct{ network, prefix, rd string }
+// routeKey identifies a route of a session: its network, prefix and route
+// distinguisher as the controller spells them, encoded as v1.Route fields 1
+// to 3 are (wireMarshal writes fields in number order, and leaves out empty
+// ones).
+type routeKey string
 
-// keyOf is the key of a received route, with the message's own strings: for
-// lookups and deletes (a held route's key is route.key's).
+// makeKey encodes a key.
+func makeKey(network, prefix, rd string) routeKey {
+	b := make([]byte, 0, len(network)+len(prefix)+len(rd)+9)
+	for i, s := range []string{network, prefix, rd} {
+		if s != "" {
+			b = binary.AppendUvarint(b, uint64(i+1)<<3|2)
+			b = binary.AppendUvarint(b, uint64(len(s)))
+			b = append(b, s...)
+		}
+	}
+	return routeKey(b)
+}
+
+// keyOf is the key of a received route (for lookups and deletes: a held
+// route's key is route.key's, a part of its encoding).
 func keyOf(r *v1.Route) routeKey {
-	return routeKey{r.GetNetwork(), r.GetPrefix(), r.GetRouteDistinguisher()}
+	return makeKey(r.GetNetwork(), r.GetPrefix(), r.GetRouteDistinguisher())
+}
+
+// parts decodes the key's network, prefix and route distinguisher (parts of
+// the key, not copies).
+func (k routeKey) parts() (network, prefix, rd string) {
+	_, f := scanKey(string(k))
+	return f[0], f[1], f[2]
+}
+
+func (k routeKey) network() string { n, _, _ := k.parts(); return n }
+
+func (k routeKey) rd() string { _, _, rd := k.parts(); return rd }
+
+// scanKey reads fields 1 to 3 at the start of an encoded route: their
+// strings, and where they end.
+func scanKey(b string) (end int, f [3]string) {
+	for end < len(b) {
+		tag, n := varint(b[end:])
+		if n < 0 || tag>>3 < 1 || tag>>3 > 3 || tag&7 != 2 { // past the key, or not a string
+			break
+		}
+		l, m := varint(b[end+n:])
+		if m < 0 || uint64(len(b)-end-n-m) < l {
+			break
+		}
+		start := end + n + m
+		end = start + int(l)
+		f[tag>>3-1] = b[start:end]
+	}
+	return end, f
 }
 
 // wireMarshal encodes routes the way routedigest.Hash does, so that the
@@ -91,11 +136,12 @@ var encapLists = [][]encap.Encap{
 func newRoute(r *v1.Route) (routeKey, *route, error) {
 	b, err := wireMarshal.Marshal(r)
 	if err != nil {
-		return routeKey{}, nil, err
+		return "", nil, err
 	}
 	out := &route{wire: string(b)}
 	k := out.key()
-	p, err := netip.ParsePrefix(k.prefix)
+	_, prefix, _ := k.parts()
+	p, err := netip.ParsePrefix(prefix)
 	if err != nil || p != p.Masked() {
 		return k, out, nil
 	}
@@ -123,40 +169,10 @@ func newRoute(r *v1.Route) (routeKey, *route, error) {
 	return k, out, nil
 }
 
-// v1.Route's field numbers the key is read from (deterministic encoding
-// writes fields in number order).
-const (
-	fieldNetwork = 1
-	fieldPrefix  = 2
-	fieldRD      = 3
-)
-
-// key returns the route's key: network and route distinguisher interned,
-// the prefix a part of the route's encoding.
+// key returns the route's key: the start of its encoding.
 func (r *route) key() routeKey {
-	var k routeKey
-	b := r.wire
-	for len(b) > 0 {
-		tag, n := varint(b)
-		if n < 0 || tag>>3 > fieldRD || tag&7 != 2 { // past the key, or not a string
-			break
-		}
-		l, m := varint(b[n:])
-		if m < 0 || uint64(len(b)-n-m) < l {
-			break
-		}
-		s := b[n+m : n+m+int(l)]
-		switch tag >> 3 {
-		case fieldNetwork:
-			k.network = unique.Make(s).Value()
-		case fieldPrefix:
-			k.prefix = s
-		case fieldRD:
-			k.rd = unique.Make(s).Value()
-		}
-		b = b[n+m+int(l):]
-	}
-	return k
+	end, _ := scanKey(r.wire)
+	return routeKey(r.wire[:end])
 }
 
 // varint decodes a protobuf varint at the start of s and returns it with its

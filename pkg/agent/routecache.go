@@ -41,7 +41,7 @@ type desiredRoutes struct {
 
 // usable tells whether buildDesired would program r.
 func (d *desiredRoutes) usable(underlay netip.Addr, k routeKey, r *route) bool {
-	return r != nil && r.ok && r.nextHop() != underlay && !d.local[k.network][r.dst]
+	return r != nil && r.ok && r.nextHop() != underlay && !d.local[k.network()][r.dst]
 }
 
 // rebuild fills the cache from the routes in force when exactly one
@@ -75,22 +75,22 @@ func (d *desiredRoutes) rebuild(s *coreState, underlay netip.Addr, routes map[ro
 	count := map[string]int{}
 	for k, r := range routes {
 		if d.usable(underlay, k, r) {
-			count[k.network]++
+			count[k.network()]++
 		}
 	}
 	d.chosen = make(map[string]map[pfx]chosenRoute, len(count))
 	for n, c := range count {
-		d.chosen[n] = make(map[pfx]chosenRoute, c)
+		d.chosen[strings.Clone(n)] = make(map[pfx]chosenRoute, c) // not a part of a route's encoding
 	}
 	d.changed = map[pfxKey]bool{}
 	for k, r := range routes {
 		if !d.usable(underlay, k, r) {
 			continue
 		}
-		byPfx := d.chosen[k.network]
+		byPfx := d.chosen[k.network()]
 		c := byPfx[r.dst]
 		c.n++
-		if c.r == nil || strings.Compare(k.rd, c.r.key().rd) < 0 {
+		if c.r == nil || strings.Compare(k.rd(), c.r.key().rd()) < 0 {
 			c.r = r
 		}
 		byPfx[r.dst] = c
@@ -109,16 +109,17 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 	if !wasUsable && !isUsable {
 		return
 	}
-	p := pfxKey{network: k.network}
+	network, _, krd := k.parts()
+	p := pfxKey{network: network}
 	if isUsable {
 		p.prefix = r.dst
 	} else {
 		p.prefix = old.dst
 	}
-	byPfx := d.chosen[k.network]
+	byPfx := d.chosen[network]
 	if byPfx == nil {
 		byPfx = map[pfx]chosenRoute{}
-		d.chosen[k.network] = byPfx
+		d.chosen[strings.Clone(network)] = byPfx
 	}
 	c := byPfx[p.prefix]
 	if wasUsable {
@@ -129,18 +130,18 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 	}
 	var rd string
 	if c.r != nil {
-		rd = c.r.key().rd
+		rd = c.r.key().rd()
 	}
 	switch {
-	case isUsable && (c.r == nil || strings.Compare(k.rd, rd) <= 0):
+	case isUsable && (c.r == nil || strings.Compare(krd, rd) <= 0):
 		c.r = r
 		d.changed[p] = true
-	case c.r != nil && rd == k.rd && c.n == 0:
+	case c.r != nil && rd == krd && c.n == 0:
 		// The prefix's only route went.
 		delete(byPfx, p.prefix)
 		d.changed[p] = true
 		return
-	case c.r != nil && rd == k.rd:
+	case c.r != nil && rd == krd:
 		// The chosen route went and others remain: which one is next needs
 		// a look at every route.
 		d.invalidate()

@@ -146,7 +146,7 @@ func replay(data []byte, sessions map[string]*sessionRoutes) error {
 			}
 			sr.routes[k] = nr
 		case rec.Del != nil:
-			delete(sr.routes, routeKey{rec.Del.Network, rec.Del.Prefix, rec.Del.RD})
+			delete(sr.routes, makeKey(rec.Del.Network, rec.Del.Prefix, rec.Del.RD))
 		default:
 			sr.controllerID, sr.revision = rec.ID, rec.Rev
 		}
@@ -168,7 +168,8 @@ func appendRecords(buf []byte, addr string, d *routeDelta) ([]byte, int, error) 
 	for k, r := range d.routes {
 		rec := routeRecord{Controller: addr}
 		if r == nil {
-			rec.Del = &routeKeyJSON{k.network, k.prefix, k.rd}
+			network, prefix, rd := k.parts()
+			rec.Del = &routeKeyJSON{network, prefix, rd}
 		} else {
 			m, err := r.msg()
 			if err != nil {
