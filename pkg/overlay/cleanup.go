@@ -75,7 +75,7 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("overlay: remove fou port: %w", err))
 		}
 	}
-	m.cur = newKstate()
+	m.cur, m.nhIDs = newKstate(), nil
 	m.last.ok = false
 	return errors.Join(errs...)
 }

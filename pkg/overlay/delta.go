@@ -286,7 +286,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 	}
 	m.applyRoutesLocked(ctx, dels, fail)
 	// Count the routes per nexthop; remove the objects no route uses.
-	ref := func(id uint32, d int) {
+	ref := func(id uint32, d int32) {
 		if u, ok := m.base.nexthops[id]; ok && id != 0 {
 			u.refs += d
 			m.base.nexthops[id] = u
@@ -393,7 +393,7 @@ func (m *Manager) pathCountsAfterLocked(paths map[rtnl.RouteKey]routePath) pathC
 // nexthopUse is a nexthop object of the record and how many routes use it.
 type nexthopUse struct {
 	key  rtnl.NexthopKey
-	refs int
+	refs int32
 }
 
 // validRemoteRoute is State.Validate's check of one remote route.

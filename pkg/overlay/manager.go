@@ -63,18 +63,20 @@ type Manager struct {
 	feat Features
 
 	// mu serialises Set, Resync and Cleanup and guards the fields below.
-	mu       sync.Mutex
-	ns       netns.NsHandle
-	h        *netlink.Handle
-	rt       *rtnl.Conn
-	cur      kstate
-	last     lastApplied
-	base     routeBase       // what UpdateRoutes builds on
-	nextNH   uint32          // next nexthop id to try
-	nhIDs    map[uint32]bool // ids in use, valid while nhIDsFor matches
-	nhIDsFor int
-	fp       *fastPath // nil: MPLSoUDP takes the kernel path only
-	closed   bool
+	mu     sync.Mutex
+	ns     netns.NsHandle
+	h      *netlink.Handle
+	rt     *rtnl.Conn
+	cur    kstate
+	last   lastApplied
+	base   routeBase // what UpdateRoutes builds on
+	nextNH uint32    // next nexthop id to try
+	// nhIDs are the nexthop ids the record holds and those handed out since
+	// (some perhaps never made); nil until the first allocation after a
+	// re-read of the kernel.
+	nhIDs  map[uint32]struct{}
+	fp     *fastPath // nil: MPLSoUDP takes the kernel path only
+	closed bool
 
 	// statMu guards paths and the fast path's counters for FastPathStats,
 	// which must not wait for a long Set.
@@ -282,9 +284,16 @@ func stateDigest(s *State) [sha256.Size]byte {
 		buf = append(buf, v...)
 	}
 	addr := func(a netip.Addr) {
-		b, _ := a.MarshalBinary() // 0, 4 or 16 bytes, and the zone
-		buf = binary.AppendUvarint(buf, uint64(len(b)))
-		buf = append(buf, b...)
+		// Its length (0, 4 or 16 bytes), its bytes, its zone.
+		buf = append(buf, byte(a.BitLen()/8))
+		if a.Is4() {
+			b := a.As4()
+			buf = append(buf, b[:]...)
+		} else if a.IsValid() {
+			b := a.As16()
+			buf = append(buf, b[:]...)
+		}
+		str(a.Zone())
 	}
 	encaps := func(es []encap.Encap) {
 		buf = binary.AppendUvarint(buf, uint64(len(es)))

@@ -3,7 +3,8 @@ package overlay
 // This file holds the manager's record of the routes it owns in the kernel,
 // kept compact: a gateway holds tens of thousands, and rtnl.Route with its
 // key takes 160 bytes (with pointers the collector scans) where the record
-// takes 80 (without).
+// takes 64 (without). A route has a gateway (inet) or a via (MPLS) address;
+// the rare one with both is kept whole in a map of its own.
 
 import (
 	"iter"
@@ -13,7 +14,17 @@ import (
 )
 
 // routeRecord maps route keys to routes, like map[rtnl.RouteKey]rtnl.Route.
-type routeRecord map[recKey]recRoute
+type routeRecord struct {
+	m    map[recKey]recRoute
+	both map[rtnl.RouteKey]rtnl.Route // routes with a gateway and a via
+}
+
+func newRouteRecord() routeRecord {
+	return routeRecord{m: map[recKey]recRoute{}, both: map[rtnl.RouteKey]rtnl.Route{}}
+}
+
+// len is the number of routes recorded.
+func (rr routeRecord) len() int { return len(rr.m) + len(rr.both) }
 
 // recAddr is a zone-less netip.Addr without pointers: kind 0 (invalid), 4 or 6.
 type recAddr struct {
@@ -55,11 +66,12 @@ type recKey struct {
 
 // recRoute is the rest of an rtnl.Route.
 type recRoute struct {
-	gw, via                    recAddr
-	oif                        int32
-	encap, nhID                uint32
+	hop                        recAddr // the gateway, or with isVia the via
+	isVia                      bool
 	encapMore                  bool
 	protocol, scope, routeType uint8
+	oif                        int32
+	encap, nhID                uint32
 }
 
 func packKey(k rtnl.RouteKey) recKey {
@@ -80,14 +92,23 @@ func (k recKey) key() rtnl.RouteKey {
 
 func (k recKey) route(v recRoute) rtnl.Route {
 	rk := k.key()
-	return rtnl.Route{Family: rk.Family, Table: rk.Table, Dst: rk.Dst, Label: rk.Label, Oif: v.oif, Gw: v.gw.addr(), Via: v.via.addr(),
+	r := rtnl.Route{Family: rk.Family, Table: rk.Table, Dst: rk.Dst, Label: rk.Label, Oif: v.oif,
 		Encap: v.encap, EncapMore: v.encapMore, NhID: v.nhID, Protocol: v.protocol, Scope: v.scope, Type: v.routeType}
+	if v.isVia {
+		r.Via = v.hop.addr()
+	} else {
+		r.Gw = v.hop.addr()
+	}
+	return r
 }
 
 // get returns the route recorded under k.
 func (rr routeRecord) get(k rtnl.RouteKey) (rtnl.Route, bool) {
+	if r, ok := rr.both[k]; ok {
+		return r, true
+	}
 	pk := packKey(k)
-	v, ok := rr[pk]
+	v, ok := rr.m[pk]
 	if !ok {
 		return rtnl.Route{}, false
 	}
@@ -96,20 +117,37 @@ func (rr routeRecord) get(k rtnl.RouteKey) (rtnl.Route, bool) {
 
 // put records r under its key.
 func (rr routeRecord) put(r rtnl.Route) {
-	rr[packKey(r.Key())] = recRoute{gw: packAddr(r.Gw), via: packAddr(r.Via), oif: r.Oif, encap: r.Encap, nhID: r.NhID,
+	rr.del(r.Key())
+	if r.Gw.IsValid() && r.Via.IsValid() {
+		rr.both[r.Key()] = r
+		return
+	}
+	v := recRoute{hop: packAddr(r.Gw), oif: r.Oif, encap: r.Encap, nhID: r.NhID,
 		encapMore: r.EncapMore, protocol: r.Protocol, scope: r.Scope, routeType: r.Type}
+	if r.Via.IsValid() {
+		v.hop, v.isVia = packAddr(r.Via), true
+	}
+	rr.m[packKey(r.Key())] = v
 }
 
 // del forgets the route under k.
-func (rr routeRecord) del(k rtnl.RouteKey) { delete(rr, packKey(k)) }
+func (rr routeRecord) del(k rtnl.RouteKey) {
+	delete(rr.m, packKey(k))
+	delete(rr.both, k)
+}
 
 // all yields the recorded routes with their keys (the record may be changed
 // meanwhile, as a map may be while it is ranged over).
 func (rr routeRecord) all() iter.Seq2[rtnl.RouteKey, rtnl.Route] {
 	return func(yield func(rtnl.RouteKey, rtnl.Route) bool) {
-		for k, v := range rr {
+		for k, v := range rr.m {
 			r := k.route(v)
 			if !yield(r.Key(), r) {
+				return
+			}
+		}
+		for k, r := range rr.both {
+			if !yield(k, r) {
 				return
 			}
 		}

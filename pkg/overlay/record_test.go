@@ -23,12 +23,12 @@ func TestRouteRecordRoundTrip(t *testing.T) {
 		{Family: rtnl.AFMPLS, Label: 1003, Via: netip.MustParseAddr("fd00::5"), Oif: 4, Encap: 16},
 		{Family: rtnl.AFInet, Table: 7001, Dst: netip.MustParsePrefix("0.0.0.0/0"), Oif: 2},
 	}
-	rec := routeRecord{}
+	rec := newRouteRecord()
 	for _, r := range routes {
 		rec.put(r)
 	}
-	if len(rec) != len(routes) {
-		t.Fatalf("%d routes recorded, want %d", len(rec), len(routes))
+	if rec.len() != len(routes) {
+		t.Fatalf("%d routes recorded, want %d", rec.len(), len(routes))
 	}
 	for _, r := range routes {
 		if got, ok := rec.get(r.Key()); !ok || got != r {
@@ -49,7 +49,20 @@ func TestRouteRecordRoundTrip(t *testing.T) {
 		t.Error("a route found under another prefix length")
 	}
 	rec.del(routes[0].Key())
-	if _, ok := rec.get(routes[0].Key()); ok || len(rec) != len(routes)-1 {
+	if _, ok := rec.get(routes[0].Key()); ok || rec.len() != len(routes)-1 {
 		t.Error("a deleted route is still recorded")
+	}
+}
+
+// BenchmarkStateDigest: the Set shortcut's hash of a state of 100,000 routes.
+func BenchmarkStateDigest(b *testing.B) {
+	s := State{Underlay: netip.MustParseAddr("192.0.2.1"), Networks: []Network{{Name: "bench", Table: 7001}}}
+	for i := range 100_000 {
+		a := netip.AddrFrom4([4]byte{10, byte(100 + i>>16), byte(i >> 8), byte(i)})
+		s.Networks[0].Routes = append(s.Networks[0].Routes, RemoteRoute{Prefix: netip.PrefixFrom(a, 32), Label: uint32(16 + i),
+			RemoteUnderlay: netip.MustParseAddr("192.0.2.2"), Encaps: DefaultEncapPriority})
+	}
+	for b.Loop() {
+		stateDigest(&s)
 	}
 }

@@ -38,10 +38,14 @@ func (m *Manager) recordOpLocked(op rtnl.Op, err error) error {
 	case op.Nexthop && op.Del && (err == nil || isGone(err)):
 		if m.cur.nexthops[op.NHKey].ID == op.NH.ID {
 			delete(m.cur.nexthops, op.NHKey)
+			delete(m.nhIDs, op.NH.ID)
 		}
 		return nil
 	case op.Nexthop && !op.Del && err == nil:
 		m.cur.nexthops[op.NH.Key()] = op.NH
+		if m.nhIDs != nil {
+			m.nhIDs[op.NH.ID] = struct{}{}
+		}
 		return nil
 	case op.Nexthop:
 		return err
