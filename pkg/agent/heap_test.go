@@ -158,7 +158,7 @@ func TestRouteTableHeap(t *testing.T) {
 	defer func() { cancel(); <-recDone }()
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
-		for deadline := time.Now().Add(60 * time.Second); !ok(); time.Sleep(10 * time.Millisecond) {
+		for deadline := time.Now().Add(60 * time.Second); !ok(); time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
 				r, s, u := app.count()
 				t.Fatalf("%s: the applier has %d routes after %d sets and %d updates", what, r, s, u)
@@ -198,7 +198,7 @@ func TestRouteTableHeap(t *testing.T) {
 
 	// Route changes one update each (as the controller streams them): a
 	// new route, then a changed one, then a withdrawal.
-	const changes = 300
+	const changes = 150
 	upd := make([]*v1.GatewayRoutes, 0, changes)
 	for i := range changes / 3 {
 		rev := int64(2 + 3*i)

@@ -31,11 +31,55 @@ type chosenRoute struct {
 	n int32
 }
 
+// prefixTable is a network's chosen routes by prefix: IPv4 prefixes (nearly
+// all) under a 5-byte key, the others under pfx.
+type prefixTable struct {
+	v4 map[pfx4]chosenRoute
+	v6 map[pfx]chosenRoute
+}
+
+type pfx4 struct {
+	a    [4]byte
+	bits uint8
+}
+
+func newPrefixTable(n int) *prefixTable {
+	return &prefixTable{v4: make(map[pfx4]chosenRoute, n), v6: map[pfx]chosenRoute{}}
+}
+
+func (t *prefixTable) get(p pfx) (chosenRoute, bool) {
+	if t == nil {
+		return chosenRoute{}, false
+	}
+	if p.v6 {
+		c, ok := t.v6[p]
+		return c, ok
+	}
+	c, ok := t.v4[pfx4{[4]byte(p.a[:4]), p.bits}]
+	return c, ok
+}
+
+func (t *prefixTable) set(p pfx, c chosenRoute) {
+	if p.v6 {
+		t.v6[p] = c
+	} else {
+		t.v4[pfx4{[4]byte(p.a[:4]), p.bits}] = c
+	}
+}
+
+func (t *prefixTable) del(p pfx) {
+	if p.v6 {
+		delete(t.v6, p)
+	} else {
+		delete(t.v4, pfx4{[4]byte(p.a[:4]), p.bits})
+	}
+}
+
 // desiredRoutes is the cache, owned by the core goroutine.
 type desiredRoutes struct {
 	valid   bool
 	local   map[string]map[pfx]bool // per network: own endpoints' addresses
-	chosen  map[string]map[pfx]chosenRoute
+	chosen  map[string]*prefixTable
 	changed map[pfxKey]bool // since the last DesiredChanges or Desired
 }
 
@@ -78,9 +122,9 @@ func (d *desiredRoutes) rebuild(s *coreState, underlay netip.Addr, routes map[ro
 			count[k.network()]++
 		}
 	}
-	d.chosen = make(map[string]map[pfx]chosenRoute, len(count))
+	d.chosen = make(map[string]*prefixTable, len(count))
 	for n, c := range count {
-		d.chosen[strings.Clone(n)] = make(map[pfx]chosenRoute, c) // not a part of a route's encoding
+		d.chosen[strings.Clone(n)] = newPrefixTable(c) // not a part of a route's encoding
 	}
 	d.changed = map[pfxKey]bool{}
 	for k, r := range routes {
@@ -88,12 +132,12 @@ func (d *desiredRoutes) rebuild(s *coreState, underlay netip.Addr, routes map[ro
 			continue
 		}
 		byPfx := d.chosen[k.network()]
-		c := byPfx[r.dst]
+		c, _ := byPfx.get(r.dst)
 		c.n++
 		if c.r == nil || strings.Compare(k.rd(), c.r.key().rd()) < 0 {
 			c.r = r
 		}
-		byPfx[r.dst] = c
+		byPfx.set(r.dst, c)
 	}
 }
 
@@ -118,10 +162,10 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 	}
 	byPfx := d.chosen[network]
 	if byPfx == nil {
-		byPfx = map[pfx]chosenRoute{}
+		byPfx = newPrefixTable(0)
 		d.chosen[strings.Clone(network)] = byPfx
 	}
-	c := byPfx[p.prefix]
+	c, _ := byPfx.get(p.prefix)
 	if wasUsable {
 		c.n--
 	}
@@ -138,7 +182,7 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 		d.changed[p] = true
 	case c.r != nil && rd == krd && c.n == 0:
 		// The prefix's only route went.
-		delete(byPfx, p.prefix)
+		byPfx.del(p.prefix)
 		d.changed[p] = true
 		return
 	case c.r != nil && rd == krd:
@@ -147,14 +191,14 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 		d.invalidate()
 		return
 	}
-	byPfx[p.prefix] = c
+	byPfx.set(p.prefix, c)
 }
 
 // takeChanges returns the changed prefixes' routes and forgets them.
 func (d *desiredRoutes) takeChanges() []overlay.RouteChange {
 	out := make([]overlay.RouteChange, 0, len(d.changed))
 	for p := range d.changed {
-		if c, ok := d.chosen[p.network][p.prefix]; ok {
+		if c, ok := d.chosen[p.network].get(p.prefix); ok {
 			out = append(out, overlay.RouteChange{Network: p.network, Route: c.r.remote()})
 		} else {
 			out = append(out, overlay.RouteChange{Network: p.network, Remove: true, Route: overlay.RemoteRoute{Prefix: p.prefix.prefix()}})
