@@ -3,8 +3,9 @@ package overlay
 // This file holds the manager's record of the routes it owns in the kernel,
 // kept compact: a gateway holds tens of thousands, and rtnl.Route with its
 // key takes 160 bytes (with pointers the collector scans) where the record
-// takes 64 (without). A route has a gateway (inet) or a via (MPLS) address;
-// the rare one with both is kept whole in a map of its own.
+// takes 48 for an IPv4 route, 64 for others (without). A route has a gateway
+// (inet) or a via (MPLS) address; the rare one with both is kept whole in a
+// map of its own.
 
 import (
 	"iter"
@@ -15,16 +16,36 @@ import (
 
 // routeRecord maps route keys to routes, like map[rtnl.RouteKey]rtnl.Route.
 type routeRecord struct {
+	m4   map[recKey4]recRoute // IPv4 routes (nearly all)
 	m    map[recKey]recRoute
 	both map[rtnl.RouteKey]rtnl.Route // routes with a gateway and a via
 }
 
 func newRouteRecord() routeRecord {
-	return routeRecord{m: map[recKey]recRoute{}, both: map[rtnl.RouteKey]rtnl.Route{}}
+	return routeRecord{m4: map[recKey4]recRoute{}, m: map[recKey]recRoute{}, both: map[rtnl.RouteKey]rtnl.Route{}}
 }
 
 // len is the number of routes recorded.
-func (rr routeRecord) len() int { return len(rr.m) + len(rr.both) }
+func (rr routeRecord) len() int { return len(rr.m4) + len(rr.m) + len(rr.both) }
+
+// recKey4 is the key of an IPv4 route (family inet, no label).
+type recKey4 struct {
+	table uint32
+	dst   [4]byte
+	bits  uint8
+}
+
+// key4 returns k as a recKey4 when it is one.
+func key4(k rtnl.RouteKey) (recKey4, bool) {
+	if k.Family != rtnl.AFInet || k.Label != 0 || !k.Dst.IsValid() || !k.Dst.Addr().Is4() {
+		return recKey4{}, false
+	}
+	return recKey4{table: k.Table, dst: k.Dst.Addr().As4(), bits: uint8(k.Dst.Bits())}, true
+}
+
+func (k recKey4) key() rtnl.RouteKey {
+	return rtnl.RouteKey{Family: rtnl.AFInet, Table: k.table, Dst: netip.PrefixFrom(netip.AddrFrom4(k.dst), int(k.bits))}
+}
 
 // recAddr is a zone-less netip.Addr without pointers: kind 0 (invalid), 4 or 6.
 type recAddr struct {
@@ -90,8 +111,9 @@ func (k recKey) key() rtnl.RouteKey {
 	return rtnl.RouteKey{Family: k.family, Table: k.table, Dst: dst, Label: k.label}
 }
 
-func (k recKey) route(v recRoute) rtnl.Route {
-	rk := k.key()
+func (k recKey) route(v recRoute) rtnl.Route { return v.route(k.key()) }
+
+func (v recRoute) route(rk rtnl.RouteKey) rtnl.Route {
 	r := rtnl.Route{Family: rk.Family, Table: rk.Table, Dst: rk.Dst, Label: rk.Label, Oif: v.oif,
 		Encap: v.encap, EncapMore: v.encapMore, NhID: v.nhID, Protocol: v.protocol, Scope: v.scope, Type: v.routeType}
 	if v.isVia {
@@ -106,6 +128,13 @@ func (k recKey) route(v recRoute) rtnl.Route {
 func (rr routeRecord) get(k rtnl.RouteKey) (rtnl.Route, bool) {
 	if r, ok := rr.both[k]; ok {
 		return r, true
+	}
+	if k4, ok := key4(k); ok {
+		v, ok := rr.m4[k4]
+		if !ok {
+			return rtnl.Route{}, false
+		}
+		return v.route(k), true
 	}
 	pk := packKey(k)
 	v, ok := rr.m[pk]
@@ -127,12 +156,20 @@ func (rr routeRecord) put(r rtnl.Route) {
 	if r.Via.IsValid() {
 		v.hop, v.isVia = packAddr(r.Via), true
 	}
+	if k4, ok := key4(r.Key()); ok {
+		rr.m4[k4] = v
+		return
+	}
 	rr.m[packKey(r.Key())] = v
 }
 
 // del forgets the route under k.
 func (rr routeRecord) del(k rtnl.RouteKey) {
-	delete(rr.m, packKey(k))
+	if k4, ok := key4(k); ok {
+		delete(rr.m4, k4)
+	} else {
+		delete(rr.m, packKey(k))
+	}
 	delete(rr.both, k)
 }
 
@@ -140,6 +177,12 @@ func (rr routeRecord) del(k rtnl.RouteKey) {
 // meanwhile, as a map may be while it is ranged over).
 func (rr routeRecord) all() iter.Seq2[rtnl.RouteKey, rtnl.Route] {
 	return func(yield func(rtnl.RouteKey, rtnl.Route) bool) {
+		for k, v := range rr.m4 {
+			rk := k.key()
+			if !yield(rk, v.route(rk)) {
+				return
+			}
+		}
 		for k, v := range rr.m {
 			r := k.route(v)
 			if !yield(r.Key(), r) {
