@@ -82,9 +82,11 @@ var wireMarshal = proto.MarshalOptions{Deterministic: true}
 // the route log's writer shares them.
 type route struct {
 	wire   string // the v1.Route, encoded with wireMarshal
-	dst    pfx    // the prefix (usable routes)
 	nh     [4]byte
 	label  uint32
+	dst4   [4]byte // an IPv4 prefix's address (an IPv6 one is read from the key)
+	bits   uint8
+	v6     bool
 	encaps uint8 // index in encapLists
 	ok     bool  // usable: valid prefix, IPv4 next hop, label in range
 }
@@ -115,7 +117,24 @@ func (p pfx) prefix() netip.Prefix {
 }
 
 // prefix is the route's prefix (usable routes).
-func (r *route) prefix() netip.Prefix { return r.dst.prefix() }
+func (r *route) prefix() netip.Prefix {
+	if r.v6 {
+		_, s, _ := r.key().parts()
+		p, _ := netip.ParsePrefix(s)
+		return p
+	}
+	return netip.PrefixFrom(netip.AddrFrom4(r.dst4), int(r.bits))
+}
+
+// pfx is the route's prefix as the cache keys it (usable routes).
+func (r *route) pfx() pfx {
+	if r.v6 {
+		return pfxOf(r.prefix())
+	}
+	out := pfx{bits: r.bits}
+	copy(out.a[:], r.dst4[:])
+	return out
+}
 
 // nextHop is the route's next hop (usable routes).
 func (r *route) nextHop() netip.Addr { return netip.AddrFrom4(r.nh) }
@@ -165,7 +184,10 @@ func newRoute(r *v1.Route) (routeKey, *route, error) {
 	default:
 		out.encaps = 3
 	}
-	out.dst, out.nh, out.label, out.ok = pfxOf(p), nh.As4(), r.GetLabel(), true
+	out.nh, out.label, out.bits, out.v6, out.ok = nh.As4(), r.GetLabel(), uint8(p.Bits()), p.Addr().Is6(), true
+	if !out.v6 {
+		out.dst4 = p.Addr().As4()
+	}
 	return k, out, nil
 }
 

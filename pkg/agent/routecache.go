@@ -85,7 +85,7 @@ type desiredRoutes struct {
 
 // usable tells whether buildDesired would program r.
 func (d *desiredRoutes) usable(underlay netip.Addr, k routeKey, r *route) bool {
-	return r != nil && r.ok && r.nextHop() != underlay && !d.local[k.network()][r.dst]
+	return r != nil && r.ok && r.nextHop() != underlay && !d.local[k.network()][r.pfx()]
 }
 
 // rebuild fills the cache from the routes in force when exactly one
@@ -132,12 +132,13 @@ func (d *desiredRoutes) rebuild(s *coreState, underlay netip.Addr, routes map[ro
 			continue
 		}
 		byPfx := d.chosen[k.network()]
-		c, _ := byPfx.get(r.dst)
+		dst := r.pfx()
+		c, _ := byPfx.get(dst)
 		c.n++
 		if c.r == nil || strings.Compare(k.rd(), c.r.key().rd()) < 0 {
 			c.r = r
 		}
-		byPfx.set(r.dst, c)
+		byPfx.set(dst, c)
 	}
 }
 
@@ -156,9 +157,9 @@ func (d *desiredRoutes) note(underlay netip.Addr, k routeKey, old, r *route) {
 	network, _, krd := k.parts()
 	p := pfxKey{network: network}
 	if isUsable {
-		p.prefix = r.dst
+		p.prefix = r.pfx()
 	} else {
-		p.prefix = old.dst
+		p.prefix = old.pfx()
 	}
 	byPfx := d.chosen[network]
 	if byPfx == nil {
