@@ -24,10 +24,11 @@ import (
 // sets another).
 const heapRoutesDefault = 10_000
 
-// maxHeapPerRoute bounds the live heap the core (route maps, desired-state
-// cache, route log's mirror) may hold per route: the gateway goal (under 30
-// MiB RSS with 10,000 routes, docs/agent.md) leaves about this much.
-const maxHeapPerRoute = 400
+// maxHeapPerRoute bounds the live heap the core (the routes, the session's
+// map, the desired-state cache) may hold per route: 216 bytes on amd64 when
+// written, 785 before docs/agent.md's "Memory"; the gateway goal (under 30
+// MiB RSS with 10,000 routes) leaves little more.
+const maxHeapPerRoute = 300
 
 // maxGarbagePerChange bounds what one route change allocates on its way from
 // the session to the data plane (the route, the route log's record, the

@@ -15,13 +15,13 @@ import (
 )
 
 // maxManagerHeapPerRoute bounds the live heap the Manager keeps per remote
-// route it programmed: its record of the kernel's routes (about 120 bytes a
+// route it programmed: its record of the kernel's routes (about 70 bytes a
 // route) and, with MPLSoUDP where the kernel has nexthop objects, of one
 // nexthop a route (each remote endpoint has its label), with the ids in use
 // and, once UpdateRoutes ran, the routes per nexthop (about 75 more). The
 // gateway's agent holds its own copy of the routes (pkg/agent
 // TestRouteTableHeap); docs/agent.md has the whole budget.
-const maxManagerHeapPerRoute = 224
+const maxManagerHeapPerRoute = 176
 
 func liveHeap() uint64 {
 	runtime.GC()

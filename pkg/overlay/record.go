@@ -3,9 +3,9 @@ package overlay
 // This file holds the manager's record of the routes it owns in the kernel,
 // kept compact: a gateway holds tens of thousands, and rtnl.Route with its
 // key takes 160 bytes (with pointers the collector scans) where the record
-// takes 48 for an IPv4 route, 64 for others (without). A route has a gateway
-// (inet) or a via (MPLS) address; the rare one with both is kept whole in a
-// map of its own.
+// takes 36 for an IPv4 route with an IPv4 or no gateway, 64 for others
+// (without). A route has a gateway (inet) or a via (MPLS) address; the rare
+// one with both is kept whole in a map of its own.
 
 import (
 	"iter"
@@ -16,13 +16,13 @@ import (
 
 // routeRecord maps route keys to routes, like map[rtnl.RouteKey]rtnl.Route.
 type routeRecord struct {
-	m4   map[recKey4]recRoute // IPv4 routes (nearly all)
+	m4   map[recKey4]recRoute4 // IPv4 routes with an IPv4 or no address (nearly all)
 	m    map[recKey]recRoute
 	both map[rtnl.RouteKey]rtnl.Route // routes with a gateway and a via
 }
 
 func newRouteRecord() routeRecord {
-	return routeRecord{m4: map[recKey4]recRoute{}, m: map[recKey]recRoute{}, both: map[rtnl.RouteKey]rtnl.Route{}}
+	return routeRecord{m4: map[recKey4]recRoute4{}, m: map[recKey]recRoute{}, both: map[rtnl.RouteKey]rtnl.Route{}}
 }
 
 // len is the number of routes recorded.
@@ -33,6 +33,34 @@ type recKey4 struct {
 	table uint32
 	dst   [4]byte
 	bits  uint8
+}
+
+// recRoute4 is a recRoute with an IPv4 address, or none.
+type recRoute4 struct {
+	hop                        [4]byte
+	hasHop, isVia, encapMore   bool
+	protocol, scope, routeType uint8
+	oif                        int32
+	encap, nhID                uint32
+}
+
+// short returns v as a recRoute4 when it is one.
+func (v recRoute) short() (recRoute4, bool) {
+	if v.hop.kind == 6 {
+		return recRoute4{}, false
+	}
+	return recRoute4{hop: [4]byte(v.hop.a[:4]), hasHop: v.hop.kind == 4, isVia: v.isVia, encapMore: v.encapMore,
+		protocol: v.protocol, scope: v.scope, routeType: v.routeType, oif: v.oif, encap: v.encap, nhID: v.nhID}, true
+}
+
+func (v recRoute4) long() recRoute {
+	out := recRoute{isVia: v.isVia, encapMore: v.encapMore, protocol: v.protocol, scope: v.scope, routeType: v.routeType,
+		oif: v.oif, encap: v.encap, nhID: v.nhID}
+	if v.hasHop {
+		out.hop.kind = 4
+		copy(out.hop.a[:], v.hop[:])
+	}
+	return out
 }
 
 // key4 returns k as a recKey4 when it is one.
@@ -130,11 +158,9 @@ func (rr routeRecord) get(k rtnl.RouteKey) (rtnl.Route, bool) {
 		return r, true
 	}
 	if k4, ok := key4(k); ok {
-		v, ok := rr.m4[k4]
-		if !ok {
-			return rtnl.Route{}, false
+		if v, ok := rr.m4[k4]; ok {
+			return v.long().route(k), true
 		}
-		return v.route(k), true
 	}
 	pk := packKey(k)
 	v, ok := rr.m[pk]
@@ -157,8 +183,10 @@ func (rr routeRecord) put(r rtnl.Route) {
 		v.hop, v.isVia = packAddr(r.Via), true
 	}
 	if k4, ok := key4(r.Key()); ok {
-		rr.m4[k4] = v
-		return
+		if v4, ok := v.short(); ok {
+			rr.m4[k4] = v4
+			return
+		}
 	}
 	rr.m[packKey(r.Key())] = v
 }
@@ -167,9 +195,8 @@ func (rr routeRecord) put(r rtnl.Route) {
 func (rr routeRecord) del(k rtnl.RouteKey) {
 	if k4, ok := key4(k); ok {
 		delete(rr.m4, k4)
-	} else {
-		delete(rr.m, packKey(k))
 	}
+	delete(rr.m, packKey(k))
 	delete(rr.both, k)
 }
 
@@ -179,7 +206,7 @@ func (rr routeRecord) all() iter.Seq2[rtnl.RouteKey, rtnl.Route] {
 	return func(yield func(rtnl.RouteKey, rtnl.Route) bool) {
 		for k, v := range rr.m4 {
 			rk := k.key()
-			if !yield(rk, v.route(rk)) {
+			if !yield(rk, v.long().route(rk)) {
 				return
 			}
 		}

@@ -22,6 +22,8 @@ func TestRouteRecordRoundTrip(t *testing.T) {
 		{Family: rtnl.AFMPLS, Label: 1002, Via: netip.MustParseAddr("10.1.0.5"), Oif: 4, Protocol: RouteProtocol, Type: rtnl.TypeUnicast},
 		{Family: rtnl.AFMPLS, Label: 1003, Via: netip.MustParseAddr("fd00::5"), Oif: 4, Encap: 16},
 		{Family: rtnl.AFInet, Table: 7001, Dst: netip.MustParsePrefix("0.0.0.0/0"), Oif: 2},
+		{Family: rtnl.AFInet, Table: 7003, Dst: netip.MustParsePrefix("10.1.0.5/32"), Gw: netip.MustParseAddr("fe80::1"), Oif: 2},
+		{Family: rtnl.AFInet, Table: 7003, Dst: netip.MustParsePrefix("10.1.0.6/32"), Via: netip.MustParseAddr("192.0.2.7"), Oif: 2},
 	}
 	rec := newRouteRecord()
 	for _, r := range routes {
