@@ -32,8 +32,6 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
-	"github.com/iotfabric/iotfabric/pkg/routedigest"
-	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
 // Config configures a Core.
@@ -46,52 +44,6 @@ type Config struct {
 	Log    *slog.Logger
 	// Now is the clock (tests).
 	Now func() time.Time
-}
-
-type routeKey struct{ network, prefix, rd string }
-
-func keyOf(r *v1.Route) routeKey {
-	return routeKey{r.GetNetwork(), r.GetPrefix(), r.GetRouteDistinguisher()}
-}
-
-// route is a route from a controller, parsed once for the desired state.
-type route struct {
-	raw  *v1.Route
-	rr   overlay.RemoteRoute
-	ok   bool   // usable: valid prefix, IPv4 next hop, label in range
-	hash uint64 // routedigest.Hash of raw, 0 until needed (core goroutine only)
-}
-
-// digest returns the route's routedigest.Hash.
-func (r *route) digest() uint64 {
-	if r.hash == 0 {
-		r.hash = routedigest.Hash(r.raw)
-	}
-	return r.hash
-}
-
-func newRoute(r *v1.Route) *route {
-	out := &route{raw: r}
-	pfx, err := netip.ParsePrefix(r.GetPrefix())
-	if err != nil || pfx != pfx.Masked() {
-		return out
-	}
-	nh, err := netip.ParseAddr(r.GetNextHop())
-	if err != nil || !nh.Is4() || r.GetLabel() < overlay.LabelFirst || r.GetLabel() > overlay.LabelLast {
-		return out
-	}
-	var es []encap.Encap
-	for _, e := range r.GetEncapsulations() {
-		if oe := encap.FromAPI(e); (oe == encap.MPLSoUDP || oe == encap.MPLSoGRE) && !slices.Contains(es, oe) {
-			es = append(es, oe)
-		}
-	}
-	if len(es) == 0 {
-		es = slices.Clone(overlay.DefaultEncapPriority)
-	}
-	out.rr = overlay.RemoteRoute{Prefix: pfx, Label: r.GetLabel(), RemoteUnderlay: nh, Encaps: es}
-	out.ok = true
-	return out
 }
 
 // sessionRoutes are the routes one controller sent.
@@ -121,6 +73,7 @@ type coreState struct {
 	// routesPending is what changed in the routes since the last flush to
 	// the route log, per controller.
 	routesPending map[string]*routeDelta
+	routeFlushes  uint64 // flushes handed to the writer
 	desiredGen    uint64
 	// routesCache holds the desired remote routes between whole builds.
 	routesCache desiredRoutes
@@ -140,7 +93,7 @@ type Core struct {
 	// notifications (non-blocking sends; readers then ask the core)
 	desiredCh  chan struct{}
 	endpointCh chan struct{}
-	routesOut  chan map[string]*routeDelta // to the route log's writer
+	routesOut  chan routeFlush // to the route log's writer
 	rlog       *routeLog
 }
 
@@ -176,8 +129,15 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 	s := &coreState{p: p, eps: map[string]*Endpoint{}, labels: map[uint32]string{}, pools: map[string]*ipam.Pool{},
 		sessions: sessions, frozen: map[routeKey]*route{}, foreign: map[string]map[netip.Addr]bool{}, tentative: map[string]Block{},
 		routesPending: map[string]*routeDelta{}}
-	for _, sr := range sessions {
-		maps.Copy(s.frozen, sr.routes)
+	if len(sessions) == 1 {
+		// Shared, as effectiveRoutes shares a single live session's map.
+		for _, sr := range sessions {
+			s.frozen = sr.routes
+		}
+	} else {
+		for _, sr := range sessions {
+			maps.Copy(s.frozen, sr.routes)
+		}
 	}
 	for _, e := range p.Endpoints {
 		if other, ok := s.labels[e.Label]; ok {
@@ -194,7 +154,7 @@ func NewCore(cfg Config) (*Core, *coreState, error) {
 		p.NextLabel = overlay.LabelFirst
 	}
 	c := &Core{cfg: cfg, log: cfg.Log.With(logkey.Component, logkey.ComponentCore), ops: make(chan func(*coreState)), done: make(chan struct{}),
-		desiredCh: make(chan struct{}, 1), endpointCh: make(chan struct{}, 1), routesOut: make(chan map[string]*routeDelta, 1), rlog: rlog}
+		desiredCh: make(chan struct{}, 1), endpointCh: make(chan struct{}, 1), routesOut: make(chan routeFlush, 1), rlog: rlog}
 	return c, s, nil
 }
 
@@ -249,7 +209,7 @@ func (c *Core) Run(ctx context.Context, s *coreState) error {
 		select {
 		case <-ctx.Done():
 			if len(s.routesPending) > 0 {
-				c.routesOut <- s.routesPending // the writer is draining: wait for it
+				c.routesOut <- c.routeFlush(s) // the writer is draining: wait for it
 			}
 			return nil
 		case op := <-c.ops:
@@ -304,20 +264,38 @@ func (c *Core) flushRoutes(s *coreState) {
 		return
 	}
 	select {
-	case c.routesOut <- s.routesPending:
+	case c.routesOut <- c.routeFlush(s):
 		s.routesPending = map[string]*routeDelta{}
+		s.routeFlushes++
 	default:
 	}
+}
+
+// routeFlush is the pending changes or, when the log would grow past twice
+// what the sessions hold, everything they hold (the log is then rewritten).
+func (c *Core) routeFlush(s *coreState) routeFlush {
+	var pending, live int64
+	for _, d := range s.routesPending {
+		pending += int64(len(d.routes)) + 1
+	}
+	for _, sr := range s.sessions {
+		live += int64(len(sr.routes)) + 1
+	}
+	if compactDue(c.rlog.lines.Load(), pending, live) {
+		return wholeFlush(s.sessions)
+	}
+	return routeFlush{sessions: s.routesPending}
 }
 
 // writeRoutes appends route changes to the route log until routesOut is
 // closed, then closes the log.
 func (c *Core) writeRoutes(done chan<- struct{}) {
 	defer close(done)
-	for d := range c.routesOut {
-		if err := c.rlog.append(d); err != nil {
+	for fl := range c.routesOut {
+		if err := c.rlog.write(fl); err != nil {
 			c.log.Error("persist routes", logkey.Err, err)
 		}
+		c.rlog.flushes.Add(1)
 	}
 	if err := c.rlog.close(); err != nil {
 		c.log.Error("persist routes", logkey.Err, err)

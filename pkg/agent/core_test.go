@@ -94,11 +94,23 @@ func TestBuildDesired(t *testing.T) {
 		"b:eth0": {Endpoint: cni.Endpoint{ID: "b:eth0", Network: "red", HostIf: "iotfb", Label: 17, // not attached yet
 			Addresses: []netip.Addr{netip.MustParseAddr("10.1.0.2")}}},
 	}
-	mk := func(prefix, rd, nh string, label uint32, encaps ...v1.Encapsulation) *route {
-		return newRoute(&v1.Route{Network: "red", Prefix: prefix, RouteDistinguisher: rd, NextHop: nh, Label: label, Encapsulations: encaps})
+	type keyed struct {
+		k routeKey
+		r *route
+	}
+	mk := func(prefix, rd, nh string, label uint32, encaps ...v1.Encapsulation) keyed {
+		network := "red"
+		if prefix == "10.9.0.0/24" {
+			network = "green"
+		}
+		k, r, err := newRoute(&v1.Route{Network: network, Prefix: prefix, RouteDistinguisher: rd, NextHop: nh, Label: label, Encapsulations: encaps})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return keyed{k, r}
 	}
 	routes := map[routeKey]*route{}
-	for _, r := range []*route{
+	for _, r := range []keyed{
 		mk("10.1.0.1/32", "192.0.2.1:1", "192.0.2.1", 16),                                            // own
 		mk("10.1.0.5/32", "192.0.2.9:1", "192.0.2.9", 30, v1.Encapsulation_ENCAPSULATION_MPLS_O_GRE), // remote
 		mk("10.1.0.5/32", "192.0.2.3:1", "192.0.2.3", 31),                                            // same prefix, lower RD: wins
@@ -106,11 +118,7 @@ func TestBuildDesired(t *testing.T) {
 		mk("10.1.0.7/31", "192.0.2.9:1", "192.0.2.9", 40),                                            // unmasked
 		mk("10.9.0.0/24", "192.0.2.9:2", "192.0.2.9", 41),                                            // network without a table here
 	} {
-		r.raw.Network = "red"
-		if r.raw.Prefix == "10.9.0.0/24" {
-			r.raw.Network = "green"
-		}
-		routes[keyOf(r.raw)] = r
+		routes[r.k] = r.r
 	}
 	st := buildDesired(u, nil, map[string]uint32{"red": 7001}, eps, routes)
 	if err := st.Validate(); err != nil {

@@ -95,18 +95,22 @@ func buildDesired(underlay netip.Addr, encaps []encap.Encap, tables map[string]u
 	}
 	chosen := map[string]map[netip.Prefix]cand{}
 	for k, r := range routes {
-		if !r.ok || r.rr.RemoteUnderlay == underlay || local[k.network][r.rr.Prefix] {
+		if !r.ok {
+			continue
+		}
+		network, _, rd := k.parts()
+		if r.nextHop() == underlay || local[network][r.prefix()] {
 			continue // unusable, or own routes
 		}
-		if chosen[k.network] == nil {
-			chosen[k.network] = map[netip.Prefix]cand{}
+		if chosen[network] == nil {
+			chosen[network] = map[netip.Prefix]cand{}
 		}
 		// One route per prefix: the lowest route distinguisher wins, so
 		// every gateway picks the same one.
-		if cur, ok := chosen[k.network][r.rr.Prefix]; ok && strings.Compare(cur.rd, k.rd) <= 0 {
+		if cur, ok := chosen[network][r.prefix()]; ok && strings.Compare(cur.rd, rd) <= 0 {
 			continue
 		}
-		chosen[k.network][r.rr.Prefix] = cand{rd: k.rd, r: r.rr}
+		chosen[network][r.prefix()] = cand{rd: rd, r: r.remote()}
 	}
 	for network, byPfx := range chosen {
 		n := netOf(network)

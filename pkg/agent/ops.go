@@ -2,11 +2,11 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
 
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/iotfabric/iotfabric/pkg/cni"
@@ -280,16 +280,21 @@ func (c *Core) resume(ctx context.Context, addr string) (ctlID string, rev int64
 			return
 		}
 		ctlID, rev = sr.controllerID, sr.revision
-		byNet := map[string][]*route{}
-		for k, r := range sr.routes {
-			byNet[k.network] = append(byNet[k.network], r)
+		byNet := map[string]int{}
+		for k := range sr.routes {
+			byNet[k.network()]++
 		}
-		for _, n := range slices.Sorted(maps.Keys(byNet)) {
-			rs := byNet[n]
-			d := routedigest.New(routedigest.BucketsFor(len(rs)))
-			for _, r := range rs {
-				d.Add(r.raw.GetPrefix(), r.raw.GetRouteDistinguisher(), r.digest(), 1)
-			}
+		ds := make(map[string]*routedigest.Digest, len(byNet))
+		for n, count := range byNet {
+			d := routedigest.New(routedigest.BucketsFor(count))
+			ds[n] = &d
+		}
+		for k, r := range sr.routes {
+			network, prefix, rd := k.parts()
+			ds[network].Add(prefix, rd, r.digest(), 1)
+		}
+		for _, n := range slices.Sorted(maps.Keys(ds)) {
+			d := ds[n]
 			digests = append(digests, &v1.RouteDigest{Network: n, Count: uint64(d.Count), Buckets: d.Buckets})
 		}
 	})
@@ -345,14 +350,20 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 			}
 		}
 		for _, r := range m.GetPut() {
-			k := keyOf(r)
-			if old, ok := prev[k]; ok && proto.Equal(old.raw, r) {
-				sr.routes[k] = old // unchanged: nothing to persist
+			k, nr, err := newRoute(r)
+			if err != nil {
+				c.log.Error("route from a controller not kept", logkey.Network, r.GetNetwork(), logkey.Err, fmt.Errorf("%s: %w", r.GetPrefix(), err))
+				continue
+			}
+			if old, ok := prev[k]; ok && old.wire == nr.wire {
+				// Unchanged: nothing to persist. Its key is the held
+				// route's (a map stores the key it is given).
+				k = old.key()
+				sr.routes[k] = old
 				if !snapshot {
 					continue
 				}
 			} else {
-				nr := newRoute(r)
 				cache.note(c.cfg.Underlay, k, sr.routes[k], nr)
 				sr.routes[k] = nr
 			}
@@ -408,11 +419,12 @@ func keepScopes(scopes []*v1.RouteScope) func(routeKey) bool {
 		byNet[sc.GetNetwork()] = bs
 	}
 	return func(k routeKey) bool {
-		bs, ok := byNet[k.network]
+		network, prefix, rd := k.parts()
+		bs, ok := byNet[network]
 		if !ok {
 			return false
 		}
-		return bs.buckets == nil || bs.buckets[routedigest.Bucket(k.prefix, k.rd, bs.n)]
+		return bs.buckets == nil || bs.buckets[routedigest.Bucket(prefix, rd, bs.n)]
 	}
 }
 

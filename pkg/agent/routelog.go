@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -21,8 +23,9 @@ import (
 // syncs the file, so one route change costs about a route's bytes on flash,
 // not the table's. When the log holds more than twice the lines the routes
 // need (and at least compactMin), it is rewritten whole (temporary file,
-// fsync, rename). A torn last line (a crash mid-append) is ignored when the
-// log is read.
+// fsync, rename) from a copy of what the core holds: the writer keeps no
+// routes of its own. A torn last line (a crash mid-append) is ignored when
+// the log is read.
 
 const (
 	routeLogFile = "routes.log"
@@ -45,64 +48,79 @@ type routeKeyJSON struct {
 }
 
 // routeDelta is what changed in one session since the last flush: routes put
-// (the route) or deleted (nil), and its resume point.
+// (the route) or deleted (nil), and its resume point. In a whole flush it is
+// all the session holds.
 type routeDelta struct {
 	controllerID string
 	revision     int64
 	routes       map[routeKey]*route
 }
 
-// routeLog is the writer's side: the file, and a mirror of what it holds
-// (for compaction). It is used by one goroutine.
+// routeFlush is what the core hands the route log's writer: the sessions'
+// changes to append or, when whole, everything they hold, to rewrite the log
+// with.
+type routeFlush struct {
+	whole    bool
+	sessions map[string]*routeDelta
+}
+
+// routeLog is the writer's side: the file. It is used by one goroutine; the
+// core reads lines to tell when the log wants compacting (it holds no copy of
+// the routes: the core sends them whole then).
 type routeLog struct {
 	path  string
 	f     *os.File
-	lines int
-	held  map[string]*routeDelta // what the file holds, per controller
+	lines atomic.Int64
+	// flushes counts the flushes written (or failed).
+	flushes atomic.Uint64
 	// written counts the bytes written (appends and compactions).
 	written int64
+}
+
+// compactDue tells whether the log, once pending more lines are appended,
+// holds more than twice the lines the live routes need (and at least
+// compactMin): then it is rewritten whole.
+func compactDue(lines, pending, live int64) bool {
+	return lines+pending > max(compactMin, 2*live)
 }
 
 // openRouteLog replays the route log under dir (or the routes.json of older
 // versions) and returns the sessions it holds and the log, ready to append.
 func openRouteLog(dir string) (map[string]*sessionRoutes, *routeLog, error) {
-	l := &routeLog{path: filepath.Join(dir, routeLogFile), held: map[string]*routeDelta{}}
+	l := &routeLog{path: filepath.Join(dir, routeLogFile)}
 	sessions := map[string]*sessionRoutes{}
 	data, err := os.ReadFile(l.path)
 	switch {
 	case err == nil:
-		if err := l.replay(data, sessions); err != nil {
+		if err := replay(data, sessions); err != nil {
 			return nil, nil, err
 		}
 	case errors.Is(err, os.ErrNotExist):
 		// An older version's whole-file routes.
-		old, err := loadRoutes(dir)
-		if err != nil {
+		if sessions, err = loadRoutes(dir); err != nil {
 			return nil, nil, err
-		}
-		sessions = old
-		for addr, sr := range old {
-			l.held[addr] = &routeDelta{controllerID: sr.controllerID, revision: sr.revision, routes: clone(sr.routes)}
 		}
 	default:
 		return nil, nil, err
 	}
-	if err := l.compact(); err != nil {
+	if err := l.compact(wholeFlush(sessions)); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", routeLogFile, err)
 	}
 	_ = os.Remove(filepath.Join(dir, routesFile))
 	return sessions, l, nil
 }
 
-func clone(m map[routeKey]*route) map[routeKey]*route {
-	out := make(map[routeKey]*route, len(m))
-	for k, v := range m {
-		out[k] = v
+// wholeFlush is everything the sessions hold (their maps copied: the core
+// goes on changing them).
+func wholeFlush(sessions map[string]*sessionRoutes) routeFlush {
+	out := routeFlush{whole: true, sessions: make(map[string]*routeDelta, len(sessions))}
+	for addr, sr := range sessions {
+		out.sessions[addr] = &routeDelta{controllerID: sr.controllerID, revision: sr.revision, routes: maps.Clone(sr.routes)}
 	}
 	return out
 }
 
-func (l *routeLog) replay(data []byte, sessions map[string]*sessionRoutes) error {
+func replay(data []byte, sessions map[string]*sessionRoutes) error {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
@@ -122,15 +140,16 @@ func (l *routeLog) replay(data []byte, sessions map[string]*sessionRoutes) error
 			if err := protojson.Unmarshal(rec.Put, r); err != nil {
 				return fmt.Errorf("%s: %w", routeLogFile, err)
 			}
-			sr.routes[keyOf(r)] = newRoute(r)
+			k, nr, err := newRoute(r)
+			if err != nil {
+				return fmt.Errorf("%s: %w", routeLogFile, err)
+			}
+			sr.routes[k] = nr
 		case rec.Del != nil:
-			delete(sr.routes, routeKey{rec.Del.Network, rec.Del.Prefix, rec.Del.RD})
+			delete(sr.routes, makeKey(rec.Del.Network, rec.Del.Prefix, rec.Del.RD))
 		default:
 			sr.controllerID, sr.revision = rec.ID, rec.Rev
 		}
-	}
-	for addr, sr := range sessions {
-		l.held[addr] = &routeDelta{controllerID: sr.controllerID, revision: sr.revision, routes: clone(sr.routes)}
 	}
 	return nil
 }
@@ -149,9 +168,14 @@ func appendRecords(buf []byte, addr string, d *routeDelta) ([]byte, int, error) 
 	for k, r := range d.routes {
 		rec := routeRecord{Controller: addr}
 		if r == nil {
-			rec.Del = &routeKeyJSON{k.network, k.prefix, k.rd}
+			network, prefix, rd := k.parts()
+			rec.Del = &routeKeyJSON{network, prefix, rd}
 		} else {
-			b, err := protojson.Marshal(r.raw)
+			m, err := r.msg()
+			if err != nil {
+				return nil, 0, err
+			}
+			b, err := protojson.Marshal(m)
 			if err != nil {
 				return nil, 0, err
 			}
@@ -167,50 +191,36 @@ func appendRecords(buf []byte, addr string, d *routeDelta) ([]byte, int, error) 
 	return buf, lines, nil
 }
 
-// append writes the deltas (per controller) and syncs, compacting when the
-// log has grown past twice what it holds.
-func (l *routeLog) append(deltas map[string]*routeDelta) error {
+// write appends a flush's changes and syncs, or rewrites the log with a
+// whole one.
+func (l *routeLog) write(fl routeFlush) error {
+	if fl.whole {
+		return l.compact(fl)
+	}
 	var buf []byte
-	for addr, d := range deltas {
+	lines := 0
+	for addr, d := range fl.sessions {
 		var n int
 		var err error
 		if buf, n, err = appendRecords(buf, addr, d); err != nil {
 			return err
 		}
-		l.lines += n
-		h := l.held[addr]
-		if h == nil {
-			h = &routeDelta{routes: map[routeKey]*route{}}
-			l.held[addr] = h
-		}
-		h.controllerID, h.revision = d.controllerID, d.revision
-		for k, r := range d.routes {
-			if r == nil {
-				delete(h.routes, k)
-			} else {
-				h.routes[k] = r
-			}
-		}
-	}
-	live := 0
-	for _, h := range l.held {
-		live += len(h.routes) + 1
-	}
-	if l.lines > max(compactMin, 2*live) {
-		return l.compact()
+		lines += n
 	}
 	if _, err := l.f.Write(buf); err != nil {
 		return err
 	}
+	l.lines.Add(int64(lines))
 	l.written += int64(len(buf))
 	return l.f.Sync()
 }
 
-// compact rewrites the log with what it holds, and reopens it for appends.
-func (l *routeLog) compact() error {
+// compact rewrites the log with what the sessions of a whole flush hold, and
+// reopens it for appends.
+func (l *routeLog) compact(fl routeFlush) error {
 	var buf []byte
 	lines := 0
-	for addr, h := range l.held {
+	for addr, h := range fl.sessions {
 		var n int
 		var err error
 		if buf, n, err = appendRecords(buf, addr, h); err != nil {
@@ -230,7 +240,8 @@ func (l *routeLog) compact() error {
 	if err != nil {
 		return err
 	}
-	l.f, l.lines = f, lines
+	l.f = f
+	l.lines.Store(int64(lines))
 	return nil
 }
 

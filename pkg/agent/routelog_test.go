@@ -56,7 +56,7 @@ func TestRouteLogWritesChangesOnly(t *testing.T) {
 		if sr == nil || len(sr.routes) != n || sr.revision != wantRev || sr.controllerID != "ctl" {
 			t.Fatalf("after a restart: %+v", sr)
 		}
-		if r := sr.routes[keyOf(testRoute(7, 0))]; r == nil || r.raw.GetLabel() != wantLabel {
+		if r := sr.routes[keyOf(testRoute(7, 0))]; r == nil || r.label != wantLabel {
 			t.Fatalf("route 7 after a restart: %v", r)
 		}
 	}
@@ -128,8 +128,8 @@ func TestPackagedStateFixture(t *testing.T) {
 		t.Fatalf("routes.log: sessions %+v", s.sessions)
 	}
 	for _, r := range sr.routes {
-		if !r.ok || r.rr.Prefix.String() != "10.10.0.18/32" || r.rr.Label != 100 {
-			t.Errorf("routes.log: route %+v", r.rr)
+		if !r.ok || r.prefix().String() != "10.10.0.18/32" || r.label != 100 {
+			t.Errorf("routes.log: route %+v", r.remote())
 		}
 	}
 }

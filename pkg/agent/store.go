@@ -106,7 +106,11 @@ func loadRoutes(dir string) (map[string]*sessionRoutes, error) {
 			if err := protojson.Unmarshal(raw, r); err != nil {
 				return nil, fmt.Errorf("%s: %w", routesFile, err)
 			}
-			sr.routes[keyOf(r)] = newRoute(r)
+			k, nr, err := newRoute(r)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", routesFile, err)
+			}
+			sr.routes[k] = nr
 		}
 		out[addr] = sr
 	}

@@ -41,7 +41,7 @@ type kstate struct {
 	vrfs      map[string]uint32
 	endpoints map[string]endpointSpec
 	rules     map[ruleKey]bool
-	routes    map[rtnl.RouteKey]rtnl.Route
+	routes    routeRecord
 	nexthops  map[rtnl.NexthopKey]rtnl.Nexthop
 	sysctls   map[string]string
 }
@@ -52,7 +52,7 @@ func newKstate() kstate {
 		vrfs:      map[string]uint32{},
 		endpoints: map[string]endpointSpec{},
 		rules:     map[ruleKey]bool{},
-		routes:    map[rtnl.RouteKey]rtnl.Route{},
+		routes:    newRouteRecord(),
 		nexthops:  map[rtnl.NexthopKey]rtnl.Nexthop{},
 		sysctls:   map[string]string{},
 	}
@@ -129,7 +129,7 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 			continue
 		}
 		for _, r := range routes {
-			cur.routes[r.Key()] = r
+			cur.routes.put(r)
 		}
 	}
 	if m.feat.Nexthops {
@@ -158,8 +158,8 @@ func (m *Manager) resyncLocked(ctx context.Context) error {
 			}
 		}
 	}
-	m.cur = cur
+	m.cur, m.nhIDs = cur, nil
 	m.log.Info("adopted kernel state", logkey.Tunnels, len(cur.tunnels), logkey.VRFs, len(cur.vrfs),
-		logkey.Rules, len(cur.rules), logkey.Routes, len(cur.routes), logkey.Nexthops, len(cur.nexthops), logkey.FOU, cur.fou)
+		logkey.Rules, len(cur.rules), logkey.Routes, cur.routes.len(), logkey.Nexthops, len(cur.nexthops), logkey.FOU, cur.fou)
 	return errors.Join(errs...)
 }

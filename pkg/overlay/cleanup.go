@@ -32,7 +32,7 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 	var errs []error
 	fail := func(err error) { errs = append(errs, err) }
 	var dels []rtnl.Op
-	for _, r := range m.cur.routes {
+	for _, r := range m.cur.routes.all() {
 		dels = append(dels, rtnl.Op{Del: true, Route: r})
 	}
 	m.applyRoutesLocked(ctx, dels, fail)
@@ -75,7 +75,7 @@ func (m *Manager) Cleanup(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("overlay: remove fou port: %w", err))
 		}
 	}
-	m.cur = newKstate()
+	m.cur, m.nhIDs = newKstate(), nil
 	m.last.ok = false
 	return errors.Join(errs...)
 }

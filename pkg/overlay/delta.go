@@ -231,7 +231,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		for k, n := range m.cur.nexthops {
 			m.base.nexthops[n.ID] = nexthopUse{key: k}
 		}
-		for _, r := range m.cur.routes {
+		for _, r := range m.cur.routes.all() {
 			if u, ok := m.base.nexthops[r.NhID]; ok && r.NhID != 0 {
 				u.refs++
 				m.base.nexthops[r.NhID] = u
@@ -253,7 +253,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 	var adds, dels []rtnl.Op
 	old := map[rtnl.RouteKey]rtnl.Route{}
 	for _, p := range plan {
-		have, had := m.cur.routes[p.key]
+		have, had := m.cur.routes.get(p.key)
 		if had {
 			old[p.key] = have
 		}
@@ -286,7 +286,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 	}
 	m.applyRoutesLocked(ctx, dels, fail)
 	// Count the routes per nexthop; remove the objects no route uses.
-	ref := func(id uint32, d int) {
+	ref := func(id uint32, d int32) {
 		if u, ok := m.base.nexthops[id]; ok && id != 0 {
 			u.refs += d
 			m.base.nexthops[id] = u
@@ -295,7 +295,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 	unused := map[uint32]bool{}
 	for _, op := range adds {
 		k := op.Route.Key()
-		if m.cur.routes[k] != op.Route {
+		if r, _ := m.cur.routes.get(k); r != op.Route {
 			continue // refused (reported)
 		}
 		ref(op.Route.NhID, 1)
@@ -305,7 +305,7 @@ func (m *Manager) UpdateRoutes(ctx context.Context, changes []RouteChange) error
 		}
 	}
 	for _, op := range dels {
-		if _, still := m.cur.routes[op.Route.Key()]; !still {
+		if _, still := m.cur.routes.get(op.Route.Key()); !still {
 			ref(op.Route.NhID, -1)
 			unused[op.Route.NhID] = true
 		}
@@ -364,7 +364,8 @@ func (m *Manager) pathCountsAfterLocked(paths map[rtnl.RouteKey]routePath) pathC
 	c := m.paths
 	m.statMu.Unlock()
 	for k, after := range paths {
-		before := m.routePathLocked(m.cur.routes[k])
+		r, _ := m.cur.routes.get(k)
+		before := m.routePathLocked(r)
 		if before == after {
 			continue
 		}
@@ -392,7 +393,7 @@ func (m *Manager) pathCountsAfterLocked(paths map[rtnl.RouteKey]routePath) pathC
 // nexthopUse is a nexthop object of the record and how many routes use it.
 type nexthopUse struct {
 	key  rtnl.NexthopKey
-	refs int
+	refs int32
 }
 
 // validRemoteRoute is State.Validate's check of one remote route.

@@ -5,6 +5,8 @@ package overlay
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +23,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/iotfabric/iotfabric/pkg/encap"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/overlay/internal/rtnl"
 )
@@ -60,18 +63,20 @@ type Manager struct {
 	feat Features
 
 	// mu serialises Set, Resync and Cleanup and guards the fields below.
-	mu       sync.Mutex
-	ns       netns.NsHandle
-	h        *netlink.Handle
-	rt       *rtnl.Conn
-	cur      kstate
-	last     lastApplied
-	base     routeBase       // what UpdateRoutes builds on
-	nextNH   uint32          // next nexthop id to try
-	nhIDs    map[uint32]bool // ids in use, valid while nhIDsFor matches
-	nhIDsFor int
-	fp       *fastPath // nil: MPLSoUDP takes the kernel path only
-	closed   bool
+	mu     sync.Mutex
+	ns     netns.NsHandle
+	h      *netlink.Handle
+	rt     *rtnl.Conn
+	cur    kstate
+	last   lastApplied
+	base   routeBase // what UpdateRoutes builds on
+	nextNH uint32    // next nexthop id to try
+	// nhIDs are the nexthop ids the record holds and those handed out since
+	// (some perhaps never made); nil until the first allocation after a
+	// re-read of the kernel.
+	nhIDs  map[uint32]struct{}
+	fp     *fastPath // nil: MPLSoUDP takes the kernel path only
+	closed bool
 
 	// statMu guards paths and the fast path's counters for FastPathStats,
 	// which must not wait for a long Set.
@@ -205,7 +210,8 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 	// Fast path: the state last applied without error, and the interfaces it
 	// depends on unchanged. Resync drops this shortcut, so drift made behind
 	// the manager's back is repaired on the next Set after it.
-	if m.last.ok && sameState(&s, &m.last.state) {
+	digest := stateDigest(&s)
+	if m.last.ok && digest == m.last.digest {
 		fp, err := m.linkFingerprintLocked(&s)
 		if err == nil && maps.Equal(fp, m.last.links) {
 			return nil
@@ -219,19 +225,19 @@ func (m *Manager) Set(ctx context.Context, s State) error {
 	err := m.setLocked(ctx, &s)
 	if err == nil {
 		if fp, ferr := m.linkFingerprintLocked(&s); ferr == nil {
-			m.last = lastApplied{ok: true, state: s.Clone(), links: fp}
+			m.last = lastApplied{ok: true, digest: digest, links: fp}
 			m.setRouteBaseLocked(&s, fp)
 		}
 	}
 	return err
 }
 
-// lastApplied is the state last applied without error and the interfaces it
-// depended on at that moment.
+// lastApplied is the digest of the state last applied without error and
+// the interfaces it depended on at that moment.
 type lastApplied struct {
-	ok    bool
-	state State
-	links map[string]linkFingerprint
+	ok     bool
+	digest [sha256.Size]byte
+	links  map[string]linkFingerprint
 }
 
 type linkFingerprint struct {
@@ -263,23 +269,69 @@ func (m *Manager) linkFingerprintLocked(s *State) (map[string]linkFingerprint, e
 	return fp, nil
 }
 
-func sameState(a, b *State) bool {
-	if a.Underlay != b.Underlay || !slices.Equal(a.EncapPriority, b.EncapPriority) || len(a.Networks) != len(b.Networks) {
-		return false
+// stateDigest is the SHA-256 of an unambiguous encoding of s: the Set
+// shortcut compares it instead of keeping a copy of the state (a route takes
+// about a hundred bytes; a gateway has tens of thousands).
+func stateDigest(s *State) [sha256.Size]byte {
+	h := sha256.New()
+	buf := make([]byte, 0, 4096)
+	flush := func() {
+		h.Write(buf)
+		buf = buf[:0]
 	}
-	for i := range a.Networks {
-		x, y := &a.Networks[i], &b.Networks[i]
-		if x.Name != y.Name || x.Table != y.Table || !slices.Equal(x.Endpoints, y.Endpoints) || len(x.Routes) != len(y.Routes) {
-			return false
+	str := func(v string) {
+		buf = binary.AppendUvarint(buf, uint64(len(v)))
+		buf = append(buf, v...)
+	}
+	addr := func(a netip.Addr) {
+		// Its length (0, 4 or 16 bytes), its bytes, its zone.
+		buf = append(buf, byte(a.BitLen()/8))
+		if a.Is4() {
+			b := a.As4()
+			buf = append(buf, b[:]...)
+		} else if a.IsValid() {
+			b := a.As16()
+			buf = append(buf, b[:]...)
 		}
-		for j := range x.Routes {
-			r, q := &x.Routes[j], &y.Routes[j]
-			if r.Prefix != q.Prefix || r.Label != q.Label || r.RemoteUnderlay != q.RemoteUnderlay || !slices.Equal(r.Encaps, q.Encaps) {
-				return false
+		str(a.Zone())
+	}
+	encaps := func(es []encap.Encap) {
+		buf = binary.AppendUvarint(buf, uint64(len(es)))
+		for _, e := range es {
+			buf = binary.AppendUvarint(buf, uint64(e))
+		}
+	}
+	addr(s.Underlay)
+	encaps(s.EncapPriority)
+	buf = binary.AppendUvarint(buf, uint64(len(s.Networks)))
+	for i := range s.Networks {
+		n := &s.Networks[i]
+		str(n.Name)
+		buf = binary.AppendUvarint(buf, uint64(n.Table))
+		buf = binary.AppendUvarint(buf, uint64(len(n.Endpoints)))
+		for _, ep := range n.Endpoints {
+			str(ep.Interface)
+			addr(ep.Address)
+			buf = binary.AppendUvarint(buf, uint64(ep.Label))
+		}
+		buf = binary.AppendUvarint(buf, uint64(len(n.Routes)))
+		for j := range n.Routes {
+			r := &n.Routes[j]
+			addr(r.Prefix.Addr())
+			buf = binary.AppendVarint(buf, int64(r.Prefix.Bits()))
+			buf = binary.AppendUvarint(buf, uint64(r.Label))
+			addr(r.RemoteUnderlay)
+			encaps(r.Encaps)
+			if len(buf) > cap(buf)-256 {
+				flush()
 			}
 		}
+		flush()
 	}
-	return true
+	flush()
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out
 }
 
 func ipAddr(ip net.IP) netip.Addr {

@@ -165,16 +165,19 @@ func sameRoute(want, have rtnl.Route) bool {
 }
 
 // allocNexthopIDLocked returns a nexthop id that neither the kernel record
-// nor the nexthops planned so far use.
+// nor the nexthops planned so far use. The ids in use are kept up to date
+// with the record (recordOpLocked), so an allocation costs the same however
+// many nexthops there are; they are rebuilt after a re-read of the kernel,
+// and once ids handed out but never made (a failed or abandoned change)
+// outnumber those in use.
 func (m *Manager) allocNexthopIDLocked(planned map[rtnl.NexthopKey]rtnl.Nexthop) uint32 {
-	if len(m.nhIDs) == 0 || m.nhIDsFor != len(m.cur.nexthops)+len(planned) {
-		// Rebuild the used set lazily (only when allocating).
-		m.nhIDs = make(map[uint32]bool, len(m.cur.nexthops)+len(planned))
+	if m.nhIDs == nil || len(m.nhIDs) > 2*(len(m.cur.nexthops)+len(planned))+64 {
+		m.nhIDs = make(map[uint32]struct{}, len(m.cur.nexthops)+len(planned))
 		for _, n := range m.cur.nexthops {
-			m.nhIDs[n.ID] = true
+			m.nhIDs[n.ID] = struct{}{}
 		}
 		for _, n := range planned {
-			m.nhIDs[n.ID] = true
+			m.nhIDs[n.ID] = struct{}{}
 		}
 	}
 	for {
@@ -183,9 +186,8 @@ func (m *Manager) allocNexthopIDLocked(planned map[rtnl.NexthopKey]rtnl.Nexthop)
 		if m.nextNH > NexthopIDLast {
 			m.nextNH = NexthopIDFirst
 		}
-		if !m.nhIDs[id] {
-			m.nhIDs[id] = true
-			m.nhIDsFor = len(m.cur.nexthops) + len(planned) + 1
+		if _, used := m.nhIDs[id]; !used {
+			m.nhIDs[id] = struct{}{}
 			return id
 		}
 	}

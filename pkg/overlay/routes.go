@@ -38,18 +38,22 @@ func (m *Manager) recordOpLocked(op rtnl.Op, err error) error {
 	case op.Nexthop && op.Del && (err == nil || isGone(err)):
 		if m.cur.nexthops[op.NHKey].ID == op.NH.ID {
 			delete(m.cur.nexthops, op.NHKey)
+			delete(m.nhIDs, op.NH.ID)
 		}
 		return nil
 	case op.Nexthop && !op.Del && err == nil:
 		m.cur.nexthops[op.NH.Key()] = op.NH
+		if m.nhIDs != nil {
+			m.nhIDs[op.NH.ID] = struct{}{}
+		}
 		return nil
 	case op.Nexthop:
 		return err
 	case op.Del && (err == nil || isGone(err)):
-		delete(m.cur.routes, op.Route.Key())
+		m.cur.routes.del(op.Route.Key())
 		return nil
 	case !op.Del && err == nil:
-		m.cur.routes[op.Route.Key()] = op.Route
+		m.cur.routes.put(op.Route)
 		return nil
 	}
 	return err
@@ -66,7 +70,7 @@ func (m *Manager) flushViaLocked(ctx context.Context, ifindex int, fail func(err
 			nhDels = append(nhDels, rtnl.Op{Del: true, Nexthop: true, NH: n, NHKey: k})
 		}
 	}
-	for _, r := range m.cur.routes {
+	for _, r := range m.cur.routes.all() {
 		if r.Oif == int32(ifindex) || r.NhID != 0 && nhs[r.NhID] {
 			dels = append(dels, rtnl.Op{Del: true, Route: r})
 		}
@@ -85,9 +89,9 @@ func (m *Manager) forgetRoutesViaLocked(ifindex int) {
 			delete(m.cur.nexthops, k)
 		}
 	}
-	for k, r := range m.cur.routes {
+	for k, r := range m.cur.routes.all() {
 		if r.Oif == int32(ifindex) || r.NhID != 0 && gone[r.NhID] {
-			delete(m.cur.routes, k)
+			m.cur.routes.del(k)
 		}
 	}
 }
@@ -152,7 +156,7 @@ func (m *Manager) addRoutesLocked(ctx context.Context, want map[rtnl.RouteKey]rt
 			r.Oif, r.Encap = 0, 0
 			want[k] = r
 		}
-		if have, ok := m.cur.routes[k]; ok && sameRoute(r, have) {
+		if have, ok := m.cur.routes.get(k); ok && sameRoute(r, have) {
 			continue
 		}
 		adds = append(adds, rtnl.Op{Route: r})
@@ -164,7 +168,7 @@ func (m *Manager) addRoutesLocked(ctx context.Context, want map[rtnl.RouteKey]rt
 // no longer wanted.
 func (m *Manager) removeRoutesLocked(ctx context.Context, want map[rtnl.RouteKey]rtnl.Route, wantNH map[rtnl.NexthopKey]rtnl.Nexthop, fail func(error)) {
 	var dels []rtnl.Op
-	for k, r := range m.cur.routes {
+	for k, r := range m.cur.routes.all() {
 		if _, ok := want[k]; !ok {
 			dels = append(dels, rtnl.Op{Del: true, Route: r})
 		}
