@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,6 +76,9 @@ func grpcOptions(v string) ([]grpc.ServerOption, error) {
 func TestMain(m *testing.M) {
 	if conf, ok := os.LookupEnv(controllerEnv); ok {
 		os.Exit(runController(conf))
+	}
+	if _, ok := os.LookupEnv(fleet.WorkerEnv); ok {
+		os.Exit(fleet.ServeWorker(os.Stdin, os.Stdout))
 	}
 	// Thousands of agents keep connections and files open.
 	var lim syscall.Rlimit
@@ -273,9 +275,10 @@ func (c *controller) refused() int64 {
 
 // cpuProfile profiles the controller's CPU for d in the background into
 // IOTFABRIC_BENCH_FLEET_PROFILES/<name>.cpu and, over the same time, the
-// load generator's (this process: the agents) into <name>-agents.cpu; the
-// returned function waits for both. Without the variable it does nothing.
-func (c *controller) cpuProfile(name string, d time.Duration) (wait func()) {
+// load generator's (the agents: this process, or each worker process) into
+// <name>-agents.cpu (<name>-agents-N.cpu per worker); the returned
+// function waits for both. Without the variable it does nothing.
+func (c *controller) cpuProfile(f *fleet.Fleet, name string, d time.Duration) (wait func()) {
 	dir := os.Getenv("IOTFABRIC_BENCH_FLEET_PROFILES")
 	if dir == "" {
 		return func() {}
@@ -291,9 +294,8 @@ func (c *controller) cpuProfile(name string, d time.Duration) (wait func()) {
 		b, _ := io.ReadAll(resp.Body)
 		os.WriteFile(filepath.Join(dir, name+".cpu"), b, 0o644)
 	}()
-	f, err := os.Create(filepath.Join(dir, name+"-agents.cpu"))
-	if err == nil && pprof.StartCPUProfile(f) == nil {
-		time.AfterFunc(d, func() { pprof.StopCPUProfile(); f.Close() })
+	if err := f.CPUProfile(dir, name+"-agents", d); err != nil {
+		c.t.Log(err)
 	}
 	return func() { <-done }
 }
@@ -303,11 +305,13 @@ type scenario struct {
 	gateways, perNetwork, endpoints int
 	idle                            time.Duration
 	memOnly                         bool // stop once synced and measured
+	processes                       int  // load generator processes (0: as the open-file limit needs)
 }
 
 type result struct {
 	scenario
 	grpcOpts            string // the bare floor's gRPC options ("": the environment's)
+	processes           int    // load generator processes
 	rssBase, rssSynced  int64
 	memBase, memSynced  memStats
 	synced              time.Duration
@@ -344,6 +348,46 @@ func pct(d []time.Duration, p float64) time.Duration {
 	return s[int(float64(len(s)-1)*p)]
 }
 
+// probeGateway registers the gateway the probe endpoints are on, with one
+// endpoint in each of the nNets networks, so that every gateway holds a
+// route through it (on a real gateway: a tunnel to it) before the probe:
+// the probe is then a new endpoint on a gateway the others already reach,
+// which a real gateway applies route by route. (A route through a gateway
+// it has no tunnel to yet makes it apply its whole state.)
+func probeGateway(ctx context.Context, t *testing.T, conn *grpc.ClientConn, nNets int) {
+	if _, err := v1.NewAgentServiceClient(conn).Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "probe", UnderlayAddress: "198.18.0.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := probeEndpoints(nNets, "anchor", 251, uint32(16+nNets))
+	createProbeEndpoints(ctx, t, conn, req)
+}
+
+// probeEndpoints are one endpoint per network on the probe gateway:
+// 10.x.y.host in each network's subnet, labels from label0.
+func probeEndpoints(nNets int, id string, host byte, label0 uint32) (*v1.CreateEndpointsRequest, []netip.Prefix) {
+	var probes []netip.Prefix
+	var req v1.CreateEndpointsRequest
+	for i := range nNets {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 4), byte((i&15)<<4 + 15), host})
+		probes = append(probes, netip.PrefixFrom(a, 32))
+		req.Endpoints = append(req.Endpoints, &v1.Endpoint{Id: fmt.Sprintf("%s-%d", id, i), Network: fmt.Sprintf("fleet-%d", i),
+			Gateway: "probe", Addresses: []string{a.String()}, Label: label0 + uint32(i)})
+	}
+	return &req, probes
+}
+
+func createProbeEndpoints(ctx context.Context, t *testing.T, conn *grpc.ClientConn, req *v1.CreateEndpointsRequest) {
+	resp, err := v1.NewEndpointServiceClient(conn).CreateEndpoints(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range resp.GetErrors() {
+		if e != "" {
+			t.Fatal(e)
+		}
+	}
+}
+
 func runScenario(t *testing.T, sc scenario) result {
 	ctx := context.Background()
 	r := result{scenario: sc}
@@ -354,8 +398,6 @@ func runScenario(t *testing.T, sc scenario) result {
 	}
 	defer conn.Close()
 	nets := v1.NewNetworkServiceClient(conn)
-	eps := v1.NewEndpointServiceClient(conn)
-	agents := v1.NewAgentServiceClient(conn)
 	nNets := (sc.gateways + sc.perNetwork - 1) / sc.perNetwork
 	for i := range nNets {
 		if _, err := nets.CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: fmt.Sprintf("fleet-%d", i),
@@ -363,8 +405,8 @@ func runScenario(t *testing.T, sc scenario) result {
 			t.Fatal(err)
 		}
 	}
-	if _, err := agents.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "probe", UnderlayAddress: "198.18.0.1"}}); err != nil {
-		t.Fatal(err)
+	if !sc.memOnly {
+		probeGateway(ctx, t, conn, nNets)
 	}
 	time.Sleep(500 * time.Millisecond)
 	r.memBase = ctl.mem("base")
@@ -376,21 +418,29 @@ func runScenario(t *testing.T, sc scenario) result {
 	}
 	defer os.RemoveAll(dir)
 	start := time.Now()
+	procs := sc.processes
+	if procs == 0 {
+		procs = fleet.ProcessesFor(sc.gateways, 1)
+	}
+	r.processes = procs
 	f, err := fleet.Start(ctx, fleet.Config{Controllers: []string{ctl.addr}, Gateways: sc.gateways, EndpointsPerGateway: sc.endpoints,
-		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/sc.perNetwork) }, Dir: dir, Log: testLog()})
+		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/sc.perNetwork) }, Dir: dir, Log: testLog(), Processes: procs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Stop()
-	if _, err := f.WaitAll(ctx, 10*time.Minute, "registered", func(g *fleet.Gateway) bool { return g.Live() == 1 }); err != nil {
+	if _, err := f.WaitAll(ctx, 30*time.Minute, "registered", func(g *fleet.Gateway) bool { return g.Live() == 1 }); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.AddEndpoints(ctx, sc.endpoints, 16); err != nil {
 		t.Fatal(err)
 	}
 	want := (sc.perNetwork - 1) * sc.endpoints
+	if !sc.memOnly {
+		want++ // the probe gateway's
+	}
 	r.routesPerGateway = want
-	if _, err := f.WaitAll(ctx, 10*time.Minute, "synced", func(g *fleet.Gateway) bool { return g.Routes() >= want }); err != nil {
+	if _, err := f.WaitAll(ctx, 30*time.Minute, "synced", func(g *fleet.Gateway) bool { return g.Routes() >= want }); err != nil {
 		t.Fatal(err)
 	}
 	r.synced = time.Since(start)
@@ -403,25 +453,12 @@ func runScenario(t *testing.T, sc scenario) result {
 	}
 
 	// One change reaching every stream: one endpoint per network, in one call.
-	var probes []netip.Prefix
-	var req v1.CreateEndpointsRequest
-	for i := range nNets {
-		a := netip.AddrFrom4([4]byte{10, byte(i >> 4), byte((i&15)<<4 + 15), 250})
-		probes = append(probes, netip.PrefixFrom(a, 32))
-		req.Endpoints = append(req.Endpoints, &v1.Endpoint{Id: fmt.Sprintf("probe-%d", i), Network: fmt.Sprintf("fleet-%d", i),
-			Gateway: "probe", Addresses: []string{a.String()}, Label: uint32(16 + i)})
-	}
-	waitProf := ctl.cpuProfile(fmt.Sprintf("change-%d", sc.gateways), 15*time.Second)
-	f.Probe(probes)
-	resp, err := eps.CreateEndpoints(ctx, &req)
-	if err != nil {
+	req, probes := probeEndpoints(nNets, "probe", 250, 16)
+	waitProf := ctl.cpuProfile(f, fmt.Sprintf("change-%d", sc.gateways), 15*time.Second)
+	if err := f.Probe(probes); err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range resp.GetErrors() {
-		if e != "" {
-			t.Fatal(e)
-		}
-	}
+	createProbeEndpoints(ctx, t, conn, req)
 	if _, err := f.WaitAll(ctx, 2*time.Minute, "probe", (*fleet.Gateway).Probed); err != nil {
 		t.Fatal(err)
 	}
@@ -447,14 +484,14 @@ func runScenario(t *testing.T, sc scenario) result {
 	b0 = f.BytesIn.Load() + f.BytesOut.Load()
 	t0 := time.Now()
 	ctl.stop(syscall.SIGTERM)
-	if _, err := f.WaitAll(ctx, time.Minute, "sessions down", func(g *fleet.Gateway) bool { return g.Live() == 0 }); err != nil {
+	if _, err := f.WaitAll(ctx, 5*time.Minute, "sessions down", func(g *fleet.Gateway) bool { return g.Live() == 0 }); err != nil {
 		t.Fatal(err)
 	}
 	r.restartDown = time.Since(t0)
 	t1 := time.Now()
 	ctl.start()
 	r.restartServing = time.Since(t1)
-	waitProf = ctl.cpuProfile(fmt.Sprintf("restart-%d", sc.gateways), 30*time.Second)
+	waitProf = ctl.cpuProfile(f, fmt.Sprintf("restart-%d", sc.gateways), 30*time.Second)
 	if _, err := f.WaitAll(ctx, 10*time.Minute, "streaming again", func(g *fleet.Gateway) bool { return g.Live() == 1 }); err != nil {
 		t.Fatal(err)
 	}
@@ -463,7 +500,7 @@ func runScenario(t *testing.T, sc scenario) result {
 	waitProf()
 	time.Sleep(time.Second)
 	r.restartBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0
-	if _, err := f.WaitAll(ctx, time.Minute, "routes after the restart", func(g *fleet.Gateway) bool { return g.Routes() >= want+1 }); err != nil {
+	if _, err := f.WaitAll(ctx, 5*time.Minute, "routes after the restart", func(g *fleet.Gateway) bool { return g.Routes() >= want+1 }); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -471,9 +508,9 @@ func runScenario(t *testing.T, sc scenario) result {
 
 func printTable(rs []result) {
 	fmt.Printf("\nbench-fleet: simulated gateways (real agents, one gRPC connection each) against one controller process\n")
-	fmt.Printf("%8s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s %11s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h", "idle downs")
+	fmt.Printf("%8s %6s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s %11s\n", "gateways", "procs", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h", "idle downs")
 	for _, r := range rs {
-		fmt.Printf("%8d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f %11d\n", r.gateways, r.perNetwork, r.routesPerGateway,
+		fmt.Printf("%8d %6d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f %11d\n", r.gateways, r.processes, r.perNetwork, r.routesPerGateway,
 			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/float64(r.gateways), r.synced.Round(100*time.Millisecond), r.syncBytesPerGateway,
 			r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond), r.restart.Round(100*time.Millisecond),
 			r.restartDown.Round(100*time.Millisecond).String()+"/"+r.restartServing.Round(100*time.Millisecond).String(), r.restartRefused, r.restartBytes/int64(r.gateways), r.idleBytesPerGwHour, r.idleDowns)
@@ -482,10 +519,12 @@ func printTable(rs []result) {
 }
 
 // TestFleetSmoke: 100 simulated gateways (10 per network, one endpoint
-// each) register, sync, get one change, survive a controller restart; the
-// figures are printed, the checks are that every step completes.
+// each) split over two worker processes register, sync, get one change,
+// survive a controller restart; the figures are printed, the checks are
+// that every step completes. (TestFleetPairSmoke runs its gateways in this
+// process.)
 func TestFleetSmoke(t *testing.T) {
-	r := runScenario(t, scenario{gateways: 100, perNetwork: 10, endpoints: 1, idle: 2 * time.Second})
+	r := runScenario(t, scenario{gateways: 100, perNetwork: 10, endpoints: 1, idle: 2 * time.Second, processes: 2})
 	printTable([]result{r})
 }
 
@@ -601,6 +640,7 @@ func TestBenchFleetMemory(t *testing.T) {
 // pairResult is one run of two controllers on etcd, one of them killed.
 type pairResult struct {
 	gateways, routesPerGateway int
+	processes                  int // load generator processes
 	rss1, rss2                 int64
 	synced                     time.Duration
 	noticed                    time.Duration // until every gateway's session with the killed one ended
@@ -630,25 +670,23 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	}
 	defer conn.Close()
 	nNets := (n + perNetwork - 1) / perNetwork
-	nets, eps, agents := v1.NewNetworkServiceClient(conn), v1.NewEndpointServiceClient(conn), v1.NewAgentServiceClient(conn)
+	nets := v1.NewNetworkServiceClient(conn)
 	for i := range nNets {
 		if _, err := nets.CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: fmt.Sprintf("fleet-%d", i),
 			Subnets: []string{fmt.Sprintf("10.%d.%d.0/20", i>>4, (i&15)<<4)}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := agents.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "probe", UnderlayAddress: "198.18.0.1"}}); err != nil {
-		t.Fatal(err)
-	}
+	probeGateway(ctx, t, conn, nNets)
 	dir, err := fleet.ShmDir(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	r := pairResult{gateways: n, routesPerGateway: (perNetwork - 1) * endpoints}
+	r := pairResult{gateways: n, routesPerGateway: (perNetwork-1)*endpoints + 1, processes: fleet.ProcessesFor(n, 2)}
 	start := time.Now()
 	f, err := fleet.Start(ctx, fleet.Config{Controllers: []string{c1.addr, c2.addr}, Gateways: n, EndpointsPerGateway: endpoints,
-		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/perNetwork) }, Dir: dir, Log: testLog()})
+		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/perNetwork) }, Dir: dir, Log: testLog(), Processes: r.processes})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -685,18 +723,11 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 		t.Fatal(err2)
 	}
 	r.noticed = time.Since(t0)
-	var probes []netip.Prefix
-	var req v1.CreateEndpointsRequest
-	for i := range nNets {
-		a := netip.AddrFrom4([4]byte{10, byte(i >> 4), byte((i&15)<<4 + 15), 250})
-		probes = append(probes, netip.PrefixFrom(a, 32))
-		req.Endpoints = append(req.Endpoints, &v1.Endpoint{Id: fmt.Sprintf("probe-%d", i), Network: fmt.Sprintf("fleet-%d", i),
-			Gateway: "probe", Addresses: []string{a.String()}, Label: uint32(16 + i)})
-	}
-	f.Probe(probes)
-	if _, err := eps.CreateEndpoints(ctx, &req); err != nil {
+	req, probes := probeEndpoints(nNets, "probe", 250, 16)
+	if err := f.Probe(probes); err != nil {
 		t.Fatal(err)
 	}
+	createProbeEndpoints(ctx, t, conn, req)
 	if _, err := f.WaitAll(ctx, timeout, "probe through the survivor", (*fleet.Gateway).Probed); err != nil {
 		t.Fatal(err)
 	}
@@ -720,10 +751,10 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 
 func printPairTable(rs []pairResult) {
 	fmt.Printf("\nbench-fleet-pair: two controllers on one etcd, every gateway streaming from both; one SIGKILLed, then started again\n")
-	fmt.Printf("%8s %9s %8s %8s %9s %9s %9s %9s %9s %9s %12s %10s %12s\n", "gateways", "routes/gw", "ctl1 MB", "ctl2 MB", "synced",
+	fmt.Printf("%8s %6s %9s %8s %8s %9s %9s %9s %9s %9s %9s %12s %10s %12s\n", "gateways", "procs", "routes/gw", "ctl1 MB", "ctl2 MB", "synced",
 		"noticed", "lost", "chg p50", "chg p99", "chg max", "kill B/gw", "back", "back B/gw")
 	for _, r := range rs {
-		fmt.Printf("%8d %9d %8.0f %8.0f %9s %9s %9d %9s %9s %9s %12d %10s %12d\n", r.gateways, r.routesPerGateway,
+		fmt.Printf("%8d %6d %9d %8.0f %8.0f %9s %9s %9d %9s %9s %9s %12d %10s %12d\n", r.gateways, r.processes, r.routesPerGateway,
 			float64(r.rss1)/(1<<20), float64(r.rss2)/(1<<20), r.synced.Round(100*time.Millisecond), r.noticed.Round(10*time.Millisecond),
 			r.survivorLost, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond),
 			r.killBytes/int64(r.gateways), r.back.Round(100*time.Millisecond), r.backBytes/int64(r.gateways))
