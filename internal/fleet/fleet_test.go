@@ -724,6 +724,7 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	}
 	r.noticed = time.Since(t0)
 	req, probes := probeEndpoints(nNets, "probe", 250, 16)
+	waitProf := c2.cpuProfile(f, fmt.Sprintf("pair-change-%d", n), 15*time.Second)
 	if err := f.Probe(probes); err != nil {
 		t.Fatal(err)
 	}
@@ -733,6 +734,7 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	}
 	lat := f.ProbeLatencies()
 	r.p50, r.p99, r.pmax = pct(lat, .5), pct(lat, .99), pct(lat, 1)
+	waitProf()
 	time.Sleep(time.Second)
 	r.killBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0
 	r.survivorLost = downs() - lost0
@@ -740,10 +742,12 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	b0 = f.BytesIn.Load() + f.BytesOut.Load()
 	t0 = time.Now()
 	c1.start()
+	waitProf = c1.cpuProfile(f, fmt.Sprintf("pair-back-%d", n), 30*time.Second)
 	if _, err := f.WaitAll(ctx, timeout, "streaming from both again", func(g *fleet.Gateway) bool { return g.Live() == 2 }); err != nil {
 		t.Fatal(err)
 	}
 	r.back = time.Since(t0)
+	waitProf()
 	time.Sleep(time.Second)
 	r.backBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0
 	return r
@@ -775,7 +779,7 @@ func TestBenchFleetPair(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rs = append(rs, runPair(t, n, 100, 2, 15*time.Minute))
+		rs = append(rs, runPair(t, n, 100, 2, 30*time.Minute))
 		printPairTable(rs)
 	}
 }
