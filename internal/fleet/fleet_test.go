@@ -273,6 +273,43 @@ func (c *controller) refused() int64 {
 	return n
 }
 
+// codes is how many calls of the API method the controller answered, per
+// gRPC code, since it started.
+func (c *controller) codes(method string) map[string]int64 {
+	out := map[string]int64{}
+	resp, err := http.Get("http://" + c.metrics + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "iotfabric_api_requests_total{") || !strings.Contains(l, `method="`+method+`"`) {
+			continue
+		}
+		_, code, _ := strings.Cut(l, `code="`)
+		code, _, _ = strings.Cut(code, `"`)
+		_, v, _ := strings.Cut(l, "} ")
+		f, _ := strconv.ParseFloat(v, 64)
+		out[code] += int64(f)
+	}
+	return out
+}
+
+// startRate is the fleet's start rate, IOTFABRIC_BENCH_FLEET_START_RATE
+// gateways per second (0: fleet's default).
+func startRate(t *testing.T) int {
+	v := os.Getenv("IOTFABRIC_BENCH_FLEET_START_RATE")
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // cpuProfile profiles the controller's CPU for d in the background into
 // IOTFABRIC_BENCH_FLEET_PROFILES/<name>.cpu and, over the same time, the
 // load generator's (the agents: this process, or each worker process) into
@@ -424,7 +461,8 @@ func runScenario(t *testing.T, sc scenario) result {
 	}
 	r.processes = procs
 	f, err := fleet.Start(ctx, fleet.Config{Controllers: []string{ctl.addr}, Gateways: sc.gateways, EndpointsPerGateway: sc.endpoints,
-		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/sc.perNetwork) }, Dir: dir, Log: testLog(), Processes: procs})
+		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/sc.perNetwork) }, Dir: dir, Log: testLog(), Processes: procs,
+		StartRate: startRate(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -658,6 +696,9 @@ type pairResult struct {
 // (p50/p99/max), the bytes all that took; then the killed controller is
 // started again (a new instance on the same store): until every gateway
 // streams from both again, and the bytes.
+//
+// Each step's figure is printed as it is measured, and when a step does not
+// complete, the controllers' answers to Register so far.
 func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) pairResult {
 	ctx := context.Background()
 	etcd := etcdtest.Start(t)
@@ -686,14 +727,21 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	r := pairResult{gateways: n, routesPerGateway: (perNetwork-1)*endpoints + 1, processes: fleet.ProcessesFor(n, 2)}
 	start := time.Now()
 	f, err := fleet.Start(ctx, fleet.Config{Controllers: []string{c1.addr, c2.addr}, Gateways: n, EndpointsPerGateway: endpoints,
-		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/perNetwork) }, Dir: dir, Log: testLog(), Processes: r.processes})
+		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/perNetwork) }, Dir: dir, Log: testLog(), Processes: r.processes,
+		StartRate: startRate(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Stop()
-	if _, err := f.WaitAll(ctx, timeout, "registered with both", func(g *fleet.Gateway) bool { return g.Live() == 2 }); err != nil {
-		t.Fatal(err)
+	step := func(what string, d time.Duration, err error) {
+		if err != nil {
+			fmt.Printf("bench-fleet-pair %d: %v; Register answers: controller 1 %v, controller 2 %v\n", n, err, c1.codes("Register"), c2.codes("Register"))
+			t.Fatal(err)
+		}
+		fmt.Printf("bench-fleet-pair %d: %s: %v\n", n, what, d.Round(10*time.Millisecond))
 	}
+	_, err = f.WaitAll(ctx, timeout, "registered with both", func(g *fleet.Gateway) bool { return g.Live() == 2 })
+	step("all registered with both", time.Since(start), err)
 	if err := f.AddEndpoints(ctx, endpoints, 16); err != nil {
 		t.Fatal(err)
 	}
@@ -701,9 +749,10 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 		for _, g := range f.Gateways()[:3] {
 			t.Logf("%s: %d routes, %d sessions", g.Name, g.Routes(), g.Live())
 		}
-		t.Fatal(err)
+		step("", 0, err)
 	}
 	r.synced = time.Since(start)
+	step("all synced", r.synced, nil)
 	time.Sleep(time.Second)
 	r.rss1, r.rss2 = c1.rss(), c2.rss()
 
@@ -719,19 +768,17 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	t0 := time.Now()
 	c1.stop(syscall.SIGKILL)
 	var err2 error
-	if r.noticed, err2 = f.WaitAll(ctx, timeout, "killed controller noticed", func(g *fleet.Gateway) bool { return !g.LiveOn(c1.addr) }); err2 != nil {
-		t.Fatal(err2)
-	}
+	_, err2 = f.WaitAll(ctx, timeout, "killed controller noticed", func(g *fleet.Gateway) bool { return !g.LiveOn(c1.addr) })
 	r.noticed = time.Since(t0)
+	step("SIGKILL noticed by all", r.noticed, err2)
 	req, probes := probeEndpoints(nNets, "probe", 250, 16)
 	waitProf := c2.cpuProfile(f, fmt.Sprintf("pair-change-%d", n), 15*time.Second)
 	if err := f.Probe(probes); err != nil {
 		t.Fatal(err)
 	}
 	createProbeEndpoints(ctx, t, conn, req)
-	if _, err := f.WaitAll(ctx, timeout, "probe through the survivor", (*fleet.Gateway).Probed); err != nil {
-		t.Fatal(err)
-	}
+	_, err = f.WaitAll(ctx, timeout, "probe through the survivor", (*fleet.Gateway).Probed)
+	step("change through the survivor reached all (since the kill)", time.Since(t0), err)
 	lat := f.ProbeLatencies()
 	r.p50, r.p99, r.pmax = pct(lat, .5), pct(lat, .99), pct(lat, 1)
 	waitProf()
@@ -743,10 +790,9 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	t0 = time.Now()
 	c1.start()
 	waitProf = c1.cpuProfile(f, fmt.Sprintf("pair-back-%d", n), 30*time.Second)
-	if _, err := f.WaitAll(ctx, timeout, "streaming from both again", func(g *fleet.Gateway) bool { return g.Live() == 2 }); err != nil {
-		t.Fatal(err)
-	}
+	_, err = f.WaitAll(ctx, timeout, "streaming from both again", func(g *fleet.Gateway) bool { return g.Live() == 2 })
 	r.back = time.Since(t0)
+	step("killed one started again, all stream from both", r.back, err)
 	waitProf()
 	time.Sleep(time.Second)
 	r.backBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0

@@ -337,6 +337,8 @@ func (f *Fleet) spawn(exe string, wc workerConfig, gws []*Gateway) (*worker, err
 	}
 	b, _ := json.Marshal(wc)
 	if _, err := stdin.Write(append(b, '\n')); err != nil {
+		cmd.Process.Kill()
+		<-wk.exited
 		return nil, err
 	}
 	return wk, nil
