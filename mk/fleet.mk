@@ -34,4 +34,4 @@ bench-fleet-mem: ## Controller memory per idle gateway (RSS, heap, goroutine sta
 FLEET_PAIR_SIZES ?= 1000
 ##@ bench
 bench-fleet-pair: ## Two controllers on one etcd, FLEET_PAIR_SIZES gateways streaming from both: one SIGKILLed (noticed, survivor's sessions kept, a change through the survivor p50/p99, bytes), then started again (until all stream from both, bytes); FLEET_PROFILES=DIR keeps CPU profiles of both
-	IOTFABRIC_BENCH_FLEET_PAIR=$(FLEET_PAIR_SIZES) IOTFABRIC_BENCH_FLEET_START_RATE=$(FLEET_START_RATE) IOTFABRIC_BENCH_FLEET_PROFILES=$(FLEET_PROFILES) $(GO) test -count=1 -timeout 120m -run '^TestBenchFleetPair$$' -v ./internal/fleet/ 2>&1 | grep -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
+	IOTFABRIC_BENCH_FLEET_PAIR=$(FLEET_PAIR_SIZES) IOTFABRIC_BENCH_FLEET_START_RATE=$(FLEET_START_RATE) IOTFABRIC_BENCH_FLEET_PROFILES=$(FLEET_PROFILES) $(GO) test -count=1 -timeout 120m -run '^TestBenchFleetPair$$' -v ./internal/fleet/ 2>&1 | grep --line-buffered -vE '^(=== RUN|time=)' ; exit $${PIPESTATUS[0]}
