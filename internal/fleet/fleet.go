@@ -2,10 +2,16 @@
 // simulated gateways, each a real vrouter agent (pkg/agent: its core, its
 // controller sessions with keepalive, backoff and the route stream) with its
 // own gRPC connection to each controller, its own state directory and a
-// data plane that programs nothing. Endpoints are admitted through the
+// data plane that programs nothing but applies route changes route by route,
+// as the real one does (dataPlane). Endpoints are admitted through the
 // agent's CNI handler, as the plugin would. The fleet counts the bytes its
 // connections carry and records when each gateway's sessions are live and
 // when a probe route reaches it, which is what `make bench-fleet` prints.
+//
+// One process holds as many gateways as its open-file limit allows (two or
+// three files each); a larger fleet is split over worker processes
+// (Config.Processes, WorkerEnv, ServeWorker) that report their gateways'
+// state to the process that started them.
 //
 // It starts only agents; the controllers are the caller's.
 package fleet
@@ -29,7 +35,6 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
-	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
 
 // Config describes a fleet.
@@ -49,6 +54,13 @@ type Config struct {
 	// Keepalive is the agents' keepalive (0: the agent's default).
 	Keepalive time.Duration
 	Log       *slog.Logger
+	// First is the index of the first gateway (its name and underlay).
+	First int
+	// Processes splits the gateways evenly over that many worker
+	// processes (this executable started again with WorkerEnv set, see
+	// ServeWorker); 0 or 1: they run in this process. ProcessesFor says
+	// how many the open-file limit needs.
+	Processes int
 }
 
 // Fleet is a running fleet.
@@ -64,28 +76,35 @@ type Fleet struct {
 	probeMu sync.Mutex
 	probe   map[netip.Prefix]bool // routes whose arrival is being timed
 	probeT0 time.Time
+
+	workers []*worker // when split over processes
+	bytesMu sync.Mutex
 }
 
 // Gateway is one simulated gateway.
 type Gateway struct {
-	Name  string
+	Name string
+	// Agent is the gateway's agent; nil when it runs in a worker process.
 	Agent *agent.Agent
 	f     *Fleet
+	idx   int
 
 	mu       sync.Mutex
 	live     map[string]bool
 	downs    map[string]int // sessions that ended, per controller
 	liveAt   time.Time      // when the last session became live
-	routes   int            // remote routes in the last applied state
+	routes   int            // remote routes the data plane holds
+	set      routeSet       // the data plane's routes (dataPlane)
 	probeAt  time.Time
 	cancel   context.CancelFunc
 	done     chan struct{}
 	attached int
+	dirty    atomic.Bool // changed since a worker last reported it
 }
 
-type nopApplier struct{}
-
-func (nopApplier) Set(context.Context, overlay.State) error { return nil }
+func newGateway(f *Fleet, i int) *Gateway {
+	return &Gateway{Name: fmt.Sprintf("fleet-gw-%05d", i), f: f, idx: i, live: map[string]bool{}, downs: map[string]int{}, done: make(chan struct{})}
+}
 
 // countConn counts the bytes of a connection.
 type countConn struct {
@@ -116,18 +135,22 @@ func Underlay(i int) netip.Addr {
 // Start starts the fleet's agents, StartRate per second, and returns once
 // all run (their sessions connect on their own).
 func Start(ctx context.Context, cfg Config) (*Fleet, error) {
+	logOn := cfg.Log != nil
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.StartRate <= 0 {
 		cfg.StartRate = 500
 	}
+	if cfg.Processes > 1 {
+		return startWorkers(ctx, cfg, logOn)
+	}
 	// Each gateway keeps a connection per controller and its route log
 	// (pkg/agent appends to it) open.
 	perGw := len(cfg.Controllers) + 1
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < uint64(perGw*cfg.Gateways+fileMargin) {
-		return nil, fmt.Errorf("%d gateways need about %d open files (%d each: a connection per controller and the route log) and this process may open %d: raise its limit (ulimit -n) or run fewer gateways per process",
+		return nil, fmt.Errorf("%d gateways need about %d open files (%d each: a connection per controller and the route log) and this process may open %d: raise its limit (ulimit -n) or run fewer gateways per process (Config.Processes, ProcessesFor)",
 			cfg.Gateways, perGw*cfg.Gateways+fileMargin, perGw, lim.Cur)
 	}
 	f := &Fleet{cfg: cfg, probe: map[netip.Prefix]bool{}}
@@ -141,15 +164,16 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	tick := time.NewTicker(time.Second / time.Duration(cfg.StartRate))
 	defer tick.Stop()
 	for i := range cfg.Gateways {
-		g := &Gateway{Name: fmt.Sprintf("fleet-gw-%05d", i), f: f, live: map[string]bool{}, downs: map[string]int{}, done: make(chan struct{})}
+		g := newGateway(f, cfg.First+i)
 		dir := filepath.Join(cfg.Dir, g.Name)
+		// No OnApply: the agent would build the whole desired state for it
+		// on every change, which the real gateway does not.
 		a, err := agent.New(agent.Options{
-			Config:      agent.Config{Gateway: g.Name, Underlay: Underlay(i), StateDir: dir, Log: cfg.Log},
+			Config:      agent.Config{Gateway: g.Name, Underlay: Underlay(g.idx), StateDir: dir, Log: cfg.Log},
 			Controllers: cfg.Controllers,
 			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), dial},
 			Keepalive:   cfg.Keepalive,
-			Applier:     nopApplier{},
-			OnApply:     g.onApply,
+			Applier:     dataPlane{g: g},
 			OnSession:   g.onSession,
 		})
 		if err != nil {
@@ -189,6 +213,7 @@ func (g *Gateway) onSession(ctl string, live bool) {
 	if live {
 		g.liveAt = time.Now()
 	}
+	g.dirty.Store(true)
 }
 
 // LiveOn reports whether the gateway's session with controller ctl is live.
@@ -205,31 +230,11 @@ func (g *Gateway) Downs(ctl string) int {
 	return g.downs[ctl]
 }
 
-func (g *Gateway) onApply(st overlay.State, err error) {
-	if err != nil {
-		return
-	}
-	n := 0
-	var hit bool
-	g.f.probeMu.Lock()
-	probe := g.f.probe
-	g.f.probeMu.Unlock()
-	for _, nw := range st.Networks {
-		n += len(nw.Routes)
-		if len(probe) > 0 {
-			for _, r := range nw.Routes {
-				if probe[r.Prefix] {
-					hit = true
-				}
-			}
-		}
-	}
-	g.mu.Lock()
-	g.routes = n
-	if hit && g.probeAt.IsZero() {
-		g.probeAt = time.Now()
-	}
-	g.mu.Unlock()
+// probes returns the routes whose arrival is being timed.
+func (f *Fleet) probes() map[netip.Prefix]bool {
+	f.probeMu.Lock()
+	defer f.probeMu.Unlock()
+	return f.probe
 }
 
 // Live reports how many of its controllers' sessions are live.
@@ -245,7 +250,7 @@ func (g *Gateway) Live() int {
 	return n
 }
 
-// Routes is the number of remote routes in the gateway's last applied state.
+// Routes is the number of remote routes the gateway's data plane holds.
 func (g *Gateway) Routes() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -255,6 +260,9 @@ func (g *Gateway) Routes() int {
 // AddEndpoints admits n more endpoints on every gateway through the agent's
 // CNI handler (ADD then attach), conc gateways at a time.
 func (f *Fleet) AddEndpoints(ctx context.Context, n, conc int) error {
+	if len(f.workers) > 0 {
+		return f.ask(command{Op: "add", N: n, Conc: max(1, (conc+len(f.workers)-1)/len(f.workers))})
+	}
 	sem := make(chan struct{}, max(conc, 1))
 	var mu sync.Mutex
 	var first error
@@ -324,18 +332,28 @@ func (f *Fleet) WaitAll(ctx context.Context, timeout time.Duration, what string,
 // Probe times the arrival of routes to the given prefixes (host routes):
 // call before the change that makes them; ProbeLatencies then returns, per
 // gateway that got one of them, the time from the call.
-func (f *Fleet) Probe(prefixes []netip.Prefix) {
+func (f *Fleet) Probe(prefixes []netip.Prefix) error {
+	t0 := time.Now()
+	f.probeFrom(prefixes, t0)
+	if len(f.workers) > 0 {
+		return f.ask(command{Op: "probe", Prefixes: prefixes, T0: t0.UnixNano()})
+	}
+	return nil
+}
+
+func (f *Fleet) probeFrom(prefixes []netip.Prefix, t0 time.Time) {
 	f.probeMu.Lock()
 	defer f.probeMu.Unlock()
 	f.probe = map[netip.Prefix]bool{}
 	for _, p := range prefixes {
 		f.probe[p] = true
 	}
-	f.probeT0 = time.Now()
+	f.probeT0 = t0
 	for _, g := range f.gws {
 		g.mu.Lock()
 		g.probeAt = time.Time{}
 		g.mu.Unlock()
+		g.dirty.Store(true)
 	}
 }
 
@@ -347,7 +365,9 @@ func (f *Fleet) ProbeLatencies() []time.Duration {
 	var out []time.Duration
 	for _, g := range f.gws {
 		g.mu.Lock()
-		if !g.probeAt.IsZero() {
+		// A worker's report from before Probe may still say an earlier
+		// arrival.
+		if !g.probeAt.IsZero() && !g.probeAt.Before(t0) {
 			out = append(out, g.probeAt.Sub(t0))
 		}
 		g.mu.Unlock()
@@ -355,15 +375,23 @@ func (f *Fleet) ProbeLatencies() []time.Duration {
 	return out
 }
 
-// Probed reports whether the gateway got a probe route.
+// Probed reports whether the gateway got a probe route since Probe.
 func (g *Gateway) Probed() bool {
+	g.f.probeMu.Lock()
+	t0 := g.f.probeT0
+	g.f.probeMu.Unlock()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return !g.probeAt.IsZero()
+	return !g.probeAt.IsZero() && !g.probeAt.Before(t0)
 }
 
-// Stop stops every agent and waits for them.
+// Stop stops every agent and waits for them (and for the worker
+// processes, when the fleet is split over them).
 func (f *Fleet) Stop() {
+	if len(f.workers) > 0 {
+		f.stopWorkers()
+		return
+	}
 	for _, g := range f.gws {
 		if g.cancel != nil {
 			g.cancel()

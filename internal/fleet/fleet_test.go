@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,6 +76,9 @@ func grpcOptions(v string) ([]grpc.ServerOption, error) {
 func TestMain(m *testing.M) {
 	if conf, ok := os.LookupEnv(controllerEnv); ok {
 		os.Exit(runController(conf))
+	}
+	if _, ok := os.LookupEnv(fleet.WorkerEnv); ok {
+		os.Exit(fleet.ServeWorker(os.Stdin, os.Stdout))
 	}
 	// Thousands of agents keep connections and files open.
 	var lim syscall.Rlimit
@@ -271,11 +273,49 @@ func (c *controller) refused() int64 {
 	return n
 }
 
+// codes is how many calls of the API method the controller answered, per
+// gRPC code, since it started.
+func (c *controller) codes(method string) map[string]int64 {
+	out := map[string]int64{}
+	resp, err := http.Get("http://" + c.metrics + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "iotfabric_api_requests_total{") || !strings.Contains(l, `method="`+method+`"`) {
+			continue
+		}
+		_, code, _ := strings.Cut(l, `code="`)
+		code, _, _ = strings.Cut(code, `"`)
+		_, v, _ := strings.Cut(l, "} ")
+		f, _ := strconv.ParseFloat(v, 64)
+		out[code] += int64(f)
+	}
+	return out
+}
+
+// startRate is the fleet's start rate, IOTFABRIC_BENCH_FLEET_START_RATE
+// gateways per second (0: fleet's default).
+func startRate(t *testing.T) int {
+	v := os.Getenv("IOTFABRIC_BENCH_FLEET_START_RATE")
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // cpuProfile profiles the controller's CPU for d in the background into
 // IOTFABRIC_BENCH_FLEET_PROFILES/<name>.cpu and, over the same time, the
-// load generator's (this process: the agents) into <name>-agents.cpu; the
-// returned function waits for both. Without the variable it does nothing.
-func (c *controller) cpuProfile(name string, d time.Duration) (wait func()) {
+// load generator's (the agents: this process, or each worker process) into
+// <name>-agents.cpu (<name>-agents-N.cpu per worker); the returned
+// function waits for both. Without the variable it does nothing.
+func (c *controller) cpuProfile(f *fleet.Fleet, name string, d time.Duration) (wait func()) {
 	dir := os.Getenv("IOTFABRIC_BENCH_FLEET_PROFILES")
 	if dir == "" {
 		return func() {}
@@ -291,9 +331,8 @@ func (c *controller) cpuProfile(name string, d time.Duration) (wait func()) {
 		b, _ := io.ReadAll(resp.Body)
 		os.WriteFile(filepath.Join(dir, name+".cpu"), b, 0o644)
 	}()
-	f, err := os.Create(filepath.Join(dir, name+"-agents.cpu"))
-	if err == nil && pprof.StartCPUProfile(f) == nil {
-		time.AfterFunc(d, func() { pprof.StopCPUProfile(); f.Close() })
+	if err := f.CPUProfile(dir, name+"-agents", d); err != nil {
+		c.t.Log(err)
 	}
 	return func() { <-done }
 }
@@ -303,11 +342,13 @@ type scenario struct {
 	gateways, perNetwork, endpoints int
 	idle                            time.Duration
 	memOnly                         bool // stop once synced and measured
+	processes                       int  // load generator processes (0: as the open-file limit needs)
 }
 
 type result struct {
 	scenario
 	grpcOpts            string // the bare floor's gRPC options ("": the environment's)
+	processes           int    // load generator processes
 	rssBase, rssSynced  int64
 	memBase, memSynced  memStats
 	synced              time.Duration
@@ -344,6 +385,46 @@ func pct(d []time.Duration, p float64) time.Duration {
 	return s[int(float64(len(s)-1)*p)]
 }
 
+// probeGateway registers the gateway the probe endpoints are on, with one
+// endpoint in each of the nNets networks, so that every gateway holds a
+// route through it (on a real gateway: a tunnel to it) before the probe:
+// the probe is then a new endpoint on a gateway the others already reach,
+// which a real gateway applies route by route. (A route through a gateway
+// it has no tunnel to yet makes it apply its whole state.)
+func probeGateway(ctx context.Context, t *testing.T, conn *grpc.ClientConn, nNets int) {
+	if _, err := v1.NewAgentServiceClient(conn).Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "probe", UnderlayAddress: "198.18.0.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := probeEndpoints(nNets, "anchor", 251, uint32(16+nNets))
+	createProbeEndpoints(ctx, t, conn, req)
+}
+
+// probeEndpoints are one endpoint per network on the probe gateway:
+// 10.x.y.host in each network's subnet, labels from label0.
+func probeEndpoints(nNets int, id string, host byte, label0 uint32) (*v1.CreateEndpointsRequest, []netip.Prefix) {
+	var probes []netip.Prefix
+	var req v1.CreateEndpointsRequest
+	for i := range nNets {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 4), byte((i&15)<<4 + 15), host})
+		probes = append(probes, netip.PrefixFrom(a, 32))
+		req.Endpoints = append(req.Endpoints, &v1.Endpoint{Id: fmt.Sprintf("%s-%d", id, i), Network: fmt.Sprintf("fleet-%d", i),
+			Gateway: "probe", Addresses: []string{a.String()}, Label: label0 + uint32(i)})
+	}
+	return &req, probes
+}
+
+func createProbeEndpoints(ctx context.Context, t *testing.T, conn *grpc.ClientConn, req *v1.CreateEndpointsRequest) {
+	resp, err := v1.NewEndpointServiceClient(conn).CreateEndpoints(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range resp.GetErrors() {
+		if e != "" {
+			t.Fatal(e)
+		}
+	}
+}
+
 func runScenario(t *testing.T, sc scenario) result {
 	ctx := context.Background()
 	r := result{scenario: sc}
@@ -354,8 +435,6 @@ func runScenario(t *testing.T, sc scenario) result {
 	}
 	defer conn.Close()
 	nets := v1.NewNetworkServiceClient(conn)
-	eps := v1.NewEndpointServiceClient(conn)
-	agents := v1.NewAgentServiceClient(conn)
 	nNets := (sc.gateways + sc.perNetwork - 1) / sc.perNetwork
 	for i := range nNets {
 		if _, err := nets.CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: fmt.Sprintf("fleet-%d", i),
@@ -363,8 +442,8 @@ func runScenario(t *testing.T, sc scenario) result {
 			t.Fatal(err)
 		}
 	}
-	if _, err := agents.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "probe", UnderlayAddress: "198.18.0.1"}}); err != nil {
-		t.Fatal(err)
+	if !sc.memOnly {
+		probeGateway(ctx, t, conn, nNets)
 	}
 	time.Sleep(500 * time.Millisecond)
 	r.memBase = ctl.mem("base")
@@ -376,21 +455,30 @@ func runScenario(t *testing.T, sc scenario) result {
 	}
 	defer os.RemoveAll(dir)
 	start := time.Now()
+	procs := sc.processes
+	if procs == 0 {
+		procs = fleet.ProcessesFor(sc.gateways, 1)
+	}
+	r.processes = procs
 	f, err := fleet.Start(ctx, fleet.Config{Controllers: []string{ctl.addr}, Gateways: sc.gateways, EndpointsPerGateway: sc.endpoints,
-		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/sc.perNetwork) }, Dir: dir, Log: testLog()})
+		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/sc.perNetwork) }, Dir: dir, Log: testLog(), Processes: procs,
+		StartRate: startRate(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Stop()
-	if _, err := f.WaitAll(ctx, 10*time.Minute, "registered", func(g *fleet.Gateway) bool { return g.Live() == 1 }); err != nil {
+	if _, err := f.WaitAll(ctx, 30*time.Minute, "registered", func(g *fleet.Gateway) bool { return g.Live() == 1 }); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.AddEndpoints(ctx, sc.endpoints, 16); err != nil {
 		t.Fatal(err)
 	}
 	want := (sc.perNetwork - 1) * sc.endpoints
+	if !sc.memOnly {
+		want++ // the probe gateway's
+	}
 	r.routesPerGateway = want
-	if _, err := f.WaitAll(ctx, 10*time.Minute, "synced", func(g *fleet.Gateway) bool { return g.Routes() >= want }); err != nil {
+	if _, err := f.WaitAll(ctx, 30*time.Minute, "synced", func(g *fleet.Gateway) bool { return g.Routes() >= want }); err != nil {
 		t.Fatal(err)
 	}
 	r.synced = time.Since(start)
@@ -403,25 +491,12 @@ func runScenario(t *testing.T, sc scenario) result {
 	}
 
 	// One change reaching every stream: one endpoint per network, in one call.
-	var probes []netip.Prefix
-	var req v1.CreateEndpointsRequest
-	for i := range nNets {
-		a := netip.AddrFrom4([4]byte{10, byte(i >> 4), byte((i&15)<<4 + 15), 250})
-		probes = append(probes, netip.PrefixFrom(a, 32))
-		req.Endpoints = append(req.Endpoints, &v1.Endpoint{Id: fmt.Sprintf("probe-%d", i), Network: fmt.Sprintf("fleet-%d", i),
-			Gateway: "probe", Addresses: []string{a.String()}, Label: uint32(16 + i)})
-	}
-	waitProf := ctl.cpuProfile(fmt.Sprintf("change-%d", sc.gateways), 15*time.Second)
-	f.Probe(probes)
-	resp, err := eps.CreateEndpoints(ctx, &req)
-	if err != nil {
+	req, probes := probeEndpoints(nNets, "probe", 250, 16)
+	waitProf := ctl.cpuProfile(f, fmt.Sprintf("change-%d", sc.gateways), 15*time.Second)
+	if err := f.Probe(probes); err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range resp.GetErrors() {
-		if e != "" {
-			t.Fatal(e)
-		}
-	}
+	createProbeEndpoints(ctx, t, conn, req)
 	if _, err := f.WaitAll(ctx, 2*time.Minute, "probe", (*fleet.Gateway).Probed); err != nil {
 		t.Fatal(err)
 	}
@@ -447,14 +522,14 @@ func runScenario(t *testing.T, sc scenario) result {
 	b0 = f.BytesIn.Load() + f.BytesOut.Load()
 	t0 := time.Now()
 	ctl.stop(syscall.SIGTERM)
-	if _, err := f.WaitAll(ctx, time.Minute, "sessions down", func(g *fleet.Gateway) bool { return g.Live() == 0 }); err != nil {
+	if _, err := f.WaitAll(ctx, 5*time.Minute, "sessions down", func(g *fleet.Gateway) bool { return g.Live() == 0 }); err != nil {
 		t.Fatal(err)
 	}
 	r.restartDown = time.Since(t0)
 	t1 := time.Now()
 	ctl.start()
 	r.restartServing = time.Since(t1)
-	waitProf = ctl.cpuProfile(fmt.Sprintf("restart-%d", sc.gateways), 30*time.Second)
+	waitProf = ctl.cpuProfile(f, fmt.Sprintf("restart-%d", sc.gateways), 30*time.Second)
 	if _, err := f.WaitAll(ctx, 10*time.Minute, "streaming again", func(g *fleet.Gateway) bool { return g.Live() == 1 }); err != nil {
 		t.Fatal(err)
 	}
@@ -463,7 +538,7 @@ func runScenario(t *testing.T, sc scenario) result {
 	waitProf()
 	time.Sleep(time.Second)
 	r.restartBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0
-	if _, err := f.WaitAll(ctx, time.Minute, "routes after the restart", func(g *fleet.Gateway) bool { return g.Routes() >= want+1 }); err != nil {
+	if _, err := f.WaitAll(ctx, 5*time.Minute, "routes after the restart", func(g *fleet.Gateway) bool { return g.Routes() >= want+1 }); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -471,9 +546,9 @@ func runScenario(t *testing.T, sc scenario) result {
 
 func printTable(rs []result) {
 	fmt.Printf("\nbench-fleet: simulated gateways (real agents, one gRPC connection each) against one controller process\n")
-	fmt.Printf("%8s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s %11s\n", "gateways", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h", "idle downs")
+	fmt.Printf("%8s %6s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s %11s\n", "gateways", "procs", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h", "idle downs")
 	for _, r := range rs {
-		fmt.Printf("%8d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f %11d\n", r.gateways, r.perNetwork, r.routesPerGateway,
+		fmt.Printf("%8d %6d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f %11d\n", r.gateways, r.processes, r.perNetwork, r.routesPerGateway,
 			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/float64(r.gateways), r.synced.Round(100*time.Millisecond), r.syncBytesPerGateway,
 			r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond), r.restart.Round(100*time.Millisecond),
 			r.restartDown.Round(100*time.Millisecond).String()+"/"+r.restartServing.Round(100*time.Millisecond).String(), r.restartRefused, r.restartBytes/int64(r.gateways), r.idleBytesPerGwHour, r.idleDowns)
@@ -482,10 +557,12 @@ func printTable(rs []result) {
 }
 
 // TestFleetSmoke: 100 simulated gateways (10 per network, one endpoint
-// each) register, sync, get one change, survive a controller restart; the
-// figures are printed, the checks are that every step completes.
+// each) split over two worker processes register, sync, get one change,
+// survive a controller restart; the figures are printed, the checks are
+// that every step completes. (TestFleetPairSmoke runs its gateways in this
+// process.)
 func TestFleetSmoke(t *testing.T) {
-	r := runScenario(t, scenario{gateways: 100, perNetwork: 10, endpoints: 1, idle: 2 * time.Second})
+	r := runScenario(t, scenario{gateways: 100, perNetwork: 10, endpoints: 1, idle: 2 * time.Second, processes: 2})
 	printTable([]result{r})
 }
 
@@ -601,6 +678,7 @@ func TestBenchFleetMemory(t *testing.T) {
 // pairResult is one run of two controllers on etcd, one of them killed.
 type pairResult struct {
 	gateways, routesPerGateway int
+	processes                  int // load generator processes
 	rss1, rss2                 int64
 	synced                     time.Duration
 	noticed                    time.Duration // until every gateway's session with the killed one ended
@@ -618,6 +696,9 @@ type pairResult struct {
 // (p50/p99/max), the bytes all that took; then the killed controller is
 // started again (a new instance on the same store): until every gateway
 // streams from both again, and the bytes.
+//
+// Each step's figure is printed as it is measured, and when a step does not
+// complete, the controllers' answers to Register so far.
 func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) pairResult {
 	ctx := context.Background()
 	etcd := etcdtest.Start(t)
@@ -630,32 +711,37 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	}
 	defer conn.Close()
 	nNets := (n + perNetwork - 1) / perNetwork
-	nets, eps, agents := v1.NewNetworkServiceClient(conn), v1.NewEndpointServiceClient(conn), v1.NewAgentServiceClient(conn)
+	nets := v1.NewNetworkServiceClient(conn)
 	for i := range nNets {
 		if _, err := nets.CreateNetwork(ctx, &v1.CreateNetworkRequest{Network: &v1.VirtualNetwork{Name: fmt.Sprintf("fleet-%d", i),
 			Subnets: []string{fmt.Sprintf("10.%d.%d.0/20", i>>4, (i&15)<<4)}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := agents.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: "probe", UnderlayAddress: "198.18.0.1"}}); err != nil {
-		t.Fatal(err)
-	}
+	probeGateway(ctx, t, conn, nNets)
 	dir, err := fleet.ShmDir(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	r := pairResult{gateways: n, routesPerGateway: (perNetwork - 1) * endpoints}
+	r := pairResult{gateways: n, routesPerGateway: (perNetwork-1)*endpoints + 1, processes: fleet.ProcessesFor(n, 2)}
 	start := time.Now()
 	f, err := fleet.Start(ctx, fleet.Config{Controllers: []string{c1.addr, c2.addr}, Gateways: n, EndpointsPerGateway: endpoints,
-		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/perNetwork) }, Dir: dir, Log: testLog()})
+		Network: func(i int) string { return fmt.Sprintf("fleet-%d", i/perNetwork) }, Dir: dir, Log: testLog(), Processes: r.processes,
+		StartRate: startRate(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Stop()
-	if _, err := f.WaitAll(ctx, timeout, "registered with both", func(g *fleet.Gateway) bool { return g.Live() == 2 }); err != nil {
-		t.Fatal(err)
+	step := func(what string, d time.Duration, err error) {
+		if err != nil {
+			fmt.Printf("bench-fleet-pair %d: %v; Register answers: controller 1 %v, controller 2 %v\n", n, err, c1.codes("Register"), c2.codes("Register"))
+			t.Fatal(err)
+		}
+		fmt.Printf("bench-fleet-pair %d: %s: %v\n", n, what, d.Round(10*time.Millisecond))
 	}
+	_, err = f.WaitAll(ctx, timeout, "registered with both", func(g *fleet.Gateway) bool { return g.Live() == 2 })
+	step("all registered with both", time.Since(start), err)
 	if err := f.AddEndpoints(ctx, endpoints, 16); err != nil {
 		t.Fatal(err)
 	}
@@ -663,9 +749,10 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 		for _, g := range f.Gateways()[:3] {
 			t.Logf("%s: %d routes, %d sessions", g.Name, g.Routes(), g.Live())
 		}
-		t.Fatal(err)
+		step("", 0, err)
 	}
 	r.synced = time.Since(start)
+	step("all synced", r.synced, nil)
 	time.Sleep(time.Second)
 	r.rss1, r.rss2 = c1.rss(), c2.rss()
 
@@ -681,27 +768,20 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	t0 := time.Now()
 	c1.stop(syscall.SIGKILL)
 	var err2 error
-	if r.noticed, err2 = f.WaitAll(ctx, timeout, "killed controller noticed", func(g *fleet.Gateway) bool { return !g.LiveOn(c1.addr) }); err2 != nil {
-		t.Fatal(err2)
-	}
+	_, err2 = f.WaitAll(ctx, timeout, "killed controller noticed", func(g *fleet.Gateway) bool { return !g.LiveOn(c1.addr) })
 	r.noticed = time.Since(t0)
-	var probes []netip.Prefix
-	var req v1.CreateEndpointsRequest
-	for i := range nNets {
-		a := netip.AddrFrom4([4]byte{10, byte(i >> 4), byte((i&15)<<4 + 15), 250})
-		probes = append(probes, netip.PrefixFrom(a, 32))
-		req.Endpoints = append(req.Endpoints, &v1.Endpoint{Id: fmt.Sprintf("probe-%d", i), Network: fmt.Sprintf("fleet-%d", i),
-			Gateway: "probe", Addresses: []string{a.String()}, Label: uint32(16 + i)})
-	}
-	f.Probe(probes)
-	if _, err := eps.CreateEndpoints(ctx, &req); err != nil {
+	step("SIGKILL noticed by all", r.noticed, err2)
+	req, probes := probeEndpoints(nNets, "probe", 250, 16)
+	waitProf := c2.cpuProfile(f, fmt.Sprintf("pair-change-%d", n), 15*time.Second)
+	if err := f.Probe(probes); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WaitAll(ctx, timeout, "probe through the survivor", (*fleet.Gateway).Probed); err != nil {
-		t.Fatal(err)
-	}
+	createProbeEndpoints(ctx, t, conn, req)
+	_, err = f.WaitAll(ctx, timeout, "probe through the survivor", (*fleet.Gateway).Probed)
+	step("change through the survivor reached all (since the kill)", time.Since(t0), err)
 	lat := f.ProbeLatencies()
 	r.p50, r.p99, r.pmax = pct(lat, .5), pct(lat, .99), pct(lat, 1)
+	waitProf()
 	time.Sleep(time.Second)
 	r.killBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0
 	r.survivorLost = downs() - lost0
@@ -709,10 +789,11 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	b0 = f.BytesIn.Load() + f.BytesOut.Load()
 	t0 = time.Now()
 	c1.start()
-	if _, err := f.WaitAll(ctx, timeout, "streaming from both again", func(g *fleet.Gateway) bool { return g.Live() == 2 }); err != nil {
-		t.Fatal(err)
-	}
+	waitProf = c1.cpuProfile(f, fmt.Sprintf("pair-back-%d", n), 30*time.Second)
+	_, err = f.WaitAll(ctx, timeout, "streaming from both again", func(g *fleet.Gateway) bool { return g.Live() == 2 })
 	r.back = time.Since(t0)
+	step("killed one started again, all stream from both", r.back, err)
+	waitProf()
 	time.Sleep(time.Second)
 	r.backBytes = f.BytesIn.Load() + f.BytesOut.Load() - b0
 	return r
@@ -720,10 +801,10 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 
 func printPairTable(rs []pairResult) {
 	fmt.Printf("\nbench-fleet-pair: two controllers on one etcd, every gateway streaming from both; one SIGKILLed, then started again\n")
-	fmt.Printf("%8s %9s %8s %8s %9s %9s %9s %9s %9s %9s %12s %10s %12s\n", "gateways", "routes/gw", "ctl1 MB", "ctl2 MB", "synced",
+	fmt.Printf("%8s %6s %9s %8s %8s %9s %9s %9s %9s %9s %9s %12s %10s %12s\n", "gateways", "procs", "routes/gw", "ctl1 MB", "ctl2 MB", "synced",
 		"noticed", "lost", "chg p50", "chg p99", "chg max", "kill B/gw", "back", "back B/gw")
 	for _, r := range rs {
-		fmt.Printf("%8d %9d %8.0f %8.0f %9s %9s %9d %9s %9s %9s %12d %10s %12d\n", r.gateways, r.routesPerGateway,
+		fmt.Printf("%8d %6d %9d %8.0f %8.0f %9s %9s %9d %9s %9s %9s %12d %10s %12d\n", r.gateways, r.processes, r.routesPerGateway,
 			float64(r.rss1)/(1<<20), float64(r.rss2)/(1<<20), r.synced.Round(100*time.Millisecond), r.noticed.Round(10*time.Millisecond),
 			r.survivorLost, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond),
 			r.killBytes/int64(r.gateways), r.back.Round(100*time.Millisecond), r.backBytes/int64(r.gateways))
@@ -744,7 +825,7 @@ func TestBenchFleetPair(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rs = append(rs, runPair(t, n, 100, 2, 15*time.Minute))
+		rs = append(rs, runPair(t, n, 100, 2, 30*time.Minute))
 		printPairTable(rs)
 	}
 }
