@@ -25,6 +25,7 @@ type agents struct {
 	log  *slog.Logger
 	seq  atomic.Uint64 // numbers this controller's route streams
 	full *admission    // full syncs served at once
+	reg  *admission    // registrations served at once
 	// small is the most endpoints or routes a call may carry without
 	// counting as a full sync.
 	small int
@@ -44,10 +45,16 @@ func newAgents(c *controller.Controller, r *vpn.Runner, log *slog.Logger, maxFul
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &agents{c: c, r: r, log: log, full: newAdmission(maxFull), small: small}
+	return &agents{c: c, r: r, log: log, full: newAdmission(maxFull, "gateway full syncs"),
+		reg: newAdmission(DefaultMaxRegisters, "gateway registrations"), small: small}
 }
 
 func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.RegisterResponse, error) {
+	release, err := a.reg.acquire(ctx)
+	if err != nil {
+		return nil, Status(err)
+	}
+	defer release()
 	// A registration may move the gateway to another underlay address (a
 	// gateway's routes follow it): say so, and who did it.
 	prev, perr := a.c.GetGateway(ctx, req.GetGateway().GetName())

@@ -44,6 +44,12 @@ type Services struct {
 	// stream's first update, may carry without counting as a full sync (0:
 	// DefaultFullSyncItems; negative: none).
 	FullSyncItems int
+	// MaxRegisters bounds the gateways' registrations served at once; past
+	// it they queue and are refused like full syncs (0: DefaultMaxRegisters).
+	// Each costs store reads and a write: when thousands of gateways return
+	// at once, a bound keeps each one short enough to finish within the
+	// agent's deadline instead of all of them timing out and retrying.
+	MaxRegisters int
 }
 
 // Register registers the services on g.
@@ -65,7 +71,11 @@ func (s Services) Register(g grpc.ServiceRegistrar) {
 	if s.Peers == nil {
 		s.Peers = vpn.NewPeers(s.Controller.Store(), s.Routes, nil)
 	}
-	v1.RegisterAgentServiceServer(g, newAgents(s.Controller, s.Routes, s.Logger, s.MaxFullSyncs, s.FullSyncItems))
+	ag := newAgents(s.Controller, s.Routes, s.Logger, s.MaxFullSyncs, s.FullSyncItems)
+	if s.MaxRegisters > 0 {
+		ag.reg = newAdmission(s.MaxRegisters, "gateway registrations")
+	}
+	v1.RegisterAgentServiceServer(g, ag)
 	rs := &routes{r: s.Routes, peers: s.Peers}
 	v1.RegisterPeerServiceServer(g, rs)
 	v1.RegisterRouteServiceServer(g, rs)

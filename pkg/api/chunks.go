@@ -95,6 +95,10 @@ func protowireSize(n int) int {
 // once by default.
 const DefaultMaxFullSyncs = 64
 
+// DefaultMaxRegisters is how many gateway registrations a controller serves
+// at once by default.
+const DefaultMaxRegisters = 64
+
 // DefaultFullSyncItems is, by default, the most routes a route stream's first
 // update, or endpoints a full report, may carry without counting as a full
 // sync: up to about 25 KB, what a few changes cost. A resume that finds
@@ -114,11 +118,15 @@ const maxFullSyncRetry = time.Minute
 // average, is refused at once.
 const admissionWait = 5 * time.Second
 
-// admission bounds the full syncs served at once. A call that finds every
-// slot taken queues for one, unless the queue ahead of it is longer than
-// admissionWait; then, or when the wait runs out, it is refused with a delay
-// after which the queue should have drained.
+// admission bounds the calls of one kind (full syncs, registrations) served
+// at once. A call that finds every slot taken queues for one, unless the
+// queue ahead of it is longer than admissionWait, or than half the time its
+// caller's deadline leaves; then, or when that wait runs out, it is refused
+// with a delay after which the queue should have drained. A call refused
+// before its deadline costs its caller a retry delay; one that waits past its
+// deadline would cost the work and a retry as well.
 type admission struct {
+	what    string // what is served, for the refusal
 	slots   chan struct{}
 	wait    time.Duration
 	waiting atomic.Int64
@@ -127,8 +135,8 @@ type admission struct {
 	admitted, refused atomic.Int64
 }
 
-func newAdmission(n int) *admission {
-	return &admission{slots: make(chan struct{}, n), wait: admissionWait}
+func newAdmission(n int, what string) *admission {
+	return &admission{what: what, slots: make(chan struct{}, n), wait: admissionWait}
 }
 
 // acquire takes a slot, waiting for one while the queue is short, or
@@ -142,8 +150,12 @@ func (a *admission) acquire(ctx context.Context) (release func(), err error) {
 	q := a.waiting.Add(1)
 	defer a.waiting.Add(-1)
 	ahead := time.Duration(q) * time.Duration(a.hold.Load()) / time.Duration(cap(a.slots))
-	if a.wait > 0 && ahead <= a.wait {
-		t := time.NewTimer(a.wait)
+	wait := a.wait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)/2)
+	}
+	if wait > 0 && ahead <= wait {
+		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {
 		case a.slots <- struct{}{}:
@@ -155,7 +167,7 @@ func (a *admission) acquire(ctx context.Context) (release func(), err error) {
 	}
 	a.refused.Add(1)
 	d := min(max(fullSyncRetry, ahead), maxFullSyncRetry)
-	return nil, model.Busy(d, "the controller serves %d gateway full syncs already and %d wait; retry in %s", cap(a.slots), q-1, d.Round(time.Millisecond))
+	return nil, model.Busy(d, "the controller serves %d %s already and %d wait; retry in %s", cap(a.slots), a.what, q-1, d.Round(time.Millisecond))
 }
 
 // taken returns the release of a slot just taken, which also records how

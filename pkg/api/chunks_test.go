@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,5 +171,60 @@ func TestFullSyncAdmission(t *testing.T) {
 	release()
 	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", FullSync: true, Endpoints: pods}); err != nil {
 		t.Fatalf("large full report with a free slot: %v", err)
+	}
+}
+
+// TestRegisterAdmission: with every registration slot taken, a Register is
+// refused with RESOURCE_EXHAUSTED and a retry delay, at once when nothing
+// may wait, and within half its deadline when the queue could wait longer
+// than that (not DeadlineExceeded after doing nothing); with a free slot it
+// passes.
+func TestRegisterAdmission(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c := controller.New(st, controller.Config{})
+	r := vpn.NewRunner(st, nil, 64512, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-r.Ready()
+	a := newAgents(c, r, nil, 1, 1)
+	a.reg = newAdmission(1, "gateway registrations")
+	conn := serveGRPC(t, func(gs *grpc.Server) { v1.RegisterAgentServiceServer(gs, a) })
+	cl := v1.NewAgentServiceClient(conn)
+	reg := func(ctx context.Context, name string) error {
+		_, err := cl.Register(ctx, &v1.RegisterRequest{Gateway: &v1.Gateway{Name: name, UnderlayAddress: "192.0.2.1"}})
+		return err
+	}
+	if err := reg(ctx, "gw"); err != nil {
+		t.Fatal(err)
+	}
+	release, err := a.reg.acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.reg.wait = 0
+	err = reg(ctx, "gw")
+	if d, ok := retryInfo(err); status.Code(err) != codes.ResourceExhausted || !ok || d < fullSyncRetry || !strings.Contains(err.Error(), "registrations") {
+		t.Fatalf("register with no slot: %v (retry %v %v)", err, d, ok)
+	}
+	a.reg.wait = admissionWait
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer dcancel()
+	start := time.Now()
+	err = reg(dctx, "gw")
+	if took := time.Since(start); status.Code(err) != codes.ResourceExhausted || took > 1500*time.Millisecond {
+		t.Fatalf("register with no slot and a 2 s deadline: %v after %s, want RESOURCE_EXHAUSTED within about 1 s", err, took)
+	}
+	release()
+	if err := reg(ctx, "gw"); err != nil {
+		t.Fatalf("register with a free slot: %v", err)
+	}
+	if got := a.reg.refused.Load(); got != 2 {
+		t.Errorf("%d registrations refused, want 2", got)
 	}
 }
