@@ -43,6 +43,29 @@ func effectiveRoutes(s *coreState) map[routeKey]*route {
 	return out
 }
 
+// liveSessions returns the live sessions in the order effectiveRoutes
+// takes them (by controller address).
+func liveSessions(s *coreState) []*sessionRoutes {
+	var lives []*sessionRoutes
+	for _, addr := range slices.Sorted(maps.Keys(s.sessions)) {
+		if sr := s.sessions[addr]; sr.live {
+			lives = append(lives, sr)
+		}
+	}
+	return lives
+}
+
+// inForce is the route effectiveRoutes puts under k: the first live
+// session's that holds it.
+func inForce(lives []*sessionRoutes, k routeKey) *route {
+	for _, sr := range lives {
+		if r, ok := sr.routes[k]; ok {
+			return r
+		}
+	}
+	return nil
+}
+
 // buildDesired is the whole desired data-plane state of the gateway: a table
 // per network with local endpoints or remote routes, the attached endpoints
 // (host-side veth, address, label), and the routes other gateways and edge

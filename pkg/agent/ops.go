@@ -312,10 +312,11 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 			prev = sr.routes
 		}
 		snapshot := m.GetKind() == v1.GatewayRoutes_KIND_SNAPSHOT || sr == nil
-		// Route by route into the desired state's cache: a change on the
-		// only live session. Anything else is applied whole.
+		// Route by route into the desired state's cache: a change on a
+		// live session. A snapshot, or a session going live, is applied
+		// whole.
 		cache := &s.routesCache
-		if snapshot || !sr.live || c.liveCount(s) != 1 {
+		if snapshot || !sr.live {
 			cache.invalidate()
 		}
 		if snapshot {
@@ -339,11 +340,42 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 			s.routesPending[addr] = d
 		}
 		d.controllerID, d.revision = sr.controllerID, sr.revision
+		// note records in the cache that the route held under k went from
+		// old to r on this session: with other sessions live, as the
+		// change of the route in force. (The union of several live
+		// sessions, s.frozen, is built again whenever it is read while
+		// they are live: it needs no update here.)
+		var lives []*sessionRoutes
+		if cache.valid {
+			if lives = liveSessions(s); len(lives) == 1 {
+				lives = nil
+			}
+		}
+		set := func(k routeKey, r *route) {
+			if r == nil {
+				delete(sr.routes, k)
+			} else {
+				sr.routes[k] = r
+			}
+		}
+		note := func(k routeKey, old, r *route) {
+			if lives == nil {
+				set(k, r)
+				cache.note(c.cfg.Underlay, k, old, r)
+				return
+			}
+			before := inForce(lives, k)
+			set(k, r)
+			after := inForce(lives, k)
+			if before == after {
+				return
+			}
+			cache.note(c.cfg.Underlay, k, before, after)
+		}
 		for _, r := range m.GetDelete() {
 			k := keyOf(r)
 			if old, ok := sr.routes[k]; ok {
-				delete(sr.routes, k)
-				cache.note(c.cfg.Underlay, k, old, nil)
+				note(k, old, nil)
 				if !snapshot {
 					d.routes[k] = nil
 				}
@@ -364,8 +396,7 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 					continue
 				}
 			} else {
-				cache.note(c.cfg.Underlay, k, sr.routes[k], nr)
-				sr.routes[k] = nr
+				note(k, sr.routes[k], nr)
 			}
 			if !snapshot {
 				d.routes[k] = sr.routes[k]
@@ -387,16 +418,6 @@ func (c *Core) applyRoutes(ctx context.Context, addr string, m *v1.GatewayRoutes
 		s.desiredGen++
 		c.signal(c.desiredCh)
 	})
-}
-
-func (c *Core) liveCount(s *coreState) int {
-	n := 0
-	for _, sr := range s.sessions {
-		if sr.live {
-			n++
-		}
-	}
-	return n
 }
 
 // keepScopes returns whether a route key is in one of the scopes.

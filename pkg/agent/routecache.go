@@ -14,8 +14,11 @@ import (
 // prefixes' chosen route changed, and the reconcile loop hands just those to
 // the data plane (overlay.Manager.UpdateRoutes). Anything else that changes
 // the desired state (endpoints, tables, a session going live or down, a
-// snapshot, two controllers live at once) invalidates the cache, and the
-// loop applies the whole state again.
+// snapshot) invalidates the cache, and the loop applies the whole state
+// again. With several controllers live, a change is noted as the change of
+// the route in force (the first live controller's that holds the key, as
+// effectiveRoutes takes them): a change on one controller that another,
+// earlier one holds as well changes nothing.
 
 // pfxKey is a network's prefix (as buildDesired groups routes).
 type pfxKey struct {
@@ -88,9 +91,8 @@ func (d *desiredRoutes) usable(underlay netip.Addr, k routeKey, r *route) bool {
 	return r != nil && r.ok && r.nextHop() != underlay && !d.local[k.network()][r.pfx()]
 }
 
-// rebuild fills the cache from the routes in force when exactly one
-// controller is live (route changes then come from that one session), and
-// invalidates it otherwise.
+// rebuild fills the cache from the routes in force when a controller is
+// live, and invalidates it otherwise.
 func (d *desiredRoutes) rebuild(s *coreState, underlay netip.Addr, routes map[routeKey]*route) {
 	*d = desiredRoutes{}
 	live := 0
@@ -99,7 +101,7 @@ func (d *desiredRoutes) rebuild(s *coreState, underlay netip.Addr, routes map[ro
 			live++
 		}
 	}
-	if live != 1 {
+	if live == 0 {
 		return
 	}
 	d.valid = true

@@ -19,6 +19,14 @@ import (
 // applied to a copy of the last whole state, give exactly the remote routes
 // a whole build gives; most of them go route by route.
 func TestRouteChangesMatchDesired(t *testing.T) {
+	t.Run("one controller", func(t *testing.T) { testRouteChangesMatchDesired(t, []string{"ctl"}) })
+	// Two live controllers (an HA pair): changes from either, mostly the
+	// same routes, some only on one; the route in force is the first
+	// controller's that holds it.
+	t.Run("two controllers", func(t *testing.T) { testRouteChangesMatchDesired(t, []string{"ctl-a", "ctl-b"}) })
+}
+
+func testRouteChangesMatchDesired(t *testing.T, ctls []string) {
 	c, stop := runCore(t, filepath.Join(t.TempDir(), "state"))
 	defer stop()
 	ctx := context.Background()
@@ -55,8 +63,10 @@ func TestRouteChangesMatchDesired(t *testing.T) {
 	for range 20 {
 		snap = append(snap, randRoute())
 	}
-	if err := c.applyRoutes(ctx, "ctl", &v1.GatewayRoutes{Kind: v1.GatewayRoutes_KIND_SNAPSHOT, Revision: 1, Put: snap}); err != nil {
-		t.Fatal(err)
+	for _, ctl := range ctls {
+		if err := c.applyRoutes(ctx, ctl, &v1.GatewayRoutes{Kind: v1.GatewayRoutes_KIND_SNAPSHOT, Revision: 1, Put: snap}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	st, _, err := c.Desired(ctx)
 	if err != nil {
@@ -76,8 +86,19 @@ func TestRouteChangesMatchDesired(t *testing.T) {
 		if round%97 == 50 {
 			m.Kind = v1.GatewayRoutes_KIND_SNAPSHOT // invalidates: a whole build follows
 		}
-		if err := c.applyRoutes(ctx, "ctl", m); err != nil {
-			t.Fatal(err)
+		// One controller's change, or (half the time with two) the same
+		// change from both, in either order, as an HA pair sends it.
+		to := []string{ctls[rng.IntN(len(ctls))]}
+		if len(ctls) > 1 && rng.IntN(2) == 0 {
+			to = []string{to[0], ctls[0]}
+			if to[0] == ctls[0] {
+				to[1] = ctls[1]
+			}
+		}
+		for _, ctl := range to {
+			if err := c.applyRoutes(ctx, ctl, m); err != nil {
+				t.Fatal(err)
+			}
 		}
 		ch, err := c.DesiredChanges(ctx, false)
 		if err != nil {
