@@ -25,7 +25,9 @@ type agentEnv struct {
 	links v1.GatewayLinkServiceClient
 }
 
-func startAgentEnv(t testing.TB) agentEnv {
+// startRunner opens a controller and its running route table on a bbolt
+// file of the test's.
+func startRunner(t testing.TB) (*controller.Controller, *vpn.Runner) {
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +40,11 @@ func startAgentEnv(t testing.TB) agentEnv {
 	go func() { done <- r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	<-r.Ready()
+	return c, r
+}
+
+func startAgentEnv(t testing.TB) agentEnv {
+	c, r := startRunner(t)
 	conn := serveGRPC(t, func(gs *grpc.Server) {
 		Services{Controller: c, Routes: r}.Register(gs)
 	})

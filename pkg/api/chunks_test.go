@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/iotfabric/iotfabric/pkg/controller"
-	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -84,18 +81,8 @@ func retryInfo(err error) (time.Duration, bool) {
 // small full report and an incremental report are not; once a slot is free,
 // the large full report passes.
 func TestFullSyncAdmission(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	c := controller.New(st, controller.Config{})
-	r := vpn.NewRunner(st, nil, 64512, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-r.Ready()
+	c, r := startRunner(t)
+	ctx := context.Background()
 	a := newAgents(c, r, nil, 1, 1)
 	a.full.wait = 0
 	conn := serveGRPC(t, func(gs *grpc.Server) {
@@ -180,18 +167,8 @@ func TestFullSyncAdmission(t *testing.T) {
 // than that (not DeadlineExceeded after doing nothing); with a free slot it
 // passes.
 func TestRegisterAdmission(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	c := controller.New(st, controller.Config{})
-	r := vpn.NewRunner(st, nil, 64512, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-r.Ready()
+	c, r := startRunner(t)
+	ctx := context.Background()
 	a := newAgents(c, r, nil, 1, 1)
 	a.reg = newAdmission(1, "gateway registrations")
 	conn := serveGRPC(t, func(gs *grpc.Server) { v1.RegisterAgentServiceServer(gs, a) })

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/iotfabric/iotfabric/pkg/controller"
-	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -28,18 +26,7 @@ type pageEnv struct {
 }
 
 func servePaged(t *testing.T) pageEnv {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	c := controller.New(st, controller.Config{})
-	r := vpn.NewRunner(st, nil, 64512, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-r.Ready()
+	c, r := startRunner(t)
 	conn := serveGRPC(t, func(gs *grpc.Server) { Services{Controller: c, Routes: r}.Register(gs) })
 	return pageEnv{v1.NewNetworkServiceClient(conn), v1.NewGatewayServiceClient(conn), v1.NewEndpointServiceClient(conn), v1.NewRouteServiceClient(conn), r, c}
 }
