@@ -178,8 +178,10 @@ func session(ctx context.Context, cfg *Config) error {
 	for {
 		now := time.Now()
 		for len(pending) > 0 && now.Sub(pending[0].at) >= cfg.ConfirmAfter {
-			cfg.Reader.Ack(pending[0].end)
+			// Counted first: whoever sees the queue drained sees them
+			// counted.
 			cfg.Stats.TCPAcknowledged.Add(pending[0].n)
+			cfg.Reader.Ack(pending[0].end)
 			pending = pending[1:]
 		}
 		waitCtx := connCtx
