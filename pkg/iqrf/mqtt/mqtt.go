@@ -240,8 +240,9 @@ func publish(ctx context.Context, client paho.Client, connected <-chan struct{},
 			continue
 		}
 		backoff = 200 * time.Millisecond
-		cfg.Reader.Ack(first + uint64(len(recs)))
+		// Counted first, as the Graphite sink does.
 		cfg.Stats.Acknowledged.Add(uint64(len(toks)))
+		cfg.Reader.Ack(first + uint64(len(recs)))
 	}
 }
 
