@@ -168,12 +168,18 @@ func newControllerGRPC(t *testing.T, etcdURL, grpcOpts string) *controller {
 	return c
 }
 
+// controllerReady is how long a controller process has to start serving.
+const controllerReady = 5 * time.Minute
+
 func (c *controller) start() {
 	env := []string{controllerEnv + "=" + c.conf}
 	if c.grpc != "" {
 		env = append(env, grpcEnv+"="+c.grpc)
 	}
-	c.proc = proctest.Start(c.t, env, false, func(line string) (string, bool) {
+	// A controller started again on the store of a 10,000-gateway fleet
+	// loads it while every agent reconnects: on a busy machine that takes
+	// longer than proctest's usual 30 s.
+	c.proc = proctest.StartWithin(c.t, controllerReady, env, false, func(line string) (string, bool) {
 		a, ok := strings.CutPrefix(line, "fleet controller serving ")
 		return a, ok
 	})
@@ -789,6 +795,7 @@ func runPair(t *testing.T, n, perNetwork, endpoints int, timeout time.Duration) 
 	b0 = f.BytesIn.Load() + f.BytesOut.Load()
 	t0 = time.Now()
 	c1.start()
+	step("killed one started again, serving", time.Since(t0), nil)
 	waitProf = c1.cpuProfile(f, fmt.Sprintf("pair-back-%d", n), 30*time.Second)
 	_, err = f.WaitAll(ctx, timeout, "streaming from both again", func(g *fleet.Gateway) bool { return g.Live() == 2 })
 	r.back = time.Since(t0)

@@ -31,6 +31,13 @@ type Proc struct {
 // killed when the test ends.
 func Start(t testing.TB, env []string, fromStderr bool, match func(line string) (string, bool)) *Proc {
 	t.Helper()
+	return StartWithin(t, 30*time.Second, env, fromStderr, match)
+}
+
+// StartWithin is Start with ready as the time the child has to say it is
+// serving (a daemon that loads a large store first may need longer).
+func StartWithin(t testing.TB, ready time.Duration, env []string, fromStderr bool, match func(line string) (string, bool)) *Proc {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -77,8 +84,8 @@ func Start(t testing.TB, env []string, fromStderr bool, match func(line string) 
 	case p.Ready = <-readyCh:
 	case <-p.done:
 		t.Fatal("child process exited before it was ready")
-	case <-time.After(30 * time.Second):
-		t.Fatal("child process was not ready within 30s")
+	case <-time.After(ready):
+		t.Fatalf("child process was not ready within %s", ready)
 	}
 	return p
 }
