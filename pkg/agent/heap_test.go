@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/iotfabric/iotfabric/internal/heapstat"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
@@ -98,14 +99,6 @@ func wire(t testing.TB, m *v1.GatewayRoutes) *v1.GatewayRoutes {
 	return out
 }
 
-func liveHeap() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
-
 func totalAlloc() uint64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -177,7 +170,7 @@ func TestRouteTableHeap(t *testing.T) {
 	}
 	waitFor("first state", func() bool { _, s, _ := app.count(); return s > 0 })
 	flushed()
-	h0 := liveHeap()
+	h0 := heapstat.Live()
 
 	put := make([]*v1.Route, n)
 	for i := range n {
@@ -191,7 +184,7 @@ func TestRouteTableHeap(t *testing.T) {
 	snap = nil
 	waitFor("snapshot", func() bool { r, _, _ := app.count(); return r == n })
 	flushed()
-	h1 := liveHeap()
+	h1 := heapstat.Live()
 	if f := os.Getenv("IOTFABRIC_HEAP_PROFILE"); f != "" {
 		writeHeapProfile(t, f)
 	}
@@ -223,7 +216,7 @@ func TestRouteTableHeap(t *testing.T) {
 	flushed()
 	perChange := float64(totalAlloc()-a0) / changes
 	_, sets1, upd1 := app.count()
-	h2 := liveHeap()
+	h2 := heapstat.Live()
 
 	fmt.Printf("HEAP core with %d routes: %.0f B live heap per route (%.1f MiB), %.0f B allocated per route change (%d changes: %d route updates, %d whole sets); after the changes %.0f B per route\n",
 		n, perRoute, float64(h1-h0)/(1<<20), perChange, changes, upd1-upd0, sets1-sets0, float64(int64(h2)-int64(h0))/float64(n))

@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"testing"
 
+	"github.com/iotfabric/iotfabric/internal/heapstat"
 	"github.com/iotfabric/iotfabric/internal/netnstest"
 	"github.com/iotfabric/iotfabric/internal/testenv"
 	"github.com/iotfabric/iotfabric/pkg/encap"
@@ -22,14 +22,6 @@ import (
 // gateway's agent holds its own copy of the routes (pkg/agent
 // TestRouteTableHeap); docs/agent.md has the whole budget.
 const maxManagerHeapPerRoute = 176
-
-func liveHeap() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
 
 // TestManagerHeap: the Manager's live heap per route once Set programmed
 // 10,000 remote routes (MPLSoUDP where the kernel can, plain routes
@@ -56,19 +48,19 @@ func TestManagerHeap(t *testing.T) {
 	if err := m.Set(ctx, empty); err != nil {
 		t.Fatal(err)
 	}
-	h0 := liveHeap()
+	h0 := heapstat.Live()
 	s := benchState(n, kind)
 	if err := m.Set(ctx, s); err != nil {
 		t.Fatal(err)
 	}
 	r := s.Networks[0].Routes[0]
 	s = overlay.State{}
-	h1 := liveHeap()
+	h1 := heapstat.Live()
 	r.Label++
 	if err := m.UpdateRoutes(ctx, []overlay.RouteChange{{Network: "bench", Route: r}}); err != nil {
 		t.Fatal(err)
 	}
-	h2 := liveHeap()
+	h2 := heapstat.Live()
 	afterSet, afterUpdate := float64(int64(h1)-int64(h0))/n, float64(int64(h2)-int64(h0))/n
 	fmt.Printf("HEAP overlay.Manager with %d %s routes: %.0f B live heap per route after Set, %.0f B after a route change\n", n, kind, afterSet, afterUpdate)
 	if afterSet > maxManagerHeapPerRoute || afterUpdate > maxManagerHeapPerRoute {

@@ -6,18 +6,10 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/iotfabric/iotfabric/internal/heapstat"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
-
-// liveHeap is the heap after a full collection.
-func liveHeap() uint64 {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
 
 // A flood of received routes, once withdrawn, leaves the table's heap where
 // it was before: the maps that held the flood are built again when it goes
@@ -55,9 +47,9 @@ func TestReceivedFloodGivesMemoryBack(t *testing.T) {
 			t.Fatalf("%d routes left after the withdrawal", c)
 		}
 	}
-	before := liveHeap()
+	before := heapstat.Live()
 	flood()
-	after := liveHeap()
+	after := heapstat.Live()
 	t.Logf("table heap: %d KB before the flood, %d KB after it was withdrawn", before>>10, after>>10)
 	if after > before+512<<10 {
 		t.Errorf("heap %d KB after a flood of %d routes was withdrawn, %d KB before", after>>10, n, before>>10)

@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/iotfabric/iotfabric/internal/heapstat"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/bgp/bgptest"
 	"github.com/iotfabric/iotfabric/pkg/bgp/gobgp"
@@ -29,11 +30,8 @@ const importBenchEnv = "IOTFABRIC_BENCH_BGP_IMPORT"
 
 // heapInUse is the live heap after a full collection.
 func heapInUse() uint64 {
-	runtime.GC()
 	debug.FreeOSMemory()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
+	return heapstat.Live()
 }
 
 // TestBenchImport measures the import path as the controller runs it: BIRD

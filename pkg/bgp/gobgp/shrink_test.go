@@ -9,17 +9,9 @@ import (
 
 	api "github.com/osrg/gobgp/v3/api"
 
+	"github.com/iotfabric/iotfabric/internal/heapstat"
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 )
-
-// liveHeap is the heap after a full collection.
-func liveHeap() uint64 {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
 
 // A flood of received routes, once withdrawn, leaves the speaker's heap
 // where it was before: the paths come as GoBGP's watch reports them (wire
@@ -109,13 +101,13 @@ func TestReceivedFloodGivesMemoryBack(t *testing.T) {
 	// set exist before the baseline.
 	s.onEvent(&api.WatchEventResponse{Event: &api.WatchEventResponse_Table{Table: &api.WatchEventResponse_TableEvent{Paths: paths[:1]}}})
 	waitHeld(1)
-	before := liveHeap()
+	before := heapstat.Live()
 	report(false)
 	waitHeld(n)
-	peak := liveHeap()
+	peak := heapstat.Live()
 	report(true)
 	waitHeld(0)
-	after := liveHeap()
+	after := heapstat.Live()
 	t.Logf("speaker heap: %d KB before the flood, %d KB with %d routes, %d KB after they were withdrawn", before>>10, peak>>10, n, after>>10)
 	if after > before+512<<10 {
 		t.Errorf("heap %d KB after a flood of %d routes was withdrawn, %d KB before", after>>10, n, before>>10)
