@@ -368,6 +368,18 @@ func TestRenew(t *testing.T) {
 			cut++
 			continue
 		}
+		// A renewal that comes late (a slow machine, qemu-user) leaves the
+		// certificate expired within its grace for a moment: calls are
+		// refused until the renewed one is in use, as they would be for
+		// the agent. Too few renewals still fail below.
+		if status.Code(err) == codes.PermissionDenied && strings.Contains(err.Error(), "it may only renew") {
+			select {
+			case id := <-renewed:
+				serials[enroll.Serial(id.Cert.SerialNumber)] = true
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
 		if err != nil {
 			t.Fatalf("call with %d certificates so far: %v", len(serials), err)
 		}
