@@ -35,6 +35,7 @@ import (
 	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
+	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
 // Config describes a fleet.
@@ -95,7 +96,8 @@ type Gateway struct {
 	liveAt   time.Time      // when the last session became live
 	routes   int            // remote routes the data plane holds
 	set      routeSet       // the data plane's routes (dataPlane)
-	probeAt  time.Time
+	probeAt  time.Time      // a probe route was applied (the data plane has it)
+	recvAt   time.Time      // a probe route was received on the route stream
 	cancel   context.CancelFunc
 	done     chan struct{}
 	attached int
@@ -171,7 +173,7 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 		a, err := agent.New(agent.Options{
 			Config:      agent.Config{Gateway: g.Name, Underlay: Underlay(g.idx), StateDir: dir, Log: cfg.Log},
 			Controllers: cfg.Controllers,
-			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), dial},
+			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), dial, grpc.WithStreamInterceptor(g.streamInterceptor)},
 			Keepalive:   cfg.Keepalive,
 			Applier:     dataPlane{g: g},
 			OnSession:   g.onSession,
@@ -351,14 +353,27 @@ func (f *Fleet) probeFrom(prefixes []netip.Prefix, t0 time.Time) {
 	f.probeT0 = t0
 	for _, g := range f.gws {
 		g.mu.Lock()
-		g.probeAt = time.Time{}
+		g.probeAt, g.recvAt = time.Time{}, time.Time{}
 		g.mu.Unlock()
 		g.dirty.Store(true)
 	}
 }
 
-// ProbeLatencies returns the arrival latencies recorded since Probe.
+// ProbeLatencies returns the latencies, since Probe, of the probe routes'
+// arrival in the gateways' data planes (the agents applied them).
 func (f *Fleet) ProbeLatencies() []time.Duration {
+	return f.probeLatencies(func(g *Gateway) time.Time { return g.probeAt })
+}
+
+// ProbeReceived returns the latencies, since Probe, of the probe routes'
+// arrival on the gateways' route streams (received, not yet applied): what
+// the controller and the network take, without the agents' own work, which
+// here shares the machine's cores with every other simulated gateway.
+func (f *Fleet) ProbeReceived() []time.Duration {
+	return f.probeLatencies(func(g *Gateway) time.Time { return g.recvAt })
+}
+
+func (f *Fleet) probeLatencies(at func(*Gateway) time.Time) []time.Duration {
 	f.probeMu.Lock()
 	t0 := f.probeT0
 	f.probeMu.Unlock()
@@ -367,12 +382,54 @@ func (f *Fleet) ProbeLatencies() []time.Duration {
 		g.mu.Lock()
 		// A worker's report from before Probe may still say an earlier
 		// arrival.
-		if !g.probeAt.IsZero() && !g.probeAt.Before(t0) {
-			out = append(out, g.probeAt.Sub(t0))
+		if t := at(g); !t.IsZero() && !t.Before(t0) {
+			out = append(out, t.Sub(t0))
 		}
 		g.mu.Unlock()
 	}
 	return out
+}
+
+// streamInterceptor stamps the arrival of a probe route on the gateway's
+// route stream, as the agent receives it.
+func (g *Gateway) streamInterceptor(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil || method != v1.AgentService_WatchGatewayRoutes_FullMethodName {
+		return s, err
+	}
+	return probeStream{ClientStream: s, g: g}, nil
+}
+
+type probeStream struct {
+	grpc.ClientStream
+	g *Gateway
+}
+
+func (s probeStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if u, ok := m.(*v1.GatewayRoutes); ok && err == nil && len(u.GetPut()) > 0 {
+		s.g.received(u.GetPut())
+	}
+	return err
+}
+
+// received stamps the first probe route among routes.
+func (g *Gateway) received(routes []*v1.Route) {
+	probe := g.f.probes()
+	if len(probe) == 0 {
+		return
+	}
+	for _, r := range routes {
+		if p, err := netip.ParsePrefix(r.GetPrefix()); err == nil && probe[p] {
+			g.mu.Lock()
+			if g.recvAt.IsZero() {
+				g.recvAt = time.Now()
+				g.dirty.Store(true)
+			}
+			g.mu.Unlock()
+			return
+		}
+	}
 }
 
 // Probed reports whether the gateway got a probe route since Probe.

@@ -358,7 +358,8 @@ type result struct {
 	rssBase, rssSynced  int64
 	memBase, memSynced  memStats
 	synced              time.Duration
-	p50, p99, pmax      time.Duration
+	p50, p99, pmax      time.Duration // the change applied by every agent
+	rp50, rp99, rpmax   time.Duration // the change received on every route stream
 	restart             time.Duration
 	restartDown         time.Duration // SIGTERM until every session ended
 	restartServing      time.Duration // start until the controller served
@@ -370,19 +371,36 @@ type result struct {
 	syncBytesPerGateway int64
 }
 
+// testLogLevel is IOTFABRIC_TEST_LOG's level: "info", "warn" or "error",
+// anything else debug; false when it is not set.
+func testLogLevel() (slog.Level, bool) {
+	v, ok := os.LookupEnv("IOTFABRIC_TEST_LOG")
+	if !ok || v == "" {
+		return 0, false
+	}
+	var l slog.Level
+	if l.UnmarshalText([]byte(v)) != nil || l < slog.LevelInfo {
+		l = slog.LevelDebug
+	}
+	return l, true
+}
+
+// logLevel is the controllers' log level: IOTFABRIC_TEST_LOG's, else warn.
 func logLevel() string {
-	if os.Getenv("IOTFABRIC_TEST_LOG") != "" {
-		return "debug"
+	if l, ok := testLogLevel(); ok {
+		return strings.ToLower(l.String())
 	}
 	return "warn"
 }
 
-// testLog is the agents' log: stderr with IOTFABRIC_TEST_LOG set, else none.
+// testLog is the agents' log: stderr at IOTFABRIC_TEST_LOG's level
+// (IOTFABRIC_TEST_LOG=warn: every session that ended and why), else none.
 func testLog() *slog.Logger {
-	if os.Getenv("IOTFABRIC_TEST_LOG") == "" {
+	l, ok := testLogLevel()
+	if !ok {
 		return nil
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 }
 
 func pct(d []time.Duration, p float64) time.Duration {
@@ -488,6 +506,7 @@ func runScenario(t *testing.T, sc scenario) result {
 		t.Fatal(err)
 	}
 	r.synced = time.Since(start)
+	t.Logf("%d gateways: synced after %s", sc.gateways, r.synced.Round(100*time.Millisecond))
 	r.syncBytesPerGateway = (f.BytesIn.Load() + f.BytesOut.Load()) / int64(sc.gateways)
 	time.Sleep(time.Second)
 	r.memSynced = ctl.mem(fmt.Sprintf("synced-%d", sc.gateways))
@@ -502,12 +521,21 @@ func runScenario(t *testing.T, sc scenario) result {
 	if err := f.Probe(probes); err != nil {
 		t.Fatal(err)
 	}
+	tc := time.Now()
 	createProbeEndpoints(ctx, t, conn, req)
+	call := time.Since(tc)
 	if _, err := f.WaitAll(ctx, 2*time.Minute, "probe", (*fleet.Gateway).Probed); err != nil {
 		t.Fatal(err)
 	}
-	lat := f.ProbeLatencies()
+	lat, recv := f.ProbeLatencies(), f.ProbeReceived()
+	if len(recv) != len(lat) {
+		t.Fatalf("%d gateways applied the probe, %d received it on their route stream", len(lat), len(recv))
+	}
 	r.p50, r.p99, r.pmax = pct(lat, .5), pct(lat, .99), pct(lat, 1)
+	r.rp50, r.rp99, r.rpmax = pct(recv, .5), pct(recv, .99), pct(recv, 1)
+	ms := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+	t.Logf("%d gateways: change: the call creating %d endpoints took %s; received on the streams min %s p50 %s p99 %s max %s; applied min %s p50 %s p99 %s max %s",
+		sc.gateways, len(req.Endpoints), ms(call), ms(pct(recv, 0)), ms(r.rp50), ms(r.rp99), ms(r.rpmax), ms(pct(lat, 0)), ms(r.p50), ms(r.p99), ms(r.pmax))
 	waitProf()
 
 	// Idle traffic.
@@ -522,6 +550,7 @@ func runScenario(t *testing.T, sc scenario) result {
 	idle := f.BytesIn.Load() + f.BytesOut.Load() - b0
 	r.idleBytesPerGwHour = float64(idle) / float64(sc.gateways) * float64(time.Hour) / float64(sc.idle)
 	r.idleDowns = downs() - d0
+	t.Logf("%d gateways: idle %s: %d bytes, %d sessions ended", sc.gateways, sc.idle, idle, r.idleDowns)
 
 	// Controller SIGTERM and restart on the same data: until every gateway
 	// streams again, and the bytes that took.
@@ -532,9 +561,11 @@ func runScenario(t *testing.T, sc scenario) result {
 		t.Fatal(err)
 	}
 	r.restartDown = time.Since(t0)
+	t.Logf("%d gateways: SIGTERM until every session ended: %s", sc.gateways, r.restartDown.Round(100*time.Millisecond))
 	t1 := time.Now()
 	ctl.start()
 	r.restartServing = time.Since(t1)
+	t.Logf("%d gateways: restarted controller serving after %s", sc.gateways, r.restartServing.Round(100*time.Millisecond))
 	waitProf = ctl.cpuProfile(f, fmt.Sprintf("restart-%d", sc.gateways), 30*time.Second)
 	if _, err := f.WaitAll(ctx, 10*time.Minute, "streaming again", func(g *fleet.Gateway) bool { return g.Live() == 1 }); err != nil {
 		t.Fatal(err)
@@ -552,10 +583,12 @@ func runScenario(t *testing.T, sc scenario) result {
 
 func printTable(rs []result) {
 	fmt.Printf("\nbench-fleet: simulated gateways (real agents, one gRPC connection each) against one controller process\n")
-	fmt.Printf("%8s %6s %8s %8s %12s %12s %10s %11s %9s %9s %9s %10s %13s %8s %14s %12s %11s\n", "gateways", "procs", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h", "idle downs")
+	fmt.Printf("(chg: one endpoint per network created in one call, until every agent applied it; strm: until every route stream received it)\n")
+	fmt.Printf("%8s %6s %8s %8s %12s %12s %10s %11s %9s %9s %9s %9s %9s %9s %10s %13s %8s %14s %12s %11s\n", "gateways", "procs", "gw/net", "routes/gw", "ctl MB", "ctl KB/gw", "synced", "sync B/gw", "strm p50", "strm p99", "strm max", "chg p50", "chg p99", "chg max", "restart", "(stop/start)", "refused", "restart B/gw", "idle B/gw-h", "idle downs")
 	for _, r := range rs {
-		fmt.Printf("%8d %6d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %10s %13s %8d %14d %12.0f %11d\n", r.gateways, r.processes, r.perNetwork, r.routesPerGateway,
+		fmt.Printf("%8d %6d %8d %8d %12.0f %12.1f %10s %11d %9s %9s %9s %9s %9s %9s %10s %13s %8d %14d %12.0f %11d\n", r.gateways, r.processes, r.perNetwork, r.routesPerGateway,
 			float64(r.rssSynced)/(1<<20), float64(r.rssSynced-r.rssBase)/1024/float64(r.gateways), r.synced.Round(100*time.Millisecond), r.syncBytesPerGateway,
+			r.rp50.Round(time.Millisecond), r.rp99.Round(time.Millisecond), r.rpmax.Round(time.Millisecond),
 			r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond), r.restart.Round(100*time.Millisecond),
 			r.restartDown.Round(100*time.Millisecond).String()+"/"+r.restartServing.Round(100*time.Millisecond).String(), r.restartRefused, r.restartBytes/int64(r.gateways), r.idleBytesPerGwHour, r.idleDowns)
 	}

@@ -45,6 +45,7 @@ type workerConfig struct {
 	StartRate   int           `json:"startRate"`
 	Keepalive   time.Duration `json:"keepalive"`
 	Log         bool          `json:"log"`
+	LogLevel    slog.Level    `json:"logLevel"` // with Log: the least level logged
 }
 
 // command is what a worker is asked after it started (one JSON line each).
@@ -97,7 +98,7 @@ func ServeWorker(in io.Reader, out io.Writer) int {
 	cfg := Config{Controllers: wc.Controllers, Gateways: len(wc.Networks), First: wc.First,
 		Network: func(i int) string { return wc.Networks[i] }, Dir: wc.Dir, StartRate: wc.StartRate, Keepalive: wc.Keepalive}
 	if wc.Log {
-		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: wc.LogLevel}))
 	}
 	f, err := Start(context.Background(), cfg)
 	if err != nil {
@@ -179,16 +180,23 @@ func profileSelf(path string, d time.Duration) error {
 	return nil
 }
 
+// statusFields are a status entry's fields before its controllers' (live,
+// downs) pairs: index, routes, probe applied, probe received.
+const statusFields = 4
+
 // snapshot is the gateway's state as a status entry.
 func (g *Gateway) snapshot(ctls []string) []int64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var probe int64
+	var probe, recv int64
 	if !g.probeAt.IsZero() {
 		probe = g.probeAt.UnixNano()
 	}
-	s := make([]int64, 0, 3+2*len(ctls))
-	s = append(s, int64(g.idx), int64(g.routes), probe)
+	if !g.recvAt.IsZero() {
+		recv = g.recvAt.UnixNano()
+	}
+	s := make([]int64, 0, statusFields+2*len(ctls))
+	s = append(s, int64(g.idx), int64(g.routes), probe, recv)
 	for _, c := range ctls {
 		live := int64(0)
 		if g.live[c] {
@@ -246,7 +254,7 @@ func startWorkers(ctx context.Context, cfg Config, logOn bool) (*Fleet, error) {
 	for w := range k {
 		lo, hi := w*cfg.Gateways/k, (w+1)*cfg.Gateways/k
 		wc := workerConfig{Controllers: cfg.Controllers, First: cfg.First + lo, Dir: cfg.Dir, StartRate: rate,
-			Keepalive: cfg.Keepalive, Log: logOn}
+			Keepalive: cfg.Keepalive, Log: logOn, LogLevel: logLevel(cfg.Log)}
 		for i := lo; i < hi; i++ {
 			wc.Networks = append(wc.Networks, cfg.Network(i))
 		}
@@ -349,17 +357,20 @@ func (g *Gateway) apply(s []int64, ctls []string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.routes = int(s[1])
-	g.probeAt = time.Time{}
+	g.probeAt, g.recvAt = time.Time{}, time.Time{}
 	if s[2] != 0 {
 		g.probeAt = time.Unix(0, s[2])
 	}
+	if s[3] != 0 {
+		g.recvAt = time.Unix(0, s[3])
+	}
 	for i, c := range ctls {
-		live := s[3+2*i] == 1
+		live := s[statusFields+2*i] == 1
 		if live && !g.live[c] {
 			g.liveAt = time.Now()
 		}
 		g.live[c] = live
-		g.downs[c] = int(s[4+2*i])
+		g.downs[c] = int(s[statusFields+1+2*i])
 	}
 }
 
@@ -445,4 +456,14 @@ func (f *Fleet) CPUProfile(dir, name string, d time.Duration) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// logLevel is the least level log logs, for a worker to log the same.
+func logLevel(log *slog.Logger) slog.Level {
+	for _, l := range []slog.Level{slog.LevelDebug, slog.LevelInfo, slog.LevelWarn} {
+		if log.Enabled(context.Background(), l) {
+			return l
+		}
+	}
+	return slog.LevelError
 }
