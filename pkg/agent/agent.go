@@ -667,9 +667,11 @@ func (a *Agent) setClient(addr string, c *clients) {
 
 func (a *Agent) runSession(ctx context.Context, addr string, kick chan struct{}) {
 	log := a.log.With(logkey.Controller, addr)
-	dopts := a.opts.DialOptions
+	// The caller's options come after the agent's reconnect backoff, so
+	// that they can change it.
+	dopts := append([]grpc.DialOption{grpc.WithConnectParams(reconnect)}, a.opts.DialOptions...)
 	if kp, ok := a.opts.keepalive(); ok {
-		dopts = append(slices.Clip(dopts), grpc.WithKeepaliveParams(kp))
+		dopts = append(dopts, grpc.WithKeepaliveParams(kp))
 	}
 	conn, err := grpc.NewClient(addr, dopts...)
 	if err != nil {
