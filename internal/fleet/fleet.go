@@ -156,8 +156,11 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 			cfg.Gateways, perGw*cfg.Gateways+fileMargin, perGw, lim.Cur)
 	}
 	f := &Fleet{cfg: cfg, probe: map[netip.Prefix]bool{}}
+	// As gRPC's own dialer, which the agent uses: TCP keepalive with the
+	// system's settings, not Go's 15 s (see pkg/server's listenAPI).
+	dialer := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}}
 	dial := grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		c, err := dialer.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, err
 		}

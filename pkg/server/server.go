@@ -159,7 +159,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	runner.SetLimits(vpn.Limits{MaxNetworkRoutes: max(cfg.Routes.MaxPerNetwork, 0)})
 	m.routeGauges(reg, runner)
 
-	lis, err := net.Listen("tcp", cfg.API.Listen)
+	lis, err := listenAPI(ctx, cfg.API.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("API listener: %w", err)
 	}
