@@ -106,7 +106,7 @@ func TestReconnectStoreOpsAPI(t *testing.T) {
 			t.Fatal(res.GetError())
 		}
 	}
-	check("full report of 2 unchanged endpoints", storetest.Ops{Gets: 3, Ranges: 2})
+	check("full report of 2 unchanged endpoints", storetest.Ops{Gets: 2, Ranges: 2})
 	sctx, scancel := context.WithCancel(ctx)
 	s, err := cl.WatchGatewayRoutes(sctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw"})
 	if err != nil {

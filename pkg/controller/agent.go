@@ -139,11 +139,28 @@ type ReportResult struct {
 // address it admitted while no controller was reachable wins over an
 // endpoint created meanwhile on the gateway through the API.
 //
-// A full report of endpoints the store holds as reported reads the gateway,
-// its endpoint indexes and its endpoints once each, and writes nothing.
+// A full report of endpoints the store holds as reported reads the
+// gateway's endpoint indexes and its endpoints once each, and writes
+// nothing.
 func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.AgentEndpoint, fullSync bool, offlineLog []string) ([]ReportResult, int, error) {
-	if _, err := c.GetGateway(ctx, gw); err != nil {
-		return nil, 0, err
+	var cur []*v1.Endpoint // with fullSync, the gateway's endpoints
+	// (an invalid name, "" above all, would list others': no gateway has
+	// one, so it is not found below)
+	if fullSync && validate.Name("gateway", gw) == nil {
+		var err error
+		if cur, _, err = c.ListEndpoints(ctx, "", gw); err != nil {
+			return nil, 0, err
+		}
+	}
+	// The gateway must exist. One with endpoints does: DeleteGateway
+	// refuses a gateway that has any, under a condition that every
+	// endpoint's creation and deletion changes, and an endpoint is created
+	// only on a gateway that exists. So the gateway is read only when no
+	// endpoint of it was listed.
+	if len(cur) == 0 {
+		if _, err := c.GetGateway(ctx, gw); err != nil {
+			return nil, 0, err
+		}
 	}
 	for _, l := range offlineLog {
 		c.log.Info("gateway offline record", logkey.Gateway, gw, logkey.Event, l)
@@ -153,14 +170,10 @@ func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.A
 		listed[e.GetId()] = true
 	}
 	deleted := 0
-	// With fullSync, the gateway's endpoints as just listed: a reported one
-	// found there is checked against that record, not read again.
+	// The gateway's endpoints as just listed: a reported one found there is
+	// checked against that record, not read again.
 	known := map[string]*v1.Endpoint{}
 	if fullSync {
-		cur, _, err := c.ListEndpoints(ctx, "", gw)
-		if err != nil {
-			return nil, 0, err
-		}
 		for _, e := range cur {
 			if listed[e.Id] {
 				known[e.Id] = e

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/iotfabric/iotfabric/pkg/keys"
+	"github.com/iotfabric/iotfabric/pkg/model"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd/etcdtest"
@@ -96,8 +98,9 @@ var reconnectCost = []struct {
 }{
 	// The gateway once, its block index and its one block.
 	{"register", storetest.Ops{Gets: 2, Ranges: 1}},
-	// The gateway, its label and pending indexes, its 2 endpoints.
-	{"full report", storetest.Ops{Gets: 3, Ranges: 2}},
+	// Its label and pending indexes and its 2 endpoints (the gateway is
+	// not read: it has endpoints, so it exists).
+	{"full report", storetest.Ops{Gets: 2, Ranges: 2}},
 	// The gateway, then its marker and its record in one transaction.
 	{"stream open", storetest.Ops{Gets: 1, Txns: 1, Writes: 2}},
 }
@@ -151,8 +154,8 @@ func checkReconnectCost(t *testing.T, c *Controller, cs *storetest.Counting, i i
 
 // A gateway that reconnects with nothing changed costs one read of its
 // record and of its blocks to register (no write, last_seen kept), reads
-// only for the full report of its 2 unchanged endpoints, and one read and
-// one transaction to open its route stream.
+// of its indexes and endpoints only for the full report of its 2 unchanged
+// endpoints, and one read and one transaction to open its route stream.
 func TestReconnectStoreOps(t *testing.T) {
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
 	if err != nil {
@@ -168,6 +171,18 @@ func TestReconnectStoreOps(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkReconnectCost(t, c, cs, 1, eps, keys.StreamID("self", 2))
+
+	// A full report for a gateway that does not exist, or with no name (a
+	// listing by gateway "" would be every endpoint), is refused and
+	// deletes nothing.
+	for _, gw := range []string{"", "gw-2", "gw-1/"} {
+		if _, n, err := c.ReportEndpoints(ctx, gw, nil, true, nil); !errors.Is(err, model.ErrNotFound) || n != 0 {
+			t.Errorf("full report of gateway %q: %d deleted, %v; want not found", gw, n, err)
+		}
+	}
+	if all, _, err := c.ListEndpoints(ctx, "", ""); err != nil || len(all) != 2 {
+		t.Errorf("%d endpoints after the refused reports (%v), want 2", len(all), err)
+	}
 }
 
 // A registration that changes the gateway writes it once, conditionally,
