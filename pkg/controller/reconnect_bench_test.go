@@ -140,7 +140,7 @@ func TestBenchReconnect(t *testing.T) {
 		}},
 	}
 	rates := make([][]float64, len(ways))
-	var ratios, bareRatios []float64 // now / before, now / bare, round by round
+	var ratios, nowBare, beforeBare []float64 // now / before, now / bare, before / bare, round by round
 	cost := make([]storetest.Ops, len(ways))
 	for r := range rounds {
 		stream = r
@@ -161,7 +161,7 @@ func TestBenchReconnect(t *testing.T) {
 		for k, w := range ways {
 			line += fmt.Sprintf(" %s %.0f/s;", w.name, round[k])
 		}
-		ratios, bareRatios = append(ratios, round[1]/round[0]), append(bareRatios, round[1]/round[2])
+		ratios, nowBare, beforeBare = append(ratios, round[1]/round[0]), append(nowBare, round[1]/round[2]), append(beforeBare, round[0]/round[2])
 		fmt.Printf("%s now/before %.2f\n", line, round[1]/round[0])
 	}
 	median := func(xs []float64) float64 {
@@ -174,5 +174,6 @@ func TestBenchReconnect(t *testing.T) {
 		fmt.Printf("bench-register: %-18s %6.0f reconnects/s (median of %d rounds), per reconnect %.1f gets, %.1f ranges, %.1f txns (%.1f writes)\n",
 			w.name, median(rates[k]), rounds, float64(o.Gets)/float64(n), float64(o.Ranges)/float64(n), float64(o.Txns)/float64(n), float64(o.Writes)/float64(n))
 	}
-	fmt.Printf("bench-register: now / before = %.2f, now / bare etcd get+txn = %.2f (medians of the rounds' ratios)\n", median(ratios), median(bareRatios))
+	fmt.Printf("bench-register: now / before = %.2f (rounds %.2f-%.2f); now / bare etcd get+txn = %.2f, before / bare = %.2f (medians of the rounds' ratios)\n",
+		median(ratios), slices.Min(ratios), slices.Max(ratios), median(nowBare), median(beforeBare))
 }
