@@ -1,12 +1,14 @@
 # Controller core (pkg/ipam, pkg/controller): benchmarks.
-.PHONY: bench-ipam bench-controller bench-controller-bulk bench-tls bench-list fuzz-validate
+.PHONY: bench-ipam bench-controller bench-controller-bulk bench-tls bench-list bench-register fuzz-validate
 
-BENCH_TARGETS += bench-ipam bench-controller bench-controller-bulk bench-tls bench-list
+BENCH_TARGETS += bench-ipam bench-controller bench-controller-bulk bench-tls bench-list bench-register
 
 # Endpoints per bulk call of bench-controller's authorization on/off figure.
 AUTHZ_BENCH_ENDPOINTS ?= 10000
 # Gateways reconnecting in bench-tls.
 TLS_BENCH_GATEWAYS ?= 1000
+# Gateways (2 endpoints each) reconnecting in bench-register.
+REGISTER_BENCH_GATEWAYS ?= 2000
 
 ##@ bench
 bench-ipam: ## IPAM: persisted allocations/s and p50/p99 latency (bbolt, fsync on) against one-transaction-per-allocation
@@ -22,6 +24,9 @@ bench-controller-bulk: ## Controller: 150,000 endpoints by one client in CreateE
 
 bench-tls: ## 1,000 gateways reconnecting with mutual TLS: controller handshakes/s, full vs resumed (session tickets), and their ratio
 	IOTFABRIC_BENCH_TLS=$(TLS_BENCH_GATEWAYS) $(GO) test -count=1 -timeout 20m -run '^TestBenchTLSReconnect$$' -v ./pkg/server/ 2>&1 | grep -E '^(bench-|  |--- |ok|FAIL|PASS)'; exit $${PIPESTATUS[0]}
+
+bench-register: ## 2,000 gateways with 2 endpoints reconnecting to a controller on etcd (Register, full report, route stream), 64 at once: reconnects/s now, as before, and a bare etcd read+txn
+	IOTFABRIC_BENCH_REGISTER=$(REGISTER_BENCH_GATEWAYS) $(GO) test -count=1 -timeout 20m -run '^TestBenchReconnect$$' -v ./pkg/controller/ 2>&1 | grep -E '^(bench-|--- |ok|FAIL|PASS)'; exit $${PIPESTATUS[0]}
 
 bench-list: ## Lists at scale: 300,000 endpoints and 200,000 routes paged through gRPC and iotfabricctl (time, peak live heap; about 5 min)
 	$(GO) test -run '^$$' -bench 'BenchmarkListAtScale' -benchtime 1x -timeout 30m ./cmd/iotfabricctl/

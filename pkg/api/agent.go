@@ -55,23 +55,23 @@ func (a *agents) Register(ctx context.Context, req *v1.RegisterRequest) (*v1.Reg
 		return nil, Status(err)
 	}
 	defer release()
-	// A registration may move the gateway to another underlay address (a
-	// gateway's routes follow it): say so, and who did it.
-	prev, perr := a.c.GetGateway(ctx, req.GetGateway().GetName())
-	g, blocks, err := a.c.RegisterGateway(ctx, req.GetGateway(), controller.Agent{
+	r, err := a.c.Register(ctx, req.GetGateway(), controller.Agent{
 		Architecture: req.GetArchitecture(), Version: req.GetAgentVersion(), KernelFeatures: req.GetKernelFeatures()})
 	if err != nil {
 		return nil, Status(err)
 	}
-	if perr == nil && prev.GetUnderlayAddress() != g.GetUnderlayAddress() {
+	g := r.Gateway
+	// A registration may move the gateway to another underlay address (a
+	// gateway's routes follow it): say so, and who did it.
+	if r.Prev != nil && r.Prev.GetUnderlayAddress() != g.GetUnderlayAddress() {
 		who := "unknown"
 		if id, ok := identityFrom(ctx); ok {
 			who = id.String()
 		}
-		a.log.Warn("gateway underlay changed", logkey.Gateway, g.GetName(), logkey.From, prev.GetUnderlayAddress(), logkey.To, g.GetUnderlayAddress(), logkey.Identity, who)
+		a.log.Warn("gateway underlay changed", logkey.Gateway, g.GetName(), logkey.From, r.Prev.GetUnderlayAddress(), logkey.To, g.GetUnderlayAddress(), logkey.Identity, who)
 	}
 	resp := &v1.RegisterResponse{Gateway: g}
-	for _, b := range blocks {
+	for _, b := range r.Blocks {
 		resp.Blocks = append(resp.Blocks, &v1.GatewayBlock{Network: b.Network, Prefix: b.Prefix.String()})
 	}
 	return resp, nil

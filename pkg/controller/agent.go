@@ -30,35 +30,97 @@ type Agent struct {
 	KernelFeatures []string
 }
 
+// Registration is what a gateway's registration did.
+type Registration struct {
+	// Gateway is the gateway as stored after the registration.
+	Gateway *v1.Gateway
+	// Prev is the gateway as the registration found it (nil: it created
+	// the gateway).
+	Prev *v1.Gateway
+	// Blocks are the address blocks leased to the gateway.
+	Blocks []ipam.GatewayBlock
+}
+
 // RegisterGateway creates or updates the gateway, marks it up, and returns it
-// with the address blocks leased to it.
+// with the address blocks leased to it (Register, without the previous
+// record).
 func (c *Controller) RegisterGateway(ctx context.Context, gw *v1.Gateway, agent Agent) (*v1.Gateway, []ipam.GatewayBlock, error) {
+	r, err := c.Register(ctx, gw, agent)
+	return r.Gateway, r.Blocks, err
+}
+
+// Register creates or updates the gateway, marks it up, and returns it with
+// the record it replaced and the address blocks leased to it.
+//
+// A registration that would not change the gateway in substance (already up,
+// same underlay address, encapsulations and agent) writes nothing: it costs
+// one read of the gateway and the listing of its blocks, so a fleet
+// reconnecting to a restarted controller does not rewrite its records. Such
+// a registration leaves last_seen as it is (its route stream, which follows,
+// rewrites the record anyway, see OpenGatewayStream). Every write is
+// conditional on the record read; a conflict reads it again.
+func (c *Controller) Register(ctx context.Context, gw *v1.Gateway, agent Agent) (Registration, error) {
 	if gw == nil || gw.Name == "" {
-		return nil, nil, model.Errorf(model.ErrInvalid, "the gateway and its name are required")
+		return Registration{}, model.Errorf(model.ErrInvalid, "the gateway and its name are required")
 	}
-	g := proto.Clone(gw).(*v1.Gateway)
-	g.State, g.LastSeen = v1.GatewayState_GATEWAY_STATE_UP, timestamppb.Now()
-	prev, _ := c.GetGateway(ctx, g.Name) // for the link history; nil: new
-	out, err := c.updateGateway(ctx, g, &agent)
-	if errors.Is(err, model.ErrNotFound) {
-		out, err = c.createGateway(ctx, g, &agent)
-		if errors.Is(err, model.ErrExists) { // created meanwhile by another agent stream or controller
-			out, err = c.updateGateway(ctx, g, &agent)
+	want := proto.Clone(gw).(*v1.Gateway)
+	want.State = v1.GatewayState_GATEWAY_STATE_UP
+	if err := normaliseGateway(want); err != nil {
+		return Registration{}, err
+	}
+	var r Registration
+	err := retry(ctx, func() error {
+		r = Registration{}
+		kv, cur, err := c.getGatewayKV(ctx, want.Name)
+		if errors.Is(err, model.ErrNotFound) {
+			g := proto.Clone(want).(*v1.Gateway)
+			g.LastSeen = timestamppb.Now()
+			r.Gateway, err = c.createGateway(ctx, g, &agent)
+			if errors.Is(err, model.ErrExists) {
+				return store.ErrConflict // created meanwhile by another agent stream or controller: read it
+			}
+			return err
 		}
-	}
+		if err != nil {
+			return err
+		}
+		r.Prev = cur
+		g := registered(cur, want, agent)
+		if proto.Equal(g, cur) {
+			r.Gateway = cur
+			return nil
+		}
+		g.LastSeen, g.Revision = timestamppb.Now(), 0
+		rev, err := c.st.Txn(ctx, []store.Cond{store.Unchanged(kv)}, []store.Op{store.Put(kv.Key, encode(g))})
+		if err != nil {
+			return err
+		}
+		g.Revision = rev
+		r.Gateway = g
+		return nil
+	})
 	if err != nil {
-		return nil, nil, err
+		return Registration{}, storeErr(err)
 	}
-	if prev.GetState() != v1.GatewayState_GATEWAY_STATE_UP {
-		c.links.record(g.Name, v1.GatewayState_GATEWAY_STATE_UP, v1.GatewayLinkReason_GATEWAY_LINK_REASON_REGISTERED, "")
+	if r.Prev.GetState() != v1.GatewayState_GATEWAY_STATE_UP {
+		c.links.record(want.Name, v1.GatewayState_GATEWAY_STATE_UP, v1.GatewayLinkReason_GATEWAY_LINK_REASON_REGISTERED, "")
 	}
-	c.log.Info("gateway registered", logkey.Gateway, g.Name, logkey.Underlay, g.UnderlayAddress, logkey.Arch, agent.Architecture,
+	c.log.Info("gateway registered", logkey.Gateway, want.Name, logkey.Underlay, want.UnderlayAddress, logkey.Arch, agent.Architecture,
 		logkey.Version, agent.Version, logkey.Features, agent.KernelFeatures)
-	blocks, err := ipam.IndexedGatewayBlocks(ctx, c.st, g.Name)
-	if err != nil {
-		return nil, nil, storeErr(err)
+	if r.Blocks, err = ipam.IndexedGatewayBlocks(ctx, c.st, want.Name); err != nil {
+		return Registration{}, storeErr(err)
 	}
-	return out, blocks, nil
+	return r, nil
+}
+
+// registered returns cur as a registration of want by agent makes it, with
+// cur's last-seen time and revision: equal to cur when the registration
+// changes nothing.
+func registered(cur, want *v1.Gateway, agent Agent) *v1.Gateway {
+	g := proto.Clone(cur).(*v1.Gateway)
+	g.UnderlayAddress, g.Encapsulations, g.State = want.UnderlayAddress, want.Encapsulations, want.State
+	setAgent(g, agent)
+	return g
 }
 
 // ReportResult is the outcome of one reported endpoint.
@@ -76,9 +138,29 @@ type ReportResult struct {
 // returned): for its own pods the agent is the source of truth, so an
 // address it admitted while no controller was reachable wins over an
 // endpoint created meanwhile on the gateway through the API.
+//
+// A full report of endpoints the store holds as reported reads the
+// gateway's endpoint indexes and its endpoints once each, and writes
+// nothing.
 func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.AgentEndpoint, fullSync bool, offlineLog []string) ([]ReportResult, int, error) {
-	if _, err := c.GetGateway(ctx, gw); err != nil {
-		return nil, 0, err
+	var cur []*v1.Endpoint // with fullSync, the gateway's endpoints
+	// (an invalid name, "" above all, would list others': no gateway has
+	// one, so it is not found below)
+	if fullSync && validate.Name("gateway", gw) == nil {
+		var err error
+		if cur, _, err = c.ListEndpoints(ctx, "", gw); err != nil {
+			return nil, 0, err
+		}
+	}
+	// The gateway must exist. One with endpoints does: DeleteGateway
+	// refuses a gateway that has any, under a condition that every
+	// endpoint's creation and deletion changes, and an endpoint is created
+	// only on a gateway that exists. So the gateway is read only when no
+	// endpoint of it was listed.
+	if len(cur) == 0 {
+		if _, err := c.GetGateway(ctx, gw); err != nil {
+			return nil, 0, err
+		}
 	}
 	for _, l := range offlineLog {
 		c.log.Info("gateway offline record", logkey.Gateway, gw, logkey.Event, l)
@@ -88,13 +170,13 @@ func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.A
 		listed[e.GetId()] = true
 	}
 	deleted := 0
+	// The gateway's endpoints as just listed: a reported one found there is
+	// checked against that record, not read again.
+	known := map[string]*v1.Endpoint{}
 	if fullSync {
-		cur, _, err := c.ListEndpoints(ctx, "", gw)
-		if err != nil {
-			return nil, 0, err
-		}
 		for _, e := range cur {
 			if listed[e.Id] {
+				known[e.Id] = e
 				continue
 			}
 			if _, err := c.DeleteEndpoint(ctx, e.Id); err != nil && !errors.Is(err, model.ErrNotFound) {
@@ -105,7 +187,8 @@ func (c *Controller) ReportEndpoints(ctx context.Context, gw string, eps []*v1.A
 	}
 	var results []ReportResult
 	for _, e := range eps {
-		ep, err := c.reportOne(ctx, gw, e)
+		ep, err := c.reportOne(ctx, gw, e, known[e.GetId()])
+		delete(known, e.GetId()) // reported twice: the second is checked against the store
 		res := ReportResult{ID: e.GetId(), Endpoint: ep, Err: err}
 		if errors.Is(err, model.ErrExists) {
 			res.InUse = c.addrsInUse(ctx, e)
@@ -194,8 +277,14 @@ func (c *Controller) addrsInUse(ctx context.Context, e *v1.AgentEndpoint) []stri
 	return out
 }
 
-func (c *Controller) reportOne(ctx context.Context, gw string, e *v1.AgentEndpoint) (*v1.Endpoint, error) {
-	cur, err := c.GetEndpoint(ctx, e.GetId())
+// reportOne records one endpoint the gateway reports. cur, when not nil, is
+// the endpoint as read from the store during this report; nil: it is read
+// here. An endpoint the store holds as reported costs no write.
+func (c *Controller) reportOne(ctx context.Context, gw string, e *v1.AgentEndpoint, cur *v1.Endpoint) (*v1.Endpoint, error) {
+	var err error
+	if cur == nil {
+		cur, err = c.GetEndpoint(ctx, e.GetId())
+	}
 	switch {
 	case err == nil:
 		if cur.Gateway != gw || cur.Network != e.GetNetwork() {
@@ -273,6 +362,13 @@ func (c *Controller) LeaseBlock(ctx context.Context, gw, network string, family 
 // <controller instance>-<n>) sends routes to it, and marks it up, in one
 // transaction (so that a stream closing at another controller sees either
 // this marker or a changed gateway record).
+//
+// It costs one read of the gateway and that transaction, also for a gateway
+// already up: the marker is what tells the sweeper and the other
+// controllers that a live controller streams to it, and the record's
+// rewrite (last_seen: now) is what makes a CloseGatewayStream that listed
+// the markers before this one was written conflict and look again. Being in
+// the marker's transaction, the rewrite adds no round trip to the store.
 func (c *Controller) OpenGatewayStream(ctx context.Context, gw, id string) error {
 	if err := validate.Name("gateway", gw); err != nil {
 		return model.Invalid(err)

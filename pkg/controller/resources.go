@@ -502,8 +502,26 @@ func (c *Controller) ListEndpoints(ctx context.Context, network, gateway string)
 	case network != "":
 		err = add(keys.NetworkEndpoints(network), keyID)
 	default:
-		if err = add(keys.GatewayLabels(gateway), func(kv store.KV) string { return string(kv.Value) }); err == nil {
-			err = add(keys.GatewayPending(gateway), keyID)
+		// Its label and pending keys, both ranges at once (a reconnecting
+		// gateway's full report waits for them).
+		var pending []store.KV
+		var prev int64
+		var perr error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			pending, prev, perr = c.st.List(ctx, keys.GatewayPending(gateway))
+		}()
+		err = add(keys.GatewayLabels(gateway), func(kv store.KV) string { return string(kv.Value) })
+		<-done
+		if err == nil && perr != nil {
+			err = storeErr(perr)
+		}
+		if err == nil {
+			rev = min(rev, prev) // a watch from the older brings what changed after either
+			for _, kv := range pending {
+				ids = append(ids, keyID(kv))
+			}
 		}
 	}
 	if err != nil {

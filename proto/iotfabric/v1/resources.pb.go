@@ -424,10 +424,16 @@ type Gateway struct {
 	// Underlay IPv4 address tunnels are addressed to; also the route distinguisher's administrator.
 	UnderlayAddress string `protobuf:"bytes,2,opt,name=underlay_address,json=underlayAddress,proto3" json:"underlay_address,omitempty"`
 	// Encapsulations the gateway supports; default MPLSoUDP, MPLSoGRE.
-	Encapsulations []Encapsulation        `protobuf:"varint,3,rep,packed,name=encapsulations,proto3,enum=iotfabric.v1.Encapsulation" json:"encapsulations,omitempty"`
-	State          GatewayState           `protobuf:"varint,4,opt,name=state,proto3,enum=iotfabric.v1.GatewayState" json:"state,omitempty"`
-	LastSeen       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	Revision       int64                  `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	Encapsulations []Encapsulation `protobuf:"varint,3,rep,packed,name=encapsulations,proto3,enum=iotfabric.v1.Encapsulation" json:"encapsulations,omitempty"`
+	State          GatewayState    `protobuf:"varint,4,opt,name=state,proto3,enum=iotfabric.v1.GatewayState" json:"state,omitempty"`
+	// When the gateway's link was last recorded: set when a route stream to it
+	// opens at any controller, when it goes down (its last stream ended, or the
+	// controllers streaming to it are gone: for a down gateway, since when it is
+	// down), and when its agent's registration changes its record or its state.
+	// A registration of a gateway already up that changes nothing leaves it as
+	// it is (and writes nothing). An update may set it.
+	LastSeen *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	Revision int64                  `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Kernel features the agent's data plane detected at its last registration,
 	// e.g. mpls, fou, gre, vrf, and bpf-fast-path when the eBPF fast path is on.
 	// Output only.
