@@ -86,12 +86,12 @@ type rule struct {
 	gateway func(req any) string
 	// object names what a mutating request acts on, for the audit log.
 	object func(req any) string
-	// routine, when set, says that a request is a gateway's routine
-	// traffic (an incremental endpoint report, one per pod added or
-	// deleted): its audit line is auditReport, which the bounded log
+	// routine: the call is a gateway's routine traffic (an endpoint
+	// report, one per pod added or deleted: a deletion is reported as a
+	// full sync): its audit line is auditReport, which the bounded log
 	// limits per caller and outcome like a refusal, instead of auditCall,
 	// which it keeps whole.
-	routine func(req any) bool
+	routine bool
 	// expiredOK: a certificate accepted within the renewal grace may call it.
 	expiredOK bool
 }
@@ -129,13 +129,12 @@ var methods = map[string]rule{
 
 	v1.AgentService_Register_FullMethodName: {roles: admin | gateway, mutates: true,
 		gateway: func(r any) string { return r.(*v1.RegisterRequest).GetGateway().GetName() }},
-	v1.AgentService_ReportEndpoints_FullMethodName: {roles: admin | gateway, mutates: true,
+	v1.AgentService_ReportEndpoints_FullMethodName: {roles: admin | gateway, mutates: true, routine: true,
 		gateway: func(r any) string { return r.(*v1.ReportEndpointsRequest).GetGateway() },
 		object: func(r any) string {
 			q := r.(*v1.ReportEndpointsRequest)
 			return fmt.Sprintf("%s: %d endpoints, full sync %t", q.GetGateway(), len(q.GetEndpoints()), q.GetFullSync())
-		},
-		routine: func(r any) bool { return !r.(*v1.ReportEndpointsRequest).GetFullSync() }},
+		}},
 	v1.AgentService_LeaseBlock_FullMethodName: {roles: admin | gateway, mutates: true,
 		gateway: func(r any) string { return r.(*v1.LeaseBlockRequest).GetGateway() },
 		object: func(r any) string {
@@ -276,8 +275,8 @@ func (a *Authorizer) admit(id tlsconfig.Identity, cert *x509.Certificate, method
 // limits the others, refusals and failures, per caller: a flood of refused
 // calls cannot fill the disk, and every call is still counted in the API's
 // request metric (by method and code). A gateway's routine reports (its
-// incremental endpoint reports, auditReport) are limited too, succeeded or
-// not: a line each for the first ten of a caller in 10 s, then a count.
+// endpoint reports, auditReport) are limited too, succeeded or not: a line
+// each for the first ten of a caller in 10 s, then a count.
 func AuditSucceeded(r slog.Record) bool {
 	if r.Message != auditCall {
 		return false
@@ -366,7 +365,7 @@ func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerI
 	resp, err := handler(context.WithValue(ctx, callerKey{}, c), req)
 	if r.mutates && a.Audit != nil {
 		msg := auditCall
-		if r.routine != nil && r.routine(req) {
+		if r.routine {
 			msg = auditReport
 		}
 		a.Audit.LogAttrs(ctx, slog.LevelInfo, msg, slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, info.FullMethod),
