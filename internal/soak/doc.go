@@ -9,5 +9,8 @@
 // controller's, memory back to its level before the flood, log bytes under
 // the bound) and a summary is printed.
 //
-// The test runs when IOTFABRIC_SOAK_DURATION is set (2m, 10m...).
+// The test runs when IOTFABRIC_SOAK_DURATION is set (2m, 10m...). With
+// IOTFABRIC_SOAK_KEEP=DIR it copies the daemons' logs (controller.log,
+// gw-0.log...) into DIR at its end, passed or failed; the summary breaks
+// the logs down per daemon, per level and per message either way.
 package soak

@@ -2,6 +2,7 @@ package soak
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -354,6 +355,10 @@ bgp:
 		gws = append(gws, g)
 	}
 	cniRun := libcni.NewCNIConfig([]string{bin}, nil)
+	if keep := os.Getenv(keepEnv); keep != "" {
+		// Registered after the daemons' kills, so it runs before them.
+		t.Cleanup(func() { keepLogs(t, keep, append([]*proc{ctl}, agentsOf(gws)...)) })
+	}
 
 	// Memory before the flood: the least heap seen over a few seconds (the
 	// heap right after a collection).
@@ -1151,24 +1156,25 @@ bgp:
 	phase("heap after the flood measured")
 	objAfter := objects()
 	saveHeap("after")
-	if pdir := os.Getenv(profilesEnv); pdir != "" {
-		// the daemons' logs beside the profiles, for a failed run
-		for _, p := range append([]*proc{ctl}, agentsOf(gws)...) {
-			if b, err := os.ReadFile(p.log); err == nil {
-				os.WriteFile(filepath.Join(pdir, p.name+".log"), b, 0o644)
-			}
+	// The daemons' logs: kept beside the profiles (for a failed run),
+	// counted against the bound and broken down.
+	logs := newLogBreakdown()
+	for _, p := range append([]*proc{ctl}, agentsOf(gws)...) {
+		b, err := os.ReadFile(p.log)
+		if err != nil {
+			t.Error(err)
+			continue
 		}
-	}
-	var logBytes int64
-	logs := []string{ctl.log}
-	for _, g := range gws {
-		logs = append(logs, g.agent.log)
-	}
-	for _, l := range logs {
-		if fi, err := os.Stat(l); err == nil {
-			logBytes += fi.Size()
+		if pdir != "" {
+			os.WriteFile(filepath.Join(pdir, p.name+".log"), b, 0o644)
 		}
+		kind := "agent"
+		if p == ctl {
+			kind = "controller"
+		}
+		logs.add(p.name, kind, bytes.NewReader(b))
 	}
+	logBytes := logs.total.bytes
 
 	// Summary.
 	var b strings.Builder
@@ -1195,6 +1201,7 @@ bgp:
 	}
 	fmt.Fprintf(&b, "  controller objects: before the flood %s; after %s\n", objBefore, objAfter)
 	fmt.Fprintf(&b, "  log bytes (controller + agents): %d (bound %d)\n", logBytes, sc.logBound)
+	b.WriteString(logs.format(12))
 	fmt.Fprintf(&b, "  invariants: %d problems\n", len(problems))
 	fmt.Print(b.String())
 	for i, p := range problems {

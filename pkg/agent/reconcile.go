@@ -58,12 +58,17 @@ const (
 // Reconciler is the vrouter agent's one reconcile loop: it applies the
 // source's desired state whenever it changes, retries failures with backoff
 // (RetryMin..RetryMax), re-reads the kernel and re-applies every resync
-// interval, and lets callers wait until a generation was applied.
+// interval, and lets callers wait until a generation was applied. A run of
+// failed attempts is logged as a warning when it starts (and again when its
+// failures more than double, and every FailureReminder), its other retries
+// at debug level, and its end at info level ("data plane fully programmed
+// again", with how many attempts failed and for how long).
 type Reconciler struct {
 	src     Source
 	applier Applier
 	log     *slog.Logger
 	resync  time.Duration
+	remind  time.Duration // FailureReminder
 	onApply func(overlay.State, error)
 
 	// mu guards the fields below.
@@ -76,6 +81,39 @@ type Reconciler struct {
 // retryErrors is how many of the failures of an attempt its retry line shows.
 const retryErrors = 3
 
+// FailureReminder is how often the retry line is written as a warning while
+// the data plane stays not fully programmed with no more failures than
+// when it was last written; the retries in between are logged at debug
+// level.
+const FailureReminder = 5 * time.Minute
+
+// failing is a run of failed attempts, for the retry line's level: a
+// warning when the run starts, when the failures more than doubled since
+// the last warning, and every reminder while it lasts; debug otherwise. A
+// data plane that cannot be programmed (a kernel without the modules its
+// routes need) retries on every change of the desired state, and each of
+// those lines, hundreds of bytes, said the same thing.
+type failing struct {
+	attempts int       // failed attempts in a row
+	since    time.Time // start of the first
+	warned   time.Time // when the last warning was written
+	failures int       // how many failures it counted
+}
+
+// level counts an attempt started at at that failed n times and returns
+// its line's level.
+func (f *failing) level(at time.Time, n int, remind time.Duration) slog.Level {
+	f.attempts++
+	if f.attempts == 1 {
+		f.since = at
+	}
+	if f.attempts > 1 && n <= 2*f.failures && at.Sub(f.warned) < remind {
+		return slog.LevelDebug
+	}
+	f.warned, f.failures = at, n
+	return slog.LevelWarn
+}
+
 // NewReconciler returns a loop that applies src's states through a. resync
 // is the period of the kernel re-read (0: never); onApply, if set, is called
 // after every attempt with the state and its result.
@@ -84,13 +122,14 @@ func NewReconciler(src Source, a Applier, log *slog.Logger, resync time.Duration
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Reconciler{src: src, applier: a, log: log.With(logkey.Component, logkey.ComponentReconcile), resync: resync,
-		onApply: onApply, changed: make(chan struct{})}
+		remind: FailureReminder, onApply: onApply, changed: make(chan struct{})}
 }
 
 // Run loops until ctx ends (it then returns nil) or the source fails. The
 // first apply happens when the source first signals a change.
 func (l *Reconciler) Run(ctx context.Context) error {
 	backoff := RetryMin
+	var fail failing
 	var retryC <-chan time.Time
 	var resyncC <-chan time.Time
 	if l.resync > 0 {
@@ -153,12 +192,17 @@ func (l *Reconciler) Run(ctx context.Context) error {
 		if err != nil {
 			// One line however much failed: how many, and the first few.
 			n, first := logbound.Errors(err, retryErrors)
-			l.log.Warn("data plane not fully programmed; retrying", logkey.Reason, why, logkey.RetryIn, backoff, logkey.Failures, n, logkey.Err, first)
+			l.log.Log(ctx, fail.level(start, n, l.remind), "data plane not fully programmed; retrying", logkey.Reason, why, logkey.RetryIn, backoff,
+				logkey.Failures, n, logkey.Attempts, fail.attempts, logkey.Err, first)
 			retryC = time.After(backoff)
 			backoff = min(2*backoff, RetryMax)
 			continue
 		}
 		backoff = RetryMin
+		if fail.attempts > 0 {
+			l.log.Info("data plane fully programmed again", logkey.Attempts, fail.attempts, logkey.Took, time.Since(fail.since).Round(time.Millisecond))
+			fail = failing{}
+		}
 		l.log.Info("state applied", logkey.Reason, why, logkey.Generation, gen, logkey.Networks, len(st.Networks), logkey.Took, time.Since(start))
 	}
 }

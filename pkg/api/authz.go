@@ -86,6 +86,12 @@ type rule struct {
 	gateway func(req any) string
 	// object names what a mutating request acts on, for the audit log.
 	object func(req any) string
+	// routine: the call is a gateway's routine traffic (an endpoint
+	// report, one per pod added or deleted: a deletion is reported as a
+	// full sync): its audit line is auditReport, which the bounded log
+	// limits per caller and outcome like a refusal, instead of auditCall,
+	// which it keeps whole.
+	routine bool
 	// expiredOK: a certificate accepted within the renewal grace may call it.
 	expiredOK bool
 }
@@ -123,7 +129,7 @@ var methods = map[string]rule{
 
 	v1.AgentService_Register_FullMethodName: {roles: admin | gateway, mutates: true,
 		gateway: func(r any) string { return r.(*v1.RegisterRequest).GetGateway().GetName() }},
-	v1.AgentService_ReportEndpoints_FullMethodName: {roles: admin | gateway, mutates: true,
+	v1.AgentService_ReportEndpoints_FullMethodName: {roles: admin | gateway, mutates: true, routine: true,
 		gateway: func(r any) string { return r.(*v1.ReportEndpointsRequest).GetGateway() },
 		object: func(r any) string {
 			q := r.(*v1.ReportEndpointsRequest)
@@ -268,7 +274,9 @@ func (a *Authorizer) admit(id tlsconfig.Identity, cert *x509.Certificate, method
 // succeeded. A bounded log (internal/logbound) keeps every such line and
 // limits the others, refusals and failures, per caller: a flood of refused
 // calls cannot fill the disk, and every call is still counted in the API's
-// request metric (by method and code).
+// request metric (by method and code). A gateway's routine reports (its
+// endpoint reports, auditReport) are limited too, succeeded or not: a line
+// each for the first ten of a caller in 10 s, then a count.
 func AuditSucceeded(r slog.Record) bool {
 	if r.Message != auditCall {
 		return false
@@ -288,6 +296,7 @@ func AuditSucceeded(r slog.Record) bool {
 const (
 	auditCall   = "call"
 	auditDenied = "denied"
+	auditReport = "endpoint report" // a rule's routine request
 )
 
 // mayDo says what id may do, for the messages of denials.
@@ -355,7 +364,11 @@ func (a *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerI
 	id := c.id
 	resp, err := handler(context.WithValue(ctx, callerKey{}, c), req)
 	if r.mutates && a.Audit != nil {
-		a.Audit.LogAttrs(ctx, slog.LevelInfo, auditCall, slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, info.FullMethod),
+		msg := auditCall
+		if r.routine {
+			msg = auditReport
+		}
+		a.Audit.LogAttrs(ctx, slog.LevelInfo, msg, slog.String(logkey.Identity, id.String()), slog.String(logkey.Method, info.FullMethod),
 			slog.String(logkey.Object, r.objectOf(req)), slog.String(logkey.Code, Code(err).String()))
 	}
 	return resp, err

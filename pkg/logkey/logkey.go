@@ -152,6 +152,7 @@ const (
 	Took     = "took"     // a duration
 	Interval = "interval" // an interval
 	RetryIn  = "retry_in" // the delay before a retry
+	Attempts = "attempts" // how many attempts (failed ones, in a row)
 
 	// Bounded logs (internal/logbound).
 	Examples = "examples" // the first few values of the lines left out

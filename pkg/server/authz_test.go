@@ -374,6 +374,9 @@ func gatewayNodeRestriction(t *testing.T, tc *tlsController, dialGW func(name st
 		`msg="gateway underlay changed" gateway=gw-1 from=192.0.2.1 to=192.0.2.11 identity=gateway:gw-1`,
 		`msg=call component=audit identity=gateway:gw-1 method=/iotfabric.v1.AgentService/Register object=gw-1 code=OK`,
 		`msg=call component=audit identity=admin:alice method=/iotfabric.v1.NetworkService/CreateNetwork object=red code=OK`,
+		// Endpoint reports are routine (the bounded log limits them per caller).
+		`msg="endpoint report" component=audit identity=gateway:gw-1 method=/iotfabric.v1.AgentService/ReportEndpoints object="gw-1: 1 endpoints, full sync true" code=OK`,
+		`msg="endpoint report" component=audit identity=gateway:gw-2 method=/iotfabric.v1.AgentService/ReportEndpoints object="gw-2: 1 endpoints, full sync false" code=OK`,
 		`msg=denied component=audit identity=gateway:gw-1 method=/iotfabric.v1.AgentService/Register object=gw-2 code=PermissionDenied`,
 		`msg=denied component=audit identity=gateway:gw-1 method=/iotfabric.v1.NetworkService/DeleteNetwork object=red code=PermissionDenied`,
 		`msg=denied component=audit identity=gateway:gw-1 method=/iotfabric.v1.AgentService/WatchGatewayRoutes object=gw-2 code=PermissionDenied`,
