@@ -29,6 +29,8 @@ type agents struct {
 	// small is the most endpoints or routes a call may carry without
 	// counting as a full sync.
 	small int
+	// onSent is Services.OnRouteChangeSent.
+	onSent func(time.Duration)
 	v1.UnimplementedAgentServiceServer
 }
 
@@ -173,6 +175,9 @@ func (a *agents) WatchGatewayRoutes(req *v1.WatchGatewayRoutesRequest, out grpc.
 				why = v1.GatewayLinkReason_GATEWAY_LINK_REASON_STREAM_ENDED
 			}
 			return err
+		}
+		if a.onSent != nil && !u.Since.IsZero() {
+			a.onSent(time.Since(u.Since))
 		}
 		release()
 		release = func() {}

@@ -14,6 +14,7 @@ package api
 
 import (
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -50,6 +51,11 @@ type Services struct {
 	// at once, a bound keeps each one short enough to finish within the
 	// agent's deadline instead of all of them timing out and retrying.
 	MaxRegisters int
+	// OnRouteChangeSent, if set, is called each time a gateway route stream
+	// has handed gRPC a change of routes, with the time since the route
+	// table took in that change: how long a change takes to reach the
+	// gateways' streams (snapshots and resumes are not changes).
+	OnRouteChangeSent func(time.Duration)
 }
 
 // Register registers the services on g.
@@ -72,6 +78,7 @@ func (s Services) Register(g grpc.ServiceRegistrar) {
 		s.Peers = vpn.NewPeers(s.Controller.Store(), s.Routes, nil)
 	}
 	ag := newAgents(s.Controller, s.Routes, s.Logger, s.MaxFullSyncs, s.FullSyncItems)
+	ag.onSent = s.OnRouteChangeSent
 	if s.MaxRegisters > 0 {
 		ag.reg = newAdmission(s.MaxRegisters, "gateway registrations")
 	}

@@ -25,6 +25,7 @@ type metrics struct {
 	commitSeconds prometheus.Histogram
 	commitTxns    prometheus.Histogram
 	swept         prometheus.Counter
+	changeSent    prometheus.Histogram
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -48,7 +49,12 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	m.swept = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "iotfabric_stream_markers_swept_total", Help: "Route stream markers of dead controllers removed by this controller.",
 	})
-	reg.MustRegister(m.requests, m.latency, m.commitSeconds, m.commitTxns, m.swept)
+	m.changeSent = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "iotfabric_gateway_route_change_seconds",
+		Help:    "From the route table taking in a change (a store change, routes from a BGP peer) until a gateway route stream handed it to gRPC; one observation per stream.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, .75, 1, 1.5, 2, 3, 5, 10, 30},
+	})
+	reg.MustRegister(m.requests, m.latency, m.commitSeconds, m.commitTxns, m.swept, m.changeSent)
 	return m
 }
 

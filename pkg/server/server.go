@@ -220,7 +220,8 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		log.Info("API requires mutual TLS", logkey.ClientCA, cfg.API.TLS.CA, logkey.Enrollment, enroller.CA() != nil)
 	}
 	gs := grpc.NewServer(append(gsOpts, opts.ServerOptions...)...)
-	services := api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Enroller: enroller, Logger: log}
+	services := api.Services{Controller: ctl, Routes: runner, Peers: vpn.NewPeers(st, runner, configPeers), Enroller: enroller, Logger: log,
+		OnRouteChangeSent: func(d time.Duration) { m.changeSent.Observe(d.Seconds()) }}
 	services.Register(gs)
 
 	var restAPI restServer

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"sort"
+	"time"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
@@ -36,6 +37,10 @@ type GatewayUpdate struct {
 	Keep     []Scope
 	Put      []*v1.Route
 	Delete   []*v1.Route // network, prefix and route distinguisher set
+	// Since is when the route table took in the change that made this
+	// update (a store change, routes from a BGP peer); zero for a snapshot
+	// or a resume, and for a gateway joining or leaving networks.
+	Since time.Time
 }
 
 // Scope is the routes of a network, or those of some of its buckets
@@ -436,7 +441,7 @@ func (s *state) detachGateway(gw string, ch chan *GatewayUpdate) {
 // sends each attached gateway the changes of its networks and of its
 // membership (networks joined get all their routes, networks left the
 // deletion of theirs).
-func (s *state) publishGateways(full bool) {
+func (s *state) publishGateways(full bool, since time.Time) {
 	var rev int64
 	pending := map[*gwSession]*GatewayUpdate{}
 	pend := func(g *gwSession) *GatewayUpdate {
@@ -460,6 +465,7 @@ func (s *state) publishGateways(full bool) {
 		for g := range ns.followers {
 			u := pend(g)
 			u.Put, u.Delete = append(u.Put, aput...), append(u.Delete, adel...)
+			u.Since = since
 		}
 	}
 	if full {
@@ -498,6 +504,7 @@ func (s *state) publishGateways(full bool) {
 			ns := s.netState(n)
 			u := pend(g)
 			u.Put = append(u.Put, ns.all()...)
+			u.Since = time.Time{} // a network's whole routes: not a change's delay
 			ns.followers[g] = struct{}{}
 			g.nets[n] = rev
 		}

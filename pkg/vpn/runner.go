@@ -184,9 +184,10 @@ func (r *Runner) Run(ctx context.Context) error {
 				}
 				return errors.New("the BGP speaker stopped")
 			}
+			since := time.Now()
 			s.tbl.Received(evs)
 			s.tbl.Flush()
-			s.publish(false)
+			s.publish(false, since)
 		case b, ok := <-watch:
 			if !ok {
 				if ctx.Err() != nil {
@@ -230,6 +231,7 @@ func (s *state) load(kvs []store.KV) (peers []store.KV) {
 // applyBatch applies one batch of store changes: to the table, then the
 // differences to the speaker queue and the watchers.
 func (s *state) applyBatch(evs []store.Event) {
+	since := time.Now()
 	nets := false
 	for _, ev := range evs {
 		s.storeRev = max(s.storeRev, ev.Rev)
@@ -245,7 +247,7 @@ func (s *state) applyBatch(evs []store.Event) {
 	if nets {
 		s.syncFilter()
 	}
-	s.publish(false)
+	s.publish(false, since)
 }
 
 // syncFilter queues the import filter for the speaker if the networks'
@@ -281,7 +283,7 @@ func (s *state) reload(kvs []store.KV) {
 	s.speaker.routes(ann, wd)
 	s.speaker.syncPeers(peers)
 	s.syncFilter()
-	s.publish(true)
+	s.publish(true, time.Time{})
 }
 
 // apply feeds one store change to the table.
@@ -333,10 +335,11 @@ func (s *state) apply(ev store.Event) {
 }
 
 // publish sends what the last Flush changed to the route watchers and the
-// gateway streams; full recomputes every network they follow.
-func (s *state) publish(full bool) {
+// gateway streams; full recomputes every network they follow. since is when
+// the table took in the changes (zero with full).
+func (s *state) publish(full bool, since time.Time) {
 	s.checkCaps(s.tbl.Deltas())
-	s.publishGateways(full)
+	s.publishGateways(full, since)
 	s.publishRoutes(full)
 	clear(s.thawed)
 }
