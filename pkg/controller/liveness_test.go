@@ -233,3 +233,51 @@ func TestFoundDeadMarksAgain(t *testing.T) {
 		}
 	}
 }
+
+// A starting sweeper does not make its caller wait for the markers of a
+// dead instance: Start only beats, Run sweeps them at once (not after an
+// interval).
+func TestFirstSweepInRun(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := New(st, Config{})
+	const n = 20
+	for i := range n {
+		gw := fmt.Sprint("gw-", i)
+		must[*v1.Gateway](t)(c.CreateGateway(ctx, &v1.Gateway{Name: gw, UnderlayAddress: "192.0.2.1"}))
+		if err := c.OpenGatewayStream(ctx, gw, "dead-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putHeartbeat(t, st, "dead", time.Now().Add(-time.Hour), time.Second)
+	s := c.NewSweeper(LivenessConfig{Instance: "self", Interval: time.Hour})
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if kvs, _, _ := st.List(ctx, keys.Streams); len(kvs) != n {
+		t.Fatalf("Start swept: %d markers left of %d", len(kvs), n)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		kvs, _, _ := st.List(ctx, keys.Streams)
+		if len(kvs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d markers of a dead instance left 10 s after Run started (interval 1 h)", len(kvs))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s := gatewayState(t, c, "gw-0"); s != v1.GatewayState_GATEWAY_STATE_DOWN {
+		t.Errorf("gw-0 %v after its only controller was swept", s)
+	}
+	cancel()
+	<-done
+}

@@ -251,8 +251,9 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	}
 
 	// The heartbeat is written before any stream marker of this instance;
-	// the first sweep removes the markers of dead instances (of this
-	// controller's previous run, too) at once.
+	// the sweeper's first round removes the markers of dead instances (of
+	// this controller's previous run, too) at once, in the background, while
+	// the API already serves.
 	sw := ctl.NewSweeper(controller.LivenessConfig{Instance: runner.ID(), Interval: cfg.Liveness.Interval,
 		OnSwept: func(n int) { m.swept.Add(float64(n)) }})
 	if err := sw.Start(ctx); err != nil {
