@@ -221,7 +221,8 @@ type Sweeper struct {
 	cfg LivenessConfig
 
 	// Owned by Start, Run and Stop (one goroutine at a time).
-	last store.KV // the liveness key as last written
+	last     store.KV  // the liveness key as last written
+	lastBeat time.Time // when it was written
 }
 
 // NewSweeper returns the sweeper of instance cfg.Instance.
@@ -317,7 +318,7 @@ func (s *Sweeper) beat(ctx context.Context) error {
 		s.c.log.Warn("this controller was found dead by another one (heartbeat late); marking its streams again", logkey.Instance, s.cfg.Instance)
 		rev, err = s.c.st.Txn(ctx, nil, []store.Op{store.Put(key, val)})
 		if err == nil {
-			s.last = store.KV{Key: key, Value: val, ModRev: rev}
+			s.last, s.lastBeat = store.KV{Key: key, Value: val, ModRev: rev}, time.Now()
 			s.remark(ctx)
 			return nil
 		}
@@ -325,7 +326,7 @@ func (s *Sweeper) beat(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("liveness key: %w", err)
 	}
-	s.last = store.KV{Key: key, Value: val, ModRev: rev}
+	s.last, s.lastBeat = store.KV{Key: key, Value: val, ModRev: rev}, time.Now()
 	return nil
 }
 
@@ -383,6 +384,14 @@ func (s *Sweeper) sweep(ctx context.Context, all bool) error {
 	var errs []error
 	swept := 0
 	for gw := range gws {
+		// A long sweep (the 10,000 gateways of a dead controller are
+		// 10,000 transactions) must not leave this instance's own
+		// heartbeat late: the others would find it dead too.
+		if !s.lastBeat.IsZero() && time.Since(s.lastBeat) >= s.cfg.Interval {
+			if err := s.beat(ctx); err != nil {
+				s.c.log.Warn("controller heartbeat", logkey.Err, err)
+			}
+		}
 		n, err := s.c.sweepGateway(ctx, gw, s.cfg.Instance, "")
 		swept += n
 		errs = append(errs, err)

@@ -281,3 +281,61 @@ func TestFirstSweepInRun(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// slowTxns delays every transaction, as a loaded etcd does.
+type slowTxns struct {
+	store.Store
+	delay time.Duration
+}
+
+func (s slowTxns) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (int64, error) {
+	time.Sleep(s.delay)
+	return s.Store.Txn(ctx, conds, ops)
+}
+
+// A sweep longer than the heartbeat interval (a dead controller's many
+// gateways on a slow store) keeps this instance's heartbeat current: before,
+// the sweeping controller's own key went stale and the others found it dead
+// too, swept its markers and made it write them all again.
+func TestLongSweepKeepsHeartbeat(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	const n, interval = 60, 100 * time.Millisecond
+	setup := New(st, Config{})
+	for i := range n {
+		gw := fmt.Sprint("gw-", i)
+		must[*v1.Gateway](t)(setup.CreateGateway(ctx, &v1.Gateway{Name: gw, UnderlayAddress: "192.0.2.1"}))
+		if err := setup.OpenGatewayStream(ctx, gw, "dead-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putHeartbeat(t, st, "dead", time.Now().Add(-time.Hour), time.Second)
+	c := New(slowTxns{Store: st, delay: 10 * time.Millisecond}, Config{})
+	s := c.NewSweeper(LivenessConfig{Instance: "self", Interval: interval})
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := s.sweep(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if took < 3*interval {
+		t.Fatalf("the sweep took %v, not several intervals: the test proves nothing", took)
+	}
+	kv, err := st.Get(ctx, keys.Controller("self"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hb heartbeat
+	if err := json.Unmarshal(kv.Value, &hb); err != nil {
+		t.Fatal(err)
+	}
+	if age := time.Since(hb.Time); age > 2*interval {
+		t.Errorf("after a sweep of %v the heartbeat is %v old (interval %v): the others would find this controller dead", took, age.Round(time.Millisecond), interval)
+	}
+}
