@@ -115,12 +115,24 @@ func TestFullSyncAdmission(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	updates := make(chan *v1.GatewayRoutes, 16)
+	go func() {
+		defer close(updates)
+		for {
+			u, err := s.Recv()
+			if err != nil {
+				return
+			}
+			updates <- u
+		}
+	}()
 	last, held := &v1.GatewayRoutes{}, 0
 	for held < 2 {
-		if last, err = s.Recv(); err != nil {
-			t.Fatal(err)
+		u, ok := <-updates
+		if !ok {
+			t.Fatal("gw's route stream ended")
 		}
-		held += len(last.Put)
+		last, held = u, held+len(u.Put)
 	}
 
 	release, err := a.full.acquire(ctx)
@@ -139,6 +151,27 @@ func TestFullSyncAdmission(t *testing.T) {
 	}
 	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", Endpoints: pods}); err != nil {
 		t.Fatalf("incremental report with no slot: %v", err)
+	}
+	// The resume point: gw's stream has pod-5's route (gw3's), and then
+	// nothing for a moment; the route table may have published it in more
+	// than one revision.
+	for held < 3 {
+		u, ok := <-updates
+		if !ok {
+			t.Fatal("gw's route stream ended")
+		}
+		last, held = u, held+len(u.Put)
+	}
+	for quiet := false; !quiet; {
+		select {
+		case u, ok := <-updates:
+			if !ok {
+				t.Fatal("gw's route stream ended")
+			}
+			last = u
+		case <-time.After(300 * time.Millisecond):
+			quiet = true
+		}
 	}
 	s2, err := cl.WatchGatewayRoutes(ctx, &v1.WatchGatewayRoutesRequest{Gateway: "gw", MaxMessageBytes: 1 << 20})
 	if err == nil {
