@@ -333,6 +333,9 @@ func (f *Fleet) spawn(exe string, wc workerConfig, gws []*Gateway) (*worker, err
 			wk.out.Store(r.Out)
 			f.sumBytes()
 			for _, s := range r.Gws {
+				if len(s) != statusFields+2*len(f.cfg.Controllers) {
+					continue // not this binary's status entry
+				}
 				if g := byIdx[s[0]]; g != nil {
 					g.apply(s, f.cfg.Controllers)
 				}
