@@ -126,8 +126,9 @@ func TestFullSyncAdmission(t *testing.T) {
 			updates <- u
 		}
 	}()
+	// The stream carries every route of n, gw's own two too: four.
 	last, held := &v1.GatewayRoutes{}, 0
-	for held < 2 {
+	for held < 4 {
 		u, ok := <-updates
 		if !ok {
 			t.Fatal("gw's route stream ended")
@@ -135,9 +136,16 @@ func TestFullSyncAdmission(t *testing.T) {
 		last, held = u, held+len(u.Put)
 	}
 
-	release, err := a.full.acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
+	// Take the only slot (the first stream's snapshot may still hold it for
+	// a moment after the client has it).
+	var release func()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if release, err = a.full.acquire(ctx); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
 	}
 	_, err = cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", FullSync: true, Endpoints: pods})
 	if d, ok := retryInfo(err); status.Code(err) != codes.ResourceExhausted || !ok || d < fullSyncRetry || d > maxFullSyncRetry {
@@ -152,10 +160,11 @@ func TestFullSyncAdmission(t *testing.T) {
 	if _, err := cl.ReportEndpoints(ctx, &v1.ReportEndpointsRequest{Gateway: "gw", Endpoints: pods}); err != nil {
 		t.Fatalf("incremental report with no slot: %v", err)
 	}
-	// The resume point: gw's stream has pod-5's route (gw3's), and then
-	// nothing for a moment; the route table may have published it in more
-	// than one revision.
-	for held < 3 {
+	// The resume point: gw's stream has pod-5's route (gw3's) too, and then
+	// nothing for a moment. (Taken after four puts only, before pod-5, it
+	// could precede some of the first four when they came in more than one
+	// update, and the resume then missed more than one route.)
+	for held < 5 {
 		u, ok := <-updates
 		if !ok {
 			t.Fatal("gw's route stream ended")
