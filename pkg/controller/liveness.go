@@ -222,7 +222,7 @@ type Sweeper struct {
 
 	// Owned by Start, Run and Stop (one goroutine at a time).
 	last     store.KV  // the liveness key as last written
-	lastBeat time.Time // when it was written
+	lastBeat time.Time // when it was written (or a write last failed)
 }
 
 // NewSweeper returns the sweeper of instance cfg.Instance.
@@ -387,8 +387,11 @@ func (s *Sweeper) sweep(ctx context.Context, all bool) error {
 		// A long sweep (the 10,000 gateways of a dead controller are
 		// 10,000 transactions) must not leave this instance's own
 		// heartbeat late: the others would find it dead too.
+		// A heartbeat that fails is tried again an interval later, not
+		// for every gateway (one warning per interval, not per gateway).
 		if !s.lastBeat.IsZero() && time.Since(s.lastBeat) >= s.cfg.Interval {
 			if err := s.beat(ctx); err != nil {
+				s.lastBeat = time.Now()
 				s.c.log.Warn("controller heartbeat", logkey.Err, err)
 			}
 		}

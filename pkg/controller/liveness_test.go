@@ -238,11 +238,7 @@ func TestFoundDeadMarksAgain(t *testing.T) {
 // dead instance: Start only beats, Run sweeps them at once (not after an
 // interval).
 func TestFirstSweepInRun(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openBolt(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c := New(st, Config{})
@@ -298,11 +294,7 @@ func (s slowTxns) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (
 // the sweeping controller's own key went stale and the others found it dead
 // too, swept its markers and made it write them all again.
 func TestLongSweepKeepsHeartbeat(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openBolt(t)
 	ctx := context.Background()
 	const n, interval = 60, 100 * time.Millisecond
 	setup := New(st, Config{})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/iotfabric/iotfabric/pkg/keys"
 	"github.com/iotfabric/iotfabric/pkg/model"
-	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd/etcdtest"
 	"github.com/iotfabric/iotfabric/pkg/store/storetest"
@@ -157,12 +155,7 @@ func checkReconnectCost(t *testing.T, c *Controller, cs *storetest.Counting, i i
 // of its indexes and endpoints only for the full report of its 2 unchanged
 // endpoints, and one read and one transaction to open its route stream.
 func TestReconnectStoreOps(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cs := storetest.NewCounting(st)
+	cs := storetest.NewCounting(openBolt(t))
 	c := New(cs, Config{})
 	newReconnectNet(t, c)
 	ctx := context.Background()
@@ -189,12 +182,7 @@ func TestReconnectStoreOps(t *testing.T) {
 // and says what it replaced: a new underlay address, another agent, or a
 // gateway that was down (which is a transition of its link).
 func TestRegisterWritesChanges(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cs := storetest.NewCounting(st)
+	cs := storetest.NewCounting(openBolt(t))
 	c := New(cs, Config{})
 	ctx := context.Background()
 	g := reconnectGateway(1)
