@@ -116,6 +116,11 @@ type Controller struct {
 	err      error         // why it stopped, set before stopped is closed
 }
 
+// apiBufferSize is the size of the API connections' read and write buffers:
+// a route change or a registration fits in one; a snapshot's 16 KiB frames
+// take four writes instead of one.
+const apiBufferSize = 4 << 10
+
 // Start builds the controller cfg describes and serves its API; it runs
 // until ctx ends or Stop. cfg must be valid (Config.Validate).
 func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err error) {
@@ -209,6 +214,14 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.API.Keepalive.Time, Timeout: cfg.API.Keepalive.Timeout}),
 		// Every message stays below model.MaxMsgSize: lists come in pages, watches one record per message.
 		grpc.MaxRecvMsgSize(model.MaxMsgSize), grpc.MaxSendMsgSize(model.MaxMsgSize),
+		// A connection takes its write buffer from a pool shared by all
+		// connections while it writes: when one route change goes out to
+		// 10,000 gateway streams at once, 10,000 buffers are taken together,
+		// so their size is what the burst allocates (gRPC's 32 KiB: 320 MB,
+		// and a collection in the middle of the burst). The read buffer is
+		// pooled too on plain TCP; under TLS it is each connection's own for
+		// as long as the connection lives.
+		grpc.ReadBufferSize(apiBufferSize), grpc.WriteBufferSize(apiBufferSize),
 	}
 	if cfg.API.TLS.Enabled() {
 		tc, err := serverTLS(cfg, enroller, revs)
