@@ -203,8 +203,13 @@ func (c *Core) Run(ctx context.Context, s *coreState) error {
 	go c.writeRoutes(written)
 	defer func() { close(c.routesOut); <-written }()
 	c.signal(c.desiredCh)
-	routesTick := time.NewTicker(time.Second)
-	defer routesTick.Stop()
+	// Route changes go to the route log at most a second after the first
+	// of them; the timer runs only while some are pending, so an idle
+	// agent does not wake up every second.
+	routesTimer := time.NewTimer(time.Second)
+	routesTimer.Stop()
+	armed := false
+	defer routesTimer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -225,8 +230,13 @@ func (c *Core) Run(ctx context.Context, s *coreState) error {
 				}
 			}
 			c.persist(s)
-		case <-routesTick.C:
-			c.flushRoutes(s)
+		case <-routesTimer.C:
+			armed = false
+			c.flushRoutes(s) // the writer busy: they stay pending, and the timer is armed again
+		}
+		if !armed && len(s.routesPending) > 0 {
+			routesTimer.Reset(time.Second)
+			armed = true
 		}
 	}
 }
