@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"time"
@@ -57,8 +58,11 @@ func (c *Controller) RegisterGateway(ctx context.Context, gw *v1.Gateway, agent 
 // one read of the gateway and the listing of its blocks, so a fleet
 // reconnecting to a restarted controller does not rewrite its records. Such
 // a registration leaves last_seen as it is (its route stream, which follows,
-// rewrites the record anyway, see OpenGatewayStream). Every write is
-// conditional on the record read; a conflict reads it again.
+// rewrites the record anyway, see OpenGatewayStream). While the gateway
+// cache runs (RunGatewayCache) and holds the gateway, it is answered from
+// memory, without a store call (gatewaycache.go says why an answer as old as
+// the store watch's lag is safe). Every write is conditional on the record
+// read; a conflict reads it again.
 func (c *Controller) Register(ctx context.Context, gw *v1.Gateway, agent Agent) (Registration, error) {
 	if gw == nil || gw.Name == "" {
 		return Registration{}, model.Errorf(model.ErrInvalid, "the gateway and its name are required")
@@ -67,6 +71,12 @@ func (c *Controller) Register(ctx context.Context, gw *v1.Gateway, agent Agent) 
 	want.State = v1.GatewayState_GATEWAY_STATE_UP
 	if err := normaliseGateway(want); err != nil {
 		return Registration{}, err
+	}
+	if cur, blocks, ok := c.gwCache.lookup(want.Name); ok && proto.Equal(registered(cur, want, agent), cur) {
+		c.gwCache.fromMemory.Add(1)
+		c.log.Debug("gateway registered", logkey.Gateway, want.Name, logkey.Underlay, want.UnderlayAddress, logkey.Arch, agent.Architecture,
+			logkey.Version, agent.Version, logkey.Features, agent.KernelFeatures)
+		return Registration{Gateway: cur, Prev: cur, Blocks: blocks}, nil
 	}
 	var r Registration
 	err := retry(ctx, func() error {
@@ -105,11 +115,19 @@ func (c *Controller) Register(ctx context.Context, gw *v1.Gateway, agent Agent) 
 	if r.Prev.GetState() != v1.GatewayState_GATEWAY_STATE_UP {
 		c.links.record(want.Name, v1.GatewayState_GATEWAY_STATE_UP, v1.GatewayLinkReason_GATEWAY_LINK_REASON_REGISTERED, "")
 	}
-	c.log.Info("gateway registered", logkey.Gateway, want.Name, logkey.Underlay, want.UnderlayAddress, logkey.Arch, agent.Architecture,
+	// Logged at info only when the registration created or changed the
+	// gateway: after a controller restart every gateway registers again.
+	changed := r.Gateway != r.Prev
+	level := slog.LevelDebug
+	if changed {
+		level = slog.LevelInfo
+	}
+	c.log.Log(ctx, level, "gateway registered", logkey.Gateway, want.Name, logkey.Underlay, want.UnderlayAddress, logkey.Arch, agent.Architecture,
 		logkey.Version, agent.Version, logkey.Features, agent.KernelFeatures)
 	if r.Blocks, err = ipam.IndexedGatewayBlocks(ctx, c.st, want.Name); err != nil {
 		return Registration{}, storeErr(err)
 	}
+	c.gwCache.fromStore.Add(1)
 	return r, nil
 }
 

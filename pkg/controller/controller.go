@@ -6,8 +6,10 @@
 // It owns the records under the network, gateway, endpoint, label, reference,
 // index, stream and controller liveness keys of pkg/keys, and IPAM through
 // pkg/ipam. Each controller instance keeps a heartbeat and sweeps the stream
-// markers of dead instances (liveness.go), and keeps in memory the last link
-// transitions of each gateway it saw (links.go). It is the
+// markers of dead instances (liveness.go), keeps in memory the last link
+// transitions of each gateway it saw (links.go), and, when RunGatewayCache
+// runs, what the registration of an unchanged gateway needs, kept current by
+// the store's watch (gatewaycache.go). It is the
 // domain: plain Go methods that return errors of the kinds of pkg/model
 // (model.ErrNotFound...). It may not import gRPC or pkg/api (the transport
 // that serves it), nor write the keys of pkg/vpn (BGP peers).
@@ -64,8 +66,9 @@ type Controller struct {
 	log  *slog.Logger
 
 	exclusive bool
-	streams   liveStreams // the route streams open at this instance
-	links     linkHistory // the gateways' link transitions seen here (links.go)
+	streams   liveStreams   // the route streams open at this instance
+	links     linkHistory   // the gateways' link transitions seen here (links.go)
+	gwCache   *gatewayCache // registrations of unchanged gateways (gatewaycache.go)
 }
 
 // New returns a Controller over st.
@@ -76,12 +79,17 @@ func New(st store.Store, cfg Config) *Controller {
 	if cfg.ASN == 0 {
 		cfg.ASN = DefaultASN
 	}
-	c := &Controller{st: st, asn: cfg.ASN, log: cfg.Logger, exclusive: cfg.ExclusiveStore}
-	c.ipam = ipam.NewManager(leaseGuard{Store: st, c: c})
+	c := &Controller{asn: cfg.ASN, log: cfg.Logger, exclusive: cfg.ExclusiveStore}
+	c.gwCache = newGatewayCache(st, cfg.Logger)
+	// Every write goes through the gateway cache, which notes the gateways
+	// it touched (it answers nothing unless RunGatewayCache runs).
+	c.st = cacheWrites{Store: st, gc: c.gwCache}
+	c.ipam = ipam.NewManager(leaseGuard{Store: c.st, c: c})
 	return c
 }
 
-// Store returns the controller's store.
+// Store returns the controller's store (writes through it are the
+// controller's own for its gateway cache).
 func (c *Controller) Store() store.Store { return c.st }
 
 // storeErr marks a store failure as ErrUnavailable; typed errors and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -65,11 +66,13 @@ func reconnectBefore(ctx context.Context, c *Controller, i int, eps []*v1.AgentE
 // gateways (2,000) with 2 endpoints each on a real etcd all reconnect to a
 // controller, 64 at once, as after the controller's restart: Register, a full
 // report of their unchanged endpoints, and their route stream's opening. It
-// prints reconnections per second now, as before (reconnectBefore), and a
-// bare etcd read and conditional write per gateway measured in the same run
-// (the machine is noisy: compare the ratios), with the store calls each
+// prints reconnections per second now (the controller running its gateway
+// cache, as pkg/server starts it), now without the cache (another controller
+// over the same store), as before (reconnectBefore), and a bare etcd read and
+// conditional write per gateway measured in the same run (the machine is noisy: compare the ratios), with the store calls each
 // costs; five rounds, each way in turn (each round starting with the next),
-// and the medians of the rates and of the ratios within a round.
+// and the medians of the rates and of the ratios within a round. It also
+// prints the heap the gateway cache adds per gateway.
 func TestBenchReconnect(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("IOTFABRIC_BENCH_REGISTER"))
 	if n <= 0 {
@@ -117,6 +120,21 @@ func TestBenchReconnect(t *testing.T) {
 	}
 	fmt.Printf("bench-register: %d gateways with 2 endpoints each on etcd, connected for the first time in %.1f s; each reconnects (Register, full report, route stream open), %d at once\n",
 		n, took.Seconds(), conc)
+	// The controller runs its gateway cache, as a running controller does
+	// (pkg/server): what it holds is measured as the heap it adds.
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	runGatewayCache(t, c)
+	listed := time.Since(start)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	fmt.Printf("bench-register: gateway cache listed %d gateways in %.0f ms, %.0f bytes of heap per gateway\n",
+		n, listed.Seconds()*1000, float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(n))
+	// The same controller's registrations without the cache: another
+	// controller over the same store.
+	plain := New(cs, Config{})
 	stream := 0
 	ways := []struct {
 		name string
@@ -127,6 +145,11 @@ func TestBenchReconnect(t *testing.T) {
 		}},
 		{"now", func(i int) error {
 			_, err := reconnect(ctx, c, i, eps[i], keys.StreamID("now", uint64(stream*n+i)))
+			return err
+		}},
+		// Without the gateway cache: Register reads the store.
+		{"now, no cache", func(i int) error {
+			_, err := reconnect(ctx, plain, i, eps[i], keys.StreamID("plain", uint64(stream*n+i)))
 			return err
 		}},
 		// What etcd itself does for one read and one conditional write.
@@ -140,8 +163,9 @@ func TestBenchReconnect(t *testing.T) {
 		}},
 	}
 	rates := make([][]float64, len(ways))
-	var ratios, nowBare, beforeBare []float64 // now / before, now / bare, before / bare, round by round
+	var ratios, nowBare, beforeBare, nowPlain []float64 // now / before, now / bare, before / bare, now / no cache, round by round
 	cost := make([]storetest.Ops, len(ways))
+	memory := make([]int, rounds) // registrations of "now" answered from memory, by round
 	for r := range rounds {
 		stream = r
 		line := fmt.Sprintf("bench-register: round %d:", r+1)
@@ -150,7 +174,11 @@ func TestBenchReconnect(t *testing.T) {
 			k := (j + r) % len(ways) // each way in turn goes first
 			w := ways[k]
 			cs.Reset()
+			mem0, _ := c.RegisterCounts()
 			took, err := each(w.fn)
+			if mem, _ := c.RegisterCounts(); k == 1 {
+				memory[r] = int(mem - mem0)
+			}
 			if err != nil {
 				t.Fatalf("%s: %v", w.name, err)
 			}
@@ -161,8 +189,9 @@ func TestBenchReconnect(t *testing.T) {
 		for k, w := range ways {
 			line += fmt.Sprintf(" %s %.0f/s;", w.name, round[k])
 		}
-		ratios, nowBare, beforeBare = append(ratios, round[1]/round[0]), append(nowBare, round[1]/round[2]), append(beforeBare, round[0]/round[2])
-		fmt.Printf("%s now/before %.2f\n", line, round[1]/round[0])
+		ratios, nowBare, beforeBare = append(ratios, round[1]/round[0]), append(nowBare, round[1]/round[3]), append(beforeBare, round[0]/round[3])
+		nowPlain = append(nowPlain, round[1]/round[2])
+		fmt.Printf("%s now/before %.2f, now/no cache %.2f (now: %d of %d registrations from memory)\n", line, round[1]/round[0], round[1]/round[2], memory[r], n)
 	}
 	median := func(xs []float64) float64 {
 		xs = slices.Clone(xs)
@@ -174,6 +203,6 @@ func TestBenchReconnect(t *testing.T) {
 		fmt.Printf("bench-register: %-18s %6.0f reconnects/s (median of %d rounds), per reconnect %.1f gets, %.1f ranges, %.1f txns (%.1f writes)\n",
 			w.name, median(rates[k]), rounds, float64(o.Gets)/float64(n), float64(o.Ranges)/float64(n), float64(o.Txns)/float64(n), float64(o.Writes)/float64(n))
 	}
-	fmt.Printf("bench-register: now / before = %.2f (rounds %.2f-%.2f); now / bare etcd get+txn = %.2f, before / bare = %.2f (medians of the rounds' ratios)\n",
-		median(ratios), slices.Min(ratios), slices.Max(ratios), median(nowBare), median(beforeBare))
+	fmt.Printf("bench-register: now / before = %.2f (rounds %.2f-%.2f); now / no cache = %.2f (rounds %.2f-%.2f); now / bare etcd get+txn = %.2f, before / bare = %.2f (medians of the rounds' ratios)\n",
+		median(ratios), slices.Min(ratios), slices.Max(ratios), median(nowPlain), slices.Min(nowPlain), slices.Max(nowPlain), median(nowBare), median(beforeBare))
 }

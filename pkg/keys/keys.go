@@ -206,6 +206,20 @@ func GatewayBlockOf(gateway, key string) (network string, p netip.Prefix, ok boo
 	return network, p, err == nil
 }
 
+// GatewayBlockIndexOf parses a GatewayBlock key of any gateway.
+func GatewayBlockIndexOf(key string) (gateway, network string, p netip.Prefix, ok bool) {
+	rest, found := strings.CutPrefix(key, GatewayBlockIndex)
+	if !found {
+		return "", "", netip.Prefix{}, false
+	}
+	gateway, _, found = strings.Cut(rest, "/")
+	if !found || gateway == "" {
+		return "", "", netip.Prefix{}, false
+	}
+	network, p, ok = GatewayBlockOf(gateway, key)
+	return gateway, network, p, ok
+}
+
 // Peer is the key of a BGP peer added through the API.
 func Peer(a netip.Addr) string { return Peers + a.String() }
 

@@ -1,6 +1,9 @@
 package keys
 
-import "testing"
+import (
+	"net/netip"
+	"testing"
+)
 
 func TestStreamKeys(t *testing.T) {
 	for in, want := range map[string]string{"3f2a-12": "3f2a", "3f2a": "3f2a", "a-b": "a-b", "a-b-3": "a-b", "-3": "-3", "x-": "x-"} {
@@ -17,5 +20,18 @@ func TestStreamKeys(t *testing.T) {
 	}
 	if got := ControllerInstance(Controller("3f2a")); got != "3f2a" {
 		t.Errorf("ControllerInstance = %q", got)
+	}
+}
+
+func TestGatewayBlockIndexOf(t *testing.T) {
+	p := netip.MustParsePrefix("10.1.0.16/28")
+	gw, n, q, ok := GatewayBlockIndexOf(GatewayBlock("gw-1", "net", p))
+	if !ok || gw != "gw-1" || n != "net" || q != p {
+		t.Errorf("GatewayBlockIndexOf = %q, %q, %v, %v", gw, n, q, ok)
+	}
+	for _, k := range []string{Gateway("gw-1"), GatewayBlocks("gw-1"), GatewayBlockIndex + "/net/10.1.0.16/28", GatewayBlocks("gw-1") + "net/x"} {
+		if _, _, _, ok := GatewayBlockIndexOf(k); ok {
+			t.Errorf("GatewayBlockIndexOf(%q) accepted", k)
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/iotfabric/iotfabric/pkg/bgp"
+	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 )
@@ -56,6 +57,24 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	})
 	reg.MustRegister(m.requests, m.latency, m.commitSeconds, m.commitTxns, m.swept, m.changeSent)
 	return m
+}
+
+// registerCounts registers the count of gateway registrations by where the
+// controller answered them from.
+func registerCounts(reg *prometheus.Registry, ctl *controller.Controller) {
+	for _, from := range []string{"memory", "store"} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "iotfabric_gateway_registers_total",
+			Help:        "Gateway registrations answered from memory (an unchanged gateway, from the gateway cache: no store call) or from the store.",
+			ConstLabels: prometheus.Labels{"from": from},
+		}, func() float64 {
+			memory, fromStore := ctl.RegisterCounts()
+			if from == "memory" {
+				return float64(memory)
+			}
+			return float64(fromStore)
+		}))
+	}
 }
 
 // routeGauges registers the route table's gauges.

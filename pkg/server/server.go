@@ -110,6 +110,8 @@ type Controller struct {
 	serveErr    chan error    // gs.Serve's result
 	stopKube    context.CancelFunc
 	kubeDone    chan struct{} // closed when the Kubernetes reconciler stopped
+	stopCache   context.CancelFunc
+	cacheDone   chan struct{} // closed when the gateway cache's Run returned
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed once stopped
@@ -153,6 +155,14 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 		return nil, fmt.Errorf("load networks: %w", err)
 	}
 	log.Info("state loaded", logkey.Networks, n)
+	// Registrations of unchanged gateways are answered from memory once the
+	// gateway cache has listed the store, in the background (until then
+	// they read the store).
+	cacheCtx, stopCache := context.WithCancel(context.Background())
+	cacheDone := make(chan struct{})
+	go func() { defer close(cacheDone); ctl.RunGatewayCache(cacheCtx) }()
+	cleanup = append(cleanup, func() { stopCache(); <-cacheDone })
+	registerCounts(reg, ctl)
 
 	sp, configPeers, err := speaker(cfg, log)
 	if err != nil {
@@ -274,7 +284,7 @@ func Start(ctx context.Context, cfg Config, opts Options) (_ *Controller, err er
 	}
 	c := &Controller{log: log, ctx: ctx, st: st, runner: runner, gs: gs, lis: lis, sweeper: sw, sweeperDone: make(chan struct{}),
 		rest: restAPI.h, restSrv: restAPI.srv, restAddr: restAPI.addr,
-		stopRevs: stopRevs, revsDone: revsDone,
+		stopRevs: stopRevs, revsDone: revsDone, stopCache: stopCache, cacheDone: cacheDone,
 		runErr: make(chan error, 1), serveErr: make(chan error, 1), stopped: make(chan struct{})}
 	sctx, scancel := context.WithCancel(context.Background())
 	c.stopSweeper = scancel
@@ -511,6 +521,8 @@ func (c *Controller) stop(graceful bool) {
 		<-c.sweeperDone
 		c.stopRevs()
 		<-c.revsDone
+		c.stopCache()
+		<-c.cacheDone
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := c.sweeper.Stop(sctx); err != nil {
 			c.log.Warn("controller liveness key left to go stale", logkey.Err, err)
