@@ -31,15 +31,15 @@ func refusal(t *testing.T, a *admission) time.Duration {
 }
 
 // TestRefusalsSpread: 700 calls refused in a row, with every slot taken and
-// a hold of 400 ms on 4 slots (a turn every 100 ms), reserve turns one
-// apart and are given the delays until them: never below the minimum,
+// a hold of 800 ms on 4 slots (a turn every 100 ms: half of 800 ms / 4),
+// reserve turns one apart and are given the delays until them: never below the minimum,
 // about 590 different ones, capped at maxFullSyncRetry (the clock reserves
 // no further), where the rule before gave them all the same delay. A refusal after the reserved turns
 // are past is given the short delay again; one that could have waited is
 // told to come back half its wait before its turn.
 func TestRefusalsSpread(t *testing.T) {
-	const slots, hold = 4, 400 * time.Millisecond
-	const step = hold / slots
+	const slots, hold = 4, 800 * time.Millisecond
+	const step = hold / slots / 2 // between turns
 	newFull := func(reserve bool) *admission {
 		a := newAdmission(slots, "test calls")
 		a.wait, a.reserve = 0, reserve
@@ -88,8 +88,8 @@ func TestRefusalsSpread(t *testing.T) {
 	for _, d := range ds {
 		distinct[d] = true
 	}
-	// Turns 2, 3... (the queue of one, then one turn each): the first 9
-	// within the minimum, then one turn later each up to the cap at about
+	// Turns at 0.3 s, 0.4 s... (the queue of one, then one turn each): the
+	// first 8 within the minimum, then one turn later each up to the cap at about
 	// turn 600.
 	if len(distinct) < 550 || ds[0] != fullSyncRetry || ds[650] != maxFullSyncRetry || ds[len(ds)-1] != maxFullSyncRetry {
 		t.Fatalf("%d distinct delays, first %v, 651st %v, last %v; want about 590, %v, %v, %v",
@@ -106,9 +106,9 @@ func TestRefusalsSpread(t *testing.T) {
 	if d := a.retryDelay(later, 1, 0); d != fullSyncRetry {
 		t.Fatalf("a refusal after the reserved turns are past: %v, want %v", d, fullSyncRetry)
 	}
-	// 200 waiting (20 s), one turn: 20.1 s, less half a wait of 5 s.
+	// 200 waiting (40 s), one turn: 40.1 s, less half a wait of 5 s.
 	later = later.Add(2 * maxFullSyncRetry)
-	if d, want := a.retryDelay(later, 200, 5*time.Second), 200*step+step-5*time.Second/2; d != want {
+	if d, want := a.retryDelay(later, 200, 5*time.Second), 200*hold/slots+step-5*time.Second/2; d != want {
 		t.Fatalf("a refusal with 200 waiting that could have waited 5 s: %v, want %v", d, want)
 	}
 }
@@ -147,7 +147,7 @@ func TestHoldFalls(t *testing.T) {
 }
 
 // TestBenchAdmission is make bench-admission: N callers arrive at once on
-// an admission of 64 slots whose work takes ADMISSION_SLOW (200 ms) for the
+// an admission of 64 slots whose work takes ADMISSION_SLOW (20 ms) for the
 // first ADMISSION_SLOW_FOR (2 s), then ADMISSION_FAST (2 ms), its hold
 // estimate the slow work's (a controller in its busiest seconds). Each call
 // gives the slot up after its work; each refused caller waits as the agent
@@ -167,7 +167,7 @@ func TestBenchAdmission(t *testing.T) {
 		}
 		return def
 	}
-	slow, slowFor, fast := env("ADMISSION_SLOW", 200*time.Millisecond), env("ADMISSION_SLOW_FOR", 2*time.Second), env("ADMISSION_FAST", 2*time.Millisecond)
+	slow, slowFor, fast := env("ADMISSION_SLOW", 20*time.Millisecond), env("ADMISSION_SLOW_FOR", 2*time.Second), env("ADMISSION_FAST", 2*time.Millisecond)
 	const slots = 64
 	type result struct {
 		took             time.Duration
