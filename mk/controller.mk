@@ -32,7 +32,7 @@ bench-tls: ## 1,000 gateways reconnecting with mutual TLS: controller handshakes
 bench-register: ## 2,000 gateways with 2 endpoints reconnecting to a controller on etcd (Register, full report, route stream), 64 at once: reconnects/s now, as before, and a bare etcd read+txn
 	IOTFABRIC_BENCH_REGISTER=$(REGISTER_BENCH_GATEWAYS) $(GO) test -count=1 -timeout 20m -run '^TestBenchReconnect$$' -v ./pkg/controller/ 2>&1 | grep -E '^(bench-|--- |ok|FAIL|PASS)'; exit $${PIPESTATUS[0]}
 
-bench-admission: ## Admission: callers at once on 64 slots, work slow then fast (or slow throughout); time until all served and refusals, delays as before (drain time, agents [d,2d]) vs the reservation clock (agents [d,d+d/4]), and their ratio (about 2 min)
+bench-admission: ## Admission: callers at once on 64 slots, work slow then fast (or slow throughout); time until all served and refusals, delays as before (drain time, agents [d,2d]) vs the reservation clock (agents [d,d+d/4]), and their ratio (about 80 s)
 	@set -o pipefail; for c in $(ADMISSION_BENCH_CASES); do IFS=, read -r n slow slowfor <<< "$$c"; \
 	  IOTFABRIC_BENCH_ADMISSION=$$n ADMISSION_SLOW=$$slow ADMISSION_SLOW_FOR=$$slowfor $(GO) test -count=1 -timeout 10m -run '^TestBenchAdmission$$' -v ./pkg/api/ 2>&1 | grep -E '^(bench-|--- FAIL|FAIL)' || exit 1; done
 
