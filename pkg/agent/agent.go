@@ -987,9 +987,16 @@ func retryDelay(err error) (time.Duration, bool) {
 }
 
 // jitterRetry is the wait after a controller asked to retry in d: never
-// sooner, spread uniformly over one more d (full jitter on top of the
-// delay) so that gateways refused together do not return together.
-func jitterRetry(d time.Duration) time.Duration { return d + rand.N(d+1) }
+// sooner, spread uniformly over a quarter of d more. The controller already
+// spreads the delays of the calls it refuses over the time it needs to serve
+// them (one turn each); the quarter only keeps gateways given the same delay
+// (the 1 s floor, the cap) from returning in the same instant, and costs at
+// most a quarter of d more where a whole d more (the spread before, which
+// controllers of older versions relied on alone) doubled the wait.
+func jitterRetry(d time.Duration) time.Duration {
+	d = max(d, 0)
+	return d + rand.N(d/4+1)
+}
 
 // retryRefused runs call, and again after the retry delay each time the
 // controller refuses it for load; other errors end it.

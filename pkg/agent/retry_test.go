@@ -36,3 +36,27 @@ func TestRetryDelay(t *testing.T) {
 		}
 	}
 }
+
+// TestJitterRetry: the wait after a controller asked to retry in d is never
+// sooner than d nor later than a quarter of d more, and spread over that
+// range (not always the same); a negative delay waits nothing.
+func TestJitterRetry(t *testing.T) {
+	for _, d := range []time.Duration{0, time.Nanosecond, time.Second, 8 * time.Second, maxRetryDelay} {
+		seen := map[time.Duration]bool{}
+		lo, hi := time.Duration(1<<62), time.Duration(0)
+		for range 2000 {
+			w := jitterRetry(d)
+			if w < d || w > d+d/4 {
+				t.Fatalf("retry in %v: waits %v, want within [%v, %v]", d, w, d, d+d/4)
+			}
+			seen[w] = true
+			lo, hi = min(lo, w), max(hi, w)
+		}
+		if d >= time.Second && (len(seen) < 1000 || hi-lo < d/5) {
+			t.Errorf("retry in %v: %d distinct waits in [%v, %v]; want them spread over [%v, %v]", d, len(seen), lo, hi, d, d+d/4)
+		}
+	}
+	if w := jitterRetry(-time.Second); w != 0 {
+		t.Errorf("retry in -1s: waits %v, want 0", w)
+	}
+}
