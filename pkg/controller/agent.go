@@ -42,19 +42,22 @@ type Registration struct {
 	Blocks []ipam.GatewayBlock
 }
 
-// RegisterGateway creates or updates the gateway, marks it up, and returns it
-// with the address blocks leased to it (Register, without the previous
-// record).
+// RegisterGateway creates or updates the gateway and returns it with the
+// address blocks leased to it (Register, without the previous record).
 func (c *Controller) RegisterGateway(ctx context.Context, gw *v1.Gateway, agent Agent) (*v1.Gateway, []ipam.GatewayBlock, error) {
 	r, err := c.Register(ctx, gw, agent)
 	return r.Gateway, r.Blocks, err
 }
 
-// Register creates or updates the gateway, marks it up, and returns it with
-// the record it replaced and the address blocks leased to it.
+// Register creates or updates the gateway and returns it with the record it
+// replaced and the address blocks leased to it. A gateway it creates starts
+// up; it does not change an existing gateway's state: the gateway's route
+// streams do (OpenGatewayStream marks it up, the end of its last stream
+// down). So after a controller's clean restart, whose shutdown marked its
+// gateways down, their registrations write nothing either.
 //
-// A registration that would not change the gateway in substance (already up,
-// same underlay address, encapsulations and agent) writes nothing: it costs
+// A registration that would not change the gateway in substance (the same
+// underlay address, encapsulations and agent) writes nothing: it costs
 // one read of the gateway and the listing of its blocks, so a fleet
 // reconnecting to a restarted controller does not rewrite its records. Such
 // a registration leaves last_seen as it is (its route stream, which follows,
@@ -112,7 +115,7 @@ func (c *Controller) Register(ctx context.Context, gw *v1.Gateway, agent Agent) 
 	if err != nil {
 		return Registration{}, storeErr(err)
 	}
-	if r.Prev.GetState() != v1.GatewayState_GATEWAY_STATE_UP {
+	if r.Prev == nil { // created, up
 		c.links.record(want.Name, v1.GatewayState_GATEWAY_STATE_UP, v1.GatewayLinkReason_GATEWAY_LINK_REASON_REGISTERED, "")
 	}
 	// Logged at info only when the registration created or changed the
@@ -136,7 +139,7 @@ func (c *Controller) Register(ctx context.Context, gw *v1.Gateway, agent Agent) 
 // changes nothing.
 func registered(cur, want *v1.Gateway, agent Agent) *v1.Gateway {
 	g := proto.Clone(cur).(*v1.Gateway)
-	g.UnderlayAddress, g.Encapsulations, g.State = want.UnderlayAddress, want.Encapsulations, want.State
+	g.UnderlayAddress, g.Encapsulations = want.UnderlayAddress, want.Encapsulations
 	setAgent(g, agent)
 	return g
 }

@@ -39,11 +39,10 @@ import (
 //     order, so an answer is what the store path would have answered at an
 //     earlier revision: as if the registration had run just before the
 //     changes the watch has not delivered yet.
-//   - The state a stale record shows (up) is the one the gateway's route
-//     stream, which the agent opens next, writes anyway: OpenGatewayStream
-//     marks the gateway up in the transaction of its marker. (Only the link
-//     history's "registered" entry is then not recorded here; the stream's
-//     opening is.)
+//   - A registration does not change a gateway's state (its route streams
+//     do: OpenGatewayStream marks it up in the transaction of its marker),
+//     so the state a stale record shows changes nothing in the answer but
+//     the record returned.
 //   - Blocks are only ever added by the agent (it merges the blocks of a
 //     registration into its own): a block leased meanwhile and missing from
 //     the answer is one the agent leased itself or gets at its next

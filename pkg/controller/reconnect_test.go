@@ -179,8 +179,9 @@ func TestReconnectStoreOps(t *testing.T) {
 }
 
 // A registration that changes the gateway writes it once, conditionally,
-// and says what it replaced: a new underlay address, another agent, or a
-// gateway that was down (which is a transition of its link).
+// and says what it replaced: a new underlay address, another agent. A
+// gateway that is down stays down (its route stream marks it up) and is
+// not written.
 func TestRegisterWritesChanges(t *testing.T) {
 	cs := storetest.NewCounting(openBolt(t))
 	c := New(cs, Config{})
@@ -230,17 +231,21 @@ func TestRegisterWritesChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen = must[*v1.Gateway](t)(c.GetGateway(ctx, g.Name)).LastSeen.AsTime()
-	if r := register("down gateway", gre, newer); r.Prev.State != v1.GatewayState_GATEWAY_STATE_DOWN || r.Gateway.State != v1.GatewayState_GATEWAY_STATE_UP {
-		t.Errorf("down gateway registered: %v, was %v", r.Gateway.State, r.Prev.State)
-	}
-	if ev, _ := c.GatewayLinks(g.Name); len(ev) == 0 || ev[0].Reason != v1.GatewayLinkReason_GATEWAY_LINK_REASON_REGISTERED || ev[0].State != v1.GatewayState_GATEWAY_STATE_UP {
-		t.Errorf("link history after a down gateway registered: %v", ev)
-	}
-	// The same again: nothing to write.
+	hist, _ := c.GatewayLinks(g.Name)
 	cs.Reset()
 	r = must[Registration](t)(c.Register(ctx, gre, newer))
-	if ops, trace := cs.Reset(); ops.Txns != 0 || !r.Gateway.LastSeen.AsTime().Equal(seen) {
-		t.Errorf("unchanged registration cost %v, last seen %v (want %v kept):\n\t%s", ops, r.Gateway.LastSeen.AsTime(), seen, strings.Join(trace, "\n\t"))
+	if ops, trace := cs.Reset(); ops.Txns != 0 || r.Gateway.State != v1.GatewayState_GATEWAY_STATE_DOWN || !r.Gateway.LastSeen.AsTime().Equal(seen) {
+		t.Errorf("registration of a down gateway: %v, last seen %v (want down, %v kept), cost %v:\n\t%s", r.Gateway.State, r.Gateway.LastSeen.AsTime(), seen, ops, strings.Join(trace, "\n\t"))
+	}
+	if ev, _ := c.GatewayLinks(g.Name); len(ev) != len(hist) {
+		t.Errorf("link history after a down gateway registered: %v (before: %v)", ev, hist)
+	}
+	// Its stream marks it up.
+	if err := c.OpenGatewayStream(ctx, g.Name, "self-2"); err != nil {
+		t.Fatal(err)
+	}
+	if st := must[*v1.Gateway](t)(c.GetGateway(ctx, g.Name)).State; st != v1.GatewayState_GATEWAY_STATE_UP {
+		t.Errorf("gateway %v after its stream opened", st)
 	}
 }
 

@@ -31,7 +31,7 @@ const (
 	GatewayLinkReason_GATEWAY_LINK_REASON_UNSPECIFIED GatewayLinkReason = 0
 	// Its agent opened a route stream.
 	GatewayLinkReason_GATEWAY_LINK_REASON_STREAM_OPENED GatewayLinkReason = 1
-	// Its agent registered (the gateway was not up).
+	// Its agent registered it (the registration created the gateway).
 	GatewayLinkReason_GATEWAY_LINK_REASON_REGISTERED GatewayLinkReason = 2
 	// The route stream ended from the agent's side: the agent stopped or
 	// closed it, or its connection broke (reset, keepalive timeout).

@@ -429,9 +429,10 @@ type Gateway struct {
 	// When the gateway's link was last recorded: set when a route stream to it
 	// opens at any controller, when it goes down (its last stream ended, or the
 	// controllers streaming to it are gone: for a down gateway, since when it is
-	// down), and when its agent's registration changes its record or its state.
-	// A registration of a gateway already up that changes nothing leaves it as
-	// it is (and writes nothing). An update may set it.
+	// down), and when its agent's registration changes its record. A
+	// registration changes no gateway's state (its route streams do) and, when
+	// it changes nothing else, leaves it as it is (and writes nothing). An
+	// update may set it.
 	LastSeen *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	Revision int64                  `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Kernel features the agent's data plane detected at its last registration,
