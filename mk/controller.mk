@@ -29,7 +29,7 @@ bench-controller-bulk: ## Controller: 150,000 endpoints by one client in CreateE
 bench-tls: ## 1,000 gateways reconnecting with mutual TLS: controller handshakes/s, full vs resumed (session tickets), and their ratio
 	IOTFABRIC_BENCH_TLS=$(TLS_BENCH_GATEWAYS) $(GO) test -count=1 -timeout 20m -run '^TestBenchTLSReconnect$$' -v ./pkg/server/ 2>&1 | grep -E '^(bench-|  |--- |ok|FAIL|PASS)'; exit $${PIPESTATUS[0]}
 
-bench-register: ## 2,000 gateways with 2 endpoints reconnecting to a controller on etcd (Register, full report, route stream), 64 at once: reconnects/s now, as before, and a bare etcd read+txn
+bench-register: ## 2,000 gateways with 2 endpoints reconnecting to a controller on etcd (Register, full report, route stream), 64 at once: reconnects/s now (gateway cache), without the cache, as before, and a bare etcd read+txn; the cache's heap per gateway
 	IOTFABRIC_BENCH_REGISTER=$(REGISTER_BENCH_GATEWAYS) $(GO) test -count=1 -timeout 20m -run '^TestBenchReconnect$$' -v ./pkg/controller/ 2>&1 | grep -E '^(bench-|--- |ok|FAIL|PASS)'; exit $${PIPESTATUS[0]}
 
 bench-admission: ## Admission: callers at once on 64 slots, work slow then fast (or slow throughout); time until all served and refusals, delays as before (drain time, agents [d,2d]) vs the reservation clock (agents [d,d+d/4]), and their ratio (about 80 s)

@@ -40,6 +40,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/internal/testenv"
 	"github.com/iotfabric/iotfabric/pkg/store/etcd/etcdtest"
 )
@@ -74,25 +75,8 @@ type Server struct {
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
-	log    *syncBuffer
+	log    *syncbuf.Buffer
 	exited chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // Version returns the k8s.io/kubernetes version pinned in tools/kube/go.mod.
@@ -274,7 +258,7 @@ func (s *Server) Restart(t testing.TB) {
 }
 
 func (s *Server) start() error {
-	log := &syncBuffer{}
+	log := &syncbuf.Buffer{}
 	cmd := exec.Command(s.bin, s.args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -300,7 +284,7 @@ func (s *Server) start() error {
 	return s.waitReady(exited, log, 60*time.Second)
 }
 
-func (s *Server) waitReady(exited chan struct{}, log *syncBuffer, d time.Duration) error {
+func (s *Server) waitReady(exited chan struct{}, log *syncbuf.Buffer, d time.Duration) error {
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {

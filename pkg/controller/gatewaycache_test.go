@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/ipam"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
@@ -368,24 +368,6 @@ func (s *gatedStore) Watch(ctx context.Context, prefix string, after int64) <-ch
 	return out
 }
 
-// syncBuffer is a log destination safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // When the watch fails (its revision compacted: the cache fell behind a
 // bbolt log that keeps 16 revisions), the gateway cache stops answering:
 // registrations read the store until it has listed again, and are then
@@ -398,7 +380,7 @@ func TestGatewayCacheRelistsAfterCompaction(t *testing.T) {
 	t.Cleanup(func() { raw.Close() })
 	gated := &gatedStore{Store: raw}
 	cs := storetest.NewCounting(gated)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	c := New(cs, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := context.Background()
 	g := reconnectGateway(1)

@@ -1,14 +1,12 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/tlsconfig"
@@ -28,30 +27,12 @@ import (
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
 
-// logBuffer collects a controller's log.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // tlsController is a controller serving its API with mutual TLS, and its store.
 type tlsController struct {
 	ca  *tlstest.CA
 	c   *Controller
 	st  store.Store
-	log *logBuffer
+	log *syncbuf.Buffer
 }
 
 func startTLS(t *testing.T) *tlsController {
@@ -64,7 +45,7 @@ func startTLS(t *testing.T) *tlsController {
 	cfg := DefaultConfig()
 	cfg.API.Listen, cfg.Metrics.Listen, cfg.API.TLS = "127.0.0.1:0", MetricsOff, ca.Issue("controller")
 	cfg.Liveness.Interval = time.Hour // no heartbeat rewrites while the store is compared
-	lb := &logBuffer{}
+	lb := &syncbuf.Buffer{}
 	c, err := Start(context.Background(), cfg, Options{Logger: slog.New(slog.NewTextHandler(lb, nil)), ExclusiveStore: true,
 		OpenStore: func(context.Context) (store.Store, error) { return st, nil }})
 	if err != nil {
@@ -419,7 +400,7 @@ func TestInsecureListen(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	lb := &logBuffer{}
+	lb := &syncbuf.Buffer{}
 	c, err := Start(context.Background(), cfg, Options{Logger: slog.New(slog.NewTextHandler(lb, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/enroll"
 	"github.com/iotfabric/iotfabric/pkg/enrollclient"
 	"github.com/iotfabric/iotfabric/pkg/store"
@@ -62,7 +63,7 @@ func startEnroll(t *testing.T, ca *tlstest.CA, cfg Config, open func(context.Con
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	lb := &logBuffer{}
+	lb := &syncbuf.Buffer{}
 	c, err := Start(context.Background(), cfg, Options{Logger: slog.New(slog.NewTextHandler(lb, nil)), OpenStore: open, ExclusiveStore: exclusive})
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/rest"
 	"github.com/iotfabric/iotfabric/pkg/store"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
@@ -42,7 +43,7 @@ type restController struct {
 	c    *Controller
 	ca   *tlstest.CA // nil without TLS
 	base string      // http(s)://addr
-	log  *logBuffer
+	log  *syncbuf.Buffer
 }
 
 // startREST starts a controller with api.http_listen on loopback; with ca,
@@ -65,7 +66,7 @@ func startRESTController(t testing.TB, ca *tlstest.CA, tune func(*Config)) *rest
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	lb := &logBuffer{}
+	lb := &syncbuf.Buffer{}
 	c, err := Start(context.Background(), cfg, Options{Logger: slog.New(slog.NewTextHandler(lb, nil)), ExclusiveStore: true,
 		OpenStore: func(context.Context) (store.Store, error) { return st, nil }})
 	if err != nil {

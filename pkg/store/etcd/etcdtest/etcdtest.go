@@ -3,7 +3,6 @@
 package etcdtest
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,35 +11,19 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 )
 
 // Server is a running etcd.
 type Server struct {
 	Endpoint string // http://127.0.0.1:PORT
 	cmd      *exec.Cmd
-	log      *syncBuffer
+	log      *syncbuf.Buffer
 	exited   chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // Binary returns the etcd binary path, or "" when it is not installed.
@@ -75,7 +58,7 @@ func Start(t testing.TB) *Server {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		client, peer := freePort(t), freePort(t)
-		s := &Server{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", client), log: &syncBuffer{}, exited: make(chan struct{})}
+		s := &Server{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", client), log: &syncbuf.Buffer{}, exited: make(chan struct{})}
 		data := filepath.Join(dir, fmt.Sprintf("data%d", attempt))
 		s.cmd = exec.Command(bin,
 			"--name", "test",
