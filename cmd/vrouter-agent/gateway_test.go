@@ -12,6 +12,7 @@ import (
 
 	"github.com/iotfabric/iotfabric/internal/fabrictest"
 	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
@@ -39,7 +40,7 @@ func TestGatewayModeServesCNI(t *testing.T) {
 	gw := netnstest.New(t, "iofgwmode")
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "cni.sock")
-	var log syncBuffer
+	var log syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run([]string{"--gateway", "gw-cli", "--underlay", "192.0.2.44", "--controller", ctl.Addr,

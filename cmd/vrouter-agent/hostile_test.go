@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/agent"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 )
@@ -47,7 +48,7 @@ func TestUnprogrammableRoutesLogBounded(t *testing.T) {
 	if err := os.WriteFile(state, []byte(doc.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var log syncBuffer
+	var log syncbuf.Buffer
 	rc := make(chan int, 1)
 	start := time.Now()
 	go func() { rc <- run([]string{"--state", state, "--netns", gw.Path(), "--log-level", "debug"}, &log) }()

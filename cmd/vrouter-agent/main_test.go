@@ -7,12 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/cni"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
@@ -66,24 +66,6 @@ networks:
 	}
 }
 
-// syncBuffer is a log sink the agent and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestSIGTERMLeavesDataPlane(t *testing.T) {
 	gw := netnstest.New(t, "iofagent")
 	overlaytest.Pod(t, gw, "veth1", netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("169.254.1.1"))
@@ -92,7 +74,7 @@ func TestSIGTERMLeavesDataPlane(t *testing.T) {
 	if err := os.WriteFile(state, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var log syncBuffer
+	var log syncbuf.Buffer
 	rc := make(chan int, 1)
 	go func() { rc <- run([]string{"--state", state, "--netns", gw.Path()}, &log) }()
 	deadline := time.Now().Add(10 * time.Second)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/iotfabric/iotfabric/internal/netnstest"
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 	"github.com/iotfabric/iotfabric/pkg/overlay/overlaytest"
 )
@@ -45,7 +46,7 @@ func TestMetricsServed(t *testing.T) {
 	if err := os.WriteFile(state, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var log syncBuffer
+	var log syncbuf.Buffer
 	rc := make(chan int, 1)
 	go func() { rc <- run([]string{"--state", state, "--netns", gw.Path(), "--metrics", "127.0.0.1:0"}, &log) }()
 	addr := regexp.MustCompile(`msg="serving metrics".*addr=(\S+)`)

@@ -7,32 +7,15 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/logkey"
 )
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestFloodIsSummarised(t *testing.T) {
-	var buf syncBuf
+	var buf syncbuf.Buffer
 	suppressed := 0
 	h := NewHandler(slog.NewTextHandler(&buf, nil), Options{Interval: 200 * time.Millisecond, Burst: 3,
 		KeyAttrs: []string{logkey.Identity}, OnSuppress: func(slog.Record) { suppressed++ }})
@@ -101,7 +84,7 @@ func TestErrorsSummary(t *testing.T) {
 }
 
 func TestNeverLeavesOut(t *testing.T) {
-	var buf syncBuf
+	var buf syncbuf.Buffer
 	h := NewHandler(slog.NewTextHandler(&buf, nil), Options{Burst: 1, Never: func(r slog.Record) bool { return r.Level == slog.LevelInfo }})
 	log := slog.New(h)
 	for i := 0; i < 50; i++ {

@@ -1,17 +1,16 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/overlay"
 )
 
@@ -37,20 +36,11 @@ func (a *failingApplier) Set(context.Context, overlay.State) error {
 	return errors.Join(errs...)
 }
 
-// syncBuf is a bytes.Buffer safe for the loop's goroutine and the test.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) { b.mu.Lock(); defer b.mu.Unlock(); return b.b.Write(p) }
-func (b *syncBuf) String() string              { b.mu.Lock(); defer b.mu.Unlock(); return b.b.String() }
-
 // TestRetryLogOncePerRun: a run of failed applies is one warning (and
 // another when its failures more than double), its retries are debug lines,
 // and its end is one info line with the attempts it took.
 func TestRetryLogOncePerRun(t *testing.T) {
-	var logs syncBuf
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	src := &countingSource{ch: make(chan struct{}, 1)}
 	app := &failingApplier{}

@@ -1,41 +1,21 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
 
+	"github.com/iotfabric/iotfabric/internal/syncbuf"
 	"github.com/iotfabric/iotfabric/pkg/controller"
 	"github.com/iotfabric/iotfabric/pkg/store/bolt"
 	"github.com/iotfabric/iotfabric/pkg/store/storetest"
 	"github.com/iotfabric/iotfabric/pkg/vpn"
 	v1 "github.com/iotfabric/iotfabric/proto/iotfabric/v1"
 )
-
-// lockedBuffer is a log destination written by the server's goroutines and
-// read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // A gateway's agent reconnecting with nothing changed (Register, full report
 // of its 2 endpoints, route stream) costs the store, through the API: one
@@ -57,7 +37,7 @@ func TestReconnectStoreOpsAPI(t *testing.T) {
 	go func() { done <- r.Run(rctx) }()
 	t.Cleanup(func() { rcancel(); <-done })
 	<-r.Ready()
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	a := newAgents(c, r, slog.New(slog.NewTextHandler(&logs, nil)), 0, 0)
 	cl := v1.NewAgentServiceClient(serveGRPC(t, func(gs *grpc.Server) { v1.RegisterAgentServiceServer(gs, a) }))
 	ctx := context.Background()
