@@ -243,14 +243,7 @@ func TestFirstSweepInRun(t *testing.T) {
 	defer cancel()
 	c := New(st, Config{})
 	const n = 20
-	for i := range n {
-		gw := fmt.Sprint("gw-", i)
-		must[*v1.Gateway](t)(c.CreateGateway(ctx, &v1.Gateway{Name: gw, UnderlayAddress: "192.0.2.1"}))
-		if err := c.OpenGatewayStream(ctx, gw, "dead-1"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	putHeartbeat(t, st, "dead", time.Now().Add(-time.Hour), time.Second)
+	deadInstanceStreams(ctx, t, c, n)
 	s := c.NewSweeper(LivenessConfig{Instance: "self", Interval: time.Hour})
 	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -297,15 +290,7 @@ func TestLongSweepKeepsHeartbeat(t *testing.T) {
 	st := openBolt(t)
 	ctx := context.Background()
 	const n, interval = 60, 100 * time.Millisecond
-	setup := New(st, Config{})
-	for i := range n {
-		gw := fmt.Sprint("gw-", i)
-		must[*v1.Gateway](t)(setup.CreateGateway(ctx, &v1.Gateway{Name: gw, UnderlayAddress: "192.0.2.1"}))
-		if err := setup.OpenGatewayStream(ctx, gw, "dead-1"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	putHeartbeat(t, st, "dead", time.Now().Add(-time.Hour), time.Second)
+	deadInstanceStreams(ctx, t, New(st, Config{}), n)
 	c := New(slowTxns{Store: st, delay: 10 * time.Millisecond}, Config{})
 	s := c.NewSweeper(LivenessConfig{Instance: "self", Interval: interval})
 	if err := s.Start(ctx); err != nil {
@@ -330,4 +315,18 @@ func TestLongSweepKeepsHeartbeat(t *testing.T) {
 	if age := time.Since(hb.Time); age > 2*interval {
 		t.Errorf("after a sweep of %v the heartbeat is %v old (interval %v): the others would find this controller dead", took, age.Round(time.Millisecond), interval)
 	}
+}
+
+// deadInstanceStreams creates n gateways (gw-0...) each with a stream
+// marker of instance "dead", whose heartbeat is an hour old.
+func deadInstanceStreams(ctx context.Context, t *testing.T, c *Controller, n int) {
+	t.Helper()
+	for i := range n {
+		gw := fmt.Sprint("gw-", i)
+		must[*v1.Gateway](t)(c.CreateGateway(ctx, &v1.Gateway{Name: gw, UnderlayAddress: "192.0.2.1"}))
+		if err := c.OpenGatewayStream(ctx, gw, "dead-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putHeartbeat(t, c.st, "dead", time.Now().Add(-time.Hour), time.Second)
 }
